@@ -1,0 +1,1 @@
+"""Compliance: sales scripts, analyzers and reports (see docs/architecture.md)."""

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Run every test on this machine: install what the tests need, start a throwaway MinIO, run pytest.
+set -euo pipefail
+
+usage() {
+    cat <<'EOF'
+Usage: bash infra/test.sh [PYTEST ARGS...]
+
+1. apt-get installs chromium, fonts-noto-cjk and ffmpeg if any is missing (root or sudo)
+2. pip install -e '.[test]' (skipped while pyproject.toml is unchanged)
+3. builds MinIO if needed and starts a test instance on 127.0.0.1:9100, data in
+   ${VTELLER_DATA_DIR:-./var}/test-minio (wiped at each start), and exports
+   VTELLER_S3_ENDPOINT, VTELLER_S3_ACCESS_KEY, VTELLER_S3_SECRET_KEY for the tests
+4. python -m pytest tests -q -rs [PYTEST ARGS...] ('tests' is left out when the args name
+   paths under tests/), and stops that MinIO at the end
+
+Exits with pytest's exit status. Examples:
+  bash infra/test.sh tests/unit          only the unit tests
+  bash infra/test.sh -k colour -x        pytest options pass through
+
+Environment: VTELLER_TEST_MINIO_PORT (default 9100), PYTHON (default python3).
+EOF
+}
+
+[[ "${1:-}" == "-h" || "${1:-}" == "--help" ]] && { usage; exit 0; }
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PYTHON="${PYTHON:-python3}"
+say() { printf 'test: %s\n' "$*" >&2; }
+
+# --- 1. system packages: Chromium for the end-to-end tests, CJK fonts so Chinese UI text renders,
+# ffmpeg to inspect recordings. dpkg-query, not dpkg -s: a removed package whose configuration files
+# remain is "known" to dpkg -s but not installed.
+installed() { [[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" == "install ok installed" ]]; }
+missing=()
+for pkg in chromium fonts-noto-cjk ffmpeg; do
+    installed "$pkg" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+    sudo=()
+    if ((EUID != 0)); then
+        command -v sudo >/dev/null || { say "error: need root (or sudo) to apt-get install ${missing[*]}"; exit 1; }
+        sudo=(sudo)
+    fi
+    say "installing system packages: ${missing[*]} (once; apt-get update + install)"
+    "${sudo[@]}" apt-get update -q
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+else
+    say "system packages already installed (chromium, fonts-noto-cjk, ffmpeg)"
+fi
+
+# --- 2. Python packages.
+# shellcheck source=infra/lib.sh
+source infra/lib.sh
+pip_install_once ".[test]"
+
+# --- 3. A MinIO of the tests' own, on another port than run.sh's, so that tests never touch
+# the data of a development server running beside them.
+minio_dir="${VTELLER_DATA_DIR:-./var}/test-minio"
+minio_opts=(--data-dir "$minio_dir" --port "${VTELLER_TEST_MINIO_PORT:-9100}")
+bash infra/minio.sh install
+started_minio=0
+# shellcheck disable=SC2317  # called by the EXIT trap
+stop_minio() {
+    if ((started_minio)); then
+        bash infra/minio.sh stop "${minio_opts[@]}" || true
+    fi
+}
+trap stop_minio EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+if bash infra/minio.sh status "${minio_opts[@]}" 2>/dev/null; then
+    say "reusing the test MinIO that is already running (left running at the end)"
+else
+    # Throwaway data: objects under COMPLIANCE retention could otherwise never be cleaned up.
+    rm -rf -- "${minio_dir:?}/data"
+    started_minio=1
+    bash infra/minio.sh start "${minio_opts[@]}"
+fi
+eval "$(bash infra/minio.sh env "${minio_opts[@]}")"
+
+# --- 4. pytest; its exit status is ours (the EXIT trap still stops MinIO).
+# 'tests' unless the arguments name test paths themselves (pytest would run both).
+targets=(tests)
+for arg in "$@"; do
+    [[ "$arg" == tests || "$arg" == tests/* ]] && targets=()
+done
+pytest=("$PYTHON" -m pytest "${targets[@]}" -q -rs "$@")
+say "running: ${pytest[*]}"
+status=0
+"${pytest[@]}" || status=$?
+exit "$status"

@@ -1,0 +1,1 @@
+"""Dual recording: capture of forwarded media, sealing, archive store (see docs/architecture.md)."""

@@ -1,0 +1,3 @@
+"""vteller server: the aiohttp application (signaling, SFU, auth, storage)."""
+
+__version__ = "0.1.0"

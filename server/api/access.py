@@ -1,0 +1,62 @@
+"""Request authentication, role checks, CSRF and origin checks for the HTTP routes."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from server.auth.principal import Principal, Role
+from server.auth.service import CUSTOMER_COOKIE, STAFF_COOKIE
+from server.auth.tokens import same
+from server.context import services
+from server.errors import ApiError, forbidden, not_authenticated
+
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_PRINCIPALS = web.RequestKey("principals", list[Principal])
+
+
+async def principals(request: web.Request) -> list[Principal]:
+    """Every valid principal the request's cookies prove (staff first), cached per request."""
+    cached = request.get(_PRINCIPALS)
+    if cached is not None:
+        return cached
+    auth = services(request).auth
+    found: list[Principal] = []
+    if token := request.cookies.get(STAFF_COOKIE):
+        if staff := await auth.staff_principal(token):
+            found.append(staff)
+    if token := request.cookies.get(CUSTOMER_COOKIE):
+        if customer := await auth.customer_principal(token):
+            found.append(customer)
+    request[_PRINCIPALS] = found
+    return found
+
+
+async def require(request: web.Request, *roles: Role, action: str) -> Principal:
+    """The request's principal with one of `roles`, CSRF-checked for state-changing methods."""
+    found = await principals(request)
+    if not found:
+        raise not_authenticated()
+    for principal in found:
+        if principal.role in roles:
+            if request.method in UNSAFE_METHODS:
+                check_csrf(request, principal)
+            return principal
+    raise forbidden(action)
+
+
+def check_csrf(request: web.Request, principal: Principal) -> None:
+    sent = request.headers.get("X-CSRF-Token", "")
+    if not sent or not same(sent, principal.csrf_token):
+        raise ApiError(
+            403,
+            "csrf_failed",
+            "The security token of this page is missing or stale. Reload the page and try again.",
+        )
+
+
+def check_origin(request: web.Request) -> None:
+    """Refuse cross-site use of the endpoints that need no cookie (login, join) and of WebSockets."""
+    origin = request.headers.get("Origin")
+    allowed = {services(request).settings.origin, f"{request.scheme}://{request.host}"}
+    if origin is not None and origin.rstrip("/") not in allowed:
+        raise ApiError(403, "bad_origin", "Requests must come from this service's own pages.")

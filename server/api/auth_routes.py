@@ -1,0 +1,69 @@
+"""Staff login, logout, whoami; account creation by admins."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from server.api.access import check_origin, require
+from server.api.bodies import LoginBody, NewUserBody, parse
+from server.auth.principal import STAFF_ROLES, Role
+from server.auth.service import STAFF_COOKIE
+from server.context import services
+from server.sessions.views import user_view
+
+routes = web.RouteTableDef()
+
+
+@routes.post("/api/v1/auth/login")
+async def login(request: web.Request) -> web.Response:
+    check_origin(request)
+    body = await parse(request, LoginBody)
+    svc = services(request)
+    address = request.remote or "unknown"
+    user, token, csrf = await svc.auth.login(body.username, body.password, address)
+    response = web.json_response({"user": user_view(user), "csrf_token": csrf})
+    response.set_cookie(
+        STAFF_COOKIE,
+        token,
+        httponly=True,
+        samesite="Strict",
+        secure=svc.settings.cookie_secure,
+        path="/",
+        max_age=int(svc.settings.staff_session_hours * 3600),
+    )
+    return response
+
+
+@routes.post("/api/v1/auth/logout")
+async def logout(request: web.Request) -> web.Response:
+    await require(request, *STAFF_ROLES, action="log out")
+    await services(request).auth.logout(request.cookies[STAFF_COOKIE])
+    response = web.json_response({"ok": True})
+    response.del_cookie(STAFF_COOKIE, path="/")
+    return response
+
+
+@routes.get("/api/v1/auth/me")
+async def me(request: web.Request) -> web.Response:
+    principal = await require(request, *STAFF_ROLES, action="use the staff console")
+    return web.json_response(
+        {
+            "user": {
+                "id": principal.user_id,
+                "username": principal.username,
+                "display_name": principal.display_name,
+                "role": principal.role.value,
+            },
+            "csrf_token": principal.csrf_token,
+        }
+    )
+
+
+@routes.post("/api/v1/admin/users")
+async def create_user(request: web.Request) -> web.Response:
+    await require(request, Role.ADMIN, action="manage accounts")
+    body = await parse(request, NewUserBody)
+    user = await services(request).auth.create_user(
+        body.username, body.password, body.display_name, body.role
+    )
+    return web.json_response({"user": user_view(user)}, status=201)

@@ -1,0 +1,67 @@
+"""The customer's side: checking and redeeming an invitation link."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from server.api.access import check_origin, require
+from server.auth.principal import Role
+from server.auth.service import CUSTOMER_COOKIE
+from server.context import services
+from server.sessions.views import participant_view, session_view
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/api/v1/join/{token}")
+async def check_link(request: web.Request) -> web.Response:
+    status, invitation = await services(request).sessions.invitation_status(
+        request.match_info["token"]
+    )
+    body: dict[str, object] = {"status": status, "business": None, "teller_name": None}
+    if invitation is not None and status == "valid":
+        body["business"] = invitation.session.business
+        body["teller_name"] = invitation.session.teller.display_name
+    return web.json_response(body)
+
+
+@routes.post("/api/v1/join/{token}")
+async def redeem(request: web.Request) -> web.Response:
+    check_origin(request)
+    svc = services(request)
+    redemption = await svc.sessions.redeem(
+        request.match_info["token"], request.cookies.get(CUSTOMER_COOKIE)
+    )
+    response = web.json_response(
+        {
+            "session": session_view(redemption.session, Role.CUSTOMER),
+            "participant": participant_view(redemption.participant),
+            "csrf_token": redemption.csrf_token,
+        }
+    )
+    if redemption.cookie_token is not None:
+        response.set_cookie(
+            CUSTOMER_COOKIE,
+            redemption.cookie_token,
+            httponly=True,
+            samesite="Strict",
+            secure=svc.settings.cookie_secure,
+            path="/",
+            max_age=24 * 3600,
+        )
+    return response
+
+
+@routes.get("/api/v1/customer/me")
+async def customer_me(request: web.Request) -> web.Response:
+    customer = await require(request, Role.CUSTOMER, action="use the customer page")
+    svc = services(request)
+    session = await svc.sessions.require(customer.session_id or "")
+    participant = await svc.sessions.participant_for(customer, session)
+    return web.json_response(
+        {
+            "session": session_view(session, Role.CUSTOMER),
+            "participant": participant_view(participant),
+            "csrf_token": customer.csrf_token,
+        }
+    )

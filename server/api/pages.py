@@ -1,0 +1,56 @@
+"""The browser pages (web/) and the health endpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aiohttp import web
+from sqlalchemy import text
+
+from server import __version__
+from server.context import services
+
+WEB_DIR = Path(__file__).resolve().parents[2] / "web"
+
+routes = web.RouteTableDef()
+
+
+def _page(relative: str) -> web.FileResponse:
+    return web.FileResponse(
+        WEB_DIR / relative, headers={"Cache-Control": "no-store", "Content-Type": "text/html"}
+    )
+
+
+@routes.get("/")
+async def root(_: web.Request) -> web.Response:
+    raise web.HTTPFound("/staff/")
+
+
+@routes.get("/staff/")
+async def staff_console(_: web.Request) -> web.FileResponse:
+    return _page("staff/index.html")
+
+
+@routes.get("/staff/call.html")
+async def staff_call(_: web.Request) -> web.FileResponse:
+    return _page("staff/call.html")
+
+
+@routes.get("/join/{token}")
+async def customer_page(_: web.Request) -> web.FileResponse:
+    return _page("customer/index.html")
+
+
+@routes.get("/healthz")
+async def health(request: web.Request) -> web.Response:
+    try:
+        async with services(request).engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+        database = "ok"
+    except Exception as exc:
+        database = f"error: {type(exc).__name__}"
+    healthy = database == "ok"
+    return web.json_response(
+        {"status": "ok" if healthy else "degraded", "version": __version__, "database": database},
+        status=200 if healthy else 503,
+    )

@@ -1,0 +1,101 @@
+"""Invitations, session lists and details, experts, ending a session."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from aiohttp import web
+
+from server.api.access import require
+from server.api.bodies import ExpertBody, InvitationBody, parse
+from server.auth.principal import Role
+from server.context import services
+from server.errors import ApiError, forbidden
+from server.sessions.views import (
+    chat_view,
+    event_view,
+    participant_view,
+    session_view,
+    user_view,
+)
+
+routes = web.RouteTableDef()
+
+
+@routes.post("/api/v1/invitations")
+async def create_invitation(request: web.Request) -> web.Response:
+    teller = await require(request, Role.TELLER, action="invite customers")
+    body = await parse(request, InvitationBody)
+    svc = services(request)
+    ttl = timedelta(minutes=body.ttl_minutes or svc.settings.invitation_ttl_minutes)
+    created = await svc.sessions.create_invitation(teller, body.business, body.customer_name, ttl)
+    return web.json_response(
+        {
+            "session": session_view(created.session, teller.role),
+            "invitation_url": f"{svc.settings.origin}/join/{created.token}",
+            "expires_at": created.expires_at.isoformat(),
+        },
+        status=201,
+    )
+
+
+@routes.get("/api/v1/sessions")
+async def list_sessions(request: web.Request) -> web.Response:
+    principal = await require(
+        request, Role.TELLER, Role.EXPERT, Role.SUPERVISOR, action="list sessions"
+    )
+    sessions = await services(request).sessions.visible_to(principal)
+    return web.json_response({"sessions": [session_view(s, principal.role) for s in sessions]})
+
+
+@routes.get("/api/v1/sessions/{session_id}")
+async def session_detail(request: web.Request) -> web.Response:
+    principal = await require(
+        request, Role.TELLER, Role.EXPERT, Role.SUPERVISOR, action="view sessions"
+    )
+    store = services(request).sessions
+    session = await store.require(request.match_info["session_id"])
+    if not await store.can_view(principal, session):
+        raise forbidden("view this session")
+    return web.json_response(
+        {
+            "session": session_view(session, principal.role),
+            "events": [event_view(e) for e in await store.events(session.id)],
+            "chat": [chat_view(m) for m in await store.chat(session.id)],
+        }
+    )
+
+
+@routes.post("/api/v1/sessions/{session_id}/experts")
+async def invite_expert(request: web.Request) -> web.Response:
+    teller = await require(request, Role.TELLER, action="invite experts")
+    body = await parse(request, ExpertBody)
+    svc = services(request)
+    participant = await svc.sessions.add_expert(
+        teller, request.match_info["session_id"], body.username
+    )
+    return web.json_response({"participant": participant_view(participant)}, status=201)
+
+
+@routes.post("/api/v1/sessions/{session_id}/end")
+async def end_session(request: web.Request) -> web.Response:
+    principal = await require(request, Role.TELLER, Role.CUSTOMER, action="end sessions")
+    svc = services(request)
+    session = await svc.sessions.require(request.match_info["session_id"])
+    participant = await svc.sessions.participant_for(principal, session)
+    if participant.role not in (Role.TELLER.value, Role.CUSTOMER.value):
+        raise forbidden("end this session")
+    if session.state == "ended":
+        raise ApiError(410, "session_ended", "This session has already ended.")
+    ended = await svc.rooms.end_session(session.id, by=participant.id)
+    return web.json_response({"session": session_view(ended, principal.role)})
+
+
+@routes.get("/api/v1/staff")
+async def list_staff(request: web.Request) -> web.Response:
+    await require(request, Role.TELLER, action="list staff")
+    role = request.query.get("role", Role.EXPERT.value)
+    if role != Role.EXPERT.value:
+        raise ApiError(400, "invalid_request", "role: only experts can be listed here.")
+    staff = await services(request).sessions.staff(Role.EXPERT)
+    return web.json_response({"staff": [user_view(u) for u in staff]})

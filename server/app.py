@@ -1,0 +1,67 @@
+"""The application factory: everything a running vteller process is made of, from settings."""
+
+from __future__ import annotations
+
+import structlog
+from aiohttp import web
+
+from server.api import auth_routes, join_routes, pages, session_routes
+from server.api.middleware import json_errors, security_headers
+from server.auth.ratelimit import LoginThrottle
+from server.auth.service import AuthService
+from server.context import SERVICES, Services
+from server.db.engine import create_engine, migrate, session_factory
+from server.sessions.store import SessionStore
+from server.settings import Settings
+from server.sfu.ice_policy import IcePolicy
+from server.sfu.rooms import RoomRegistry
+from server.signaling.handler import signaling
+
+log = structlog.get_logger(__name__)
+
+API_BODY_LIMIT = 64 * 1024
+
+
+async def create_app(settings: Settings) -> web.Application:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(settings.effective_database_url)
+    await migrate(engine)
+    db = session_factory(engine)
+    store = SessionStore(db)
+    interrupted = await store.interrupt_open_sessions()
+    if interrupted:
+        log.warning("sessions_interrupted_by_restart", count=interrupted)
+
+    policy = IcePolicy(settings.ice_host_addresses)
+    policy.install()
+    throttle = LoginThrottle(
+        settings.login_max_failures_per_user,
+        settings.login_max_failures_per_address,
+        settings.login_window_seconds,
+    )
+    services = Services(
+        settings=settings,
+        engine=engine,
+        auth=AuthService(db, throttle, settings.staff_session_hours),
+        sessions=store,
+        rooms=RoomRegistry(store, settings, policy),
+    )
+
+    app = web.Application(
+        middlewares=[security_headers, json_errors], client_max_size=API_BODY_LIMIT
+    )
+    app[SERVICES] = services
+    for module in (auth_routes, session_routes, join_routes, pages):
+        app.add_routes(module.routes)
+    app.router.add_get("/ws/v1/sessions/{session_id}", signaling)
+    app.router.add_static("/static/", pages.WEB_DIR, append_version=False)
+
+    async def stop_rooms(_: web.Application) -> None:
+        await services.rooms.shutdown()
+
+    async def dispose_engine(_: web.Application) -> None:
+        await engine.dispose()
+
+    app.on_shutdown.append(stop_rooms)
+    app.on_cleanup.append(dispose_engine)
+    return app

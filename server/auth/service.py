@@ -1,0 +1,111 @@
+"""Staff logins and the resolution of cookies to principals."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from server.auth.passwords import hash_password, verify_password
+from server.auth.principal import STAFF_ROLES, Principal, Role
+from server.auth.ratelimit import LoginThrottle
+from server.auth.tokens import digest, new_token
+from server.db.engine import DbSession
+from server.db.models import Participant, StaffLogin, User, utcnow
+from server.errors import ApiError
+
+STAFF_COOKIE = "vteller_staff"
+CUSTOMER_COOKIE = "vteller_customer"
+
+
+class AuthService:
+    def __init__(
+        self, db: async_sessionmaker[DbSession], throttle: LoginThrottle, session_hours: float
+    ) -> None:
+        self._db = db
+        self._throttle = throttle
+        self._session_lifetime = timedelta(hours=session_hours)
+
+    async def create_user(
+        self, username: str, password: str, display_name: str, role: Role
+    ) -> User:
+        if role not in STAFF_ROLES:
+            raise ApiError(400, "invalid_role", "Customers have no accounts; they join by link.")
+        password_hash = hash_password(password)
+        async with self._db() as db, db.begin():
+            if await db.scalar(select(User).where(User.username == username)) is not None:
+                raise ApiError(409, "user_exists", f"A user named {username!r} already exists.")
+            user = User(
+                username=username,
+                display_name=display_name or username,
+                role=role.value,
+                password_hash=password_hash,
+            )
+            db.add(user)
+        return user
+
+    async def login(self, username: str, password: str, address: str) -> tuple[User, str, str]:
+        """Returns the user, the cookie token and the CSRF token."""
+        wait = self._throttle.retry_after(username, address)
+        if wait > 0:
+            raise ApiError(
+                429,
+                "rate_limited",
+                f"Too many failed logins. Try again in {int(wait) + 1} seconds.",
+                headers={"Retry-After": str(int(wait) + 1)},
+            )
+        async with self._db() as db, db.begin():
+            user = await db.scalar(select(User).where(User.username == username))
+            ok = verify_password(user.password_hash if user else None, password)
+            if user is None or not ok or not user.active:
+                self._throttle.failed(username, address)
+                raise ApiError(401, "invalid_credentials", "Wrong username or password.")
+            self._throttle.succeeded(username)
+            token, csrf = new_token(), new_token()
+            db.add(
+                StaffLogin(
+                    token_hash=digest(token),
+                    user_id=user.id,
+                    csrf_token=csrf,
+                    expires_at=utcnow() + self._session_lifetime,
+                )
+            )
+        return user, token, csrf
+
+    async def logout(self, token: str) -> None:
+        async with self._db() as db, db.begin():
+            login = await db.scalar(select(StaffLogin).where(StaffLogin.token_hash == digest(token)))
+            if login is not None and login.revoked_at is None:
+                login.revoked_at = utcnow()
+
+    async def staff_principal(self, token: str) -> Principal | None:
+        async with self._db() as db:
+            login = await db.scalar(select(StaffLogin).where(StaffLogin.token_hash == digest(token)))
+        if login is None or login.revoked_at is not None or login.expires_at <= utcnow():
+            return None
+        user = login.user
+        if not user.active:
+            return None
+        return Principal(
+            role=Role(user.role),
+            display_name=user.display_name,
+            csrf_token=login.csrf_token,
+            user_id=user.id,
+            username=user.username,
+        )
+
+    async def customer_principal(self, token: str) -> Principal | None:
+        async with self._db() as db:
+            participant = await db.scalar(
+                select(Participant).where(Participant.credential_hash == digest(token))
+            )
+        if participant is None or participant.csrf_token is None:
+            return None
+        return Principal(
+            role=Role.CUSTOMER,
+            display_name=participant.display_name,
+            csrf_token=participant.csrf_token,
+            participant_id=participant.id,
+            session_id=participant.session_id,
+        )

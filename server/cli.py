@@ -1,0 +1,133 @@
+"""The `vteller` operator command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from server import __version__
+from server.auth.passwords import MIN_PASSWORD_LENGTH, WeakPasswordError
+from server.auth.principal import STAFF_ROLES, Role
+from server.errors import ApiError
+from server.logs import configure_logging
+from server.settings import Settings, load_settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    settings = load_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    result: int = args.run(args, settings)
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vteller",
+        description="Video remote banking and dual recording. Settings come from VTELLER_* "
+        "environment variables and the TOML file named by VTELLER_CONFIG (see README).",
+    )
+    parser.add_argument("--version", action="version", version=f"vteller {__version__}")
+    commands = parser.add_subparsers(title="commands")
+
+    serve = commands.add_parser("serve", help="run the web service")
+    serve.add_argument("--host", help="address to listen on (default: settings.host)")
+    serve.add_argument("--port", type=int, help="port to listen on (default: settings.port)")
+    serve.set_defaults(run=_serve)
+
+    admin = commands.add_parser("admin", help="manage staff accounts")
+    admin_commands = admin.add_subparsers(title="admin commands")
+    create = admin_commands.add_parser(
+        "create-user",
+        help="create a staff account",
+        description=f"Create a staff account. The password (at least {MIN_PASSWORD_LENGTH} "
+        "characters) is asked for interactively, or read from standard input with "
+        "--password-stdin.",
+    )
+    create.add_argument("--username", required=True)
+    create.add_argument(
+        "--role", required=True, choices=sorted(r.value for r in STAFF_ROLES)
+    )
+    create.add_argument("--display-name", default="", help="name shown to customers")
+    create.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input"
+    )
+    create.set_defaults(run=_create_user)
+    admin.set_defaults(run=lambda args, settings: admin.print_help() or 2)
+
+    db = commands.add_parser("db", help="database maintenance")
+    db_commands = db.add_subparsers(title="db commands")
+    upgrade = db_commands.add_parser("upgrade", help="apply schema migrations")
+    upgrade.set_defaults(run=_db_upgrade)
+    db.set_defaults(run=lambda args, settings: db.print_help() or 2)
+    return parser
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from server.app import create_app
+
+    host = args.host or settings.host
+    port = args.port or settings.port
+    settings = settings.model_copy(update={"host": host, "port": port})
+    print(f"vteller {__version__} listening on http://{host}:{port}", file=sys.stderr)
+    web.run_app(create_app(settings), host=host, port=port, print=None)
+    return 0
+
+
+def _create_user(args: argparse.Namespace, settings: Settings) -> int:
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass("Password: ")
+        if password != getpass.getpass("Repeat password: "):
+            print("error: the passwords differ; run the command again", file=sys.stderr)
+            return 1
+    try:
+        asyncio.run(
+            _with_auth(settings, args.username, password, args.display_name, Role(args.role))
+        )
+    except (WeakPasswordError, ApiError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"created {args.role} {args.username!r}")
+    return 0
+
+
+async def _with_auth(
+    settings: Settings, username: str, password: str, display_name: str, role: Role
+) -> None:
+    from server.auth.ratelimit import LoginThrottle
+    from server.auth.service import AuthService
+    from server.db.engine import create_engine, migrate, session_factory
+
+    engine = create_engine(settings.effective_database_url)
+    try:
+        await migrate(engine)
+        auth = AuthService(session_factory(engine), LoginThrottle(1, 1, 1), 1)
+        await auth.create_user(username, password, display_name, role)
+    finally:
+        await engine.dispose()
+
+
+def _db_upgrade(_: argparse.Namespace, settings: Settings) -> int:
+    from server.db.engine import create_engine, migrate
+
+    async def run() -> None:
+        engine = create_engine(settings.effective_database_url)
+        try:
+            await migrate(engine)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
+    print("database schema is up to date")
+    return 0

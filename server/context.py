@@ -1,0 +1,29 @@
+"""The services one application instance is made of, reachable from every request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from server.auth.service import AuthService
+from server.sessions.store import SessionStore
+from server.settings import Settings
+from server.sfu.rooms import RoomRegistry
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: AsyncEngine
+    auth: AuthService
+    sessions: SessionStore
+    rooms: RoomRegistry
+
+
+SERVICES = web.AppKey("services", Services)
+
+
+def services(request: web.Request) -> Services:
+    return request.app[SERVICES]

@@ -1,0 +1,24 @@
+"""Errors a client is meant to read: a stable code plus a message that says what to do."""
+
+from __future__ import annotations
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+
+def not_authenticated() -> ApiError:
+    return ApiError(401, "not_authenticated", "Please log in (or open your invitation link) first.")
+
+
+def forbidden(what: str) -> ApiError:
+    return ApiError(403, "forbidden", f"Your role may not {what}.")
+
+
+def not_found(code: str, message: str) -> ApiError:
+    return ApiError(404, code, message)

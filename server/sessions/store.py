@@ -1,0 +1,376 @@
+"""Sessions, invitations, participants, events and chat in the database.
+
+Authorization that depends on a session (who may enter which one) lives here too, next to the
+data it is decided by, so the HTTP routes and the WebSocket handler cannot disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from server.auth.principal import Principal, Role
+from server.auth.tokens import digest, new_token
+from server.db.engine import DbSession
+from server.db.models import (
+    CallSession,
+    ChatMessage,
+    Invitation,
+    Participant,
+    SessionEvent,
+    User,
+    utcnow,
+)
+from server.errors import ApiError, forbidden
+
+BUSINESSES = ("wealth", "insurance", "general")
+OPEN_STATES = ("waiting", "active", "interrupted")
+InvitationStatus = Literal["valid", "expired", "used", "unknown"]
+
+
+@dataclass(frozen=True)
+class NewInvitation:
+    session: CallSession
+    token: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class Redemption:
+    session: CallSession
+    participant: Participant
+    cookie_token: str | None  # None when the browser already holds its credential
+    csrf_token: str
+
+
+class SessionStore:
+    def __init__(self, db: async_sessionmaker[DbSession]) -> None:
+        self._db = db
+
+    # -- invitations -------------------------------------------------------------------------
+
+    async def create_invitation(
+        self, teller: Principal, business: str, customer_name: str, ttl: timedelta
+    ) -> NewInvitation:
+        if teller.role is not Role.TELLER or teller.user_id is None:
+            raise forbidden("invite customers")
+        token = new_token()
+        expires_at = utcnow() + ttl
+        async with self._db() as db, db.begin():
+            session = CallSession(
+                business=business, teller_id=teller.user_id, customer_name=customer_name
+            )
+            db.add(session)
+            await db.flush()
+            db.add(
+                Participant(
+                    session_id=session.id,
+                    role=Role.TELLER.value,
+                    user_id=teller.user_id,
+                    display_name=teller.display_name,
+                )
+            )
+            db.add(
+                Invitation(
+                    session_id=session.id,
+                    token_hash=digest(token),
+                    created_by=teller.user_id,
+                    expires_at=expires_at,
+                )
+            )
+            db.add(
+                SessionEvent(
+                    session_id=session.id,
+                    type="invitation_created",
+                    detail={"expires_at": expires_at.isoformat(), "by": teller.user_id},
+                )
+            )
+        loaded = await self.get(session.id)
+        assert loaded is not None
+        return NewInvitation(loaded, token, expires_at)
+
+    async def invitation_status(self, token: str) -> tuple[InvitationStatus, Invitation | None]:
+        async with self._db() as db:
+            invitation = await db.scalar(
+                select(Invitation).where(Invitation.token_hash == digest(token))
+            )
+        if invitation is None:
+            return "unknown", None
+        if invitation.used_at is not None:
+            return "used", invitation
+        if invitation.expires_at <= utcnow():
+            return "expired", invitation
+        return "valid", invitation
+
+    async def redeem(self, token: str, held_credential: str | None) -> Redemption:
+        """Exchange a single-use link for a customer credential bound to its session.
+
+        A browser that already redeemed the link (a reload) presents its credential and gets the
+        same participant back; anyone else gets `invitation_used`.
+        """
+        async with self._db() as db, db.begin():
+            invitation = await db.scalar(
+                select(Invitation).where(Invitation.token_hash == digest(token))
+            )
+            if invitation is None:
+                raise ApiError(
+                    404,
+                    "invitation_unknown",
+                    "This link is not valid. Please check it or ask your teller for a new one.",
+                )
+            session = invitation.session
+            if session.state == "ended":
+                raise ApiError(410, "session_ended", "This video session has already ended.")
+            if invitation.used_at is not None:
+                participant = await db.get(Participant, invitation.used_by_participant_id)
+                if (
+                    held_credential is not None
+                    and participant is not None
+                    and participant.credential_hash == digest(held_credential)
+                    and participant.csrf_token is not None
+                ):
+                    return Redemption(session, participant, None, participant.csrf_token)
+                raise ApiError(
+                    409,
+                    "invitation_used",
+                    "This link has already been used. Ask your teller for a new one.",
+                )
+            if invitation.expires_at <= utcnow():
+                raise ApiError(
+                    410,
+                    "invitation_expired",
+                    "This link has expired. Please ask your teller for a new one.",
+                )
+            credential, csrf = new_token(), new_token()
+            participant = Participant(
+                session_id=session.id,
+                role=Role.CUSTOMER.value,
+                display_name=session.customer_name or "客户",
+                credential_hash=digest(credential),
+                csrf_token=csrf,
+            )
+            db.add(participant)
+            await db.flush()
+            invitation.used_at = utcnow()
+            invitation.used_by_participant_id = participant.id
+            db.add(
+                SessionEvent(
+                    session_id=session.id,
+                    participant_id=participant.id,
+                    type="invitation_redeemed",
+                    detail={},
+                )
+            )
+        return Redemption(session, participant, credential, csrf)
+
+    # -- sessions and participants -----------------------------------------------------------
+
+    async def get(self, session_id: str) -> CallSession | None:
+        async with self._db() as db:
+            return await db.get(CallSession, session_id)
+
+    async def require(self, session_id: str) -> CallSession:
+        session = await self.get(session_id)
+        if session is None:
+            raise ApiError(404, "unknown_session", "There is no such session.")
+        return session
+
+    async def visible_to(self, principal: Principal) -> list[CallSession]:
+        query = select(CallSession).order_by(CallSession.created_at.desc()).limit(100)
+        if principal.role is Role.TELLER:
+            query = query.where(CallSession.teller_id == principal.user_id)
+        elif principal.role is Role.EXPERT:
+            query = query.where(
+                CallSession.id.in_(
+                    select(Participant.session_id).where(
+                        Participant.user_id == principal.user_id,
+                        Participant.role == Role.EXPERT.value,
+                    )
+                )
+            )
+        elif principal.role is Role.SUPERVISOR:
+            query = query.where(CallSession.state.in_(OPEN_STATES))
+        else:
+            raise forbidden("list sessions")
+        async with self._db() as db:
+            return list((await db.scalars(query)).unique())
+
+    async def can_view(self, principal: Principal, session: CallSession) -> bool:
+        if principal.role is Role.SUPERVISOR:
+            return True
+        if principal.role is Role.CUSTOMER:
+            return principal.session_id == session.id
+        return any(p.user_id == principal.user_id for p in session.participants) and (
+            principal.role in (Role.TELLER, Role.EXPERT)
+        )
+
+    async def participant_for(self, principal: Principal, session: CallSession) -> Participant:
+        """The participant row a principal enters this session as; raises if it may not."""
+        if principal.role is Role.CUSTOMER:
+            if principal.session_id != session.id or principal.participant_id is None:
+                raise ApiError(403, "forbidden", "Your link is for another session.")
+            async with self._db() as db:
+                found = await db.get(Participant, principal.participant_id)
+            assert found is not None
+            return found
+        if principal.role not in (Role.TELLER, Role.EXPERT, Role.SUPERVISOR):
+            raise forbidden("join calls")
+        for participant in session.participants:
+            if participant.user_id == principal.user_id and participant.role == principal.role:
+                return participant
+        if principal.role is not Role.SUPERVISOR:
+            raise ApiError(403, "forbidden", "You are not invited to this session.")
+        async with self._db() as db, db.begin():
+            observer = Participant(
+                session_id=session.id,
+                role=Role.SUPERVISOR.value,
+                user_id=principal.user_id,
+                display_name=principal.display_name,
+            )
+            db.add(observer)
+        return observer
+
+    async def add_expert(self, teller: Principal, session_id: str, username: str) -> Participant:
+        session = await self.require(session_id)
+        if teller.role is not Role.TELLER or session.teller_id != teller.user_id:
+            raise forbidden("invite experts into this session")
+        if session.state == "ended":
+            raise ApiError(410, "session_ended", "This session has ended.")
+        async with self._db() as db, db.begin():
+            expert = await db.scalar(
+                select(User).where(User.username == username, User.active.is_(True))
+            )
+            if expert is None or expert.role != Role.EXPERT.value:
+                raise ApiError(404, "unknown_user", f"There is no active expert {username!r}.")
+            if any(p.user_id == expert.id for p in session.participants):
+                raise ApiError(409, "already_invited", f"{expert.display_name} is already invited.")
+            participant = Participant(
+                session_id=session.id,
+                role=Role.EXPERT.value,
+                user_id=expert.id,
+                display_name=expert.display_name,
+            )
+            db.add(participant)
+            db.add(
+                SessionEvent(
+                    session_id=session.id,
+                    type="expert_invited",
+                    detail={"user_id": expert.id, "by": teller.user_id},
+                )
+            )
+        return participant
+
+    async def staff(self, role: Role) -> list[User]:
+        async with self._db() as db:
+            query = select(User).where(User.role == role.value, User.active.is_(True))
+            return list(await db.scalars(query.order_by(User.display_name)))
+
+    async def update_participant(
+        self, participant_id: str, state: str, *, joined: bool = False, left: bool = False
+    ) -> None:
+        async with self._db() as db, db.begin():
+            participant = await db.get(Participant, participant_id)
+            if participant is None:
+                return
+            participant.state = state
+            if joined and participant.joined_at is None:
+                participant.joined_at = utcnow()
+            if joined:
+                participant.left_at = None
+            if left:
+                participant.left_at = utcnow()
+
+    async def mark_active(self, session_id: str) -> None:
+        async with self._db() as db, db.begin():
+            session = await db.get(CallSession, session_id)
+            if session is not None and session.state in ("waiting", "interrupted"):
+                session.state = "active"
+                session.started_at = session.started_at or utcnow()
+
+    async def end(self, session_id: str, by: str | None, reason: str) -> CallSession:
+        async with self._db() as db, db.begin():
+            session = await db.get(CallSession, session_id)
+            if session is None:
+                raise ApiError(404, "unknown_session", "There is no such session.")
+            if session.state != "ended":
+                session.state = "ended"
+                session.ended_at = utcnow()
+                session.end_reason = reason
+                now = utcnow()
+                for participant in session.participants:
+                    if participant.state in ("connected", "disconnected"):
+                        participant.state = "left"
+                        participant.left_at = now
+                db.add(
+                    SessionEvent(
+                        session_id=session_id,
+                        participant_id=by,
+                        type="session_ended",
+                        detail={"reason": reason},
+                    )
+                )
+        ended = await self.get(session_id)
+        assert ended is not None
+        return ended
+
+    async def interrupt_open_sessions(self) -> int:
+        """After a restart nobody is connected: say so in every session that was live."""
+        async with self._db() as db, db.begin():
+            sessions = list(
+                await db.scalars(select(CallSession).where(CallSession.state == "active"))
+            )
+            for session in sessions:
+                session.state = "interrupted"
+                for participant in session.participants:
+                    if participant.state == "connected":
+                        participant.state = "disconnected"
+                db.add(
+                    SessionEvent(
+                        session_id=session.id, type="session_interrupted", detail={}
+                    )
+                )
+        return len(sessions)
+
+    # -- events and chat ---------------------------------------------------------------------
+
+    async def record(
+        self,
+        session_id: str,
+        event_type: str,
+        participant_id: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        async with self._db() as db, db.begin():
+            db.add(
+                SessionEvent(
+                    session_id=session_id,
+                    participant_id=participant_id,
+                    type=event_type,
+                    detail=detail or {},
+                )
+            )
+
+    async def events(self, session_id: str) -> list[SessionEvent]:
+        async with self._db() as db:
+            query = select(SessionEvent).where(SessionEvent.session_id == session_id)
+            return list(await db.scalars(query.order_by(SessionEvent.id)))
+
+    async def add_chat(self, session_id: str, participant_id: str, text: str) -> ChatMessage:
+        async with self._db() as db, db.begin():
+            message = ChatMessage(session_id=session_id, participant_id=participant_id, text=text)
+            db.add(message)
+        async with self._db() as db:
+            loaded = await db.get(ChatMessage, message.id)
+        assert loaded is not None
+        return loaded
+
+    async def chat(self, session_id: str) -> list[ChatMessage]:
+        async with self._db() as db:
+            query = select(ChatMessage).where(ChatMessage.session_id == session_id)
+            return list(await db.scalars(query.order_by(ChatMessage.id)))
+
+

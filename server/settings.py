@@ -1,0 +1,94 @@
+"""Typed settings: environment variables (VTELLER_*) over an optional TOML file over defaults."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class IceServer(BaseModel):
+    """One STUN/TURN server, exactly as the browser's RTCIceServer takes it."""
+
+    urls: list[str]
+    username: str | None = None
+    credential: str | None = None
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="VTELLER_",
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    public_url: str = Field(
+        "",
+        description="Origin the browsers use (https://video.bank.example); "
+        "empty means http://{host}:{port}",
+    )
+    data_dir: Path = Path("var")
+    database_url: str = Field(
+        "", description="SQLAlchemy async URL; empty means SQLite in {data_dir}/vteller.db"
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+
+    cookie_secure: bool = Field(False, description="Set when served over TLS")
+    staff_session_hours: float = Field(10.0, gt=0, le=24 * 7)
+    invitation_ttl_minutes: int = Field(30, ge=1, le=1440)
+    login_max_failures_per_user: int = Field(5, ge=1)
+    login_max_failures_per_address: int = Field(20, ge=1)
+    login_window_seconds: int = Field(900, ge=1)
+
+    ice_servers: list[IceServer] = Field(default_factory=list)
+    ice_host_addresses: list[str] = Field(
+        default_factory=list,
+        description="Restrict the SFU's ICE host candidates (and the peers it answers) to these "
+        "addresses; empty means every interface",
+    )
+    rejoin_grace_seconds: float = Field(30.0, gt=0, le=600)
+    ws_max_message_bytes: int = Field(64 * 1024, ge=1024, le=1024 * 1024)
+    ws_max_messages_per_second: int = Field(50, ge=1)
+    ws_heartbeat_seconds: float = Field(10.0, gt=0)
+
+    @property
+    def origin(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'vteller.db'}"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _TomlFromEnv(settings_cls))
+
+
+class _TomlFromEnv(TomlConfigSettingsSource):
+    """Reads the TOML file named by VTELLER_CONFIG, if any."""
+
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        path = os.environ.get("VTELLER_CONFIG")
+        super().__init__(settings_cls, toml_file=Path(path) if path else None)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    return Settings(**overrides)

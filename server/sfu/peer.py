@@ -1,0 +1,190 @@
+"""One participant's RTCPeerConnection on the server, and its transceiver bookkeeping.
+
+The server is always the offerer (docs/protocol.md 2.4): receive-only transceivers for what the
+participant publishes, send-only ones for what it receives. Transceivers of participants who left
+are set inactive and reused for the next one, so a long session does not grow its SDP forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiortc import (
+    RTCBundlePolicy,
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCRtpTransceiver,
+    RTCSessionDescription,
+)
+from aiortc.sdp import candidate_from_sdp
+
+from server.settings import IceServer
+from server.sfu.forwarding import ForwardedTrack, Publication
+from server.sfu.ice_policy import IcePolicy
+from server.signaling.protocol import IceCandidate, ProtocolError, server_message
+
+SOURCE_KIND = {"microphone": "audio", "camera": "video", "screen": "video"}
+SendMessage = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+@dataclass
+class _Outgoing:
+    transceiver: RTCRtpTransceiver
+    track: ForwardedTrack | None  # None: free for reuse (inactive)
+
+
+class Peer:
+    def __init__(
+        self,
+        participant_id: str,
+        publishes: tuple[str, ...],
+        send: SendMessage,
+        ice_servers: list[IceServer],
+        policy: IcePolicy,
+    ) -> None:
+        self.participant_id = participant_id
+        self._send = send
+        self._policy = policy
+        self.pc = RTCPeerConnection(
+            RTCConfiguration(
+                iceServers=[
+                    RTCIceServer(urls=s.urls, username=s.username, credential=s.credential)
+                    for s in ice_servers
+                ],
+                # One transport for everything. With aiortc's default (balanced), transceivers
+                # added before the first answer keep a transport that BUNDLE then discards.
+                bundlePolicy=RTCBundlePolicy.MAX_BUNDLE,
+            )
+        )
+        self._publish = [
+            (self.pc.addTransceiver(SOURCE_KIND[source], direction="recvonly"), source)
+            for source in publishes
+        ]
+        self._outgoing: list[_Outgoing] = []
+        self._lock = asyncio.Lock()
+        self._offer_outstanding = False
+        self._renegotiate = False
+
+    def source_of(self, track: Any) -> str | None:
+        """Which of this participant's sources an incoming track is."""
+        for transceiver, source in self._publish:
+            if transceiver.receiver.track is track:
+                return source
+        return None
+
+    def forward(
+        self, participant_id: str, source: str, publication: Publication | None
+    ) -> ForwardedTrack:
+        """Send (participant, source) to this peer; call negotiate() afterwards."""
+        existing = self.forwarded(participant_id, source)
+        if existing is not None:
+            existing.attach(publication)
+            return existing
+        kind = SOURCE_KIND[source]
+        track = ForwardedTrack(kind, participant_id, source)
+        track.attach(publication)
+        for slot in self._outgoing:
+            if slot.track is None and slot.transceiver.kind == kind:
+                slot.transceiver.sender.replaceTrack(track)
+                slot.transceiver.direction = "sendonly"
+                slot.track = track
+                return track
+        transceiver = self.pc.addTransceiver(track, direction="sendonly")
+        self._outgoing.append(_Outgoing(transceiver, track))
+        return track
+
+    def forwarded(self, participant_id: str, source: str) -> ForwardedTrack | None:
+        for slot in self._outgoing:
+            if slot.track and (slot.track.participant_id, slot.track.source) == (
+                participant_id,
+                source,
+            ):
+                return slot.track
+        return None
+
+    def stop_forwarding(self, participant_id: str) -> bool:
+        """Stop sending a participant's tracks; True when renegotiation is needed."""
+        changed = False
+        for slot in self._outgoing:
+            if slot.track and slot.track.participant_id == participant_id:
+                slot.track.stop()
+                slot.transceiver.sender.replaceTrack(None)
+                slot.transceiver.direction = "inactive"
+                slot.track = None
+                changed = True
+        return changed
+
+    async def negotiate(self) -> None:
+        """Send a new offer now, or as soon as the outstanding one is answered."""
+        async with self._lock:
+            if self._offer_outstanding or self.pc.connectionState == "closed":
+                self._renegotiate = True
+                return
+            self._renegotiate = False
+            await self.pc.setLocalDescription(await self.pc.createOffer())
+            self._offer_outstanding = True
+            offer = self.pc.localDescription
+        await self._send(
+            server_message(
+                "offer",
+                sdp=offer.sdp,
+                publish=[{"mid": t.mid, "source": source} for t, source in self._publish],
+                tracks=[
+                    {
+                        "mid": slot.transceiver.mid,
+                        "participant_id": slot.track.participant_id,
+                        "source": slot.track.source,
+                    }
+                    for slot in self._outgoing
+                    if slot.track is not None
+                ],
+            )
+        )
+
+    async def accept_answer(self, sdp: str) -> None:
+        async with self._lock:
+            if not self._offer_outstanding:
+                raise ProtocolError("out_of_order", "There is no offer to answer.", "answer")
+            try:
+                await self.pc.setRemoteDescription(
+                    RTCSessionDescription(sdp=self._policy.filter_sdp(sdp), type="answer")
+                )
+            except Exception as exc:
+                raise ProtocolError(
+                    "invalid_sdp", f"The answer could not be applied: {exc}", "answer"
+                ) from exc
+            self._offer_outstanding = False
+            again = self._renegotiate
+        if again:
+            await self.negotiate()
+
+    async def add_candidate(self, candidate: IceCandidate | None) -> None:
+        if self.pc.remoteDescription is None:
+            raise ProtocolError("out_of_order", "Send ICE candidates after the answer.", "ice")
+        if candidate is None:
+            await self.pc.addIceCandidate(None)
+            return
+        line = candidate.candidate.removeprefix("a=")
+        if not line:  # the browser's empty end-of-candidates marker
+            return
+        if not self._policy.allows_candidate_line(line):
+            return
+        try:
+            parsed = candidate_from_sdp(line.split(":", 1)[1])
+        except (AssertionError, IndexError, ValueError) as exc:
+            raise ProtocolError("invalid_message", "candidate: not an ICE candidate", "ice") from exc
+        parsed.sdpMid = candidate.sdpMid
+        parsed.sdpMLineIndex = candidate.sdpMLineIndex
+        if parsed.sdpMid is None and parsed.sdpMLineIndex is None:
+            raise ProtocolError("invalid_message", "candidate: needs sdpMid or sdpMLineIndex", "ice")
+        await self.pc.addIceCandidate(parsed)
+
+    async def close(self) -> None:
+        for slot in self._outgoing:
+            if slot.track is not None:
+                slot.track.stop()
+        await self.pc.close()

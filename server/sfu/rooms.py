@@ -1,0 +1,398 @@
+"""Live sessions: who is connected, what they publish, and what everyone receives.
+
+A `Room` exists while a session has members; it owns their peer connections. Members who drop
+without saying goodbye keep their place for the rejoin grace period, so a reload or a network
+blip brings them back into the same call without anyone else doing anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import structlog
+
+from server.auth.principal import Role
+from server.db.models import CallSession
+from server.sessions.store import SessionStore
+from server.sessions.views import chat_view, participant_view, session_view
+from server.settings import Settings
+from server.sfu.forwarding import Publication
+from server.sfu.ice_policy import IcePolicy
+from server.sfu.peer import Peer
+from server.signaling.protocol import IceCandidate, ProtocolError, server_message
+
+log = structlog.get_logger(__name__)
+
+PUBLISHES: dict[Role, tuple[str, ...]] = {
+    Role.CUSTOMER: ("microphone", "camera"),
+    Role.TELLER: ("microphone", "camera", "screen"),
+    Role.EXPERT: ("microphone", "camera", "screen"),
+    Role.SUPERVISOR: (),
+}
+
+CLOSE_REPLACED = 4409
+CLOSE_ENDED = 4410
+CLOSE_MEDIA_FAILED = 4408
+
+
+class Connection(Protocol):
+    """The signaling channel of one member (a WebSocket in production)."""
+
+    async def send(self, message: dict[str, Any]) -> None: ...
+
+    async def close(self, code: int, reason: str) -> None: ...
+
+
+@dataclass
+class Member:
+    participant_id: str
+    role: Role
+    display_name: str
+    connection: Connection | None = None
+    peer: Peer | None = None
+    disconnected_at: float | None = None
+    grace: asyncio.TimerHandle | None = None
+    view: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def connected(self) -> bool:
+        return self.connection is not None
+
+
+def _visible(viewer: Role, member: Member) -> bool:
+    # Supervisors observe silently: customers are never told about them.
+    return not (viewer is Role.CUSTOMER and member.role is Role.SUPERVISOR)
+
+
+class Room:
+    def __init__(
+        self,
+        session_id: str,
+        store: SessionStore,
+        settings: Settings,
+        policy: IcePolicy,
+        on_empty: Callable[[Room], None],
+    ) -> None:
+        self.session_id = session_id
+        self._store = store
+        self._settings = settings
+        self._policy = policy
+        self._on_empty = on_empty
+        self.members: dict[str, Member] = {}
+        self._publications: dict[tuple[str, str], Publication] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- membership --------------------------------------------------------------------------
+
+    async def join(
+        self, participant_id: str, role: Role, display_name: str, connection: Connection
+    ) -> None:
+        member = self.members.get(participant_id)
+        rejoined = member is not None
+        gap: float | None = None
+        if member is None:
+            member = Member(participant_id, role, display_name)
+            self.members[participant_id] = member
+        else:
+            if member.connection is not None:
+                old = member.connection
+                member.connection = None
+                await old.close(CLOSE_REPLACED, "connected again elsewhere")
+            if member.grace is not None:
+                member.grace.cancel()
+                member.grace = None
+            if member.disconnected_at is not None:
+                gap = time.monotonic() - member.disconnected_at
+                member.disconnected_at = None
+            await self._drop_media(member)
+
+        member.connection = connection
+        peer = Peer(
+            participant_id,
+            PUBLISHES[role],
+            connection.send,
+            self._settings.ice_servers,
+            self._policy,
+        )
+        member.peer = peer
+        self._watch(member, peer)
+        for other in self._others(participant_id):
+            for source in PUBLISHES[other.role]:
+                peer.forward(other.participant_id, source, self._publications.get(
+                    (other.participant_id, source)
+                ))
+        renegotiate: list[Peer] = []
+        if not rejoined:
+            for other in self._others(participant_id):
+                if other.peer is not None and PUBLISHES[role]:
+                    for source in PUBLISHES[role]:
+                        other.peer.forward(participant_id, source, None)
+                    renegotiate.append(other.peer)
+
+        await self._store.update_participant(participant_id, "connected", joined=True)
+        await self._store.record(
+            self.session_id,
+            "participant_rejoined" if rejoined else "participant_joined",
+            participant_id,
+            {"gap_seconds": round(gap, 3)} if gap is not None else {"role": role.value},
+        )
+        if role in (Role.CUSTOMER, Role.TELLER) and self._has_connected(Role.CUSTOMER) and (
+            self._has_connected(Role.TELLER)
+        ):
+            await self._store.mark_active(self.session_id)
+        session = await self._store.require(self.session_id)
+        member.view = self._participant(session, participant_id)
+        await connection.send(
+            server_message(
+                "joined",
+                participant_id=participant_id,
+                role=role.value,
+                rejoined=rejoined,
+                session=session_view(session, role),
+                participants=[
+                    self._participant(session, o.participant_id) | {"state": self._state(o)}
+                    for o in self._others(participant_id)
+                    if _visible(role, o)
+                ],
+                ice_servers=[s.model_dump(exclude_none=True) for s in self._settings.ice_servers],
+                chat=[chat_view(m) for m in await self._store.chat(self.session_id)],
+            )
+        )
+        await peer.negotiate()
+        await self._broadcast(
+            server_message(
+                "participant_joined",
+                participant=member.view | {"state": "connected"},
+                rejoined=rejoined,
+            ),
+            about=member,
+        )
+        for other_peer in renegotiate:
+            await other_peer.negotiate()
+
+    async def disconnected(self, participant_id: str, connection: Connection) -> None:
+        """The member's signaling or media connection was lost without a goodbye."""
+        member = self.members.get(participant_id)
+        if member is None or member.connection is not connection:
+            return  # already replaced by a newer connection, or gone
+        member.connection = None
+        member.disconnected_at = time.monotonic()
+        await self._drop_media(member)
+        member.grace = asyncio.get_running_loop().call_later(
+            self._settings.rejoin_grace_seconds,
+            lambda: self._spawn(self.leave(participant_id, "timeout")),
+        )
+        await self._store.update_participant(participant_id, "disconnected")
+        await self._store.record(self.session_id, "participant_disconnected", participant_id)
+        await self._broadcast(
+            server_message("participant_left", participant_id=participant_id, reason="disconnected"),
+            about=member,
+        )
+
+    async def leave(self, participant_id: str, reason: str) -> None:
+        member = self.members.pop(participant_id, None)
+        if member is None:
+            return
+        if member.grace is not None:
+            member.grace.cancel()
+        connection, member.connection = member.connection, None
+        await self._drop_media(member)
+        renegotiate = [
+            o.peer
+            for o in self.members.values()
+            if o.peer is not None and o.peer.stop_forwarding(participant_id)
+        ]
+        await self._store.update_participant(participant_id, "left", left=True)
+        await self._store.record(self.session_id, "participant_left", participant_id, {
+            "reason": reason
+        })
+        await self._broadcast(
+            server_message("participant_left", participant_id=participant_id, reason=reason),
+            about=member,
+        )
+        for peer in renegotiate:
+            await peer.negotiate()
+        if connection is not None and reason == "left":
+            await connection.close(1000, "left")
+        if not self.members:
+            self._on_empty(self)
+
+    async def end(self, by: str | None) -> CallSession:
+        session = await self._store.end(self.session_id, by, "ended_by_participant")
+        await self._broadcast(
+            server_message("session_ended", reason="ended_by_participant", by=by), about=None
+        )
+        for member in list(self.members.values()):
+            if member.grace is not None:
+                member.grace.cancel()
+            connection, member.connection = member.connection, None
+            await self._drop_media(member)
+            if connection is not None:
+                await connection.close(CLOSE_ENDED, "session ended")
+        self.members.clear()
+        self._on_empty(self)
+        return session
+
+    async def shutdown(self) -> None:
+        """Server stopping: close everything; clients reconnect to the next server."""
+        for member in self.members.values():
+            if member.grace is not None:
+                member.grace.cancel()
+            connection, member.connection = member.connection, None
+            await self._drop_media(member)
+            if connection is not None:
+                await connection.close(1012, "server restarting")
+        for task in list(self._tasks):
+            task.cancel()
+        self.members.clear()
+
+    # -- messages from members ---------------------------------------------------------------
+
+    async def answer(self, participant_id: str, sdp: str) -> None:
+        await self._peer(participant_id, "answer").accept_answer(sdp)
+
+    async def ice(self, participant_id: str, candidate: IceCandidate | None) -> None:
+        await self._peer(participant_id, "ice").add_candidate(candidate)
+
+    async def chat(self, participant_id: str, text: str) -> None:
+        message = await self._store.add_chat(self.session_id, participant_id, text)
+        await self._broadcast(server_message("chat", message=chat_view(message)), about=None)
+
+    async def screen_share(self, participant_id: str, active: bool) -> None:
+        member = self.members[participant_id]
+        if "screen" not in PUBLISHES[member.role]:
+            raise ProtocolError("forbidden", "Only staff can share a screen.", "screen_share")
+        await self._store.record(
+            self.session_id, "screen_share_started" if active else "screen_share_stopped",
+            participant_id,
+        )
+        await self._broadcast(
+            server_message("screen_share", participant_id=participant_id, active=active),
+            about=member,
+        )
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _others(self, participant_id: str) -> list[Member]:
+        return [m for m in self.members.values() if m.participant_id != participant_id]
+
+    def _has_connected(self, role: Role) -> bool:
+        return any(m.role is role and m.connected for m in self.members.values())
+
+    @staticmethod
+    def _state(member: Member) -> str:
+        return "connected" if member.connected else "disconnected"
+
+    @staticmethod
+    def _participant(session: CallSession, participant_id: str) -> dict[str, Any]:
+        for participant in session.participants:
+            if participant.id == participant_id:
+                return participant_view(participant)
+        raise KeyError(participant_id)
+
+    def _peer(self, participant_id: str, ref: str) -> Peer:
+        member = self.members.get(participant_id)
+        if member is None or member.peer is None:
+            raise ProtocolError("out_of_order", "Send join first.", ref)
+        return member.peer
+
+    async def _broadcast(self, message: dict[str, Any], about: Member | None) -> None:
+        for member in list(self.members.values()):
+            if member is about or member.connection is None:
+                continue
+            if about is not None and not _visible(member.role, about):
+                continue
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await member.connection.send(message)
+
+    def _watch(self, member: Member, peer: Peer) -> None:
+        @peer.pc.on("track")  # type: ignore[untyped-decorator]
+        def on_track(track: Any) -> None:
+            source = peer.source_of(track)
+            if source is None or member.peer is not peer:
+                return
+            key = (member.participant_id, source)
+            if old := self._publications.pop(key, None):
+                old.close()
+            publication = Publication(member.participant_id, source, track)
+            self._publications[key] = publication
+            for other in self._others(member.participant_id):
+                if other.peer is not None and (
+                    forwarded := other.peer.forwarded(member.participant_id, source)
+                ):
+                    forwarded.attach(publication)
+
+        @peer.pc.on("connectionstatechange")  # type: ignore[untyped-decorator]
+        async def on_state() -> None:
+            if peer.pc.connectionState == "failed" and member.peer is peer:
+                connection = member.connection
+                if connection is not None:
+                    log.info("media_failed", participant_id=member.participant_id)
+                    await connection.close(CLOSE_MEDIA_FAILED, "media connection failed")
+                    await self.disconnected(member.participant_id, connection)
+
+    async def _drop_media(self, member: Member) -> None:
+        for source in PUBLISHES[member.role]:
+            if publication := self._publications.pop((member.participant_id, source), None):
+                publication.close()
+            for other in self._others(member.participant_id):
+                if other.peer is not None and (
+                    forwarded := other.peer.forwarded(member.participant_id, source)
+                ):
+                    forwarded.attach(None)
+        peer, member.peer = member.peer, None
+        if peer is not None:
+            await peer.close()
+
+    def _spawn(self, coroutine: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+class RoomRegistry:
+    """The rooms of this process, one per live session."""
+
+    def __init__(self, store: SessionStore, settings: Settings, policy: IcePolicy) -> None:
+        self._store = store
+        self._settings = settings
+        self._policy = policy
+        self._rooms: dict[str, Room] = {}
+
+    def room(self, session_id: str) -> Room:
+        room = self._rooms.get(session_id)
+        if room is None:
+            room = Room(session_id, self._store, self._settings, self._policy, self._forget)
+            self._rooms[session_id] = room
+        return room
+
+    def get(self, session_id: str) -> Room | None:
+        return self._rooms.get(session_id)
+
+    def __len__(self) -> int:
+        return len(self._rooms)
+
+    def peer_count(self) -> int:
+        return sum(
+            1 for room in self._rooms.values() for m in room.members.values() if m.peer is not None
+        )
+
+    async def end_session(self, session_id: str, by: str | None) -> CallSession:
+        room = self._rooms.get(session_id)
+        if room is not None:
+            return await room.end(by)
+        return await self._store.end(session_id, by, "ended_by_participant")
+
+    async def shutdown(self) -> None:
+        for room in list(self._rooms.values()):
+            await room.shutdown()
+        self._rooms.clear()
+
+    def _forget(self, room: Room) -> None:
+        if self._rooms.get(room.session_id) is room:
+            del self._rooms[room.session_id]

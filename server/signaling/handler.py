@@ -1,0 +1,216 @@
+"""The signaling WebSocket: authenticates, validates every message, drives the member's room."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import deque
+from typing import Any
+
+import structlog
+from aiohttp import WSMsgType, web
+
+from server.api.access import check_origin, principals
+from server.auth.principal import Principal, Role
+from server.context import services
+from server.errors import ApiError
+from server.signaling.protocol import (
+    Answer,
+    Chat,
+    ClientMessage,
+    End,
+    Ice,
+    Join,
+    Leave,
+    Ping,
+    ProtocolError,
+    ScreenShare,
+    error_message,
+    parse_client_message,
+    server_message,
+)
+from server.settings import Settings
+from server.sfu.rooms import Room, RoomRegistry
+
+log = structlog.get_logger(__name__)
+
+# aiohttp closes (1009) beyond this; up to it, oversized frames get a readable error instead.
+HARD_FRAME_LIMIT = 1024 * 1024
+CLOSE_CODES = {401: 4401, 403: 4403, 404: 4404, 410: 4410}
+
+
+class WebSocketConnection:
+    def __init__(self, ws: web.WebSocketResponse) -> None:
+        self._ws = ws
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if not self._ws.closed:
+            await self._ws.send_json(message)
+
+    async def close(self, code: int, reason: str) -> None:
+        if not self._ws.closed:
+            await self._ws.close(code=code, message=reason.encode())
+
+
+class _RateLimit:
+    def __init__(self, per_second: int) -> None:
+        self._per_second = per_second
+        self._times: deque[float] = deque()
+
+    def exceeded(self) -> bool:
+        now = time.monotonic()
+        while self._times and self._times[0] <= now - 1:
+            self._times.popleft()
+        self._times.append(now)
+        return len(self._times) > self._per_second
+
+
+async def signaling(request: web.Request) -> web.WebSocketResponse:
+    svc = services(request)
+    ws = web.WebSocketResponse(
+        max_msg_size=HARD_FRAME_LIMIT, heartbeat=svc.settings.ws_heartbeat_seconds
+    )
+    await ws.prepare(request)
+    connection = WebSocketConnection(ws)
+    try:
+        check_origin(request)
+        principal, participant_id = await _admit(request)
+    except ApiError as exc:
+        await connection.send(error_message(exc.code, exc.message))
+        await connection.close(CLOSE_CODES.get(exc.status, 4400), exc.code)
+        return ws
+
+    session = _Session(
+        svc.rooms, request.match_info["session_id"], principal, participant_id, connection,
+        svc.settings,
+    )
+    try:
+        async for frame in ws:
+            if frame.type == WSMsgType.TEXT:
+                if not await session.handle(frame.data):
+                    break
+            elif frame.type == WSMsgType.BINARY:
+                await connection.send(error_message("bad_json", "Send text frames with JSON."))
+    finally:
+        await session.finish()
+    return ws
+
+
+async def _admit(request: web.Request) -> tuple[Principal, str]:
+    """The principal and participant id this connection acts as, or an ApiError."""
+    store = services(request).sessions
+    session = await store.get(request.match_info["session_id"])
+    found = await principals(request)
+    if not found:
+        raise ApiError(401, "not_authenticated", "Log in, or open your invitation link again.")
+    if session is None:
+        raise ApiError(404, "unknown_session", "There is no such session.")
+    if session.state == "ended":
+        raise ApiError(410, "session_ended", "This session has ended.")
+    denial: ApiError | None = None
+    for principal in found:
+        try:
+            participant = await store.participant_for(principal, session)
+        except ApiError as exc:
+            denial = exc
+            continue
+        return principal, participant.id
+    assert denial is not None
+    raise denial
+
+
+class _Session:
+    """One connection's protocol state machine."""
+
+    def __init__(
+        self,
+        rooms: RoomRegistry,
+        session_id: str,
+        principal: Principal,
+        participant_id: str,
+        connection: WebSocketConnection,
+        settings: Settings,
+    ) -> None:
+        self._rooms = rooms
+        self._session_id = session_id
+        self._principal = principal
+        self._participant_id = participant_id
+        self._connection = connection
+        self._max_bytes: int = settings.ws_max_message_bytes
+        self._rate = _RateLimit(settings.ws_max_messages_per_second)
+        self._joined = False
+        self._done = False  # left or ended deliberately: no rejoin grace
+
+    async def handle(self, raw: str) -> bool:
+        """Process one frame; False closes the connection."""
+        if len(raw.encode("utf-8")) > self._max_bytes:
+            await self._error(
+                ProtocolError(
+                    "message_too_large", f"Messages may be at most {self._max_bytes} bytes."
+                )
+            )
+            return True
+        if self._rate.exceeded():
+            await self._error(ProtocolError("rate_limited", "Too many messages; slow down."))
+            return True
+        try:
+            message = parse_client_message(raw)
+            await self._dispatch(message)
+        except ProtocolError as exc:
+            await self._error(exc)
+            if exc.fatal:
+                await self._connection.close(4400, exc.code)
+                return False
+        except ApiError as exc:
+            await self._error(ProtocolError(exc.code, exc.message))
+        except Exception:
+            log.exception("signaling_failed", participant_id=self._participant_id)
+            await self._error(
+                ProtocolError("internal", "Something went wrong on our side; it has been logged.")
+            )
+        return not self._done
+
+    @property
+    def _room(self) -> Room:
+        return self._rooms.room(self._session_id)
+
+    async def _dispatch(self, message: ClientMessage) -> None:
+        if isinstance(message, Ping):
+            await self._connection.send(server_message("pong"))
+            return
+        if isinstance(message, Join):
+            if self._joined:
+                raise ProtocolError("out_of_order", "Already joined.", "join")
+            self._joined = True
+            await self._room.join(
+                self._participant_id, self._principal.role, self._principal.display_name,
+                self._connection,
+            )
+            return
+        if not self._joined:
+            raise ProtocolError("out_of_order", "Send join first.", message.type)
+        if isinstance(message, Answer):
+            await self._room.answer(self._participant_id, message.sdp)
+        elif isinstance(message, Ice):
+            await self._room.ice(self._participant_id, message.candidate)
+        elif isinstance(message, Chat):
+            await self._room.chat(self._participant_id, message.text)
+        elif isinstance(message, ScreenShare):
+            await self._room.screen_share(self._participant_id, message.active)
+        elif isinstance(message, Leave):
+            self._done = True
+            await self._room.leave(self._participant_id, "left")
+        elif isinstance(message, End):
+            if self._principal.role not in (Role.TELLER, Role.CUSTOMER):
+                raise ProtocolError("forbidden", "Only the teller or the customer can end.", "end")
+            self._done = True
+            await self._room.end(self._participant_id)
+
+    async def _error(self, exc: ProtocolError) -> None:
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await self._connection.send(error_message(exc.code, exc.message, exc.ref))
+
+    async def finish(self) -> None:
+        room = self._rooms.get(self._session_id)
+        if room is not None and self._joined and not self._done:
+            await room.disconnected(self._participant_id, self._connection)

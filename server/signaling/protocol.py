@@ -1,0 +1,113 @@
+"""Signaling protocol v1 (docs/protocol.md section 2): client messages and their validation."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+PROTOCOL_VERSION = 1
+MAX_SDP_BYTES = 32 * 1024
+
+
+class ProtocolError(Exception):
+    """A client message the server cannot accept; `fatal` ones close the connection."""
+
+    def __init__(self, code: str, message: str, ref: str | None = None, fatal: bool = False):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.ref = ref
+        self.fatal = fatal
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    v: Literal[1]
+
+
+class Join(_Message):
+    type: Literal["join"]
+
+
+class Answer(_Message):
+    type: Literal["answer"]
+    sdp: str = Field(min_length=1, max_length=MAX_SDP_BYTES)
+
+
+class IceCandidate(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    candidate: str = Field(max_length=1024)
+    sdpMid: str | None = Field(None, max_length=32)  # noqa: N815 - browser's field name
+    sdpMLineIndex: int | None = Field(None, ge=0, le=1024)  # noqa: N815
+
+
+class Ice(_Message):
+    type: Literal["ice"]
+    candidate: IceCandidate | None
+
+
+class Chat(_Message):
+    type: Literal["chat"]
+    text: str = Field(min_length=1, max_length=2000)
+
+
+class ScreenShare(_Message):
+    type: Literal["screen_share"]
+    active: bool
+
+
+class Leave(_Message):
+    type: Literal["leave"]
+
+
+class End(_Message):
+    type: Literal["end"]
+
+
+class Ping(_Message):
+    type: Literal["ping"]
+
+
+ClientMessage = Annotated[
+    Join | Answer | Ice | Chat | ScreenShare | Leave | End | Ping, Field(discriminator="type")
+]
+_CLIENT_MESSAGE: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
+CLIENT_TYPES = ("join", "answer", "ice", "chat", "screen_share", "leave", "end", "ping")
+
+
+def parse_client_message(raw: str) -> ClientMessage:
+    """Validate one text frame; raises ProtocolError with the documented code."""
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ProtocolError("bad_json", "Messages must be JSON objects.") from exc
+    if not isinstance(data, dict):
+        raise ProtocolError("bad_json", "Messages must be JSON objects.")
+    ref = data.get("type") if isinstance(data.get("type"), str) else None
+    if data.get("v") != PROTOCOL_VERSION:
+        raise ProtocolError(
+            "unsupported_version",
+            f"This server speaks protocol version {PROTOCOL_VERSION}; reload the page.",
+            ref,
+            fatal=True,
+        )
+    if ref not in CLIENT_TYPES:
+        raise ProtocolError(
+            "invalid_message", f"Unknown message type {ref!r}; see docs/protocol.md.", ref
+        )
+    try:
+        return _CLIENT_MESSAGE.validate_python(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"][1:]) or "message"
+        raise ProtocolError("invalid_message", f"{field}: {first['msg']}", ref) from exc
+
+
+def server_message(message_type: str, **fields: Any) -> dict[str, Any]:
+    return {"v": PROTOCOL_VERSION, "type": message_type, **fields}
+
+
+def error_message(code: str, message: str, ref: str | None = None) -> dict[str, Any]:
+    return server_message("error", code=code, message=message, ref=ref)

@@ -1,0 +1,197 @@
+"""A headless participant: speaks the signaling protocol and sends/receives media with aiortc.
+
+It sends a solid colour and a sine tone, so a test can tell by colour and pitch whose media
+arrived where.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fractions
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import numpy as np
+from aiortc import (
+    RTCBundlePolicy,
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, VideoStreamTrack
+from av import AudioFrame, VideoFrame
+
+from tests.support.server import ApiClient
+
+COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30)}
+
+
+class ColourTrack(VideoStreamTrack):
+    def __init__(self, rgb: tuple[int, int, int]) -> None:
+        super().__init__()
+        self._image = np.full((240, 320, 3), rgb, dtype=np.uint8)
+
+    async def recv(self) -> VideoFrame:
+        pts, time_base = await self.next_timestamp()
+        frame = VideoFrame.from_ndarray(self._image, format="rgb24")
+        frame.pts, frame.time_base = pts, time_base
+        return frame
+
+
+class ToneTrack(AudioStreamTrack):
+    RATE = 48000
+    SAMPLES = 960  # 20 ms
+
+    def __init__(self, hz: float) -> None:
+        super().__init__()
+        self._hz = hz
+        self._n = 0
+
+    async def recv(self) -> AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        await asyncio.sleep(self.SAMPLES / self.RATE)
+        t = (np.arange(self.SAMPLES) + self._n) / self.RATE
+        samples = (np.sin(2 * math.pi * self._hz * t) * 8000).astype(np.int16)
+        frame = AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = self.RATE
+        frame.pts = self._n
+        frame.time_base = fractions.Fraction(1, self.RATE)
+        self._n += self.SAMPLES
+        return frame
+
+
+@dataclass
+class Received:
+    participant_id: str
+    source: str
+    kind: str
+    frames: int = 0
+    last_rgb: tuple[int, int, int] | None = None
+
+
+@dataclass
+class Bot:
+    client: ApiClient
+    session_id: str
+    colour: str = "red"
+    tone_hz: float = 440.0
+    publish: bool = True
+    messages: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
+    received: dict[str, Received] = field(default_factory=dict)
+    participant_id: str = ""
+    ws: aiohttp.ClientWebSocketResponse | None = None
+    pc: RTCPeerConnection | None = None
+    _tracks_by_mid: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def connect(self) -> None:
+        self.ws = await self.client.http.ws_connect(self.client.ws_url(self.session_id))
+        self._tasks.append(asyncio.create_task(self._read()))
+
+    async def join(self) -> dict[str, Any]:
+        await self.connect()
+        await self.send({"type": "join"})
+        joined = await self.expect("joined")
+        self.participant_id = joined["participant_id"]
+        return joined
+
+    async def send(self, message: dict[str, Any]) -> None:
+        assert self.ws is not None
+        await self.ws.send_str(json.dumps({"v": 1, **message}))
+
+    async def send_raw(self, raw: str) -> None:
+        assert self.ws is not None
+        await self.ws.send_str(raw)
+
+    async def expect(self, message_type: str, timeout: float = 10.0) -> dict[str, Any]:
+        """The next message of this type (others of other types are skipped)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                message = await self.messages.get()
+                if message["type"] == message_type:
+                    return message
+
+    async def _read(self) -> None:
+        assert self.ws is not None
+        async for frame in self.ws:
+            if frame.type != aiohttp.WSMsgType.TEXT:
+                continue
+            message = json.loads(frame.data)
+            if message["type"] == "offer":
+                await self._answer(message)
+            await self.messages.put(message)
+        await self.messages.put({"type": "closed", "code": self.ws.close_code})
+
+    async def _answer(self, offer: dict[str, Any]) -> None:
+        if self.pc is None:
+            self.pc = RTCPeerConnection(
+                RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+            )
+            self.pc.on("track", self._on_track)
+        pc = self.pc
+        for track in offer["tracks"]:
+            self._tracks_by_mid[track["mid"]] = track
+        await pc.setRemoteDescription(RTCSessionDescription(offer["sdp"], "offer"))
+        by_mid = {t.mid: t for t in pc.getTransceivers()}
+        for slot in offer["publish"]:
+            transceiver = by_mid[slot["mid"]]
+            transceiver.direction = "sendonly"
+            if self.publish and transceiver.sender.track is None:
+                if slot["source"] == "camera":
+                    transceiver.sender.replaceTrack(ColourTrack(COLOURS[self.colour]))
+                elif slot["source"] == "microphone":
+                    transceiver.sender.replaceTrack(ToneTrack(self.tone_hz))
+        await pc.setLocalDescription(await pc.createAnswer())
+        await self.send({"type": "answer", "sdp": pc.localDescription.sdp})
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        assert self.pc is not None
+        mid = next(t.mid for t in self.pc.getTransceivers() if t.receiver.track is track)
+        info = self._tracks_by_mid.get(mid, {"participant_id": "?", "source": "?"})
+        received = Received(info["participant_id"], info["source"], track.kind)
+        self.received[f"{received.participant_id}/{received.source}"] = received
+        self._tasks.append(asyncio.create_task(self._consume(track, received)))
+
+    @staticmethod
+    async def _consume(track: MediaStreamTrack, received: Received) -> None:
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                frame = await track.recv()
+                received.frames += 1
+                if isinstance(frame, VideoFrame) and received.frames % 5 == 0:
+                    rgb = frame.to_ndarray(format="rgb24").reshape(-1, 3).mean(axis=0)
+                    received.last_rgb = (int(rgb[0]), int(rgb[1]), int(rgb[2]))
+
+    async def wait_for_media(
+        self, participant_id: str, source: str, frames: int = 10, timeout: float = 15.0
+    ) -> Received:
+        async with asyncio.timeout(timeout):
+            while True:
+                got = self.received.get(f"{participant_id}/{source}")
+                if got is not None and got.frames >= frames and (
+                    got.kind == "audio" or got.last_rgb is not None
+                ):
+                    return got
+                await asyncio.sleep(0.1)
+
+    async def close(self, *, leave: bool = False) -> None:
+        if leave and self.ws is not None and not self.ws.closed:
+            await self.send({"type": "leave"})
+        if self.ws is not None:
+            await self.ws.close()
+        if self.pc is not None:
+            await self.pc.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+
+
+def dominant(rgb: tuple[int, int, int]) -> str:
+    return ["red", "green", "blue"][int(np.argmax(rgb))]
