@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import structlog
 from aiohttp import web
 
 from server.api import auth_routes, join_routes, pages, session_routes
@@ -16,8 +15,7 @@ from server.settings import Settings
 from server.sfu.ice_policy import IcePolicy
 from server.sfu.rooms import RoomRegistry
 from server.signaling.handler import signaling
-
-log = structlog.get_logger(__name__)
+from server.workers.registry import WorkerRegistry
 
 API_BODY_LIMIT = 64 * 1024
 
@@ -28,9 +26,6 @@ async def create_app(settings: Settings) -> web.Application:
     await migrate(engine)
     db = session_factory(engine)
     store = SessionStore(db)
-    interrupted = await store.interrupt_open_sessions()
-    if interrupted:
-        log.warning("sessions_interrupted_by_restart", count=interrupted)
 
     policy = IcePolicy(settings.ice_host_addresses)
     policy.install()
@@ -39,12 +34,14 @@ async def create_app(settings: Settings) -> web.Application:
         settings.login_max_failures_per_address,
         settings.login_window_seconds,
     )
+    rooms = RoomRegistry(store, settings, policy)
     services = Services(
         settings=settings,
         engine=engine,
         auth=AuthService(db, throttle, settings.staff_session_hours),
         sessions=store,
-        rooms=RoomRegistry(store, settings, policy),
+        rooms=rooms,
+        workers=WorkerRegistry(db, settings, rooms),
     )
 
     app = web.Application(
@@ -56,12 +53,18 @@ async def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/ws/v1/sessions/{session_id}", signaling)
     app.router.add_static("/static/", pages.WEB_DIR, append_version=False)
 
+    async def start_worker(_: web.Application) -> None:
+        await services.workers.start()
+        await services.workers.recover_dead()
+
     async def stop_rooms(_: web.Application) -> None:
         await services.rooms.shutdown()
+        await services.workers.stop()
 
     async def dispose_engine(_: web.Application) -> None:
         await engine.dispose()
 
+    app.on_startup.append(start_worker)
     app.on_shutdown.append(stop_rooms)
     app.on_cleanup.append(dispose_engine)
     return app

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from aiohttp import web
 
@@ -42,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the web service")
     serve.add_argument("--host", help="address to listen on (default: settings.host)")
     serve.add_argument("--port", type=int, help="port to listen on (default: settings.port)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="worker processes, one per core by default; worker i listens on port + i",
+    )
     serve.set_defaults(run=_serve)
 
     admin = commands.add_parser("admin", help="manage staff accounts")
@@ -54,22 +61,28 @@ def _parser() -> argparse.ArgumentParser:
         "--password-stdin.",
     )
     create.add_argument("--username", required=True)
-    create.add_argument(
-        "--role", required=True, choices=sorted(r.value for r in STAFF_ROLES)
-    )
+    create.add_argument("--role", required=True, choices=sorted(r.value for r in STAFF_ROLES))
     create.add_argument("--display-name", default="", help="name shown to customers")
     create.add_argument(
         "--password-stdin", action="store_true", help="read the password from standard input"
     )
     create.set_defaults(run=_create_user)
-    admin.set_defaults(run=lambda args, settings: admin.print_help() or 2)
+    admin.set_defaults(run=_help_for(admin))
 
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(title="db commands")
     upgrade = db_commands.add_parser("upgrade", help="apply schema migrations")
     upgrade.set_defaults(run=_db_upgrade)
-    db.set_defaults(run=lambda args, settings: db.print_help() or 2)
+    db.set_defaults(run=_help_for(db))
     return parser
+
+
+def _help_for(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace, Settings], int]:
+    def show(_: argparse.Namespace, __: Settings) -> int:
+        parser.print_help()
+        return 2
+
+    return show
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -78,6 +91,20 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     host = args.host or settings.host
     port = args.port or settings.port
     settings = settings.model_copy(update={"host": host, "port": port})
+    if args.workers < 1:
+        print("error: --workers must be at least 1", file=sys.stderr)
+        return 2
+    if args.workers > 1:
+        from server.workers.supervisor import run_workers
+
+        # Migrate once here: concurrent migrations from every worker would race.
+        _db_upgrade(args, settings)
+        print(
+            f"vteller {__version__}: {args.workers} workers on http://{host}:{port}"
+            f"..{port + args.workers - 1}",
+            file=sys.stderr,
+        )
+        return run_workers(settings, args.workers)
     print(f"vteller {__version__} listening on http://{host}:{port}", file=sys.stderr)
     web.run_app(create_app(settings), host=host, port=port, print=None)
     return 0
@@ -129,5 +156,5 @@ def _db_upgrade(_: argparse.Namespace, settings: Settings) -> int:
             await engine.dispose()
 
     asyncio.run(run())
-    print("database schema is up to date")
+    print("database schema is up to date", file=sys.stderr)
     return 0

@@ -11,6 +11,7 @@ from server.auth.service import AuthService
 from server.sessions.store import SessionStore
 from server.settings import Settings
 from server.sfu.rooms import RoomRegistry
+from server.workers.registry import WorkerRegistry
 
 
 @dataclass
@@ -20,6 +21,7 @@ class Services:
     auth: AuthService
     sessions: SessionStore
     rooms: RoomRegistry
+    workers: WorkerRegistry
 
 
 SERVICES = web.AppKey("services", Services)

@@ -37,6 +37,13 @@ class Settings(BaseSettings):
         description="Origin the browsers use (https://video.bank.example); "
         "empty means http://{host}:{port}",
     )
+    advertise_url: str = Field(
+        "",
+        description="URL browsers reach this worker's signaling at; '{port}' is replaced by "
+        "the worker's port; empty means http://{host}:{port}",
+    )
+    worker_heartbeat_seconds: float = Field(2.0, gt=0, le=60)
+    worker_dead_after_heartbeats: int = Field(3, ge=2)
     data_dir: Path = Path("var")
     database_url: str = Field(
         "", description="SQLAlchemy async URL; empty means SQLite in {data_dir}/vteller.db"
@@ -57,6 +64,9 @@ class Settings(BaseSettings):
         description="Restrict the SFU's ICE host candidates (and the peers it answers) to these "
         "addresses; empty means every interface",
     )
+    video_codec: Literal["VP8", "H264"] = Field(
+        "VP8", description="the one video codec every participant uses (media is never transcoded)"
+    )
     rejoin_grace_seconds: float = Field(30.0, gt=0, le=600)
     ws_max_message_bytes: int = Field(64 * 1024, ge=1024, le=1024 * 1024)
     ws_max_messages_per_second: int = Field(50, ge=1)
@@ -65,6 +75,12 @@ class Settings(BaseSettings):
     @property
     def origin(self) -> str:
         return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @property
+    def worker_url(self) -> str:
+        if self.advertise_url:
+            return self.advertise_url.replace("{port}", str(self.port)).rstrip("/")
+        return f"http://{self.host}:{self.port}"
 
     @property
     def effective_database_url(self) -> str:

@@ -16,17 +16,18 @@ _PRINCIPALS = web.RequestKey("principals", list[Principal])
 
 async def principals(request: web.Request) -> list[Principal]:
     """Every valid principal the request's cookies prove (staff first), cached per request."""
-    cached = request.get(_PRINCIPALS)
-    if cached is not None:
-        return cached
+    if _PRINCIPALS in request:
+        return request[_PRINCIPALS]
     auth = services(request).auth
     found: list[Principal] = []
-    if token := request.cookies.get(STAFF_COOKIE):
-        if staff := await auth.staff_principal(token):
-            found.append(staff)
-    if token := request.cookies.get(CUSTOMER_COOKIE):
-        if customer := await auth.customer_principal(token):
-            found.append(customer)
+    if (token := request.cookies.get(STAFF_COOKIE)) and (
+        staff := await auth.staff_principal(token)
+    ):
+        found.append(staff)
+    if (token := request.cookies.get(CUSTOMER_COOKIE)) and (
+        customer := await auth.customer_principal(token)
+    ):
+        found.append(customer)
     request[_PRINCIPALS] = found
     return found
 
@@ -55,7 +56,7 @@ def check_csrf(request: web.Request, principal: Principal) -> None:
 
 
 def check_origin(request: web.Request) -> None:
-    """Refuse cross-site use of the endpoints that need no cookie (login, join) and of WebSockets."""
+    """Refuse cross-site use of cookie-less endpoints (login, join) and of WebSockets."""
     origin = request.headers.get("Origin")
     allowed = {services(request).settings.origin, f"{request.scheme}://{request.host}"}
     if origin is not None and origin.rstrip("/") not in allowed:

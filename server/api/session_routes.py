@@ -28,7 +28,9 @@ async def create_invitation(request: web.Request) -> web.Response:
     body = await parse(request, InvitationBody)
     svc = services(request)
     ttl = timedelta(minutes=body.ttl_minutes or svc.settings.invitation_ttl_minutes)
-    created = await svc.sessions.create_invitation(teller, body.business, body.customer_name, ttl)
+    created = await svc.sessions.create_invitation(
+        teller, body.business, body.customer_name, ttl, await svc.workers.place()
+    )
     return web.json_response(
         {
             "session": session_view(created.session, teller.role),

@@ -75,13 +75,17 @@ class AuthService:
 
     async def logout(self, token: str) -> None:
         async with self._db() as db, db.begin():
-            login = await db.scalar(select(StaffLogin).where(StaffLogin.token_hash == digest(token)))
+            login = await db.scalar(
+                select(StaffLogin).where(StaffLogin.token_hash == digest(token))
+            )
             if login is not None and login.revoked_at is None:
                 login.revoked_at = utcnow()
 
     async def staff_principal(self, token: str) -> Principal | None:
         async with self._db() as db:
-            login = await db.scalar(select(StaffLogin).where(StaffLogin.token_hash == digest(token)))
+            login = await db.scalar(
+                select(StaffLogin).where(StaffLogin.token_hash == digest(token))
+            )
         if login is None or login.revoked_at is not None or login.expires_at <= utcnow():
             return None
         user = login.user

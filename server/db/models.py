@@ -72,6 +72,22 @@ class StaffLogin(Base):
     user: Mapped[User] = relationship(lazy="joined")
 
 
+class Worker(Base):
+    """A server process that hosts live sessions; it heartbeats while it is alive."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: new_id("w"))
+    url: Mapped[str] = mapped_column(String(255))
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    sessions: Mapped[int] = mapped_column(Integer, default=0)
+    peers: Mapped[int] = mapped_column(Integer, default=0)
+
+
 class CallSession(Base):
     """One video session between a teller and a customer (and possibly experts, observers)."""
 
@@ -86,8 +102,10 @@ class CallSession(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     end_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    worker_id: Mapped[str | None] = mapped_column(ForeignKey("workers.id"), nullable=True)
 
     teller: Mapped[User] = relationship(lazy="joined")
+    worker: Mapped[Worker | None] = relationship(lazy="joined")
     participants: Mapped[list[Participant]] = relationship(
         back_populates="session", lazy="selectin", order_by="Participant.created_at"
     )

@@ -54,7 +54,12 @@ class SessionStore:
     # -- invitations -------------------------------------------------------------------------
 
     async def create_invitation(
-        self, teller: Principal, business: str, customer_name: str, ttl: timedelta
+        self,
+        teller: Principal,
+        business: str,
+        customer_name: str,
+        ttl: timedelta,
+        worker_id: str | None,
     ) -> NewInvitation:
         if teller.role is not Role.TELLER or teller.user_id is None:
             raise forbidden("invite customers")
@@ -62,7 +67,10 @@ class SessionStore:
         expires_at = utcnow() + ttl
         async with self._db() as db, db.begin():
             session = CallSession(
-                business=business, teller_id=teller.user_id, customer_name=customer_name
+                business=business,
+                teller_id=teller.user_id,
+                customer_name=customer_name,
+                worker_id=worker_id,
             )
             db.add(session)
             await db.flush()
@@ -317,24 +325,6 @@ class SessionStore:
         assert ended is not None
         return ended
 
-    async def interrupt_open_sessions(self) -> int:
-        """After a restart nobody is connected: say so in every session that was live."""
-        async with self._db() as db, db.begin():
-            sessions = list(
-                await db.scalars(select(CallSession).where(CallSession.state == "active"))
-            )
-            for session in sessions:
-                session.state = "interrupted"
-                for participant in session.participants:
-                    if participant.state == "connected":
-                        participant.state = "disconnected"
-                db.add(
-                    SessionEvent(
-                        session_id=session.id, type="session_interrupted", detail={}
-                    )
-                )
-        return len(sessions)
-
     # -- events and chat ---------------------------------------------------------------------
 
     async def record(
@@ -372,5 +362,3 @@ class SessionStore:
         async with self._db() as db:
             query = select(ChatMessage).where(ChatMessage.session_id == session_id)
             return list(await db.scalars(query.order_by(ChatMessage.id)))
-
-

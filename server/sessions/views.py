@@ -50,8 +50,16 @@ def session_view(session: CallSession, viewer_role: Role) -> dict[str, Any]:
         "started_at": _time(session.started_at),
         "ended_at": _time(session.ended_at),
         "participants": participants,
-        "ws_url": f"/ws/v1/sessions/{session.id}",
+        "ws_url": ws_url(session),
     }
+
+
+def ws_url(session: CallSession) -> str:
+    """Where the session's signaling lives: on the worker that hosts it."""
+    path = f"/ws/v1/sessions/{session.id}"
+    if session.worker is None:
+        return path
+    return session.worker.url.replace("http", "ws", 1) + path
 
 
 def event_view(event: SessionEvent) -> dict[str, Any]:

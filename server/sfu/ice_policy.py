@@ -78,4 +78,4 @@ class IcePolicy:
             if policy.allows(addr[0]):
                 original(connection, message, addr, protocol)
 
-        aioice.ice.Connection.request_received = request_received  # type: ignore[method-assign]
+        aioice.ice.Connection.request_received = request_received  # type: ignore[method-assign,assignment]

@@ -17,6 +17,8 @@ from aiortc import (
     RTCConfiguration,
     RTCIceServer,
     RTCPeerConnection,
+    RTCRtpReceiver,
+    RTCRtpSender,
     RTCRtpTransceiver,
     RTCSessionDescription,
 )
@@ -45,6 +47,7 @@ class Peer:
         send: SendMessage,
         ice_servers: list[IceServer],
         policy: IcePolicy,
+        video_codec: str,
     ) -> None:
         self.participant_id = participant_id
         self._send = send
@@ -60,20 +63,34 @@ class Peer:
                 bundlePolicy=RTCBundlePolicy.MAX_BUNDLE,
             )
         )
+        self._codecs = {
+            kind: [
+                codec
+                for codec in RTCRtpSender.getCapabilities(kind).codecs
+                if codec.mimeType in (preferred, f"{kind}/rtx")
+            ]
+            for kind, preferred in (("audio", "audio/opus"), ("video", f"video/{video_codec}"))
+        }
         self._publish = [
             (self.pc.addTransceiver(SOURCE_KIND[source], direction="recvonly"), source)
             for source in publishes
         ]
+        for transceiver, _ in self._publish:
+            self._prefer_codec(transceiver)
         self._outgoing: list[_Outgoing] = []
         self._lock = asyncio.Lock()
         self._offer_outstanding = False
         self._renegotiate = False
 
-    def source_of(self, track: Any) -> str | None:
-        """Which of this participant's sources an incoming track is."""
+    def _prefer_codec(self, transceiver: RTCRtpTransceiver) -> None:
+        # Forwarding never transcodes, so every participant of a session must use one codec.
+        transceiver.setCodecPreferences(self._codecs[transceiver.kind])
+
+    def source_of(self, track: Any) -> tuple[RTCRtpReceiver, str] | None:
+        """Which of this participant's sources an incoming track is, and its receiver."""
         for transceiver, source in self._publish:
             if transceiver.receiver.track is track:
-                return source
+                return transceiver.receiver, source
         return None
 
     def forward(
@@ -92,14 +109,17 @@ class Peer:
                 slot.transceiver.sender.replaceTrack(track)
                 slot.transceiver.direction = "sendonly"
                 slot.track = track
+                track.bind(slot.transceiver.sender)
                 return track
         transceiver = self.pc.addTransceiver(track, direction="sendonly")
+        self._prefer_codec(transceiver)
+        track.bind(transceiver.sender)
         self._outgoing.append(_Outgoing(transceiver, track))
         return track
 
     def forwarded(self, participant_id: str, source: str) -> ForwardedTrack | None:
         for slot in self._outgoing:
-            if slot.track and (slot.track.participant_id, slot.track.source) == (
+            if slot.track and (slot.track.participant_id, slot.track.source_name) == (
                 participant_id,
                 source,
             ):
@@ -137,7 +157,7 @@ class Peer:
                     {
                         "mid": slot.transceiver.mid,
                         "participant_id": slot.track.participant_id,
-                        "source": slot.track.source,
+                        "source": slot.track.source_name,
                     }
                     for slot in self._outgoing
                     if slot.track is not None
@@ -176,11 +196,15 @@ class Peer:
         try:
             parsed = candidate_from_sdp(line.split(":", 1)[1])
         except (AssertionError, IndexError, ValueError) as exc:
-            raise ProtocolError("invalid_message", "candidate: not an ICE candidate", "ice") from exc
+            raise ProtocolError(
+                "invalid_message", "candidate: not an ICE candidate", "ice"
+            ) from exc
         parsed.sdpMid = candidate.sdpMid
         parsed.sdpMLineIndex = candidate.sdpMLineIndex
         if parsed.sdpMid is None and parsed.sdpMLineIndex is None:
-            raise ProtocolError("invalid_message", "candidate: needs sdpMid or sdpMLineIndex", "ice")
+            raise ProtocolError(
+                "invalid_message", "candidate: needs sdpMid or sdpMLineIndex", "ice"
+            )
         await self.pc.addIceCandidate(parsed)
 
     async def close(self) -> None:

@@ -118,14 +118,17 @@ class Room:
             connection.send,
             self._settings.ice_servers,
             self._policy,
+            self._settings.video_codec,
         )
         member.peer = peer
         self._watch(member, peer)
         for other in self._others(participant_id):
             for source in PUBLISHES[other.role]:
-                peer.forward(other.participant_id, source, self._publications.get(
-                    (other.participant_id, source)
-                ))
+                peer.forward(
+                    other.participant_id,
+                    source,
+                    self._publications.get((other.participant_id, source)),
+                )
         renegotiate: list[Peer] = []
         if not rejoined:
             for other in self._others(participant_id):
@@ -141,8 +144,10 @@ class Room:
             participant_id,
             {"gap_seconds": round(gap, 3)} if gap is not None else {"role": role.value},
         )
-        if role in (Role.CUSTOMER, Role.TELLER) and self._has_connected(Role.CUSTOMER) and (
-            self._has_connected(Role.TELLER)
+        if (
+            role in (Role.CUSTOMER, Role.TELLER)
+            and self._has_connected(Role.CUSTOMER)
+            and (self._has_connected(Role.TELLER))
         ):
             await self._store.mark_active(self.session_id)
         session = await self._store.require(self.session_id)
@@ -190,7 +195,9 @@ class Room:
         await self._store.update_participant(participant_id, "disconnected")
         await self._store.record(self.session_id, "participant_disconnected", participant_id)
         await self._broadcast(
-            server_message("participant_left", participant_id=participant_id, reason="disconnected"),
+            server_message(
+                "participant_left", participant_id=participant_id, reason="disconnected"
+            ),
             about=member,
         )
 
@@ -208,9 +215,9 @@ class Room:
             if o.peer is not None and o.peer.stop_forwarding(participant_id)
         ]
         await self._store.update_participant(participant_id, "left", left=True)
-        await self._store.record(self.session_id, "participant_left", participant_id, {
-            "reason": reason
-        })
+        await self._store.record(
+            self.session_id, "participant_left", participant_id, {"reason": reason}
+        )
         await self._broadcast(
             server_message("participant_left", participant_id=participant_id, reason=reason),
             about=member,
@@ -268,7 +275,8 @@ class Room:
         if "screen" not in PUBLISHES[member.role]:
             raise ProtocolError("forbidden", "Only staff can share a screen.", "screen_share")
         await self._store.record(
-            self.session_id, "screen_share_started" if active else "screen_share_stopped",
+            self.session_id,
+            "screen_share_started" if active else "screen_share_stopped",
             participant_id,
         )
         await self._broadcast(
@@ -311,23 +319,25 @@ class Room:
                 await member.connection.send(message)
 
     def _watch(self, member: Member, peer: Peer) -> None:
-        @peer.pc.on("track")  # type: ignore[untyped-decorator]
+        @peer.pc.on("track")
         def on_track(track: Any) -> None:
-            source = peer.source_of(track)
-            if source is None or member.peer is not peer:
+            found = peer.source_of(track)
+            if found is None or member.peer is not peer:
                 return
+            receiver, source = found
             key = (member.participant_id, source)
-            if old := self._publications.pop(key, None):
-                old.close()
-            publication = Publication(member.participant_id, source, track)
+            old = self._publications.get(key)
+            publication = Publication(member.participant_id, source, receiver, track)
             self._publications[key] = publication
             for other in self._others(member.participant_id):
                 if other.peer is not None and (
                     forwarded := other.peer.forwarded(member.participant_id, source)
                 ):
                     forwarded.attach(publication)
+            if old is not None:
+                old.close()
 
-        @peer.pc.on("connectionstatechange")  # type: ignore[untyped-decorator]
+        @peer.pc.on("connectionstatechange")
         async def on_state() -> None:
             if peer.pc.connectionState == "failed" and member.peer is peer:
                 connection = member.connection
@@ -338,13 +348,13 @@ class Room:
 
     async def _drop_media(self, member: Member) -> None:
         for source in PUBLISHES[member.role]:
-            if publication := self._publications.pop((member.participant_id, source), None):
-                publication.close()
             for other in self._others(member.participant_id):
                 if other.peer is not None and (
                     forwarded := other.peer.forwarded(member.participant_id, source)
                 ):
                     forwarded.attach(None)
+            if publication := self._publications.pop((member.participant_id, source), None):
+                publication.close()
         peer, member.peer = member.peer, None
         if peer is not None:
             await peer.close()

@@ -14,6 +14,8 @@ from server.api.access import check_origin, principals
 from server.auth.principal import Principal, Role
 from server.context import services
 from server.errors import ApiError
+from server.settings import Settings
+from server.sfu.rooms import Room, RoomRegistry
 from server.signaling.protocol import (
     Answer,
     Chat,
@@ -29,14 +31,13 @@ from server.signaling.protocol import (
     parse_client_message,
     server_message,
 )
-from server.settings import Settings
-from server.sfu.rooms import Room, RoomRegistry
 
 log = structlog.get_logger(__name__)
 
 # aiohttp closes (1009) beyond this; up to it, oversized frames get a readable error instead.
 HARD_FRAME_LIMIT = 1024 * 1024
 CLOSE_CODES = {401: 4401, 403: 4403, 404: 4404, 410: 4410}
+CLOSE_WRONG_WORKER = 4421
 
 
 class WebSocketConnection:
@@ -79,9 +80,27 @@ async def signaling(request: web.Request) -> web.WebSocketResponse:
         await connection.send(error_message(exc.code, exc.message))
         await connection.close(CLOSE_CODES.get(exc.status, 4400), exc.code)
         return ws
+    owner = await svc.workers.claim(request.match_info["session_id"])
+    if owner is not None:
+        await connection.send(
+            server_message(
+                "error",
+                code="wrong_worker",
+                message="This session is hosted elsewhere; connect to ws_url.",
+                ref=None,
+                ws_url=owner.replace("http", "ws", 1)
+                + f"/ws/v1/sessions/{request.match_info['session_id']}",
+            )
+        )
+        await connection.close(CLOSE_WRONG_WORKER, "wrong_worker")
+        return ws
 
     session = _Session(
-        svc.rooms, request.match_info["session_id"], principal, participant_id, connection,
+        svc.rooms,
+        request.match_info["session_id"],
+        principal,
+        participant_id,
+        connection,
         svc.settings,
     )
     try:
@@ -183,7 +202,9 @@ class _Session:
                 raise ProtocolError("out_of_order", "Already joined.", "join")
             self._joined = True
             await self._room.join(
-                self._participant_id, self._principal.role, self._principal.display_name,
+                self._participant_id,
+                self._principal.role,
+                self._principal.display_name,
                 self._connection,
             )
             return

@@ -23,7 +23,8 @@ class ProtocolError(Exception):
 
 
 class _Message(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: JSON has real booleans and integers; "yes" is not `true` and "0" is not 0.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
     v: Literal[1]
 
 
@@ -37,10 +38,10 @@ class Answer(_Message):
 
 
 class IceCandidate(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=True)
     candidate: str = Field(max_length=1024)
-    sdpMid: str | None = Field(None, max_length=32)  # noqa: N815 - browser's field name
-    sdpMLineIndex: int | None = Field(None, ge=0, le=1024)  # noqa: N815
+    sdpMid: str | None = Field(None, max_length=32)
+    sdpMLineIndex: int | None = Field(None, ge=0, le=1024)
 
 
 class Ice(_Message):
@@ -86,7 +87,9 @@ def parse_client_message(raw: str) -> ClientMessage:
     if not isinstance(data, dict):
         raise ProtocolError("bad_json", "Messages must be JSON objects.")
     ref = data.get("type") if isinstance(data.get("type"), str) else None
-    if data.get("v") != PROTOCOL_VERSION:
+    version = data.get("v")
+    # `true == 1` and `1.0 == 1` in Python; neither is protocol version 1.
+    if type(version) is not int or version != PROTOCOL_VERSION:
         raise ProtocolError(
             "unsupported_version",
             f"This server speaks protocol version {PROTOCOL_VERSION}; reload the page.",

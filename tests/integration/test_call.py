@@ -142,7 +142,8 @@ async def test_customer_drops_and_rejoins_within_grace(server: RunningServer) ->
     events = [e.type for e in await server.services.sessions.events(session_id)]
     assert "participant_disconnected" in events and "participant_rejoined" in events
     gap = next(
-        e for e in await server.services.sessions.events(session_id)
+        e
+        for e in await server.services.sessions.events(session_id)
         if e.type == "participant_rejoined"
     )
     assert gap.detail["gap_seconds"] >= 0

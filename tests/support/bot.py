@@ -17,8 +17,8 @@ from typing import Any
 import aiohttp
 import numpy as np
 from aiortc import (
-    RTCBundlePolicy,
     MediaStreamTrack,
+    RTCBundlePolicy,
     RTCConfiguration,
     RTCPeerConnection,
     RTCSessionDescription,
@@ -85,13 +85,15 @@ class Bot:
     messages: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
     received: dict[str, Received] = field(default_factory=dict)
     participant_id: str = ""
+    ws_url: str = ""  # the session's signaling URL (its worker's); default: the client's server
     ws: aiohttp.ClientWebSocketResponse | None = None
     pc: RTCPeerConnection | None = None
     _tracks_by_mid: dict[str, dict[str, Any]] = field(default_factory=dict)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def connect(self) -> None:
-        self.ws = await self.client.http.ws_connect(self.client.ws_url(self.session_id))
+        url = self.ws_url or self.client.ws_url(self.session_id)
+        self.ws = await self.client.http.ws_connect(url)
         self._tasks.append(asyncio.create_task(self._read()))
 
     async def join(self) -> dict[str, Any]:
@@ -174,8 +176,10 @@ class Bot:
         async with asyncio.timeout(timeout):
             while True:
                 got = self.received.get(f"{participant_id}/{source}")
-                if got is not None and got.frames >= frames and (
-                    got.kind == "audio" or got.last_rgb is not None
+                if (
+                    got is not None
+                    and got.frames >= frames
+                    and (got.kind == "audio" or got.last_rgb is not None)
                 ):
                     return got
                 await asyncio.sleep(0.1)

@@ -105,7 +105,9 @@ class ApiClient:
             return data
 
     async def login(self, username: str, password: str = PASSWORD) -> dict[str, Any]:
-        data = await self.call("POST", "/api/v1/auth/login", {"username": username, "password": password})
+        data = await self.call(
+            "POST", "/api/v1/auth/login", {"username": username, "password": password}
+        )
         self.csrf = data["csrf_token"]
         return dict(data)
 

@@ -13,6 +13,8 @@ context.configure(
     connection=connection,
     target_metadata=Base.metadata,
     render_as_batch=True,  # SQLite cannot ALTER most things; batch mode rebuilds tables instead
+    # SQLite and PostgreSQL both roll DDL back: a failed migration leaves the schema untouched.
+    transactional_ddl=True,
 )
 with context.begin_transaction():
     context.run_migrations()

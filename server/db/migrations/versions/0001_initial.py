@@ -1,8 +1,8 @@
-"""Initial schema: staff, logins, sessions, participants, invitations, events, chat
+"""Initial schema: staff, logins, workers, sessions, participants, invitations, events, chat
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-26 19:45:36.086046
+Create Date: 2026-11-26 20:01:33.903853
 """
 
 import sqlalchemy as sa
@@ -29,6 +29,19 @@ def upgrade() -> None:
         sa.UniqueConstraint("username"),
     )
     op.create_table(
+        "workers",
+        sa.Column("id", sa.String(length=32), nullable=False),
+        sa.Column("url", sa.String(length=255), nullable=False),
+        sa.Column("hostname", sa.String(length=255), nullable=False),
+        sa.Column("pid", sa.Integer(), nullable=False),
+        sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("stopped_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("sessions", sa.Integer(), nullable=False),
+        sa.Column("peers", sa.Integer(), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    op.create_table(
         "sessions",
         sa.Column("id", sa.String(length=32), nullable=False),
         sa.Column("business", sa.String(length=16), nullable=False),
@@ -39,9 +52,14 @@ def upgrade() -> None:
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("ended_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("end_reason", sa.String(length=32), nullable=True),
+        sa.Column("worker_id", sa.String(length=32), nullable=True),
         sa.ForeignKeyConstraint(
             ["teller_id"],
             ["users.id"],
+        ),
+        sa.ForeignKeyConstraint(
+            ["worker_id"],
+            ["workers.id"],
         ),
         sa.PrimaryKeyConstraint("id"),
     )
@@ -174,4 +192,5 @@ def downgrade() -> None:
     op.drop_table("invitations")
     op.drop_table("staff_logins")
     op.drop_table("sessions")
+    op.drop_table("workers")
     op.drop_table("users")

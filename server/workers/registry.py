@@ -1,0 +1,171 @@
+"""Workers: the processes (on one or many machines) that host live sessions.
+
+Each worker registers itself with the URL browsers reach it at, and heartbeats its load into the
+shared database. A new session is placed on the least-loaded live worker; a session lives on that
+worker while it is alive. When a worker stops heartbeating, any live worker moves its open sessions
+to the least-loaded live worker and marks them interrupted, so their participants reconnect there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from datetime import datetime, timedelta
+
+import structlog
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from server.db.engine import DbSession
+from server.db.models import CallSession, SessionEvent, Worker, utcnow
+from server.sessions.store import OPEN_STATES
+from server.settings import Settings
+from server.sfu.rooms import RoomRegistry
+
+log = structlog.get_logger(__name__)
+
+
+class WorkerRegistry:
+    def __init__(
+        self, db: async_sessionmaker[DbSession], settings: Settings, rooms: RoomRegistry
+    ) -> None:
+        self._db = db
+        self._rooms = rooms
+        self._interval = settings.worker_heartbeat_seconds
+        self._dead_after = timedelta(
+            seconds=settings.worker_heartbeat_seconds * settings.worker_dead_after_heartbeats
+        )
+        self._url = settings.worker_url
+        self.worker_id = ""
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        async with self._db() as db, db.begin():
+            worker = Worker(url=self._url, hostname=socket.gethostname(), pid=os.getpid())
+            db.add(worker)
+        self.worker_id = worker.id
+        log.info("worker_registered", worker_id=worker.id, url=self._url)
+        self._task = asyncio.create_task(self._heartbeat())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        async with self._db() as db, db.begin():
+            await db.execute(
+                update(Worker).where(Worker.id == self.worker_id).values(stopped_at=utcnow())
+            )
+
+    async def place(self) -> str:
+        """The live worker with the fewest open sessions (this one when it is the only one)."""
+        async with self._db() as db:
+            load = (
+                select(CallSession.worker_id, func.count().label("open"))
+                .where(CallSession.state.in_(OPEN_STATES))
+                .group_by(CallSession.worker_id)
+                .subquery()
+            )
+            query = (
+                select(Worker.id)
+                .outerjoin(load, load.c.worker_id == Worker.id)
+                .where(Worker.stopped_at.is_(None), Worker.heartbeat_at > self._live_since())
+                .order_by(func.coalesce(load.c.open, 0), Worker.peers, Worker.started_at)
+                .limit(1)
+            )
+            chosen = await db.scalar(query)
+        return chosen or self.worker_id
+
+    async def claim(self, session_id: str) -> str | None:
+        """Host `session_id` here unless a live worker has it; returns that worker's URL then."""
+        async with self._db() as db, db.begin():
+            session = await db.get(CallSession, session_id)
+            if session is None or session.worker_id == self.worker_id:
+                return None
+            owner = session.worker
+            if (
+                owner is not None
+                and owner.stopped_at is None
+                and owner.heartbeat_at > self._live_since()
+                # A worker at our own URL is one this process replaced after a restart.
+                and owner.url != self._url
+            ):
+                return owner.url
+            session.worker_id = self.worker_id
+            db.add(
+                SessionEvent(
+                    session_id=session_id,
+                    type="session_moved",
+                    detail={"from": owner.id if owner else None, "to": self.worker_id},
+                )
+            )
+        return None
+
+    def _live_since(self) -> datetime:
+        return utcnow() - self._dead_after
+
+    async def _heartbeat(self) -> None:
+        while True:
+            try:
+                async with self._db() as db, db.begin():
+                    await db.execute(
+                        update(Worker)
+                        .where(Worker.id == self.worker_id)
+                        .values(
+                            heartbeat_at=utcnow(),
+                            sessions=len(self._rooms),
+                            peers=self._rooms.peer_count(),
+                        )
+                    )
+                await self.recover_dead()
+            except Exception:
+                # A database hiccup must not kill the heartbeat; the next beat tries again.
+                log.exception("worker_heartbeat_failed", worker_id=self.worker_id)
+            await asyncio.sleep(self._interval)
+
+    async def recover_dead(self) -> int:
+        """Move the open sessions of dead workers to live ones; returns how many moved."""
+        async with self._db() as db:
+            dead = list(
+                await db.scalars(
+                    select(Worker.id).where(
+                        Worker.stopped_at.is_not(None)
+                        | (Worker.heartbeat_at <= self._live_since())
+                        | ((Worker.url == self._url) & (Worker.id != self.worker_id))
+                    )
+                )
+            )
+            if not dead:
+                return 0
+            orphans = list(
+                await db.scalars(
+                    select(CallSession.id).where(
+                        CallSession.worker_id.in_(dead), CallSession.state.in_(OPEN_STATES)
+                    )
+                )
+            )
+        moved = 0
+        for session_id in orphans:
+            target = await self.place()
+            async with self._db() as db, db.begin():
+                session = await db.get(CallSession, session_id)
+                if session is None or session.worker_id not in dead:
+                    continue  # another worker got there first
+                previous = session.worker_id
+                session.worker_id = target
+                interrupted = session.state == "active"
+                if interrupted:
+                    session.state = "interrupted"
+                db.add(
+                    SessionEvent(
+                        session_id=session_id,
+                        type="session_interrupted" if interrupted else "session_moved",
+                        detail={"from": previous, "to": target},
+                    )
+                )
+                moved += 1
+        if moved:
+            log.warning("sessions_recovered_from_dead_workers", count=moved, workers=dead)
+        return moved

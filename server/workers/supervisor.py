@@ -1,0 +1,64 @@
+"""`vteller serve --workers N`: one worker process per core, restarted when one dies.
+
+Each worker is a complete vteller process on its own port (base port + index) that registers
+itself in the shared database (server/workers/registry.py). Invitation links and pages use the
+base port; signaling goes to whichever worker hosts the session.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from types import FrameType
+
+import structlog
+
+from server.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+RESTART_DELAY_SECONDS = 1.0
+
+
+def run_workers(settings: Settings, count: int) -> int:
+    env = dict(os.environ)
+    env["VTELLER_HOST"] = settings.host
+    # Every worker hands out links to the entry port, whichever worker created them.
+    env["VTELLER_PUBLIC_URL"] = settings.origin
+    ports = [settings.port + index for index in range(count)]
+    workers: dict[int, subprocess.Popen[bytes]] = {}
+    stopping = False
+
+    def spawn(port: int) -> subprocess.Popen[bytes]:
+        command = [sys.executable, "-m", "server", "serve", "--workers", "1", "--port", str(port)]
+        process = subprocess.Popen(command, env=env)
+        log.info("worker_started", port=port, pid=process.pid)
+        return process
+
+    def stop(signum: int, _: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        for process in workers.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM if signum == signal.SIGTERM else signal.SIGINT)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for port in ports:
+        workers[port] = spawn(port)
+    while not stopping:
+        time.sleep(0.5)
+        for port, process in list(workers.items()):
+            if process.poll() is not None and not stopping:
+                log.error("worker_died", port=port, pid=process.pid, status=process.returncode)
+                time.sleep(RESTART_DELAY_SECONDS)
+                workers[port] = spawn(port)
+    for process in workers.values():
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    return 0
