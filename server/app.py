@@ -10,6 +10,7 @@ from server.auth.ratelimit import LoginThrottle
 from server.auth.service import AuthService
 from server.context import SERVICES, Services
 from server.db.engine import create_engine, migrate, session_factory
+from server.metrics import Metrics, metrics_handler, metrics_token
 from server.sessions.store import SessionStore
 from server.settings import Settings
 from server.sfu.ice_policy import IcePolicy
@@ -52,14 +53,21 @@ async def create_app(settings: Settings) -> web.Application:
         app.add_routes(module.routes)
     app.router.add_get("/ws/v1/sessions/{session_id}", signaling)
     app.router.add_static("/static/", pages.WEB_DIR, append_version=False)
+    metrics = Metrics(rooms)
+    app.router.add_get(
+        "/metrics",
+        metrics_handler(metrics, metrics_token(settings.metrics_token, settings.data_dir)),
+    )
 
     async def start_worker(_: web.Application) -> None:
+        metrics.start()
         await services.workers.start()
         await services.workers.recover_dead()
 
     async def stop_rooms(_: web.Application) -> None:
         await services.rooms.shutdown()
         await services.workers.stop()
+        await metrics.stop()
 
     async def dispose_engine(_: web.Application) -> None:
         await engine.dispose()

@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     login_max_failures_per_address: int = Field(20, ge=1)
     login_window_seconds: int = Field(900, ge=1)
 
+    metrics_token: str = Field(
+        "", description="bearer token for /metrics; empty: generated into {data_dir}/metrics.token"
+    )
     ice_servers: list[IceServer] = Field(default_factory=list)
     ice_host_addresses: list[str] = Field(
         default_factory=list,

@@ -10,9 +10,20 @@ renegotiates.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from typing import Any
+
+import av
 from aiortc import MediaStreamTrack, RTCRtpReceiver, RTCRtpSender
 
-from server.sfu.encoded import EncodedSource, EncodedTrack, bind_sender, tap_receiver
+from server.sfu.encoded import (
+    EncodedFrame,
+    EncodedSource,
+    EncodedTrack,
+    bind_sender,
+    tap_receiver,
+)
 
 
 class Publication:
@@ -31,13 +42,25 @@ class Publication:
 class ForwardedTrack(EncodedTrack):
     """A consumer's view of (publisher, source); it waits, rather than ends, while detached."""
 
-    def __init__(self, kind: str, participant_id: str, source: str) -> None:
+    def __init__(
+        self,
+        kind: str,
+        participant_id: str,
+        source: str,
+        observe_delay: Callable[[float], None] | None = None,
+    ) -> None:
         super().__init__(None, kind=kind)
         self.participant_id = participant_id
         self.source_name = source
+        self._observe_delay = observe_delay
 
     def attach(self, publication: Publication | None) -> None:
         self.switch_source(publication.encoded if publication is not None else None)
+
+    def _packet(self, source: EncodedSource, frame: EncodedFrame, arrival: float) -> av.Packet[Any]:
+        if self._observe_delay is not None:
+            self._observe_delay(time.monotonic() - arrival)  # arrival is time.monotonic()
+        return super()._packet(source, frame, arrival)
 
     def bind(self, sender: RTCRtpSender) -> None:
         """Keyframe requests from this consumer go to whichever publication it follows."""

@@ -42,6 +42,7 @@ class _Outgoing:
 class Peer:
     def __init__(
         self,
+        observe_delay: Callable[[float], None] | None,
         participant_id: str,
         publishes: tuple[str, ...],
         send: SendMessage,
@@ -50,6 +51,7 @@ class Peer:
         video_codec: str,
     ) -> None:
         self.participant_id = participant_id
+        self._observe_delay = observe_delay
         self._send = send
         self._policy = policy
         self.pc = RTCPeerConnection(
@@ -102,7 +104,7 @@ class Peer:
             existing.attach(publication)
             return existing
         kind = SOURCE_KIND[source]
-        track = ForwardedTrack(kind, participant_id, source)
+        track = ForwardedTrack(kind, participant_id, source, self._observe_delay)
         track.attach(publication)
         for slot in self._outgoing:
             if slot.track is None and slot.transceiver.kind == kind:

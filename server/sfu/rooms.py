@@ -77,8 +77,11 @@ class Room:
         settings: Settings,
         policy: IcePolicy,
         on_empty: Callable[[Room], None],
+        on_retire: Callable[[Publication], None],
     ) -> None:
         self.session_id = session_id
+        self._on_retire = on_retire
+        self.observe_delay: Callable[[float], None] | None = None
         self._store = store
         self._settings = settings
         self._policy = policy
@@ -113,6 +116,7 @@ class Room:
 
         member.connection = connection
         peer = Peer(
+            self.observe_delay,
             participant_id,
             PUBLISHES[role],
             connection.send,
@@ -335,7 +339,7 @@ class Room:
                 ):
                     forwarded.attach(publication)
             if old is not None:
-                old.close()
+                self._close(old)
 
         @peer.pc.on("connectionstatechange")
         async def on_state() -> None:
@@ -354,15 +358,31 @@ class Room:
                 ):
                     forwarded.attach(None)
             if publication := self._publications.pop((member.participant_id, source), None):
-                publication.close()
+                self._close(publication)
         peer, member.peer = member.peer, None
         if peer is not None:
             await peer.close()
+
+    def publications(self) -> list[Publication]:
+        return list(self._publications.values())
+
+    def _close(self, publication: Publication) -> None:
+        publication.close()
+        self._on_retire(publication)
 
     def _spawn(self, coroutine: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+@dataclass(frozen=True)
+class ForwardingStats:
+    sessions: int
+    peers: int
+    packets: int
+    bytes: int
+    keyframes: int
 
 
 class RoomRegistry:
@@ -373,13 +393,35 @@ class RoomRegistry:
         self._settings = settings
         self._policy = policy
         self._rooms: dict[str, Room] = {}
+        # Counters of publications that have ended, so totals never go backwards.
+        self._retired = [0, 0, 0]
+        self.observe_delay: Callable[[float], None] | None = None
 
     def room(self, session_id: str) -> Room:
         room = self._rooms.get(session_id)
         if room is None:
-            room = Room(session_id, self._store, self._settings, self._policy, self._forget)
+            room = Room(
+                session_id, self._store, self._settings, self._policy, self._forget, self._retire
+            )
+            room.observe_delay = self.observe_delay
             self._rooms[session_id] = room
         return room
+
+    def stats(self) -> ForwardingStats:
+        live = [p.encoded for room in self._rooms.values() for p in room.publications()]
+        return ForwardingStats(
+            sessions=len(self._rooms),
+            peers=self.peer_count(),
+            packets=self._retired[0] + sum(s.packets_forwarded for s in live),
+            bytes=self._retired[1] + sum(s.bytes_forwarded for s in live),
+            keyframes=self._retired[2] + sum(s.keyframe_requests for s in live),
+        )
+
+    def _retire(self, publication: Publication) -> None:
+        source = publication.encoded
+        self._retired[0] += source.packets_forwarded
+        self._retired[1] += source.bytes_forwarded
+        self._retired[2] += source.keyframe_requests
 
     def get(self, session_id: str) -> Room | None:
         return self._rooms.get(session_id)

@@ -181,3 +181,33 @@ async def test_either_side_ends_the_call_and_the_record_stays(server: RunningSer
     assert (await again.expect("error"))["code"] == "session_ended"
     assert (await again.expect("closed"))["code"] == 4410
     await again.close()
+
+
+async def test_metrics_count_forwarded_media_and_need_the_token(server: RunningServer) -> None:
+    teller, customer, _ = await _teller_and_customer(server)
+    try:
+        await teller.join()
+        await customer.join()
+        await teller.wait_for_media(customer.participant_id, "camera")
+        http = server.client()
+        anonymous = await http.http.get(server.url + "/metrics")
+        assert anonymous.status == 401
+        token = (server.settings.data_dir / "metrics.token").read_text().strip()
+        response = await http.http.get(
+            server.url + "/metrics", headers={"Authorization": f"Bearer {token}"}
+        )
+        text = await response.text()
+    finally:
+        await customer.close()
+        await teller.close()
+    values = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert values["vteller_sessions"] == 1
+    assert values["vteller_peers"] == 2
+    assert values["vteller_packets_forwarded_total"] > 20
+    assert values["vteller_bytes_forwarded_total"] > 1000
+    assert values["vteller_forwarding_delay_seconds_count"] > 20
+    assert values["vteller_event_loop_lag_seconds_count"] >= 0

@@ -1,0 +1,192 @@
+"""Customers and staff in real Chromium pages, through the real server: the call user stories.
+
+Each participant is its own Chromium with a fake camera of its own colour and a microphone of its
+own pitch, so each assertion says whose media arrived where.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+
+from playwright.async_api import Page, Playwright, expect
+
+from server.auth.principal import Role
+from tests.e2e.browser import (
+    audio_frequency,
+    participant_page,
+    video_colour,
+    wait_frames_advance,
+)
+from tests.fixtures.media import ParticipantMedia, nearest_role, participant_media
+from tests.support.server import PASSWORD, RunningServer
+
+TILE = ".tile[data-role='{role}'][data-source='{source}'] video"
+CALL_TIMEOUT_MS = 30_000
+
+
+def tile(role: str, source: str = "camera") -> str:
+    return TILE.format(role=role, source=source)
+
+
+async def staff_login(page: Page, server: RunningServer, username: str) -> None:
+    await page.goto(f"{server.url}/staff/")
+    await page.fill("#username", username)
+    await page.fill("#password", PASSWORD)
+    await page.click("#login-submit")
+
+
+async def create_invitation(page: Page) -> tuple[str, str]:
+    """Returns (invitation URL, session id) as the teller's console shows them."""
+    await page.select_option("#business", "wealth")
+    await page.fill("#customer-name", "李女士")
+    await page.click("#create-invitation")
+    link = page.locator("#invitation-url")
+    await expect(link).to_contain_text("/join/")
+    row = page.locator(".session-row").first
+    await expect(row).to_be_visible()
+    session_id = await row.get_attribute("data-session-id")
+    assert session_id
+    return (await link.inner_text()).strip(), session_id
+
+
+async def in_call(page: Page) -> None:
+    await expect(page.locator("body")).to_have_attribute(
+        "data-state", "call", timeout=CALL_TIMEOUT_MS
+    )
+
+
+async def assert_sees(page: Page, role: str, source: str = "camera") -> None:
+    await wait_frames_advance(page, tile(role, source))
+    assert nearest_role(await video_colour(page, tile(role, source))) == role
+
+
+async def assert_hears(page: Page, role: str, media: ParticipantMedia) -> None:
+    heard = await audio_frequency(page, tile(role))
+    assert media.tone_hz is not None and abs(heard - media.tone_hz) < 20, heard
+
+
+class Call:
+    """A teller (logged in, invitation created) and a customer who entered through the link."""
+
+    def __init__(self, teller: Page, customer: Page, url: str, session_id: str) -> None:
+        self.teller = teller
+        self.customer = customer
+        self.url = url
+        self.session_id = session_id
+
+
+@asynccontextmanager
+async def teller_and_customer(
+    pw: Playwright, server: RunningServer, media_dir: Path, stack: AsyncExitStack
+) -> AsyncIterator[Call]:
+    await server.user("wang", Role.TELLER, "王柜员")
+    teller = await stack.enter_async_context(
+        participant_page(pw, participant_media(media_dir, "teller"))
+    )
+    customer = await stack.enter_async_context(
+        participant_page(pw, participant_media(media_dir, "customer"))
+    )
+    await staff_login(teller, server, "wang")
+    url, session_id = await create_invitation(teller)
+    await customer.goto(url)
+    await customer.click("#enter-btn")
+    await expect(customer.locator("body")).to_have_attribute("data-state", "lobby")
+    await teller.goto(f"{server.url}/staff/call.html?session={session_id}")
+    await in_call(teller)
+    await in_call(customer)
+    yield Call(teller, customer, url, session_id)
+
+
+async def test_customer_and_teller_see_and_hear_each_other(
+    pw: Playwright, server: RunningServer, tmp_path: Path
+) -> None:
+    async with AsyncExitStack() as stack, teller_and_customer(pw, server, tmp_path, stack) as call:
+        await assert_sees(call.teller, "customer")
+        await assert_sees(call.customer, "teller")
+        await assert_hears(call.teller, "customer", participant_media(tmp_path, "customer"))
+        await assert_hears(call.customer, "teller", participant_media(tmp_path, "teller"))
+
+        await call.customer.fill("#chat-input", "您好，我想咨询理财产品")
+        await call.customer.click("#chat-send")
+        await expect(call.teller.locator("#chat-log .chat-msg").last).to_contain_text(
+            "我想咨询理财产品"
+        )
+        screenshot = tmp_path / "teller-during-call.png"
+        await call.teller.screenshot(path=str(screenshot), full_page=True)
+        assert screenshot.stat().st_size > 10_000
+
+        await call.teller.click("#end-call")
+        await call.teller.click("#confirm-yes")
+        await expect(call.customer.locator("body")).to_have_attribute(
+            "data-state", "ended", timeout=CALL_TIMEOUT_MS
+        )
+    session = await server.services.sessions.require(call.session_id)
+    assert session.state == "ended"
+    chat = await server.services.sessions.chat(call.session_id)
+    assert [m.text for m in chat] == ["您好，我想咨询理财产品"]
+
+
+async def test_expert_joins_and_all_three_see_each_other(
+    pw: Playwright, server: RunningServer, tmp_path: Path
+) -> None:
+    await server.user("zhao", Role.EXPERT, "赵专家")
+    async with AsyncExitStack() as stack, teller_and_customer(pw, server, tmp_path, stack) as call:
+        await call.teller.click("#invite-expert")
+        await call.teller.select_option("#expert-select", "zhao")
+        await call.teller.click("#expert-invite-confirm")
+        expert = await stack.enter_async_context(
+            participant_page(pw, participant_media(tmp_path, "expert"))
+        )
+        await staff_login(expert, server, "zhao")
+        row = expert.locator(f".session-row[data-session-id='{call.session_id}']")
+        await expect(row).to_be_visible()
+        await expert.goto(f"{server.url}/staff/call.html?session={call.session_id}")
+        await in_call(expert)
+        for page, others in (
+            (call.teller, ("customer", "expert")),
+            (call.customer, ("teller", "expert")),
+            (expert, ("teller", "customer")),
+        ):
+            for role in others:
+                await assert_sees(page, role)
+
+
+async def test_customer_reloads_and_is_back_in_the_call(
+    pw: Playwright, server: RunningServer, tmp_path: Path
+) -> None:
+    async with AsyncExitStack() as stack, teller_and_customer(pw, server, tmp_path, stack) as call:
+        await assert_sees(call.teller, "customer")
+        await call.customer.reload()
+        await call.customer.click("#enter-btn")
+        await in_call(call.customer)
+        await assert_sees(call.customer, "teller")
+        await assert_sees(call.teller, "customer")
+        events = [e.type for e in await server.services.sessions.events(call.session_id)]
+        assert "participant_rejoined" in events
+
+
+async def test_teller_shares_a_screen_with_the_customer(
+    pw: Playwright, server: RunningServer, tmp_path: Path
+) -> None:
+    async with AsyncExitStack() as stack, teller_and_customer(pw, server, tmp_path, stack) as call:
+        await assert_sees(call.customer, "teller")
+        await call.teller.click("#share-screen")
+        await wait_frames_advance(call.customer, tile("teller", "screen"))
+        events = [e.type for e in await server.services.sessions.events(call.session_id)]
+        assert "screen_share_started" in events
+
+
+async def test_bad_and_used_invitations_get_the_error_page(
+    pw: Playwright, server: RunningServer, tmp_path: Path
+) -> None:
+    async with AsyncExitStack() as stack, teller_and_customer(pw, server, tmp_path, stack) as call:
+        stranger = await stack.enter_async_context(participant_page(pw))
+        await stranger.goto(f"{server.url}/join/not-a-real-invitation-token")
+        error_page = stranger.locator("#error-page")
+        await expect(error_page).to_be_visible()
+        await expect(error_page).to_have_attribute("data-code", "invitation_unknown")
+        # The customer's link, already used by the customer, does not admit anyone else.
+        await stranger.goto(call.url)
+        await expect(error_page).to_have_attribute("data-code", "invitation_used")

@@ -1,0 +1,56 @@
+// JSON fetch wrapper for the vteller HTTP API (docs/protocol.md §1).
+let csrfToken = null;
+
+const STATE_CHANGING = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
+
+export class ApiError extends Error {
+  constructor(code, message, status, retryAfter = null) {
+    super(message || code);
+    this.name = 'ApiError';
+    this.code = code;
+    this.status = status;
+    this.retryAfter = retryAfter;
+  }
+}
+
+export function clearCsrfToken() {
+  csrfToken = null;
+}
+
+async function request(method, path, body) {
+  const headers = { Accept: 'application/json' };
+  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  if (STATE_CHANGING.has(method) && csrfToken) headers['X-CSRF-Token'] = csrfToken;
+
+  let response;
+  try {
+    response = await fetch(path, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+      credentials: 'same-origin',
+    });
+  } catch (err) {
+    throw new ApiError('network', err.message, 0);
+  }
+
+  let data = null;
+  try {
+    data = await response.json();
+  } catch {
+    /* empty or non-JSON body: judged by status below */
+  }
+
+  if (!response.ok) {
+    const error = data?.error ?? {};
+    const retryAfter = Number(response.headers.get('Retry-After')) || null;
+    throw new ApiError(error.code ?? `http_${response.status}`, error.message ?? response.statusText,
+      response.status, retryAfter);
+  }
+  // Login, /auth/me, the join call and /customer/me all hand out the token the next POST needs.
+  if (data && typeof data.csrf_token === 'string') csrfToken = data.csrf_token;
+  return data;
+}
+
+export const get = (path) => request('GET', path);
+export const post = (path, body = {}) => request('POST', path, body);

@@ -1,0 +1,102 @@
+// Page chrome shared by every page: language and large-text toggles, toasts, confirm dialogs.
+import { applyI18n, has, t, toggleLang } from './i18n.js';
+import { loadPref, savePref } from './prefs.js';
+
+export function initChrome() {
+  applyI18n();
+  const langToggle = document.getElementById('lang-toggle');
+  langToggle?.addEventListener('click', toggleLang);
+
+  const largeToggle = document.getElementById('large-text-toggle');
+  const applyLarge = (on) => {
+    document.documentElement.classList.toggle('large-text', on);
+    largeToggle?.setAttribute('aria-pressed', String(on));
+  };
+  applyLarge(loadPref('largeText') === '1');
+  largeToggle?.addEventListener('click', () => {
+    const on = !document.documentElement.classList.contains('large-text');
+    applyLarge(on);
+    savePref('largeText', on ? '1' : '0');
+  });
+}
+
+/** Human-readable text for an ApiError, a signaling error message or any Error. */
+export function errorText(err) {
+  const key = `error.${err?.code}`;
+  return has(key) ? t(key) : err?.message || t('error.generic');
+}
+
+function toastRegion() {
+  let region = document.getElementById('toasts');
+  if (!region) {
+    region = document.createElement('div');
+    region.id = 'toasts';
+    region.className = 'toasts';
+    region.setAttribute('role', 'status');
+    region.setAttribute('aria-live', 'polite');
+    document.body.append(region);
+  }
+  return region;
+}
+
+/** kind: 'info' | 'success' | 'error'. Text is set with textContent, so any string is safe. */
+export function toast(text, kind = 'info', timeoutMs = 5000) {
+  const item = document.createElement('div');
+  item.className = `toast toast-${kind}`;
+  item.textContent = text;
+  toastRegion().append(item);
+  setTimeout(() => item.remove(), timeoutMs);
+}
+
+/** Modal yes/no question; resolves true when confirmed. Arguments are i18n keys. */
+export function confirmDialog({ title, body, confirm, cancel = 'ui.cancel', danger = false }) {
+  const dialog = document.createElement('dialog');
+  dialog.className = 'dialog';
+  dialog.setAttribute('aria-labelledby', 'confirm-title');
+  const heading = document.createElement('h2');
+  heading.id = 'confirm-title';
+  heading.textContent = t(title);
+  const text = document.createElement('p');
+  text.textContent = t(body);
+  const actions = document.createElement('div');
+  actions.className = 'dialog-actions';
+  const no = button(t(cancel), 'btn btn-secondary btn-large');
+  const yes = button(t(confirm), `btn btn-large ${danger ? 'btn-danger' : 'btn-primary'}`);
+  yes.id = 'confirm-yes';
+  no.id = 'confirm-no';
+  actions.append(no, yes);
+  dialog.append(heading, text, actions);
+  document.body.append(dialog);
+
+  return new Promise((resolve) => {
+    const finish = (result) => {
+      dialog.close();
+      dialog.remove();
+      resolve(result);
+    };
+    no.addEventListener('click', () => finish(false));
+    yes.addEventListener('click', () => finish(true));
+    dialog.addEventListener('cancel', (event) => {
+      event.preventDefault();
+      finish(false);
+    });
+    dialog.showModal();
+    // Safer default for a destructive question: the first key press does not end a call.
+    no.focus();
+  });
+}
+
+function button(label, className) {
+  const el = document.createElement('button');
+  el.type = 'button';
+  el.className = className;
+  el.textContent = label;
+  return el;
+}
+
+export function formatTime(iso) {
+  if (!iso) return '';
+  const date = new Date(iso);
+  return Number.isNaN(date.getTime()) ? '' : date.toLocaleTimeString(document.documentElement.lang,
+    { hour: '2-digit', minute: '2-digit' });
+}
