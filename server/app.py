@@ -11,6 +11,7 @@ from server.auth.service import AuthService
 from server.context import SERVICES, Services
 from server.db.engine import create_engine, migrate, session_factory
 from server.metrics import Metrics, metrics_handler, metrics_token
+from server.recording.manager import RecordingManager
 from server.sessions.store import SessionStore
 from server.settings import Settings
 from server.sfu.ice_policy import IcePolicy
@@ -35,7 +36,8 @@ async def create_app(settings: Settings) -> web.Application:
         settings.login_max_failures_per_address,
         settings.login_window_seconds,
     )
-    rooms = RoomRegistry(store, settings, policy)
+    recorder = RecordingManager(settings, db)
+    rooms = RoomRegistry(store, settings, policy, recorder)
     services = Services(
         settings=settings,
         engine=engine,
@@ -61,11 +63,13 @@ async def create_app(settings: Settings) -> web.Application:
 
     async def start_worker(_: web.Application) -> None:
         metrics.start()
+        await recorder.start()
         await services.workers.start()
         await services.workers.recover_dead()
 
     async def stop_rooms(_: web.Application) -> None:
         await services.rooms.shutdown()
+        await recorder.stop()
         await services.workers.stop()
         await metrics.stop()
 

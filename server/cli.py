@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 
 from aiohttp import web
 
+from recorder.tools import add_commands as add_archive_commands
+from recorder.tools import run as run_archive_tool
 from server import __version__
 from server.auth.passwords import MIN_PASSWORD_LENGTH, WeakPasswordError
 from server.auth.principal import STAFF_ROLES, Role
@@ -22,11 +24,13 @@ from server.settings import Settings, load_settings
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    if not hasattr(args, "run"):
+    if not hasattr(args, "run") and not hasattr(args, "tool"):
         parser.print_help()
         return 2
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_format)
+    if hasattr(args, "tool"):
+        return run_archive_tool(args, settings.data_dir)
     result: int = args.run(args, settings)
     return result
 
@@ -68,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     create.set_defaults(run=_create_user)
     admin.set_defaults(run=_help_for(admin))
+
+    add_archive_commands(commands)
 
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(title="db commands")

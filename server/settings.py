@@ -14,6 +14,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from recorder.store.config import StoreSettings
+
 
 class IceServer(BaseModel):
     """One STUN/TURN server, exactly as the browser's RTCIceServer takes it."""
@@ -69,6 +71,13 @@ class Settings(BaseSettings):
     )
     video_codec: Literal["VP8", "H264"] = Field(
         "VP8", description="the one video codec every participant uses (media is never transcoded)"
+    )
+    store: StoreSettings = Field(
+        default_factory=StoreSettings,
+        description="archive store (S3/MinIO) and spool; VTELLER_S3_* fill the connection",
+    )
+    recording_segment_seconds: float = Field(
+        2.0, gt=0, le=5, description="how much media at most is not yet sealed and spooled"
     )
     rejoin_grace_seconds: float = Field(30.0, gt=0, le=600)
     ws_max_message_bytes: int = Field(64 * 1024, ge=1024, le=1024 * 1024)

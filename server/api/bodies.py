@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from typing import Literal, TypeVar
+from typing import Annotated, Literal, TypeVar
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from server.auth.principal import Role
 from server.errors import ApiError
@@ -18,9 +18,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
 
+# Passwords are taken verbatim: whitespace is part of them (the CLI stores them as typed).
+_Password = Annotated[str, StringConstraints(strip_whitespace=False)]
+
+
 class LoginBody(_Strict):
     username: str = Field(min_length=1, max_length=64)
-    password: str = Field(min_length=1, max_length=256)
+    password: _Password = Field(min_length=1, max_length=256)
 
 
 class InvitationBody(_Strict):
@@ -35,7 +39,7 @@ class ExpertBody(_Strict):
 
 class NewUserBody(_Strict):
     username: str = Field(min_length=2, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
-    password: str = Field(min_length=12, max_length=256)
+    password: _Password = Field(min_length=12, max_length=256)
     display_name: str = Field("", max_length=64)
     role: Role
 

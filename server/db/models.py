@@ -147,6 +147,24 @@ class Participant(Base):
     session: Mapped[CallSession] = relationship(back_populates="participants")
 
 
+class Archive(Base):
+    """A dual recording: live while recording, then sealed and linked into the manifest chain."""
+
+    __tablename__ = "archives"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id"), index=True)
+    business: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), default="recording")
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    finalized_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    manifest_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    previous_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Position in the chain of sealed manifests; unique, so two archives can never both claim
+    # the same predecessor (the chain cannot fork, whichever worker seals first).
+    chain_index: Mapped[int | None] = mapped_column(Integer, unique=True, nullable=True)
+
+
 class SessionEvent(Base):
     __tablename__ = "session_events"
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from server.auth.principal import Principal, Role
@@ -23,6 +23,7 @@ from server.db.models import (
     Participant,
     SessionEvent,
     User,
+    new_id,
     utcnow,
 )
 from server.errors import ApiError, forbidden
@@ -154,7 +155,23 @@ class SessionStore:
                     "This link has expired. Please ask your teller for a new one.",
                 )
             credential, csrf = new_token(), new_token()
+            participant_id = new_id("p")
+            # Claim the link atomically: of browsers racing for one link (a leaked link, a
+            # link-preview bot), exactly one sees used_at still empty when it writes.
+            claimed = await db.execute(
+                update(Invitation)
+                .where(Invitation.id == invitation.id, Invitation.used_at.is_(None))
+                .values(used_at=utcnow(), used_by_participant_id=participant_id)
+                .execution_options(synchronize_session=False)
+            )
+            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                raise ApiError(
+                    409,
+                    "invitation_used",
+                    "This link has already been used. Ask your teller for a new one.",
+                )
             participant = Participant(
+                id=participant_id,
                 session_id=session.id,
                 role=Role.CUSTOMER.value,
                 display_name=session.customer_name or "客户",
@@ -163,8 +180,6 @@ class SessionStore:
             )
             db.add(participant)
             await db.flush()
-            invitation.used_at = utcnow()
-            invitation.used_by_participant_id = participant.id
             db.add(
                 SessionEvent(
                     session_id=session.id,

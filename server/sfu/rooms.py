@@ -18,6 +18,9 @@ import structlog
 
 from server.auth.principal import Role
 from server.db.models import CallSession
+from server.recording.manager import RecordingManager
+from server.recording.room import Member as RecordedMember
+from server.recording.room import RoomRecording
 from server.sessions.store import SessionStore
 from server.sessions.views import chat_view, participant_view, session_view
 from server.settings import Settings
@@ -64,6 +67,10 @@ class Member:
         return self.connection is not None
 
 
+def _recorded(member: Member) -> RecordedMember:
+    return RecordedMember(member.participant_id, member.role, member.display_name)
+
+
 def _visible(viewer: Role, member: Member) -> bool:
     # Supervisors observe silently: customers are never told about them.
     return not (viewer is Role.CUSTOMER and member.role is Role.SUPERVISOR)
@@ -78,9 +85,12 @@ class Room:
         policy: IcePolicy,
         on_empty: Callable[[Room], None],
         on_retire: Callable[[Publication], None],
+        recorder: RecordingManager,
     ) -> None:
         self.session_id = session_id
         self._on_retire = on_retire
+        self._recorder = recorder
+        self.recording: RoomRecording | None = None
         self.observe_delay: Callable[[float], None] | None = None
         self._store = store
         self._settings = settings
@@ -155,6 +165,11 @@ class Room:
         ):
             await self._store.mark_active(self.session_id)
         session = await self._store.require(self.session_id)
+        if self.recording is None:
+            self.recording = RoomRecording(
+                self._recorder, self.session_id, session.business, self._broadcast_recording
+            )
+        self.recording.presence(_recorded(member), "rejoined" if rejoined else "joined")
         member.view = self._participant(session, participant_id)
         await connection.send(
             server_message(
@@ -172,6 +187,7 @@ class Room:
                 chat=[chat_view(m) for m in await self._store.chat(self.session_id)],
             )
         )
+        await connection.send(self.recording.message())
         await peer.negotiate()
         await self._broadcast(
             server_message(
@@ -192,6 +208,8 @@ class Room:
         member.connection = None
         member.disconnected_at = time.monotonic()
         await self._drop_media(member)
+        if self.recording is not None:
+            self.recording.presence(_recorded(member), "disconnected")
         member.grace = asyncio.get_running_loop().call_later(
             self._settings.rejoin_grace_seconds,
             lambda: self._spawn(self.leave(participant_id, "timeout")),
@@ -213,6 +231,8 @@ class Room:
             member.grace.cancel()
         connection, member.connection = member.connection, None
         await self._drop_media(member)
+        if self.recording is not None:
+            self.recording.presence(_recorded(member), "left")
         renegotiate = [
             o.peer
             for o in self.members.values()
@@ -231,9 +251,14 @@ class Room:
         if connection is not None and reason == "left":
             await connection.close(1000, "left")
         if not self.members:
+            # Nobody left to record: seal what there is.
+            if self.recording is not None:
+                await self.recording.stop("complete")
             self._on_empty(self)
 
     async def end(self, by: str | None) -> CallSession:
+        if self.recording is not None:
+            await self.recording.stop("complete")
         session = await self._store.end(self.session_id, by, "ended_by_participant")
         await self._broadcast(
             server_message("session_ended", reason="ended_by_participant", by=by), about=None
@@ -251,6 +276,8 @@ class Room:
 
     async def shutdown(self) -> None:
         """Server stopping: close everything; clients reconnect to the next server."""
+        if self.recording is not None:
+            await self.recording.stop("interrupted")
         for member in self.members.values():
             if member.grace is not None:
                 member.grace.cancel()
@@ -288,7 +315,59 @@ class Room:
             about=member,
         )
 
+    async def recording_start(self, participant_id: str) -> None:
+        self._require_role(participant_id, Role.TELLER, "start the recording", "recording_start")
+        assert self.recording is not None  # created at the first join
+        await self.recording.request_consent(self._has_connected(Role.CUSTOMER))
+
+    async def consent(self, participant_id: str, granted: bool) -> None:
+        self._require_role(participant_id, Role.CUSTOMER, "consent", "consent")
+        assert self.recording is not None
+        await self._store.record(
+            self.session_id, "recording_consent", participant_id, {"granted": granted}
+        )
+        await self.recording.consent(granted)
+        if self.recording.active:
+            await self._store.record(
+                self.session_id,
+                "recording_started",
+                participant_id,
+                {"archive_id": self.recording.message()["archive_id"]},
+            )
+
+    async def mark(self, participant_id: str, moment: str, phase: str) -> None:
+        self._require_role(participant_id, Role.TELLER, "mark key moments", "mark")
+        assert self.recording is not None
+        media_ms = self.recording.mark(moment, phase)
+        await self._store.record(
+            self.session_id,
+            "moment_marked",
+            participant_id,
+            {"moment": moment, "phase": phase, "media_ms": media_ms},
+        )
+        await self._broadcast_recording(
+            server_message("marked", moment=moment, phase=phase, media_ms=media_ms), True
+        )
+
+    async def recording_stop(self, participant_id: str) -> None:
+        self._require_role(participant_id, Role.TELLER, "stop the recording", "recording_stop")
+        assert self.recording is not None
+        await self.recording.stop("complete")
+        await self._store.record(self.session_id, "recording_stopped", participant_id)
+
     # -- internals ---------------------------------------------------------------------------
+
+    def _require_role(self, participant_id: str, role: Role, what: str, ref: str) -> None:
+        member = self.members.get(participant_id)
+        if member is None or member.role is not role:
+            raise ProtocolError("forbidden", f"Only the {role.value} may {what}.", ref)
+
+    async def _broadcast_recording(self, message: dict[str, Any], staff_only: bool) -> None:
+        for member in list(self.members.values()):
+            if member.connection is None or (staff_only and member.role is Role.CUSTOMER):
+                continue
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await member.connection.send(message)
 
     def _others(self, participant_id: str) -> list[Member]:
         return [m for m in self.members.values() if m.participant_id != participant_id]
@@ -338,6 +417,8 @@ class Room:
                     forwarded := other.peer.forwarded(member.participant_id, source)
                 ):
                     forwarded.attach(publication)
+            if self.recording is not None:
+                self.recording.published(_recorded(member), source, publication.encoded)
             if old is not None:
                 self._close(old)
 
@@ -358,6 +439,8 @@ class Room:
                 ):
                     forwarded.attach(None)
             if publication := self._publications.pop((member.participant_id, source), None):
+                if self.recording is not None:
+                    self.recording.unpublished(_recorded(member), source)
                 self._close(publication)
         peer, member.peer = member.peer, None
         if peer is not None:
@@ -388,8 +471,15 @@ class ForwardingStats:
 class RoomRegistry:
     """The rooms of this process, one per live session."""
 
-    def __init__(self, store: SessionStore, settings: Settings, policy: IcePolicy) -> None:
+    def __init__(
+        self,
+        store: SessionStore,
+        settings: Settings,
+        policy: IcePolicy,
+        recorder: RecordingManager,
+    ) -> None:
         self._store = store
+        self._recorder = recorder
         self._settings = settings
         self._policy = policy
         self._rooms: dict[str, Room] = {}
@@ -401,7 +491,13 @@ class RoomRegistry:
         room = self._rooms.get(session_id)
         if room is None:
             room = Room(
-                session_id, self._store, self._settings, self._policy, self._forget, self._retire
+                session_id,
+                self._store,
+                self._settings,
+                self._policy,
+                self._forget,
+                self._retire,
+                self._recorder,
             )
             room.observe_delay = self.observe_delay
             self._rooms[session_id] = room

@@ -20,12 +20,16 @@ from server.signaling.protocol import (
     Answer,
     Chat,
     ClientMessage,
+    Consent,
     End,
     Ice,
     Join,
     Leave,
+    Mark,
     Ping,
     ProtocolError,
+    RecordingStart,
+    RecordingStop,
     ScreenShare,
     error_message,
     parse_client_message,
@@ -109,7 +113,7 @@ async def signaling(request: web.Request) -> web.WebSocketResponse:
                 if not await session.handle(frame.data):
                     break
             elif frame.type == WSMsgType.BINARY:
-                await connection.send(error_message("bad_json", "Send text frames with JSON."))
+                await session.handle_binary()
     finally:
         await session.finish()
     return ws
@@ -160,17 +164,24 @@ class _Session:
         self._joined = False
         self._done = False  # left or ended deliberately: no rejoin grace
 
+    async def handle_binary(self) -> None:
+        if self._rate.exceeded():
+            await self._error(ProtocolError("rate_limited", "Too many messages; slow down."))
+            return
+        await self._error(ProtocolError("bad_json", "Send text frames with JSON."))
+
     async def handle(self, raw: str) -> bool:
         """Process one frame; False closes the connection."""
+        # Every frame counts, refused ones too: they are no way around the limit.
+        if self._rate.exceeded():
+            await self._error(ProtocolError("rate_limited", "Too many messages; slow down."))
+            return True
         if len(raw.encode("utf-8")) > self._max_bytes:
             await self._error(
                 ProtocolError(
                     "message_too_large", f"Messages may be at most {self._max_bytes} bytes."
                 )
             )
-            return True
-        if self._rate.exceeded():
-            await self._error(ProtocolError("rate_limited", "Too many messages; slow down."))
             return True
         try:
             message = parse_client_message(raw)
@@ -221,6 +232,14 @@ class _Session:
         elif isinstance(message, Leave):
             self._done = True
             await self._room.leave(self._participant_id, "left")
+        elif isinstance(message, RecordingStart):
+            await self._room.recording_start(self._participant_id)
+        elif isinstance(message, Consent):
+            await self._room.consent(self._participant_id, message.granted)
+        elif isinstance(message, Mark):
+            await self._room.mark(self._participant_id, message.moment, message.phase)
+        elif isinstance(message, RecordingStop):
+            await self._room.recording_stop(self._participant_id)
         elif isinstance(message, End):
             if self._principal.role not in (Role.TELLER, Role.CUSTOMER):
                 raise ProtocolError("forbidden", "Only the teller or the customer can end.", "end")

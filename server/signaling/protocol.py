@@ -71,11 +71,55 @@ class Ping(_Message):
     type: Literal["ping"]
 
 
+class RecordingStart(_Message):
+    type: Literal["recording_start"]
+
+
+class Consent(_Message):
+    type: Literal["consent"]
+    granted: bool
+
+
+class Mark(_Message):
+    type: Literal["mark"]
+    moment: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_]+$")
+    phase: Literal["start", "end"]
+
+
+class RecordingStop(_Message):
+    type: Literal["recording_stop"]
+
+
 ClientMessage = Annotated[
-    Join | Answer | Ice | Chat | ScreenShare | Leave | End | Ping, Field(discriminator="type")
+    Join
+    | Answer
+    | Ice
+    | Chat
+    | ScreenShare
+    | Leave
+    | End
+    | Ping
+    | RecordingStart
+    | Consent
+    | Mark
+    | RecordingStop,
+    Field(discriminator="type"),
 ]
 _CLIENT_MESSAGE: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
-CLIENT_TYPES = ("join", "answer", "ice", "chat", "screen_share", "leave", "end", "ping")
+CLIENT_TYPES = (
+    "join",
+    "answer",
+    "ice",
+    "chat",
+    "screen_share",
+    "leave",
+    "end",
+    "ping",
+    "recording_start",
+    "consent",
+    "mark",
+    "recording_stop",
+)
 
 
 def parse_client_message(raw: str) -> ClientMessage:

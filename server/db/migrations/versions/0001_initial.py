@@ -1,8 +1,9 @@
-"""Initial schema: staff, logins, workers, sessions, participants, invitations, events, chat
+"""Initial schema: staff, logins, workers, sessions, participants, invitations, archives,
+events, chat
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-26 20:01:33.903853
+Create Date: 2026-11-26 20:11:53.107109
 """
 
 import sqlalchemy as sa
@@ -79,6 +80,27 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("token_hash"),
     )
+    op.create_table(
+        "archives",
+        sa.Column("id", sa.String(length=36), nullable=False),
+        sa.Column("session_id", sa.String(length=32), nullable=False),
+        sa.Column("business", sa.String(length=16), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("finalized_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("manifest_sha256", sa.String(length=64), nullable=True),
+        sa.Column("previous_sha256", sa.String(length=64), nullable=True),
+        sa.Column("chain_index", sa.Integer(), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["session_id"],
+            ["sessions.id"],
+        ),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("chain_index"),
+    )
+    with op.batch_alter_table("archives", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_archives_session_id"), ["session_id"], unique=False)
+
     op.create_table(
         "invitations",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
@@ -190,6 +212,10 @@ def downgrade() -> None:
 
     op.drop_table("participants")
     op.drop_table("invitations")
+    with op.batch_alter_table("archives", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_archives_session_id"))
+
+    op.drop_table("archives")
     op.drop_table("staff_logins")
     op.drop_table("sessions")
     op.drop_table("workers")

@@ -1,0 +1,61 @@
+"""Owner-only creation of secret files that must never be clobbered."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+
+
+def ensure_private_dir(path: Path) -> None:
+    """Create `path` (and parents) owner-only; an existing directory keeps the operator's mode."""
+    path.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+
+
+def create_private_file(path: Path, data: bytes) -> None:
+    """Write a new 0600 file; fail with FileExistsError rather than replace an existing one.
+
+    O_EXCL makes "never overwrite" hold even when two processes race to create the same key.
+    """
+    ensure_private_dir(path.parent)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
+    try:
+        # The umask may have removed bits, never added them; fchmod makes the mode exact anyway.
+        os.fchmod(fd, PRIVATE_FILE_MODE)
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            path.unlink()
+        raise
+    os.close(fd)
+    _fsync_dir(path.parent)
+
+
+def replace_private_file(path: Path, data: bytes) -> None:
+    """Atomically replace `path` with `data`: readers see the old or the new file, never a mix."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    create_private_file(temporary, data)
+    os.replace(temporary, path)
+    _fsync_dir(path.parent)
+
+
+def is_private(path: Path) -> bool:
+    """True when neither group nor others have any access to `path`."""
+    return path.stat().st_mode & 0o077 == 0
+
+
+def _fsync_dir(path: Path) -> None:
+    # Without syncing the directory a crash can lose the new name even though the data is on disk.
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

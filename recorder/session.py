@@ -1,0 +1,421 @@
+"""One dual recording, from the consent moment to the signed manifest in the archive store.
+
+Data flow: SFU EncodedSource -> SlotFeed -> RecordingWriter (mux + encrypt, own thread) ->
+sealed segment -> spool (durable) -> journal -> Uploader -> archive store. At the end the signed
+manifest is chained to the previous archive's and spooled beside the segments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import structlog
+
+from recorder import __version__
+from recorder.capture import RecordingWriter, SealedSegment, SlotFeed
+from recorder.container import EXPERT_SLOTS, standard_slots
+from recorder.journal import Journal, JournalState
+from recorder.seal.keyring import KeyWrapper
+from recorder.seal.manifest import (
+    FORMAT_VERSION,
+    MANIFEST_OBJECT,
+    SIGNATURE_OBJECT,
+    Manifest,
+    WrappedKeyEntry,
+    format_timestamp,
+    manifest_sha256,
+    sign_manifest,
+)
+from recorder.seal.sealer import ArchiveSealer
+from recorder.seal.signing import Signer
+from recorder.store.config import RetentionRules
+from recorder.store.retention import Product, ProductKind, retain_until
+from recorder.store.spool import Spool
+from server.sfu.encoded import EncodedSource
+
+log = structlog.get_logger(__name__)
+
+RECORDER_VERSION = f"vteller-recorder {__version__}"
+
+
+def archive_prefix(archive_id: str) -> str:
+    return f"archives/{archive_id}/"
+
+
+@dataclass(frozen=True)
+class ArchiveRecord:
+    archive_id: str
+    session_id: str
+    business: str
+    status: str
+    manifest_sha256: str
+    previous_sha256: str | None
+    created_at: datetime
+    finalized_at: datetime
+
+
+class ChainHead(Protocol):
+    """The newest sealed manifest, shared by every worker (the database in vteller)."""
+
+    async def head(self) -> str | None: ...
+
+    async def append(self, record: ArchiveRecord) -> bool:
+        """False when another archive was chained to `record.previous_sha256` first."""
+        ...
+
+
+@dataclass
+class RecorderContext:
+    """What every recording of one worker shares."""
+
+    keyring: KeyWrapper
+    signer: Signer
+    spool: Spool
+    chain: ChainHead
+    journal_dir: Path
+    retention: RetentionRules
+    segment_seconds: float = 2.0
+
+
+@dataclass
+class _Presence:
+    role: str
+    display_name: str
+    spans: list[dict[str, str | None]] = field(default_factory=list)
+    gap_start_ms: int | None = None
+
+
+class RecordingSession:
+    def __init__(
+        self,
+        context: RecorderContext,
+        session_id: str,
+        business: str,
+        on_change: Callable[[], None],
+    ) -> None:
+        self._context = context
+        self.session_id = session_id
+        self.business = business
+        self._on_change = on_change
+        self.archive_id = str(uuid.uuid4())
+        self.state = "recording"
+        self.started_at = datetime.now(UTC)
+        self._t0 = time.monotonic()
+        self._slots = standard_slots()
+        self._retain_until = retain_until(
+            Product(ProductKind(business)), self.started_at, context.retention
+        )
+        self._sealer = ArchiveSealer(uuid.UUID(self.archive_id), context.keyring)
+        self._writer = RecordingWriter(self._sealer, self._slots, self._sealed)
+        self._feeds = [
+            SlotFeed(self._writer, index, slot.kind, self.media_ms)
+            for index, slot in enumerate(self._slots)
+        ]
+        self._slot_owner: dict[int, str] = {}
+        self._presence: dict[str, _Presence] = {}
+        self._marks: list[dict[str, Any]] = []
+        self._gaps: list[dict[str, Any]] = []
+        self._tasks: asyncio.Queue[Callable[[], Awaitable[None]] | None] = asyncio.Queue()
+        self._journal = Journal.create(
+            context.journal_dir,
+            self.archive_id,
+            {
+                "archive_id": self.archive_id,
+                "session_id": session_id,
+                "business": business,
+                "created_at": format_timestamp(self.started_at),
+                "chunk_size": self._sealer.chunk_size,
+                "wrapped_key": WrappedKeyEntry.from_wrapped(self._sealer.wrapped_key).model_dump(),
+                "retain_until": self._retain_until.isoformat(),
+            },
+        )
+        self._worker = asyncio.create_task(self._run_tasks())
+        self._cutter = asyncio.create_task(self._cut_regularly())
+        self.last_store_error: str | None = None
+
+    def media_ms(self) -> int:
+        return int((time.monotonic() - self._t0) * 1000)
+
+    # -- what happens in the call ------------------------------------------------------------
+
+    def follow(
+        self, participant_id: str, role: str, source: str, encoded: EncodedSource | None
+    ) -> None:
+        """Record (participant, source) from `encoded` (None: it stopped publishing for now)."""
+        slot = self._slot_for(participant_id, role, source)
+        if slot is None:
+            return
+        self._feeds[slot].follow(encoded)
+
+    def presence(self, participant_id: str, role: str, display_name: str, event: str) -> None:
+        """`event`: "joined", "rejoined", "disconnected" or "left"."""
+        now = format_timestamp(datetime.now(UTC))
+        who = self._presence.setdefault(participant_id, _Presence(role, display_name))
+        if event in ("joined", "rejoined"):
+            if who.gap_start_ms is not None:
+                self._add_gap(who.gap_start_ms, self.media_ms(), f"{role} disconnected")
+                who.gap_start_ms = None
+            who.spans.append({"joined_at": now, "left_at": None})
+        else:
+            if who.spans and who.spans[-1]["left_at"] is None:
+                who.spans[-1]["left_at"] = now
+            if event == "disconnected":
+                who.gap_start_ms = self.media_ms()
+        self._journal_later(
+            "presence",
+            {
+                "participant_id": participant_id,
+                "role": role,
+                "display_name": display_name,
+                "event": event,
+                "at": now,
+                "media_ms": self.media_ms(),
+            },
+        )
+
+    def mark(self, moment: str, phase: str) -> int:
+        media_ms = self.media_ms()
+        record = {
+            "name": f"{moment}.{phase}",
+            "media_ms": media_ms,
+            "wall_time": format_timestamp(datetime.now(UTC)),
+        }
+        self._marks.append(record)
+        self._journal_later("mark", record)
+        return media_ms
+
+    @property
+    def pending_segments(self) -> int:
+        return self._context.spool.pending_count
+
+    async def stop(self, status: str = "complete") -> ArchiveRecord:
+        """Seal: the last segment, the manifest, its signature, the chain link."""
+        self.state = "sealing"
+        self._on_change()
+        self._cutter.cancel()
+        for feed in self._feeds:
+            feed.follow(None)
+        end_ms = self.media_ms()
+        await self._writer.close(end_ms)
+        for who in self._presence.values():
+            if who.gap_start_ms is not None:
+                self._add_gap(who.gap_start_ms, end_ms, f"{who.role} disconnected")
+                who.gap_start_ms = None
+        await self._tasks.put(None)
+        await self._worker
+        record = await seal_manifest(
+            self._context,
+            self._manifest_fields(status),
+            self._journal,
+        )
+        self.state = "sealed" if status == "complete" else "interrupted"
+        self._on_change()
+        return record
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _slot_for(self, participant_id: str, role: str, source: str) -> int | None:
+        # A participant keeps its slot group for the whole recording: a rejoin continues it.
+        mine = {
+            self._slots[i].role for i, owner in self._slot_owner.items() if owner == participant_id
+        }
+        others = {
+            self._slots[i].role for i, owner in self._slot_owner.items() if owner != participant_id
+        }
+        candidates = (
+            [role] if role != "expert" else [f"expert{n}" for n in range(1, EXPERT_SLOTS + 1)]
+        )
+        group = next(iter(mine), None) or next((g for g in candidates if g not in others), None)
+        index = next(
+            (
+                i
+                for i, slot in enumerate(self._slots)
+                if slot.role == group and slot.source == source
+            ),
+            None,
+        )
+        if index is None:
+            log.warning(
+                "no_recording_slot", participant_id=participant_id, role=role, source=source
+            )
+            return None
+        if index not in self._slot_owner:
+            self._slot_owner[index] = participant_id
+            track = {
+                "id": str(index),
+                "kind": self._slots[index].kind,
+                "participant_id": participant_id,
+                "source": source,
+            }
+            self._journal_later("track", track)
+        return index
+
+    def _add_gap(self, start_ms: int, end_ms: int, reason: str) -> None:
+        gap = {"start_ms": start_ms, "end_ms": max(start_ms, end_ms), "reason": reason}
+        self._gaps.append(gap)
+        self._journal_later("gap", gap)
+
+    def _manifest_fields(self, status: str) -> dict[str, Any]:
+        return {
+            "session_id": self.session_id,
+            "business": self.business,
+            "created_at": format_timestamp(self.started_at),
+            "status": status,
+            "chunk_size": self._sealer.chunk_size,
+            "wrapped_key": WrappedKeyEntry.from_wrapped(self._sealer.wrapped_key).model_dump(),
+            "segments": [s.model_dump() for s in self._sealer.segments],
+            "participants": [
+                {"id": pid, "role": p.role, "display_name": p.display_name, "presence": p.spans}
+                for pid, p in self._presence.items()
+            ],
+            "marks": list(self._marks),
+            "tracks": [
+                {
+                    "id": str(i),
+                    "kind": self._slots[i].kind,
+                    "participant_id": owner,
+                    "source": self._slots[i].source,
+                }
+                for i, owner in sorted(self._slot_owner.items())
+            ],
+            "gaps": list(self._gaps),
+        }
+
+    def _sealed(self, segment: SealedSegment) -> None:
+        async def store() -> None:
+            name = archive_prefix(self.archive_id) + segment.entry.object
+            await self._context.spool.add(name, segment.ciphertext, self._retain_until)
+            await asyncio.to_thread(
+                self._journal.append,
+                "segment",
+                {
+                    "entry": segment.entry.model_dump(),
+                    "media_ms": segment.media_ms,
+                    "wall": format_timestamp(datetime.now(UTC)),
+                },
+            )
+            self._on_change()
+
+        self._tasks.put_nowait(store)
+
+    def _journal_later(self, kind: str, record: dict[str, Any]) -> None:
+        async def write() -> None:
+            await asyncio.to_thread(self._journal.append, kind, record)
+
+        self._tasks.put_nowait(write)
+
+    async def _run_tasks(self) -> None:
+        # One at a time, in order: segments reach the spool and the journal in index order.
+        while (task := await self._tasks.get()) is not None:
+            try:
+                await task()
+            except Exception as exc:
+                self.last_store_error = str(exc)
+                log.exception("recording_store_failed", archive_id=self.archive_id)
+
+    async def _cut_regularly(self) -> None:
+        while True:
+            await asyncio.sleep(self._context.segment_seconds)
+            self._writer.cut(self.media_ms())
+
+
+async def seal_manifest(
+    context: RecorderContext, fields: dict[str, Any], journal: Journal
+) -> ArchiveRecord:
+    """Sign the manifest, chain it to the newest one, spool it, mark the journal sealed."""
+    finalized_at = datetime.now(UTC)
+    retain = datetime.fromisoformat(journal.read().header["retain_until"])
+    archive_id = journal.path.stem
+    while True:
+        previous = await context.chain.head()
+        manifest = Manifest.model_validate(
+            fields
+            | {
+                "format_version": FORMAT_VERSION,
+                "archive_id": archive_id,
+                "product": None,
+                "identity": None,
+                "compliance": None,
+                "recorder_version": RECORDER_VERSION,
+                "finalized_at": format_timestamp(finalized_at),
+                "previous_manifest_sha256": previous,
+                "signing_key_id": context.signer.key_id,
+            }
+        )
+        data, signature = sign_manifest(manifest, context.signer)
+        record = ArchiveRecord(
+            archive_id=archive_id,
+            session_id=manifest.session_id,
+            business=manifest.business,
+            status=manifest.status,
+            manifest_sha256=manifest_sha256(data),
+            previous_sha256=previous,
+            created_at=datetime.fromisoformat(manifest.created_at.replace("Z", "+00:00")),
+            finalized_at=finalized_at,
+        )
+        if await context.chain.append(record):
+            break
+    prefix = archive_prefix(archive_id)
+    await context.spool.add(prefix + MANIFEST_OBJECT, data, retain)
+    await context.spool.add(prefix + SIGNATURE_OBJECT, signature, retain)
+    await asyncio.to_thread(journal.append, "sealed", {"manifest_sha256": record.manifest_sha256})
+    log.info("archive_sealed", archive_id=archive_id, status=record.status)
+    return record
+
+
+async def recover(context: RecorderContext, journal: Journal) -> ArchiveRecord:
+    """Finalize, as interrupted, a recording whose process died: what reached the spool holds."""
+    state: JournalState = await asyncio.to_thread(journal.read)
+    header = state.header
+    presence: dict[str, dict[str, Any]] = {}
+    for event in state.presence:
+        who = presence.setdefault(
+            event["participant_id"],
+            {
+                "id": event["participant_id"],
+                "role": event["role"],
+                "display_name": event["display_name"],
+                "presence": [],
+            },
+        )
+        if event["event"] in ("joined", "rejoined"):
+            who["presence"].append({"joined_at": event["at"], "left_at": None})
+        elif who["presence"] and who["presence"][-1]["left_at"] is None:
+            who["presence"][-1]["left_at"] = event["at"]
+    for who in presence.values():
+        if who["presence"] and who["presence"][-1]["left_at"] is None:
+            who["presence"][-1]["left_at"] = state.last_wall or header["created_at"]
+    stopped = datetime.now(UTC)
+    last_wall = datetime.fromisoformat(
+        (state.last_wall or header["created_at"]).replace("Z", "+00:00")
+    )
+    lost_ms = max(0, int((stopped - last_wall).total_seconds() * 1000))
+    lost = {
+        "start_ms": state.last_media_ms,
+        "end_ms": state.last_media_ms + lost_ms,
+        "reason": "recorder stopped; media after the last sealed segment is lost",
+    }
+    gaps = [*state.gaps, lost]
+    fields = {
+        "session_id": header["session_id"],
+        "business": header["business"],
+        "created_at": header["created_at"],
+        "status": "interrupted",
+        "chunk_size": header["chunk_size"],
+        "wrapped_key": header["wrapped_key"],
+        "segments": state.segments,
+        "participants": list(presence.values()),
+        "marks": [{k: m[k] for k in ("name", "media_ms", "wall_time")} for m in state.marks],
+        "tracks": [
+            {k: t[k] for k in ("id", "kind", "participant_id", "source")} for t in state.tracks
+        ],
+        "gaps": gaps,
+    }
+    return await seal_manifest(context, fields, journal)

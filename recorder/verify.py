@@ -1,0 +1,367 @@
+"""Verification of a sealed archive, by anyone holding the public signing keys.
+
+Without a keyring this checks that the manifest is authentic and that every stored segment is
+exactly the one it lists; with a keyring it also decrypts every segment in full. Every problem is
+collected and described in plain words rather than stopping at the first.
+
+Run as `python -m recorder.verify DIR` (what `vteller verify DIR` does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Protocol
+
+from recorder.seal.digest import sha256_hex
+from recorder.seal.keyring import KeyringError, KeyWrapper, LocalKeyring
+from recorder.seal.manifest import (
+    MANIFEST_OBJECT,
+    SEGMENT_OBJECT_PATTERN,
+    SIGNATURE_OBJECT,
+    Manifest,
+    ManifestError,
+    SegmentEntry,
+    is_canonical,
+    manifest_sha256,
+    parse_manifest,
+    segment_object_name,
+)
+from recorder.seal.signing import SIGNATURE_SIZE, PublicKeyError, load_public_keys, public_key_id
+from recorder.seal.signing import verify as verify_signature
+from recorder.seal.stream import SegmentDecryptor, SegmentError, decrypt_segment
+
+_FEED_SIZE = 1024 * 1024
+
+
+class ObjectNotFound(LookupError):
+    """Raised by `ArchiveReader.read` for a name the archive does not hold."""
+
+
+class ArchiveReader(Protocol):
+    """The objects of one archive, by name (`manifest.json`, `manifest.sig`, `seg-000000.bin`)."""
+
+    def list_names(self) -> list[str]: ...
+
+    def read(self, name: str) -> bytes: ...
+
+
+class DirectoryArchive:
+    """An archive (or an export package) in a local directory; names are relative POSIX paths."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def list_names(self) -> list[str]:
+        return sorted(
+            file.relative_to(self.path).as_posix()
+            for file in self.path.rglob("*")
+            if file.is_file()
+        )
+
+    def read(self, name: str) -> bytes:
+        relative = PurePosixPath(name)
+        # Names come from manifests, which may be hostile before their signature is checked.
+        if relative.is_absolute() or ".." in relative.parts:
+            raise ObjectNotFound(name)
+        try:
+            return (self.path / relative).read_bytes()
+        except (FileNotFoundError, IsADirectoryError):
+            raise ObjectNotFound(name) from None
+
+
+class PlaintextInspector(Protocol):
+    """A hook that sees the verified plaintext of every segment, in order (e.g. playability).
+
+    `write` receives only chunks whose tags verified; `end_segment` says whether the segment as a
+    whole turned out authentic and complete. Returned strings become problems in the report.
+    """
+
+    def begin_segment(self, segment: SegmentEntry) -> None: ...
+
+    def write(self, plaintext: bytes) -> None: ...
+
+    def end_segment(self, segment: SegmentEntry, *, authentic: bool) -> list[str]: ...
+
+    def end_archive(self, manifest: Manifest) -> list[str]: ...
+
+
+@dataclass(frozen=True)
+class Problem:
+    subject: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.subject}: {self.message}"
+
+
+@dataclass
+class VerificationReport:
+    problems: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    manifest: Manifest | None = None
+    signature_verified: bool = False
+    decrypted: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def add(self, subject: str, message: str) -> None:
+        self.problems.append(Problem(subject, message))
+
+    def render(self) -> str:
+        archive = self.manifest.archive_id if self.manifest else "(unreadable manifest)"
+        verdict = "OK" if self.ok else f"FAILED ({len(self.problems)} problem(s))"
+        lines = [f"archive {archive}: {verdict}"]
+        lines += [f"  problem: {problem}" for problem in self.problems]
+        lines += [f"  note: {note}" for note in self.notes]
+        return "\n".join(lines)
+
+
+def segment_subject(segment: SegmentEntry) -> str:
+    return f"segment {segment.index} ({segment.object})"
+
+
+def verify_archive(
+    reader: ArchiveReader,
+    public_keys: Mapping[str, bytes],
+    *,
+    keyring: KeyWrapper | None = None,
+    previous_manifest: bytes | None = None,
+    inspector: PlaintextInspector | None = None,
+) -> VerificationReport:
+    """Check an archive against the public keys (key id -> PEM); see docs/archive-format.md 8."""
+    report = VerificationReport()
+    names = set(reader.list_names())
+    if MANIFEST_OBJECT not in names:
+        report.add("manifest", f"missing ({MANIFEST_OBJECT})")
+        return report
+    data = reader.read(MANIFEST_OBJECT)
+    try:
+        manifest = parse_manifest(data)
+    except ManifestError as error:
+        report.add("manifest", f"not a valid version 1 manifest: {error}")
+        return report
+    report.manifest = manifest
+    if not is_canonical(manifest, data):
+        report.add("manifest", "not in canonical form (altered, or not written by a sealer)")
+    _check_signature(reader, names, public_keys, manifest, data, report)
+    _check_previous(manifest, previous_manifest, report)
+    _check_segment_list(manifest, names, report)
+
+    data_key = _unwrap(manifest, keyring, report) if keyring is not None else None
+    for segment in manifest.segments:
+        if segment.object not in names:
+            report.add(segment_subject(segment), "missing")
+            continue
+        ciphertext = reader.read(segment.object)
+        _check_ciphertext(segment, ciphertext, report)
+        if data_key is not None:
+            _check_plaintext(manifest, segment, ciphertext, data_key, inspector, report)
+    if data_key is not None:
+        report.decrypted = True
+        if inspector is not None:
+            report.problems += [Problem("media", text) for text in inspector.end_archive(manifest)]
+    elif keyring is None:
+        report.notes.append("segments were not decrypted (no keyring given)")
+    if manifest.status == "interrupted":
+        report.notes.append("the recording is marked interrupted (it ended abnormally)")
+    if manifest.gaps:
+        report.notes.append(f"{len(manifest.gaps)} gap(s) recorded in the media")
+    return report
+
+
+def iter_plaintext(
+    manifest: Manifest,
+    segment: SegmentEntry,
+    ciphertext: bytes,
+    data_key: bytes,
+    *,
+    decryptor: SegmentDecryptor | None = None,
+) -> Iterator[bytes]:
+    """Verified plaintext of one segment; raises SegmentError once it turns out not authentic.
+
+    Pass a `decryptor` (from `segment_decryptor`) to read its `digest` after exhausting this.
+    """
+    if decryptor is None:
+        decryptor = segment_decryptor(manifest, segment, data_key)
+    view = memoryview(ciphertext)
+    pieces = (view[start : start + _FEED_SIZE] for start in range(0, len(view), _FEED_SIZE))
+    return decrypt_segment(decryptor, pieces)
+
+
+def segment_decryptor(
+    manifest: Manifest, segment: SegmentEntry, data_key: bytes
+) -> SegmentDecryptor:
+    return SegmentDecryptor(
+        data_key, manifest.archive_uuid, segment.index, chunk_size=manifest.chunk_size
+    )
+
+
+def _check_signature(
+    reader: ArchiveReader,
+    names: set[str],
+    public_keys: Mapping[str, bytes],
+    manifest: Manifest,
+    data: bytes,
+    report: VerificationReport,
+) -> None:
+    key_id = manifest.signing_key_id
+    if SIGNATURE_OBJECT not in names:
+        report.add("manifest", f"signature ({SIGNATURE_OBJECT}) is missing")
+        return
+    signature = reader.read(SIGNATURE_OBJECT)
+    if len(signature) != SIGNATURE_SIZE:
+        report.add(
+            "manifest",
+            f"signature ({SIGNATURE_OBJECT}) is {len(signature)} bytes, not {SIGNATURE_SIZE}",
+        )
+        return
+    pem = public_keys.get(key_id)
+    if pem is None:
+        given = ", ".join(sorted(public_keys)) or "none"
+        report.add(
+            "manifest",
+            f"signed with key {key_id}, which is not among the public keys given ({given})",
+        )
+        return
+    try:
+        actual_id = public_key_id(pem)
+    except PublicKeyError as error:
+        report.add("manifest", f"the public key given for {key_id} is unusable: {error}")
+        return
+    if actual_id != key_id:
+        report.add("manifest", f"the public key given as {key_id} is actually key {actual_id}")
+        return
+    if not verify_signature(pem, signature, data):
+        report.add("manifest", f"signature does not verify with key {key_id}")
+        return
+    report.signature_verified = True
+
+
+def _check_previous(
+    manifest: Manifest, previous_manifest: bytes | None, report: VerificationReport
+) -> None:
+    link = manifest.previous_manifest_sha256
+    if previous_manifest is None:
+        if link is None:
+            report.notes.append("first archive of its chain (no previous manifest)")
+        else:
+            report.notes.append(f"link to previous manifest {link} not checked (none given)")
+        return
+    actual = manifest_sha256(previous_manifest)
+    if link is None:
+        report.add("manifest", "names no previous manifest, but one was given")
+    elif link != actual:
+        report.add(
+            "manifest",
+            f"previous_manifest_sha256 is {link}, but the given previous manifest hashes to "
+            f"{actual}",
+        )
+
+
+def _check_segment_list(manifest: Manifest, names: set[str], report: VerificationReport) -> None:
+    for position, segment in enumerate(manifest.segments):
+        if segment.index != position:
+            report.add(
+                "manifest",
+                f"segment list is not 0..{len(manifest.segments) - 1} in order: entry {position} "
+                f"is segment {segment.index}",
+            )
+        if segment.object != segment_object_name(segment.index):
+            report.add(
+                segment_subject(segment),
+                f"object name should be {segment_object_name(segment.index)}",
+            )
+    listed = {segment.object for segment in manifest.segments}
+    for name in sorted(names - listed):
+        if SEGMENT_OBJECT_PATTERN.fullmatch(name):
+            report.add(name, "segment object not listed in the manifest")
+
+
+def _check_ciphertext(segment: SegmentEntry, ciphertext: bytes, report: VerificationReport) -> None:
+    subject = segment_subject(segment)
+    if len(ciphertext) != segment.ciphertext_size:
+        report.add(
+            subject,
+            f"ciphertext is {len(ciphertext)} bytes, the manifest says {segment.ciphertext_size}",
+        )
+    if sha256_hex(ciphertext) != segment.ciphertext_sha256:
+        report.add(subject, "SHA-256 of ciphertext differs from the manifest")
+
+
+def _unwrap(manifest: Manifest, keyring: KeyWrapper, report: VerificationReport) -> bytes | None:
+    try:
+        return keyring.unwrap(manifest.wrapped_key.to_wrapped(), manifest.archive_uuid)
+    except KeyringError as error:
+        report.add("manifest", f"data key cannot be unwrapped: {error}")
+        return None
+
+
+def _check_plaintext(
+    manifest: Manifest,
+    segment: SegmentEntry,
+    ciphertext: bytes,
+    data_key: bytes,
+    inspector: PlaintextInspector | None,
+    report: VerificationReport,
+) -> None:
+    subject = segment_subject(segment)
+    decryptor = segment_decryptor(manifest, segment, data_key)
+    if inspector is not None:
+        inspector.begin_segment(segment)
+    authentic = False
+    try:
+        for plain in iter_plaintext(manifest, segment, ciphertext, data_key, decryptor=decryptor):
+            if inspector is not None:
+                inspector.write(plain)
+    except SegmentError as error:
+        report.add(subject, str(error))
+    else:
+        digest = decryptor.digest
+        authentic = True
+        if digest.plaintext_size != segment.plaintext_size:
+            authentic = False
+            report.add(
+                subject,
+                f"plaintext is {digest.plaintext_size} bytes, the manifest says "
+                f"{segment.plaintext_size}",
+            )
+        if digest.plaintext_sha256 != segment.plaintext_sha256:
+            authentic = False
+            report.add(subject, "SHA-256 of plaintext differs from the manifest")
+    if inspector is not None:
+        for text in inspector.end_segment(segment, authentic=authentic):
+            report.add(subject, text)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="vteller verify", description="Verify a sealed recording archive or export package."
+    )
+    parser.add_argument("archive", type=Path, help="directory holding manifest.json")
+    parser.add_argument(
+        "--keys",
+        type=Path,
+        help="public key PEM file or directory of them (default: ARCHIVE/keys)",
+    )
+    parser.add_argument("--keyring", type=Path, help="keyring file, to also decrypt every segment")
+    parser.add_argument("--previous", type=Path, help="the previous archive's manifest.json")
+    args = parser.parse_args(argv)
+    keys_path: Path = args.keys or args.archive / "keys"
+    public_keys = load_public_keys(keys_path) if keys_path.exists() else {}
+    keyring = LocalKeyring.open(args.keyring) if args.keyring else None
+    previous = args.previous.read_bytes() if args.previous else None
+    report = verify_archive(
+        DirectoryArchive(args.archive), public_keys, keyring=keyring, previous_manifest=previous
+    )
+    print(report.render())
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

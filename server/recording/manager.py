@@ -1,0 +1,68 @@
+"""The recorder of one worker: keys, spool, uploader, and finishing what a crash left behind."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import structlog
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from recorder.journal import Journal
+from recorder.seal.keyring import LocalKeyring
+from recorder.seal.signing import Signer
+from recorder.session import RecorderContext, RecordingSession, recover
+from recorder.store.s3 import ArchiveBucket
+from recorder.store.spool import Spool, Uploader, UploaderStatus
+from server.db.engine import DbSession
+from server.recording.chain import DatabaseChain
+from server.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+class RecordingManager:
+    def __init__(self, settings: Settings, db: async_sessionmaker[DbSession]) -> None:
+        keys = settings.data_dir / "keys"
+        # Keys are created at first run (0600) and never overwritten; see docs/archive-format.md.
+        self.signer = Signer.open(keys / "signing-key.pem", create=True)
+        self.signer.publish(keys / "public")
+        self.keyring = LocalKeyring.open(keys / "keyring.json", create=True)
+        # Each worker (by port) has its own spool and journals: a worker that restarts finishes
+        # its own recordings, never a live one of a neighbour.
+        worker = f"worker-{settings.port}"
+        self.spool = Spool(settings.store.spool_path(settings.data_dir) / worker)
+        self.bucket = ArchiveBucket.from_settings(settings.store)
+        self.uploader = Uploader.from_settings(self.spool, self.bucket, settings.store)
+        self.chain = DatabaseChain(db)
+        self.context = RecorderContext(
+            keyring=self.keyring,
+            signer=self.signer,
+            spool=self.spool,
+            chain=self.chain,
+            journal_dir=settings.data_dir / "journal" / worker,
+            retention=settings.store.retention,
+            segment_seconds=settings.recording_segment_seconds,
+        )
+
+    async def start(self) -> None:
+        await self.uploader.start()
+        for journal in Journal.unsealed(self.context.journal_dir):
+            record = await recover(self.context, journal)
+            log.warning(
+                "recording_recovered_as_interrupted",
+                archive_id=record.archive_id,
+                session_id=record.session_id,
+            )
+
+    async def stop(self) -> None:
+        await self.uploader.stop()
+
+    async def new_recording(
+        self, session_id: str, business: str, on_change: Callable[[], None]
+    ) -> RecordingSession:
+        recording = RecordingSession(self.context, session_id, business, on_change)
+        await self.chain.started(recording.archive_id, session_id, business)
+        return recording
+
+    def store_status(self) -> UploaderStatus:
+        return self.uploader.status()

@@ -1,0 +1,157 @@
+"""The dual recording of one room: consent, start and stop, marks, and what it records.
+
+The room tells it who joins and leaves and which tracks are published; it keeps the recording
+following them (a participant who rejoins continues in the same tracks, with the gap recorded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from recorder.session import RecordingSession
+from server.auth.principal import Role
+from server.recording.manager import RecordingManager
+from server.sfu.encoded import EncodedSource
+from server.signaling.protocol import ProtocolError, server_message
+
+log = structlog.get_logger(__name__)
+
+# Sent to everyone: the customer sees that they are being recorded.
+Broadcast = Callable[[dict[str, Any], bool], Awaitable[None]]  # (message, staff_only)
+
+
+@dataclass(frozen=True)
+class Member:
+    participant_id: str
+    role: Role
+    display_name: str
+
+
+class RoomRecording:
+    def __init__(
+        self, manager: RecordingManager, session_id: str, business: str, broadcast: Broadcast
+    ) -> None:
+        self._manager = manager
+        self._session_id = session_id
+        self._business = business
+        self._broadcast = broadcast
+        self.state = "idle"
+        self._recording: RecordingSession | None = None
+        self._published: dict[tuple[str, str], tuple[Role, EncodedSource]] = {}
+        self._present: dict[str, Member] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def active(self) -> bool:
+        return self._recording is not None and self.state == "recording"
+
+    def message(self) -> dict[str, Any]:
+        recording = self._recording
+        status = self._manager.store_status()
+        return server_message(
+            "recording",
+            state=self.state,
+            archive_id=recording.archive_id if recording else None,
+            started_at=recording.started_at.isoformat() if recording else None,
+            store={
+                "pending_segments": status.pending_count,
+                "last_error": status.last_error if status.consecutive_failures else None,
+            },
+        )
+
+    # -- the teller and the customer ---------------------------------------------------------
+
+    async def request_consent(self, customer_connected: bool) -> None:
+        if self.state in ("awaiting_consent", "recording", "sealing"):
+            raise ProtocolError(
+                "out_of_order", "A recording is already running.", "recording_start"
+            )
+        if not customer_connected:
+            raise ProtocolError(
+                "out_of_order", "The customer must be in the call to consent.", "recording_start"
+            )
+        self.state = "awaiting_consent"
+        await self._broadcast(server_message("consent_request"), False)
+        await self._announce()
+
+    async def consent(self, granted: bool) -> None:
+        if self.state != "awaiting_consent":
+            raise ProtocolError("out_of_order", "No consent was asked for.", "consent")
+        if not granted:
+            self.state = "declined"
+            await self._announce()
+            return
+        recording = await self._manager.new_recording(
+            self._session_id, self._business, self._changed
+        )
+        self._recording = recording
+        self.state = "recording"
+        # The consent moment is the first thing on the recording's timeline.
+        recording.mark("consent", "start")
+        for member in self._present.values():
+            recording.presence(
+                member.participant_id, member.role.value, member.display_name, "joined"
+            )
+        for (participant_id, source), (role, encoded) in self._published.items():
+            recording.follow(participant_id, role.value, source, encoded)
+        await self._announce()
+
+    def mark(self, moment: str, phase: str) -> int:
+        if self._recording is None or self.state != "recording":
+            raise ProtocolError("out_of_order", "Start the recording first.", "mark")
+        return self._recording.mark(moment, phase)
+
+    async def stop(self, status: str = "complete") -> None:
+        recording = self._recording
+        if recording is None or self.state != "recording":
+            if self.state == "awaiting_consent":
+                self.state = "idle"
+                await self._announce()
+            return
+        self.state = "sealing"
+        await self._announce()
+        try:
+            await recording.stop(status)
+            self.state = "sealed" if status == "complete" else "interrupted"
+        except Exception:
+            log.exception("recording_seal_failed", archive_id=recording.archive_id)
+            self.state = "interrupted"
+        await self._announce()
+
+    # -- what the room reports ---------------------------------------------------------------
+
+    def published(self, member: Member, source: str, encoded: EncodedSource) -> None:
+        self._published[(member.participant_id, source)] = (member.role, encoded)
+        if self._recording is not None and self.state == "recording":
+            self._recording.follow(member.participant_id, member.role.value, source, encoded)
+
+    def unpublished(self, member: Member, source: str) -> None:
+        self._published.pop((member.participant_id, source), None)
+        if self._recording is not None and self.state == "recording":
+            self._recording.follow(member.participant_id, member.role.value, source, None)
+
+    def presence(self, member: Member, event: str) -> None:
+        """`event`: joined, rejoined, disconnected, left."""
+        if event in ("joined", "rejoined"):
+            self._present[member.participant_id] = member
+        else:
+            self._present.pop(member.participant_id, None)
+        if self._recording is not None and self.state == "recording":
+            self._recording.presence(
+                member.participant_id, member.role.value, member.display_name, event
+            )
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _changed(self) -> None:
+        task = asyncio.ensure_future(self._announce())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _announce(self) -> None:
+        await self._broadcast(self.message(), False)

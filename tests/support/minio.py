@@ -1,0 +1,40 @@
+"""A private MinIO for one test (infra/minio.sh), for tests that stop the archive store."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from tests.support.process import free_ports
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class PrivateMinio:
+    def __init__(self, data_dir: Path) -> None:
+        self.port = free_ports(2)  # S3 and console
+        self._options = ["--data-dir", str(data_dir), "--port", str(self.port)]
+
+    def _run(self, *command: str) -> str:
+        done = subprocess.run(
+            ["bash", str(REPO / "infra" / "minio.sh"), *command, *self._options],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=REPO,
+        )
+        return done.stdout
+
+    def start(self) -> None:
+        self._run("start")
+
+    def stop(self) -> None:
+        self._run("stop")
+
+    def environment(self) -> dict[str, str]:
+        """VTELLER_S3_ENDPOINT, VTELLER_S3_ACCESS_KEY, VTELLER_S3_SECRET_KEY."""
+        values = {}
+        for line in self._run("env").splitlines():
+            key, _, value = line.removeprefix("export ").partition("=")
+            values[key] = value.strip("'\"")
+        return values

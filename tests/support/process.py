@@ -1,0 +1,112 @@
+"""vteller as a separate process (`python -m server ...`), for tests that kill or restart it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+
+from tests.support.server import PASSWORD, free_port
+
+
+def free_ports(count: int) -> int:
+    """A base port with `count` consecutive free ports (workers take base, base+1, ...)."""
+    while True:
+        base = free_port()
+        try:
+            for offset in range(1, count):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", base + offset))
+            return base
+        except OSError:
+            continue
+
+
+class ServerProcess:
+    def __init__(self, data_dir: Path, *, workers: int = 1, **settings: str) -> None:
+        self.port = free_ports(workers)
+        self.workers = workers
+        self.env = (
+            dict(os.environ)
+            | {
+                "VTELLER_DATA_DIR": str(data_dir),
+                "VTELLER_ICE_HOST_ADDRESSES": json.dumps(["127.0.0.1"]),
+                "VTELLER_LOG_LEVEL": "WARNING",
+            }
+            | settings
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def worker_url(self, index: int) -> str:
+        return f"http://127.0.0.1:{self.port + index}"
+
+    def create_user(self, username: str, role: str) -> None:
+        subprocess.run(
+            [
+                *self._command(),
+                "admin",
+                "create-user",
+                "--username",
+                username,
+                "--role",
+                role,
+                "--password-stdin",
+            ],
+            input=PASSWORD.encode(),
+            env=self.env,
+            check=True,
+            capture_output=True,
+        )
+
+    async def start(self) -> None:
+        self._spawn()
+        for index in range(self.workers):
+            await healthy(self.worker_url(index))
+
+    def _spawn(self) -> None:
+        self.process = subprocess.Popen(
+            [*self._command(), "serve", "--workers", str(self.workers), "--port", str(self.port)],
+            env=self.env,
+        )
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown handler runs, as when a machine loses power."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+    @staticmethod
+    def _command() -> list[str]:
+        return [sys.executable, "-m", "server"]
+
+
+async def healthy(url: str, timeout: float = 60) -> None:
+    async with aiohttp.ClientSession() as http, asyncio.timeout(timeout):
+        while True:
+            try:
+                async with http.get(url + "/healthz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.2)

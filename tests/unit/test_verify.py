@@ -1,0 +1,261 @@
+"""Verification of sealed archives: a good archive passes, every kind of tampering is named."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from uuid import UUID, uuid4
+
+import pytest
+
+from recorder.export import ExportError, export_archive
+from recorder.seal.keyring import LocalKeyring
+from recorder.seal.manifest import (
+    MANIFEST_OBJECT,
+    SIGNATURE_OBJECT,
+    Manifest,
+    manifest_sha256,
+    segment_object_name,
+)
+from recorder.seal.sealer import ArchiveSealer
+from recorder.seal.signing import Signer
+from recorder.verify import DirectoryArchive, VerificationReport, main, verify_archive
+
+CHUNK = 1024
+SEGMENT_SIZES = [3000, 0, 1024, 5000]
+
+
+@dataclass
+class Setup:
+    keyring: LocalKeyring
+    signer: Signer
+
+    @property
+    def public_keys(self) -> dict[str, bytes]:
+        return {self.signer.key_id: self.signer.public_key_pem()}
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Setup:
+    return Setup(
+        keyring=LocalKeyring.open(tmp_path / "state" / "keyring.json", create=True),
+        signer=Signer.open(tmp_path / "state" / "signing.pem", create=True),
+    )
+
+
+def seal(
+    setup: Setup, directory: Path, *, previous: bytes | None = None, archive_id: UUID | None = None
+) -> Manifest:
+    """Record an archive the way the recorder does: segments written while encrypted."""
+    sealer = ArchiveSealer(archive_id or uuid4(), setup.keyring, chunk_size=CHUNK)
+    directory.mkdir(parents=True)
+    for position, size in enumerate(SEGMENT_SIZES):
+        encryptor = sealer.open_segment()
+        media = bytes((position * 7 + i) % 251 for i in range(size))
+        with (directory / segment_object_name(encryptor.index)).open("wb") as file:
+            for start in range(0, size, 700):
+                file.write(encryptor.update(media[start : start + 700]))
+            file.write(encryptor.finalize())
+        sealer.close_segment(encryptor)
+    sealed = sealer.finish(
+        setup.signer,
+        session_id="sess-1",
+        business="wealth_product",
+        product="稳健理财 A",
+        participants=[
+            {
+                "id": "p1",
+                "role": "teller",
+                "display_name": "王柜员",
+                "presence": [{"joined_at": "2025-01-31T08:00:00.000Z", "left_at": None}],
+            }
+        ],
+        marks=[{"name": "risk_disclosure", "media_ms": 1200, "wall_time": "2025-01-31T08:00:01Z"}],
+        tracks=[{"id": "t1", "kind": "video", "participant_id": "p1", "source": "camera"}],
+        status="complete",
+        gaps=[],
+        identity={"face_match": {"score": "0.97", "passed": True}},
+        compliance=None,
+        recorder_version="0.1.0",
+        created_at="2025-01-31T08:00:00.000Z",
+        finalized_at="2025-01-31T08:10:00.000Z",
+        previous_manifest_sha256=manifest_sha256(previous) if previous is not None else None,
+    )
+    (directory / MANIFEST_OBJECT).write_bytes(sealed.data)
+    (directory / SIGNATURE_OBJECT).write_bytes(sealed.signature)
+    return sealed.manifest
+
+
+def check(setup: Setup, directory: Path, **kwargs: object) -> VerificationReport:
+    return verify_archive(
+        DirectoryArchive(directory),
+        setup.public_keys,
+        keyring=setup.keyring,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def problems(report: VerificationReport) -> list[str]:
+    return [str(problem) for problem in report.problems]
+
+
+def test_sealed_archive_verifies(setup: Setup, tmp_path: Path) -> None:
+    seal(setup, tmp_path / "a")
+    report = check(setup, tmp_path / "a")
+    assert report.ok, report.render()
+    assert report.signature_verified and report.decrypted
+
+    without_keyring = verify_archive(DirectoryArchive(tmp_path / "a"), setup.public_keys)
+    assert without_keyring.ok and not without_keyring.decrypted
+    assert "not decrypted" in without_keyring.render()
+
+
+def test_flipped_byte(setup: Setup, tmp_path: Path) -> None:
+    seal(setup, tmp_path / "a")
+    path = tmp_path / "a" / "seg-000002.bin"
+    data = bytearray(path.read_bytes())
+    data[100] ^= 0x01
+    path.write_bytes(bytes(data))
+    found = problems(check(setup, tmp_path / "a"))
+    assert "segment 2 (seg-000002.bin): SHA-256 of ciphertext differs from the manifest" in found
+    assert any(
+        p.startswith("segment 2 (seg-000002.bin): chunk 0 fails authentication") for p in found
+    )
+
+
+def test_deleted_segment(setup: Setup, tmp_path: Path) -> None:
+    seal(setup, tmp_path / "a")
+    (tmp_path / "a" / "seg-000001.bin").unlink()
+    assert problems(check(setup, tmp_path / "a")) == ["segment 1 (seg-000001.bin): missing"]
+
+
+def test_reordered_segments(setup: Setup, tmp_path: Path) -> None:
+    seal(setup, tmp_path / "a")
+    first, third = tmp_path / "a" / "seg-000000.bin", tmp_path / "a" / "seg-000003.bin"
+    first_bytes = first.read_bytes()
+    first.write_bytes(third.read_bytes())
+    third.write_bytes(first_bytes)
+    found = problems(check(setup, tmp_path / "a"))
+    for index in (0, 3):
+        subject = f"segment {index} ({segment_object_name(index)})"
+        assert f"{subject}: SHA-256 of ciphertext differs from the manifest" in found
+        assert any(p.startswith(f"{subject}: ciphertext is") for p in found)
+        assert any(p.startswith(f"{subject}: chunk 0 fails authentication") for p in found)
+
+
+def test_truncated_last_segment(setup: Setup, tmp_path: Path) -> None:
+    seal(setup, tmp_path / "a")
+    path = tmp_path / "a" / "seg-000003.bin"
+    path.write_bytes(path.read_bytes()[: 4 * (CHUNK + 16)])  # drop the final chunk
+    found = problems(check(setup, tmp_path / "a"))
+    assert "segment 3 (seg-000003.bin): truncated (no final chunk after 4 chunk(s))" in found
+    assert "segment 3 (seg-000003.bin): SHA-256 of ciphertext differs from the manifest" in found
+
+
+def test_edited_manifest(setup: Setup, tmp_path: Path) -> None:
+    seal(setup, tmp_path / "a")
+    path = tmp_path / "a" / MANIFEST_OBJECT
+    path.write_bytes(path.read_bytes().replace(b"sess-1", b"sess-2"))
+    found = problems(check(setup, tmp_path / "a"))
+    assert found == [f"manifest: signature does not verify with key {setup.signer.key_id}"]
+
+    path.write_bytes(path.read_bytes().replace(b'{"', b'{ "', 1))
+    found = problems(check(setup, tmp_path / "a"))
+    assert any("not in canonical form" in p for p in found)
+
+
+def test_segment_from_another_archive_at_same_index(setup: Setup, tmp_path: Path) -> None:
+    seal(setup, tmp_path / "a")
+    seal(setup, tmp_path / "b")  # same keyring, same sizes, same media
+    shutil.copy(tmp_path / "b" / "seg-000002.bin", tmp_path / "a" / "seg-000002.bin")
+    found = problems(check(setup, tmp_path / "a"))
+    assert "segment 2 (seg-000002.bin): SHA-256 of ciphertext differs from the manifest" in found
+    assert any(
+        p.startswith("segment 2 (seg-000002.bin): chunk 0 fails authentication") for p in found
+    )
+
+
+def test_extra_segment_object(setup: Setup, tmp_path: Path) -> None:
+    seal(setup, tmp_path / "a")
+    shutil.copy(tmp_path / "a" / "seg-000000.bin", tmp_path / "a" / "seg-000004.bin")
+    assert problems(check(setup, tmp_path / "a")) == [
+        "seg-000004.bin: segment object not listed in the manifest"
+    ]
+
+
+def test_unknown_signing_key(setup: Setup, tmp_path: Path) -> None:
+    seal(setup, tmp_path / "a")
+    stranger = Signer.open(tmp_path / "stranger.pem", create=True)
+    report = verify_archive(
+        DirectoryArchive(tmp_path / "a"), {stranger.key_id: stranger.public_key_pem()}
+    )
+    assert problems(report) == [
+        f"manifest: signed with key {setup.signer.key_id}, which is not among the public keys "
+        f"given ({stranger.key_id})"
+    ]
+    mislabelled = {setup.signer.key_id: stranger.public_key_pem()}
+    found = problems(verify_archive(DirectoryArchive(tmp_path / "a"), mislabelled))
+    assert found == [
+        f"manifest: the public key given as {setup.signer.key_id} is actually key {stranger.key_id}"
+    ]
+
+
+def test_wrong_or_unknown_data_key(setup: Setup, tmp_path: Path) -> None:
+    seal(setup, tmp_path / "a")
+    other = LocalKeyring.open(tmp_path / "other" / "keyring.json", create=True)
+    report = verify_archive(DirectoryArchive(tmp_path / "a"), setup.public_keys, keyring=other)
+    [problem] = problems(report)
+    assert problem.startswith("manifest: data key cannot be unwrapped: key 'kek-")
+    assert "not in the keyring at" in problem
+    assert not report.decrypted
+
+
+def test_previous_manifest_link(setup: Setup, tmp_path: Path) -> None:
+    seal(setup, tmp_path / "a")
+    first = (tmp_path / "a" / MANIFEST_OBJECT).read_bytes()
+    seal(setup, tmp_path / "b", previous=first)
+    assert check(setup, tmp_path / "b", previous_manifest=first).ok
+    found = problems(check(setup, tmp_path / "b", previous_manifest=first + b" "))
+    assert len(found) == 1 and "previous_manifest_sha256 is" in found[0]
+    found = problems(check(setup, tmp_path / "a", previous_manifest=first))
+    assert found == ["manifest: names no previous manifest, but one was given"]
+
+
+def test_export_package_verifies(setup: Setup, tmp_path: Path) -> None:
+    manifest = seal(setup, tmp_path / "a")
+    out = export_archive(
+        DirectoryArchive(tmp_path / "a"), tmp_path / "out", [setup.signer.public_key_pem()]
+    )
+    assert (out / "keys" / f"{setup.signer.key_id}.pem").exists()
+    readme = (out / "README.txt").read_text()
+    assert manifest.archive_id in readme and "vteller verify" in readme
+    assert main([str(out)]) == 0
+    with pytest.raises(ExportError, match="not empty"):
+        export_archive(DirectoryArchive(tmp_path / "a"), out, [setup.signer.public_key_pem()])
+    stranger = Signer.open(tmp_path / "stranger.pem", create=True)
+    with pytest.raises(ExportError, match="not among the public keys"):
+        export_archive(
+            DirectoryArchive(tmp_path / "a"), tmp_path / "o2", [stranger.public_key_pem()]
+        )
+    assert not (tmp_path / "o2").exists()
+
+    (out / "seg-000000.bin").write_bytes(b"x")
+    assert main([str(out)]) == 1
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
+def test_export_verifies_with_openssl_alone(setup: Setup, tmp_path: Path) -> None:
+    seal(setup, tmp_path / "a")
+    out = export_archive(
+        DirectoryArchive(tmp_path / "a"), tmp_path / "out", [setup.signer.public_key_pem()]
+    )
+    key = f"keys/{setup.signer.key_id}.pem"
+    result = subprocess.run(
+        ["openssl", "pkeyutl", "-verify", "-pubin", "-inkey", key, "-rawin",
+         "-in", "manifest.json", "-sigfile", "manifest.sig"],
+        cwd=out, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "Signature Verified Successfully" in result.stdout
