@@ -6,6 +6,7 @@ own pitch, so each assertion says whose media arrived where.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -190,3 +191,36 @@ async def test_bad_and_used_invitations_get_the_error_page(
         # The customer's link, already used by the customer, does not admit anyone else.
         await stranger.goto(call.url)
         await expect(error_page).to_have_attribute("data-code", "invitation_used")
+
+
+async def test_teller_records_with_the_customers_consent(
+    pw: Playwright, server: RunningServer, tmp_path: Path
+) -> None:
+    async with AsyncExitStack() as stack, teller_and_customer(pw, server, tmp_path, stack) as call:
+        await assert_sees(call.teller, "customer")
+        await call.teller.click("#recording-start")
+        consent = call.customer.locator("#consent")
+        await expect(consent).to_be_visible()
+        await expect(consent).to_contain_text("保护您的合法权益")
+        await call.customer.click("#consent-yes")
+        await expect(call.customer.locator("#recording-indicator")).to_be_visible()
+        state = call.teller.locator("#recording-state")
+        await expect(state).to_have_attribute("data-state", "recording")
+
+        toggle = call.teller.locator(".moment-toggle[data-moment='risk_disclosure']")
+        await toggle.click()
+        await expect(call.teller.locator(".moment[data-moment='risk_disclosure']")).to_have_class(
+            re.compile("is-open")
+        )
+        await toggle.click()
+        await call.teller.click("#recording-stop")
+        await call.teller.click("#confirm-yes")
+        await expect(state).to_have_attribute("data-state", "sealed", timeout=CALL_TIMEOUT_MS)
+        await expect(call.customer.locator("#recording-indicator")).to_be_hidden()
+    events = [e for e in await server.services.sessions.events(call.session_id)]
+    marked = [e.detail for e in events if e.type == "moment_marked"]
+    assert [(m["moment"], m["phase"]) for m in marked] == [
+        ("risk_disclosure", "start"),
+        ("risk_disclosure", "end"),
+    ]
+    assert any(e.type == "recording_consent" and e.detail["granted"] for e in events)

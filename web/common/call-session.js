@@ -9,6 +9,10 @@
 //   'fatal'     (code)                         cannot continue: 'replaced' | 'not_authenticated' |
 //                                              'forbidden' | 'unknown_session' | 'protocol' | 'connection_lost'
 //   'error'     (msg)                          a signaling `error` message (already shown as a toast)
+//   'connection' (state)                       signaling state: 'connecting' | 'reconnecting' | 'open' | 'closed' | 'failed'
+//   'recording' (recording)                    the dual recording changed (normalized `recording`, see recording.js)
+//   'consent_request' ()                       customer: the teller asks to start recording
+//   'marked'    ({moment, phase, media_ms})    staff: a key moment was marked
 import { Emitter } from './emitter.js';
 import { Signaling } from './signaling.js';
 import { CallClient } from './webrtc.js';
@@ -16,6 +20,7 @@ import { TileGrid, ChatPanel } from './callview.js';
 import { post } from './api.js';
 import { t, translate } from './i18n.js';
 import { confirmDialog, errorText, toast } from './ui.js';
+import { normalizeRecording } from './recording.js';
 
 const FATAL_BY_CLOSE_CODE = {
   4400: 'protocol',
@@ -29,6 +34,8 @@ export class CallSession extends Emitter {
   /** Remote participants by id (never ourselves), kept current from presence messages. */
   participants = new Map();
   selfId = null;
+  /** The last `recording` state reported by the server (normalized). */
+  recording = normalizeRecording({});
   #sessionId;
   #signaling;
   #client;
@@ -83,6 +90,16 @@ export class CallSession extends Emitter {
 
   start() {
     this.#signaling.connect();
+  }
+
+  /** True while the signaling socket is joined and messages can be sent. */
+  get connected() {
+    return !this.#over && this.#signaling.state === 'open';
+  }
+
+  /** Sends one signaling message (e.g. `mark`); false when it could not be sent right now. */
+  send(type, fields = {}) {
+    return !this.#over && this.#signaling.send(type, fields);
   }
 
   /** Ends the session for everyone (teller or customer). */
@@ -145,6 +162,15 @@ export class CallSession extends Emitter {
       const participant = this.participants.get(id);
       if (participant) this.emit('screen_share', { participant, active: Boolean(active) });
     });
+    signaling.on('recording', (msg) => {
+      this.recording = normalizeRecording(msg);
+      this.emit('recording', this.recording);
+    });
+    signaling.on('consent_request', () => this.emit('consent_request'));
+    signaling.on('marked', ({ moment, phase, media_ms: mediaMs }) => {
+      if (typeof moment !== 'string' || !['start', 'end'].includes(phase)) return;
+      this.emit('marked', { moment, phase, media_ms: Number(mediaMs) || 0 });
+    });
     signaling.on('session_ended', ({ reason, by }) => this.#finish({ reason, by }));
     signaling.on('error', (msg) => {
       toast(errorText(msg), 'error');
@@ -156,6 +182,7 @@ export class CallSession extends Emitter {
       else if (state === 'closed' && FATAL_BY_CLOSE_CODE[detail.code]) this.#fail(FATAL_BY_CLOSE_CODE[detail.code]);
       else if (state === 'failed') this.#fail('connection_lost');
       this.#renderStatus();
+      this.emit('connection', state);
     });
   }
 

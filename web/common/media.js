@@ -51,7 +51,10 @@ export class LevelMeter {
     analyser.fftSize = 1024;
     this.#context.createMediaStreamSource(stream).connect(analyser);
     // Without a user gesture the context starts suspended; the first tap or key press resumes it.
-    const resume = () => this.#context.resume();
+    // (The meter may be stopped, and its context closed, before that happens.)
+    const resume = () => {
+      if (this.#context.state !== 'closed') this.#context.resume().catch(() => {});
+    };
     document.addEventListener('pointerdown', resume, { once: true });
     document.addEventListener('keydown', resume, { once: true });
 

@@ -5,6 +5,7 @@ import { initChrome } from '/static/common/ui.js';
 import { getCameraAndMicrophone, stopStream, LevelMeter } from '/static/common/media.js';
 import { CallSession } from '/static/common/call-session.js';
 import { bindMediaToggles } from '/static/common/callview.js';
+import { wireCustomerRecording } from '/static/common/recording.js';
 
 const $ = (id) => document.getElementById(id);
 const SCREENS = { loading: 'loading', error: 'error-page', 'device-check': 'device-check', lobby: 'lobby', call: 'call', ended: 'ended' };
@@ -137,6 +138,8 @@ function enterLobby(session) {
   });
   call.on('fatal', (code) => showError(code, code === 'connection_lost' ? { retry: () => location.reload() } : {}));
 
+  // The consent question is an overlay over the call (body[data-state] stays "call").
+  wireCustomerRecording(call);
   $('end-call').onclick = () => call.endWithConfirmation();
   call.start();
 }

@@ -5,6 +5,7 @@ import { initChrome, errorText, toast, formatTime } from '/static/common/ui.js';
 import { getCameraAndMicrophone, stopStream } from '/static/common/media.js';
 import { CallSession } from '/static/common/call-session.js';
 import { bindMediaToggles } from '/static/common/callview.js';
+import { RecordingPanel } from '/static/common/recording.js';
 
 const $ = (id) => document.getElementById(id);
 const sessionId = new URLSearchParams(location.search).get('session');
@@ -192,6 +193,8 @@ async function main() {
   if (controls.includes('invite-expert')) wireExpertDialog(call);
   wireEndAndLeave(call);
   wirePresence(call);
+  // Only the teller runs the recording; experts and supervisors follow it read-only.
+  new RecordingPanel({ call, canControl: user.role === 'teller' });
   call.start();
 }
 

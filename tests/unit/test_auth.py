@@ -1,0 +1,229 @@
+"""Password hashing, failed-login throttling and bearer-token helpers (server/auth)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+import argon2
+import pytest
+from argon2.profiles import RFC_9106_LOW_MEMORY
+
+from server.auth import passwords
+from server.auth.passwords import (
+    MIN_PASSWORD_LENGTH,
+    WeakPasswordError,
+    hash_password,
+    verify_password,
+)
+from server.auth.ratelimit import LoginThrottle
+from server.auth.tokens import digest, new_token, same
+
+GOOD = "correct-horse-battery"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class SpyHasher:
+    """Records which hashes are verified, then verifies with the real hasher."""
+
+    def __init__(self, real: argon2.PasswordHasher) -> None:
+        self.real = real
+        self.verified: list[str] = []
+
+    def verify(self, password_hash: str, password: str) -> bool:
+        self.verified.append(password_hash)
+        return self.real.verify(password_hash, password)
+
+
+# -- passwords -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stored() -> str:
+    return hash_password(GOOD)
+
+
+def test_hash_is_salted_argon2id_with_rfc_9106_parameters(stored: str) -> None:
+    assert stored.startswith("$argon2id$")
+    assert GOOD not in stored
+    assert argon2.extract_parameters(stored) == RFC_9106_LOW_MEMORY
+
+
+def test_hashes_of_one_password_differ(stored: str) -> None:
+    again = hash_password(GOOD)
+    assert again != stored
+    assert verify_password(again, GOOD)
+
+
+def test_verify_accepts_right_and_refuses_wrong_password(stored: str) -> None:
+    assert verify_password(stored, GOOD) is True
+    assert verify_password(stored, GOOD + "x") is False
+    assert verify_password(stored, GOOD.upper()) is False
+    assert verify_password(stored, "") is False
+
+
+def test_verify_refuses_a_corrupt_stored_hash() -> None:
+    assert verify_password("not-an-argon2-hash", GOOD) is False
+    assert verify_password("", GOOD) is False
+
+
+@pytest.mark.parametrize("password", ["", "short", "x" * (MIN_PASSWORD_LENGTH - 1)])
+def test_weak_password_is_refused(password: str) -> None:
+    with pytest.raises(WeakPasswordError, match=str(MIN_PASSWORD_LENGTH)):
+        hash_password(password)
+    assert issubclass(WeakPasswordError, ValueError)
+
+
+def test_minimum_length_password_is_accepted() -> None:
+    assert MIN_PASSWORD_LENGTH == 12
+    password = "x" * MIN_PASSWORD_LENGTH
+    assert verify_password(hash_password(password), password)
+
+
+def test_unknown_user_costs_a_real_verification(
+    monkeypatch: pytest.MonkeyPatch, stored: str
+) -> None:
+    """No stored hash still runs argon2 (against a dummy of the same cost) and returns False."""
+    spy = SpyHasher(passwords._HASHER)
+    monkeypatch.setattr(passwords, "_HASHER", spy)
+    assert verify_password(None, GOOD) is False
+    assert spy.verified == [passwords._DUMMY_HASH]
+    # The same work as for a real account: identical argon2 parameters.
+    dummy = argon2.extract_parameters(passwords._DUMMY_HASH)
+    assert dummy == argon2.extract_parameters(stored)
+
+
+def test_the_dummy_hash_password_does_not_log_anyone_in() -> None:
+    assert verify_password(None, "vteller-timing-equaliser") is False
+
+
+def test_known_user_verifies_against_its_own_hash(
+    monkeypatch: pytest.MonkeyPatch, stored: str
+) -> None:
+    spy = SpyHasher(passwords._HASHER)
+    monkeypatch.setattr(passwords, "_HASHER", spy)
+    assert verify_password(stored, GOOD) is True
+    assert spy.verified == [stored]
+
+
+# -- login throttle --------------------------------------------------------------------------
+
+
+def throttle(clock: FakeClock, per_user: int = 3, per_address: int = 5) -> LoginThrottle:
+    return LoginThrottle(per_user, per_address, window_seconds=100, clock=clock)
+
+
+def test_throttle_allows_until_the_per_user_limit() -> None:
+    clock = FakeClock()
+    limiter = throttle(clock)
+    for attempt in range(3):
+        assert limiter.retry_after("alice", f"10.0.0.{attempt}") == 0
+        limiter.failed("alice", f"10.0.0.{attempt}")
+        clock.advance(1)
+    # Three failures from three addresses: alice is blocked from anywhere...
+    assert limiter.retry_after("alice", "10.9.9.9") == pytest.approx(97)
+    assert limiter.retry_after("ALICE", "10.9.9.9") == pytest.approx(97)  # case-insensitive
+    # ...while other users on those addresses are not.
+    assert limiter.retry_after("bob", "10.0.0.0") == 0
+
+
+def test_throttle_per_address() -> None:
+    clock = FakeClock()
+    limiter = throttle(clock, per_user=3, per_address=5)
+    for n in range(5):
+        limiter.failed(f"user{n}", "192.0.2.7")
+    assert limiter.retry_after("someone-new", "192.0.2.7") == pytest.approx(100)
+    assert limiter.retry_after("someone-new", "192.0.2.8") == 0
+    # One failure each: no user is blocked on its own account.
+    assert limiter.retry_after("user0", "198.51.100.1") == 0
+
+
+def test_throttle_window_slides_with_the_clock() -> None:
+    clock = FakeClock()
+    limiter = throttle(clock)
+    for _ in range(3):
+        limiter.failed("alice", "10.0.0.1")
+        clock.advance(10)
+    # Failures at t=0, 10, 20 (relative); now t=30: the oldest expires at t=100.
+    assert limiter.retry_after("alice", "10.0.0.1") == pytest.approx(70)
+    clock.advance(69.5)
+    assert limiter.retry_after("alice", "10.0.0.1") == pytest.approx(0.5)
+    clock.advance(0.5)  # exactly the window: the first failure no longer counts
+    assert limiter.retry_after("alice", "10.0.0.1") == 0
+    # Two failures remain inside the window: one more blocks again, until the next one expires.
+    limiter.failed("alice", "10.0.0.1")
+    assert limiter.retry_after("alice", "10.0.0.1") == pytest.approx(10)
+    clock.advance(100)
+    assert limiter.retry_after("alice", "10.0.0.1") == 0
+
+
+def test_success_resets_the_user_but_not_the_address() -> None:
+    clock = FakeClock()
+    limiter = throttle(clock, per_user=3, per_address=4)
+    for _ in range(2):
+        limiter.failed("alice", "10.0.0.1")
+    limiter.succeeded("Alice")
+    # The user counter starts again: two more failures do not reach three.
+    for _ in range(2):
+        limiter.failed("alice", "10.0.0.1")
+    assert limiter.retry_after("alice", "10.0.0.2") == 0
+    # The address has seen four failures, which is its limit.
+    assert limiter.retry_after("alice", "10.0.0.1") > 0
+    assert limiter.retry_after("bob", "10.0.0.1") > 0
+
+
+def test_retry_after_is_the_longest_of_both_limits() -> None:
+    clock = FakeClock()
+    limiter = throttle(clock, per_user=2, per_address=2)
+    limiter.failed("alice", "10.0.0.1")  # t=0
+    clock.advance(30)
+    limiter.failed("bob", "10.0.0.1")  # t=30: address full, oldest expires at t=100
+    limiter.failed("alice", "10.0.0.2")  # t=30: alice full, oldest expires at t=100
+    clock.advance(20)
+    limiter.failed("bob", "10.0.0.3")  # t=50: bob full, oldest expires at t=130
+    assert limiter.retry_after("alice", "10.0.0.1") == pytest.approx(50)
+    assert limiter.retry_after("bob", "10.0.0.1") == pytest.approx(80)
+
+
+def test_throttle_uses_a_monotonic_clock_by_default() -> None:
+    limiter = LoginThrottle(1, 1, window_seconds=60)
+    limiter.failed("alice", "10.0.0.1")
+    wait = limiter.retry_after("alice", "10.0.0.1")
+    assert 59 < wait <= 60
+
+
+# -- tokens ----------------------------------------------------------------------------------
+
+
+def test_digest_is_sha256_hex_of_utf8() -> None:
+    assert digest("abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    assert digest("令牌") == hashlib.sha256("令牌".encode()).hexdigest()
+    assert re.fullmatch(r"[0-9a-f]{64}", digest(new_token()))
+    assert digest("a") != digest("b")
+
+
+def test_new_tokens_are_long_random_and_url_safe() -> None:
+    tokens = {new_token() for _ in range(200)}
+    assert len(tokens) == 200
+    for token in tokens:
+        assert re.fullmatch(r"[A-Za-z0-9_-]{43,}", token)  # 32 random bytes
+
+
+def test_same_compares_exactly() -> None:
+    token = new_token()
+    assert same(token, token)
+    assert same("令牌", "令牌")
+    assert not same(token, token[:-1])
+    assert not same(token, token + "x")
+    assert not same(token, token.upper() if token != token.upper() else token.lower())
+    assert not same("", token)

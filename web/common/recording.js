@@ -1,0 +1,433 @@
+// Dual recording (双录), protocol §2.2/§2.3: the teller starts it (`recording_start`), the customer
+// consents (`consent_request` -> `consent`), the teller marks the key moments of the sales script
+// (`mark` -> `marked`) and stops it (`recording_stop`); everyone follows `recording`.
+//
+// RecordingPanel is the staff view (teller: controls; expert, supervisor: read only);
+// wireCustomerRecording gives the customer the consent step and the "recording" indicator.
+// All text goes through i18n.js and textContent.
+import { t, translate } from './i18n.js';
+import { confirmDialog, toast } from './ui.js';
+
+/** The standard sales script, in order; labels are the i18n keys `moment.<name>`. */
+export const MOMENTS = [
+  'consent',
+  'teller_identity',
+  'customer_identity',
+  'product_introduction',
+  'risk_disclosure',
+  'risk_tolerance',
+  'voluntary_confirmation',
+  'signature',
+  'closing',
+];
+
+const STATES = new Set(['idle', 'awaiting_consent', 'recording', 'declined', 'sealing', 'sealed', 'interrupted']);
+// A new recording may be asked for once none is running (interrupted included: it ended abnormally).
+const STARTABLE = new Set(['idle', 'declined', 'sealed', 'interrupted']);
+const REQUESTS = new Set(['recording_start', 'recording_stop', 'mark']);
+const MOMENT_NAME = /^[a-z0-9_]{1,64}$/;
+// A request the server neither confirmed nor refused re-enables its button after this long.
+const REQUEST_TIMEOUT_MS = 8000;
+
+/** The `recording` message with safe defaults: {state, archiveId, startedAt (ms or null), store}. */
+export function normalizeRecording(msg) {
+  const started = msg?.started_at ? Date.parse(msg.started_at) : NaN;
+  const pending = Number(msg?.store?.pending_segments);
+  const lastError = msg?.store?.last_error;
+  return {
+    state: STATES.has(msg?.state) ? msg.state : 'idle',
+    archiveId: msg?.archive_id ? String(msg.archive_id) : null,
+    startedAt: Number.isNaN(started) ? null : started,
+    store: {
+      pendingSegments: Number.isFinite(pending) && pending > 0 ? Math.floor(pending) : 0,
+      lastError: lastError ? String(lastError) : null,
+    },
+  };
+}
+
+/** Milliseconds as mm:ss (h:mm:ss from one hour). */
+export function formatMediaTime(ms) {
+  const total = Math.max(0, Math.floor((Number(ms) || 0) / 1000));
+  const pad = (n) => String(n).padStart(2, '0');
+  const hours = Math.floor(total / 3600);
+  const rest = `${pad(Math.floor((total % 3600) / 60))}:${pad(total % 60)}`;
+  return hours ? `${hours}:${rest}` : rest;
+}
+
+/** Archive ids are long; the first characters are enough to tell them apart on screen. */
+export function shortArchiveId(id) {
+  const text = String(id ?? '');
+  return text.length > 12 ? `${text.slice(0, 8)}…` : text;
+}
+
+/** Pending-upload / store-error line, or null when everything has reached the archive store. */
+function storeStatus({ pendingSegments, lastError }) {
+  if (pendingSegments > 0 && lastError) return ['recording.store.pendingError', { count: pendingSegments, error: lastError }];
+  if (pendingSegments > 0) return ['recording.store.pending', { count: pendingSegments }];
+  if (lastError) return ['recording.store.error', { error: lastError }];
+  return null;
+}
+
+/**
+ * Staff panel over #recording-panel: state (#recording-state[data-state]), elapsed clock, hint,
+ * archive-store status (#store-status), #recording-start / #recording-stop (teller only) and the
+ * key-moment list (#moments > .moment[data-moment], with .moment-toggle buttons for the teller).
+ */
+export class RecordingPanel {
+  #call;
+  #canControl;
+  #el;
+  #recording = normalizeRecording({});
+  #recordingKey = null;
+  #rows = new Map();
+  #ranges = new Map(); // moment -> [{start, end}] in media ms (null where not marked)
+  #seenMarks = new Set();
+  #openOrder = []; // moments with an open range, the most recently started last
+  #pending = null; // {type, moment, timer}
+  #clockTimer = null;
+  #over = false;
+
+  constructor({ call, canControl }) {
+    const $ = (id) => document.getElementById(id);
+    this.#call = call;
+    this.#canControl = canControl;
+    this.#el = {
+      panel: $('recording-panel'),
+      title: $('recording-title'),
+      state: $('recording-state'),
+      stateText: $('recording-state-text'),
+      clock: $('recording-clock'),
+      hint: $('recording-hint'),
+      store: $('store-status'),
+      start: $('recording-start'),
+      stop: $('recording-stop'),
+      moments: $('moments'),
+    };
+    this.#el.panel.classList.toggle('is-read-only', !canControl);
+    for (const moment of MOMENTS) this.#row(moment);
+
+    if (canControl) {
+      this.#el.start.addEventListener('click', () => this.#startRecording());
+      this.#el.stop.addEventListener('click', () => this.#stopRecording());
+      this.#el.moments.addEventListener('click', (event) => {
+        const button = event.target.closest('.moment-toggle');
+        if (button) this.#toggleMoment(button.dataset.moment);
+      });
+    }
+
+    call.on('recording', (recording) => this.#setRecording(recording));
+    call.on('marked', (mark) => this.#addMark(mark));
+    call.on('joined', () => this.#render());
+    call.on('presence', () => this.#render());
+    call.on('connection', () => this.#render());
+    call.on('error', (msg) => {
+      if (REQUESTS.has(msg.ref)) this.#clearPending();
+    });
+    call.on('ended', () => this.#stop());
+    call.on('fatal', () => this.#stop());
+    this.#render();
+  }
+
+  #stop() {
+    this.#over = true;
+    this.#clearPending();
+    this.#render();
+  }
+
+  #setRecording(recording) {
+    const previous = this.#recording.state;
+    // A new consent request, or a recording we have not seen (by its start time), starts a new list.
+    const fresh = (recording.state === 'awaiting_consent' && previous !== 'awaiting_consent')
+      || (recording.startedAt !== null && this.#recordingKey !== null && recording.startedAt !== this.#recordingKey);
+    if (fresh) this.#resetMarks();
+    if (recording.startedAt !== null) this.#recordingKey = recording.startedAt;
+    // The server marks the consent moment itself when the recording starts (protocol §2.2) and
+    // does not necessarily report it: show it begun at 00:00 until a `marked` says otherwise.
+    if (previous === 'awaiting_consent' && recording.state === 'recording' && !this.#ranges.has('consent')) {
+      this.#ranges.set('consent', [{ start: 0, end: null, assumed: true }]);
+      this.#openOrder.push('consent');
+    }
+    this.#recording = recording;
+    if (this.#pending && this.#pending.type !== 'mark' && recording.state !== previous) this.#clearPending();
+    this.#render();
+  }
+
+  #resetMarks() {
+    this.#ranges.clear();
+    this.#seenMarks.clear();
+    this.#openOrder = [];
+    this.#recordingKey = null;
+  }
+
+  #addMark({ moment, phase, media_ms: mediaMs }) {
+    if (!MOMENT_NAME.test(moment)) return;
+    // After a rejoin the server may report marks again.
+    const key = `${moment}:${phase}:${mediaMs}`;
+    if (this.#seenMarks.has(key)) return;
+    this.#seenMarks.add(key);
+    this.#row(moment);
+    const ranges = this.#ranges.get(moment) ?? [];
+    this.#ranges.set(moment, ranges);
+    if (phase === 'start' && ranges[0]?.assumed) {
+      // The server's own consent mark: it replaces the assumed one.
+      ranges[0].start = mediaMs;
+      delete ranges[0].assumed;
+      if (this.#pending?.type === 'mark' && this.#pending.moment === moment) this.#clearPending();
+      this.#render();
+      return;
+    }
+    const open = ranges.at(-1);
+    this.#openOrder = this.#openOrder.filter((name) => name !== moment);
+    if (phase === 'start') {
+      if (open && open.end === null && open.start !== null) open.end = mediaMs; // started again: close the last
+      ranges.push({ start: mediaMs, end: null });
+      this.#openOrder.push(moment);
+    } else if (open && open.end === null && open.start !== null) {
+      open.end = mediaMs;
+    } else {
+      ranges.push({ start: null, end: mediaMs });
+    }
+    if (this.#pending?.type === 'mark' && this.#pending.moment === moment) this.#clearPending();
+    this.#render();
+  }
+
+  #isOpen(moment) {
+    return this.#openOrder.includes(moment);
+  }
+
+  /** One list row per moment: the standard ones in script order, any other the server marks appended. */
+  #row(moment) {
+    if (this.#rows.has(moment)) return this.#rows.get(moment);
+    const item = document.createElement('li');
+    item.className = 'moment';
+    item.dataset.moment = moment;
+    const label = document.createElement('span');
+    label.className = 'moment-label';
+    if (MOMENTS.includes(moment)) translate(label, `moment.${moment}`);
+    else label.textContent = moment;
+    const times = document.createElement('span');
+    times.className = 'moment-times';
+    item.append(label, times);
+    let button = null;
+    let phaseLabel = null;
+    if (this.#canControl) {
+      button = document.createElement('button');
+      button.type = 'button';
+      button.className = 'btn btn-secondary btn-small moment-toggle';
+      button.dataset.moment = moment;
+      phaseLabel = document.createElement('span');
+      // The moment's name in the button's accessible name: "开始 风险揭示".
+      const context = label.cloneNode(true);
+      context.className = 'visually-hidden';
+      button.append(phaseLabel, ' ', context);
+      item.append(button);
+    }
+    this.#el.moments.append(item);
+    const row = { item, times, button, phaseLabel };
+    this.#rows.set(moment, row);
+    return row;
+  }
+
+  #render() {
+    const { state, archiveId, startedAt, store } = this.#recording;
+    const el = this.#el;
+    const connected = !this.#over && this.#call.connected;
+    const focused = el.panel.contains(document.activeElement) ? document.activeElement : null;
+    const recording = state === 'recording';
+
+    el.state.dataset.state = state;
+    if (state === 'sealed' && archiveId) translate(el.stateText, 'recording.state.sealed', { id: shortArchiveId(archiveId) });
+    else if (state === 'sealed') translate(el.stateText, 'recording.state.sealedNoId');
+    else translate(el.stateText, `recording.state.${state}`);
+    // The whole archive id stays readable on hover and for copying from the tooltip.
+    el.stateText.title = state === 'sealed' && archiveId ? archiveId : '';
+
+    el.clock.hidden = !recording || startedAt === null;
+    this.#tickClock();
+    clearInterval(this.#clockTimer);
+    this.#clockTimer = recording && startedAt !== null && !this.#over ? setInterval(() => this.#tickClock(), 1000) : null;
+
+    const customerHere = [...this.#call.participants.values()]
+      .some((p) => p.role === 'customer' && p.state === 'connected');
+    const hint = this.#canControl && !this.#over ? this.#hintKey(state, customerHere) : null;
+    el.hint.hidden = !hint;
+    if (hint) translate(el.hint, hint);
+
+    const line = storeStatus(store);
+    el.store.hidden = !line;
+    el.store.dataset.kind = store.lastError ? 'error' : 'info';
+    if (line) translate(el.store, ...line);
+    else el.store.textContent = '';
+
+    // A request in flight marks its button aria-disabled rather than disabled, so focus stays put.
+    const busy = this.#busy();
+    el.start.hidden = !this.#canControl || !STARTABLE.has(state);
+    el.start.disabled = !connected || !customerHere;
+    el.start.setAttribute('aria-disabled', String(busy));
+    el.stop.hidden = !this.#canControl || !recording;
+    el.stop.disabled = !connected;
+    el.stop.setAttribute('aria-disabled', String(busy));
+
+    // Outside a recording nothing is "in progress", whatever was left open when it stopped.
+    const current = recording ? this.#openOrder.at(-1) ?? null : null;
+    for (const [moment, row] of this.#rows) {
+      const open = recording && this.#isOpen(moment);
+      row.item.classList.toggle('is-open', open);
+      row.item.classList.toggle('is-current', moment === current);
+      if (moment === current) row.item.setAttribute('aria-current', 'step');
+      else row.item.removeAttribute('aria-current');
+      row.item.classList.toggle('is-done', !open && (this.#ranges.get(moment)?.length ?? 0) > 0);
+      row.times.textContent = (this.#ranges.get(moment) ?? [])
+        .map(({ start, end }) => `${start === null ? '?' : formatMediaTime(start)}–${end === null ? '' : formatMediaTime(end)}`)
+        .join(', ');
+      if (row.button) {
+        translate(row.phaseLabel, open ? 'moment.end' : 'moment.start');
+        row.button.classList.toggle('is-active', open);
+        row.button.setAttribute('aria-pressed', String(open));
+        row.button.disabled = !recording || !connected;
+        row.button.setAttribute('aria-disabled', String(this.#markPending(moment)));
+      }
+    }
+
+    // The control that had the focus went away (e.g. "start" once the customer is asked): keep
+    // keyboard and screen-reader users in the panel instead of dropping them at the page top.
+    if (focused && (focused.hidden || focused.disabled)) {
+      el.title.tabIndex = -1;
+      el.title.focus({ preventScroll: true });
+    }
+  }
+
+  /** A start or stop request is waiting for the server's answer. */
+  #busy() {
+    return this.#pending !== null && this.#pending.type !== 'mark';
+  }
+
+  #markPending(moment) {
+    return this.#pending?.type === 'mark' && this.#pending.moment === moment;
+  }
+
+  #hintKey(state, customerHere) {
+    if (STARTABLE.has(state) && !customerHere) return 'recording.hint.needCustomer';
+    return `recording.hint.${state}`;
+  }
+
+  #tickClock() {
+    const { state, startedAt } = this.#recording;
+    if (state !== 'recording' || startedAt === null) return;
+    const elapsed = Math.max(0, Date.now() - startedAt);
+    const text = formatMediaTime(elapsed);
+    if (this.#el.clock.textContent !== text) this.#el.clock.textContent = text;
+    this.#el.clock.dateTime = `PT${Math.floor(elapsed / 1000)}S`;
+  }
+
+  #setPending(type, moment = null) {
+    this.#clearPending();
+    const timer = setTimeout(() => {
+      this.#pending = null;
+      this.#render();
+    }, REQUEST_TIMEOUT_MS);
+    this.#pending = { type, moment, timer };
+  }
+
+  #clearPending() {
+    if (this.#pending) clearTimeout(this.#pending.timer);
+    this.#pending = null;
+  }
+
+  #send(type, fields, moment) {
+    if (!this.#call.send(type, fields)) {
+      toast(t('error.not_connected_action'), 'error');
+      return;
+    }
+    this.#setPending(type, moment);
+    this.#render();
+  }
+
+  #startRecording() {
+    if (this.#busy() || !STARTABLE.has(this.#recording.state)) return;
+    this.#send('recording_start', {});
+  }
+
+  async #stopRecording() {
+    const confirmed = await confirmDialog({
+      title: 'recording.stopConfirmTitle', body: 'recording.stopConfirmBody', confirm: 'recording.stop', danger: true,
+    });
+    if (!confirmed || this.#busy() || this.#recording.state !== 'recording') return;
+    this.#send('recording_stop', {});
+  }
+
+  #toggleMoment(moment) {
+    if (this.#recording.state !== 'recording' || !MOMENT_NAME.test(moment ?? '') || this.#markPending(moment)) return;
+    this.#send('mark', { moment, phase: this.#isOpen(moment) ? 'end' : 'start' }, moment);
+  }
+}
+
+/**
+ * Customer: the consent step (<dialog id="consent">, full screen, shown on `consent_request`) and
+ * the indicator (#recording-indicator) shown while recording.
+ */
+export function wireCustomerRecording(call) {
+  const $ = (id) => document.getElementById(id);
+  const dialog = $('consent');
+  const heading = $('consent-title');
+  const yes = $('consent-yes');
+  const no = $('consent-no');
+  const error = $('consent-error');
+  const indicator = $('recording-indicator');
+  let asking = false;
+  let answered = false; // answered the current request; waiting for the recording state to move on
+  let afterJoin = false;
+
+  const open = () => {
+    asking = true;
+    answered = false;
+    error.textContent = '';
+    yes.disabled = false;
+    no.disabled = false;
+    if (!dialog.open) dialog.showModal();
+    // A legal choice: neither answer is pre-selected; the question itself gets the focus.
+    heading.focus();
+  };
+  const close = () => {
+    asking = false;
+    if (dialog.open) dialog.close();
+  };
+  const answer = (granted) => {
+    if (!asking) return;
+    if (!call.send('consent', { granted })) {
+      translate(error, 'consent.notSent');
+      return;
+    }
+    answered = true;
+    close();
+    if (!granted) toast(t('consent.declinedToast'), 'info', 8000);
+  };
+
+  yes.addEventListener('click', () => answer(true));
+  no.addEventListener('click', () => answer(false));
+  // Esc must not dismiss a question that needs an answer; if the browser closes it anyway, ask again.
+  dialog.addEventListener('cancel', (event) => event.preventDefault());
+  dialog.addEventListener('close', () => {
+    if (asking) open();
+  });
+
+  call.on('consent_request', open);
+  call.on('joined', () => { afterJoin = true; });
+  call.on('recording', ({ state }) => {
+    indicator.hidden = state !== 'recording';
+    if (state !== 'awaiting_consent') {
+      answered = false;
+      close();
+    } else if (afterJoin && !answered && !asking) {
+      // Reconnected while the question was open: ask again rather than leave the teller waiting.
+      open();
+    }
+    afterJoin = false;
+  });
+  const finish = () => {
+    indicator.hidden = true;
+    close();
+  };
+  call.on('ended', finish);
+  call.on('fatal', finish);
+}
