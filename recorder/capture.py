@@ -16,6 +16,7 @@ from typing import Any
 
 import structlog
 
+from recorder.clock import ParticipantClock
 from recorder.container import Slot, WebmMuxer
 from recorder.seal.manifest import SegmentEntry
 from recorder.seal.sealer import ArchiveSealer
@@ -138,12 +139,14 @@ class SlotFeed:
         self._kind = kind
         self._media_clock = media_clock
         self._source: EncodedSource | None = None
+        self._clock: ParticipantClock | None = None
         self._base_ms: int | None = None
 
-    def follow(self, source: EncodedSource | None) -> None:
+    def follow(self, source: EncodedSource | None, clock: ParticipantClock | None = None) -> None:
         if self._source is not None:
             self._source.remove_sink(self)
         self._source = source
+        self._clock = clock
         self._base_ms = None  # placed on the clock again by its first (key)frame
         if source is not None:
             source.add_sink(self)
@@ -156,10 +159,14 @@ class SlotFeed:
             if not frame.keyframe:  # a video decoder needs a keyframe to start from
                 source.request_keyframe()
                 return
-            # Place this source on the common clock by when its first frame arrived; later
-            # frames keep the publisher's own spacing (its RTP timestamps).
+            # Until the publisher's first sender report: placed by when its first frame
+            # arrived, later frames keeping the publisher's own spacing (its RTP timestamps).
             self._base_ms = self._media_clock() - frame.timestamp * 1000 // frame.clock_rate
-        pts_ms = self._base_ms + frame.timestamp * 1000 // frame.clock_rate
+        report = source.sender_report
+        if report is not None and self._clock is not None:
+            pts_ms = self._clock.media_ms(report, frame)  # see recorder/clock.py
+        else:
+            pts_ms = self._base_ms + frame.timestamp * 1000 // frame.clock_rate
         self._writer.packet(self._slot, frame.data, pts_ms, frame.keyframe)
 
     def source_closed(self, source: EncodedSource) -> None:

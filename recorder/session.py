@@ -20,6 +20,7 @@ import structlog
 
 from recorder import __version__
 from recorder.capture import RecordingWriter, SealedSegment, SlotFeed
+from recorder.clock import ParticipantClock
 from recorder.container import EXPERT_SLOTS, standard_slots
 from recorder.journal import Journal, JournalState
 from recorder.seal.keyring import KeyWrapper
@@ -119,6 +120,7 @@ class RecordingSession:
             for index, slot in enumerate(self._slots)
         ]
         self._slot_owner: dict[int, str] = {}
+        self._clocks: dict[str, ParticipantClock] = {}
         self._presence: dict[str, _Presence] = {}
         self._marks: list[dict[str, Any]] = []
         self._gaps: list[dict[str, Any]] = []
@@ -141,7 +143,10 @@ class RecordingSession:
         self.last_store_error: str | None = None
 
     def media_ms(self) -> int:
-        return int((time.monotonic() - self._t0) * 1000)
+        return int(self.media_ms_at(time.monotonic()))
+
+    def media_ms_at(self, monotonic: float) -> float:
+        return (monotonic - self._t0) * 1000
 
     # -- what happens in the call ------------------------------------------------------------
 
@@ -152,7 +157,8 @@ class RecordingSession:
         slot = self._slot_for(participant_id, role, source)
         if slot is None:
             return
-        self._feeds[slot].follow(encoded)
+        clock = self._clocks.setdefault(participant_id, ParticipantClock(self.media_ms_at))
+        self._feeds[slot].follow(encoded, clock)
 
     def presence(self, participant_id: str, role: str, display_name: str, event: str) -> None:
         """`event`: "joined", "rejoined", "disconnected" or "left"."""

@@ -38,6 +38,9 @@ aiortc internals used (all of them, and only here):
   it on that instance to forward the request to the source, which sends a PLI upstream with
   ``RTCRtpReceiver._send_rtcp_pli(media_ssrc)`` (SSRCs from ``getSynchronizationSources()``
   minus ``_RTCRtpReceiver__rtx_ssrc``).
+* ``RTCRtpReceiver._handle_rtcp_packet`` is wrapped on the tapped instance to keep the latest
+  RTCP sender report (:class:`SenderReport`) for the recorder's lip-sync; its RTP timestamp is
+  unwrapped like frame timestamps with ``_RTCRtpReceiver__timestamp_mapper._origin``.
 
 Everything runs on the event loop thread; nothing here blocks the publisher or other consumers.
 
@@ -77,6 +80,7 @@ from aiortc import RTCRtpReceiver, RTCRtpSender
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtp import RtcpSrPacket
 from pyee.asyncio import AsyncIOEventEmitter
 
 __all__ = [
@@ -139,6 +143,7 @@ _require(RTCRtpReceiver, "_send_rtcp_pli")
 _require(RTCRtpReceiver, "_handle_rtp_packet")
 _require(RTCRtpSender, "_send_keyframe")
 _require(RTCRtpSender, "_next_encoded_frame")
+_require(RTCRtpReceiver, "_handle_rtcp_packet")
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +155,19 @@ class EncodedFrame:
     keyframe: bool  # always True for audio
     mime_type: str  # lower case, e.g. "video/vp8", "audio/opus"
     clock_rate: int
+
+
+@dataclass(frozen=True, slots=True)
+class SenderReport:
+    """The publisher's latest RTCP sender report: its wall clock at one RTP timestamp.
+
+    Audio and video of one publisher share that wall clock, which is what lip-syncs them.
+    """
+
+    ntp_seconds: float  # the sender's wall clock (NTP) ...
+    rtp_timestamp: int  # ... at this RTP time, in EncodedFrame.timestamp's (unwrapped) units
+    clock_rate: int
+    received_at: float  # time.monotonic() when the report arrived here
 
 
 class FrameSink(Protocol):
@@ -242,6 +260,8 @@ class EncodedSource(AsyncIOEventEmitter):
         self._closed = False
         self._ended = False
         self._last_pli = -KEYFRAME_MIN_INTERVAL
+        self._clock_rate: int | None = None
+        self.sender_report: SenderReport | None = None
         self._pli_timer: asyncio.TimerHandle | None = None
         self._pli_tasks: set[asyncio.Task[None]] = set()
 
@@ -301,6 +321,7 @@ class EncodedSource(AsyncIOEventEmitter):
             return
         mime_type = codec.mimeType.lower()
         self.mime_type = mime_type
+        self._clock_rate = codec.clockRate
         frame = EncodedFrame(
             data=jitter_frame.data,
             timestamp=jitter_frame.timestamp,
@@ -311,6 +332,23 @@ class EncodedSource(AsyncIOEventEmitter):
         self.frames_received += 1
         for sink in tuple(self._sinks.values()):
             sink.push_frame(self, frame)
+
+    def _sender_report(self, packet: RtcpSrPacket) -> None:
+        mapper = getattr(self._receiver, "_RTCRtpReceiver__timestamp_mapper", None)
+        origin = getattr(mapper, "_origin", None)
+        if origin is None or self._clock_rate is None:
+            return  # no frame yet: the next report (about every second) will do
+        # The same unwrapping aiortc applies to frame timestamps (TimestampMapper).
+        rtp = (packet.sender_info.rtp_timestamp - origin) % (1 << 32)
+        if rtp >= 1 << 31:
+            rtp -= 1 << 32
+        ntp = packet.sender_info.ntp_timestamp
+        self.sender_report = SenderReport(
+            ntp_seconds=(ntp >> 32) + (ntp & 0xFFFFFFFF) / (1 << 32),
+            rtp_timestamp=rtp,
+            clock_rate=self._clock_rate,
+            received_at=time.monotonic(),
+        )
 
     def _count_forwarded(self, size: int) -> None:
         self.packets_forwarded += 1
@@ -578,7 +616,15 @@ def tap_receiver(receiver: RTCRtpReceiver, track: MediaStreamTrack) -> EncodedSo
     _require(receiver, "_RTCRtpReceiver__rtx_ssrc")
 
     source = EncodedSource(receiver, track)
+    handle_rtcp = receiver._handle_rtcp_packet
+
+    async def handle_rtcp_packet(packet: Any) -> None:
+        if isinstance(packet, RtcpSrPacket):
+            source._sender_report(packet)
+        await handle_rtcp(packet)
+
     # setattr: these private attributes are not part of aiortc's typed interface.
+    setattr(receiver, "_handle_rtcp_packet", handle_rtcp_packet)  # noqa: B010
     setattr(receiver, "_RTCRtpReceiver__decoder_queue", _ReceiverTap(source))  # noqa: B010
     if track.kind == "audio" and not started:
         audio_buffer = JitterBuffer(capacity=jitter_buffer.capacity, prefetch=0)

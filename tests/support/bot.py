@@ -11,6 +11,7 @@ import contextlib
 import fractions
 import json
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,32 +33,51 @@ COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30)}
 
 
 class ColourTrack(VideoStreamTrack):
-    def __init__(self, rgb: tuple[int, int, int]) -> None:
+    """A solid colour; with `flash_at` (time.monotonic()), black until then."""
+
+    def __init__(self, rgb: tuple[int, int, int], flash_at: float | None = None) -> None:
         super().__init__()
         self._image = np.full((240, 320, 3), rgb, dtype=np.uint8)
+        self._dark = np.zeros((240, 320, 3), dtype=np.uint8)
+        self._flash_at = flash_at
 
     async def recv(self) -> VideoFrame:
         pts, time_base = await self.next_timestamp()
-        frame = VideoFrame.from_ndarray(self._image, format="rgb24")
+        dark = self._flash_at is not None and time.monotonic() < self._flash_at
+        frame = VideoFrame.from_ndarray(self._dark if dark else self._image, format="rgb24")
         frame.pts, frame.time_base = pts, time_base
         return frame
 
 
 class ToneTrack(AudioStreamTrack):
+    """A sine tone; with `flash_at` (time.monotonic()), silent until then (to the sample)."""
+
     RATE = 48000
     SAMPLES = 960  # 20 ms
 
-    def __init__(self, hz: float) -> None:
+    def __init__(self, hz: float, flash_at: float | None = None) -> None:
         super().__init__()
         self._hz = hz
         self._n = 0
+        self._flash_at = flash_at
+        self._start: float | None = None
 
     async def recv(self) -> AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        await asyncio.sleep(self.SAMPLES / self.RATE)
+        if self._start is None:
+            self._start = time.monotonic()
+        # Paced by the sample count, so the stream does not drift from real time.
+        due = self._start + (self._n + self.SAMPLES) / self.RATE
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
         t = (np.arange(self.SAMPLES) + self._n) / self.RATE
         samples = (np.sin(2 * math.pi * self._hz * t) * 8000).astype(np.int16)
+        if self._flash_at is not None:
+            # Generated now, heard now: sample i is at (now - the frame's length) + i / RATE.
+            heard = (
+                time.monotonic() - self.SAMPLES / self.RATE + np.arange(self.SAMPLES) / self.RATE
+            )
+            samples[heard < self._flash_at] = 0
         frame = AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = self.RATE
         frame.pts = self._n
@@ -82,6 +102,7 @@ class Bot:
     colour: str = "red"
     tone_hz: float = 440.0
     publish: bool = True
+    flash_at: float | None = None  # black and silent until then (time.monotonic())
     messages: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
     received: dict[str, Received] = field(default_factory=dict)
     participant_id: str = ""
@@ -146,9 +167,10 @@ class Bot:
             transceiver.direction = "sendonly"
             if self.publish and transceiver.sender.track is None:
                 if slot["source"] == "camera":
-                    transceiver.sender.replaceTrack(ColourTrack(COLOURS[self.colour]))
+                    track = ColourTrack(COLOURS[self.colour], self.flash_at)
+                    transceiver.sender.replaceTrack(track)
                 elif slot["source"] == "microphone":
-                    transceiver.sender.replaceTrack(ToneTrack(self.tone_hz))
+                    transceiver.sender.replaceTrack(ToneTrack(self.tone_hz, self.flash_at))
         await pc.setLocalDescription(await pc.createAnswer())
         await self.send({"type": "answer", "sdp": pc.localDescription.sdp})
 

@@ -1,0 +1,94 @@
+"""Lip-sync in the recording: a flash and a beep made at the same instant land together.
+
+The customer's camera turns from black to red and its microphone from silence to a tone at the
+same moment; the recording is decrypted and decoded, and the two onsets are compared. The
+measured offset is printed (see docs/archive-format.md, "Timing").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import av
+import numpy as np
+
+from recorder.seal.keyring import LocalKeyring
+from recorder.seal.manifest import Manifest, SegmentEntry
+from recorder.seal.signing import load_public_keys
+from recorder.verify import verify_archive
+from tests.integration.test_recording import _record, _sealed, _stored, _teller_and_customer
+from tests.support.bot import Bot
+from tests.support.server import RunningServer
+
+MAX_OFFSET_MS = 120
+
+
+class _KeepPlaintext:
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def begin_segment(self, segment: SegmentEntry) -> None:
+        return None
+
+    def write(self, plaintext: bytes) -> None:
+        self.data += plaintext
+
+    def end_segment(self, segment: SegmentEntry, *, authentic: bool) -> list[str]:
+        return []
+
+    def end_archive(self, manifest: Manifest) -> list[str]:
+        return []
+
+
+def _onsets(path: str) -> tuple[float, float]:
+    """(video ms, audio ms) of the first bright frame and the first loud sample."""
+    video_ms = audio_ms = None
+    with av.open(path) as container:
+        streams = {s.metadata.get("title"): s for s in container.streams}
+        for frame in container.decode(streams["customer camera"]):
+            if frame.to_ndarray(format="gray").mean() > 40:
+                video_ms = float(frame.pts * frame.time_base * 1000)
+                break
+    with av.open(path) as container:
+        streams = {s.metadata.get("title"): s for s in container.streams}
+        for frame in container.decode(streams["customer microphone"]):
+            samples = np.abs(frame.to_ndarray()).max(axis=0)
+            loud = np.flatnonzero(samples > 0.05)
+            if loud.size:
+                audio_ms = float(frame.pts * frame.time_base * 1000) + loud[0] * 1000 / 48000
+                break
+    assert video_ms is not None and audio_ms is not None
+    return video_ms, audio_ms
+
+
+async def test_audio_and_video_of_one_participant_stay_in_sync(server: RunningServer) -> None:
+    teller, customer, session_id = await _teller_and_customer(server)
+    customer = Bot(customer.client, session_id, colour="red", flash_at=time.monotonic() + 6)
+    try:
+        await teller.join()
+        await customer.join()
+        started = await _record(server, teller, customer)
+        await asyncio.sleep(8)  # the flash is at 6 s, after a few sender reports
+        await teller.send({"type": "recording_stop"})
+        await _sealed(teller)
+    finally:
+        await customer.close()
+        await teller.close()
+    archive = await _stored(server, str(started["archive_id"]))
+    keys = server.settings.data_dir / "keys"
+    plaintext = _KeepPlaintext()
+    report = await asyncio.to_thread(
+        verify_archive,
+        archive,
+        load_public_keys(keys / "public"),
+        keyring=LocalKeyring.open(keys / "keyring.json"),
+        inspector=plaintext,
+    )
+    assert report.ok, report.render()
+    recording = server.settings.data_dir / "recording.webm"
+    recording.write_bytes(bytes(plaintext.data))
+    video_ms, audio_ms = await asyncio.to_thread(_onsets, str(recording))
+    offset = video_ms - audio_ms
+    print(f"lip-sync: video {video_ms:.0f} ms, audio {audio_ms:.0f} ms, offset {offset:+.0f} ms")
+    assert abs(offset) <= MAX_OFFSET_MS
