@@ -112,7 +112,6 @@ one the bank has given you through another channel (letter, website). The key id
 Verify with vteller
 
   vteller verify THIS_DIRECTORY
-  (equivalently: python -m recorder.verify THIS_DIRECTORY)
 
 It checks the signature, that manifest.json is in canonical form, and that every segment is
 present, has the listed size and SHA-256, and that no segment is missing or added.

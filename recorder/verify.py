@@ -9,15 +9,13 @@ Run as `python -m recorder.verify DIR` (what `vteller verify DIR` does).
 
 from __future__ import annotations
 
-import argparse
-import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
 from recorder.seal.digest import sha256_hex
-from recorder.seal.keyring import KeyringError, KeyWrapper, LocalKeyring
+from recorder.seal.keyring import KeyringError, KeyWrapper
 from recorder.seal.manifest import (
     MANIFEST_OBJECT,
     SEGMENT_OBJECT_PATTERN,
@@ -30,7 +28,7 @@ from recorder.seal.manifest import (
     parse_manifest,
     segment_object_name,
 )
-from recorder.seal.signing import SIGNATURE_SIZE, PublicKeyError, load_public_keys, public_key_id
+from recorder.seal.signing import SIGNATURE_SIZE, PublicKeyError, public_key_id
 from recorder.seal.signing import verify as verify_signature
 from recorder.seal.stream import SegmentDecryptor, SegmentError, decrypt_segment
 
@@ -337,31 +335,3 @@ def _check_plaintext(
     if inspector is not None:
         for text in inspector.end_segment(segment, authentic=authentic):
             report.add(subject, text)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="vteller verify", description="Verify a sealed recording archive or export package."
-    )
-    parser.add_argument("archive", type=Path, help="directory holding manifest.json")
-    parser.add_argument(
-        "--keys",
-        type=Path,
-        help="public key PEM file or directory of them (default: ARCHIVE/keys)",
-    )
-    parser.add_argument("--keyring", type=Path, help="keyring file, to also decrypt every segment")
-    parser.add_argument("--previous", type=Path, help="the previous archive's manifest.json")
-    args = parser.parse_args(argv)
-    keys_path: Path = args.keys or args.archive / "keys"
-    public_keys = load_public_keys(keys_path) if keys_path.exists() else {}
-    keyring = LocalKeyring.open(args.keyring) if args.keyring else None
-    previous = args.previous.read_bytes() if args.previous else None
-    report = verify_archive(
-        DirectoryArchive(args.archive), public_keys, keyring=keyring, previous_manifest=previous
-    )
-    print(report.render())
-    return 0 if report.ok else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -36,6 +36,7 @@ from typing import Protocol
 
 import structlog
 
+from recorder.seal.files import create_private_file
 from recorder.store.config import StoreSettings
 from recorder.store.s3 import (
     ArchiveConflictError,
@@ -88,23 +89,6 @@ def _private_dir(path: Path) -> None:
     # (encrypted) recordings and their names, so make it owner-only either way.
     if path.stat().st_mode & 0o777 != PRIVATE_DIR_MODE:
         path.chmod(PRIVATE_DIR_MODE)
-
-
-def _write_new_file(path: Path, chunks: tuple[bytes, ...]) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE_FILE_MODE)
-    try:
-        os.fchmod(fd, PRIVATE_FILE_MODE)  # the umask may have removed bits; make it exact
-        for chunk in chunks:
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            path.unlink()
-        raise
-    os.close(fd)
 
 
 def _parse(path: Path, raw: bytes) -> tuple[SpoolEntry, bytes]:
@@ -259,7 +243,7 @@ class Spool:
         final = self._pending / file_name
         # Write + fsync under a temporary name, then rename: the pending/ name exists only for a
         # complete, durable file, so the uploader (or a later process) never sees half of one.
-        _write_new_file(temporary, (_MAGIC, header, b"\n", data))
+        create_private_file(temporary, b"".join((_MAGIC, header, b"\n", data)))
         try:
             os.rename(temporary, final)
             _fsync_dir(self._pending)
@@ -303,9 +287,9 @@ class Spool:
 
         def move() -> Path:
             target = self._rejected / path.name
-            _write_new_file(
+            create_private_file(
                 self._rejected / f"{path.name}.reason",
-                (f"{datetime.now(UTC).isoformat()} {reason}\n".encode(),),
+                f"{datetime.now(UTC).isoformat()} {reason}\n".encode(),
             )
             os.rename(path, target)
             _fsync_dir(self._rejected)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -144,27 +145,12 @@ async def test_export_verifies_offline_and_tampering_is_named(
         await teller.close()
     archive_id = str(started["archive_id"])
     await _stored(server, archive_id)
-    env = {"VTELLER_DATA_DIR": str(server.settings.data_dir)}
+    data_dir = server.settings.data_dir
     package = tmp_path / "package"
-    cli = [sys.executable, "-m", "server"]
     bucket = server.settings.store.bucket
-    done = await asyncio.to_thread(
-        subprocess.run,
-        [*cli, "export", f"s3://{bucket}/archives/{archive_id}", str(package)],
-        env=_environ(env),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    done = await _vteller(data_dir, "export", f"s3://{bucket}/archives/{archive_id}", str(package))
     assert done.returncode == 0, done.stderr
-    ok = await asyncio.to_thread(
-        subprocess.run,
-        [*cli, "verify", str(package)],
-        env=_environ(env),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    ok = await _vteller(data_dir, "verify", str(package))
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "OK" in ok.stdout
 
@@ -173,21 +159,20 @@ async def test_export_verifies_offline_and_tampering_is_named(
     data = bytearray(segment.read_bytes())
     data[len(data) // 2] ^= 0x01
     segment.write_bytes(bytes(data))
-    bad = await asyncio.to_thread(
-        subprocess.run,
-        [*cli, "verify", str(package)],
-        env=_environ(env),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    bad = await _vteller(data_dir, "verify", str(package))
     assert bad.returncode == 1
     assert segment.name in bad.stdout
     manifest = parse_manifest((package / "manifest.json").read_bytes())
     assert manifest.archive_id == archive_id
 
 
-def _environ(extra: dict[str, str]) -> dict[str, str]:
-    import os
-
-    return dict(os.environ) | extra
+async def _vteller(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The operator's command, as a separate process with this server's data directory."""
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "server", *args],
+        env=os.environ | {"VTELLER_DATA_DIR": str(data_dir)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )

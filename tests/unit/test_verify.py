@@ -21,7 +21,8 @@ from recorder.seal.manifest import (
 )
 from recorder.seal.sealer import ArchiveSealer
 from recorder.seal.signing import Signer
-from recorder.verify import DirectoryArchive, VerificationReport, main, verify_archive
+from recorder.verify import DirectoryArchive, VerificationReport, verify_archive
+from server.cli import main as vteller
 
 CHUNK = 1024
 SEGMENT_SIZES = [3000, 0, 1024, 5000]
@@ -231,7 +232,7 @@ def test_export_package_verifies(setup: Setup, tmp_path: Path) -> None:
     assert (out / "keys" / f"{setup.signer.key_id}.pem").exists()
     readme = (out / "README.txt").read_text()
     assert manifest.archive_id in readme and "vteller verify" in readme
-    assert main([str(out)]) == 0
+    assert vteller(["verify", str(out)]) == 0
     with pytest.raises(ExportError, match="not empty"):
         export_archive(DirectoryArchive(tmp_path / "a"), out, [setup.signer.public_key_pem()])
     stranger = Signer.open(tmp_path / "stranger.pem", create=True)
@@ -242,7 +243,7 @@ def test_export_package_verifies(setup: Setup, tmp_path: Path) -> None:
     assert not (tmp_path / "o2").exists()
 
     (out / "seg-000000.bin").write_bytes(b"x")
-    assert main([str(out)]) == 1
+    assert vteller(["verify", str(out)]) == 1
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
