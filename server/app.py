@@ -6,6 +6,7 @@ from aiohttp import web
 
 from server.api import auth_routes, join_routes, pages, session_routes
 from server.api.middleware import json_errors, security_headers
+from server.audit.log import AuditLog
 from server.auth.ratelimit import LoginThrottle
 from server.auth.service import AuthService
 from server.context import SERVICES, Services
@@ -37,7 +38,9 @@ async def create_app(settings: Settings) -> web.Application:
         settings.login_window_seconds,
     )
     recorder = RecordingManager(settings, db)
-    rooms = RoomRegistry(store, settings, policy, recorder)
+    # Checkpoints are signed with the worker's signing key, published next to the manifests' one.
+    audit = AuditLog(db, recorder.signer)
+    rooms = RoomRegistry(store, settings, policy, recorder, audit)
     services = Services(
         settings=settings,
         engine=engine,
@@ -45,6 +48,7 @@ async def create_app(settings: Settings) -> web.Application:
         sessions=store,
         rooms=rooms,
         workers=WorkerRegistry(db, settings, rooms),
+        audit=audit,
     )
 
     app = web.Application(
@@ -64,12 +68,14 @@ async def create_app(settings: Settings) -> web.Application:
     async def start_worker(_: web.Application) -> None:
         metrics.start()
         await recorder.start()
+        await audit.start()
         await services.workers.start()
         await services.workers.recover_dead()
 
     async def stop_rooms(_: web.Application) -> None:
         await services.rooms.shutdown()
         await recorder.stop()
+        await audit.stop()
         await services.workers.stop()
         await metrics.stop()
 

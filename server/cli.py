@@ -14,6 +14,7 @@ from aiohttp import web
 from recorder.tools import add_commands as add_archive_commands
 from recorder.tools import run as run_archive_tool
 from server import __version__
+from server.audit.cli import add_commands as add_audit_commands
 from server.auth.passwords import MIN_PASSWORD_LENGTH, WeakPasswordError
 from server.auth.principal import STAFF_ROLES, Role
 from server.errors import ApiError
@@ -74,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     admin.set_defaults(run=_help_for(admin))
 
     add_archive_commands(commands)
+    add_audit_commands(commands)
 
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(title="db commands")
@@ -138,6 +140,7 @@ def _create_user(args: argparse.Namespace, settings: Settings) -> int:
 async def _with_auth(
     settings: Settings, username: str, password: str, display_name: str, role: Role
 ) -> None:
+    from server.audit import SYSTEM, AuditLog
     from server.auth.ratelimit import LoginThrottle
     from server.auth.service import AuthService
     from server.db.engine import create_engine, migrate, session_factory
@@ -146,7 +149,14 @@ async def _with_auth(
     try:
         await migrate(engine)
         auth = AuthService(session_factory(engine), LoginThrottle(1, 1, 1), 1)
-        await auth.create_user(username, password, display_name, role)
+        user = await auth.create_user(username, password, display_name, role)
+        await AuditLog(session_factory(engine)).append(
+            "admin.user_created",
+            actor=SYSTEM,
+            actor_role=SYSTEM,
+            target=username,
+            detail={"user_id": user.id, "role": role.value, "via": "cli"},
+        )
     finally:
         await engine.dispose()
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from server.audit.log import AuditLog
 from server.auth.service import AuthService
 from server.sessions.store import SessionStore
 from server.settings import Settings
@@ -22,6 +23,7 @@ class Services:
     sessions: SessionStore
     rooms: RoomRegistry
     workers: WorkerRegistry
+    audit: AuditLog
 
 
 SERVICES = web.AppKey("services", Services)

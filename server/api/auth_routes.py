@@ -6,9 +6,11 @@ from aiohttp import web
 
 from server.api.access import check_origin, require
 from server.api.bodies import LoginBody, NewUserBody, parse
+from server.audit import ANONYMOUS
 from server.auth.principal import STAFF_ROLES, Role
 from server.auth.service import STAFF_COOKIE
 from server.context import services
+from server.errors import ApiError
 from server.sessions.views import user_view
 
 routes = web.RouteTableDef()
@@ -20,7 +22,22 @@ async def login(request: web.Request) -> web.Response:
     body = await parse(request, LoginBody)
     svc = services(request)
     address = request.remote or "unknown"
-    user, token, csrf = await svc.auth.login(body.username, body.password, address)
+    try:
+        user, token, csrf = await svc.auth.login(body.username, body.password, address)
+    except ApiError as exc:  # refused, throttled ones too: guessing must show in the log
+        await svc.audit.append(
+            "auth.login_failed",
+            actor=ANONYMOUS,
+            actor_role=ANONYMOUS,
+            target=body.username,
+            detail={"reason": exc.code},
+            address=address,
+        )
+        raise
+    # Before the cookie is handed out: a login the log does not show never takes effect.
+    await svc.audit.append(
+        "auth.login", actor=user.id, actor_role=user.role, target=user.username, address=address
+    )
     response = web.json_response({"user": user_view(user), "csrf_token": csrf})
     response.set_cookie(
         STAFF_COOKIE,
@@ -36,8 +53,15 @@ async def login(request: web.Request) -> web.Response:
 
 @routes.post("/api/v1/auth/logout")
 async def logout(request: web.Request) -> web.Response:
-    await require(request, *STAFF_ROLES, action="log out")
+    principal = await require(request, *STAFF_ROLES, action="log out")
     await services(request).auth.logout(request.cookies[STAFF_COOKIE])
+    await services(request).audit.append(
+        "auth.logout",
+        actor=principal.user_id or "",
+        actor_role=principal.role.value,
+        target=principal.username or "",
+        address=request.remote,
+    )
     response = web.json_response({"ok": True})
     response.del_cookie(STAFF_COOKIE, path="/")
     return response
@@ -61,9 +85,17 @@ async def me(request: web.Request) -> web.Response:
 
 @routes.post("/api/v1/admin/users")
 async def create_user(request: web.Request) -> web.Response:
-    await require(request, Role.ADMIN, action="manage accounts")
+    admin = await require(request, Role.ADMIN, action="manage accounts")
     body = await parse(request, NewUserBody)
     user = await services(request).auth.create_user(
         body.username, body.password, body.display_name, body.role
+    )
+    await services(request).audit.append(
+        "admin.user_created",
+        actor=admin.user_id or "",
+        actor_role=admin.role.value,
+        target=user.username,
+        detail={"user_id": user.id, "role": user.role, "via": "api"},
+        address=request.remote,
     )
     return web.json_response({"user": user_view(user)}, status=201)

@@ -32,6 +32,14 @@ async def redeem(request: web.Request) -> web.Response:
     redemption = await svc.sessions.redeem(
         request.match_info["token"], request.cookies.get(CUSTOMER_COOKIE)
     )
+    if redemption.cookie_token is not None:  # a first redemption, not the same browser reloading
+        await svc.audit.append(
+            "invitation.redeemed",
+            actor=redemption.participant.id,
+            actor_role=Role.CUSTOMER.value,
+            target=redemption.session.id,
+            address=request.remote,
+        )
     response = web.json_response(
         {
             "session": session_view(redemption.session, Role.CUSTOMER),

@@ -31,6 +31,14 @@ async def create_invitation(request: web.Request) -> web.Response:
     created = await svc.sessions.create_invitation(
         teller, body.business, body.customer_name, ttl, await svc.workers.place()
     )
+    await svc.audit.append(
+        "invitation.created",
+        actor=teller.user_id or "",
+        actor_role=teller.role.value,
+        target=created.session.id,
+        detail={"business": body.business, "expires_at": created.expires_at.isoformat()},
+        address=request.remote,
+    )
     return web.json_response(
         {
             "session": session_view(created.session, teller.role),
@@ -75,6 +83,14 @@ async def invite_expert(request: web.Request) -> web.Response:
     svc = services(request)
     participant = await svc.sessions.add_expert(
         teller, request.match_info["session_id"], body.username
+    )
+    await svc.audit.append(
+        "expert.invited",
+        actor=teller.user_id or "",
+        actor_role=teller.role.value,
+        target=participant.session_id,
+        address=request.remote,
+        detail={"expert_user_id": participant.user_id, "participant_id": participant.id},
     )
     return web.json_response({"participant": participant_view(participant)}, status=201)
 

@@ -186,3 +186,38 @@ class ChatMessage(Base):
     sent_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     participant: Mapped[Participant] = relationship(lazy="joined")
+
+
+class AuditEntry(Base):
+    """One entry of the hash-chained audit log (docs/audit-log.md); rows are never updated.
+
+    `seq` is the primary key and is assigned by the writer as head + 1: two workers that race for
+    the same position collide on it and the loser retries, so the chain can never fork.
+    """
+
+    __tablename__ = "audit_log"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    actor: Mapped[str] = mapped_column(String(64))
+    actor_role: Mapped[str] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(48), index=True)
+    target: Mapped[str] = mapped_column(String(128), index=True)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON)
+    address: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    entry_hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditCheckpoint(Base):
+    """A signed statement "at `at`, the audit log's entry `seq` had hash `entry_hash`"."""
+
+    __tablename__ = "audit_checkpoints"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    # Unique: two workers checkpointing the same head write it once.
+    seq: Mapped[int] = mapped_column(Integer, unique=True)
+    entry_hash: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    key_id: Mapped[str] = mapped_column(String(16))
+    signature: Mapped[str] = mapped_column(String(128))

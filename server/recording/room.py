@@ -14,6 +14,8 @@ from typing import Any
 import structlog
 
 from recorder.session import RecordingSession
+from server.audit.actions import SYSTEM
+from server.audit.log import AuditLog
 from server.auth.principal import Role
 from server.recording.manager import RecordingManager
 from server.sfu.encoded import EncodedSource
@@ -34,9 +36,15 @@ class Member:
 
 class RoomRecording:
     def __init__(
-        self, manager: RecordingManager, session_id: str, business: str, broadcast: Broadcast
+        self,
+        manager: RecordingManager,
+        session_id: str,
+        business: str,
+        broadcast: Broadcast,
+        audit: AuditLog | None = None,
     ) -> None:
         self._manager = manager
+        self._audit = audit
         self._session_id = session_id
         self._business = business
         self._broadcast = broadcast
@@ -116,11 +124,25 @@ class RoomRecording:
         self.state = "sealing"
         await self._announce()
         try:
-            await recording.stop(status)
+            record = await recording.stop(status)
             self.state = "sealed" if status == "complete" else "interrupted"
         except Exception:
             log.exception("recording_seal_failed", archive_id=recording.archive_id)
             self.state = "interrupted"
+        else:
+            if self._audit is not None:
+                # A seal is a fact (and in the signed manifest chain): logged, never refused.
+                await self._audit.append_fact(
+                    "recording.sealed",
+                    actor=SYSTEM,
+                    actor_role=SYSTEM,
+                    target=record.archive_id,
+                    detail={
+                        "session_id": record.session_id,
+                        "status": record.status,
+                        "manifest_sha256": record.manifest_sha256,
+                    },
+                )
         await self._announce()
 
     # -- what the room reports ---------------------------------------------------------------

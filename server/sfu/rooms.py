@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from server.audit import SYSTEM, AuditLog, AuditUnavailable
 from server.auth.principal import Role
 from server.db.models import CallSession
 from server.recording.manager import RecordingManager
@@ -86,10 +87,12 @@ class Room:
         on_empty: Callable[[Room], None],
         on_retire: Callable[[Publication], None],
         recorder: RecordingManager,
+        audit: AuditLog,
     ) -> None:
         self.session_id = session_id
         self._on_retire = on_retire
         self._recorder = recorder
+        self._audit = audit
         self.recording: RoomRecording | None = None
         self.observe_delay: Callable[[float], None] | None = None
         self._store = store
@@ -107,6 +110,8 @@ class Room:
     ) -> None:
         member = self.members.get(participant_id)
         rejoined = member is not None
+        # First, before anything changes: a join the log cannot show is refused.
+        await self._log("session.joined", participant_id, role, {"rejoined": rejoined})
         gap: float | None = None
         if member is None:
             member = Member(participant_id, role, display_name)
@@ -167,7 +172,11 @@ class Room:
         session = await self._store.require(self.session_id)
         if self.recording is None:
             self.recording = RoomRecording(
-                self._recorder, self.session_id, session.business, self._broadcast_recording
+                self._recorder,
+                self.session_id,
+                session.business,
+                self._broadcast_recording,
+                self._audit,
             )
         self.recording.presence(_recorded(member), "rejoined" if rejoined else "joined")
         member.view = self._participant(session, participant_id)
@@ -250,6 +259,14 @@ class Room:
             await peer.negotiate()
         if connection is not None and reason == "left":
             await connection.close(1000, "left")
+        # A departure has happened whether or not it can be logged (append_fact logs a failure).
+        await self._audit.append_fact(
+            "session.left",
+            actor=participant_id,
+            actor_role=member.role.value,
+            target=self.session_id,
+            detail={"reason": reason},
+        )
         if not self.members:
             # Nobody left to record: seal what there is.
             if self.recording is not None:
@@ -257,6 +274,8 @@ class Room:
             self._on_empty(self)
 
     async def end(self, by: str | None) -> CallSession:
+        member = self.members.get(by) if by is not None else None
+        await self._log("session.ended", by, member.role if member else None)
         if self.recording is not None:
             await self.recording.stop("complete")
         session = await self._store.end(self.session_id, by, "ended_by_participant")
@@ -318,6 +337,7 @@ class Room:
     async def recording_start(self, participant_id: str) -> None:
         self._require_role(participant_id, Role.TELLER, "start the recording", "recording_start")
         assert self.recording is not None  # created at the first join
+        await self._log("recording.requested", participant_id, Role.TELLER)
         await self.recording.request_consent(self._has_connected(Role.CUSTOMER))
 
     async def consent(self, participant_id: str, granted: bool) -> None:
@@ -327,6 +347,21 @@ class Room:
             self.session_id, "recording_consent", participant_id, {"granted": granted}
         )
         await self.recording.consent(granted)
+        try:
+            await self._log(
+                "recording.consent", participant_id, Role.CUSTOMER, {"granted": granted}
+            )
+            if self.recording.active:
+                await self._log(
+                    "recording.started",
+                    participant_id,
+                    Role.CUSTOMER,
+                    {"archive_id": self.recording.message()["archive_id"]},
+                )
+        except AuditUnavailable:
+            # No recording may run without its consent and start in the log.
+            await self.recording.stop("interrupted")
+            raise
         if self.recording.active:
             await self._store.record(
                 self.session_id,
@@ -339,6 +374,12 @@ class Room:
         self._require_role(participant_id, Role.TELLER, "mark key moments", "mark")
         assert self.recording is not None
         media_ms = self.recording.mark(moment, phase)
+        await self._log(
+            "recording.marked",
+            participant_id,
+            Role.TELLER,
+            {"moment": moment, "phase": phase, "media_ms": media_ms},
+        )
         await self._store.record(
             self.session_id,
             "moment_marked",
@@ -352,10 +393,28 @@ class Room:
     async def recording_stop(self, participant_id: str) -> None:
         self._require_role(participant_id, Role.TELLER, "stop the recording", "recording_stop")
         assert self.recording is not None
+        # Before: if the stop cannot be logged the recording goes on, which is the safe side.
+        await self._log("recording.stopped", participant_id, Role.TELLER)
         await self.recording.stop("complete")
         await self._store.record(self.session_id, "recording_stopped", participant_id)
 
     # -- internals ---------------------------------------------------------------------------
+
+    async def _log(
+        self,
+        action: str,
+        participant_id: str | None,
+        role: Role | None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        """An entry about this session by one of its participants; raises AuditUnavailable."""
+        await self._audit.append(
+            action,
+            actor=participant_id or SYSTEM,
+            actor_role=role.value if role is not None else SYSTEM,
+            target=self.session_id,
+            detail=detail,
+        )
 
     def _require_role(self, participant_id: str, role: Role, what: str, ref: str) -> None:
         member = self.members.get(participant_id)
@@ -477,9 +536,11 @@ class RoomRegistry:
         settings: Settings,
         policy: IcePolicy,
         recorder: RecordingManager,
+        audit: AuditLog,
     ) -> None:
         self._store = store
         self._recorder = recorder
+        self._audit = audit
         self._settings = settings
         self._policy = policy
         self._rooms: dict[str, Room] = {}
@@ -498,6 +559,7 @@ class RoomRegistry:
                 self._forget,
                 self._retire,
                 self._recorder,
+                self._audit,
             )
             room.observe_delay = self.observe_delay
             self._rooms[session_id] = room
@@ -534,6 +596,11 @@ class RoomRegistry:
         room = self._rooms.get(session_id)
         if room is not None:
             return await room.end(by)
+        session = await self._store.require(session_id)
+        role = next((p.role for p in session.participants if p.id == by), SYSTEM)
+        await self._audit.append(
+            "session.ended", actor=by or SYSTEM, actor_role=role, target=session_id
+        )
         return await self._store.end(session_id, by, "ended_by_participant")
 
     async def shutdown(self) -> None:

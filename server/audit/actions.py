@@ -1,0 +1,42 @@
+"""The audit log's vocabulary: every action an entry may name, and who may be its actor.
+
+docs/audit-log.md lists the same table for readers; a new action is added in both places. An
+unknown action is a programming error, refused at append time, so the log never holds names that
+nobody documented.
+"""
+
+from __future__ import annotations
+
+# Actors that are not a user or participant id.
+SYSTEM = "system"  # the service itself, or an operator at the command line
+ANONYMOUS = "anonymous"  # an unauthenticated request (a failed login)
+
+ACTIONS: dict[str, str] = {
+    "auth.login": "a staff member logged in (actor: user id; target: username)",
+    "auth.login_failed": "a login was refused: wrong credentials or throttled (target: username "
+    "as typed; detail.reason)",
+    "auth.logout": "a staff member logged out (actor: user id)",
+    "admin.user_created": "a staff account was created (target: username; detail.user_id, "
+    "detail.role, detail.via = api | cli)",
+    "invitation.created": "a teller created a session and its customer link (target: session id)",
+    "invitation.redeemed": "a customer opened the link and got their credential (actor: "
+    "participant id; target: session id)",
+    "expert.invited": "a teller invited an expert into a session (target: session id; "
+    "detail.expert_user_id, detail.participant_id)",
+    "session.joined": "a participant joined the call, or rejoined it (detail.rejoined)",
+    "session.left": "a participant left the call (detail.reason: left | timeout)",
+    "session.ended": "a participant ended the session (target: session id)",
+    "recording.requested": "the teller asked the customer for consent to record",
+    "recording.consent": "the customer answered the consent request (detail.granted)",
+    "recording.started": "the dual recording started (detail.archive_id)",
+    "recording.marked": "the teller marked a key moment (detail.moment, phase, media_ms)",
+    "recording.stopped": "the teller stopped the recording",
+    "recording.sealed": "a recording was sealed and chained (target: archive id; "
+    "detail.status, detail.manifest_sha256)",
+}
+
+# Detail members that must never be written: credentials and identity document numbers. This is a
+# guard against mistakes, not a filter: the caller chooses what goes into `detail`.
+FORBIDDEN_DETAIL_KEYS = frozenset(
+    {"password", "token", "credential", "csrf_token", "secret", "id_number", "document_number"}
+)

@@ -1,0 +1,142 @@
+"""`vteller audit verify | checkpoint | tail`: check and read the audit log from the command line.
+
+They work on the database named by the settings (VTELLER_DATABASE_URL, or SQLite in the data
+directory), so an auditor can run `verify` on a copy of the database and the public keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from recorder.seal.signing import PublicKeyError, Signer, SigningKeyError, load_public_keys
+from server.audit.chain import Entry, format_time
+from server.audit.log import AuditChainBroken, AuditLog
+from server.db.engine import create_engine, session_factory
+from server.settings import Settings
+
+Command = Callable[[argparse.Namespace, AuditLog, Settings], Awaitable[int]]
+
+
+def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    audit = commands.add_parser(
+        "audit",
+        help="check and read the hash-chained audit log",
+        description="The audit log records every security-relevant action in a hash chain with "
+        "signed checkpoints (docs/audit-log.md).",
+    )
+    audit_commands = audit.add_subparsers(title="audit commands")
+
+    verify = audit_commands.add_parser(
+        "verify",
+        help="recompute the whole chain and check every checkpoint signature",
+        description="Walk the log from its first entry: recompute every hash, check that the "
+        "sequence has no gaps and each entry names its predecessor's hash, and check every "
+        "checkpoint's signature and entry. Reports the first broken link; exits 0 only when "
+        "everything holds, 1 when something does not, 2 when the log cannot be read.",
+    )
+    verify.add_argument(
+        "--keys", type=Path, help="public key file or directory (default: {data_dir}/keys/public)"
+    )
+    verify.add_argument("--json", action="store_true", help="print the result as JSON")
+    verify.set_defaults(audit_command=_verify)
+
+    checkpoint = audit_commands.add_parser(
+        "checkpoint",
+        help="sign the current head of the log now",
+        description="Verify the entries since the last checkpoint and sign the newest one with "
+        "this installation's signing key ({data_dir}/keys/signing-key.pem).",
+    )
+    checkpoint.set_defaults(audit_command=_checkpoint)
+
+    tail = audit_commands.add_parser("tail", help="print the newest entries")
+    tail.add_argument("-n", type=int, default=20, help="how many (default 20)")
+    tail.add_argument("--json", action="store_true", help="one JSON object per line")
+    tail.set_defaults(audit_command=_tail)
+
+    audit.set_defaults(run=run, audit_help=audit.print_help)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    command: Command | None = getattr(args, "audit_command", None)
+    if command is None:
+        args.audit_help()
+        return 2
+    try:
+        return asyncio.run(_with_log(command, args, settings))
+    except (SQLAlchemyError, SigningKeyError, PublicKeyError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+async def _with_log(command: Command, args: argparse.Namespace, settings: Settings) -> int:
+    # No migration here: verifying must not change the database it is given.
+    engine = create_engine(settings.effective_database_url)
+    try:
+        signer = None
+        if command is _checkpoint:
+            signer = Signer.open(settings.data_dir / "keys" / "signing-key.pem")
+        return await command(args, AuditLog(session_factory(engine), signer), settings)
+    finally:
+        await engine.dispose()
+
+
+async def verify_command(
+    audit: AuditLog, keys: Path, *, as_json: bool = False, out: Any = None
+) -> int:
+    """`vteller audit verify` without the process around it (the tests call this)."""
+    out = out or sys.stdout
+    report = await audit.verify(_public_keys(keys))
+    if as_json:
+        print(json.dumps(report.as_json(), indent=2), file=out)
+    else:
+        print(report.render(), file=out)
+    return 0 if report.ok else 1
+
+
+def _public_keys(keys: Path) -> dict[str, bytes]:
+    # No key directory (no worker ever ran here): any checkpoint is then by an unknown key.
+    return load_public_keys(keys) if keys.exists() else {}
+
+
+async def _verify(args: argparse.Namespace, audit: AuditLog, settings: Settings) -> int:
+    keys = args.keys or settings.data_dir / "keys" / "public"
+    return await verify_command(audit, keys, as_json=args.json)
+
+
+async def _checkpoint(args: argparse.Namespace, audit: AuditLog, settings: Settings) -> int:
+    try:
+        checkpoint = await audit.checkpoint()
+    except AuditChainBroken as exc:
+        print(f"refused: the log does not verify since the last checkpoint: {exc}", file=sys.stderr)
+        return 1
+    if checkpoint is None:
+        print("the audit log is empty; nothing to sign")
+        return 0
+    print(
+        f"checkpoint at {checkpoint.seq}: {checkpoint.entry_hash} signed by {checkpoint.key_id} "
+        f"at {format_time(checkpoint.at)}"
+    )
+    return 0
+
+
+async def _tail(args: argparse.Namespace, audit: AuditLog, settings: Settings) -> int:
+    for entry in await audit.tail(max(args.n, 0)):
+        print(json.dumps(entry.as_json(), ensure_ascii=False) if args.json else _line(entry))
+    return 0
+
+
+def _line(entry: Entry) -> str:
+    detail = json.dumps(entry.detail, ensure_ascii=False, sort_keys=True)
+    return (
+        f"{entry.seq:>8} {format_time(entry.at)} {entry.action:<20} "
+        f"{entry.actor} ({entry.actor_role}) -> {entry.target or '-'} {detail}"
+        + (f" from {entry.address}" if entry.address else "")
+    )

@@ -1,0 +1,273 @@
+"""The audit log through the real server: what is logged, verification, and tampering caught."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from sqlalchemy import delete, select, text, update
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from server.audit import AuditLog
+from server.audit.cli import verify_command
+from server.auth.principal import Role
+from server.db.engine import create_engine, migrate, session_factory
+from server.db.models import AuditCheckpoint, AuditEntry
+from tests.integration.test_call import _teller_and_customer
+from tests.integration.test_recording import _record, _sealed
+from tests.support.server import PASSWORD, RunningServer
+
+pytestmark = pytest.mark.usefixtures("cheap_password_hashing")
+
+
+def _keys(server: RunningServer) -> Path:
+    return server.settings.data_dir / "keys" / "public"
+
+
+def _engine(server: RunningServer) -> AsyncEngine:
+    return create_async_engine(server.settings.effective_database_url)
+
+
+async def _verify(server: RunningServer) -> tuple[int, str]:
+    out = io.StringIO()
+    code = await verify_command(server.services.audit, _keys(server), out=out)
+    return code, out.getvalue()
+
+
+async def _actions(server: RunningServer) -> list[str]:
+    rows = await server.services.audit.tail(1000)
+    return [row.action for row in rows]
+
+
+async def test_a_call_is_logged_and_the_log_verifies(server: RunningServer) -> None:
+    await server.user("admin1", Role.ADMIN)
+    admin = server.client()
+    await admin.login("admin1")
+    await admin.call(
+        "POST",
+        "/api/v1/admin/users",
+        {"username": "auditor1", "password": PASSWORD, "role": "auditor"},
+        expect=201,
+    )
+    guesser = server.client()
+    await guesser.call(
+        "POST", "/api/v1/auth/login", {"username": "admin1", "password": "wrong"}, expect=401
+    )
+
+    teller, customer, session_id = await _teller_and_customer(server)
+    try:
+        await teller.join()
+        await customer.join()
+        await teller.wait_for_media(customer.participant_id, "camera")
+        started = await _record(server, teller, customer)
+        await teller.send({"type": "mark", "moment": "risk_disclosure", "phase": "start"})
+        await teller.expect("marked")
+        await teller.send({"type": "recording_stop"})
+        sealed = await _sealed(teller)
+        assert sealed["state"] == "sealed"
+        await customer.close(leave=True)
+        await teller.expect("participant_left")
+        await teller.client.call("POST", f"/api/v1/sessions/{session_id}/end")
+    finally:
+        await customer.close()
+        await teller.close()
+    await teller.client.call("POST", "/api/v1/auth/logout")
+
+    entries = await server.services.audit.tail(1000)
+    actions = [e.action for e in entries]
+    for expected in (
+        "auth.login",
+        "admin.user_created",
+        "auth.login_failed",
+        "invitation.created",
+        "invitation.redeemed",
+        "session.joined",
+        "recording.requested",
+        "recording.consent",
+        "recording.started",
+        "recording.marked",
+        "recording.stopped",
+        "recording.sealed",
+        "session.left",
+        "session.ended",
+        "auth.logout",
+    ):
+        assert expected in actions, (expected, actions)
+    assert [e.seq for e in entries] == list(range(1, len(entries) + 1))
+    by_action = {e.action: e for e in entries}
+    failed = by_action["auth.login_failed"]
+    assert (failed.actor, failed.target, failed.detail) == (
+        "anonymous",
+        "admin1",
+        {"reason": "invalid_credentials"},
+    )
+    assert failed.address == "127.0.0.1"
+    archive_id = str(started["archive_id"])
+    assert by_action["recording.started"].detail == {"archive_id": archive_id}
+    seal = by_action["recording.sealed"]
+    assert seal.target == archive_id and len(seal.detail["manifest_sha256"]) == 64
+    assert by_action["session.ended"].target == session_id
+    assert by_action["session.ended"].actor_role == "teller"
+    # No credential ever reaches the log.
+    dump = json.dumps([e.as_json() for e in entries], ensure_ascii=False)
+    assert PASSWORD not in dump and "wrong" not in dump
+    assert teller.client.csrf not in dump
+
+    checkpoint = await server.services.audit.checkpoint()
+    assert checkpoint is not None and checkpoint.seq == entries[-1].seq
+    code, output = await _verify(server)
+    assert code == 0, output
+    assert output.startswith(f"audit log OK: {len(entries)} entries")
+
+    # The command line, as an operator runs it, on the same database and keys.
+    env = os.environ | {"VTELLER_DATA_DIR": str(server.settings.data_dir)}
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "server", "audit", "verify", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["ok"] is True
+    tail = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "server", "audit", "tail", "-n", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert tail.returncode == 0 and len(tail.stdout.splitlines()) == 2, tail.stderr
+
+
+async def _some_entries(server: RunningServer) -> None:
+    """Eight or so entries and a checkpoint, through HTTP only."""
+    await server.user("teller1", Role.TELLER)
+    teller = server.client()
+    await teller.call(
+        "POST", "/api/v1/auth/login", {"username": "teller1", "password": "no"}, expect=401
+    )
+    await teller.login("teller1")
+    for name in ("甲", "乙"):
+        created = await teller.call(
+            "POST",
+            "/api/v1/invitations",
+            {"business": "wealth", "customer_name": name},
+            expect=201,
+        )
+        await server.client().join_link(created["invitation_url"])
+    assert await server.services.audit.checkpoint() is not None
+    await teller.call("POST", "/api/v1/auth/logout")
+    assert len(await _actions(server)) >= 6
+
+
+async def _edit(engine: AsyncEngine) -> str:
+    async with engine.begin() as db:
+        await db.execute(
+            update(AuditEntry).where(AuditEntry.seq == 3).values(detail={"reason": "harmless"})
+        )
+    return "audit log BROKEN: entry 3: hash does not match its content (edited?)"
+
+
+async def _delete(engine: AsyncEngine) -> str:
+    async with engine.begin() as db:
+        await db.execute(delete(AuditEntry).where(AuditEntry.seq == 4))
+    return "audit log BROKEN: entry 4 missing (sequence jumps from 3 to 5)"
+
+
+async def _swap(engine: AsyncEngine) -> str:
+    async with engine.begin() as db:
+        await db.execute(update(AuditEntry).where(AuditEntry.seq == 4).values(seq=-4))
+        await db.execute(update(AuditEntry).where(AuditEntry.seq == 5).values(seq=4))
+        await db.execute(update(AuditEntry).where(AuditEntry.seq == -4).values(seq=5))
+    return "audit log BROKEN: entry 4: previous hash does not match entry 3 (reordered or deleted?)"
+
+
+async def _forge_checkpoint(engine: AsyncEngine) -> str:
+    async with engine.begin() as db:
+        row = (await db.execute(select(AuditCheckpoint.seq, AuditCheckpoint.signature))).one()
+        flipped = ("1" if row.signature[0] == "0" else "0") + row.signature[1:]
+        await db.execute(update(AuditCheckpoint).values(signature=flipped))
+    return f"audit log BROKEN: checkpoint at {row.seq}: signature invalid"
+
+
+@pytest.mark.parametrize("tamper", [_edit, _delete, _swap, _forge_checkpoint])
+async def test_tampering_is_found_and_named(
+    server: RunningServer, tamper: Callable[[AsyncEngine], Awaitable[str]]
+) -> None:
+    await _some_entries(server)
+    assert (await _verify(server))[0] == 0
+    engine = _engine(server)
+    try:
+        expected = await tamper(engine)
+    finally:
+        await engine.dispose()
+    code, output = await _verify(server)
+    assert code == 1
+    assert output.splitlines()[0] == expected, output
+
+
+async def test_without_the_audit_log_actions_are_refused(server: RunningServer) -> None:
+    await server.user("teller1", Role.TELLER)
+    teller = server.client()
+    await teller.login("teller1")
+    engine = _engine(server)
+    try:
+        async with engine.begin() as db:
+            await db.execute(text("ALTER TABLE audit_log RENAME TO audit_log_away"))
+        async with teller.http.post(
+            teller.base + "/api/v1/invitations",
+            json={"business": "wealth", "customer_name": "丙"},
+            headers={"X-CSRF-Token": teller.csrf},
+        ) as response:
+            assert response.status == 503
+            body = await response.json()
+            assert body["error"]["code"] == "audit_unavailable"
+            assert "invitation_url" not in body
+        other = server.client()
+        async with other.http.post(
+            other.base + "/api/v1/auth/login", json={"username": "teller1", "password": PASSWORD}
+        ) as response:
+            assert response.status == 503
+            assert "vteller_staff" not in response.cookies  # no login without its entry
+        async with engine.begin() as db:
+            await db.execute(text("ALTER TABLE audit_log_away RENAME TO audit_log"))
+    finally:
+        await engine.dispose()
+    assert (await _verify(server))[0] == 0
+
+
+async def test_concurrent_writers_never_fork_the_chain(tmp_path: Path) -> None:
+    """Two engines on one database stand for two worker processes appending at once."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'audit.db'}"
+    engines = [create_engine(url) for _ in range(3)]
+    try:
+        await migrate(engines[0])
+        logs = [AuditLog(session_factory(engine)) for engine in engines]
+
+        async def burst(log: AuditLog, worker: int) -> None:
+            for n in range(25):
+                await log.append(
+                    "session.left",
+                    actor=f"p_{worker}",
+                    actor_role="customer",
+                    target="s_x",
+                    detail={"n": n},
+                )
+
+        await asyncio.gather(*(burst(log, i) for i, log in enumerate(logs)))
+        report = await logs[0].verify({})
+        assert report.ok, report.render()
+        assert (report.entries, report.head_seq) == (75, 75)
+    finally:
+        for engine in engines:
+            await engine.dispose()
