@@ -209,6 +209,11 @@ class Room:
         for other_peer in renegotiate:
             await other_peer.negotiate()
 
+    def holds(self, participant_id: str, connection: Connection) -> bool:
+        """Whether `connection` is the member's current signaling connection."""
+        member = self.members.get(participant_id)
+        return member is not None and member.connection is connection
+
     async def disconnected(self, participant_id: str, connection: Connection) -> None:
         """The member's signaling or media connection was lost without a goodbye."""
         member = self.members.get(participant_id)

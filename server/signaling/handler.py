@@ -212,12 +212,18 @@ class _Session:
             if self._joined:
                 raise ProtocolError("out_of_order", "Already joined.", "join")
             self._joined = True
-            await self._room.join(
-                self._participant_id,
-                self._principal.role,
-                self._principal.display_name,
-                self._connection,
-            )
+            try:
+                await self._room.join(
+                    self._participant_id,
+                    self._principal.role,
+                    self._principal.display_name,
+                    self._connection,
+                )
+            except Exception:
+                # Refused before it took effect (e.g. the audit log is unavailable): the client
+                # may send `join` again on this connection.
+                self._joined = self._room.holds(self._participant_id, self._connection)
+                raise
             return
         if not self._joined:
             raise ProtocolError("out_of_order", "Send join first.", message.type)
