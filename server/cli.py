@@ -18,7 +18,7 @@ from server.audit.cli import add_commands as add_audit_commands
 from server.auth.passwords import MIN_PASSWORD_LENGTH, WeakPasswordError
 from server.auth.principal import STAFF_ROLES, Role
 from server.errors import ApiError
-from server.logs import configure_logging
+from server.logs import AccessLogger, configure_logging
 from server.settings import Settings, load_settings
 
 
@@ -114,7 +114,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         )
         return run_workers(settings, args.workers)
     print(f"vteller {__version__} listening on http://{host}:{port}", file=sys.stderr)
-    web.run_app(create_app(settings), host=host, port=port, print=None)
+    web.run_app(
+        create_app(settings), host=host, port=port, print=None, access_log_class=AccessLogger
+    )
     return 0
 
 
