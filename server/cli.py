@@ -18,6 +18,7 @@ from server.audit.cli import add_commands as add_audit_commands
 from server.auth.passwords import MIN_PASSWORD_LENGTH, WeakPasswordError
 from server.auth.principal import STAFF_ROLES, Role
 from server.errors import ApiError
+from server.identity.cli import add_commands as add_kyc_commands
 from server.logs import AccessLogger, configure_logging
 from server.settings import Settings, load_settings
 
@@ -75,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     admin.set_defaults(run=_help_for(admin))
 
     add_archive_commands(commands)
+    add_kyc_commands(commands)
     add_audit_commands(commands)
 
     db = commands.add_parser("db", help="database maintenance")

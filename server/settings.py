@@ -15,6 +15,7 @@ from pydantic_settings import (
 )
 
 from recorder.store.config import StoreSettings
+from server.identity.config import IdentityConfig
 
 
 class IceServer(BaseModel):
@@ -75,6 +76,10 @@ class Settings(BaseSettings):
     store: StoreSettings = Field(
         default_factory=StoreSettings,
         description="archive store (S3/MinIO) and spool; VTELLER_S3_* fill the connection",
+    )
+    identity: IdentityConfig = Field(
+        default_factory=IdentityConfig,
+        description="identity verification models (docs/identity.md)",
     )
     recording_segment_seconds: float = Field(
         2.0, gt=0, le=5, description="how much media at most is not yet sealed and spooled"

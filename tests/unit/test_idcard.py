@@ -1,0 +1,244 @@
+"""Resident ID card rules: number structure, check digit, field agreement, validity."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import date
+
+import pytest
+
+from server.identity.idcard import (
+    IdCardFields,
+    IdNumberError,
+    Reason,
+    Sex,
+    check_back,
+    check_card,
+    check_digit,
+    check_front,
+    is_expired,
+    is_valid_id_number,
+    parse_id_number,
+    parse_printed_birth,
+    parse_validity,
+)
+from tests.fixtures.idcards import corrupt_check_digit, make_id_number
+
+# Published examples: GB 11643-1999's own example, and widely used specimen numbers whose check
+# digits follow the standard.
+KNOWN_VALID = (
+    "11010519491231002X",  # GB 11643-1999 annex example, female, 1949-12-31
+    "440524188001010014",  # GB 11643-1999 example, male, 1880-01-01
+    "110101199003074477",
+    "320311197001013711",
+)
+KNOWN_INVALID = (
+    "110105194912310021",  # wrong check digit (X expected)
+    "440524188001010015",  # wrong check digit
+    "11010519491231002",  # 17 characters
+    "11010519491231002XX",  # 19 characters
+    "1101051949123100X2",  # X not last
+    "99010519491231002X",  # no such province (and its checksum is recomputed below)
+    "",
+    "abcdefghijklmnopqr",
+)
+
+
+@pytest.mark.parametrize("number", KNOWN_VALID)
+def test_known_valid_numbers(number: str) -> None:
+    assert is_valid_id_number(number)
+
+
+@pytest.mark.parametrize("number", KNOWN_INVALID)
+def test_known_invalid_numbers(number: str) -> None:
+    assert not is_valid_id_number(number)
+
+
+def test_check_digit_covers_every_residue() -> None:
+    # Each of the 11 check characters is produced by some body: the table is complete.
+    seen = {check_digit(f"1101051990010{i:04d}") for i in range(200)}
+    assert seen == set("0123456789X")
+
+
+def test_every_corrupted_check_digit_is_rejected_as_checksum() -> None:
+    body = "11010519491231002"
+    good = check_digit(body)
+    for c in "0123456789X":
+        if c == good:
+            continue
+        with pytest.raises(IdNumberError) as err:
+            parse_id_number(body + c)
+        assert err.value.reason is Reason.CHECKSUM
+
+
+def test_single_digit_errors_are_always_caught() -> None:
+    # MOD 11-2 detects every single-digit substitution: the property that makes it trustworthy.
+    number = "440524188001010014"
+    for pos in range(17):
+        for d in "0123456789":
+            if d == number[pos]:
+                continue
+            assert not is_valid_id_number(number[:pos] + d + number[pos + 1 :])
+
+
+def test_adjacent_transpositions_are_caught() -> None:
+    number = "320311197001013711"
+    for pos in range(16):
+        if number[pos] == number[pos + 1]:
+            continue
+        swapped = number[:pos] + number[pos + 1] + number[pos] + number[pos + 2 :]
+        assert not is_valid_id_number(swapped)
+
+
+def test_parse_parts() -> None:
+    p = parse_id_number("11010519491231002x")  # lower-case x as OCR may return it
+    assert p.number == "11010519491231002X"
+    assert p.region == "110105" and p.province == "11"
+    assert p.birth_date == date(1949, 12, 31)
+    assert p.sequence == "002"
+    assert p.sex is Sex.FEMALE
+    assert parse_id_number("440524188001010014").sex is Sex.MALE
+
+
+def test_invalid_birth_date_and_region_with_valid_checksum() -> None:
+    bad_date = "1101051990023" + "0123"  # 1990-02-30
+    bad_date = bad_date[:17] + check_digit(bad_date[:17])
+    with pytest.raises(IdNumberError) as err:
+        parse_id_number(bad_date)
+    assert err.value.reason is Reason.INVALID_NUMBER
+    bad_region = "99010519491231002"
+    with pytest.raises(IdNumberError) as err:
+        parse_id_number(bad_region + check_digit(bad_region))
+    assert err.value.reason is Reason.INVALID_NUMBER
+
+
+def test_make_and_corrupt_helpers() -> None:
+    n = make_id_number("310104", date(1962, 1, 30), 246)
+    assert is_valid_id_number(n)
+    assert not is_valid_id_number(corrupt_check_digit(n))
+
+
+@pytest.mark.parametrize(
+    ("text", "start", "end"),
+    [
+        ("2015.03.01-2035.03.01", date(2015, 3, 1), date(2035, 3, 1)),
+        ("2015.03.01—2035.03.01", date(2015, 3, 1), date(2035, 3, 1)),
+        ("2015.03.01 - 长期", date(2015, 3, 1), None),
+        ("20150301-20350301", date(2015, 3, 1), date(2035, 3, 1)),
+        ("2015年03月01日-2035年03月01日", date(2015, 3, 1), date(2035, 3, 1)),
+    ],
+)
+def test_parse_validity(text: str, start: date, end: date | None) -> None:
+    v = parse_validity(text)
+    assert v is not None
+    assert v.start == start and v.end == end
+    assert v.long_term == (end is None)
+
+
+@pytest.mark.parametrize("text", ["", "2015.03.01", "2015.13.01-2035.13.01", "长期", "abc"])
+def test_parse_validity_rejects(text: str) -> None:
+    assert parse_validity(text) is None
+
+
+def test_printed_birth() -> None:
+    assert parse_printed_birth("1949年12月31日") == date(1949, 12, 31)
+    assert parse_printed_birth("1990 年 1 月 5 日") == date(1990, 1, 5)
+    assert parse_printed_birth("1990年2月30日") is None
+    assert parse_printed_birth("一九九〇年") is None
+
+
+def test_expiry_is_inclusive_and_long_term_never_expires() -> None:
+    end = date(2025, 4, 20)
+    assert not is_expired(end, date(2025, 4, 20))
+    assert is_expired(end, date(2025, 4, 21))
+    assert not is_expired(None, date(2999, 1, 1))
+
+
+FRONT = IdCardFields(
+    name="张伟",
+    sex="女",
+    ethnicity="汉",
+    birth_date=date(1949, 12, 31),
+    address="北京市朝阳区建国路88号",
+    id_number="11010519491231002X",
+)
+BACK = IdCardFields(
+    issuing_authority="北京市公安局朝阳分局",
+    valid_from=date(2010, 5, 1),
+    valid_until=None,
+    valid_long_term=True,
+    validity_text="2010.05.01-长期",
+)
+TODAY = date(2026, 6, 1)
+
+
+def reasons(problems: list) -> list[str]:  # type: ignore[type-arg]
+    return [p.reason.value for p in problems]
+
+
+def test_valid_card_has_no_problems() -> None:
+    assert check_card(FRONT, BACK, TODAY) == []
+
+
+def test_checksum_problem() -> None:
+    front = replace(FRONT, id_number="110105194912310021")
+    assert reasons(check_card(front, BACK, TODAY)) == ["checksum"]
+
+
+def test_birth_and_sex_mismatch() -> None:
+    front = replace(FRONT, birth_date=date(1949, 12, 30), sex="男")
+    assert sorted(reasons(check_front(front))) == ["birth_mismatch", "sex_mismatch"]
+
+
+def test_unreadable_sex() -> None:
+    assert reasons(check_front(replace(FRONT, sex="另"))) == ["unreadable"]
+
+
+def test_missing_fields_each_named() -> None:
+    problems = check_front(IdCardFields(id_number="11010519491231002X"))
+    assert {p.field for p in problems} == {"name", "sex", "ethnicity", "birth_date", "address"}
+    assert set(reasons(problems)) == {"missing_field"}
+    assert all(p.message_zh and p.message_en for p in problems)
+
+
+def test_missing_back_is_reported() -> None:
+    assert reasons(check_card(FRONT, None, TODAY)) == ["missing_field"]
+
+
+def test_expired_card() -> None:
+    back = replace(
+        BACK, valid_from=date(2005, 4, 20), valid_until=date(2025, 4, 20), valid_long_term=False
+    )
+    problems = check_back(back, TODAY)
+    assert reasons(problems) == ["expired"]
+    assert "过期" in problems[0].message_zh
+
+
+def test_validity_rules() -> None:
+    odd_length = replace(
+        BACK, valid_from=date(2015, 3, 1), valid_until=date(2030, 3, 1), valid_long_term=False
+    )
+    assert reasons(check_back(odd_length, TODAY)) == ["invalid_validity"]
+    future = replace(
+        BACK, valid_from=date(2027, 1, 1), valid_until=date(2037, 1, 1), valid_long_term=False
+    )
+    assert reasons(check_back(future, TODAY)) == ["not_yet_valid"]
+    leap = replace(
+        BACK, valid_from=date(2016, 2, 29), valid_until=date(2026, 2, 28), valid_long_term=False
+    )
+    assert reasons(check_back(leap, date(2026, 2, 1))) == []
+
+
+def test_unreadable_vs_missing_validity() -> None:
+    garbled = IdCardFields(issuing_authority="某公安局", validity_text="2O15.O3.O1-")
+    assert reasons(check_back(garbled, TODAY)) == ["unreadable"]
+    assert reasons(check_back(IdCardFields(issuing_authority="某公安局"), TODAY)) == [
+        "missing_field"
+    ]
+
+
+def test_problem_dict_is_serialisable() -> None:
+    import json
+
+    p = check_card(replace(FRONT, id_number="110105194912310021"), BACK, TODAY)[0]
+    assert json.loads(json.dumps(p.to_dict(), ensure_ascii=False))["reason"] == "checksum"
