@@ -1,0 +1,1 @@
+"""Benchmarks of vteller (see docs/benchmarks.md). ``python -m bench.media --help``."""

@@ -1,0 +1,151 @@
+"""Compliance speech benchmark: real-time factor, memory, and the fixtures' decisions.
+
+`python -m bench.compliance [--minutes M] [--json]`. Results go to docs/benchmarks.md (Compliance).
+
+It builds a two-party recording from the committed Mandarin fixtures (tests/fixtures/speech): the
+teller's and the customer's microphone tracks, taking turns through the wealth-product moments
+that have fixtures (consent, risk disclosure, voluntary confirmation) with pauses, repeated to
+M minutes. Each moment's span of each track is recognised and judged on its own (recognition,
+then forced alignment per line), as `analyze_moment` does. The time for a 30-minute
+call is extrapolated linearly from the measured real-time factor: recognition cost grows with
+the amount of speech, and the synthetic call is speech-dense (little silence for VAD to skip).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import time
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from typing import Any
+
+import numpy as np
+
+from compliance.analyzer import check_line
+from compliance.asr import SAMPLE_RATE, Audio, WhisperRecognizer, ensure_model, load_wav
+from compliance.sales_script import Speaker, load_script
+
+SPEECH = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "speech"
+# (moment, teller clip, customer clip) in script order.
+TURNS = [
+    ("consent", "teller_consent.wav", "customer_agree.wav"),
+    ("risk_disclosure", "teller_risk_disclosure.wav", "customer_yes.wav"),
+    ("voluntary_confirmation", None, "customer_voluntary.wav"),
+]
+PAUSE_SECONDS = 1.0
+
+
+def build_call(minutes: float) -> tuple[Audio, Audio, list[tuple[str, float, float]]]:
+    """Teller track, customer track (same clock) and the moments' spans."""
+    teller: list[Audio] = []
+    customer: list[Audio] = []
+    spans: list[tuple[str, float, float]] = []
+    clock = 0
+    pause = np.zeros(int(PAUSE_SECONDS * SAMPLE_RATE), dtype=np.float32)
+    while clock < minutes * 60 * SAMPLE_RATE:
+        for moment, teller_clip, customer_clip in TURNS:
+            start = clock
+            for clip, own, other in (
+                (teller_clip, teller, customer),
+                (customer_clip, customer, teller),
+            ):
+                if clip is None:
+                    continue
+                audio = load_wav(SPEECH / clip)
+                own.extend([audio, pause])
+                other.extend([np.zeros_like(audio), pause])
+                clock += len(audio) + len(pause)
+            spans.append((moment, start / SAMPLE_RATE, clock / SAMPLE_RATE))
+    return np.concatenate(teller), np.concatenate(customer), spans
+
+
+def run(minutes: float, cpu_threads: int) -> dict[str, Any]:
+    script = load_script("bank_wealth_product")
+    with TemporaryDirectory() as cache:
+        started = time.perf_counter()
+        recognizer = WhisperRecognizer(ensure_model(Path(cache)), cpu_threads=cpu_threads)
+        load_seconds = time.perf_counter() - started
+
+        fixtures = []
+        manifest = json.loads((SPEECH / "manifest.json").read_text(encoding="utf-8"))
+        for expectation in manifest["expectations"]:
+            verdict = check_line(
+                recognizer,
+                load_wav(SPEECH / expectation["file"]),
+                load_script(expectation["script"]),
+                expectation["moment"],
+                expectation["speaker"],
+                {},
+            )
+            fixtures.append({**expectation, "got": verdict.decision})
+
+        teller, customer, spans = build_call(minutes)
+        audio_seconds = len(teller) / SAMPLE_RATE
+        tracks: dict[Speaker, Audio] = {"teller": teller, "customer": customer}
+        spoken = {moment: (t, c) for moment, t, c in TURNS}
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        decisions: dict[str, int] = {}
+        for moment, start, end in spans:
+            # Each moment's span of each speaker's track is recognised and judged on its own,
+            # as analyze_moment does; only lines that have a fixture in the call are judged.
+            speakers: tuple[Speaker, Speaker] = ("teller", "customer")
+            for speaker, clip in zip(speakers, spoken[moment], strict=True):
+                if clip is None:
+                    continue
+                span_audio = tracks[speaker][int(start * SAMPLE_RATE) : int(end * SAMPLE_RATE)]
+                verdict = check_line(
+                    recognizer, span_audio, script, moment, speaker, {}, offset=start
+                )
+                decisions[verdict.decision] = decisions.get(verdict.decision, 0) + 1
+        total_seconds = time.perf_counter() - wall0
+        cpu_seconds = time.process_time() - cpu0
+    rtf = total_seconds / audio_seconds
+    return {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+        "load_average_at_end": os.getloadavg()[0],
+        "model_version": recognizer.model_version,
+        "model_load_seconds": round(load_seconds, 2),
+        "call_minutes": round(audio_seconds / 60, 2),
+        "tracks": 2,
+        "moments_judged": len(spans),
+        "line_decisions": decisions,
+        "total_seconds": round(total_seconds, 1),
+        "cpu_seconds": round(cpu_seconds, 1),
+        # Processing time per second of call (both tracks together).
+        "rtf_call": round(rtf, 3),
+        # Per second of track audio (two tracks per call second).
+        "rtf_track": round(rtf / 2, 3),
+        "extrapolated_30_min_call_minutes": round(rtf * 30, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "fixtures": fixtures,
+        "fixtures_as_expected": all(f["got"] == f["decision"] for f in fixtures),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--minutes", type=float, default=3.0, help="synthetic call length")
+    parser.add_argument("--threads", type=int, default=2, help="recogniser CPU threads")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    args = parser.parse_args()
+    result = run(args.minutes, args.threads)
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False, indent=2))
+        return
+    for key, value in result.items():
+        if key != "fixtures":
+            print(f"{key}: {value}")
+    for fixture in result["fixtures"]:
+        mark = "ok " if fixture["got"] == fixture["decision"] else "XX "
+        print(
+            f"  {mark}{fixture['file']} {fixture['moment']} {fixture['speaker']}: "
+            f"{fixture['got']} (expected {fixture['decision']})"
+        )
+
+
+if __name__ == "__main__":
+    main()
