@@ -29,7 +29,8 @@ def add_commands(subparsers: Any) -> None:
         "kyc",
         help="identity verification tools (ID card OCR, face match)",
         description="Identity verification tools. Models come from the pinned packages, or "
-        "from the directories configured in the identity settings (VTELLER_IDENTITY__*) (docs/identity.md).",
+        "from the directories configured in the identity settings (VTELLER_IDENTITY__*; "
+        "docs/identity.md).",
     )
     kyc.set_defaults(kyc="help", kyc_parser=kyc, run=run)
     sub = kyc.add_subparsers(title="kyc commands")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 
 import structlog
 from sqlalchemy.ext.asyncio import async_sessionmaker
@@ -11,13 +12,26 @@ from recorder.journal import Journal
 from recorder.seal.keyring import LocalKeyring
 from recorder.seal.signing import Signer
 from recorder.session import RecorderContext, RecordingSession, recover
-from recorder.store.s3 import ArchiveBucket
-from recorder.store.spool import Spool, Uploader, UploaderStatus
+from recorder.store.s3 import ArchiveBucket, ArchiveUnavailableError, StoreConfigError
+from recorder.store.spool import Spool, Uploader, UploaderStatus, UploadTarget
 from server.db.engine import DbSession
 from server.recording.chain import DatabaseChain
 from server.settings import Settings
 
 log = structlog.get_logger(__name__)
+
+
+class _Unconfigured:
+    """The archive store when none is configured: every attempt says so."""
+
+    def __init__(self, reason: str) -> None:
+        self._reason = f"archive store not configured: {reason}"
+
+    async def ensure_bucket(self) -> None:
+        raise ArchiveUnavailableError(self._reason)
+
+    async def put(self, name: str, data: bytes, retain_until: datetime) -> object:
+        raise ArchiveUnavailableError(self._reason)
 
 
 class RecordingManager:
@@ -31,7 +45,13 @@ class RecordingManager:
         # its own recordings, never a live one of a neighbour.
         worker = f"worker-{settings.port}"
         self.spool = Spool(settings.store.spool_path(settings.data_dir) / worker)
-        self.bucket = ArchiveBucket.from_settings(settings.store)
+        try:
+            self.bucket: UploadTarget = ArchiveBucket.from_settings(settings.store)
+        except StoreConfigError as exc:
+            # Calls and recordings go on: segments wait in the spool, and the teller's page
+            # shows why, until the store is configured and the worker restarted.
+            log.error("archive_store_not_configured", error=str(exc))
+            self.bucket = _Unconfigured(str(exc))
         self.uploader = Uploader.from_settings(self.spool, self.bucket, settings.store)
         self.chain = DatabaseChain(db)
         self.context = RecorderContext(

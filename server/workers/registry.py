@@ -72,7 +72,8 @@ class WorkerRegistry:
                 select(Worker.id)
                 .outerjoin(load, load.c.worker_id == Worker.id)
                 .where(Worker.stopped_at.is_(None), Worker.heartbeat_at > self._live_since())
-                .order_by(func.coalesce(load.c.open, 0), Worker.peers, Worker.started_at)
+                # Random among equals: invitations created at the same moment see the same load.
+                .order_by(func.coalesce(load.c.open, 0), Worker.peers, func.random())
                 .limit(1)
             )
             chosen = await db.scalar(query)

@@ -12,7 +12,7 @@ from recorder.playback import MediaInspector
 from recorder.seal.keyring import LocalKeyring
 from recorder.seal.manifest import parse_manifest
 from recorder.seal.signing import load_public_keys
-from recorder.store.s3 import S3Archive
+from recorder.store.s3 import ArchiveBucket, S3Archive
 from recorder.verify import verify_archive
 from tests.integration.test_call import _expert_bot, _teller_and_customer
 from tests.support.bot import Bot
@@ -39,7 +39,7 @@ async def _sealed(bot: Bot) -> dict[str, object]:
 async def _stored(server: RunningServer, archive_id: str) -> S3Archive:
     manager = server.services.rooms._recorder  # the worker's recorder
     await manager.uploader.flush(timeout=30)
-    return S3Archive(manager.bucket, f"archives/{archive_id}")
+    return S3Archive(ArchiveBucket.from_settings(server.settings.store), f"archives/{archive_id}")
 
 
 def _keys(server: RunningServer) -> tuple[dict[str, bytes], LocalKeyring]:

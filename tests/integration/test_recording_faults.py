@@ -139,3 +139,31 @@ async def test_archive_store_down_mid_recording_loses_nothing(
     assert report.manifest is not None and report.manifest.status == "complete"
     assert len(report.manifest.segments) >= 3
     assert os.environ.get("VTELLER_S3_ENDPOINT") != store["VTELLER_S3_ENDPOINT"]
+
+
+async def test_without_an_archive_store_calls_record_and_say_why(tmp_path: Path) -> None:
+    from recorder.store.config import StoreSettings as Store
+    from tests.integration.test_call import _teller_and_customer
+    from tests.support.server import running_server, test_settings
+
+    unconfigured = Store(access_key="", secret_key="")
+    async with running_server(test_settings(tmp_path, store=unconfigured)) as server:
+        teller, customer, _ = await _teller_and_customer(server)
+        try:
+            await teller.join()
+            await customer.join()
+            await teller.send({"type": "recording_start"})
+            await customer.expect("consent_request")
+            await customer.send({"type": "consent", "granted": True})
+            async with asyncio.timeout(30):
+                while not (error := (await teller.expect("recording"))["store"]["last_error"]):
+                    pass
+            assert "not configured" in error and "VTELLER_S3" in error
+            # Nothing is lost meanwhile: the sealed segments wait in the spool.
+            spool = server.services.rooms._recorder.spool
+            async with asyncio.timeout(30):
+                while spool.pending_count < 2:  # noqa: ASYNC110 - the recorder fills it
+                    await asyncio.sleep(0.5)
+        finally:
+            await customer.close()
+            await teller.close()
