@@ -24,9 +24,10 @@ aiortc internals used (all of them, and only here):
   Frames are only queued while ``_RTCRtpReceiver__decoder_thread`` is truthy; the exited
   ``Thread`` object stays there, which keeps that true and makes ``join()`` return at once.
   NACK generation, receiver reports and REMB stay with the receiver, unchanged.
-* For audio, ``_RTCRtpReceiver__jitter_buffer`` is replaced by a ``JitterBuffer`` without
-  prefetch: aiortc holds 4 extra audio frames (80 ms) to smooth its own decoding, which a
-  forwarder does not need (each consumer has its own jitter buffer).
+* ``_RTCRtpReceiver__jitter_buffer`` is replaced by ``_PromptJitterBuffer`` (a ``JitterBuffer``
+  subclass using its ``_packets``/``_origin``/``_capacity``/``_is_video``/``remove``): aiortc
+  holds 4 extra audio frames (80 ms) to smooth its own decoding, and releases any frame only
+  when the next one starts; a forwarder needs neither (each consumer has its own jitter buffer).
 * ``RTCRtpSender._next_encoded_frame`` calls ``encoder.pack(packet)`` for anything that is not an
   ``av.Frame``: an :class:`EncodedTrack` yields ``av.Packet`` objects, so the sender only
   packetizes. aiortc still creates its encoder object with ``get_encoder()`` but never calls
@@ -208,6 +209,42 @@ def _is_keyframe(mime_type: str, data: bytes) -> bool:
     if mime_type == "video/h264":
         return _is_h264_keyframe(data)
     return False  # unknown video codec: never start a consumer on it
+
+
+class _PromptJitterBuffer(JitterBuffer):
+    """Releases each frame as soon as it is complete, not when the next one starts.
+
+    aiortc's buffer knows a frame is complete only when a packet of the next frame arrives, which
+    delays every forwarded video frame by a frame interval (50 ms at 20 fps) and every audio
+    packet by 20 ms. A video frame is complete at its last packet (RTP marker bit) when none
+    before it is missing; an Opus packet is a frame of its own. A frame whose marker was lost is
+    still released when the next frame starts, as aiortc would.
+    """
+
+    def __init__(self, capacity: int, *, is_video: bool) -> None:
+        super().__init__(capacity=capacity, prefetch=0, is_video=is_video)
+
+    def _remove_frame(self, sequence_number: int) -> JitterFrame | None:
+        packets: list[Any] = []
+        timestamp: int | None = None
+        if self._origin is None:
+            return None
+        for count in range(self._capacity):
+            packet = self._packets[(self._origin + count) % self._capacity]
+            if packet is None:
+                return None  # a gap: wait for the packet (or for NACK to bring it)
+            if timestamp is not None and packet.timestamp != timestamp:
+                break  # the previous frame ended without a marker
+            timestamp = packet.timestamp
+            packets.append(packet)
+            if packet.marker or not self._is_video:
+                break
+        else:
+            return None
+        if not packets or timestamp is None:
+            return None
+        self.remove(len(packets))
+        return JitterFrame(data=b"".join(p._data for p in packets), timestamp=timestamp)
 
 
 class _ReceiverTap(queue.Queue[Any]):
@@ -626,9 +663,9 @@ def tap_receiver(receiver: RTCRtpReceiver, track: MediaStreamTrack) -> EncodedSo
     # setattr: these private attributes are not part of aiortc's typed interface.
     setattr(receiver, "_handle_rtcp_packet", handle_rtcp_packet)  # noqa: B010
     setattr(receiver, "_RTCRtpReceiver__decoder_queue", _ReceiverTap(source))  # noqa: B010
-    if track.kind == "audio" and not started:
-        audio_buffer = JitterBuffer(capacity=jitter_buffer.capacity, prefetch=0)
-        setattr(receiver, "_RTCRtpReceiver__jitter_buffer", audio_buffer)  # noqa: B010
+    if not started:
+        prompt = _PromptJitterBuffer(jitter_buffer.capacity, is_video=track.kind == "video")
+        setattr(receiver, "_RTCRtpReceiver__jitter_buffer", prompt)  # noqa: B010
     if old_thread is not None:
         # Tapped late (receiver already running): its decoder thread reads the old queue.
         # Let it finish what is queued and exit; the exited Thread stays as the receiver's
