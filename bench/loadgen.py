@@ -223,6 +223,7 @@ class Participant:
     peer: Participant | None = None
     sources: dict[str, str] = field(default_factory=dict)  # mid -> "camera", "screen", ...
     _joined: asyncio.Event = field(default_factory=asyncio.Event)
+    recording: asyncio.Event = field(default_factory=asyncio.Event)
     _reader: asyncio.Task[None] | None = None
 
     def __post_init__(self) -> None:
@@ -261,6 +262,11 @@ class Participant:
                         await self._answer(message)
                     except Exception as exc:
                         self.errors.append(f"answer failed: {exc!r}")
+                elif kind == "consent_request":
+                    # The customer agrees, as in a recorded sale.
+                    await self.ws.send_str(json.dumps({"v": 1, "type": "consent", "granted": True}))
+                elif kind == "recording" and message.get("state") == "recording":
+                    self.recording.set()
                 elif kind == "error":
                     self.errors.append(f"{message.get('code')}: {message.get('message')}")
         except Exception as exc:
@@ -456,6 +462,11 @@ class LoadGenerator:
             await teller.join(30)
             session.started_at = now()
             await customer.join(30)
+            if cfg.get("record"):
+                assert teller.ws is not None
+                await teller.ws.send_str(json.dumps({"v": 1, "type": "recording_start"}))
+                async with asyncio.timeout(30):
+                    await teller.recording.wait()
         except Exception as exc:
             session.setup_error = f"join failed: {exc!r}"
 

@@ -52,7 +52,7 @@ from bench.procstat import (
 
 SCHEMA = "vteller-bench-media/1"
 DEFAULT_SESSIONS = "1,2,4,8,12,16,24,32,48,64"
-DEFAULT_MODES = "naive,encoded,encoded-2w"
+DEFAULT_MODES = "naive,encoded,encoded-rec,encoded-2w"
 BENCH_USER = "bench-teller"
 # Every participant must receive at least this share of the frames its peer sent in the window.
 MIN_RECEIVED = 0.99
@@ -85,6 +85,7 @@ class ModeSpec:
     workers: int = 1
     env: dict[str, str] = field(default_factory=dict)  # extra VTELLER_* settings
     description: str = ""
+    record: bool = False  # every session is dual-recorded (the teller starts it, consent given)
 
 
 def mode_spec(name: str) -> ModeSpec:
@@ -92,15 +93,20 @@ def mode_spec(name: str) -> ModeSpec:
         return ModeSpec(name, "naive", 1, description="aiortc MediaRelay: decode + re-encode")
     if name == "encoded":
         return ModeSpec(name, "vteller", 1, description="vteller, encoded forwarding, 1 worker")
+    if name == "encoded-rec":
+        return ModeSpec(
+            name,
+            "vteller",
+            1,
+            description="vteller, encoded forwarding + dual recording",
+            record=True,
+        )
     if match := re.fullmatch(r"encoded-(\d+)w", name):
         workers = int(match.group(1))
         return ModeSpec(
             name, "vteller", workers, description=f"vteller, encoded forwarding, {workers} workers"
         )
-    # Recording modes go here once recorder/ captures forwarded media, e.g.
-    #   "encoded-rec": ModeSpec(name, "vteller", 1, env={"VTELLER_RECORDING__ENABLED": "true"})
-    # The rounds, measurements and report need no change: only the server's settings differ.
-    raise ValueError(f"unknown mode {name!r} (naive, encoded, encoded-<N>w)")
+    raise ValueError(f"unknown mode {name!r} (naive, encoded, encoded-rec, encoded-<N>w)")
 
 
 def progress(began: float, text: str) -> None:
@@ -407,6 +413,7 @@ async def run_round(
             "concurrency": args.concurrency,
             "ready_timeout": ready_timeout,
             "nice": args.client_nice,
+            "record": server.spec.record,
         }
         first += share
         clients.append(await Client.spawn(config, server.dir / f"clients-{sessions}-{i}.log"))
@@ -891,7 +898,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--modes",
         default=DEFAULT_MODES,
-        help=f"comma-separated: naive, encoded, encoded-<N>w (default {DEFAULT_MODES})",
+        help="comma-separated: naive, encoded, encoded-rec (with recording), encoded-<N>w "
+        f"(default {DEFAULT_MODES})",
     )
     p.add_argument(
         "--workers",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 
@@ -23,8 +23,8 @@ from server.signaling.protocol import ProtocolError, server_message
 
 log = structlog.get_logger(__name__)
 
-# Sent to everyone: the customer sees that they are being recorded.
-Broadcast = Callable[[dict[str, Any], bool], Awaitable[None]]  # (message, staff_only)
+Audience = Literal["everyone", "staff", "customer"]
+Broadcast = Callable[[dict[str, Any], Audience], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ class RoomRecording:
                 "out_of_order", "The customer must be in the call to consent.", "recording_start"
             )
         self.state = "awaiting_consent"
-        await self._broadcast(server_message("consent_request"), False)
+        await self._broadcast(server_message("consent_request"), "customer")
         await self._announce()
 
     async def consent(self, granted: bool) -> None:
@@ -176,4 +176,5 @@ class RoomRecording:
         task.add_done_callback(self._tasks.discard)
 
     async def _announce(self) -> None:
-        await self._broadcast(self.message(), False)
+        # Everyone, the customer too: they see that they are being recorded.
+        await self._broadcast(self.message(), "everyone")

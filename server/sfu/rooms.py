@@ -20,8 +20,8 @@ from server.audit import SYSTEM, AuditLog, AuditUnavailable
 from server.auth.principal import Role
 from server.db.models import CallSession
 from server.recording.manager import RecordingManager
+from server.recording.room import Audience, RoomRecording
 from server.recording.room import Member as RecordedMember
-from server.recording.room import RoomRecording
 from server.sessions.store import SessionStore
 from server.sessions.views import chat_view, participant_view, session_view
 from server.settings import Settings
@@ -392,7 +392,7 @@ class Room:
             {"moment": moment, "phase": phase, "media_ms": media_ms},
         )
         await self._broadcast_recording(
-            server_message("marked", moment=moment, phase=phase, media_ms=media_ms), True
+            server_message("marked", moment=moment, phase=phase, media_ms=media_ms), "staff"
         )
 
     async def recording_stop(self, participant_id: str) -> None:
@@ -426,9 +426,12 @@ class Room:
         if member is None or member.role is not role:
             raise ProtocolError("forbidden", f"Only the {role.value} may {what}.", ref)
 
-    async def _broadcast_recording(self, message: dict[str, Any], staff_only: bool) -> None:
+    async def _broadcast_recording(self, message: dict[str, Any], audience: Audience) -> None:
         for member in list(self.members.values()):
-            if member.connection is None or (staff_only and member.role is Role.CUSTOMER):
+            customer = member.role is Role.CUSTOMER
+            if member.connection is None or (audience == "staff" and customer):
+                continue
+            if audience == "customer" and not customer:
                 continue
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await member.connection.send(message)

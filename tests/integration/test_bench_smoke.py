@@ -65,7 +65,7 @@ SUMMARY_KEYS = {
 def test_media_benchmark_runs_and_reports() -> None:
     command = [
         sys.executable, "-m", "bench.media", "--json",
-        "--modes", "naive,encoded", "--sessions", "2",
+        "--modes", "naive,encoded,encoded-rec", "--sessions", "2",
         "--duration", "3", "--warmup", "0.5", "--clip-seconds", "1.5", "--client-procs", "1",
     ]  # fmt: skip
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=180)
@@ -74,7 +74,7 @@ def test_media_benchmark_runs_and_reports() -> None:
 
     assert report.keys() >= TOP_KEYS
     assert report["schema"] == "vteller-bench-media/1"
-    assert set(report["modes"]) == {"naive", "encoded"}
+    assert set(report["modes"]) == {"naive", "encoded", "encoded-rec"}
     for name, mode in report["modes"].items():
         assert mode.keys() >= MODE_KEYS, name
         assert mode["summary"].keys() >= SUMMARY_KEYS, name
@@ -91,3 +91,6 @@ def test_media_benchmark_runs_and_reports() -> None:
     # Forwarded frames are byte-identical, so the clients matched them to their send times.
     assert encoded["e2e_delay_ms"]["samples"] > 0
     assert any(g["goal"].startswith("forwarding delay") for g in report["goals"])
+    # With recording, every session was recorded (consent given) without errors.
+    recorded = report["modes"]["encoded-rec"]["rounds"][0]
+    assert recorded["errors"] == [], recorded["errors"]

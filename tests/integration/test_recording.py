@@ -26,6 +26,7 @@ async def _record(server: RunningServer, teller: Bot, customer: Bot) -> dict[str
     state = await teller.expect("recording")
     while state["state"] != "recording":
         state = await teller.expect("recording")
+    assert "consent_request" not in teller.history  # only the customer is asked
     return state
 
 

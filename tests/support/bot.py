@@ -104,6 +104,7 @@ class Bot:
     publish: bool = True
     flash_at: float | None = None  # black and silent until then (time.monotonic())
     messages: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
+    history: list[str] = field(default_factory=list)  # the type of every message received
     received: dict[str, Received] = field(default_factory=dict)
     participant_id: str = ""
     ws_url: str = ""  # the session's signaling URL (its worker's); default: the client's server
@@ -146,6 +147,7 @@ class Bot:
             if frame.type != aiohttp.WSMsgType.TEXT:
                 continue
             message = json.loads(frame.data)
+            self.history.append(message["type"])
             if message["type"] == "offer":
                 await self._answer(message)
             await self.messages.put(message)
