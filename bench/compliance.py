@@ -5,8 +5,9 @@
 It builds a two-party recording from the committed Mandarin fixtures (tests/fixtures/speech): the
 teller's and the customer's microphone tracks, taking turns through the wealth-product moments
 that have fixtures (consent, risk disclosure, voluntary confirmation) with pauses, repeated to
-M minutes. Each moment's span of each track is recognised and judged on its own (recognition,
-then forced alignment per line), as `analyze_moment` does. The time for a 30-minute
+M minutes. Each track is recognised once as a whole (with word times), then every moment is
+judged from the words inside its span (forced alignment per line), as the after-call pipeline
+will do with `analyze_moment(..., transcripts=...)`. The time for a 30-minute
 call is extrapolated linearly from the measured real-time factor: recognition cost grows with
 the amount of speech, and the synthetic call is speech-dense (little silence for VAD to skip).
 """
@@ -25,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from compliance.analyzer import check_line
-from compliance.asr import SAMPLE_RATE, Audio, WhisperRecognizer, ensure_model, load_wav
+from compliance.analyzer import analyze_moment, check_line
+from compliance.asr import SAMPLE_RATE, Audio, Segment, WhisperRecognizer, ensure_model, load_wav
 from compliance.sales_script import Speaker, load_script
 
 SPEECH = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "speech"
@@ -34,7 +35,7 @@ SPEECH = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "speech"
 TURNS = [
     ("consent", "teller_consent.wav", "customer_agree.wav"),
     ("risk_disclosure", "teller_risk_disclosure.wav", "customer_yes.wav"),
-    ("voluntary_confirmation", None, "customer_voluntary.wav"),
+    ("voluntary_confirmation", "teller_voluntary_question.wav", "customer_voluntary.wav"),
 ]
 PAUSE_SECONDS = 1.0
 
@@ -86,21 +87,21 @@ def run(minutes: float, cpu_threads: int) -> dict[str, Any]:
         teller, customer, spans = build_call(minutes)
         audio_seconds = len(teller) / SAMPLE_RATE
         tracks: dict[Speaker, Audio] = {"teller": teller, "customer": customer}
-        spoken = {moment: (t, c) for moment, t, c in TURNS}
         cpu0, wall0 = time.process_time(), time.perf_counter()
+        # Each track is recognised once (VAD skips the other party's turns), then every moment
+        # is judged from its words inside the moment's span (forced alignment per line).
+        transcripts: dict[Speaker, list[Segment]] = {
+            "teller": recognizer.transcribe(teller),
+            "customer": recognizer.transcribe(customer),
+        }
+        recognise_seconds = time.perf_counter() - wall0
         decisions: dict[str, int] = {}
         for moment, start, end in spans:
-            # Each moment's span of each speaker's track is recognised and judged on its own,
-            # as analyze_moment does; only lines that have a fixture in the call are judged.
-            speakers: tuple[Speaker, Speaker] = ("teller", "customer")
-            for speaker, clip in zip(speakers, spoken[moment], strict=True):
-                if clip is None:
-                    continue
-                span_audio = tracks[speaker][int(start * SAMPLE_RATE) : int(end * SAMPLE_RATE)]
-                verdict = check_line(
-                    recognizer, span_audio, script, moment, speaker, {}, offset=start
-                )
-                decisions[verdict.decision] = decisions.get(verdict.decision, 0) + 1
+            moment_verdict = analyze_moment(
+                recognizer, script, moment, tracks, {}, (start, end), transcripts=transcripts
+            )
+            for line in moment_verdict.lines:
+                decisions[line.decision] = decisions.get(line.decision, 0) + 1
         total_seconds = time.perf_counter() - wall0
         cpu_seconds = time.process_time() - cpu0
     rtf = total_seconds / audio_seconds
@@ -113,6 +114,8 @@ def run(minutes: float, cpu_threads: int) -> dict[str, Any]:
         "tracks": 2,
         "moments_judged": len(spans),
         "line_decisions": decisions,
+        "recognition_seconds": round(recognise_seconds, 1),
+        "judging_seconds": round(total_seconds - recognise_seconds, 1),
         "total_seconds": round(total_seconds, 1),
         "cpu_seconds": round(cpu_seconds, 1),
         # Processing time per second of call (both tracks together).

@@ -24,7 +24,9 @@ API_BODY_LIMIT = 64 * 1024
 
 
 async def create_app(settings: Settings) -> web.Application:
+    # Keys, the database and recordings in transit live here: owner-only.
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.data_dir.chmod(0o700)
     engine = create_engine(settings.effective_database_url)
     await migrate(engine)
     db = session_factory(engine)
