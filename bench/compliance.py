@@ -4,12 +4,12 @@
 
 It builds a two-party recording from the committed Mandarin fixtures (tests/fixtures/speech): the
 teller's and the customer's microphone tracks, taking turns through the wealth-product moments
-that have fixtures (consent, risk disclosure, voluntary confirmation) with pauses, repeated to
-M minutes. Each track is recognised once as a whole (with word times), then every moment is
-judged from the words inside its span (forced alignment per line), as the after-call pipeline
-will do with `analyze_moment(..., transcripts=...)`. The time for a 30-minute
-call is extrapolated linearly from the measured real-time factor: recognition cost grows with
-the amount of speech, and the synthetic call is speech-dense (little silence for VAD to skip).
+that have fixtures (consent, risk disclosure, voluntary confirmation), then unrelated talk, the
+whole repeated every 10 minutes (`--script-every`) up to M minutes. Each track is recognised
+once as a whole, then every moment is judged from the part of the transcript inside its span
+(a segment crossing a mark is recognised again over its part; forced alignment per line), as
+the after-call pipeline will do with `analyze_moment(..., transcripts=...)`. Run it with
+`--minutes 30` for the goal itself; shorter runs extrapolate linearly from the real-time factor.
 """
 
 from __future__ import annotations
@@ -40,31 +40,62 @@ TURNS = [
 PAUSE_SECONDS = 1.0
 
 
-def build_call(minutes: float) -> tuple[Audio, Audio, list[tuple[str, float, float]]]:
-    """Teller track, customer track (same clock) and the moments' spans."""
+def build_call(
+    minutes: float, script_every_minutes: float
+) -> tuple[Audio, Audio, list[tuple[str, float, float]]]:
+    """Teller track, customer track (same clock) and the moments' spans.
+
+    Every `script_every_minutes` the three scripted moments are spoken; the rest of the time
+    both parties take turns with unrelated talk (outside any moment), as in a real call where
+    the script's moments are a small part of the conversation.
+    """
     teller: list[Audio] = []
     customer: list[Audio] = []
     spans: list[tuple[str, float, float]] = []
     clock = 0
     pause = np.zeros(int(PAUSE_SECONDS * SAMPLE_RATE), dtype=np.float32)
-    while clock < minutes * 60 * SAMPLE_RATE:
+    # Talk outside the moments: the non-scripted clips in turn. Not one clip over and over:
+    # a window of identical sentences makes Whisper's output repetitive, its compression-ratio
+    # check then re-decodes at higher temperatures (measured: a 30-minute run did not finish in
+    # 21 minutes), which is an artefact of synthetic data, not of real calls.
+    fillers = [
+        load_wav(SPEECH / name)
+        for name in (
+            "unrelated.wav",
+            "customer_hesitation.wav",
+            "teller_misleading.wav",
+            "customer_refusal.wav",
+            "teller_voluntary_question.wav",
+            "customer_yes.wav",
+        )
+    ]
+
+    def say(audio: Audio, own: list[Audio], other: list[Audio]) -> int:
+        own.extend([audio, pause])
+        other.extend([np.zeros_like(audio), pause])
+        return len(audio) + len(pause)
+
+    end = minutes * 60 * SAMPLE_RATE
+    while clock < end:
+        cycle_end = min(end, clock + script_every_minutes * 60 * SAMPLE_RATE)
         for moment, teller_clip, customer_clip in TURNS:
             start = clock
             for clip, own, other in (
                 (teller_clip, teller, customer),
                 (customer_clip, customer, teller),
             ):
-                if clip is None:
-                    continue
-                audio = load_wav(SPEECH / clip)
-                own.extend([audio, pause])
-                other.extend([np.zeros_like(audio), pause])
-                clock += len(audio) + len(pause)
+                if clip is not None:
+                    clock += say(load_wav(SPEECH / clip), own, other)
             spans.append((moment, start / SAMPLE_RATE, clock / SAMPLE_RATE))
+        turn = 0
+        while clock < cycle_end:
+            own, other = (teller, customer) if turn % 2 == 0 else (customer, teller)
+            clock += say(fillers[turn % len(fillers)], own, other)
+            turn += 1
     return np.concatenate(teller), np.concatenate(customer), spans
 
 
-def run(minutes: float, cpu_threads: int) -> dict[str, Any]:
+def run(minutes: float, script_every: float, cpu_threads: int) -> dict[str, Any]:
     script = load_script("bank_wealth_product")
     with TemporaryDirectory() as cache:
         started = time.perf_counter()
@@ -84,7 +115,7 @@ def run(minutes: float, cpu_threads: int) -> dict[str, Any]:
             )
             fixtures.append({**expectation, "got": verdict.decision})
 
-        teller, customer, spans = build_call(minutes)
+        teller, customer, spans = build_call(minutes, script_every)
         audio_seconds = len(teller) / SAMPLE_RATE
         tracks: dict[Speaker, Audio] = {"teller": teller, "customer": customer}
         cpu0, wall0 = time.process_time(), time.perf_counter()
@@ -131,11 +162,17 @@ def run(minutes: float, cpu_threads: int) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--minutes", type=float, default=3.0, help="synthetic call length")
+    parser.add_argument("--minutes", type=float, default=30.0, help="synthetic call length")
+    parser.add_argument(
+        "--script-every",
+        type=float,
+        default=10.0,
+        help="minutes between repetitions of the scripted moments (unrelated talk between)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="recogniser CPU threads")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args()
-    result = run(args.minutes, args.threads)
+    result = run(args.minutes, args.script_every, args.threads)
     if args.json:
         print(json.dumps(result, ensure_ascii=False, indent=2))
         return

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 
 from aiohttp import web
 
+from compliance.cli import add_commands as add_compliance_commands
 from recorder.tools import add_commands as add_archive_commands
 from recorder.tools import run as run_archive_tool
 from server import __version__
@@ -77,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
 
     add_archive_commands(commands)
     add_kyc_commands(commands)
+    add_compliance_commands(commands)
     add_audit_commands(commands)
 
     db = commands.add_parser("db", help="database maintenance")

@@ -1,0 +1,288 @@
+"""Locating script phrases in a recognised transcript: toneless pinyin, fuzzy, negation-aware.
+
+Pure functions, no model: the recogniser's most frequent errors are homophones (宝本 for 保本,
+路因 for 录音), so texts are compared as sequences of toneless pinyin syllables, with the
+retroflex/flat initials and -n/-ng finals folded together (common accent and recogniser
+confusions). A phrase is found by approximate substring matching (Sellers' edit distance with a
+free start and end), where a syllable substituted by a similar one costs less than a whole edit.
+
+Fuzzy matching alone is dangerous for compliance: 是的 is found inside 不是的, 投资有风险 is one
+edit away from 投资没有风险, and 保本 is inside 不保本. So every match counts the negation words
+in the matched span and just before it (within the same clause) and compares that with the
+phrase itself: a different parity means the transcript says the opposite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+
+from pypinyin import Style, lazy_pinyin
+
+# Characters that negate what follows them. 无 and 非 also make words that are not negations;
+# those are listed in _NOT_NEGATIONS.
+NEGATIONS = frozenset("不没沒未非别無无勿否莫甭")
+# Words that contain a negation character but do not negate (affirmative answers, intensifiers,
+# conjunctions). Kept short on purpose: each entry is a way to miss a real negation.
+_NOT_NEGATIONS = (
+    "非常",
+    "无论",
+    "不论",
+    "不管",
+    "不仅",
+    "不但",
+    "不过",
+    "不错",
+    "没错",
+    "没问题",
+    "不客气",
+    "不好意思",
+    "无误",
+    "无疑",
+    "毫无疑问",
+)
+# How far before a match a negation still applies: 不保本, 不能保本, 不一定保本.
+NEGATION_WINDOW = 3
+
+_DIGITS = dict(zip("0123456789", "零一二三四五六七八九", strict=True))
+_CLAUSE_BREAKS = frozenset("，。！？；：、,.!?;:\n…")
+
+
+@dataclass(frozen=True)
+class Syllables:
+    """A text as pinyin syllables, each pointing back to its character."""
+
+    text: str
+    syllables: tuple[str, ...]
+    # Index in `text` of the character (or the first of the ASCII word) of each syllable.
+    positions: tuple[int, ...]
+    # Clause number of each syllable: a negation does not reach across a comma or full stop.
+    clauses: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return len(self.syllables)
+
+    def char_span(self, start: int, end: int) -> tuple[int, int]:
+        """Character range of syllables [start, end)."""
+        if start >= end:
+            return (0, 0)
+        last = self.positions[end - 1]
+        tail = last + 1
+        while tail < len(self.text) and self.text[tail].isascii() and self.text[tail].isalnum():
+            tail += 1
+        return (self.positions[start], tail)
+
+
+@dataclass(frozen=True)
+class Match:
+    phrase: str
+    # Syllable range [start, end) in the searched text, and the characters it covers.
+    start: int
+    end: int
+    excerpt: str
+    char_start: int
+    char_end: int
+    distance: float
+    similarity: float
+    negated: bool
+
+
+def fold(syllable: str) -> str:
+    """Merge the distinctions most often lost by accents and by the recogniser."""
+    for retroflex, flat in (("zh", "z"), ("ch", "c"), ("sh", "s")):
+        if syllable.startswith(retroflex):
+            syllable = flat + syllable[2:]
+            break
+    if syllable.endswith(("ing", "eng")):
+        syllable = syllable[:-1]
+    return syllable
+
+
+def _is_han(char: str) -> bool:
+    return "\u4e00" <= char <= "\u9fff" or "\u3400" <= char <= "\u4dbf"
+
+
+@lru_cache(maxsize=4096)
+def to_syllables(text: str) -> Syllables:
+    """Toneless, folded pinyin of a text; punctuation dropped (it only separates clauses)."""
+    normalised = "".join(_DIGITS.get(c, c) for c in text)
+    syllables: list[str] = []
+    positions: list[int] = []
+    clauses: list[int] = []
+    clause = 0
+    i = 0
+    while i < len(normalised):
+        char = normalised[i]
+        if _is_han(char):
+            j = i
+            while j < len(normalised) and _is_han(normalised[j]):
+                j += 1
+            # The whole run at once, so that pypinyin's phrase dictionary picks the reading of
+            # polyphonic characters (银行 háng, 行为 xíng) from their context.
+            for k, reading in enumerate(lazy_pinyin(normalised[i:j], style=Style.NORMAL)):
+                syllables.append(fold(reading.lower()))
+                positions.append(i + k)
+                clauses.append(clause)
+            i = j
+        elif char.isascii() and char.isalnum():
+            j = i
+            while j < len(normalised) and normalised[j].isascii() and normalised[j].isalnum():
+                j += 1
+            syllables.append(normalised[i:j].lower())
+            positions.append(i)
+            clauses.append(clause)
+            i = j
+        else:
+            if char in _CLAUSE_BREAKS:
+                clause += 1
+            i += 1
+    return Syllables(text, tuple(syllables), tuple(positions), tuple(clauses))
+
+
+# Initials after fold(): zh/ch/sh are already z/c/s.
+_INITIALS = (
+    "b",
+    "p",
+    "m",
+    "f",
+    "d",
+    "t",
+    "n",
+    "l",
+    "g",
+    "k",
+    "h",
+    "j",
+    "q",
+    "x",
+    "r",
+    "z",
+    "c",
+    "s",
+    "y",
+    "w",
+)
+
+
+def _split(syllable: str) -> tuple[str, str]:
+    if syllable[:1] in _INITIALS:
+        return syllable[:1], syllable[1:]
+    return "", syllable
+
+
+def _levenshtein(a: str, b: str) -> int:
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        previous = current
+    return previous[-1]
+
+
+@lru_cache(maxsize=65536)
+def syllable_cost(a: str, b: str) -> float:
+    """0 for the same syllable, 1 for unrelated ones.
+
+    A different initial costs half (保 bao / 跑 pao: a real confusion, but 保本 / 保证 must stay
+    apart for a two-syllable phrase to be matched strictly); the final costs the other half in
+    proportion to its letter edit distance (的 de / 等 den: a quarter).
+    """
+    if a == b:
+        return 0.0
+    if not (a.isalpha() and a.islower() and b.isalpha() and b.islower()):
+        return 1.0
+    (ia, fa), (ib, fb) = _split(a), _split(b)
+    final = _levenshtein(fa, fb) / max(len(fa), len(fb), 1)
+    return min(1.0, (0.5 if ia != ib else 0.0) + 0.5 * final)
+
+
+def negation_count(text: str) -> int:
+    count = sum(1 for c in text if c in NEGATIONS)
+    for word in _NOT_NEGATIONS:
+        count -= text.count(word) * sum(1 for c in word if c in NEGATIONS)
+    return max(count, 0)
+
+
+def is_negated(phrase: str, haystack: Syllables, start: int, end: int) -> bool:
+    """Whether the transcript around [start, end) negates the phrase (or un-negates it)."""
+    return (_count_in_window(haystack, start, end) - negation_count(phrase)) % 2 == 1
+
+
+def _count_in_window(haystack: Syllables, start: int, end: int) -> int:
+    first = start
+    while (
+        first > 0
+        and start - (first - 1) <= NEGATION_WINDOW
+        and haystack.clauses[first - 1] == haystack.clauses[start]
+    ):
+        first -= 1
+    lo, _ = haystack.char_span(first, start + 1)
+    _, hi = haystack.char_span(start, end)
+    window = haystack.text[lo:hi]
+    # Look a few characters beyond the window's start so that an exception word cut by it
+    # (没问题 with only 问题 inside) still cancels its negation character.
+    padded_lo = max(0, lo - 2)
+    count = negation_count(haystack.text[padded_lo:hi])
+    count -= sum(1 for c in haystack.text[padded_lo:lo] if c in NEGATIONS)
+    return max(count, 0) if window else 0
+
+
+def locate(phrase: str, haystack: Syllables, min_similarity: float) -> list[Match]:
+    """All non-overlapping approximate occurrences of `phrase`, best first."""
+    pattern = to_syllables(phrase).syllables
+    text = haystack.syllables
+    m, n = len(pattern), len(text)
+    if m == 0 or n == 0:
+        return []
+    max_distance = (1.0 - min_similarity) * m
+    # Sellers' algorithm: row 0 is all zeros, so a match may start anywhere in the text.
+    # `origin[i][j]` remembers where the best path to (i, j) started, instead of a traceback.
+    distance = [0.0] * (n + 1)
+    origin = list(range(n + 1))
+    for i in range(1, m + 1):
+        new_distance = [float(i)] + [0.0] * n
+        new_origin = [0] * (n + 1)
+        p = pattern[i - 1]
+        for j in range(1, n + 1):
+            best = distance[j - 1] + syllable_cost(p, text[j - 1])
+            start = origin[j - 1]
+            if distance[j] + 1.0 < best:  # the phrase's syllable is missing from the text
+                best, start = distance[j] + 1.0, origin[j]
+            if new_distance[j - 1] + 1.0 < best:  # an extra syllable in the text
+                best, start = new_distance[j - 1] + 1.0, new_origin[j - 1]
+            new_distance[j] = best
+            new_origin[j] = start
+        distance, origin = new_distance, new_origin
+    candidates = sorted(
+        (distance[j], j - origin[j], origin[j], j)
+        for j in range(1, n + 1)
+        if distance[j] <= max_distance + 1e-9 and origin[j] < j
+    )
+    matches: list[Match] = []
+    taken: list[tuple[int, int]] = []
+    for dist, _, start, end in candidates:
+        if any(start < e and s < end for s, e in taken):
+            continue
+        taken.append((start, end))
+        lo, hi = haystack.char_span(start, end)
+        matches.append(
+            Match(
+                phrase=phrase,
+                start=start,
+                end=end,
+                excerpt=haystack.text[lo:hi],
+                char_start=lo,
+                char_end=hi,
+                distance=round(dist, 3),
+                similarity=round(1.0 - dist / m, 3),
+                negated=is_negated(phrase, haystack, start, end),
+            )
+        )
+    return matches
+
+
+def best_affirmed(matches: Iterable[Match]) -> Match | None:
+    """The best match that the transcript does not negate."""
+    return next((match for match in matches if not match.negated), None)

@@ -1,0 +1,111 @@
+"""Pinyin matching and negation guards (pure, no model)."""
+
+from __future__ import annotations
+
+import pytest
+
+from compliance.matching import (
+    best_affirmed,
+    fold,
+    locate,
+    negation_count,
+    syllable_cost,
+    to_syllables,
+)
+
+
+def _find(phrase: str, text: str, similarity: float = 0.8) -> list[tuple[str, float, bool]]:
+    return [
+        (m.excerpt, m.similarity, m.negated) for m in locate(phrase, to_syllables(text), similarity)
+    ]
+
+
+def test_pinyin_is_toneless_folded_and_points_back_to_characters() -> None:
+    syllables = to_syllables("理财，1号产品")
+    assert syllables.syllables == ("li", "cai", "yi", "hao", "can", "pin")
+    assert syllables.positions == (0, 1, 3, 4, 5, 6)
+    assert syllables.clauses[1] != syllables.clauses[2]
+    assert fold("zhong") == "zong" and fold("sheng") == "sen" and fold("xing") == "xin"
+    assert to_syllables("银行").syllables == ("yin", "hang")  # the phrase reading, not xing
+
+
+def test_homophones_match_exactly() -> None:
+    assert _find("保本", "本产品宝本") == [("宝本", 1.0, False)]
+    assert _find("录音录像", "本次业务将全程路因路相") == [("路因路相", 1.0, False)]
+
+
+def test_near_syllables_cost_less_than_different_ones() -> None:
+    assert syllable_cost("de", "den") == pytest.approx(0.25)
+    assert syllable_cost("bao", "pao") == pytest.approx(0.5)
+    assert syllable_cost("ben", "zen") == pytest.approx(0.5)
+    assert syllable_cost("shi", "ren") == 1.0
+    assert _find("是的", "是等")[0][1] == pytest.approx(0.875)
+    # Two-syllable phrases stay strict: 保证 (I promise) is not 保本.
+    assert _find("保本", "我保证") == []
+    assert _find("保本", "本产品不保证本金和收益") == []
+
+
+@pytest.mark.parametrize(
+    ("phrase", "text", "negated"),
+    [
+        ("是的", "不是的，我不想买", True),
+        ("是的", "是的，我不想再等了", False),
+        ("是的", "没问题是的", False),
+        ("投资有风险", "投资没有风险", True),
+        ("保本", "本产品不保本", True),
+        ("保本", "本产品不能保本", True),
+        ("保本", "我们不一定保本", True),
+        ("保本", "本产品保本", False),
+        ("保本", "风险不大，保本", False),  # the negation is in another clause
+        ("没有风险", "投资没有风险", False),  # the phrase carries its own negation
+        ("没有风险", "并不是没有风险", True),
+        ("理财非存款", "理财非存款", False),
+        ("同意", "我不同意", True),
+    ],
+)
+def test_negation_guard(phrase: str, text: str, negated: bool) -> None:
+    found = _find(phrase, text)
+    assert found, f"{phrase} not located in {text}"
+    assert found[0][2] is negated
+
+
+def test_required_phrase_inside_its_negation_is_not_affirmed() -> None:
+    matches = locate("投资有风险", to_syllables("本产品保本，投资没有风险"), 0.75)
+    assert matches and best_affirmed(matches) is None
+    matches = locate("是的", to_syllables("不是的。是的，我确认"), 0.8)
+    affirmed = best_affirmed(matches)
+    assert affirmed is not None and affirmed.char_start == 4
+
+
+def test_negation_count_ignores_words_that_do_not_negate() -> None:
+    assert negation_count("不保本") == 1
+    assert negation_count("非常好，没问题，不错") == 0
+    assert negation_count("并不是没有风险") == 2
+
+
+def test_unrelated_text_and_empty_inputs_find_nothing() -> None:
+    assert _find("理财非存款", "今天天气不错，我们中午去吃面条吧") == []
+    assert _find("是的", "") == []
+    assert _find("", "是的") == []
+
+
+def test_several_occurrences_are_reported_best_first() -> None:
+    found = _find("保本", "保本，真的保本吗？宝本")
+    assert len(found) == 3 and all(not negated for _, _, negated in found)
+
+
+def test_segments_are_cut_at_marks_by_their_word_times() -> None:
+    from compliance.asr import Segment, Word
+
+    words = (Word(10.0, 10.5, "我同意，"), Word(24.0, 24.4, "是"), Word(24.4, 24.8, "的。"))
+    segment = Segment(10.0, 24.8, "我同意，是的。", -0.2, words)
+    first = segment.within(0.0, 20.0)
+    second = segment.within(20.0, 30.0)
+    assert first is not None and first.text == "我同意，" and first.end == 10.5
+    assert second is not None and second.text == "是的。" and second.start == 24.0
+    assert segment.within(30.0, 40.0) is None
+    assert segment.within(0.0, 30.0) is segment
+    moved = second.shifted(-20.0)
+    assert (moved.start, moved.words[0].start) == (4.0, 4.0)
+    plain = Segment(10.0, 24.8, "我同意，是的。")
+    assert plain.within(20.0, 30.0) is plain and plain.within(30.0, 40.0) is None
