@@ -13,7 +13,6 @@ import io
 import os
 import secrets
 import signal
-import socket
 import sys
 import textwrap
 from collections.abc import AsyncIterator, Callable
@@ -26,6 +25,7 @@ from minio.error import S3Error
 from minio.retention import Retention
 from pydantic import SecretStr
 
+from bench.media import free_port
 from recorder.store.config import S3_ENVIRONMENT, StoreSettings
 from recorder.store.s3 import (
     ArchiveBucket,
@@ -244,13 +244,6 @@ async def test_get_detects_bytes_that_do_not_match_their_digest(bucket: ArchiveB
 
 
 # --- outages and crashes ----------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def minio_sh(*args: str) -> str:

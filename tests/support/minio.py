@@ -5,14 +5,14 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from tests.support.process import free_ports
+from bench.media import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 class PrivateMinio:
     def __init__(self, data_dir: Path) -> None:
-        self.port = free_ports(2)  # S3 and console
+        self.port = free_port(consecutive=2)  # S3 and console
         self._options = ["--data-dir", str(data_dir), "--port", str(self.port)]
 
     def _run(self, *command: str) -> str:

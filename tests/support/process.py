@@ -6,32 +6,19 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import aiohttp
 
-from tests.support.server import PASSWORD, free_port
-
-
-def free_ports(count: int) -> int:
-    """A base port with `count` consecutive free ports (workers take base, base+1, ...)."""
-    while True:
-        base = free_port()
-        try:
-            for offset in range(1, count):
-                with socket.socket() as probe:
-                    probe.bind(("127.0.0.1", base + offset))
-            return base
-        except OSError:
-            continue
+from bench.media import free_port
+from tests.support.server import PASSWORD
 
 
 class ServerProcess:
     def __init__(self, data_dir: Path, *, workers: int = 1, **settings: str) -> None:
-        self.port = free_ports(workers)
+        self.port = free_port(consecutive=workers)  # worker i takes port + i
         self.workers = workers
         self.env = (
             dict(os.environ)

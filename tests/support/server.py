@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -12,19 +11,13 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from bench.media import free_port
 from server.app import create_app
 from server.auth.principal import Role
 from server.context import SERVICES, Services
 from server.settings import Settings
 
 PASSWORD = "correct-horse-battery"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def test_settings(data_dir: Path, **overrides: Any) -> Settings:
