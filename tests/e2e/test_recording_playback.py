@@ -13,7 +13,7 @@ from recorder.seal.signing import load_public_keys
 from recorder.verify import verify_archive
 from tests.e2e.browser import participant_page
 from tests.integration.test_lipsync import _KeepPlaintext
-from tests.integration.test_recording import _record, _sealed, _stored, _teller_and_customer
+from tests.integration.test_recording import recorded_call
 from tests.support.bot import dominant
 from tests.support.server import RunningServer, free_port
 
@@ -23,22 +23,12 @@ PLAYER = '<video id="v" src="/recording.webm" muted autoplay></video>'
 async def test_the_decrypted_recording_plays_in_chromium(
     pw: Playwright, server: RunningServer, tmp_path: Path
 ) -> None:
-    teller, customer, _ = await _teller_and_customer(server)
-    try:
-        await teller.join()
-        await customer.join()
-        started = await _record(server, teller, customer)
-        await asyncio.sleep(4)
-        await teller.send({"type": "recording_stop"})
-        await _sealed(teller)
-    finally:
-        await customer.close()
-        await teller.close()
+    archive = await recorded_call(server, 4)
     keys = server.settings.data_dir / "keys"
     plaintext = _KeepPlaintext()
     report = await asyncio.to_thread(
         verify_archive,
-        await _stored(server, str(started["archive_id"])),
+        archive,
         load_public_keys(keys / "public"),
         keyring=LocalKeyring.open(keys / "keyring.json"),
         inspector=plaintext,

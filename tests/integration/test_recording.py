@@ -130,22 +130,27 @@ async def test_customer_can_decline_and_nothing_is_recorded(server: RunningServe
         await teller.close()
 
 
-async def test_export_verifies_offline_and_tampering_is_named(
-    server: RunningServer, tmp_path: Path
-) -> None:
+async def recorded_call(server: RunningServer, seconds: float) -> S3Archive:
+    """A teller and a customer record for `seconds`; the sealed archive, once it is stored."""
     teller, customer, _ = await _teller_and_customer(server)
     try:
         await teller.join()
         await customer.join()
         started = await _record(server, teller, customer)
-        await asyncio.sleep(3)
+        await asyncio.sleep(seconds)
         await teller.send({"type": "recording_stop"})
         await _sealed(teller)
     finally:
         await customer.close()
         await teller.close()
-    archive_id = str(started["archive_id"])
-    await _stored(server, archive_id)
+    return await _stored(server, str(started["archive_id"]))
+
+
+async def test_export_verifies_offline_and_tampering_is_named(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    archive = await recorded_call(server, 3)
+    archive_id = archive.prefix.removeprefix("archives/").rstrip("/")
     data_dir = server.settings.data_dir
     package = tmp_path / "package"
     bucket = server.settings.store.bucket

@@ -246,7 +246,6 @@ def test_export_package_verifies(setup: Setup, tmp_path: Path) -> None:
     assert vteller(["verify", str(out)]) == 1
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
 def test_export_verifies_with_openssl_alone(setup: Setup, tmp_path: Path) -> None:
     seal(setup, tmp_path / "a")
     out = export_archive(
