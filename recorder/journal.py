@@ -2,8 +2,9 @@
 
 If the process dies mid-recording, the segments are in the spool or the archive store, but the
 manifest that lists them was never written. The journal holds everything the manifest needs
-(the wrapped data key, every sealed segment, marks, presence, tracks), one fsync'ed JSON line per
-event, so that on restart the archive is finalized as "interrupted" and still verifies.
+(the wrapped data key, every sealed segment, marks, presence, tracks, identity), one fsync'ed
+JSON line per event, so that on restart the archive is finalized as "interrupted" and still
+verifies.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class JournalState:
     presence: list[dict[str, Any]] = field(default_factory=list)
     tracks: list[dict[str, Any]] = field(default_factory=list)
     gaps: list[dict[str, Any]] = field(default_factory=list)
+    identity: dict[str, Any] | None = None
     last_media_ms: int = 0
     last_wall: str = ""
     sealed: bool = False
@@ -77,6 +79,8 @@ class Journal:
                     state.tracks.append(record)
                 elif kind == "gap":
                     state.gaps.append(record)
+                elif kind == "identity":
+                    state.identity = record["identity"]  # the newest one holds
                 elif kind == "sealed":
                     state.sealed = True
         if state is None:

@@ -124,6 +124,7 @@ class RecordingSession:
         self._presence: dict[str, _Presence] = {}
         self._marks: list[dict[str, Any]] = []
         self._gaps: list[dict[str, Any]] = []
+        self._identity: dict[str, Any] | None = None
         self._tasks: asyncio.Queue[Callable[[], Awaitable[None]] | None] = asyncio.Queue()
         self._journal = Journal.create(
             context.journal_dir,
@@ -196,6 +197,12 @@ class RecordingSession:
         self._marks.append(record)
         self._journal_later("mark", record)
         return media_ms
+
+    def set_identity(self, identity: dict[str, Any]) -> None:
+        """The identity verification result for the manifest (free-form, no floats; the
+        latest call wins: a retried verification replaces the earlier outcome)."""
+        self._identity = identity
+        self._journal_later("identity", {"identity": identity})
 
     @property
     def pending_segments(self) -> int:
@@ -292,6 +299,7 @@ class RecordingSession:
                 for i, owner in sorted(self._slot_owner.items())
             ],
             "gaps": list(self._gaps),
+            "identity": self._identity,
         }
 
     def _sealed(self, segment: SealedSegment) -> None:
@@ -347,7 +355,6 @@ async def seal_manifest(
                 "format_version": FORMAT_VERSION,
                 "archive_id": archive_id,
                 "product": None,
-                "identity": None,
                 "compliance": None,
                 "recorder_version": RECORDER_VERSION,
                 "finalized_at": format_timestamp(finalized_at),
@@ -423,5 +430,6 @@ async def recover(context: RecorderContext, journal: Journal) -> ArchiveRecord:
             {k: t[k] for k in ("id", "kind", "participant_id", "source")} for t in state.tracks
         ],
         "gaps": gaps,
+        "identity": state.identity,
     }
     return await seal_manifest(context, fields, journal)

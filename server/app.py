@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
 from server.api import auth_routes, join_routes, pages, session_routes
@@ -11,6 +13,9 @@ from server.auth.ratelimit import LoginThrottle
 from server.auth.service import AuthService
 from server.context import SERVICES, Services
 from server.db.engine import create_engine, migrate, session_factory
+from server.identity.engines import IdentityEngines
+from server.identity.records import IdentityRecords
+from server.identity.verification import IdentityServices
 from server.metrics import Metrics, metrics_handler, metrics_token
 from server.recording.manager import RecordingManager
 from server.sessions.store import SessionStore
@@ -42,7 +47,13 @@ async def create_app(settings: Settings) -> web.Application:
     recorder = RecordingManager(settings, db)
     # Checkpoints are signed with the worker's signing key, published next to the manifests' one.
     audit = AuditLog(db, recorder.signer)
-    rooms = RoomRegistry(store, settings, policy, recorder, audit)
+    identity = IdentityServices(
+        engines=IdentityEngines(settings.identity),
+        records=IdentityRecords(db, settings.data_dir / "keys" / "identity-keyring.json"),
+        store=store,
+        audit=audit,
+    )
+    rooms = RoomRegistry(store, settings, policy, recorder, audit, identity)
     services = Services(
         settings=settings,
         engine=engine,
@@ -51,6 +62,7 @@ async def create_app(settings: Settings) -> web.Application:
         rooms=rooms,
         workers=WorkerRegistry(db, settings, rooms),
         audit=audit,
+        identity=identity,
     )
 
     app = web.Application(
@@ -82,6 +94,7 @@ async def create_app(settings: Settings) -> web.Application:
         await metrics.stop()
 
     async def dispose_engine(_: web.Application) -> None:
+        await asyncio.to_thread(identity.engines.close)
         await engine.dispose()
 
     app.on_startup.append(start_worker)

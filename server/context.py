@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from server.audit.log import AuditLog
 from server.auth.service import AuthService
+from server.identity.verification import IdentityServices
 from server.sessions.store import SessionStore
 from server.settings import Settings
 from server.sfu.rooms import RoomRegistry
@@ -24,6 +25,7 @@ class Services:
     rooms: RoomRegistry
     workers: WorkerRegistry
     audit: AuditLog
+    identity: IdentityServices
 
 
 SERVICES = web.AppKey("services", Services)

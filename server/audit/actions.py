@@ -33,6 +33,17 @@ ACTIONS: dict[str, str] = {
     "recording.stopped": "the teller stopped the recording",
     "recording.sealed": "a recording was sealed and chained (target: archive id; "
     "detail.status, detail.manifest_sha256)",
+    "identity.requested": "the teller started identity verification (target: session id)",
+    "identity.consent": "the customer answered the face recognition consent request "
+    "(detail.granted)",
+    "identity.step_started": "the teller started an automatic identity step (detail.step: "
+    "card_front | card_back | face | liveness)",
+    "identity.checked": "an identity step ended (detail.step, outcome = pass | fail, reason, "
+    "record = the encrypted identity record's id)",
+    "identity.manual": "the teller verified identity manually (detail.decision = pass | fail, "
+    "detail.reason, detail.previous_state)",
+    "identity.result": "the session's identity verification concluded (detail.decision, "
+    "detail.method = automatic | manual)",
 }
 
 # Detail members that must never be written: credentials and identity document numbers. This is a

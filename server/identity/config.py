@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from server.identity.liveness import Challenge
+
 FaceEngineName = Literal["yunet", "insightface"]
 
 
@@ -27,3 +29,13 @@ class IdentityConfig(BaseModel):
     insightface_pack_dir: Path | None = None
     insightface_sha256: dict[str, str] = Field(default_factory=dict)
     threads: int = Field(default=2, ge=1, le=64)
+
+    # The in-call verification (server/identity/verification.py).
+    max_attempts: int = Field(default=3, ge=1, le=10, description="per step, then manual review")
+    card_capture_seconds: float = Field(default=20.0, gt=0, le=120)
+    face_capture_seconds: float = Field(default=6.0, gt=0, le=60)
+    challenge_seconds: float = Field(default=8.0, gt=0, le=30)
+    challenge_count: tuple[int, int] = (2, 3)
+    # Challenges the engine cannot judge are left out: blink and open_mouth need 106-point
+    # landmarks (the insightface engine with 2d106det); yunet gives 5 points (turns only).
+    liveness_challenges: tuple[Challenge, ...] = tuple(Challenge)

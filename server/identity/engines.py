@@ -17,6 +17,7 @@ import tempfile
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import TypeVar
@@ -24,12 +25,22 @@ from typing import TypeVar
 import numpy as np
 
 from server.identity.config import FaceEngineName, IdentityConfig
-from server.identity.face import FaceEngine
-from server.identity.face.match import MatchResult, match
+from server.identity.face import DenseLandmarks, FaceEngine
+from server.identity.face.match import MatchResult, live_faces, match
+from server.identity.liveness import Challenge
 from server.identity.ocr import OcrEngine, Side
 from server.identity.ocr.reader import CardCheck, CardReading, assess, read_card
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class FaceObservation:
+    """One live frame as the liveness check sees it."""
+
+    faces: int  # the faces that count (server.identity.face.match.live_faces)
+    landmarks: np.ndarray | None  # of the largest face: 106 x 2 or 5 x 2
+    width: float  # of the largest face, pixels
 
 
 class IdentityEngines:
@@ -112,7 +123,30 @@ class IdentityEngines:
         with self._lock_for(f"face:{face.name}"):
             return match(id_photo_image, live_image, face, threshold)
 
+    def observe_face(self, image: np.ndarray) -> FaceObservation:
+        """The faces that count in a live frame and the landmarks of the largest: 106 points
+        when the engine has a landmark model (blink and mouth challenges need them), else 5."""
+        face = self.face()
+        with self._lock_for(f"face:{face.name}"):
+            faces = live_faces(face.detect(image))
+            if not faces:
+                return FaceObservation(0, None, 0.0)
+            main = faces[0]
+            landmarks = main.landmarks
+            if isinstance(face, DenseLandmarks) and face.has_landmarks106:
+                landmarks = face.landmarks106(image, main)
+            return FaceObservation(len(faces), np.asarray(landmarks), main.width)
+
+    def supported_challenges(self) -> set[Challenge]:
+        face = self.face()
+        if isinstance(face, DenseLandmarks) and face.has_landmarks106:
+            return set(Challenge)
+        return {Challenge.TURN_LEFT, Challenge.TURN_RIGHT}
+
     # --- async wrappers: never run inference on the event loop ---
+
+    async def observe_face_async(self, image: np.ndarray) -> FaceObservation:
+        return await self._run(self.observe_face, image)
 
     async def _run(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
         loop = asyncio.get_running_loop()

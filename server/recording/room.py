@@ -52,6 +52,7 @@ class RoomRecording:
         self._recording: RecordingSession | None = None
         self._published: dict[tuple[str, str], tuple[Role, EncodedSource]] = {}
         self._present: dict[str, Member] = {}
+        self._identity: dict[str, Any] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -107,12 +108,27 @@ class RoomRecording:
             )
         for (participant_id, source), (role, encoded) in self._published.items():
             recording.follow(participant_id, role.value, source, encoded)
+        if self._identity is not None:
+            # Verified before the recording started: the archive still carries the result.
+            recording.set_identity(self._identity)
         await self._announce()
 
     def mark(self, moment: str, phase: str) -> int:
         if self._recording is None or self.state != "recording":
             raise ProtocolError("out_of_order", "Start the recording first.", "mark")
         return self._recording.mark(moment, phase)
+
+    def note(self, moment: str, phase: str) -> int | None:
+        """A mark made by the server (not the teller) when a recording runs; None otherwise."""
+        if self._recording is None or self.state != "recording":
+            return None
+        return self._recording.mark(moment, phase)
+
+    def identity(self, summary: dict[str, Any]) -> None:
+        """The session's identity verification result, for this and any later recording."""
+        self._identity = summary
+        if self._recording is not None and self.state == "recording":
+            self._recording.set_identity(summary)
 
     async def stop(self, status: str = "complete") -> None:
         recording = self._recording

@@ -19,12 +19,16 @@ import structlog
 from server.audit import SYSTEM, AuditLog, AuditUnavailable
 from server.auth.principal import Role
 from server.db.models import CallSession
+from server.identity.ocr import Side
+from server.identity.verification import STAFF as IDENTITY_STAFF
+from server.identity.verification import IdentityServices, IdentityVerification, Step
 from server.recording.manager import RecordingManager
 from server.recording.room import Audience, RoomRecording
 from server.recording.room import Member as RecordedMember
 from server.sessions.store import SessionStore
 from server.sessions.views import chat_view, participant_view, session_view
 from server.settings import Settings
+from server.sfu.encoded import EncodedSource
 from server.sfu.forwarding import Publication
 from server.sfu.ice_policy import IcePolicy
 from server.sfu.peer import Peer
@@ -88,12 +92,21 @@ class Room:
         on_retire: Callable[[Publication], None],
         recorder: RecordingManager,
         audit: AuditLog,
+        identity: IdentityServices,
     ) -> None:
         self.session_id = session_id
         self._on_retire = on_retire
         self._recorder = recorder
         self._audit = audit
         self.recording: RoomRecording | None = None
+        self.identity = IdentityVerification(
+            session_id,
+            identity,
+            self._send_roles,
+            self._customer_camera,
+            self._note,
+            self._identity_result,
+        )
         self.observe_delay: Callable[[float], None] | None = None
         self._store = store
         self._settings = settings
@@ -197,6 +210,10 @@ class Room:
             )
         )
         await connection.send(self.recording.message())
+        if role is Role.CUSTOMER:
+            await connection.send(self.identity.public_message())
+        elif role in IDENTITY_STAFF:
+            await connection.send(self.identity.staff_message())
         await peer.negotiate()
         await self._broadcast(
             server_message(
@@ -281,6 +298,7 @@ class Room:
     async def end(self, by: str | None) -> CallSession:
         member = self.members.get(by) if by is not None else None
         await self._log("session.ended", by, member.role if member else None)
+        await self.identity.close()
         if self.recording is not None:
             await self.recording.stop("complete")
         session = await self._store.end(self.session_id, by, "ended_by_participant")
@@ -300,6 +318,7 @@ class Room:
 
     async def shutdown(self) -> None:
         """Server stopping: close everything; clients reconnect to the next server."""
+        await self.identity.close()
         if self.recording is not None:
             await self.recording.stop("interrupted")
         for member in self.members.values():
@@ -403,7 +422,48 @@ class Room:
         await self.recording.stop("complete")
         await self._store.record(self.session_id, "recording_stopped", participant_id)
 
+    async def identity_start(self, participant_id: str) -> None:
+        self._require_role(participant_id, Role.TELLER, "verify identity", "identity_start")
+        await self.identity.start(participant_id, self._has_connected(Role.CUSTOMER))
+
+    async def identity_consent(self, participant_id: str, granted: bool) -> None:
+        self._require_role(participant_id, Role.CUSTOMER, "consent", "identity_consent")
+        await self.identity.give_consent(participant_id, granted)
+
+    async def identity_step(self, participant_id: str, step: str) -> None:
+        self._require_role(participant_id, Role.TELLER, "verify identity", "identity_step")
+        await self.identity.run_step(participant_id, Step(step))
+
+    async def identity_upload(self, participant_id: str, side: Side, image: Any) -> None:
+        self._require_role(participant_id, Role.CUSTOMER, "upload the card", "identity_upload")
+        await self.identity.upload_card(participant_id, side, image)
+
+    async def identity_manual(self, participant_id: str, decision: str, reason: str) -> None:
+        self._require_role(participant_id, Role.TELLER, "verify identity", "identity_manual")
+        await self.identity.manual(participant_id, decision, reason)
+
     # -- internals ---------------------------------------------------------------------------
+
+    def _customer_camera(self) -> EncodedSource | None:
+        for (participant_id, source), publication in self._publications.items():
+            member = self.members.get(participant_id)
+            if source == "camera" and member is not None and member.role is Role.CUSTOMER:
+                return publication.encoded
+        return None
+
+    def _note(self, moment: str, phase: str) -> None:
+        if self.recording is not None:
+            self.recording.note(moment, phase)
+
+    def _identity_result(self, summary: dict[str, Any]) -> None:
+        if self.recording is not None:
+            self.recording.identity(summary)
+
+    async def _send_roles(self, message: dict[str, Any], roles: frozenset[Role]) -> None:
+        for member in list(self.members.values()):
+            if member.connection is not None and member.role in roles:
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await member.connection.send(message)
 
     async def _log(
         self,
@@ -545,10 +605,12 @@ class RoomRegistry:
         policy: IcePolicy,
         recorder: RecordingManager,
         audit: AuditLog,
+        identity: IdentityServices,
     ) -> None:
         self._store = store
         self._recorder = recorder
         self._audit = audit
+        self._identity = identity
         self._settings = settings
         self._policy = policy
         self._rooms: dict[str, Room] = {}
@@ -568,6 +630,7 @@ class RoomRegistry:
                 self._retire,
                 self._recorder,
                 self._audit,
+                self._identity,
             )
             room.observe_delay = self.observe_delay
             self._rooms[session_id] = room

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections import deque
@@ -14,6 +15,7 @@ from server.api.access import check_origin, principals
 from server.auth.principal import Principal, Role
 from server.context import services
 from server.errors import ApiError
+from server.identity.images import ImageInputError, ImageLimits, decode_image
 from server.settings import Settings
 from server.sfu.rooms import Room, RoomRegistry
 from server.signaling.protocol import (
@@ -23,6 +25,11 @@ from server.signaling.protocol import (
     Consent,
     End,
     Ice,
+    IdentityConsent,
+    IdentityManual,
+    IdentityStart,
+    IdentityStep,
+    IdentityUpload,
     Join,
     Leave,
     Mark,
@@ -39,7 +46,9 @@ from server.signaling.protocol import (
 log = structlog.get_logger(__name__)
 
 # aiohttp closes (1009) beyond this; up to it, oversized frames get a readable error instead.
-HARD_FRAME_LIMIT = 1024 * 1024
+# Room for a photo of the ID card (identity_upload); text messages have their own, lower limit.
+HARD_FRAME_LIMIT = 4 * 1024 * 1024
+MAX_UPLOAD_BYTES = HARD_FRAME_LIMIT - 1024
 CLOSE_CODES = {401: 4401, 403: 4403, 404: 4404, 410: 4410}
 CLOSE_WRONG_WORKER = 4421
 
@@ -113,7 +122,7 @@ async def signaling(request: web.Request) -> web.WebSocketResponse:
                 if not await session.handle(frame.data):
                     break
             elif frame.type == WSMsgType.BINARY:
-                await session.handle_binary()
+                await session.handle_binary(frame.data)
     finally:
         await session.finish()
     return ws
@@ -163,12 +172,35 @@ class _Session:
         self._rate = _RateLimit(settings.ws_max_messages_per_second)
         self._joined = False
         self._done = False  # left or ended deliberately: no rejoin grace
+        self._upload: IdentityUpload | None = None  # announced; its binary frame comes next
 
-    async def handle_binary(self) -> None:
+    async def handle_binary(self, data: bytes) -> None:
         if self._rate.exceeded():
             await self._error(ProtocolError("rate_limited", "Too many messages; slow down."))
             return
-        await self._error(ProtocolError("bad_json", "Send text frames with JSON."))
+        upload, self._upload = self._upload, None
+        if upload is None:
+            await self._error(ProtocolError("bad_json", "Send text frames with JSON."))
+            return
+        try:
+            if len(data) != upload.bytes:
+                raise ProtocolError(
+                    "invalid_message",
+                    f"identity_upload announced {upload.bytes} bytes but {len(data)} came.",
+                    "identity_upload",
+                )
+            try:
+                # Decoding is CPU work on untrusted bytes: off the loop, with caps checked first.
+                image = await asyncio.to_thread(
+                    decode_image, data, ImageLimits(max_bytes=MAX_UPLOAD_BYTES)
+                )
+            except ImageInputError as exc:
+                raise ProtocolError(
+                    "bad_image", f"{exc.code}: {exc.message_en}", "identity_upload"
+                ) from exc
+            await self._room.identity_upload(self._participant_id, upload.side, image)
+        except ProtocolError as exc:
+            await self._error(exc)
 
     async def handle(self, raw: str) -> bool:
         """Process one frame; False closes the connection."""
@@ -246,6 +278,26 @@ class _Session:
             await self._room.mark(self._participant_id, message.moment, message.phase)
         elif isinstance(message, RecordingStop):
             await self._room.recording_stop(self._participant_id)
+        elif isinstance(message, IdentityStart):
+            await self._room.identity_start(self._participant_id)
+        elif isinstance(message, IdentityConsent):
+            await self._room.identity_consent(self._participant_id, message.granted)
+        elif isinstance(message, IdentityStep):
+            await self._room.identity_step(self._participant_id, message.step)
+        elif isinstance(message, IdentityUpload):
+            if self._principal.role is not Role.CUSTOMER:
+                raise ProtocolError(
+                    "forbidden", "Only the customer uploads a card.", "identity_upload"
+                )
+            if message.bytes > MAX_UPLOAD_BYTES:
+                raise ProtocolError(
+                    "message_too_large",
+                    f"Photos may be at most {MAX_UPLOAD_BYTES} bytes; send a smaller one.",
+                    "identity_upload",
+                )
+            self._upload = message
+        elif isinstance(message, IdentityManual):
+            await self._room.identity_manual(self._participant_id, message.decision, message.reason)
         elif isinstance(message, End):
             if self._principal.role not in (Role.TELLER, Role.CUSTOMER):
                 raise ProtocolError("forbidden", "Only the teller or the customer can end.", "end")

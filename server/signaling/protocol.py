@@ -90,6 +90,35 @@ class RecordingStop(_Message):
     type: Literal["recording_stop"]
 
 
+class IdentityStart(_Message):
+    type: Literal["identity_start"]
+
+
+class IdentityConsent(_Message):
+    type: Literal["identity_consent"]
+    granted: bool
+
+
+class IdentityStep(_Message):
+    type: Literal["identity_step"]
+    step: Literal["card_front", "card_back", "face", "liveness"]
+
+
+class IdentityUpload(_Message):
+    """Announces a photo of the card; the next frame is binary and carries it (JPEG or PNG)."""
+
+    type: Literal["identity_upload"]
+    side: Literal["front", "back"]
+    bytes: int = Field(ge=1)
+
+
+class IdentityManual(_Message):
+    type: Literal["identity_manual"]
+    decision: Literal["pass", "fail"]
+    # Why the teller decided without (or against) the automatic checks: it is the audit record.
+    reason: str = Field(min_length=4, max_length=500)
+
+
 ClientMessage = Annotated[
     Join
     | Answer
@@ -102,7 +131,12 @@ ClientMessage = Annotated[
     | RecordingStart
     | Consent
     | Mark
-    | RecordingStop,
+    | RecordingStop
+    | IdentityStart
+    | IdentityConsent
+    | IdentityStep
+    | IdentityUpload
+    | IdentityManual,
     Field(discriminator="type"),
 ]
 _CLIENT_MESSAGE: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
@@ -119,6 +153,11 @@ CLIENT_TYPES = (
     "consent",
     "mark",
     "recording_stop",
+    "identity_start",
+    "identity_consent",
+    "identity_step",
+    "identity_upload",
+    "identity_manual",
 )
 
 

@@ -1,7 +1,7 @@
 """A headless participant: speaks the signaling protocol and sends/receives media with aiortc.
 
 It sends a solid colour and a sine tone, so a test can tell by colour and pitch whose media
-arrived where.
+arrived where; or, given a `FramesTrack`, camera images (an ID card, a turning face).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import fractions
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +46,37 @@ class ColourTrack(VideoStreamTrack):
         pts, time_base = await self.next_timestamp()
         dark = self._flash_at is not None and time.monotonic() < self._flash_at
         frame = VideoFrame.from_ndarray(self._dark if dark else self._image, format="rgb24")
+        frame.pts, frame.time_base = pts, time_base
+        return frame
+
+
+class FramesTrack(VideoStreamTrack):
+    """A camera showing BGR images (ndarray, any size), looped at `fps` frames a second.
+
+    Frames are picked by media time, not one per `recv`, so a sequence made for 15 fps plays at
+    its own speed although the track runs at aiortc's 30 fps. `show` swaps what the camera shows,
+    from the first of the new frames, while the track is live.
+    """
+
+    def __init__(self, frames: Sequence[np.ndarray], fps: int = 15) -> None:
+        super().__init__()
+        self._fps = fps
+        self.show(frames)
+
+    def show(self, frames: Sequence[np.ndarray]) -> None:
+        if not frames:
+            raise ValueError("no frames to show")
+        self._frames = list(frames)
+        self._since: fractions.Fraction | None = None  # media time when they were first shown
+
+    async def recv(self) -> VideoFrame:
+        pts, time_base = await self.next_timestamp()
+        # Exact fractions: in floats, frame k of 30 fps can land a hair before 15 fps frame k/2.
+        now = pts * time_base
+        if self._since is None:
+            self._since = now
+        image = self._frames[int((now - self._since) * self._fps) % len(self._frames)]
+        frame = VideoFrame.from_ndarray(image, format="bgr24")
         frame.pts, frame.time_base = pts, time_base
         return frame
 
@@ -103,6 +135,7 @@ class Bot:
     tone_hz: float = 440.0
     publish: bool = True
     flash_at: float | None = None  # black and silent until then (time.monotonic())
+    video: MediaStreamTrack | None = None  # the camera instead of `colour` (flash_at not applied)
     messages: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
     history: list[str] = field(default_factory=list)  # the type of every message received
     received: dict[str, Received] = field(default_factory=dict)
@@ -169,7 +202,11 @@ class Bot:
             transceiver.direction = "sendonly"
             if self.publish and transceiver.sender.track is None:
                 if slot["source"] == "camera":
-                    track = ColourTrack(COLOURS[self.colour], self.flash_at)
+                    track = (
+                        self.video
+                        if self.video is not None
+                        else ColourTrack(COLOURS[self.colour], self.flash_at)
+                    )
                     transceiver.sender.replaceTrack(track)
                 elif slot["source"] == "microphone":
                     transceiver.sender.replaceTrack(ToneTrack(self.tone_hz, self.flash_at))

@@ -13,6 +13,9 @@
 //   'recording' (recording)                    the dual recording changed (normalized `recording`, see recording.js)
 //   'consent_request' ()                       customer: the teller asks to start recording
 //   'marked'    ({moment, phase, media_ms})    staff: a key moment was marked
+//   'identity'  (identity)                     identity verification changed (normalized, see identity.js)
+//   'identity_consent_request' ()              customer: consent to face recognition is asked for
+//   'identity_hint' ({message_zh, message_en}) customer: what to change while the card is captured
 import { Emitter } from './emitter.js';
 import { Signaling } from './signaling.js';
 import { CallClient } from './webrtc.js';
@@ -21,6 +24,7 @@ import { post } from './api.js';
 import { t, translate } from './i18n.js';
 import { confirmDialog, errorText, toast } from './ui.js';
 import { normalizeRecording } from './recording.js';
+import { normalizeIdentity } from './identity.js';
 
 const FATAL_BY_CLOSE_CODE = {
   4400: 'protocol',
@@ -102,6 +106,12 @@ export class CallSession extends Emitter {
     return !this.#over && this.#signaling.send(type, fields);
   }
 
+  /** Sends a photo of the ID card (`side`: front | back) as `identity_upload` + binary frame. */
+  sendCardPhoto(side, data) {
+    if (this.#over || !this.#signaling.send('identity_upload', { side, bytes: data.byteLength })) return false;
+    return this.#signaling.sendBinary(data);
+  }
+
   /** Ends the session for everyone (teller or customer). */
   async end() {
     if (this.#signaling.send('end')) return;
@@ -167,6 +177,9 @@ export class CallSession extends Emitter {
       this.emit('recording', this.recording);
     });
     signaling.on('consent_request', () => this.emit('consent_request'));
+    signaling.on('identity', (msg) => this.emit('identity', normalizeIdentity(msg)));
+    signaling.on('identity_consent_request', () => this.emit('identity_consent_request'));
+    signaling.on('identity_hint', ({ message }) => this.emit('identity_hint', message));
     signaling.on('marked', ({ moment, phase, media_ms: mediaMs }) => {
       if (typeof moment !== 'string' || !['start', 'end'].includes(phase)) return;
       this.emit('marked', { moment, phase, media_ms: Number(mediaMs) || 0 });

@@ -66,6 +66,13 @@ export class Signaling extends Emitter {
     return true;
   }
 
+  /** A binary frame (the photo announced by an `identity_upload` just before). */
+  sendBinary(data) {
+    if (this.#ws?.readyState !== WebSocket.OPEN) return false;
+    this.#ws.send(data);
+    return true;
+  }
+
   /** Deliberate leave: the server releases the seat at once instead of waiting for a rejoin. */
   leave() {
     this.send('leave');

@@ -6,6 +6,7 @@ import { getCameraAndMicrophone, stopStream, LevelMeter } from '/static/common/m
 import { CallSession } from '/static/common/call-session.js';
 import { bindMediaToggles } from '/static/common/callview.js';
 import { wireCustomerRecording } from '/static/common/recording.js';
+import { wireCustomerIdentity } from '/static/common/identity.js';
 
 const $ = (id) => document.getElementById(id);
 const SCREENS = { loading: 'loading', error: 'error-page', 'device-check': 'device-check', lobby: 'lobby', call: 'call', ended: 'ended' };
@@ -140,6 +141,7 @@ function enterLobby(session) {
 
   // The consent question is an overlay over the call (body[data-state] stays "call").
   wireCustomerRecording(call);
+  wireCustomerIdentity(call);
   $('end-call').onclick = () => call.endWithConfirmation();
   call.start();
 }

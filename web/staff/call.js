@@ -6,6 +6,7 @@ import { getCameraAndMicrophone, stopStream } from '/static/common/media.js';
 import { CallSession } from '/static/common/call-session.js';
 import { bindMediaToggles } from '/static/common/callview.js';
 import { RecordingPanel } from '/static/common/recording.js';
+import { IdentityPanel } from '/static/common/identity.js';
 
 const $ = (id) => document.getElementById(id);
 const sessionId = new URLSearchParams(location.search).get('session');
@@ -195,6 +196,10 @@ async function main() {
   wirePresence(call);
   // Only the teller runs the recording; experts and supervisors follow it read-only.
   new RecordingPanel({ call, canControl: user.role === 'teller' });
+  // The card's fields are the customer's personal data: the teller and a supervisor see them,
+  // an expert brought in for advice does not (the server does not send them either).
+  $('identity-panel').hidden = user.role === 'expert';
+  if (user.role !== 'expert') new IdentityPanel({ call, canControl: user.role === 'teller' });
   call.start();
 }
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -48,6 +48,16 @@ class FaceEngine(Protocol):
     def embed(self, image: np.ndarray, face: Face) -> np.ndarray: ...
 
     def compare(self, a: np.ndarray, b: np.ndarray) -> float: ...
+
+
+@runtime_checkable
+class DenseLandmarks(Protocol):
+    """An engine that can also give 106-point landmarks (InsightFace 2d106det)."""
+
+    @property
+    def has_landmarks106(self) -> bool: ...
+
+    def landmarks106(self, image: np.ndarray, face: Face) -> np.ndarray: ...
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:

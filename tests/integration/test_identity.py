@@ -1,0 +1,320 @@
+"""Identity verification in a call: real engines, media from the customer's own track.
+
+The customer bot's camera shows what a customer would hold up: the card's sides, then their face
+turning as asked (tests/fixtures/liveness.py, synthetic turns of a real photo), or a still photo.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+
+from recorder.store.s3 import ArchiveBucket, S3Archive
+from server.db.models import Archive, AuditEntry
+from server.identity.config import IdentityConfig
+from server.identity.liveness import Challenge
+from tests.fixtures.idcards import (
+    VALID_SPECS,
+    encode_jpeg,
+    load_face,
+    on_table,
+    render_back,
+    render_front,
+)
+from tests.fixtures.liveness import static_sequence, turn_sequence, webcam_frame
+from tests.integration.test_call import _expert_bot, _teller_and_customer
+from tests.support import server as support
+from tests.support.bot import Bot, FramesTrack
+
+SPEC = VALID_SPECS[2]  # its portrait is obama2.jpg; the live face is obama.jpg: same person
+FPS = 15
+
+
+def _card(side: str) -> np.ndarray:
+    card = render_front(SPEC) if side == "front" else render_back(SPEC)
+    return on_table(card, (1280, 720))
+
+
+def _face() -> list[np.ndarray]:
+    return turn_sequence(load_face("obama.jpg"), FPS)
+
+
+def _config(**overrides: Any) -> IdentityConfig:
+    # Turns only: the default engine (YuNet) gives 5 landmarks, which judge turns, not blinks.
+    values: dict[str, Any] = {
+        "liveness_challenges": (Challenge.TURN_LEFT, Challenge.TURN_RIGHT),
+    } | overrides
+    return IdentityConfig(**values)
+
+
+@pytest.fixture
+async def idserver(tmp_path: Path) -> AsyncIterator[support.RunningServer]:
+    settings = support.test_settings(
+        tmp_path, identity=_config(max_attempts=2, challenge_seconds=4.0)
+    )
+    async with support.running_server(settings) as running:
+        yield running
+
+
+async def _in_call(server: support.RunningServer) -> tuple[Bot, Bot, FramesTrack, str]:
+    teller, customer, session_id = await _teller_and_customer(server)
+    camera = FramesTrack([_card("front")], fps=FPS)
+    customer.video = camera
+    await teller.join()
+    await customer.join()
+    await teller.wait_for_media(customer.participant_id, "camera")
+    return teller, customer, camera, session_id
+
+
+async def _identity(
+    bot: Bot, until: set[str] | None = None, step: str | None = None, timeout: float = 60
+) -> dict[str, Any]:
+    """The next `identity` message in one of the states `until`, or with `step` finished."""
+    while True:
+        message = await bot.expect("identity", timeout=timeout)
+        if until is not None and message["state"] in until:
+            return message
+        if step is not None and message["steps"][step]["status"] in ("passed", "failed"):
+            return message
+
+
+async def _consented(teller: Bot, customer: Bot) -> None:
+    await teller.send({"type": "identity_start"})
+    await customer.expect("identity_consent_request")
+    await customer.send({"type": "identity_consent", "granted": True})
+    await _identity(teller, until={"in_progress"})
+
+
+async def _step(teller: Bot, step: str) -> dict[str, Any]:
+    await teller.send({"type": "identity_step", "step": step})
+    return await _identity(teller, step=step)
+
+
+async def _audit(server: support.RunningServer) -> list[AuditEntry]:
+    async with server.services.sessions._db() as db:  # the store's session factory
+        return list(await db.scalars(select(AuditEntry).order_by(AuditEntry.seq)))
+
+
+async def test_automatic_verification_passes_and_reaches_the_archive(
+    server: support.RunningServer,
+) -> None:
+    teller, customer, camera, session_id = await _in_call(server)
+    try:
+        # Recording first, so the identity moment lands in this archive's manifest.
+        await teller.send({"type": "recording_start"})
+        await customer.expect("consent_request")
+        await customer.send({"type": "consent", "granted": True})
+        await _consented(teller, customer)
+
+        front = await _step(teller, "card_front")
+        assert front["steps"]["card_front"]["status"] == "passed", front
+        assert front["fields"]["front"]["id_number"] == SPEC.id_number
+        assert front["fields"]["front"]["name"] == SPEC.name
+
+        camera.show([_card("back")])
+        back = await _step(teller, "card_back")
+        assert back["steps"]["card_back"]["status"] == "passed", back
+        assert back["fields"]["back"]["issuing_authority"] == SPEC.authority
+
+        camera.show(_face())
+        face = await _step(teller, "face")
+        assert face["steps"]["face"]["status"] == "passed", face
+
+        await teller.send({"type": "identity_step", "step": "liveness"})
+        challenge = await customer.expect("identity")
+        while challenge["challenge"] is None:
+            challenge = await customer.expect("identity")
+        assert challenge["challenge"]["challenge"] in ("turn_left", "turn_right")
+        done = await _identity(teller, step="liveness")
+        assert done["state"] == "passed", done
+        assert all(s["status"] == "passed" for s in done["steps"].values())
+
+        # The customer's copy: outcomes only, no card fields, no attempts, no scores anywhere.
+        seen = await _identity(customer, until={"passed"})
+        assert "fields" not in seen and "attempts" not in seen["steps"]["face"]
+        assert "score" not in json.dumps(seen) and "score" not in json.dumps(done)
+
+        await teller.send({"type": "recording_stop"})
+        while (await teller.expect("recording", timeout=30))["state"] != "sealed":
+            pass
+    finally:
+        await customer.close()
+        await teller.close()
+
+    # Stored encrypted: the name is nowhere in the clear, and the record opens with the key.
+    records = server.services.identity.records
+    rows = await records.for_session(session_id)
+    assert [r.step for r in rows] == ["card_front", "card_back", "face", "liveness"]
+    assert all(r.outcome == "pass" for r in rows)
+    assert all(SPEC.name.encode() not in r.sealed for r in rows)
+    assert all(SPEC.id_number.encode() not in r.sealed for r in rows)
+    opened = await records.open(rows[0].id)
+    assert opened.detail["fields"]["id_number"] == SPEC.id_number
+    assert set(opened.evidence) == {"card_front.jpg"}
+    face_record = await records.open(rows[2].id)
+    assert face_record.detail["decision"] == "pass" and face_record.detail["score"] > 0.5
+
+    actions = [e.action for e in await _audit(server) if e.target == session_id]
+    for action in ("identity.requested", "identity.consent", "identity.checked", "identity.result"):
+        assert action in actions
+
+    # The archive's manifest carries the identity moment: scores as decimals, evidence hashes.
+    manifest = await _manifest(server, session_id)
+    identity = manifest["identity"]
+    assert identity["decision"] == "pass" and identity["method"] == "automatic"
+    assert identity["steps"]["face"]["threshold"] == "0.5000"
+    assert identity["steps"]["face"]["evidence_sha256"] == rows[2].evidence_sha256
+    assert SPEC.id_number not in json.dumps(manifest, ensure_ascii=False)
+    names = [m["name"] for m in manifest["marks"]]
+    assert "identity.start" in names and "identity.end" in names
+
+
+async def _manifest(server: support.RunningServer, session_id: str) -> dict[str, Any]:
+    async with server.services.sessions._db() as db:
+        archive = await db.scalar(select(Archive).where(Archive.session_id == session_id))
+    assert archive is not None
+    await server.services.rooms._recorder.uploader.flush(timeout=30)
+    stored = S3Archive(ArchiveBucket.from_settings(server.settings.store), f"archives/{archive.id}")
+    data: dict[str, Any] = json.loads(await asyncio.to_thread(stored.read, "manifest.json"))
+    return data
+
+
+async def test_a_photo_replay_fails_liveness_then_the_teller_decides_manually(
+    idserver: support.RunningServer,
+) -> None:
+    server = idserver
+    teller, customer, camera, session_id = await _in_call(server)
+    expert = await _expert_bot(server, teller, session_id)
+    try:
+        await expert.join()
+        await _consented(teller, customer)
+        front = await _step(teller, "card_front")
+        assert front["steps"]["card_front"]["status"] == "passed", front
+
+        # Only staff may run steps; the customer is told so and nothing starts.
+        await customer.send({"type": "identity_step", "step": "face"})
+        refused = await customer.expect("error")
+        assert refused["code"] == "forbidden" and refused["ref"] == "identity_step"
+
+        camera.show(static_sequence(load_face("obama.jpg"), FPS, 1.0))
+        for attempt in (1, 2):
+            failed = await _step(teller, "liveness")
+            liveness = failed["steps"]["liveness"]
+            assert liveness["status"] == "failed" and liveness["attempts"] == attempt
+            assert liveness["messages"][0]["reason"] == "challenge_not_completed"
+        assert failed["state"] == "manual_review"
+
+        await teller.send({"type": "identity_step", "step": "liveness"})
+        assert (await teller.expect("error"))["code"] == "out_of_order"
+        await teller.send(
+            {"type": "identity_manual", "decision": "pass", "reason": "核对身份证原件，人证一致"}
+        )
+        done = await _identity(teller, until={"verified_manually"})
+        assert done["manual"]["decision"] == "pass"
+        seen = await _identity(customer, until={"verified_manually"})
+        assert "manual" not in seen  # the teller's reason stays with staff
+    finally:
+        await expert.close()
+        await customer.close()
+        await teller.close()
+    # An expert is brought in for advice: they see nothing of the customer's identity.
+    assert "identity" not in expert.history
+    manual = [e for e in await _audit(server) if e.action == "identity.manual"]
+    assert manual and manual[0].detail["reason"] == "核对身份证原件，人证一致"
+    rows = await server.services.identity.records.for_session(session_id)
+    assert [r.step for r in rows] == ["card_front", "liveness", "liveness", "manual"]
+
+
+async def test_declined_consent_leaves_only_the_manual_check(
+    idserver: support.RunningServer,
+) -> None:
+    teller, customer, _, session_id = await _in_call(idserver)
+    try:
+        await teller.send({"type": "identity_start"})
+        await customer.expect("identity_consent_request")
+        await customer.send({"type": "identity_consent", "granted": False})
+        declined = await _identity(teller, until={"manual_required"})
+        assert declined["consent"] is False
+        await teller.send({"type": "identity_step", "step": "card_front"})
+        refused = await teller.expect("error")
+        assert refused["code"] == "out_of_order" and "manually" in refused["message"]
+        await teller.send({"type": "identity_manual", "decision": "fail", "reason": "no"})
+        assert (await teller.expect("error"))["code"] == "invalid_message"  # reason too short
+        await teller.send(
+            {"type": "identity_manual", "decision": "fail", "reason": "客户未携带身份证原件"}
+        )
+        done = await _identity(teller, until={"verified_manually"})
+        assert done["manual"]["decision"] == "fail"
+    finally:
+        await customer.close()
+        await teller.close()
+    rows = await idserver.services.identity.records.for_session(session_id)
+    assert [(r.step, r.outcome) for r in rows] == [("manual", "fail")]
+
+
+async def test_card_upload_bad_images_and_a_different_face(
+    idserver: support.RunningServer,
+) -> None:
+    server = idserver
+    teller, customer, camera, session_id = await _in_call(server)
+    camera.show([webcam_frame(load_face("obama.jpg"))])  # no card in view: only the upload
+    try:
+        await _consented(teller, customer)
+        other = VALID_SPECS[1]  # a valid card whose portrait is another person
+
+        # Not an image: refused with a reason, no attempt used.
+        garbage = b"%PDF-1.4 not a photo"
+        await customer.send({"type": "identity_upload", "side": "front", "bytes": len(garbage)})
+        assert customer.ws is not None
+        await customer.ws.send_bytes(garbage)
+        bad = await customer.expect("error")
+        assert bad["code"] == "bad_image" and bad["message"].startswith("not_an_image")
+        # The announced size must match what comes.
+        await customer.send({"type": "identity_upload", "side": "front", "bytes": 10})
+        await customer.ws.send_bytes(b"12345")
+        assert (await customer.expect("error"))["code"] == "invalid_message"
+        # A binary frame nobody announced, and a teller trying to upload.
+        await customer.ws.send_bytes(b"12345")
+        assert (await customer.expect("error"))["code"] == "bad_json"
+        await teller.send({"type": "identity_upload", "side": "front", "bytes": 5})
+        assert (await teller.expect("error"))["code"] == "forbidden"
+        assert await server.services.identity.records.attempts(session_id, "card_front") == 0
+
+        photo = encode_jpeg(on_table(render_front(other)))
+        await customer.send({"type": "identity_upload", "side": "front", "bytes": len(photo)})
+        await customer.ws.send_bytes(photo)
+        front = await _identity(teller, step="card_front")
+        assert front["steps"]["card_front"]["status"] == "passed", front
+        assert front["fields"]["front"]["id_number"] == other.id_number
+
+        mismatch = await _step(teller, "face")
+        assert mismatch["steps"]["face"]["status"] == "failed"
+        assert mismatch["steps"]["face"]["messages"][0]["reason"] == "no_match"
+    finally:
+        await customer.close()
+        await teller.close()
+    rows = await server.services.identity.records.for_session(session_id)
+    opened = await server.services.identity.records.open(rows[0].id)
+    assert opened.detail["source"] == "upload"
+
+
+async def test_no_camera_is_reported_not_waited_for(idserver: support.RunningServer) -> None:
+    teller, customer, _ = await _teller_and_customer(idserver)
+    customer.publish = False
+    try:
+        await teller.join()
+        await customer.join()
+        await _consented(teller, customer)
+        result = await _step(teller, "card_front")
+        step = result["steps"]["card_front"]
+        assert step["status"] == "failed" and step["messages"][0]["reason"] == "no_video"
+    finally:
+        await customer.close()
+        await teller.close()
