@@ -36,6 +36,7 @@ from server.auth.principal import Role
 from server.identity.engines import IdentityEngines
 from server.identity.face.match import Decision, MatchReason, MatchResult
 from server.identity.idcard import Problem, check_back, check_front
+from server.identity.images import decode_image
 from server.identity.liveness import (
     MIN_FRAMES,
     Challenge,
@@ -212,6 +213,7 @@ class IdentityVerification:
         self._challenge: dict[str, Any] | None = None
         self._task: asyncio.Task[None] | None = None
         self._working: Step | None = None
+        self._restored = False
 
     # -- messages ------------------------------------------------------------------------------
 
@@ -238,6 +240,49 @@ class IdentityVerification:
     async def announce(self) -> None:
         await self._send(self.staff_message(), STAFF)
         await self._send(self.public_message(), CUSTOMER)
+
+    async def restore(self) -> None:
+        """Pick up where this session's verification was (the process restarted, or the session
+        moved to another worker): outcomes, attempts and the card photo come from the records."""
+        if self._restored:
+            return
+        self._restored = True
+        rows = await self._svc.records.for_session(self._session_id)
+        if not rows:
+            return
+        for row in rows:
+            if row.step == "manual":
+                opened = await self._svc.records.open(row.id)
+                self._manual = {
+                    "decision": opened.detail["decision"],
+                    "reason": opened.detail["reason"],
+                    "by": row.participant_id or "",
+                }
+                continue
+            state = self.steps[Step(row.step)]
+            state.attempts += 1
+            state.status = "passed" if row.outcome == "pass" else "failed"
+            state.record_id = row.id
+            state.evidence_sha256 = list(row.evidence_sha256)
+            if row.step == Step.CARD_FRONT and row.outcome == "pass":
+                opened = await self._svc.records.open(row.id)
+                self._fields["front"] = opened.detail.get("fields", {})
+                self._front_image = await asyncio.to_thread(
+                    decode_image, opened.evidence["card_front.jpg"]
+                )
+        # Steps run only after consent, so records mean it was given (or the teller decided).
+        self.consent = True if any(r.step != "manual" for r in rows) else None
+        if self._manual is not None:
+            self.state = "verified_manually"
+        elif all(s.status == "passed" for s in self.steps.values()):
+            self.state = "passed"
+        elif any(
+            s.status == "failed" and s.attempts >= self._config.max_attempts
+            for s in self.steps.values()
+        ):
+            self.state = "manual_review"
+        else:
+            self.state = "in_progress"
 
     # -- the teller and the customer -----------------------------------------------------------
 

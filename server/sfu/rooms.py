@@ -192,6 +192,7 @@ class Room:
                 self._audit,
             )
         self.recording.presence(_recorded(member), "rejoined" if rejoined else "joined")
+        await self.identity.restore()
         member.view = self._participant(session, participant_id)
         await connection.send(
             server_message(

@@ -318,3 +318,37 @@ async def test_no_camera_is_reported_not_waited_for(idserver: support.RunningSer
     finally:
         await customer.close()
         await teller.close()
+
+
+async def test_a_restarted_room_resumes_the_verification(idserver: support.RunningServer) -> None:
+    server = idserver
+    teller, customer, camera, session_id = await _in_call(server)
+    camera.show(_face())
+    try:
+        await _consented(teller, customer)
+        photo = encode_jpeg(on_table(render_front(SPEC)))
+        await customer.send({"type": "identity_upload", "side": "front", "bytes": len(photo)})
+        assert customer.ws is not None
+        await customer.ws.send_bytes(photo)
+        await _identity(teller, step="card_front")
+        # The worker drops every room (as a restart does); everyone reconnects.
+        await server.services.rooms.shutdown()
+    finally:
+        await customer.close()
+        await teller.close()
+    teller = Bot(teller.client, session_id)
+    customer = Bot(customer.client, session_id, video=FramesTrack(_face(), fps=FPS))
+    try:
+        await teller.join()
+        resumed = await teller.expect("identity")
+        assert resumed["state"] == "in_progress" and resumed["consent"] is True
+        assert resumed["steps"]["card_front"] == {"status": "passed", "messages": [], "attempts": 1}
+        assert resumed["fields"]["front"]["id_number"] == SPEC.id_number
+        await customer.join()
+        await teller.wait_for_media(customer.participant_id, "camera")
+        # The card's photo came back from the encrypted record: the face can be matched.
+        face = await _step(teller, "face")
+        assert face["steps"]["face"]["status"] == "passed", face
+    finally:
+        await customer.close()
+        await teller.close()
