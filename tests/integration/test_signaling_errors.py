@@ -19,6 +19,7 @@ import pytest
 from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from server.auth.principal import Role
+from server.signaling.handler import HARD_FRAME_LIMIT
 from tests.support.bot import Bot
 from tests.support.server import ApiClient, RunningServer
 
@@ -268,9 +269,9 @@ async def test_frame_just_under_the_limit_is_validated_normally(call: Call) -> N
     await raw.pong()
 
 
-async def test_frame_over_1_mib_closes_the_connection(call: Call) -> None:
+async def test_frame_over_the_hard_limit_closes_the_connection(call: Call) -> None:
     raw = await call.connect(call.customer)
-    await raw.ws.send_str("x" * (1024 * 1024 + 1))
+    await raw.ws.send_str("x" * (HARD_FRAME_LIMIT + 1))
     message = await raw.receive()
     assert message == {"type": "closed", "code": aiohttp.WSCloseCode.MESSAGE_TOO_BIG}
 
