@@ -79,7 +79,13 @@ async def create_app(settings: Settings) -> web.Application:
         metrics_handler(metrics, metrics_token(settings.metrics_token, settings.data_dir)),
     )
 
+    preloading: set[asyncio.Task[None]] = set()
+
     async def start_worker(_: web.Application) -> None:
+        if settings.identity.preload:
+            task = asyncio.create_task(identity.engines.preload_async())
+            preloading.add(task)
+            task.add_done_callback(preloading.discard)
         metrics.start()
         await recorder.start()
         await audit.start()

@@ -29,6 +29,9 @@ class IdentityConfig(BaseModel):
     insightface_pack_dir: Path | None = None
     insightface_sha256: dict[str, str] = Field(default_factory=dict)
     threads: int = Field(default=2, ge=1, le=64)
+    # Load the models in the background when the worker starts, so the first customer does not
+    # wait for them (seconds of CPU); tests that start many servers turn it off.
+    preload: bool = True
 
     # The in-call verification (server/identity/verification.py).
     max_attempts: int = Field(default=3, ge=1, le=10, description="per step, then manual review")

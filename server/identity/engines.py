@@ -105,6 +105,18 @@ class IdentityEngines:
             return InsightFaceEngine(Path(self._tmp.name), digests)
         raise ValueError(f"unknown face engine {key!r}; use yunet or insightface")
 
+    def preload(self) -> None:
+        """Load every model now (one-time cost) instead of at the first customer's request."""
+        self.ocr()
+        self.face()
+
+    async def preload_async(self) -> None:
+        try:
+            await self._run(self.preload)
+        except Exception:
+            # Not fatal here: the same error is raised, with its fix, at the first real use.
+            logging.getLogger(__name__).exception("identity_models_preload_failed")
+
     # --- synchronous entry points (hold the engine's lock) ---
 
     def read_card(self, image: np.ndarray, side: Side | None = None) -> CardReading:

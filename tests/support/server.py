@@ -15,6 +15,7 @@ from bench.media import free_port
 from server.app import create_app
 from server.auth.principal import Role
 from server.context import SERVICES, Services
+from server.identity.config import IdentityConfig
 from server.settings import Settings
 
 PASSWORD = "correct-horse-battery"
@@ -29,6 +30,8 @@ def test_settings(data_dir: Path, **overrides: Any) -> Settings:
         "ice_host_addresses": ["127.0.0.1"],
         "log_format": "console",
         "log_level": "WARNING",
+        # Hundreds of short-lived servers: models load when a test uses them, not at each start.
+        "identity": IdentityConfig(preload=False),
     } | overrides
     return Settings(**values)
 
