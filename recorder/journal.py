@@ -27,6 +27,7 @@ class JournalState:
     tracks: list[dict[str, Any]] = field(default_factory=list)
     gaps: list[dict[str, Any]] = field(default_factory=list)
     identity: dict[str, Any] | None = None
+    compliance: dict[str, Any] | None = None
     last_media_ms: int = 0
     last_wall: str = ""
     sealed: bool = False
@@ -81,6 +82,8 @@ class Journal:
                     state.gaps.append(record)
                 elif kind == "identity":
                     state.identity = record["identity"]  # the newest one holds
+                elif kind == "compliance":
+                    state.compliance = record["compliance"]
                 elif kind == "sealed":
                     state.sealed = True
         if state is None:

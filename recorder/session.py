@@ -125,6 +125,7 @@ class RecordingSession:
         self._marks: list[dict[str, Any]] = []
         self._gaps: list[dict[str, Any]] = []
         self._identity: dict[str, Any] | None = None
+        self._compliance: dict[str, Any] | None = None
         self._tasks: asyncio.Queue[Callable[[], Awaitable[None]] | None] = asyncio.Queue()
         self._journal = Journal.create(
             context.journal_dir,
@@ -203,6 +204,12 @@ class RecordingSession:
         latest call wins: a retried verification replaces the earlier outcome)."""
         self._identity = identity
         self._journal_later("identity", {"identity": identity})
+
+    def set_compliance(self, context: dict[str, Any]) -> None:
+        """The sales script this recording follows and its values (the manifest's
+        `compliance` object; free-form, no floats)."""
+        self._compliance = context
+        self._journal_later("compliance", {"compliance": context})
 
     @property
     def pending_segments(self) -> int:
@@ -300,6 +307,7 @@ class RecordingSession:
             ],
             "gaps": list(self._gaps),
             "identity": self._identity,
+            "compliance": self._compliance,
         }
 
     def _sealed(self, segment: SealedSegment) -> None:
@@ -355,7 +363,6 @@ async def seal_manifest(
                 "format_version": FORMAT_VERSION,
                 "archive_id": archive_id,
                 "product": None,
-                "compliance": None,
                 "recorder_version": RECORDER_VERSION,
                 "finalized_at": format_timestamp(finalized_at),
                 "previous_manifest_sha256": previous,
@@ -431,5 +438,6 @@ async def recover(context: RecorderContext, journal: Journal) -> ArchiveRecord:
         ],
         "gaps": gaps,
         "identity": state.identity,
+        "compliance": state.compliance,
     }
     return await seal_manifest(context, fields, journal)

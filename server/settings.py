@@ -81,6 +81,14 @@ class Settings(BaseSettings):
         default_factory=IdentityConfig,
         description="identity verification models (docs/identity.md)",
     )
+    compliance_scripts_dir: Path | None = Field(
+        None,
+        description="the bank's sales scripts (YAML); they override the shipped ones by id "
+        "(docs/compliance.md)",
+    )
+    bank_name: str = Field(
+        "", max_length=64, description="the {bank_name} the sales scripts read out; empty: asked"
+    )
     recording_segment_seconds: float = Field(
         2.0, gt=0, le=5, description="how much media at most is not yet sealed and spooled"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 from aiohttp import web
@@ -11,6 +12,7 @@ from server.api.bodies import ExpertBody, InvitationBody, parse
 from server.auth.principal import Role
 from server.context import services
 from server.errors import ApiError, forbidden
+from server.recording import script as sales_script
 from server.sessions.views import (
     chat_view,
     event_view,
@@ -18,6 +20,7 @@ from server.sessions.views import (
     session_view,
     user_view,
 )
+from server.signaling.protocol import ProtocolError
 
 routes = web.RouteTableDef()
 
@@ -74,6 +77,30 @@ async def session_detail(request: web.Request) -> web.Response:
             "chat": [chat_view(m) for m in await store.chat(session.id)],
         }
     )
+
+
+@routes.get("/api/v1/sessions/{session_id}/script")
+async def session_script(request: web.Request) -> web.Response:
+    """The sales script the session's recording will follow, for the teller to read from."""
+    principal = await require(
+        request, Role.TELLER, Role.EXPERT, Role.SUPERVISOR, action="view sessions"
+    )
+    svc = services(request)
+    session = await svc.sessions.require(request.match_info["session_id"])
+    if not await svc.sessions.can_view(principal, session):
+        raise forbidden("view this session")
+    settings = svc.settings
+    try:
+        script = await asyncio.to_thread(
+            sales_script.choose,
+            session.business,
+            request.query.get("script"),
+            settings.compliance_scripts_dir,
+        )
+    except ProtocolError as exc:
+        raise ApiError(404, "unknown_script", exc.message) from exc
+    values = sales_script.known_values(session, settings.bank_name)
+    return web.json_response({"script": sales_script.view(script, values)})
 
 
 @routes.post("/api/v1/sessions/{session_id}/experts")

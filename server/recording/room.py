@@ -53,6 +53,7 @@ class RoomRecording:
         self._published: dict[tuple[str, str], tuple[Role, EncodedSource]] = {}
         self._present: dict[str, Member] = {}
         self._identity: dict[str, Any] | None = None
+        self._script: dict[str, Any] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -75,7 +76,9 @@ class RoomRecording:
 
     # -- the teller and the customer ---------------------------------------------------------
 
-    async def request_consent(self, customer_connected: bool) -> None:
+    async def request_consent(
+        self, customer_connected: bool, script: dict[str, Any] | None = None
+    ) -> None:
         if self.state in ("awaiting_consent", "recording", "sealing"):
             raise ProtocolError(
                 "out_of_order", "A recording is already running.", "recording_start"
@@ -85,6 +88,7 @@ class RoomRecording:
                 "out_of_order", "The customer must be in the call to consent.", "recording_start"
             )
         self.state = "awaiting_consent"
+        self._script = script
         await self._broadcast(server_message("consent_request"), "customer")
         await self._announce()
 
@@ -111,6 +115,8 @@ class RoomRecording:
         if self._identity is not None:
             # Verified before the recording started: the archive still carries the result.
             recording.set_identity(self._identity)
+        if self._script is not None:
+            recording.set_compliance(self._script)
         await self._announce()
 
     def mark(self, moment: str, phase: str) -> int:

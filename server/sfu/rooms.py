@@ -22,6 +22,7 @@ from server.db.models import CallSession
 from server.identity.ocr import Side
 from server.identity.verification import STAFF as IDENTITY_STAFF
 from server.identity.verification import IdentityServices, IdentityVerification, Step
+from server.recording import script as sales_script
 from server.recording.manager import RecordingManager
 from server.recording.room import Audience, RoomRecording
 from server.recording.room import Member as RecordedMember
@@ -359,11 +360,28 @@ class Room:
             about=member,
         )
 
-    async def recording_start(self, participant_id: str) -> None:
+    async def recording_start(
+        self, participant_id: str, script_name: str | None, values: dict[str, str]
+    ) -> None:
         self._require_role(participant_id, Role.TELLER, "start the recording", "recording_start")
         assert self.recording is not None  # created at the first join
-        await self._log("recording.requested", participant_id, Role.TELLER)
-        await self.recording.request_consent(self._has_connected(Role.CUSTOMER))
+        session = await self._store.require(self.session_id)
+        script = await asyncio.to_thread(
+            sales_script.choose,
+            session.business,
+            script_name,
+            self._settings.compliance_scripts_dir,
+        )
+        context = sales_script.context(
+            script, sales_script.known_values(session, self._settings.bank_name) | values
+        )
+        await self._log(
+            "recording.requested",
+            participant_id,
+            Role.TELLER,
+            {"script": f"{script.id}@{script.version}"},
+        )
+        await self.recording.request_consent(self._has_connected(Role.CUSTOMER), context)
 
     async def consent(self, participant_id: str, granted: bool) -> None:
         self._require_role(participant_id, Role.CUSTOMER, "consent", "consent")

@@ -271,7 +271,9 @@ class _Session:
             self._done = True
             await self._room.leave(self._participant_id, "left")
         elif isinstance(message, RecordingStart):
-            await self._room.recording_start(self._participant_id)
+            await self._room.recording_start(
+                self._participant_id, message.script, dict(message.values)
+            )
         elif isinstance(message, Consent):
             await self._room.consent(self._participant_id, message.granted)
         elif isinstance(message, Mark):

@@ -71,8 +71,16 @@ class Ping(_Message):
     type: Literal["ping"]
 
 
+ScriptValue = Annotated[str, Field(min_length=1, max_length=200)]
+ScriptName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+
+
 class RecordingStart(_Message):
     type: Literal["recording_start"]
+    # The sales script read in this recording and its placeholders (product name, risk level,
+    # ...): recorded in the manifest so the compliance analysis can be re-run exactly.
+    script: ScriptName | None = None
+    values: dict[ScriptName, ScriptValue] = Field(default_factory=dict, max_length=32)
 
 
 class Consent(_Message):
