@@ -34,11 +34,12 @@ import structlog
 from server.audit import SYSTEM, AuditLog
 from server.auth.principal import Role
 from server.identity.engines import IdentityEngines
-from server.identity.face.match import Decision, MatchReason, MatchResult
+from server.identity.face.match import Decision, MatchResult
 from server.identity.idcard import Problem, check_back, check_front
 from server.identity.images import decode_image
 from server.identity.liveness import (
     MIN_FRAMES,
+    YAW_FRONTAL,
     Challenge,
     LivenessInputError,
     judge,
@@ -591,21 +592,31 @@ class IdentityVerification:
     async def _face(self) -> Outcome:
         assert self._front_image is not None
         engines = self._svc.engines
-        result: MatchResult | None = None
         live: np.ndarray | None = None
+        best: tuple[float, np.ndarray] | None = None  # the most frontal single face seen
         async for image in self._pictures(self._config.face_capture_seconds, 4):
             live = image
-            result = await engines.match_async(self._front_image, image)
-            # Keep looking while nobody is in front of the camera yet; decide on anything else.
-            if result.reason not in (MatchReason.NO_FACE_LIVE, MatchReason.FACE_TOO_SMALL):
+            seen = await engines.observe_face_async(image)
+            if seen.faces > 1:
+                best = None  # several people in view: the match below says so, at once
                 break
-        if result is None or live is None:
+            if seen.landmarks is None:
+                continue
+            yaw = abs(yaw_ratio(seen.landmarks))
+            if best is None or yaw < best[0]:
+                best = (yaw, image)
+            # A turned head matches poorly: compare a frontal view, as a person would.
+            if yaw < YAW_FRONTAL:
+                break
+        if live is None:
             raise Unavailable
+        chosen = best[1] if best is not None else live
+        result = await engines.match_async(self._front_image, chosen)
         return Outcome(
             result.decision is Decision.PASS,
             [] if result.decision is Decision.PASS else [_match_message(result)],
             result.audit_dict(),
-            [Evidence("face_live.jpg", _jpeg(live))],
+            [Evidence("face_live.jpg", _jpeg(chosen))],
             _match_manifest(result),
         )
 

@@ -198,6 +198,11 @@ async def test_teller_records_with_the_customers_consent(
 ) -> None:
     async with AsyncExitStack() as stack, teller_and_customer(pw, server, tmp_path, stack) as call:
         await assert_sees(call.teller, "customer")
+        # The sale's details fill the script's blanks; the server knows the names already.
+        fields = call.teller.locator("#script-values")
+        await expect(fields).to_be_visible()
+        await expect(fields.locator("input[name='customer_name']")).to_have_value("李女士")
+        await fields.locator("input[name='product_name']").fill("稳健理财A")
         await call.teller.click("#recording-start")
         consent = call.customer.locator("#consent")
         await expect(consent).to_be_visible()
@@ -207,11 +212,21 @@ async def test_teller_records_with_the_customers_consent(
         state = call.teller.locator("#recording-state")
         await expect(state).to_have_attribute("data-state", "recording")
 
+        await expect(fields).to_be_hidden()
+        intro = call.teller.locator(".moment-toggle[data-moment='product_introduction']")
+        await intro.click()
+        # The text to read, with the product filled in and a missing value named.
+        say = call.teller.locator("#script-current-say")
+        await expect(say).to_contain_text("下面为您介绍稳健理财A")
+        await expect(say).to_contain_text("【产品风险等级")
+        await intro.click()
         toggle = call.teller.locator(".moment-toggle[data-moment='risk_disclosure']")
         await toggle.click()
         await expect(call.teller.locator(".moment[data-moment='risk_disclosure']")).to_have_class(
             re.compile("is-open")
         )
+        await expect(say).to_contain_text("理财非存款")
+        await expect(call.teller.locator("#script-current-answer")).to_contain_text("清楚")
         await toggle.click()
         await call.teller.click("#recording-stop")
         await call.teller.click("#confirm-yes")
@@ -220,6 +235,8 @@ async def test_teller_records_with_the_customers_consent(
     events = [e for e in await server.services.sessions.events(call.session_id)]
     marked = [e.detail for e in events if e.type == "moment_marked"]
     assert [(m["moment"], m["phase"]) for m in marked] == [
+        ("product_introduction", "start"),
+        ("product_introduction", "end"),
         ("risk_disclosure", "start"),
         ("risk_disclosure", "end"),
     ]

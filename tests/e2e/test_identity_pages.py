@@ -21,7 +21,7 @@ from playwright.async_api import Locator, Page, Playwright, expect
 from server.auth.principal import Role
 from server.identity.config import IdentityConfig
 from server.identity.liveness import Challenge
-from tests.e2e.browser import participant_page
+from tests.e2e.browser import participant_page, wait_frames_advance
 from tests.e2e.test_call_pages import create_invitation, in_call, staff_login
 from tests.fixtures.idcards import (
     VALID_SPECS,
@@ -40,6 +40,7 @@ FPS = 15
 # A step's result: OCR of an upload takes a few seconds on a busy 2-core box, and liveness runs
 # 2-3 challenges of up to `challenge_seconds` each.
 STEP_TIMEOUT_MS = 60_000
+CUSTOMER_CAMERA = ".tile[data-role='customer'][data-source='camera'] video"
 
 
 @asynccontextmanager
@@ -148,8 +149,10 @@ RECORD_PROMPTS_JS = """() => {
 async def test_customer_passes_identity_verification_in_chromium(
     pw: Playwright, tmp_path: Path
 ) -> None:
-    face = turn_sequence(load_face("obama.jpg"), FPS)  # about 5 s, looped by Chromium
+    # Turns held 1.2 s each, about 6.4 s, looped by Chromium from wherever it is.
+    face = turn_sequence(load_face("obama.jpg"), FPS, hold_s=1.2)
     async with (
+        # Each challenge may have to wait most of a loop for its turn.
         identity_server(tmp_path, challenge_seconds=10.0) as server,
         AsyncExitStack() as stack,
         call_with_camera(pw, server, tmp_path, face, stack) as call,
@@ -169,6 +172,7 @@ async def test_customer_passes_identity_verification_in_chromium(
         )
 
         # The live face, from the customer's fake camera, against the card's portrait.
+        await wait_frames_advance(teller, CUSTOMER_CAMERA)
         await teller.click(".identity-run[data-step='face']")
         await expect(step_row(teller, "face")).to_have_attribute(
             "data-status", "passed", timeout=STEP_TIMEOUT_MS
@@ -228,7 +232,9 @@ async def test_a_photo_replay_as_the_camera_fails_liveness(pw: Playwright, tmp_p
         )
         row = step_row(teller, "liveness")
         await expect(row).to_have_attribute("data-status", "failed", timeout=STEP_TIMEOUT_MS)
-        await expect(row.locator(".identity-step-message")).not_to_be_empty()
+        await expect(row.locator(".identity-step-status")).to_contain_text("1/2")
+        reason = row.locator(".identity-step-message")
+        await expect(reason).not_to_be_empty()
         await expect(teller.locator("#identity-state")).to_have_attribute(
             "data-state", "in_progress"
         )
@@ -237,7 +243,9 @@ async def test_a_photo_replay_as_the_camera_fails_liveness(pw: Playwright, tmp_p
         prompt = customer.locator("#identity-prompt")
         await expect(prompt).to_be_visible()
         await expect(customer.locator("#identity-prompt-text")).to_have_text("动作检测未通过")
-        await expect(customer.locator("#identity-prompt-hint")).to_have_text(re.compile(r"\S"))
+        hint = customer.locator("#identity-prompt-hint")
+        await expect(hint).to_have_text(re.compile(r"\S"))
+        assert await hint.inner_text() == await reason.inner_text()  # the server's own words
 
         rows = await server.services.identity.records.for_session(call.session_id)
         assert [(r.step, r.outcome, r.reason) for r in rows] == [

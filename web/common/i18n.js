@@ -239,6 +239,9 @@ const zhCN = {
   'customer.recording': '录制中',
   'error.not_connected_action': '网络已断开，操作未发送，请稍后重试。',
 
+  'script.valuesTitle': '本次销售信息（话术中的填空）',
+  'script.read': '请宣读：{text}',
+  'script.answer': '客户应答（任一）：{answers}',
   'identity.serverMessage': '{zh}',
   'identity.title': '身份核验',
   'identity.start': '开始身份核验',
@@ -554,6 +557,9 @@ const en = {
   'customer.recording': 'Recording',
   'error.not_connected_action': 'You are offline; nothing was sent. Please try again in a moment.',
 
+  'script.valuesTitle': 'This sale’s details (the blanks in the script)',
+  'script.read': 'Read out: {text}',
+  'script.answer': 'Customer answers (any): {answers}',
   'identity.serverMessage': '{en}',
   'identity.title': 'Identity verification',
   'identity.start': 'Start identity verification',

@@ -84,10 +84,12 @@ export class RecordingPanel {
   #seenMarks = new Set();
   #openOrder = []; // moments with an open range, the most recently started last
   #pending = null; // {type, moment, timer}
+  #script = null; // {id, version, title, placeholders: [{name, label, value}], moments: [...]}
+  #titles = new Map(); // moment id -> the script's title for it
   #clockTimer = null;
   #over = false;
 
-  constructor({ call, canControl }) {
+  constructor({ call, canControl, script = null }) {
     const $ = (id) => document.getElementById(id);
     this.#call = call;
     this.#canControl = canControl;
@@ -104,7 +106,18 @@ export class RecordingPanel {
       moments: $('moments'),
     };
     this.#el.panel.classList.toggle('is-read-only', !canControl);
-    for (const moment of MOMENTS) this.#row(moment);
+    Object.assign(this.#el, {
+      values: $('script-values'),
+      fields: $('script-fields'),
+      current: $('script-current'),
+      currentTitle: $('script-current-title'),
+      currentSay: $('script-current-say'),
+      currentAnswer: $('script-current-answer'),
+    });
+    this.#script = script;
+    for (const moment of script?.moments ?? []) this.#titles.set(moment.id, moment.title);
+    for (const moment of script ? script.moments.map((m) => m.id) : MOMENTS) this.#row(moment);
+    if (canControl && script) this.#buildValueFields();
 
     if (canControl) {
       this.#el.start.addEventListener('click', () => this.#startRecording());
@@ -203,7 +216,8 @@ export class RecordingPanel {
     item.dataset.moment = moment;
     const label = document.createElement('span');
     label.className = 'moment-label';
-    if (MOMENTS.includes(moment)) translate(label, `moment.${moment}`);
+    if (this.#titles.has(moment)) label.textContent = this.#titles.get(moment);
+    else if (MOMENTS.includes(moment)) translate(label, `moment.${moment}`);
     else label.textContent = moment;
     const times = document.createElement('span');
     times.className = 'moment-times';
@@ -289,12 +303,65 @@ export class RecordingPanel {
       }
     }
 
+    el.values.hidden = !this.#canControl || !this.#script || !STARTABLE.has(state) || this.#over;
+    this.#renderCurrent(current);
+
     // The control that had the focus went away (e.g. "start" once the customer is asked): keep
     // keyboard and screen-reader users in the panel instead of dropping them at the page top.
     if (focused && (focused.hidden || focused.disabled)) {
       el.title.tabIndex = -1;
       el.title.focus({ preventScroll: true });
     }
+  }
+
+  /** One input per placeholder of the script, prefilled with what the server knows. */
+  #buildValueFields() {
+    for (const { name, label, value } of this.#script.placeholders) {
+      const field = document.createElement('div');
+      field.className = 'field';
+      const id = `script-value-${name}`;
+      const caption = document.createElement('label');
+      caption.htmlFor = id;
+      caption.textContent = label;
+      const input = document.createElement('input');
+      input.id = id;
+      input.name = name;
+      input.maxLength = 200;
+      input.value = value ?? '';
+      input.addEventListener('input', () => this.#render());
+      field.append(caption, input);
+      this.#el.fields.append(field);
+    }
+  }
+
+  #values() {
+    const values = {};
+    for (const input of this.#el.fields.querySelectorAll('input')) {
+      if (input.value.trim()) values[input.name] = input.value.trim();
+    }
+    return values;
+  }
+
+  /** Fills a script template: known values in place, missing ones as 【label】 to read out. */
+  #fill(template) {
+    const values = this.#values();
+    const labels = new Map((this.#script?.placeholders ?? []).map((p) => [p.name, p.label]));
+    return template.replace(/\{(\w+)\}/g, (_, name) => values[name] ?? `【${labels.get(name) ?? name}】`);
+  }
+
+  /** What to read in the moment under way (teller only), from the script. */
+  #renderCurrent(current) {
+    const moment = this.#script?.moments.find((m) => m.id === current);
+    const el = this.#el;
+    el.current.hidden = !this.#canControl || !moment;
+    if (!moment) return;
+    el.currentTitle.textContent = moment.title;
+    const teller = moment.lines.find((line) => line.speaker === 'teller');
+    const customer = moment.lines.find((line) => line.speaker === 'customer');
+    if (teller) translate(el.currentSay, 'script.read', { text: this.#fill(teller.say[0]) });
+    else el.currentSay.textContent = '';
+    if (customer) translate(el.currentAnswer, 'script.answer', { answers: customer.say.join(' / ') });
+    else el.currentAnswer.textContent = '';
   }
 
   /** A start or stop request is waiting for the server's answer. */
@@ -345,7 +412,7 @@ export class RecordingPanel {
 
   #startRecording() {
     if (this.#busy() || !STARTABLE.has(this.#recording.state)) return;
-    this.#send('recording_start', {});
+    this.#send('recording_start', this.#script ? { script: this.#script.id, values: this.#values() } : {});
   }
 
   async #stopRecording() {

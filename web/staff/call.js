@@ -158,6 +158,16 @@ function wirePresence(call) {
   call.on('fatal', (code) => showOutcome('error', 'staffCall.errorTitle', `staffCall.fatal.${code}`));
 }
 
+/** The sales script to read from; without it the panel falls back to the standard moments. */
+async function loadScript() {
+  try {
+    return (await get(`/api/v1/sessions/${encodeURIComponent(sessionId)}/script`)).script;
+  } catch (err) {
+    toast(errorText(err), 'error');
+    return null;
+  }
+}
+
 async function main() {
   initChrome();
   if (!sessionId) return showOutcome('error', 'staffCall.errorTitle', 'staffCall.fatal.unknown_session');
@@ -195,7 +205,7 @@ async function main() {
   wireEndAndLeave(call);
   wirePresence(call);
   // Only the teller runs the recording; experts and supervisors follow it read-only.
-  new RecordingPanel({ call, canControl: user.role === 'teller' });
+  new RecordingPanel({ call, canControl: user.role === 'teller', script: await loadScript() });
   // The card's fields are the customer's personal data: the teller and a supervisor see them,
   // an expert brought in for advice does not (the server does not send them either).
   $('identity-panel').hidden = user.role === 'expert';
