@@ -19,6 +19,7 @@ from recorder.seal.manifest import (
     ManifestError,
     parse_manifest,
 )
+from recorder.seal.report import REPORT_OBJECT_PATTERN, REPORT_SIGNATURE_PATTERN
 from recorder.seal.signing import PublicKeyError, public_key_id, write_public_key
 from recorder.verify import ArchiveReader
 
@@ -67,6 +68,10 @@ def export_archive(reader: ArchiveReader, out_dir: Path, public_key_pems: Sequen
         (staging / SIGNATURE_OBJECT).write_bytes(reader.read(SIGNATURE_OBJECT))
         for segment in manifest.segments:
             (staging / segment.object).write_bytes(reader.read(segment.object))
+        # Signed reports added after sealing travel with the archive (they verify offline too).
+        for name in sorted(names):
+            if REPORT_OBJECT_PATTERN.fullmatch(name) or REPORT_SIGNATURE_PATTERN.fullmatch(name):
+                (staging / name).write_bytes(reader.read(name))
         for pem in public_key_pems:
             write_public_key(staging / KEYS_DIR, pem)
         (staging / README_NAME).write_text(recipient_readme(manifest), encoding="utf-8")

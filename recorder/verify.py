@@ -28,6 +28,12 @@ from recorder.seal.manifest import (
     parse_manifest,
     segment_object_name,
 )
+from recorder.seal.report import (
+    REPORT_OBJECT_PATTERN,
+    ReportError,
+    parse_report,
+    report_object_names,
+)
 from recorder.seal.signing import SIGNATURE_SIZE, PublicKeyError, public_key_id
 from recorder.seal.signing import verify as verify_signature
 from recorder.seal.stream import SegmentDecryptor, SegmentError, decrypt_segment
@@ -103,6 +109,7 @@ class VerificationReport:
     manifest: Manifest | None = None
     signature_verified: bool = False
     decrypted: bool = False
+    reports: list[str] = field(default_factory=list)  # signed reports that verified
 
     @property
     def ok(self) -> bool:
@@ -116,6 +123,7 @@ class VerificationReport:
         verdict = "OK" if self.ok else f"FAILED ({len(self.problems)} problem(s))"
         lines = [f"archive {archive}: {verdict}"]
         lines += [f"  problem: {problem}" for problem in self.problems]
+        lines += [f"  report: {name} (signed, bound to this manifest)" for name in self.reports]
         lines += [f"  note: {note}" for note in self.notes]
         return "\n".join(lines)
 
@@ -148,6 +156,7 @@ def verify_archive(
     if not is_canonical(manifest, data):
         report.add("manifest", "not in canonical form (altered, or not written by a sealer)")
     _check_signature(reader, names, public_keys, manifest, data, report)
+    _check_reports(reader, names, public_keys, manifest, data, report)
     _check_previous(manifest, previous_manifest, report)
     _check_segment_list(manifest, names, report)
 
@@ -208,37 +217,94 @@ def _check_signature(
     data: bytes,
     report: VerificationReport,
 ) -> None:
-    key_id = manifest.signing_key_id
-    if SIGNATURE_OBJECT not in names:
-        report.add("manifest", f"signature ({SIGNATURE_OBJECT}) is missing")
-        return
-    signature = reader.read(SIGNATURE_OBJECT)
+    if _signed_by(
+        reader,
+        names,
+        public_keys,
+        manifest.signing_key_id,
+        data,
+        "manifest",
+        SIGNATURE_OBJECT,
+        report,
+    ):
+        report.signature_verified = True
+
+
+def _signed_by(
+    reader: ArchiveReader,
+    names: set[str],
+    public_keys: Mapping[str, bytes],
+    key_id: str,
+    data: bytes,
+    subject: str,
+    signature_name: str,
+    report: VerificationReport,
+) -> bool:
+    """Whether `signature_name` holds a valid signature of `data` by key `key_id`."""
+    if signature_name not in names:
+        report.add(subject, f"signature ({signature_name}) is missing")
+        return False
+    signature = reader.read(signature_name)
     if len(signature) != SIGNATURE_SIZE:
         report.add(
-            "manifest",
-            f"signature ({SIGNATURE_OBJECT}) is {len(signature)} bytes, not {SIGNATURE_SIZE}",
+            subject,
+            f"signature ({signature_name}) is {len(signature)} bytes, not {SIGNATURE_SIZE}",
         )
-        return
+        return False
     pem = public_keys.get(key_id)
     if pem is None:
         given = ", ".join(sorted(public_keys)) or "none"
         report.add(
-            "manifest",
+            subject,
             f"signed with key {key_id}, which is not among the public keys given ({given})",
         )
-        return
+        return False
     try:
         actual_id = public_key_id(pem)
     except PublicKeyError as error:
-        report.add("manifest", f"the public key given for {key_id} is unusable: {error}")
-        return
+        report.add(subject, f"the public key given for {key_id} is unusable: {error}")
+        return False
     if actual_id != key_id:
-        report.add("manifest", f"the public key given as {key_id} is actually key {actual_id}")
-        return
+        report.add(subject, f"the public key given as {key_id} is actually key {actual_id}")
+        return False
     if not verify_signature(pem, signature, data):
-        report.add("manifest", f"signature does not verify with key {key_id}")
-        return
-    report.signature_verified = True
+        report.add(subject, f"signature does not verify with key {key_id}")
+        return False
+    return True
+
+
+def _check_reports(
+    reader: ArchiveReader,
+    names: set[str],
+    public_keys: Mapping[str, bytes],
+    manifest: Manifest,
+    manifest_bytes: bytes,
+    report: VerificationReport,
+) -> None:
+    """Every signed report added after sealing (section 11) must be bound to this manifest."""
+    digest = manifest_sha256(manifest_bytes)
+    for name in sorted(names):
+        found = REPORT_OBJECT_PATTERN.fullmatch(name)
+        if not found:
+            continue
+        data = reader.read(name)
+        try:
+            document = parse_report(data, manifest.archive_id, digest)
+        except ReportError as error:
+            report.add(name, str(error))
+            continue
+        signature_name = report_object_names(int(found[1]))[1]
+        if _signed_by(
+            reader,
+            names,
+            public_keys,
+            document["signing_key_id"],
+            data,
+            name,
+            signature_name,
+            report,
+        ):
+            report.reports.append(name)
 
 
 def _check_previous(
