@@ -6,7 +6,7 @@ import asyncio
 
 from aiohttp import web
 
-from server.api import auth_routes, join_routes, pages, session_routes
+from server.api import auth_routes, compliance_routes, join_routes, pages, session_routes
 from server.api.middleware import json_errors, security_headers
 from server.audit.log import AuditLog
 from server.auth.ratelimit import LoginThrottle
@@ -17,6 +17,7 @@ from server.identity.engines import IdentityEngines
 from server.identity.records import IdentityRecords
 from server.identity.verification import IdentityServices
 from server.metrics import Metrics, metrics_handler, metrics_token
+from server.recording.analysis import AnalysisJobs
 from server.recording.manager import RecordingManager
 from server.sessions.store import SessionStore
 from server.settings import Settings
@@ -54,6 +55,9 @@ async def create_app(settings: Settings) -> web.Application:
         audit=audit,
     )
     rooms = RoomRegistry(store, settings, policy, recorder, audit, identity)
+    analysis = AnalysisJobs(settings, db, recorder.signer, recorder.bucket, audit)
+    recorder.on_sealed = analysis.submit
+    analysis.notify = rooms.notify_staff
     services = Services(
         settings=settings,
         engine=engine,
@@ -63,13 +67,14 @@ async def create_app(settings: Settings) -> web.Application:
         workers=WorkerRegistry(db, settings, rooms),
         audit=audit,
         identity=identity,
+        analysis=analysis,
     )
 
     app = web.Application(
         middlewares=[security_headers, json_errors], client_max_size=API_BODY_LIMIT
     )
     app[SERVICES] = services
-    for module in (auth_routes, session_routes, join_routes, pages):
+    for module in (auth_routes, session_routes, compliance_routes, join_routes, pages):
         app.add_routes(module.routes)
     app.router.add_get("/ws/v1/sessions/{session_id}", signaling)
     app.router.add_static("/static/", pages.WEB_DIR, append_version=False)
@@ -88,12 +93,14 @@ async def create_app(settings: Settings) -> web.Application:
             task.add_done_callback(preloading.discard)
         metrics.start()
         await recorder.start()
+        await analysis.start()
         await audit.start()
         await services.workers.start()
         await services.workers.recover_dead()
 
     async def stop_rooms(_: web.Application) -> None:
         await services.rooms.shutdown()
+        await analysis.stop()
         await recorder.stop()
         await audit.stop()
         await services.workers.stop()

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from server.audit.log import AuditLog
 from server.auth.service import AuthService
 from server.identity.verification import IdentityServices
+from server.recording.analysis import AnalysisJobs
 from server.sessions.store import SessionStore
 from server.settings import Settings
 from server.sfu.rooms import RoomRegistry
@@ -26,6 +27,7 @@ class Services:
     workers: WorkerRegistry
     audit: AuditLog
     identity: IdentityServices
+    analysis: AnalysisJobs
 
 
 SERVICES = web.AppKey("services", Services)

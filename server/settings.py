@@ -86,6 +86,11 @@ class Settings(BaseSettings):
         description="the bank's sales scripts (YAML); they override the shipped ones by id "
         "(docs/compliance.md)",
     )
+    compliance_analysis: bool = Field(
+        True,
+        description="analyse each sealed recording against its sales script (speech "
+        "recognition in a child process; docs/compliance.md)",
+    )
     bank_name: str = Field(
         "", max_length=64, description="the {bank_name} the sales scripts read out; empty: asked"
     )

@@ -37,6 +37,11 @@ class ExpertBody(_Strict):
     username: str = Field(min_length=1, max_length=64)
 
 
+class ReviewBody(_Strict):
+    decision: Literal["approved", "rejected"]
+    note: str = Field(min_length=4, max_length=1000)
+
+
 class NewUserBody(_Strict):
     username: str = Field(min_length=2, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
     password: _Password = Field(min_length=12, max_length=256)

@@ -33,6 +33,10 @@ ACTIONS: dict[str, str] = {
     "recording.stopped": "the teller stopped the recording",
     "recording.sealed": "a recording was sealed and chained (target: archive id; "
     "detail.status, detail.manifest_sha256)",
+    "compliance.reported": "the after-call analysis added its signed report to an archive "
+    "(target: archive id; detail.session_id, decision, report, report_sha256, reviews)",
+    "compliance.reviewed": "a supervisor decided a moment the analysis left for review "
+    "(target: archive id; detail.review_id, moment, decision = approved | rejected, note)",
     "identity.requested": "the teller started identity verification (target: session id)",
     "identity.consent": "the customer answered the face recognition consent request "
     "(detail.granted)",

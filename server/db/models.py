@@ -210,6 +210,45 @@ class IdentityCheck(Base):
     at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
+class ComplianceReport(Base):
+    """The after-call compliance analysis of one sealed archive: a job, then its result.
+
+    The report itself is stored signed in the archive (report-NNN.json); this row tracks the
+    job's progress and keeps the decision for searching.
+    """
+
+    __tablename__ = "compliance_reports"
+
+    archive_id: Mapped[str] = mapped_column(ForeignKey("archives.id"), primary_key=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id"), index=True)
+    state: Mapped[str] = mapped_column(String(16), default="queued")  # queued|running|done|failed
+    stage: Mapped[str] = mapped_column(String(32), default="")
+    progress: Mapped[int] = mapped_column(Integer, default=0)  # per mille
+    decision: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    report_object: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    report_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ComplianceReview(Base):
+    """A moment the analysis could not decide: a supervisor looks at the evidence and decides."""
+
+    __tablename__ = "compliance_reviews"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    archive_id: Mapped[str] = mapped_column(ForeignKey("archives.id"), index=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id"))
+    moment: Mapped[str] = mapped_column(String(64))
+    reasons: Mapped[list[str]] = mapped_column(JSON, default=list)
+    state: Mapped[str] = mapped_column(String(16), default="open")  # open|approved|rejected
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    decided_by: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
 class ChatMessage(Base):
     __tablename__ = "chat_messages"
 

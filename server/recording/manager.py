@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 import structlog
@@ -54,6 +54,8 @@ class RecordingManager:
             self.bucket = _Unconfigured(str(exc))
         self.uploader = Uploader.from_settings(self.spool, self.bucket, settings.store)
         self.chain = DatabaseChain(db)
+        # Who wants to know when an archive is sealed (the compliance analysis).
+        self.on_sealed: Callable[[str, str], Awaitable[None]] | None = None
         self.context = RecorderContext(
             keyring=self.keyring,
             signer=self.signer,
@@ -64,10 +66,16 @@ class RecordingManager:
             segment_seconds=settings.recording_segment_seconds,
         )
 
+    async def sealed(self, archive_id: str, session_id: str) -> None:
+        """A recording was sealed (by its room, or recovered after a crash)."""
+        if self.on_sealed is not None:
+            await self.on_sealed(archive_id, session_id)
+
     async def start(self) -> None:
         await self.uploader.start()
         for journal in Journal.unsealed(self.context.journal_dir):
             record = await recover(self.context, journal)
+            await self.sealed(record.archive_id, record.session_id)
             log.warning(
                 "recording_recovered_as_interrupted",
                 archive_id=record.archive_id,

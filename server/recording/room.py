@@ -152,6 +152,7 @@ class RoomRecording:
             log.exception("recording_seal_failed", archive_id=recording.archive_id)
             self.state = "interrupted"
         else:
+            await self._manager.sealed(record.archive_id, record.session_id)
             if self._audit is not None:
                 # A seal is a fact (and in the signed manifest chain): logged, never refused.
                 await self._audit.append_fact(

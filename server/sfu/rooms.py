@@ -463,6 +463,9 @@ class Room:
 
     # -- internals ---------------------------------------------------------------------------
 
+    async def notify_staff(self, message: dict[str, Any]) -> None:
+        await self._broadcast_recording(message, "staff")
+
     def _customer_camera(self) -> EncodedSource | None:
         for (participant_id, source), publication in self._publications.items():
             member = self.members.get(participant_id)
@@ -673,6 +676,12 @@ class RoomRegistry:
 
     def get(self, session_id: str) -> Room | None:
         return self._rooms.get(session_id)
+
+    async def notify_staff(self, session_id: str, fields: dict[str, Any]) -> None:
+        """Tell the session's staff, if it is live here, how its recording's analysis goes."""
+        room = self._rooms.get(session_id)
+        if room is not None:
+            await room.notify_staff(server_message("analysis", **fields))
 
     def __len__(self) -> int:
         return len(self._rooms)

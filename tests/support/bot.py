@@ -1,7 +1,8 @@
 """A headless participant: speaks the signaling protocol and sends/receives media with aiortc.
 
 It sends a solid colour and a sine tone, so a test can tell by colour and pitch whose media
-arrived where; or, given a `FramesTrack`, camera images (an ID card, a turning face).
+arrived where; or, given a `FramesTrack`, camera images (an ID card, a turning face); given a
+`WavTrack`, recorded speech on cue.
 """
 
 from __future__ import annotations
@@ -12,8 +13,11 @@ import fractions
 import json
 import math
 import time
+import wave
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -26,7 +30,7 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, VideoStreamTrack
-from av import AudioFrame, VideoFrame
+from av import AudioFrame, AudioResampler, VideoFrame
 
 from tests.support.server import ApiClient
 
@@ -118,6 +122,86 @@ class ToneTrack(AudioStreamTrack):
         return frame
 
 
+class WavTrack(AudioStreamTrack):
+    """A microphone that speaks WAV clips on cue: silence until `say`, then each queued clip in
+    turn, each followed by `pause` seconds of silence, paced in real time like `ToneTrack`.
+
+        mic = WavTrack()
+        bot = Bot(client, session_id, audio=mic)
+        mic.say("tests/fixtures/speech/teller_consent.wav")
+        await mic.idle()  # the clip and its pause have been sent
+
+    Clips are 16-bit PCM mono WAV at any rate, resampled to 48 kHz when queued.
+    """
+
+    RATE = 48000
+    SAMPLES = 960  # 20 ms
+
+    def __init__(self, pause: float = 0.5) -> None:
+        super().__init__()
+        self._pause = np.zeros(int(pause * self.RATE), dtype=np.int16)
+        self._queue: deque[np.ndarray] = deque()
+        self._offset = 0  # samples of the queue's first clip already sent
+        self._n = 0
+        self._start: float | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def say(self, path: str | Path) -> None:
+        """Queue a clip (and the pause after it); it starts as soon as what is queued has played."""
+        with wave.open(str(path), "rb") as clip:
+            if clip.getsampwidth() != 2 or clip.getnchannels() != 1:
+                raise ValueError(f"{path}: 16-bit mono WAV expected")
+            rate = clip.getframerate()
+            pcm = np.frombuffer(clip.readframes(clip.getnframes()), dtype="<i2")
+        if rate != self.RATE:
+            frame = AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+            frame.sample_rate = rate
+            resampler = AudioResampler(format="s16", layout="mono", rate=self.RATE)
+            parts = [out.to_ndarray().reshape(-1) for out in resampler.resample(frame)]
+            parts += [out.to_ndarray().reshape(-1) for out in resampler.resample(None)]
+            pcm = np.concatenate(parts).astype(np.int16)
+        self._queue.append(np.concatenate([pcm.astype(np.int16), self._pause]))
+        self._idle.clear()
+
+    async def idle(self, timeout: float = 120.0) -> None:
+        """Wait until every queued clip (with its pause) has been sent."""
+        async with asyncio.timeout(timeout):
+            await self._idle.wait()
+
+    def _next_samples(self) -> np.ndarray:
+        out = np.zeros(self.SAMPLES, dtype=np.int16)
+        filled = 0
+        while filled < self.SAMPLES and self._queue:
+            clip = self._queue[0]
+            take = min(self.SAMPLES - filled, len(clip) - self._offset)
+            out[filled : filled + take] = clip[self._offset : self._offset + take]
+            filled += take
+            self._offset += take
+            if self._offset >= len(clip):
+                self._queue.popleft()
+                self._offset = 0
+        if not self._queue:
+            self._idle.set()
+        return out
+
+    async def recv(self) -> AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._start is None:
+            self._start = time.monotonic()
+        # Paced by the sample count, so the stream does not drift from real time.
+        due = self._start + (self._n + self.SAMPLES) / self.RATE
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
+        samples = self._next_samples()
+        frame = AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = self.RATE
+        frame.pts = self._n
+        frame.time_base = fractions.Fraction(1, self.RATE)
+        self._n += self.SAMPLES
+        return frame
+
+
 @dataclass
 class Received:
     participant_id: str
@@ -136,6 +220,7 @@ class Bot:
     publish: bool = True
     flash_at: float | None = None  # black and silent until then (time.monotonic())
     video: MediaStreamTrack | None = None  # the camera instead of `colour` (flash_at not applied)
+    audio: MediaStreamTrack | None = None  # the microphone instead of the tone (e.g. a WavTrack)
     messages: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
     history: list[str] = field(default_factory=list)  # the type of every message received
     received: dict[str, Received] = field(default_factory=dict)
@@ -209,7 +294,11 @@ class Bot:
                     )
                     transceiver.sender.replaceTrack(track)
                 elif slot["source"] == "microphone":
-                    transceiver.sender.replaceTrack(ToneTrack(self.tone_hz, self.flash_at))
+                    transceiver.sender.replaceTrack(
+                        self.audio
+                        if self.audio is not None
+                        else ToneTrack(self.tone_hz, self.flash_at)
+                    )
         await pc.setLocalDescription(await pc.createAnswer())
         await self.send({"type": "answer", "sdp": pc.localDescription.sdp})
 

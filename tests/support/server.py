@@ -32,6 +32,9 @@ def test_settings(data_dir: Path, **overrides: Any) -> Settings:
         "log_level": "WARNING",
         # Hundreds of short-lived servers: models load when a test uses them, not at each start.
         "identity": IdentityConfig(preload=False),
+        # Speech recognition of every test recording would cost minutes; the tests of the
+        # analysis turn it on.
+        "compliance_analysis": False,
     } | overrides
     return Settings(**values)
 

@@ -13,6 +13,7 @@
 //   'recording' (recording)                    the dual recording changed (normalized `recording`, see recording.js)
 //   'consent_request' ()                       customer: the teller asks to start recording
 //   'marked'    ({moment, phase, media_ms})    staff: a key moment was marked
+//   'analysis'  ({archive_id, stage, progress, decision?})  staff: the after-call compliance analysis
 //   'identity'  (identity)                     identity verification changed (normalized, see identity.js)
 //   'identity_consent_request' ()              customer: consent to face recognition is asked for
 //   'identity_hint' ({message_zh, message_en}) customer: what to change while the card is captured
@@ -177,6 +178,7 @@ export class CallSession extends Emitter {
       this.emit('recording', this.recording);
     });
     signaling.on('consent_request', () => this.emit('consent_request'));
+    signaling.on('analysis', (msg) => this.emit('analysis', msg));
     signaling.on('identity', (msg) => this.emit('identity', normalizeIdentity(msg)));
     signaling.on('identity_consent_request', () => this.emit('identity_consent_request'));
     signaling.on('identity_hint', ({ message }) => this.emit('identity_hint', message));

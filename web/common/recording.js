@@ -26,6 +26,7 @@ const STATES = new Set(['idle', 'awaiting_consent', 'recording', 'declined', 'se
 const STARTABLE = new Set(['idle', 'declined', 'sealed', 'interrupted']);
 const REQUESTS = new Set(['recording_start', 'recording_stop', 'mark']);
 const MOMENT_NAME = /^[a-z0-9_]{1,64}$/;
+const $id = (id) => document.getElementById(id);
 // A request the server neither confirmed nor refused re-enables its button after this long.
 const REQUEST_TIMEOUT_MS = 8000;
 
@@ -129,6 +130,7 @@ export class RecordingPanel {
     }
 
     call.on('recording', (recording) => this.#setRecording(recording));
+    call.on('analysis', (analysis) => this.#setAnalysis(analysis));
     call.on('marked', (mark) => this.#addMark(mark));
     call.on('joined', () => this.#render());
     call.on('presence', () => this.#render());
@@ -311,6 +313,26 @@ export class RecordingPanel {
     if (focused && (focused.hidden || focused.disabled)) {
       el.title.tabIndex = -1;
       el.title.focus({ preventScroll: true });
+    }
+  }
+
+  /** The after-call compliance analysis of the last sealed recording: progress, then result. */
+  #setAnalysis({ archive_id: archiveId, stage, progress, decision }) {
+    const status = $id('analysis-status');
+    const text = $id('analysis-text');
+    const link = $id('analysis-report');
+    status.hidden = false;
+    if (stage === 'done') {
+      const verdict = ['pass', 'fail', 'needs_review'].includes(decision) ? decision : 'needs_review';
+      status.dataset.kind = verdict === 'pass' ? 'success' : 'error';
+      translate(text, `analysis.done.${verdict}`);
+      link.href = `/api/v1/archives/${encodeURIComponent(archiveId)}/report.html`;
+      link.hidden = false;
+    } else {
+      status.dataset.kind = 'info';
+      const percent = Math.max(0, Math.min(100, Math.round((Number(progress) || 0) / 10)));
+      translate(text, 'analysis.running', { stage: String(stage ?? ''), percent });
+      link.hidden = true;
     }
   }
 
