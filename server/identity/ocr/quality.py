@@ -7,6 +7,7 @@ blurred or with a highlight over the text: fail). See docs/identity.md for the v
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,11 +24,23 @@ GLARE_LINE_SHARE = 0.15
 GLARE_REGION_SHARE = 0.02
 DARK_MEAN = 45.0
 _NORM_SIDE = 1000
+# A photo of a screen: the strongest isolated peak of the card's power spectrum, in dB above
+# the spectrum's local median. A display's pixel grid, or its moiré against the camera's own
+# pixels, is one periodic pattern over the whole card; print, text and photos are not.
+SCREEN_PEAK_DB = 18.0
+_SCREEN_TILE = 256  # pixels; up to 3 x 3 tiles of the card region, spectra averaged
+_SCREEN_MIN_TILE = 128
+# Cycles per pixel below which peaks are the card's layout (text lines, character pitch).
+_SCREEN_MIN_FREQ = 0.06
+_SCREEN_MEDIAN_BINS = 11
+# Compression blocks: JPEG's 8 x 8 (16 x 16 for subsampled colour), the video codecs' 4, 8
+# and 16 pixel transforms and macroblocks put their peaks at multiples of 1/16 cycle/pixel.
+_BLOCK_PERIOD = 16
 
 
 @dataclass(frozen=True)
 class QualityIssue:
-    code: str  # card_not_found | blurry | glare | too_dark | unclear
+    code: str  # card_not_found | screen_photo | blurry | glare | too_dark | unclear
     message_zh: str
     message_en: str
 
@@ -53,6 +66,11 @@ UNCLEAR = QualityIssue(
 )
 TOO_DARK = QualityIssue(
     "too_dark", "光线太暗，请在明亮处拍摄", "the photo is too dark; move to a brighter place"
+)
+SCREEN_PHOTO = QualityIssue(
+    "screen_photo",
+    "请出示身份证原件，不要拍摄屏幕上的图片",
+    "show the original card; a photo of a screen is not accepted",
 )
 
 
@@ -98,6 +116,65 @@ def glare_mask(image: np.ndarray) -> np.ndarray:
     return mask.astype(np.uint8)
 
 
+@functools.cache
+def _spectrum_support(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The 2-D Hann window of a tile, and the frequencies (fftshift layout) a screen's peak is
+    looked for at: one half-plane (the spectrum of a real image is symmetric), above the
+    layout band, and off the compression block grid (+-1 bin)."""
+    hann = np.hanning(size).astype(np.float32)
+    f = (np.arange(size) - size // 2) / size
+    fy, fx = np.meshgrid(f, f, indexing="ij")
+    wanted = (np.hypot(fx, fy) >= _SCREEN_MIN_FREQ) & (fy >= 0)
+    bins = size / _BLOCK_PERIOD  # bins between block frequencies
+    on_x = np.abs(fx * _BLOCK_PERIOD - np.round(fx * _BLOCK_PERIOD)) * bins <= 1.01
+    on_y = np.abs(fy * _BLOCK_PERIOD - np.round(fy * _BLOCK_PERIOD)) * bins <= 1.01
+    return np.outer(hann, hann), wanted & ~(on_x & on_y)
+
+
+def screen_score(image: np.ndarray, region: tuple[int, int, int, int] | None = None) -> float:
+    """How far (dB) the strongest isolated high-frequency peak of `region`'s power spectrum
+    stands above the spectrum's local median; >= SCREEN_PEAK_DB: a photo of a screen.
+
+    Measured in the photo's own pixels, not normalised: resampling would blur the pixel grid
+    away and move the compression blocks off their 1/16 cycle/pixel frequencies. Up to 3 x 3
+    Hann-windowed tiles spread over the region are averaged (a grid adds up across tiles, the
+    card's content does not), so the cost does not grow with the photo."""
+    h, w = image.shape[:2]
+    size = _SCREEN_TILE
+    while size > _SCREEN_MIN_TILE and min(h, w) < size:
+        size //= 2
+    if min(h, w) < size:
+        return 0.0
+    x0, y0, x1, y1 = region if region is not None else (0, 0, w, h)
+    # A region smaller than a tile grows to one around its centre.
+    if x1 - x0 < size:
+        x0 = min(max(0, (x0 + x1 - size) // 2), w - size)
+        x1 = x0 + size
+    if y1 - y0 < size:
+        y0 = min(max(0, (y0 + y1 - size) // 2), h - size)
+        y1 = y0 + size
+    ys = np.linspace(y0, y1 - size, min(3, -(-(y1 - y0) // size))).astype(int)
+    xs = np.linspace(x0, x1 - size, min(3, -(-(x1 - x0) // size))).astype(int)
+    window, wanted = _spectrum_support(size)
+    power = np.zeros((size, size), np.float32)
+    for y in ys:
+        for x in xs:
+            tile = image[y : y + size, x : x + size]
+            if tile.ndim == 3:
+                tile = cv2.cvtColor(tile, cv2.COLOR_BGR2GRAY)
+            t = tile.astype(np.float32)
+            t = (t - float(t.mean())) * window
+            f = cv2.dft(t, flags=cv2.DFT_COMPLEX_OUTPUT)
+            power += f[..., 0] ** 2 + f[..., 1] ** 2
+    db = 10 * np.log10(np.fft.fftshift(power) / (len(ys) * len(xs)) + 1e-3)
+    # Local median in 0.5 dB steps (OpenCV's median filter takes large kernels on 8 bits
+    # only), over the top 127 dB: a clipped floor only raises the median, never a peak.
+    floor = float(db.max()) - 127.5
+    steps = np.clip((db - floor) * 2, 0, 255).astype(np.uint8)
+    median = cv2.medianBlur(steps, _SCREEN_MEDIAN_BINS).astype(np.float32) / 2 + floor
+    return float(np.max((db - median)[wanted]))
+
+
 def check_quality(
     image: np.ndarray, lines: Sequence[TextLine], fields_missing: bool
 ) -> list[QualityIssue]:
@@ -111,8 +188,9 @@ def check_quality(
         elif sharpness(image) < BLUR_MIN_VARIANCE:
             issues.append(BLURRY)
         return issues
-    issues = []
     region = text_region(lines, image.shape)
+    # Whether or not every field was read: a screen is refused even when it reads perfectly.
+    issues = [SCREEN_PHOTO] if screen_score(image, region) >= SCREEN_PEAK_DB else []
     x0, y0, x1, y1 = region
     gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
     if float(gray[y0:y1, x0:x1].mean()) < DARK_MEAN:
