@@ -2,6 +2,8 @@
 
 The room tells it who joins and leaves and which tracks are published; it keeps the recording
 following them (a participant who rejoins continues in the same tracks, with the gap recorded).
+While it records, the room's live checks (server/recording/live_checks.py) run and see every
+mark; they stop before the recording is sealed.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ from typing import Any, Literal
 
 import structlog
 
+from compliance.sales_script import Script
 from recorder.session import RecordingSession
 from server.audit.actions import SYSTEM
 from server.audit.log import AuditLog
 from server.auth.principal import Role
+from server.recording.live_checks import LiveChecks
 from server.recording.manager import RecordingManager
 from server.sfu.encoded import EncodedSource
 from server.signaling.protocol import ProtocolError, server_message
@@ -42,8 +46,10 @@ class RoomRecording:
         business: str,
         broadcast: Broadcast,
         audit: AuditLog | None = None,
+        live: LiveChecks | None = None,
     ) -> None:
         self._manager = manager
+        self._live = live
         self._audit = audit
         self._session_id = session_id
         self._business = business
@@ -54,6 +60,7 @@ class RoomRecording:
         self._present: dict[str, Member] = {}
         self._identity: dict[str, Any] | None = None
         self._script: dict[str, Any] | None = None
+        self._rules: Script | None = None  # the script itself, for the live checks
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -77,8 +84,12 @@ class RoomRecording:
     # -- the teller and the customer ---------------------------------------------------------
 
     async def request_consent(
-        self, customer_connected: bool, script: dict[str, Any] | None = None
+        self,
+        customer_connected: bool,
+        script: dict[str, Any] | None = None,
+        rules: Script | None = None,
     ) -> None:
+        """`script`: the manifest's compliance context; `rules`: the script it names."""
         if self.state in ("awaiting_consent", "recording", "sealing"):
             raise ProtocolError(
                 "out_of_order", "A recording is already running.", "recording_start"
@@ -89,6 +100,7 @@ class RoomRecording:
             )
         self.state = "awaiting_consent"
         self._script = script
+        self._rules = rules
         await self._broadcast(server_message("consent_request"), "customer")
         await self._announce()
 
@@ -105,7 +117,10 @@ class RoomRecording:
         self._recording = recording
         self.state = "recording"
         # The consent moment is the first thing on the recording's timeline.
-        recording.mark("consent", "start")
+        consent_ms = recording.mark("consent", "start")
+        if self._live is not None:
+            self._live.start(self._rules, recording.media_ms_at, recording.archive_id)
+            self._live.marked("consent", "start", consent_ms)
         for member in self._present.values():
             recording.presence(
                 member.participant_id, member.role.value, member.display_name, "joined"
@@ -122,13 +137,19 @@ class RoomRecording:
     def mark(self, moment: str, phase: str) -> int:
         if self._recording is None or self.state != "recording":
             raise ProtocolError("out_of_order", "Start the recording first.", "mark")
-        return self._recording.mark(moment, phase)
+        media_ms = self._recording.mark(moment, phase)
+        if self._live is not None:
+            self._live.marked(moment, phase, media_ms)
+        return media_ms
 
     def note(self, moment: str, phase: str) -> int | None:
         """A mark made by the server (not the teller) when a recording runs; None otherwise."""
         if self._recording is None or self.state != "recording":
             return None
-        return self._recording.mark(moment, phase)
+        media_ms = self._recording.mark(moment, phase)
+        if self._live is not None:
+            self._live.marked(moment, phase, media_ms)
+        return media_ms
 
     def identity(self, summary: dict[str, Any]) -> None:
         """The session's identity verification result, for this and any later recording."""
@@ -143,7 +164,13 @@ class RoomRecording:
                 self.state = "idle"
                 await self._announce()
             return
-        self.state = "sealing"
+        self.state = "sealing"  # first, before any await: a second stop must not seal again
+        if self._live is not None:
+            try:
+                # Before sealing: the warnings end on the recording's own clock.
+                await self._live.stop()
+            except Exception:
+                log.exception("live_checks_stop_failed", archive_id=recording.archive_id)
         await self._announce()
         try:
             record = await recording.stop(status)

@@ -23,6 +23,7 @@ from server.identity.ocr import Side
 from server.identity.verification import STAFF as IDENTITY_STAFF
 from server.identity.verification import IdentityServices, IdentityVerification, Step
 from server.recording import script as sales_script
+from server.recording.live_checks import Camera, LiveChecks
 from server.recording.manager import RecordingManager
 from server.recording.room import Audience, RoomRecording
 from server.recording.room import Member as RecordedMember
@@ -108,6 +109,10 @@ class Room:
             self._note,
             self._identity_result,
         )
+        # Warnings to the staff while the recording runs (started and stopped by the recording).
+        self.live = LiveChecks(
+            session_id, identity.engines, store, self.notify_staff, self._live_cameras
+        )
         self.observe_delay: Callable[[float], None] | None = None
         self._store = store
         self._settings = settings
@@ -191,6 +196,7 @@ class Room:
                 session.business,
                 self._broadcast_recording,
                 self._audit,
+                self.live,
             )
         self.recording.presence(_recorded(member), "rejoined" if rejoined else "joined")
         await self.identity.restore()
@@ -212,6 +218,8 @@ class Room:
             )
         )
         await connection.send(self.recording.message())
+        if role is not Role.CUSTOMER and self.live.running:
+            await connection.send(self.live.message())
         if role is Role.CUSTOMER:
             await connection.send(self.identity.public_message())
         elif role in IDENTITY_STAFF:
@@ -381,7 +389,7 @@ class Room:
             Role.TELLER,
             {"script": f"{script.id}@{script.version}"},
         )
-        await self.recording.request_consent(self._has_connected(Role.CUSTOMER), context)
+        await self.recording.request_consent(self._has_connected(Role.CUSTOMER), context, script)
 
     async def consent(self, participant_id: str, granted: bool) -> None:
         self._require_role(participant_id, Role.CUSTOMER, "consent", "consent")
@@ -472,6 +480,22 @@ class Room:
             if source == "camera" and member is not None and member.role is Role.CUSTOMER:
                 return publication.encoded
         return None
+
+    def _live_cameras(self) -> list[Camera]:
+        """The tellers and customers in the room (disconnected ones within their grace too)."""
+        cameras: list[Camera] = []
+        for member in self.members.values():
+            if member.role in (Role.TELLER, Role.CUSTOMER):
+                publication = self._publications.get((member.participant_id, "camera"))
+                encoded = publication.encoded if publication is not None else None
+                cameras.append(
+                    Camera(
+                        member.participant_id,
+                        "teller" if member.role is Role.TELLER else "customer",
+                        encoded,
+                    )
+                )
+        return cameras
 
     def _note(self, moment: str, phase: str) -> None:
         if self.recording is not None:

@@ -14,6 +14,7 @@
 //   'consent_request' ()                       customer: the teller asks to start recording
 //   'marked'    ({moment, phase, media_ms})    staff: a key moment was marked
 //   'analysis'  ({archive_id, stage, progress, decision?})  staff: the after-call compliance analysis
+//   'live_warning' (msg)                       staff: the live warnings while recording (see recording.js)
 //   'identity'  (identity)                     identity verification changed (normalized, see identity.js)
 //   'identity_consent_request' ()              customer: consent to face recognition is asked for
 //   'identity_hint' ({message_zh, message_en}) customer: what to change while the card is captured
@@ -179,6 +180,7 @@ export class CallSession extends Emitter {
     });
     signaling.on('consent_request', () => this.emit('consent_request'));
     signaling.on('analysis', (msg) => this.emit('analysis', msg));
+    signaling.on('live_warning', (msg) => this.emit('live_warning', msg));
     signaling.on('identity', (msg) => this.emit('identity', normalizeIdentity(msg)));
     signaling.on('identity_consent_request', () => this.emit('identity_consent_request'));
     signaling.on('identity_hint', ({ message }) => this.emit('identity_hint', message));

@@ -2,6 +2,9 @@
 // consents (`consent_request` -> `consent`), the teller marks the key moments of the sales script
 // (`mark` -> `marked`) and stops it (`recording_stop`); everyone follows `recording`.
 //
+// While recording, the server's live checks send `live_warning` (who is out of the picture, a
+// moment cut short): the panel lists them in #live-warnings until they are resolved.
+//
 // RecordingPanel is the staff view (teller: controls; expert, supervisor: read only);
 // wireCustomerRecording gives the customer the consent step and the "recording" indicator.
 // All text goes through i18n.js and textContent.
@@ -46,6 +49,24 @@ export function normalizeRecording(msg) {
   };
 }
 
+const LIVE_CODES = new Set(['no_video', 'customer_not_in_frame', 'several_people', 'teller_not_in_frame', 'moment_too_short']);
+
+/** The `live_warning` message's warnings, known codes only: [{code, participantId, sinceMs, moment, durationMs, minMs}]. */
+export function normalizeLiveWarnings(msg) {
+  const list = Array.isArray(msg?.warnings) ? msg.warnings : [];
+  const ms = (value) => (Number.isFinite(Number(value)) ? Math.max(0, Number(value)) : null);
+  return list
+    .filter((w) => LIVE_CODES.has(w?.code))
+    .map((w) => ({
+      code: w.code,
+      participantId: typeof w.participant_id === 'string' ? w.participant_id : null,
+      sinceMs: ms(w.since_ms) ?? 0,
+      moment: typeof w.moment === 'string' && MOMENT_NAME.test(w.moment) ? w.moment : null,
+      durationMs: ms(w.duration_ms),
+      minMs: ms(w.min_ms),
+    }));
+}
+
 /** Milliseconds as mm:ss (h:mm:ss from one hour). */
 export function formatMediaTime(ms) {
   const total = Math.max(0, Math.floor((Number(ms) || 0) / 1000));
@@ -72,7 +93,8 @@ function storeStatus({ pendingSegments, lastError }) {
 /**
  * Staff panel over #recording-panel: state (#recording-state[data-state]), elapsed clock, hint,
  * archive-store status (#store-status), #recording-start / #recording-stop (teller only) and the
- * key-moment list (#moments > .moment[data-moment], with .moment-toggle buttons for the teller).
+ * key-moment list (#moments > .moment[data-moment], with .moment-toggle buttons for the teller),
+ * and the live warnings while recording (#live-warnings > .live-warning[data-code]).
  */
 export class RecordingPanel {
   #call;
@@ -89,6 +111,8 @@ export class RecordingPanel {
   #titles = new Map(); // moment id -> the script's title for it
   #clockTimer = null;
   #over = false;
+  #warnings = []; // normalized live warnings, as the server last sent them
+  #warningItems = new Map(); // warning key -> its <li> in #live-warnings
 
   constructor({ call, canControl, script = null }) {
     const $ = (id) => document.getElementById(id);
@@ -105,6 +129,7 @@ export class RecordingPanel {
       start: $('recording-start'),
       stop: $('recording-stop'),
       moments: $('moments'),
+      warnings: $('live-warnings'),
     };
     this.#el.panel.classList.toggle('is-read-only', !canControl);
     Object.assign(this.#el, {
@@ -132,6 +157,10 @@ export class RecordingPanel {
     call.on('recording', (recording) => this.#setRecording(recording));
     call.on('analysis', (analysis) => this.#setAnalysis(analysis));
     call.on('marked', (mark) => this.#addMark(mark));
+    call.on('live_warning', (msg) => {
+      this.#warnings = normalizeLiveWarnings(msg);
+      this.#renderWarnings();
+    });
     call.on('joined', () => this.#render());
     call.on('presence', () => this.#render());
     call.on('connection', () => this.#render());
@@ -155,6 +184,7 @@ export class RecordingPanel {
     const fresh = (recording.state === 'awaiting_consent' && previous !== 'awaiting_consent')
       || (recording.startedAt !== null && this.#recordingKey !== null && recording.startedAt !== this.#recordingKey);
     if (fresh) this.#resetMarks();
+    if (recording.state !== 'recording') this.#warnings = [];
     if (recording.startedAt !== null) this.#recordingKey = recording.startedAt;
     // The server marks the consent moment itself when the recording starts (protocol §2.2) and
     // does not necessarily report it: show it begun at 00:00 until a `marked` says otherwise.
@@ -307,6 +337,7 @@ export class RecordingPanel {
 
     el.values.hidden = !this.#canControl || !this.#script || !STARTABLE.has(state) || this.#over;
     this.#renderCurrent(current);
+    this.#renderWarnings();
 
     // The control that had the focus went away (e.g. "start" once the customer is asked): keep
     // keyboard and screen-reader users in the panel instead of dropping them at the page top.
@@ -314,6 +345,72 @@ export class RecordingPanel {
       el.title.tabIndex = -1;
       el.title.focus({ preventScroll: true });
     }
+  }
+
+  /** The live warnings (only while recording): one .live-warning per warning, in plain words. */
+  #renderWarnings() {
+    const shown = this.#recording.state === 'recording' && !this.#over ? this.#warnings : [];
+    // Items of warnings that hold stay as they are: the list is a live region, and only a new
+    // warning is announced (and flashes).
+    const keyOf = (w) => JSON.stringify([w.code, w.participantId, w.moment, w.sinceMs]);
+    const wanted = new Map(shown.map((warning) => [keyOf(warning), warning]));
+    for (const [key, item] of this.#warningItems) {
+      if (!wanted.has(key)) {
+        item.remove();
+        this.#warningItems.delete(key);
+      }
+    }
+    for (const [key, warning] of wanted) {
+      if (this.#warningItems.has(key)) continue;
+      const item = document.createElement('li');
+      item.className = 'live-warning';
+      item.dataset.code = warning.code;
+      if (warning.participantId) item.dataset.participantId = warning.participantId;
+      if (warning.moment) item.dataset.moment = warning.moment;
+      const text = document.createElement('span');
+      text.className = 'live-warning-text';
+      translate(text, ...this.#warningText(warning));
+      const since = document.createElement('span');
+      since.className = 'live-warning-since';
+      translate(since, 'live.since', { time: formatMediaTime(warning.sinceMs) });
+      item.append(text, since);
+      this.#el.warnings.append(item);
+      this.#warningItems.set(key, item);
+    }
+    this.#el.warnings.hidden = this.#warningItems.size === 0;
+  }
+
+  /** [i18n key, args] saying what a warning means, for whoever reads it (the teller or others). */
+  #warningText({ code, participantId, moment, durationMs, minMs }) {
+    const self = participantId !== null && participantId === this.#call.selfId;
+    const role = participantId === null ? null : this.#call.participants.get(participantId)?.role;
+    switch (code) {
+      case 'customer_not_in_frame':
+        return [participantId === null ? 'live.customer_not_in_frame.nobody' : 'live.customer_not_in_frame'];
+      case 'teller_not_in_frame':
+        if (participantId === null) return ['live.teller_not_in_frame.nobody'];
+        return [self ? 'live.teller_not_in_frame.self' : 'live.teller_not_in_frame.other'];
+      case 'no_video':
+        if (self) return ['live.no_video.self'];
+        return [role === 'customer' ? 'live.no_video.customer' : 'live.no_video.other'];
+      case 'moment_too_short': {
+        const seconds = (ms) => String(Math.round((ms ?? 0) / 100) / 10);
+        return ['live.moment_too_short', {
+          moment: this.#momentTitle(moment),
+          seconds: seconds(durationMs),
+          min: seconds(minMs),
+        }];
+      }
+      default:
+        return ['live.several_people'];
+    }
+  }
+
+  /** A moment's name for a message: the script's title, else the standard label, else its id. */
+  #momentTitle(moment) {
+    if (moment && this.#titles.has(moment)) return this.#titles.get(moment);
+    if (moment && MOMENTS.includes(moment)) return { t: `moment.${moment}` };
+    return moment ?? '';
   }
 
   /** The after-call compliance analysis of the last sealed recording: progress, then result. */
