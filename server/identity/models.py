@@ -34,7 +34,9 @@ class PinnedModel:
 
 
 # rapidocr 3.10.0: PP-OCRv6 small det/rec and the PP-OCR mobile v2.0 direction classifier
-# (Apache-2.0, see rapidocr's MODEL_LICENSES.md).
+# (Apache-2.0, see rapidocr's MODEL_LICENSES.md). The built-in OCR engine loads det and rec only
+# (ocr/backends.py says why); the classifier stays pinned for a PaddleOCR-layout folder that
+# includes it (the tests assemble one from this wheel).
 RAPIDOCR_DET = PinnedModel(
     "rapidocr",
     "models/PP-OCRv6_det_small.onnx",

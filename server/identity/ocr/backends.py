@@ -1,13 +1,15 @@
 """OCR backends. Both run PP-OCR ONNX models through RapidOCR's pipeline on onnxruntime.
 
-- `RapidOcrEngine.from_wheel()`: the models the pinned rapidocr wheel ships (PP-OCRv6 small).
+- `RapidOcrEngine.from_wheel()`: the models the pinned rapidocr wheel ships (PP-OCRv6 small
+  detection and recognition; no direction classifier, see `RapidOcrEngine`).
 - `load_paddle_model_dir(dir, digests)`: a PaddleOCR-style model folder that a deployment
   provisions (official models exported to ONNX with paddle2onnx), laid out as
 
       DIR/det/inference.onnx
       DIR/rec/inference.onnx   + DIR/rec/inference.yml (PostProcess.character_dict)
                                  or DIR/rec/ppocr_keys.txt, unless the ONNX file embeds it
-      DIR/cls/inference.onnx   (optional: the 0/180 degree text direction classifier)
+      DIR/cls/inference.onnx   (optional: the per-line 0/180 degree direction classifier;
+                                 usually better left out, see `RapidOcrEngine`)
 
   Every file's SHA-256 must be given (from configuration) and is checked before loading.
 
@@ -26,7 +28,6 @@ from typing import Any
 import numpy as np
 
 from server.identity.models import (
-    RAPIDOCR_CLS,
     RAPIDOCR_DET,
     RAPIDOCR_REC,
     ModelError,
@@ -36,14 +37,33 @@ from server.identity.models import (
 from server.identity.ocr import TextLine
 
 # Detection resizes the longer side to at most this (recognition still crops lines from the
-# full-resolution image). A card filling most of the frame keeps its smallest text ~15 px high
-# for detection, which PP-OCR det handles; RapidOCR's default (upscaling the short side to 736)
-# costs several times more on a phone photo. bench/kyc.py measures the accuracy at this size.
-_DET_LIMIT_SIDE = 736
+# full-resolution image). On a 1280x960 photo with the card filling 80 % of the frame the labels
+# are ~13 px high for detection; the synthetic cards still read exactly at 576 with the card
+# filling only a third of the frame (512 starts to misorder rows), and 736 takes about twice as
+# long to detect. RapidOCR's default (upscaling the short side to 736) costs several times more
+# on a phone photo. bench/kyc.py measures the accuracy at this size.
+_DET_LIMIT_SIDE = 576
+
+# Recognition runs one line at a time at its own width (48 px high). RapidOCR's defaults batch 6
+# lines and pad each batch to its widest line and to at least 320 px; a card's labels and short
+# values (性别, 男) are 50-100 px wide, so half of the recognition time went to padding.
+_REC_BATCH = 1
+_REC_SHAPE = [3, 48, 48]  # channels, height, minimum width
 
 
 class RapidOcrEngine:
-    """PP-OCR det + cls + rec through RapidOCR; load once, call `recognize` many times."""
+    """PP-OCR det (+ cls) + rec through RapidOCR; load once, call `recognize` many times.
+
+    The per-line 0/180 degree direction classifier is optional and the built-in engine does not
+    use it: on a card it turns isolated characters (the 男 after 性别) upside down often enough
+    to lose the field, and a whole card upside down is handled by `reader.read_card`, which
+    reads the turned photo when the labels are not found.
+
+    `threads` is onnxruntime's intra-op thread count per model. One is the default: the server
+    runs the identity engines next to the media pipeline on a 2-core machine: two threads save
+    under 0.1 s of a side's 0.4 s on an idle machine for 1.6x the CPU, and under load they cost
+    twice the CPU and twice the wall time of one (docs/benchmarks.md, "Identity (KYC)").
+    """
 
     def __init__(
         self,
@@ -52,7 +72,7 @@ class RapidOcrEngine:
         cls: Path | None,
         versions: Mapping[str, str],
         rec_keys: Path | None = None,
-        threads: int | None = None,
+        threads: int | None = 1,
     ) -> None:
         from rapidocr import RapidOCR
 
@@ -63,9 +83,11 @@ class RapidOcrEngine:
             "Det.limit_type": "max",
             "Det.limit_side_len": _DET_LIMIT_SIDE,
             "Rec.model_path": str(rec),
+            "Rec.rec_batch_num": _REC_BATCH,
+            "Rec.rec_img_shape": list(_REC_SHAPE),
         }
         if threads is not None:
-            # One thread per engine suits a server running an engine per worker process.
+            # None: onnxruntime's default (one thread per physical core).
             params["EngineConfig.onnxruntime.intra_op_num_threads"] = threads
         if cls is not None:
             params["Cls.model_path"] = str(cls)
@@ -77,17 +99,14 @@ class RapidOcrEngine:
         self._versions = dict(versions)
 
     @classmethod
-    def from_wheel(cls, threads: int | None = None) -> RapidOcrEngine:
-        """The default engine: models from the rapidocr wheel, verified against pinned digests."""
+    def from_wheel(cls, threads: int | None = 1) -> RapidOcrEngine:
+        """The default engine: detection and recognition models from the rapidocr wheel,
+        verified against pinned digests (no direction classifier, see the class docstring)."""
         return cls(
             verified(RAPIDOCR_DET),
             verified(RAPIDOCR_REC),
-            verified(RAPIDOCR_CLS),
-            {
-                "det": RAPIDOCR_DET.version,
-                "rec": RAPIDOCR_REC.version,
-                "cls": RAPIDOCR_CLS.version,
-            },
+            None,
+            {"det": RAPIDOCR_DET.version, "rec": RAPIDOCR_REC.version},
             threads=threads,
         )
 

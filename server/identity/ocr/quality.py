@@ -2,7 +2,8 @@
 
 Thresholds are for a photo normalised to 1000 px on its longer side (see `_normalise`) and were
 set on the synthetic cards of tests/fixtures/idcards.py (clean, lightly degraded: pass; heavily
-blurred or with a highlight over the text: fail). See docs/identity.md for the values seen.
+blurred or with a highlight over the text: fail). The screen check (`screen_score`) is the
+exception: it works in the photo's own pixels. See docs/identity.md for the values seen.
 """
 
 from __future__ import annotations
@@ -24,15 +25,18 @@ GLARE_LINE_SHARE = 0.15
 GLARE_REGION_SHARE = 0.02
 DARK_MEAN = 45.0
 _NORM_SIDE = 1000
-# A photo of a screen: the strongest isolated peak of the card's power spectrum, in dB above
-# the spectrum's local median. A display's pixel grid, or its moiré against the camera's own
-# pixels, is one periodic pattern over the whole card; print, text and photos are not.
-SCREEN_PEAK_DB = 18.0
-_SCREEN_TILE = 256  # pixels; up to 3 x 3 tiles of the card region, spectra averaged
+# A photo of a screen: how far (dB) the strongest isolated high-frequency peak of the card's
+# power spectrum stands above the spectrum around it. A display's pixel grid, or its moiré
+# against the camera's own pixels, is one periodic pattern over the whole card; print, text and
+# photos are not (synthetic cards and their degradations <= 11 dB, screens >= 17 dB).
+SCREEN_PEAK_DB = 16.0
+_SCREEN_TILE = 256  # pixels; up to 3 x 3 tiles over the card's text, their spectra averaged
 _SCREEN_MIN_TILE = 128
 # Cycles per pixel below which peaks are the card's layout (text lines, character pitch).
 _SCREEN_MIN_FREQ = 0.06
-_SCREEN_MEDIAN_BINS = 11
+_SCREEN_SQUARE = 5  # bins each way: the square neighbourhood a peak is compared with
+_SCREEN_RIDGE = 8  # bins each way along the peak's own row and column (skipping +-1)
+_SCREEN_CANDIDATES = 32  # strongest bins over the square's mean that are checked in full
 # Compression blocks: JPEG's 8 x 8 (16 x 16 for subsampled colour), the video codecs' 4, 8
 # and 16 pixel transforms and macroblocks put their peaks at multiples of 1/16 cycle/pixel.
 _BLOCK_PERIOD = 16
@@ -118,27 +122,36 @@ def glare_mask(image: np.ndarray) -> np.ndarray:
 
 @functools.cache
 def _spectrum_support(size: int) -> tuple[np.ndarray, np.ndarray]:
-    """The 2-D Hann window of a tile, and the frequencies (fftshift layout) a screen's peak is
-    looked for at: one half-plane (the spectrum of a real image is symmetric), above the
-    layout band, and off the compression block grid (+-1 bin)."""
+    """The 2-D Hann window of a tile, and where (fftshift layout) a screen's peak is looked
+    for: one half-plane (a real image's spectrum is symmetric), above the layout band, and off
+    the compression block frequencies (+-1 bin)."""
     hann = np.hanning(size).astype(np.float32)
     f = (np.arange(size) - size // 2) / size
     fy, fx = np.meshgrid(f, f, indexing="ij")
     wanted = (np.hypot(fx, fy) >= _SCREEN_MIN_FREQ) & (fy >= 0)
-    bins = size / _BLOCK_PERIOD  # bins between block frequencies
+    bins = size / _BLOCK_PERIOD  # between block frequencies
     on_x = np.abs(fx * _BLOCK_PERIOD - np.round(fx * _BLOCK_PERIOD)) * bins <= 1.01
     on_y = np.abs(fy * _BLOCK_PERIOD - np.round(fy * _BLOCK_PERIOD)) * bins <= 1.01
     return np.outer(hann, hann), wanted & ~(on_x & on_y)
 
 
+_SQUARE_OFFSETS = np.mgrid[
+    -_SCREEN_SQUARE : _SCREEN_SQUARE + 1, -_SCREEN_SQUARE : _SCREEN_SQUARE + 1
+].reshape(2, -1)
+_RIDGE_OFFSETS = np.r_[-_SCREEN_RIDGE - 1 : -1, 2 : _SCREEN_RIDGE + 2]
+
+
 def screen_score(image: np.ndarray, region: tuple[int, int, int, int] | None = None) -> float:
     """How far (dB) the strongest isolated high-frequency peak of `region`'s power spectrum
-    stands above the spectrum's local median; >= SCREEN_PEAK_DB: a photo of a screen.
+    stands above its surroundings; >= SCREEN_PEAK_DB: a photo of a screen.
 
-    Measured in the photo's own pixels, not normalised: resampling would blur the pixel grid
-    away and move the compression blocks off their 1/16 cycle/pixel frequencies. Up to 3 x 3
-    Hann-windowed tiles spread over the region are averaged (a grid adds up across tiles, the
-    card's content does not), so the cost does not grow with the photo."""
+    "Above its surroundings" is above the largest of three medians: of the square around the
+    peak, of its own row and of its own column. Text lines and the card's edges put whole
+    ridges of energy along the axes, which a square alone would let through; a pixel grid is
+    a point. Measured in the photo's own pixels, not normalised: resampling would blur the grid
+    away and move the compression blocks off their frequencies. Up to 3 x 3 Hann-windowed
+    tiles spread over the region are averaged (a grid adds up across tiles, the content does
+    not), so the cost does not grow with the photo."""
     h, w = image.shape[:2]
     size = _SCREEN_TILE
     while size > _SCREEN_MIN_TILE and min(h, w) < size:
@@ -146,6 +159,7 @@ def screen_score(image: np.ndarray, region: tuple[int, int, int, int] | None = N
     if min(h, w) < size:
         return 0.0
     x0, y0, x1, y1 = region if region is not None else (0, 0, w, h)
+    x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
     # A region smaller than a tile grows to one around its centre.
     if x1 - x0 < size:
         x0 = min(max(0, (x0 + x1 - size) // 2), w - size)
@@ -163,16 +177,27 @@ def screen_score(image: np.ndarray, region: tuple[int, int, int, int] | None = N
             if tile.ndim == 3:
                 tile = cv2.cvtColor(tile, cv2.COLOR_BGR2GRAY)
             t = tile.astype(np.float32)
-            t = (t - float(t.mean())) * window
-            f = cv2.dft(t, flags=cv2.DFT_COMPLEX_OUTPUT)
-            power += f[..., 0] ** 2 + f[..., 1] ** 2
+            f = cv2.dft((t - float(t.mean())) * window, flags=cv2.DFT_COMPLEX_OUTPUT)
+            power += cv2.magnitude(f[..., 0], f[..., 1]) ** 2
     db = 10 * np.log10(np.fft.fftshift(power) / (len(ys) * len(xs)) + 1e-3)
-    # Local median in 0.5 dB steps (OpenCV's median filter takes large kernels on 8 bits
-    # only), over the top 127 dB: a clipped floor only raises the median, never a peak.
-    floor = float(db.max()) - 127.5
-    steps = np.clip((db - floor) * 2, 0, 255).astype(np.uint8)
-    median = cv2.medianBlur(steps, _SCREEN_MEDIAN_BINS).astype(np.float32) / 2 + floor
-    return float(np.max((db - median)[wanted]))
+    # Candidates: the bins furthest above the mean of their square; then the medians.
+    side = 2 * _SCREEN_SQUARE + 1
+    excess = np.where(wanted, db - cv2.blur(db, (side, side)), -np.inf)
+    top = np.argpartition(excess.ravel(), -_SCREEN_CANDIDATES)[-_SCREEN_CANDIDATES:]
+    cy, cx = np.divmod(top, size)
+    keep = wanted[cy, cx]
+    cy, cx = cy[keep][:, None], cx[keep][:, None]
+    if cy.size == 0:
+        return 0.0
+    m = _SCREEN_RIDGE + 1
+    padded = np.pad(db, m, mode="edge")
+    square = padded[cy + m + _SQUARE_OFFSETS[0], cx + m + _SQUARE_OFFSETS[1]]
+    column = padded[cy + m + _RIDGE_OFFSETS, cx + m]
+    row = padded[cy + m, cx + m + _RIDGE_OFFSETS]
+    background = np.max(
+        [np.median(square, axis=1), np.median(column, axis=1), np.median(row, axis=1)], axis=0
+    )
+    return max(0.0, float(np.max(db[cy[:, 0], cx[:, 0]] - background)))
 
 
 def check_quality(
@@ -181,6 +206,8 @@ def check_quality(
     """Issues with this photo. `fields_missing`: the parser did not find every field, which is
     when blur or glare explain the failure (a light highlight on a fully read card is fine)."""
     if len(lines) < 3:
+        # No card region to judge for a screen: the frame may well hold a monitor behind the
+        # customer. A screen that is not read cannot be accepted either.
         issues = [CARD_NOT_FOUND]
         gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
         if float(gray.mean()) < DARK_MEAN:

@@ -38,8 +38,9 @@ def _missing(side: Side, fields: IdCardFields) -> list[str]:
 
 
 def _flip(lines: Sequence[TextLine], shape: tuple[int, ...]) -> list[TextLine]:
-    """The same lines in the coordinates of the image turned 180 degrees. The direction
-    classifier already reads upside-down text correctly; only the layout is inverted."""
+    """The same lines in the coordinates of the image turned 180 degrees. With a direction
+    classifier (an engine that has one) upside-down text is already read correctly and only
+    the layout is inverted."""
     h, w = shape[:2]
     out = []
     for ln in lines:
@@ -80,7 +81,8 @@ def read_card(image: np.ndarray, engine: OcrEngine, side: Side | None = None) ->
         image = cv2.rotate(image, cv2.ROTATE_180)
     fields = _parse(found, lines) if found else IdCardFields()
     if found is None or _missing(found, fields):
-        # The classifier can miss upside-down lines; reading the turned image is the fallback.
+        # Upside down without a direction classifier (the built-in engine has none), or lines
+        # the classifier missed: read the turned image and keep the better reading.
         turned = cv2.rotate(image, cv2.ROTATE_180)
         lines2 = engine.recognize(turned)
         found2 = side or side_of(lines2)
