@@ -8,7 +8,7 @@
 // IdentityPanel is the staff view (teller: controls; supervisor: read only);
 // wireCustomerIdentity gives the customer the consent question, the prompts and the upload.
 import { t, translate } from './i18n.js';
-import { toast } from './ui.js';
+import { consentQuestion, toast } from './ui.js';
 
 export const STEPS = ['card_front', 'card_back', 'face', 'liveness'];
 const STATES = new Set(['idle', 'awaiting_consent', 'in_progress', 'manual_required', 'manual_review', 'passed', 'verified_manually']);
@@ -222,38 +222,14 @@ async function preparePhoto(file) {
  */
 export function wireCustomerIdentity(call) {
   const $ = (id) => document.getElementById(id);
-  const dialog = $('identity-consent');
-  const heading = $('identity-consent-title');
   const prompt = $('identity-prompt');
   const promptText = $('identity-prompt-text');
   const promptHint = $('identity-prompt-hint');
   const uploadBox = $('identity-upload-box');
   const upload = $('identity-upload');
   let identity = normalizeIdentity({});
-  let asking = false;
   let side = null;
-
-  const open = () => {
-    asking = true;
-    if (!dialog.open) dialog.showModal();
-    heading.focus();
-  };
-  const close = () => {
-    asking = false;
-    if (dialog.open) dialog.close();
-  };
-  const answer = (granted) => {
-    if (!asking) return;
-    if (!call.send('identity_consent', { granted })) {
-      translate($('identity-consent-error'), 'consent.notSent');
-      return;
-    }
-    close();
-  };
-  $('identity-consent-yes').addEventListener('click', () => answer(true));
-  $('identity-consent-no').addEventListener('click', () => answer(false));
-  dialog.addEventListener('cancel', (event) => event.preventDefault());
-  dialog.addEventListener('close', () => { if (asking) open(); });
+  const question = consentQuestion('identity-consent', (granted) => call.send('identity_consent', { granted }));
 
   upload.addEventListener('change', async () => {
     const file = upload.files?.[0];
@@ -295,19 +271,23 @@ export function wireCustomerIdentity(call) {
     }
   };
 
-  call.on('identity_consent_request', open);
+  call.on('identity_consent_request', question.open);
   call.on('identity_hint', (message) => showMessage(promptHint, message));
   call.on('identity', (next) => {
     identity = next;
-    if (next.state !== 'awaiting_consent') close();
-    else if (!asking) open(); // reconnected while the question was open
+    if (next.state !== 'awaiting_consent') {
+      question.close();
+      question.state.answered = false;
+    } else if (!question.state.asking && !question.state.answered) {
+      question.open(); // reconnected while the question was open
+    }
     render();
   });
   call.on('error', (msg) => {
     if (REQUESTS.has(msg.ref)) showMessage(promptHint, null);
   });
   const finish = () => {
-    close();
+    question.close();
     prompt.hidden = true;
   };
   call.on('ended', finish);

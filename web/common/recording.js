@@ -9,7 +9,7 @@
 // wireCustomerRecording gives the customer the consent step and the "recording" indicator.
 // All text goes through i18n.js and textContent.
 import { t, translate } from './i18n.js';
-import { confirmDialog, toast } from './ui.js';
+import { confirmDialog, consentQuestion, toast } from './ui.js';
 
 /** The standard sales script, in order; labels are the i18n keys `moment.<name>`. */
 export const MOMENTS = [
@@ -553,66 +553,30 @@ export class RecordingPanel {
  * the indicator (#recording-indicator) shown while recording.
  */
 export function wireCustomerRecording(call) {
-  const $ = (id) => document.getElementById(id);
-  const dialog = $('consent');
-  const heading = $('consent-title');
-  const yes = $('consent-yes');
-  const no = $('consent-no');
-  const error = $('consent-error');
-  const indicator = $('recording-indicator');
-  let asking = false;
-  let answered = false; // answered the current request; waiting for the recording state to move on
+  const indicator = document.getElementById('recording-indicator');
+  const question = consentQuestion('consent', (granted) => {
+    if (!call.send('consent', { granted })) return false;
+    if (!granted) toast(t('consent.declinedToast'), 'info', 8000);
+    return true;
+  });
   let afterJoin = false;
 
-  const open = () => {
-    asking = true;
-    answered = false;
-    error.textContent = '';
-    yes.disabled = false;
-    no.disabled = false;
-    if (!dialog.open) dialog.showModal();
-    // A legal choice: neither answer is pre-selected; the question itself gets the focus.
-    heading.focus();
-  };
-  const close = () => {
-    asking = false;
-    if (dialog.open) dialog.close();
-  };
-  const answer = (granted) => {
-    if (!asking) return;
-    if (!call.send('consent', { granted })) {
-      translate(error, 'consent.notSent');
-      return;
-    }
-    answered = true;
-    close();
-    if (!granted) toast(t('consent.declinedToast'), 'info', 8000);
-  };
-
-  yes.addEventListener('click', () => answer(true));
-  no.addEventListener('click', () => answer(false));
-  // Esc must not dismiss a question that needs an answer; if the browser closes it anyway, ask again.
-  dialog.addEventListener('cancel', (event) => event.preventDefault());
-  dialog.addEventListener('close', () => {
-    if (asking) open();
-  });
-
-  call.on('consent_request', open);
+  call.on('consent_request', question.open);
   call.on('joined', () => { afterJoin = true; });
   call.on('recording', ({ state }) => {
     indicator.hidden = state !== 'recording';
     if (state !== 'awaiting_consent') {
-      answered = false;
-      close();
-    } else if (afterJoin && !answered && !asking) {
+      question.close();
+      question.state.answered = false;
+    } else if (afterJoin && !question.state.answered && !question.state.asking) {
       // Reconnected while the question was open: ask again rather than leave the teller waiting.
-      open();
+      question.open();
     }
     afterJoin = false;
   });
   const finish = () => {
     indicator.hidden = true;
-    close();
+    question.close();
   };
   call.on('ended', finish);
   call.on('fatal', finish);

@@ -1,5 +1,5 @@
 // Page chrome shared by every page: language and large-text toggles, toasts, confirm dialogs.
-import { applyI18n, has, t, toggleLang } from './i18n.js';
+import { applyI18n, has, t, toggleLang, translate } from './i18n.js';
 import { loadPref, savePref } from './prefs.js';
 
 export function initChrome() {
@@ -99,4 +99,50 @@ export function formatTime(iso) {
   const date = new Date(iso);
   return Number.isNaN(date.getTime()) ? '' : date.toLocaleTimeString(document.documentElement.lang,
     { hour: '2-digit', minute: '2-digit' });
+}
+
+/**
+ * A full-screen question that needs a yes or no (the customer's consents): <dialog id=PREFIX>
+ * with #PREFIX-title, #PREFIX-yes, #PREFIX-no, #PREFIX-error. Neither answer is pre-selected (a
+ * legal choice); Esc cannot dismiss it, and if the browser closes it anyway it is asked again.
+ * `send(granted)` returns false when the answer could not be sent; the question then stays.
+ * `state.answered` stays true until `close()`: the page is waiting for the server to move on.
+ */
+export function consentQuestion(prefix, send) {
+  const $ = (suffix) => document.getElementById(suffix ? `${prefix}-${suffix}` : prefix);
+  const dialog = $('');
+  const heading = $('title');
+  const yes = $('yes');
+  const no = $('no');
+  const error = $('error');
+  const state = { asking: false, answered: false };
+  const open = () => {
+    state.asking = true;
+    state.answered = false;
+    error.textContent = '';
+    yes.disabled = false;
+    no.disabled = false;
+    if (!dialog.open) dialog.showModal();
+    heading.focus();
+  };
+  const close = () => {
+    state.asking = false;
+    if (dialog.open) dialog.close();
+  };
+  const answer = (granted) => {
+    if (!state.asking) return;
+    if (!send(granted)) {
+      translate(error, 'consent.notSent');
+      return;
+    }
+    close();
+    state.answered = true;
+  };
+  yes.addEventListener('click', () => answer(true));
+  no.addEventListener('click', () => answer(false));
+  dialog.addEventListener('cancel', (event) => event.preventDefault());
+  dialog.addEventListener('close', () => {
+    if (state.asking) open();
+  });
+  return { open, close, state };
 }
