@@ -1,0 +1,1 @@
+"""The auditor portal: archive search, verification, playback, export and legal holds."""

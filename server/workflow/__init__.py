@@ -1,0 +1,1 @@
+"""Teller workflow: the queue, transactions with their approval rules, and delivery to the core bank."""
