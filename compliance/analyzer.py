@@ -44,6 +44,9 @@ class Thresholds:
 
     # Pinyin similarity (1 - edit distance / phrase length) from which a phrase counts as said.
     match_similarity: float = 0.8
+    # Forbidden phrases are short, so one different initial is too much: 产品风险 (pin) must
+    # not be heard as 零风险 (ling). Homophones (宝本 for 保本) still match exactly.
+    forbidden_similarity: float = 0.9
     # Below this the expected text is taken as not said at all (no candidate in the transcript).
     candidate_similarity: float = 0.5
     # Forced alignment confirms the text when its mean token log-probability reaches this...
@@ -258,7 +261,7 @@ def check_line(
     phrases: list[PhraseEvidence] = []
 
     for phrase in forbidden:
-        for hit in locate(phrase, transcript.syllables, thresholds.match_similarity):
+        for hit in locate(phrase, transcript.syllables, thresholds.forbidden_similarity):
             evidence = _evidence("must_not_include", phrase, hit, transcript, offset)
             phrases.append(evidence)
             if not hit.negated:

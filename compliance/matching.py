@@ -198,16 +198,76 @@ def syllable_cost(a: str, b: str) -> float:
     return min(1.0, (0.5 if ia != ib else 0.0) + 0.5 * final)
 
 
-def negation_count(text: str) -> int:
-    count = sum(1 for c in text if c in NEGATIONS)
+def negating_positions(text: str) -> frozenset[int]:
+    """Indices of the characters of `text` that negate (not those inside 非常, 没问题, ...)."""
+    exempt: set[int] = set()
     for word in _NOT_NEGATIONS:
-        count -= text.count(word) * sum(1 for c in word if c in NEGATIONS)
-    return max(count, 0)
+        at = text.find(word)
+        while at >= 0:
+            exempt.update(range(at, at + len(word)))
+            at = text.find(word, at + 1)
+    return frozenset(i for i, c in enumerate(text) if c in NEGATIONS and i not in exempt)
+
+
+def negation_count(text: str) -> int:
+    return len(negating_positions(text))
 
 
 def is_negated(phrase: str, haystack: Syllables, start: int, end: int) -> bool:
     """Whether the transcript around [start, end) negates the phrase (or un-negates it)."""
-    return (_count_in_window(haystack, start, end) - negation_count(phrase)) % 2 == 1
+    heard = _count_in_window(haystack, start, end) - _homophone_negations(
+        to_syllables(phrase), haystack, start, end
+    )
+    return (heard - negation_count(phrase)) % 2 == 1
+
+
+def _homophone_negations(phrase: Syllables, haystack: Syllables, start: int, end: int) -> int:
+    """The part of the negation difference that is only the recogniser's choice of characters.
+
+    Audio cannot tell homophones apart, so where the transcript writes a negation for the very
+    syllable at which the phrase has a non-negating character (未 wei for 为 wei) that is +1,
+    and a phrase's negation written as a non-negating homophone (部 bu for 不 bu) is -1. A
+    negation the speaker added (an extra syllable) or dropped is not aligned to a same-sounding
+    syllable, so it still counts.
+    """
+    heard = haystack.syllables[start:end]
+    said_negations = negating_positions(phrase.text)
+    heard_negations = negating_positions(haystack.text)
+    delta = 0
+    for i, j in _aligned_pairs(phrase.syllables, heard):
+        if phrase.syllables[i] != heard[j]:
+            continue
+        expected = phrase.positions[i] in said_negations
+        written = haystack.positions[start + j] in heard_negations
+        delta += int(written and not expected) - int(expected and not written)
+    return delta
+
+
+def _aligned_pairs(a: tuple[str, ...], b: tuple[str, ...]) -> list[tuple[int, int]]:
+    """Index pairs that a least-cost alignment of `a` to `b` puts at the same place."""
+    cost = [[0.0] * (len(b) + 1) for _ in range(len(a) + 1)]
+    for i in range(1, len(a) + 1):
+        cost[i][0] = float(i)
+    for j in range(1, len(b) + 1):
+        cost[0][j] = float(j)
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            cost[i][j] = min(
+                cost[i - 1][j - 1] + syllable_cost(a[i - 1], b[j - 1]),
+                cost[i - 1][j] + 1.0,
+                cost[i][j - 1] + 1.0,
+            )
+    pairs: list[tuple[int, int]] = []
+    i, j = len(a), len(b)
+    while i > 0 and j > 0:
+        if cost[i][j] == cost[i - 1][j - 1] + syllable_cost(a[i - 1], b[j - 1]):
+            pairs.append((i - 1, j - 1))
+            i, j = i - 1, j - 1
+        elif cost[i][j] == cost[i - 1][j] + 1.0:
+            i -= 1
+        else:
+            j -= 1
+    return pairs[::-1]
 
 
 def _count_in_window(haystack: Syllables, start: int, end: int) -> int:

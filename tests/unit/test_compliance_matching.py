@@ -69,6 +69,35 @@ def test_negation_guard(phrase: str, text: str, negated: bool) -> None:
     assert found[0][2] is negated
 
 
+@pytest.mark.parametrize(
+    ("phrase", "text", "negated"),
+    [
+        # The recogniser wrote a negation for a same-sounding syllable: not the speaker's words.
+        ("评估结果为稳健型", "评估结果未稳健型", False),
+        ("本产品不保证本金", "本产品部保证本金", False),
+        # A negation the speaker added or dropped is not a homophone of anything expected.
+        ("您可能会损失部分本金", "您不可能会损失部分本金", True),
+        ("本产品不保证本金", "本产品保证本金", True),
+    ],
+)
+def test_negation_guard_ignores_homophones_of_the_expected_text(
+    phrase: str, text: str, negated: bool
+) -> None:
+    found = _find(phrase, text)
+    assert found, f"{phrase} not located in {text}"
+    assert found[0][2] is negated
+
+
+def test_forbidden_phrases_need_more_than_a_similar_syllable() -> None:
+    from compliance.analyzer import Thresholds
+
+    strict = Thresholds().forbidden_similarity
+    # 产品风险 is one initial away from 零风险: the script's own words must not be a forbidden hit.
+    assert locate("零风险", to_syllables("产品风险等级为中低风险"), strict) == []
+    assert locate("零风险", to_syllables("产品风险等级为中低风险"), 0.8) != []
+    assert locate("保本", to_syllables("本产品宝本"), strict) != []  # a homophone still is
+
+
 def test_required_phrase_inside_its_negation_is_not_affirmed() -> None:
     matches = locate("投资有风险", to_syllables("本产品保本，投资没有风险"), 0.75)
     assert matches and best_affirmed(matches) is None

@@ -78,7 +78,7 @@ def test_fixture_gets_the_expected_decision(
         load_script(expectation["script"]),
         expectation["moment"],
         expectation["speaker"],  # type: ignore[arg-type]
-        {},
+        expectation["values"],
     )
     assert verdict.decision == expectation["decision"], _explain(verdict)
     if verdict.decision == "fail":
