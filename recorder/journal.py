@@ -28,6 +28,7 @@ class JournalState:
     gaps: list[dict[str, Any]] = field(default_factory=list)
     identity: dict[str, Any] | None = None
     compliance: dict[str, Any] | None = None
+    transactions: dict[str, dict[str, Any]] = field(default_factory=dict)  # by id, newest wins
     last_media_ms: int = 0
     last_wall: str = ""
     sealed: bool = False
@@ -84,6 +85,8 @@ class Journal:
                     state.identity = record["identity"]  # the newest one holds
                 elif kind == "compliance":
                     state.compliance = record["compliance"]
+                elif kind == "transaction":
+                    state.transactions[record["transaction"]["id"]] = record["transaction"]
                 elif kind == "sealed":
                     state.sealed = True
         if state is None:

@@ -126,6 +126,7 @@ class RecordingSession:
         self._gaps: list[dict[str, Any]] = []
         self._identity: dict[str, Any] | None = None
         self._compliance: dict[str, Any] | None = None
+        self._transactions: dict[str, dict[str, Any]] = {}
         self._tasks: asyncio.Queue[Callable[[], Awaitable[None]] | None] = asyncio.Queue()
         self._journal = Journal.create(
             context.journal_dir,
@@ -210,6 +211,19 @@ class RecordingSession:
         `compliance` object; free-form, no floats)."""
         self._compliance = context
         self._journal_later("compliance", {"compliance": context})
+
+    def bind_transaction(self, transaction_id: str, sha256: str, signature_sha256: str) -> None:
+        """A transaction the customer signed now: its hash and the signature image's hash go
+        into the manifest, at this media time (a signature given again replaces the earlier)."""
+        binding = {
+            "id": transaction_id,
+            "sha256": sha256,
+            "signature_sha256": signature_sha256,
+            "signed_at": format_timestamp(datetime.now(UTC)),
+            "media_ms": self.media_ms(),
+        }
+        self._transactions[transaction_id] = binding
+        self._journal_later("transaction", {"transaction": binding})
 
     @property
     def pending_segments(self) -> int:
@@ -308,7 +322,7 @@ class RecordingSession:
             "gaps": list(self._gaps),
             "identity": self._identity,
             "compliance": self._compliance,
-        }
+        } | _transactions_member(list(self._transactions.values()))
 
     def _sealed(self, segment: SealedSegment) -> None:
         async def store() -> None:
@@ -439,5 +453,10 @@ async def recover(context: RecorderContext, journal: Journal) -> ArchiveRecord:
         "gaps": gaps,
         "identity": state.identity,
         "compliance": state.compliance,
-    }
+    } | _transactions_member(list(state.transactions.values()))
     return await seal_manifest(context, fields, journal)
+
+
+def _transactions_member(bindings: list[dict[str, Any]]) -> dict[str, Any]:
+    # Absent rather than empty: a manifest without transactions keeps the original format.
+    return {"transactions": bindings} if bindings else {}

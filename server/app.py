@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 from aiohttp import web
 
-from server.api import auth_routes, compliance_routes, join_routes, pages, session_routes
+from recorder.store.s3 import ArchiveBucket
+from server.api import (
+    auditor_routes,
+    auth_routes,
+    compliance_routes,
+    join_routes,
+    pages,
+    queue_routes,
+    session_routes,
+    transaction_routes,
+    webhook_routes,
+)
 from server.api.middleware import json_errors, security_headers
 from server.audit.log import AuditLog
+from server.auditor.service import AuditorPortal
 from server.auth.ratelimit import LoginThrottle
 from server.auth.service import AuthService
 from server.context import SERVICES, Services
@@ -25,6 +38,9 @@ from server.sfu.ice_policy import IcePolicy
 from server.sfu.rooms import RoomRegistry
 from server.signaling.handler import signaling
 from server.workers.registry import WorkerRegistry
+from server.workflow.queue import QueueService
+from server.workflow.service import Transactions
+from server.workflow.webhooks import WebhookDeliveries, webhook_secret
 
 API_BODY_LIMIT = 64 * 1024
 
@@ -48,16 +64,37 @@ async def create_app(settings: Settings) -> web.Application:
     recorder = RecordingManager(settings, db)
     # Checkpoints are signed with the worker's signing key, published next to the manifests' one.
     audit = AuditLog(db, recorder.signer)
+    auditor = AuditorPortal(
+        settings.auditor,
+        db,
+        settings.data_dir,
+        recorder.bucket if isinstance(recorder.bucket, ArchiveBucket) else None,
+        recorder.keyring,
+        audit,
+    )
     identity = IdentityServices(
         engines=IdentityEngines(settings.identity),
         records=IdentityRecords(db, settings.data_dir / "keys" / "identity-keyring.json"),
         store=store,
         audit=audit,
+        on_card_read=auditor.index.record_card,
     )
     rooms = RoomRegistry(store, settings, policy, recorder, audit, identity)
     analysis = AnalysisJobs(settings, db, recorder.signer, recorder.bucket, audit)
-    recorder.on_sealed = analysis.submit
+
+    async def sealed(archive_id: str, session_id: str) -> None:
+        auditor.index.sealed(archive_id)
+        await analysis.submit(archive_id, session_id)
+
+    recorder.on_sealed = sealed
     analysis.notify = rooms.notify_staff
+    webhooks = WebhookDeliveries(
+        settings.webhook,
+        db,
+        audit,
+        recorder.signer,
+        webhook_secret(settings.webhook, settings.data_dir),
+    )
     services = Services(
         settings=settings,
         engine=engine,
@@ -68,13 +105,42 @@ async def create_app(settings: Settings) -> web.Application:
         audit=audit,
         identity=identity,
         analysis=analysis,
+        auditor=auditor,
+        webhooks=webhooks,
+        transactions=Transactions(
+            db,
+            settings.workflow,
+            recorder.signer,
+            audit,
+            settings.data_dir / "keys" / "signature-keyring.json",
+            rooms.bind_transaction,
+            rooms.notify_session,
+        ),
+        queue=QueueService(
+            db,
+            store,
+            audit,
+            settings.queue,
+            timedelta(minutes=settings.invitation_ttl_minutes),
+            settings.data_dir / "keys" / "queue-keyring.json",
+        ),
     )
 
     app = web.Application(
         middlewares=[security_headers, json_errors], client_max_size=API_BODY_LIMIT
     )
     app[SERVICES] = services
-    for module in (auth_routes, session_routes, compliance_routes, join_routes, pages):
+    for module in (
+        auth_routes,
+        session_routes,
+        compliance_routes,
+        auditor_routes,
+        webhook_routes,
+        transaction_routes,
+        queue_routes,
+        join_routes,
+        pages,
+    ):
         app.add_routes(module.routes)
     app.router.add_get("/ws/v1/sessions/{session_id}", signaling)
     app.router.add_static("/static/", pages.WEB_DIR, append_version=False)
@@ -95,6 +161,8 @@ async def create_app(settings: Settings) -> web.Application:
         await recorder.start()
         await analysis.start()
         await audit.start()
+        await auditor.start()
+        await webhooks.start()
         await services.workers.start()
         await services.workers.recover_dead()
 
@@ -102,6 +170,8 @@ async def create_app(settings: Settings) -> web.Application:
         await services.rooms.shutdown()
         await analysis.stop()
         await recorder.stop()
+        await webhooks.stop()
+        await auditor.stop()
         await audit.stop()
         await services.workers.stop()
         await metrics.stop()

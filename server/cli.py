@@ -22,6 +22,7 @@ from server.errors import ApiError
 from server.identity.cli import add_commands as add_kyc_commands
 from server.logs import AccessLogger, configure_logging
 from server.settings import Settings, load_settings
+from server.workflow.webhook_cli import add_commands as add_webhook_commands
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -80,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     add_kyc_commands(commands)
     add_compliance_commands(commands)
     add_audit_commands(commands)
+    add_webhook_commands(commands)
 
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(title="db commands")

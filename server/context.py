@@ -8,6 +8,7 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from server.audit.log import AuditLog
+from server.auditor.service import AuditorPortal
 from server.auth.service import AuthService
 from server.identity.verification import IdentityServices
 from server.recording.analysis import AnalysisJobs
@@ -15,6 +16,9 @@ from server.sessions.store import SessionStore
 from server.settings import Settings
 from server.sfu.rooms import RoomRegistry
 from server.workers.registry import WorkerRegistry
+from server.workflow.queue import QueueService
+from server.workflow.service import Transactions
+from server.workflow.webhooks import WebhookDeliveries
 
 
 @dataclass
@@ -28,6 +32,10 @@ class Services:
     audit: AuditLog
     identity: IdentityServices
     analysis: AnalysisJobs
+    auditor: AuditorPortal
+    webhooks: WebhookDeliveries
+    transactions: Transactions
+    queue: QueueService
 
 
 SERVICES = web.AppKey("services", Services)

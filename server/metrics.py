@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import secrets
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -14,7 +12,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from recorder.seal.files import create_private_file
+from recorder.seal.files import generated_secret
 from server.auth.tokens import same
 from server.sfu.rooms import RoomRegistry
 
@@ -82,24 +80,8 @@ class Metrics:
 
 
 def metrics_token(configured: str, data_dir: Path) -> str:
-    """The scrape token: configured, or generated once into {data_dir}/metrics.token (0600).
-
-    Workers start together: the file appears atomically (written aside, then linked into place,
-    which fails if another worker got there first), so all of them read the same token.
-    """
-    if configured:
-        return configured
-    path = data_dir / "metrics.token"
-    if not path.exists():
-        staging = data_dir / f".metrics.token.{os.getpid()}"
-        create_private_file(staging, secrets.token_urlsafe(32).encode())
-        with contextlib.suppress(FileExistsError):
-            os.link(staging, path)
-        staging.unlink()
-    token = path.read_text().strip()
-    if not token:
-        raise RuntimeError(f"{path} is empty: delete it and restart to generate a new token")
-    return token
+    """The scrape token: configured, or generated once into {data_dir}/metrics.token (0600)."""
+    return configured or generated_secret(data_dir / "metrics.token")
 
 
 def metrics_handler(

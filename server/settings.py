@@ -15,7 +15,11 @@ from pydantic_settings import (
 )
 
 from recorder.store.config import StoreSettings
+from server.auditor.config import AuditorConfig
 from server.identity.config import IdentityConfig
+from server.workflow.config import WorkflowConfig
+from server.workflow.queue_config import QueueConfig
+from server.workflow.webhook_config import WebhookConfig
 
 
 class IceServer(BaseModel):
@@ -80,6 +84,22 @@ class Settings(BaseSettings):
     identity: IdentityConfig = Field(
         default_factory=IdentityConfig,
         description="identity verification models (docs/identity.md)",
+    )
+    workflow: WorkflowConfig = Field(
+        default_factory=WorkflowConfig,
+        description="transactions and their approval rules (docs/workflow.md)",
+    )
+    webhook: WebhookConfig = Field(
+        default_factory=WebhookConfig,
+        description="delivery of approved transactions to the core bank (docs/webhooks.md)",
+    )
+    queue: QueueConfig = Field(
+        default_factory=QueueConfig,
+        description="public queue, teller skills and routing (docs/workflow-queue.md)",
+    )
+    auditor: AuditorConfig = Field(
+        default_factory=AuditorConfig,
+        description="auditor portal: search page size, playback memory (docs/auditor.md)",
     )
     compliance_scripts_dir: Path | None = Field(
         None,

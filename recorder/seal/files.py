@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 from pathlib import Path
 
 PRIVATE_DIR_MODE = 0o700
@@ -45,6 +46,26 @@ def replace_private_file(path: Path, data: bytes) -> None:
     create_private_file(temporary, data)
     os.replace(temporary, path)
     _fsync_dir(path.parent)
+
+
+def generated_secret(path: Path) -> str:
+    """The random token in `path`, generated there (0600) first if there is none.
+
+    Workers start together: the file appears atomically (written aside, then linked into place,
+    which fails if another worker got there first), so all of them read the same token.
+    """
+    if not path.exists():
+        staging = path.with_name(f".{path.name}.{os.getpid()}")
+        create_private_file(staging, secrets.token_urlsafe(32).encode())
+        with contextlib.suppress(FileExistsError):
+            os.link(staging, path)
+        staging.unlink()
+    if not is_private(path):
+        raise PermissionError(f"{path} is readable by others; chmod 600 it")
+    token = path.read_text().strip()
+    if not token:
+        raise RuntimeError(f"{path} is empty: delete it and restart to generate a new token")
+    return token
 
 
 def is_private(path: Path) -> bool:

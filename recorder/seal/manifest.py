@@ -171,6 +171,16 @@ class Gap(_Model):
     reason: Text
 
 
+class TransactionBinding(_Model):
+    """A transaction the customer signed while this recording ran (docs/workflow.md)."""
+
+    id: Text
+    sha256: Sha256Hex
+    signature_sha256: Sha256Hex
+    signed_at: Timestamp
+    media_ms: Count
+
+
 class Manifest(_Model):
     format_version: Literal[1]
     archive_id: Annotated[str, AfterValidator(_check_uuid)]
@@ -192,13 +202,18 @@ class Manifest(_Model):
     finalized_at: Timestamp
     previous_manifest_sha256: Sha256Hex | None
     signing_key_id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")]
+    # Optional and absent when nothing was signed, so manifests from before it keep their bytes.
+    transactions: list[TransactionBinding] | None = None
 
     @property
     def archive_uuid(self) -> UUID:
         return UUID(self.archive_id)
 
     def canonical_bytes(self) -> bytes:
-        return canonical_json(self.model_dump(mode="json"))
+        document = self.model_dump(mode="json")
+        if document["transactions"] is None:
+            del document["transactions"]
+        return canonical_json(document)
 
 
 class ManifestError(ValueError):

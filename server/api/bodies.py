@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import json
+from datetime import date
 from typing import Annotated, Literal, TypeVar
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 from server.auth.principal import Role
 from server.errors import ApiError
+from server.workflow.transactions import TransactionRequest
 
 Body = TypeVar("Body", bound=BaseModel)
 
@@ -47,6 +56,66 @@ class NewUserBody(_Strict):
     password: _Password = Field(min_length=12, max_length=256)
     display_name: str = Field("", max_length=64)
     role: Role
+
+
+class ArchiveSearchBody(_Strict):
+    """Auditor search; a POST body so that ID numbers never appear in URLs or access logs."""
+
+    date_from: date | None = None
+    date_to: date | None = None
+    teller: str = Field("", max_length=64)
+    customer_name: str = Field("", max_length=64)
+    id_number: str = Field("", max_length=32)
+    business: str = Field("", max_length=16)
+    product: str = Field("", max_length=64)
+    compliance: Literal["", "pass", "fail", "needs_review", "pending"] = ""
+    hold: Literal["", "held", "not_held"] = ""
+    page: int = Field(1, ge=1, le=10000)
+
+    @model_validator(mode="after")
+    def _dates_in_order(self) -> ArchiveSearchBody:
+        if self.date_from and self.date_to and self.date_from > self.date_to:
+            raise ValueError("date_from is after date_to")
+        return self
+
+
+class LegalHoldBody(_Strict):
+    held: bool
+    reason: str = Field(min_length=4, max_length=500)
+
+
+class QueueJoinBody(_Strict):
+    topic: Literal["wealth", "insurance", "cards", "other"]
+    elderly: bool = False
+
+
+class CallbackBody(_Strict):
+    # Checked by server/workflow/phone.py, which says what a valid number looks like.
+    phone: str = Field(min_length=1, max_length=32)
+
+
+class TellerStatusBody(_Strict):
+    status: Literal["available", "away"]
+
+
+class TellerSkillsBody(_Strict):
+    skills: list[Literal["wealth", "insurance", "general"]] = Field(max_length=3)
+
+
+class AssignBody(_Strict):
+    teller_id: str = Field(min_length=1, max_length=32)
+
+
+class TransactionBody(_Strict):
+    transaction: TransactionRequest
+
+
+class OverrideBody(_Strict):
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+class RejectBody(_Strict):
+    reason: str = Field(min_length=4, max_length=1000)
 
 
 async def parse(request: web.Request, model: type[Body]) -> Body:

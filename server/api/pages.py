@@ -36,9 +36,19 @@ async def staff_call(_: web.Request) -> web.FileResponse:
     return _page("staff/call.html")
 
 
+@routes.get("/auditor/")
+async def auditor_portal(_: web.Request) -> web.FileResponse:
+    return _page("auditor/index.html")
+
+
 @routes.get("/join/{token}")
 async def customer_page(_: web.Request) -> web.FileResponse:
     return _page("customer/index.html")
+
+
+@routes.get("/visit/")
+async def queue_entry(_: web.Request) -> web.FileResponse:
+    return _page("queue/index.html")
 
 
 @routes.get("/healthz")

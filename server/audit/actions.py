@@ -48,6 +48,51 @@ ACTIONS: dict[str, str] = {
     "detail.reason, detail.previous_state)",
     "identity.result": "the session's identity verification concluded (detail.decision, "
     "detail.method = automatic | manual)",
+    "webhook.delivered": "the core bank's webhook accepted an approved transaction (target: "
+    "transaction id; detail.delivery_id, attempts, status)",
+    "webhook.failed": "delivery of an approved transaction gave up: refused by the webhook or out "
+    "of attempts (target: transaction id; detail.delivery_id, attempts, status, reason)",
+    "webhook.retried": "an operator sent a failed delivery again (target: transaction id; "
+    "detail.delivery_id, attempts, via = api | cli)",
+    "auditor.search": "an auditor or supervisor searched the archives (detail.criteria = names "
+    "of the criteria used, never their values; page, results)",
+    "auditor.viewed": "an archive was opened in the portal and verified (target: archive id; "
+    "detail.verified, problems)",
+    "auditor.played": "a recording was decrypted for playback in the portal (target: archive id; "
+    "detail.views)",
+    "auditor.exported": "an archive's verifiable package was downloaded (target: archive id; "
+    "detail.bytes, sha256 of the ZIP)",
+    "auditor.hold_set": "a legal hold was set on every object of an archive (target: archive "
+    "id; detail.reason, objects)",
+    "auditor.hold_cleared": "a legal hold was cleared (target: archive id; detail.reason, objects)",
+    "queue.joined": "a customer joined the public queue (actor and target: ticket id; "
+    "detail.topic, business, elderly)",
+    "queue.left": "a ticket left the queue (target: ticket id; detail.reason = cancelled | "
+    "abandoned | expired; actor: the ticket, or system when swept)",
+    "queue.callback_requested": "a waiting customer asked to be called back instead (actor: "
+    "ticket id; target: callback id; detail.business; never the number)",
+    "queue.taken": "a teller took a customer from the queue (target: ticket id; "
+    "detail.session_id, business, elderly, assigned, waited_seconds)",
+    "queue.reassigned": "a supervisor routed a waiting ticket to a teller (target: ticket id; "
+    "detail.teller_id, previous)",
+    "queue.callback_claimed": "a teller claimed a callback and was shown its number (target: "
+    "callback id)",
+    "queue.callback_done": "a teller completed a callback; its number is erased (target: "
+    "callback id)",
+    "teller.status_changed": "a teller set their queue status (target: user id; detail.status, "
+    "previous)",
+    "teller.skills_changed": "a supervisor or admin changed a teller's skills (target: user id; "
+    "detail.skills, previous)",
+    "transaction.created": "a teller created a transaction in a session (target: transaction id; "
+    "detail.session_id, kind, product_type, amount_minor, currency, sha256)",
+    "transaction.signed": "the customer signed a transaction (target: transaction id; "
+    "detail.session_id, sha256, signature_sha256)",
+    "transaction.approved": "a transaction was finally approved and its record signed (target: "
+    "transaction id; detail.session_id, sha256, manifest_sha256, record_sha256, steps)",
+    "transaction.rejected": "a teller or supervisor rejected a transaction (target: transaction "
+    "id; detail.session_id, reason)",
+    "transaction.overridden": "a supervisor overrode failed approval checks with a reason "
+    "(target: transaction id; detail.session_id, checks, reason)",
 }
 
 # Detail members that must never be written: credentials and identity document numbers. This is a

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     ForeignKey,
     Index,
@@ -294,3 +295,188 @@ class AuditCheckpoint(Base):
     at: Mapped[datetime] = mapped_column(UTCDateTime())
     key_id: Mapped[str] = mapped_column(String(16))
     signature: Mapped[str] = mapped_column(String(128))
+
+
+class ArchiveIndexEntry(Base):
+    """What the auditor portal searches an archive by, beyond the archives/sessions tables.
+
+    The customer's ID number is only here as a keyed hash (HMAC-SHA256 under a key in
+    {data_dir}/keys/, server/auditor/idhash.py): a copy of the database cannot be searched for, or
+    reverse-searched into, ID numbers without that key. `card_name` is the name read from the ID
+    card (the invitation's customer_name is what the teller typed).
+    """
+
+    __tablename__ = "archive_index"
+
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id"), primary_key=True)
+    card_name: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    id_hash: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ArchiveProduct(Base):
+    """The product (compliance script) of one sealed archive, from its signed manifest."""
+
+    __tablename__ = "archive_products"
+
+    archive_id: Mapped[str] = mapped_column(ForeignKey("archives.id"), primary_key=True)
+    product: Mapped[str] = mapped_column(String(64), index=True)
+
+
+class LegalHoldRecord(Base):
+    """The legal hold of an archive as the portal last set it (the objects carry the hold itself);
+    every change is also in the audit log, with who and why."""
+
+    __tablename__ = "legal_holds"
+
+    archive_id: Mapped[str] = mapped_column(ForeignKey("archives.id"), primary_key=True)
+    held: Mapped[bool] = mapped_column(default=False, index=True)
+    reason: Mapped[str] = mapped_column(Text)
+    changed_by: Mapped[str] = mapped_column(String(32))
+    changed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    objects: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Transaction(Base):
+    """A purchase or service the teller set up in a session, signed by the customer, approved.
+
+    `content` is the transaction's canonical JSON (docs/workflow.md) and `sha256` its hash: what
+    the customer signed and the approval record binds. The signature image is only in
+    `signature_sealed` (per-row key, server/crypto/rows.py); its hash is in the clear.
+    """
+
+    __tablename__ = "transactions"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: new_id("t"))
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # purchase | service
+    product_type: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    amount_minor: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    currency: Mapped[str | None] = mapped_column(String(3), nullable=True)
+    content: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    # awaiting_signature | signed | awaiting_override | awaiting_second_approval | approved
+    # | rejected
+    state: Mapped[str] = mapped_column(String(24), default="awaiting_signature", index=True)
+    created_by: Mapped[str] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    signature_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    signature_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    signature_key_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    signature_wrapped_key: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    signature_sealed: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    signed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # The recording running when the customer signed: the signature is bound into its manifest.
+    signed_in_archive_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    approval_record: Mapped[str | None] = mapped_column(Text, nullable=True)
+    approval_signature: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class TransactionDecision(Base):
+    """One person's step on a transaction: maker approval, checker approval, override, reject."""
+
+    __tablename__ = "transaction_decisions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    transaction_id: Mapped[str] = mapped_column(ForeignKey("transactions.id"), index=True)
+    step: Mapped[str] = mapped_column(String(16))  # maker | checker | override | reject
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
+    role: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The checks as evaluated at this step ({name: passed}); overrides name the ones overridden.
+    checks: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class QueueTicket(Base):
+    """A customer waiting in the public queue (server/workflow/queue.py, docs/workflow-queue.md).
+
+    The ticket's credential is only here as a digest, and so is the invitation link the ticket
+    turns into when a teller takes it: the link is derived from the credential, so only the
+    ticket's holder can compute it and the database never holds either.
+    """
+
+    __tablename__ = "queue_tickets"
+    __table_args__ = (Index("ix_queue_tickets_state_business", "state", "business"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: new_id("q"))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    invitation_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    topic: Mapped[str] = mapped_column(String(16))
+    business: Mapped[str] = mapped_column(String(16))
+    elderly: Mapped[bool] = mapped_column(default=False)
+    # waiting | taken | cancelled | abandoned | expired | callback
+    state: Mapped[str] = mapped_column(String(16), default="waiting")
+    assigned_to: Mapped[str | None] = mapped_column(ForeignKey("users.id"), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    taken_by: Mapped[str | None] = mapped_column(ForeignKey("users.id"), nullable=True)
+    session_id: Mapped[str | None] = mapped_column(ForeignKey("sessions.id"), nullable=True)
+
+
+class QueueCallback(Base):
+    """A customer's request to be called back; the phone number is sealed (server/crypto/rows.py)
+    and erased when the callback is done. `phone_hint` (last four digits) is what lists show."""
+
+    __tablename__ = "queue_callbacks"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    ticket_id: Mapped[str] = mapped_column(ForeignKey("queue_tickets.id"), unique=True)
+    business: Mapped[str] = mapped_column(String(16))
+    elderly: Mapped[bool] = mapped_column(default=False)
+    state: Mapped[str] = mapped_column(String(16), default="open")  # open | claimed | done
+    phone_hint: Mapped[str] = mapped_column(String(4))
+    key_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    wrapped_key: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    sealed: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    claimed_by: Mapped[str | None] = mapped_column(ForeignKey("users.id"), nullable=True)
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    done_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class TellerProfile(Base):
+    """A teller's skills (the businesses they may serve) and chosen status for the queue."""
+
+    __tablename__ = "teller_profiles"
+
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    skills: Mapped[list[str]] = mapped_column(JSON, default=list)
+    status: Mapped[str] = mapped_column(String(16), default="away")  # available | away
+    status_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # The session of the customer last taken from the queue: "in call" while it is open.
+    current_session_id: Mapped[str | None] = mapped_column(ForeignKey("sessions.id"), nullable=True)
+    updated_by: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+
+class WebhookDelivery(Base):
+    """One approved transaction on its way to the core bank's webhook (docs/webhooks.md).
+
+    `body` is the request body, fixed at enqueue time so that every attempt sends the same bytes.
+    A worker owns an attempt while `lease_until` is in the future; claims are a guarded UPDATE, so
+    two workers never send the same delivery at once. `transaction_id` is unique: enqueueing a
+    transaction twice delivers it once.
+    """
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: new_id("wh"))
+    transaction_id: Mapped[str] = mapped_column(String(64), unique=True)
+    event_type: Mapped[str] = mapped_column(String(32))
+    body: Mapped[str] = mapped_column(Text)
+    event_sha256: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), index=True)  # pending | delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # `attempts` when an operator last retried: max_attempts counts from here.
+    attempts_at_retry: Mapped[int] = mapped_column(Integer, default=0)
+    last_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    lease_owner: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

@@ -1,11 +1,10 @@
 """Identity check records: outcomes in the clear, personal and biometric detail encrypted.
 
 A bank must be able to show later what was checked (card fields, scores, thresholds, model
-versions, the evidence frames) but a copy of the database must not disclose it. Each record gets
-a fresh AES-256-GCM data key, wrapped by the identity keyring (the same envelope scheme and key
-file format as recordings, docs/archive-format.md section 6, in its own file so the two can be
-rotated and escrowed separately). The record id and session id are the associated data, so a
-sealed blob moved to another row does not decrypt.
+versions, the evidence frames) but a copy of the database must not disclose it. Each record is
+sealed under its own data key wrapped by the identity keyring (server/crypto/rows.py). The record
+id and session id are the associated data, so a sealed blob moved to another row does not
+decrypt.
 """
 
 from __future__ import annotations
@@ -14,21 +13,17 @@ import asyncio
 import base64
 import hashlib
 import json
-import secrets
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from recorder.seal.keyring import LocalKeyring, WrappedKey
+from server.crypto.rows import RowSealer, SealedRow
 from server.db.engine import DbSession
 from server.db.models import IdentityCheck
-
-NONCE_SIZE = 12
 
 
 @dataclass(frozen=True)
@@ -61,8 +56,7 @@ def _aad(record_id: str, session_id: str) -> bytes:
 class IdentityRecords:
     def __init__(self, db: async_sessionmaker[DbSession], keyring_path: Path) -> None:
         self._db = db
-        # Created at first run (0600), never overwritten: see LocalKeyring.open.
-        self._keyring = LocalKeyring.open(keyring_path, create=True)
+        self._sealer = RowSealer(keyring_path)
 
     async def add(
         self,
@@ -127,25 +121,19 @@ class IdentityRecords:
     def _seal(
         self, record_id: str, session_id: str, detail: dict[str, Any], evidence: list[Evidence]
     ) -> tuple[str, bytes, bytes]:
-        data_key = AESGCM.generate_key(bit_length=256)
-        wrapped = self._keyring.wrap(data_key, uuid.UUID(record_id))
         document = {
             "detail": detail,
             "evidence": {e.name: base64.b64encode(e.jpeg).decode("ascii") for e in evidence},
         }
-        nonce = secrets.token_bytes(NONCE_SIZE)
         plaintext = json.dumps(document, ensure_ascii=False, sort_keys=True).encode()
-        sealed = nonce + AESGCM(data_key).encrypt(nonce, plaintext, _aad(record_id, session_id))
-        return wrapped.key_id, wrapped.nonce + wrapped.ciphertext, sealed
+        row = self._sealer.seal(uuid.UUID(record_id), _aad(record_id, session_id), plaintext)
+        return row.key_id, row.wrapped_key, row.sealed
 
     def _unseal(self, row: IdentityCheck) -> dict[str, Any]:
-        wrapped = WrappedKey(
-            key_id=row.key_id,
-            nonce=row.wrapped_key[:NONCE_SIZE],
-            ciphertext=row.wrapped_key[NONCE_SIZE:],
+        plaintext = self._sealer.open(
+            uuid.UUID(row.id),
+            _aad(row.id, row.session_id),
+            SealedRow(row.key_id, row.wrapped_key, row.sealed),
         )
-        data_key = self._keyring.unwrap(wrapped, uuid.UUID(row.id))
-        nonce, ciphertext = row.sealed[:NONCE_SIZE], row.sealed[NONCE_SIZE:]
-        plaintext = AESGCM(data_key).decrypt(nonce, ciphertext, _aad(row.id, row.session_id))
         document: dict[str, Any] = json.loads(plaintext)
         return document

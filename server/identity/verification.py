@@ -152,6 +152,8 @@ class IdentityServices:
     store: SessionStore
     audit: AuditLog
     today: Callable[[], date] = date.today
+    # Told the card front's fields when that step passes: the auditor portal's search index.
+    on_card_read: Callable[[str, dict[str, Any]], Awaitable[None]] | None = None
 
 
 def _jpeg(image: np.ndarray) -> bytes:
@@ -441,6 +443,12 @@ class IdentityVerification:
         state.record_id = record.id
         state.evidence_sha256 = list(record.evidence_sha256)
         state.manifest = outcome.manifest
+        if step is Step.CARD_FRONT and outcome.passed and self._svc.on_card_read is not None:
+            try:
+                await self._svc.on_card_read(self._session_id, self._fields.get("front", {}))
+            except Exception:
+                # The verification stands; the archive stays findable by name and teller.
+                log.exception("identity_card_not_indexed", session_id=self._session_id)
         await self._svc.audit.append_fact(
             "identity.checked",
             actor=actor,

@@ -157,6 +157,16 @@ class RoomRecording:
         if self._recording is not None and self.state == "recording":
             self._recording.set_identity(summary)
 
+    def bind_transaction(
+        self, transaction_id: str, sha256: str, signature_sha256: str
+    ) -> str | None:
+        """Bind a just-signed transaction into the running recording; its archive id, or None
+        when nothing is being recorded (the approval rules then refuse the transaction)."""
+        if self._recording is None or self.state != "recording":
+            return None
+        self._recording.bind_transaction(transaction_id, sha256, signature_sha256)
+        return self._recording.archive_id
+
     async def stop(self, status: str = "complete") -> None:
         recording = self._recording
         if recording is None or self.state != "recording":

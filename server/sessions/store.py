@@ -62,9 +62,29 @@ class SessionStore:
         ttl: timedelta,
         worker_id: str | None,
     ) -> NewInvitation:
+        token = new_token()
+        session, expires_at = await self.open_session(
+            teller, business, customer_name, ttl, worker_id, digest(token)
+        )
+        return NewInvitation(session, token, expires_at)
+
+    async def open_session(
+        self,
+        teller: Principal,
+        business: str,
+        customer_name: str,
+        ttl: timedelta,
+        worker_id: str | None,
+        token_hash: str,
+        via: str = "invitation",
+    ) -> tuple[CallSession, datetime]:
+        """A session with the teller in it and a customer link whose token has `token_hash`.
+
+        The queue passes the digest of a link only the waiting customer can compute
+        (server/workflow/queue.py), so the link itself never exists on the server.
+        """
         if teller.role is not Role.TELLER or teller.user_id is None:
             raise forbidden("invite customers")
-        token = new_token()
         expires_at = utcnow() + ttl
         async with self._db() as db, db.begin():
             session = CallSession(
@@ -86,7 +106,7 @@ class SessionStore:
             db.add(
                 Invitation(
                     session_id=session.id,
-                    token_hash=digest(token),
+                    token_hash=token_hash,
                     created_by=teller.user_id,
                     expires_at=expires_at,
                 )
@@ -95,12 +115,16 @@ class SessionStore:
                 SessionEvent(
                     session_id=session.id,
                     type="invitation_created",
-                    detail={"expires_at": expires_at.isoformat(), "by": teller.user_id},
+                    detail={
+                        "expires_at": expires_at.isoformat(),
+                        "by": teller.user_id,
+                        "via": via,
+                    },
                 )
             )
         loaded = await self.get(session.id)
         assert loaded is not None
-        return NewInvitation(loaded, token, expires_at)
+        return loaded, expires_at
 
     async def invitation_status(self, token: str) -> tuple[InvitationStatus, Invitation | None]:
         async with self._db() as db:

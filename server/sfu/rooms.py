@@ -474,6 +474,9 @@ class Room:
     async def notify_staff(self, message: dict[str, Any]) -> None:
         await self._broadcast_recording(message, "staff")
 
+    async def notify(self, message: dict[str, Any], audience: Audience) -> None:
+        await self._broadcast_recording(message, audience)
+
     def _customer_camera(self) -> EncodedSource | None:
         for (participant_id, source), publication in self._publications.items():
             member = self.members.get(participant_id)
@@ -706,6 +709,23 @@ class RoomRegistry:
         room = self._rooms.get(session_id)
         if room is not None:
             await room.notify_staff(server_message("analysis", **fields))
+
+    def bind_transaction(
+        self, session_id: str, transaction_id: str, sha256: str, signature_sha256: str
+    ) -> str | None:
+        """Bind a signed transaction into the session's running recording (on this worker)."""
+        room = self._rooms.get(session_id)
+        if room is None or room.recording is None:
+            return None
+        return room.recording.bind_transaction(transaction_id, sha256, signature_sha256)
+
+    async def notify_session(
+        self, session_id: str, message: dict[str, Any], audience: Audience
+    ) -> None:
+        """Send a server message to the session's staff, customer or both, if it is live here."""
+        room = self._rooms.get(session_id)
+        if room is not None:
+            await room.notify(message, audience)
 
     def __len__(self) -> int:
         return len(self._rooms)

@@ -1,1 +1,1 @@
-"""Teller workflow: the queue, transactions with their approval rules, and delivery to the core bank."""
+"""Teller workflow: the queue, transactions and their approval rules, delivery to the core bank."""

@@ -17,17 +17,18 @@ export function clearCsrfToken() {
   csrfToken = null;
 }
 
-async function request(method, path, body) {
+async function request(method, path, body, contentType = 'application/json') {
   const headers = { Accept: 'application/json' };
-  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  if (body !== undefined) headers['Content-Type'] = contentType;
   if (STATE_CHANGING.has(method) && csrfToken) headers['X-CSRF-Token'] = csrfToken;
+  const raw = body instanceof Blob;
 
   let response;
   try {
     response = await fetch(path, {
       method,
       headers,
-      body: body === undefined ? undefined : JSON.stringify(body),
+      body: body === undefined || raw ? body : JSON.stringify(body),
       credentials: 'same-origin',
     });
   } catch (err) {
@@ -54,3 +55,5 @@ async function request(method, path, body) {
 
 export const get = (path) => request('GET', path);
 export const post = (path, body = {}) => request('POST', path, body);
+/** POST a Blob as it is (e.g. a signature PNG), with the CSRF token. */
+export const postBlob = (path, blob) => request('POST', path, blob, blob.type);

@@ -184,6 +184,7 @@ export class CallSession extends Emitter {
     signaling.on('identity', (msg) => this.emit('identity', normalizeIdentity(msg)));
     signaling.on('identity_consent_request', () => this.emit('identity_consent_request'));
     signaling.on('identity_hint', ({ message }) => this.emit('identity_hint', message));
+    signaling.on('transaction', (msg) => { if (msg.transaction) this.emit('transaction', msg.transaction); });
     signaling.on('marked', ({ moment, phase, media_ms: mediaMs }) => {
       if (typeof moment !== 'string' || !['start', 'end'].includes(phase)) return;
       this.emit('marked', { moment, phase, media_ms: Number(mediaMs) || 0 });

@@ -7,6 +7,7 @@ import { CallSession } from '/static/common/call-session.js';
 import { bindMediaToggles } from '/static/common/callview.js';
 import { wireCustomerRecording } from '/static/common/recording.js';
 import { wireCustomerIdentity } from '/static/common/identity.js';
+import { wireCustomerTransactions } from '/static/customer/transactions.js';
 
 const $ = (id) => document.getElementById(id);
 const SCREENS = { loading: 'loading', error: 'error-page', 'device-check': 'device-check', lobby: 'lobby', call: 'call', ended: 'ended' };
@@ -142,6 +143,7 @@ function enterLobby(session) {
   // The consent question is an overlay over the call (body[data-state] stays "call").
   wireCustomerRecording(call);
   wireCustomerIdentity(call);
+  wireCustomerTransactions(call, session.id);
   $('end-call').onclick = () => call.endWithConfirmation();
   call.start();
 }

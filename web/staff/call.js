@@ -7,6 +7,7 @@ import { CallSession } from '/static/common/call-session.js';
 import { bindMediaToggles } from '/static/common/callview.js';
 import { RecordingPanel } from '/static/common/recording.js';
 import { IdentityPanel } from '/static/common/identity.js';
+import { TransactionPanel } from '/static/staff/transactions.js';
 
 const $ = (id) => document.getElementById(id);
 const sessionId = new URLSearchParams(location.search).get('session');
@@ -210,6 +211,7 @@ async function main() {
   // an expert brought in for advice does not (the server does not send them either).
   $('identity-panel').hidden = user.role === 'expert';
   if (user.role !== 'expert') new IdentityPanel({ call, canControl: user.role === 'teller' });
+  new TransactionPanel({ call, sessionId, canControl: user.role === 'teller' });
   call.start();
 }
 

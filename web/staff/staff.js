@@ -2,6 +2,10 @@
 import { get, post, clearCsrfToken } from '/static/common/api.js';
 import { t, translate } from '/static/common/i18n.js';
 import { initChrome, errorText, toast, formatTime } from '/static/common/ui.js';
+import * as tellerQueue from '/static/staff/queue.js';
+import * as queueDashboard from '/static/staff/dashboard.js';
+import * as webhookPanel from '/static/staff/webhooks.js';
+import * as approvals from '/static/staff/approvals.js';
 
 const $ = (id) => document.getElementById(id);
 const REFRESH_MS = 3000;
@@ -23,11 +27,16 @@ const rows = new Map();
 
 function showLogin(message = '') {
   stopRefresh();
+  tellerQueue.hide();
+  queueDashboard.hide();
+  webhookPanel.hide();
+  approvals.hide();
   document.body.dataset.view = 'login';
   $('login-view').hidden = false;
   $('dashboard').hidden = true;
   $('user-info').hidden = true;
   $('logout').hidden = true;
+  $('auditor-link').hidden = true;
   $('login-error').textContent = message;
   $('username').focus();
 }
@@ -40,9 +49,14 @@ function showDashboard(user) {
   $('logout').hidden = false;
   $('user-name').textContent = user.display_name || user.username;
   translate($('user-role'), `role.${user.role}`);
+  $('auditor-link').hidden = user.role !== 'auditor' && user.role !== 'supervisor';
 
   const view = SESSION_VIEWS[user.role];
   $('invitation-panel').hidden = user.role !== 'teller';
+  tellerQueue.show(user);
+  queueDashboard.show(user);
+  webhookPanel.show(user);
+  approvals.show(user);
   $('sessions-panel').hidden = !view;
   $('info-panel').hidden = Boolean(view);
   if (view) {

@@ -1,0 +1,68 @@
+"""Keyed hashes of resident ID numbers, the only form in which the search index holds them.
+
+HMAC-SHA256 under a 32-byte key generated at first run into {data_dir}/keys/ (0600): without
+the key, a copy of the index can neither be searched for a number nor brute-forced (the space of
+valid numbers is small enough to enumerate for a plain hash). Format: docs/auditor.md section 2,
+test vector tests/vectors/auditor-idhash-v1.json.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import secrets
+from pathlib import Path
+
+from cryptography.hazmat.primitives import hashes, hmac
+
+from recorder.seal.files import create_private_file, is_private
+from server.identity.idcard import normalize_id_number
+
+KEY_FILE = "id-index-key.hex"
+KEY_SIZE = 32
+# Domain separation: the same key must never produce a hash that means something else.
+CONTEXT = b"vteller-id-number/1\x00"
+_NUMBER = re.compile(r"\d{17}[\dX]")
+
+
+class IdNumberError(ValueError):
+    """Not something an 18-character resident ID number can be."""
+
+
+def normalize(raw: str) -> str:
+    """The canonical spelling: no whitespace, upper-case X; refuse anything else."""
+    number = normalize_id_number(raw)
+    if not _NUMBER.fullmatch(number):
+        raise IdNumberError(
+            "an ID number has 17 digits followed by a digit or X (18 characters in all)"
+        )
+    return number
+
+
+class IdNumberHasher:
+    def __init__(self, key: bytes) -> None:
+        if len(key) != KEY_SIZE:
+            raise ValueError(f"the ID index key must be {KEY_SIZE} bytes")
+        self._key = key
+
+    @classmethod
+    def open(cls, keys_dir: Path) -> IdNumberHasher:
+        """The key in `keys_dir`, created at first run and never replaced (losing it makes the
+        index unsearchable by number, not wrong: numbers are re-indexed from identity records)."""
+        path = keys_dir / KEY_FILE
+        if not path.exists():
+            # Another worker may create it first: then theirs is used.
+            with contextlib.suppress(FileExistsError):
+                create_private_file(path, secrets.token_bytes(KEY_SIZE).hex().encode() + b"\n")
+        if not is_private(path):
+            raise PermissionError(f"{path} is readable by others; chmod 600 it")
+        text = path.read_text(encoding="ascii").strip()
+        try:
+            return cls(bytes.fromhex(text))
+        except ValueError as exc:
+            raise ValueError(f"{path} does not hold a {KEY_SIZE}-byte hex key") from exc
+
+    def hash(self, raw: str) -> str:
+        mac = hmac.HMAC(self._key, hashes.SHA256())
+        mac.update(CONTEXT + normalize(raw).encode("ascii"))
+        return mac.finalize().hex()

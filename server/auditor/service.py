@@ -1,0 +1,280 @@
+"""The auditor portal's service: every action an auditor takes, each one in the audit log.
+
+The audit entry is written before the result is handed out (a search's results, a recording's
+media, an export, a hold change), so nothing is seen or changed that the log does not show.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from recorder.export import ExportError
+from recorder.seal.keyring import KeyWrapper
+from recorder.store.s3 import ArchiveBucket, ArchiveStoreError, ArchiveUnavailableError
+from server.audit.log import AuditLog
+from server.auditor.config import AuditorConfig
+from server.auditor.exporting import PackageZip, write_package_zip
+from server.auditor.holds import HoldError, LegalHolds
+from server.auditor.idhash import IdNumberHasher
+from server.auditor.index import ArchiveIndex, SearchPage, SearchQuery
+from server.auditor.playback import (
+    MB,
+    PlaintextCollector,
+    PlaybackCache,
+    PlaybackError,
+    Prepared,
+    remux_views,
+)
+from server.auditor.verification import ArchiveVerifier, Verified
+from server.auth.principal import Principal
+from server.db.engine import DbSession
+
+
+class PortalError(Exception):
+    """Something the auditor asked for cannot be done; `code` and the message say why."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Actor:
+    principal: Principal
+    address: str | None
+
+    @property
+    def user_id(self) -> str:
+        assert self.principal.user_id is not None  # only staff reach the portal
+        return self.principal.user_id
+
+
+class AuditorPortal:
+    def __init__(
+        self,
+        config: AuditorConfig,
+        db: async_sessionmaker[DbSession],
+        data_dir: Path,
+        bucket: ArchiveBucket | None,
+        keyring: KeyWrapper,
+        audit: AuditLog,
+    ) -> None:
+        keys = data_dir / "keys"
+        self.config = config
+        self.index = ArchiveIndex(
+            db,
+            IdNumberHasher.open(keys),
+            bucket,
+            page_size=config.page_size,
+            wait_seconds=config.index_wait_seconds,
+        )
+        self._bucket = bucket
+        self._audit = audit
+        self._public_keys = keys / "public"
+        self._exports_dir = data_dir / "exports"
+        self._verifier = ArchiveVerifier(db, bucket, keyring, self._public_keys) if bucket else None
+        self._holds = LegalHolds(db, bucket) if bucket else None
+        self._playback = PlaybackCache(
+            config.playback_cache_mb * MB, config.playback_ttl_minutes * 60.0
+        )
+
+    async def start(self) -> None:
+        await self.index.catch_up()
+
+    async def stop(self) -> None:
+        await self.index.stop()
+
+    def _store(self) -> tuple[ArchiveVerifier, LegalHolds, ArchiveBucket]:
+        if self._verifier is None or self._holds is None or self._bucket is None:
+            raise PortalError(
+                503,
+                "store_not_configured",
+                "The archive store is not configured (VTELLER_S3_*); archives cannot be opened.",
+            )
+        return self._verifier, self._holds, self._bucket
+
+    async def _log(self, action: str, actor: Actor, target: str, detail: dict[str, Any]) -> None:
+        await self._audit.append(
+            action,
+            actor=actor.user_id,
+            actor_role=actor.principal.role.value,
+            target=target,
+            detail=detail,
+            address=actor.address,
+        )
+
+    async def _entry(self, archive_id: str) -> dict[str, Any]:
+        entry = await self.index.entry(archive_id)
+        if entry is None:
+            raise PortalError(404, "unknown_archive", "There is no sealed archive with this id.")
+        return entry
+
+    async def _verify(
+        self,
+        verifier: ArchiveVerifier,
+        archive_id: str,
+        collector: PlaintextCollector | None = None,
+    ) -> Verified:
+        try:
+            return await verifier.verify(archive_id, collector)
+        except ArchiveUnavailableError as exc:
+            raise PortalError(
+                503, "store_unavailable", f"The archive store cannot be read right now: {exc}"
+            ) from exc
+
+    # -- search and view -----------------------------------------------------------------------
+
+    async def search(self, actor: Actor, query: SearchQuery) -> SearchPage:
+        found = await self.index.search(query)
+        await self._log(
+            "auditor.search",
+            actor,
+            "",
+            {"criteria": query.criteria(), "page": query.page, "results": found.total},
+        )
+        return found
+
+    async def open(self, actor: Actor, archive_id: str) -> tuple[dict[str, Any], Verified]:
+        """The archive's index entry, hold state and a fresh verification of the stored archive."""
+        entry = await self._entry(archive_id)
+        verifier, holds, _ = self._store()
+        verified = await self._verify(verifier, archive_id)
+        hold = await holds.state(archive_id)
+        entry["hold"] = {
+            "held": hold.held,
+            "reason": hold.reason,
+            "changed_by": hold.changed_by,
+            "changed_at": hold.changed_at.isoformat() if hold.changed_at else None,
+        }
+        await self._log(
+            "auditor.viewed",
+            actor,
+            archive_id,
+            {"verified": verified.ok, "problems": len(verified.report.problems)},
+        )
+        return entry, verified
+
+    # -- playback ------------------------------------------------------------------------------
+
+    async def play(self, actor: Actor, archive_id: str) -> Prepared:
+        """Verify, decrypt and remux the recording (once per cache lifetime) for this viewer."""
+        await self._entry(archive_id)
+        verifier, _, _ = self._store()
+        prepared = self._playback.get(archive_id)
+        if prepared is None:
+            # A recording that cannot fit in the playback memory is not decrypted any further.
+            collector = PlaintextCollector(self.config.playback_cache_mb * MB)
+            verified = await self._verify(verifier, archive_id, collector)
+            if collector.too_large:
+                raise PortalError(
+                    413,
+                    "recording_too_large",
+                    "This recording is larger than the playback memory of the server "
+                    "(auditor.playback_cache_mb); export it instead.",
+                )
+            if not verified.ok or verified.report.manifest is None:
+                raise PortalError(
+                    409,
+                    "verification_failed",
+                    "This archive does not verify, so its media are not shown as evidence. "
+                    "Open it to see the problems found.",
+                )
+            try:
+                views = await asyncio.to_thread(remux_views, bytes(collector.data))
+                prepared = self._playback.put(archive_id, views)
+            except PlaybackError as exc:
+                raise PortalError(413, "recording_too_large", str(exc)) from exc
+        await self._log("auditor.played", actor, archive_id, {"views": sorted(prepared.views)})
+        prepared.viewers.add(actor.user_id)
+        self._playback.refresh(prepared)
+        return prepared
+
+    def media(self, actor: Actor, archive_id: str, view: str) -> bytes:
+        """One view's bytes, for a viewer who started this playback (and so was logged)."""
+        prepared = self._playback.get(archive_id)
+        if prepared is None or actor.user_id not in prepared.viewers:
+            raise PortalError(
+                409,
+                "playback_not_started",
+                "Start the playback from the archive's page first (it may have expired).",
+            )
+        found = prepared.views.get(view)
+        if found is None:
+            raise PortalError(404, "unknown_view", "This recording has no such view.")
+        return found.webm
+
+    # -- export and legal hold -----------------------------------------------------------------
+
+    async def export(self, actor: Actor, archive_id: str) -> PackageZip:
+        """A ZIP of the verifiable package in a temporary file the caller streams and deletes."""
+        await self._entry(archive_id)
+        _, _, bucket = self._store()
+        out = self._exports_dir / f"{uuid.uuid4().hex}.zip"
+        try:
+            package = await asyncio.to_thread(
+                write_package_zip, bucket, archive_id, self._public_keys, out
+            )
+            await self._log(
+                "auditor.exported",
+                actor,
+                archive_id,
+                {"bytes": package.size, "sha256": package.sha256},
+            )
+        except (ExportError, ArchiveStoreError) as exc:
+            await asyncio.to_thread(out.unlink, missing_ok=True)
+            raise PortalError(
+                409, "export_failed", f"The archive cannot be exported: {exc}"
+            ) from exc
+        except BaseException:
+            await asyncio.to_thread(out.unlink, missing_ok=True)
+            raise
+        return package
+
+    async def set_hold(
+        self, actor: Actor, archive_id: str, held: bool, reason: str
+    ) -> dict[str, Any]:
+        await self._entry(archive_id)
+        _, holds, _ = self._store()
+        current = await holds.state(archive_id)
+        try:
+            names = await holds.objects(archive_id)
+        except HoldError as exc:
+            raise PortalError(409, "archive_not_stored", str(exc)) from exc
+        # Setting a hold again is allowed when objects were added since (a later compliance
+        # report): the new ones are held too.
+        if current.held == held and not (held and len(names) > current.objects):
+            raise PortalError(
+                409,
+                "hold_unchanged",
+                "The archive is already under legal hold."
+                if held
+                else "The archive is not under legal hold.",
+            )
+        # Logged first: a hold the log cannot show is not changed.
+        await self._log(
+            "auditor.hold_set" if held else "auditor.hold_cleared",
+            actor,
+            archive_id,
+            {"reason": reason, "objects": len(names)},
+        )
+        try:
+            await holds.apply(archive_id, names, held, reason)
+        except ArchiveStoreError as exc:
+            raise PortalError(
+                503, "store_unavailable", f"The archive store refused the hold: {exc}"
+            ) from exc
+        state = await holds.record(archive_id, held, reason, actor.user_id, len(names))
+        return {
+            "held": state.held,
+            "reason": state.reason,
+            "changed_by": state.changed_by,
+            "changed_at": state.changed_at.isoformat() if state.changed_at else None,
+            "objects": state.objects,
+        }

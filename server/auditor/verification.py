@@ -1,0 +1,114 @@
+"""Verification of a stored archive for the portal: what `vteller verify` does, against the live
+store, with the chain link to the previous archive and, optionally, every segment decrypted."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from recorder.playback import MediaInspector
+from recorder.seal.keyring import KeyWrapper
+from recorder.seal.manifest import MANIFEST_OBJECT
+from recorder.seal.signing import load_public_keys
+from recorder.session import archive_prefix
+from recorder.store.s3 import ArchiveBucket, ArchiveStoreError, ArchiveUnavailableError, S3Archive
+from recorder.verify import PlaintextInspector, VerificationReport, verify_archive
+from server.db.engine import DbSession
+from server.db.models import Archive
+
+
+@dataclass(frozen=True)
+class Verified:
+    report: VerificationReport
+    chain: str  # linked | broken | first | unchecked
+    media: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return self.report.ok
+
+    def view(self) -> dict[str, Any]:
+        report = self.report
+        return {
+            "ok": report.ok,
+            "signature": report.signature_verified,
+            "decrypted": report.decrypted,
+            "chain": self.chain,
+            "problems": [str(p) for p in report.problems],
+            "notes": report.notes + self.media,
+            "reports": report.reports,
+        }
+
+
+class ArchiveVerifier:
+    def __init__(
+        self,
+        db: async_sessionmaker[DbSession],
+        bucket: ArchiveBucket,
+        keyring: KeyWrapper,
+        public_keys_dir: Path,
+    ) -> None:
+        self._db = db
+        self._bucket = bucket
+        self._keyring = keyring
+        self._public_keys_dir = public_keys_dir
+        # Decrypting a whole recording takes a core for a while: one at a time per worker, so
+        # auditors can never starve the calls this worker carries.
+        self._cpu = asyncio.Semaphore(1)
+
+    async def _previous_manifest(self, archive_id: str) -> bytes | None:
+        async with self._db() as db:
+            previous_sha = await db.scalar(
+                select(Archive.previous_sha256).where(Archive.id == archive_id)
+            )
+            if previous_sha is None:
+                return None
+            previous_id = await db.scalar(
+                select(Archive.id).where(Archive.manifest_sha256 == previous_sha)
+            )
+        if previous_id is None:
+            return None
+        try:
+            return await self._bucket.get(archive_prefix(previous_id) + MANIFEST_OBJECT)
+        except ArchiveStoreError:
+            return None  # reported as "not checked"; this archive's own checks still run
+
+    async def verify(
+        self, archive_id: str, inspector: PlaintextInspector | None = None
+    ) -> Verified:
+        """Signature, chain link and every segment; decrypted too (media checked unless another
+        `inspector` takes the plaintext)."""
+        previous = await self._previous_manifest(archive_id)
+        public_keys = await asyncio.to_thread(load_public_keys, self._public_keys_dir)
+        reader = S3Archive(self._bucket, archive_prefix(archive_id))
+        media = MediaInspector() if inspector is None else None
+        async with self._cpu:
+            try:
+                report = await asyncio.to_thread(
+                    verify_archive,
+                    reader,
+                    public_keys,
+                    keyring=self._keyring,
+                    previous_manifest=previous,
+                    inspector=inspector or media,
+                )
+            except ArchiveUnavailableError:
+                raise  # the store is down: nothing is known about the archive
+            except ArchiveStoreError as exc:
+                # An object whose bytes differ from what was stored (or vanished) is a finding.
+                report = VerificationReport()
+                report.add("store", str(exc))
+        if report.manifest is None or report.manifest.previous_manifest_sha256 is None:
+            chain = "first"
+        elif previous is not None:
+            broken = any("previous" in p.message for p in report.problems)
+            chain = "broken" if broken else "linked"
+        else:
+            chain = "unchecked"
+        described = media.summary.describe() if media is not None and media.summary else []
+        return Verified(report, chain, described)

@@ -1,0 +1,1 @@
+"""Cryptographic helpers shared by the server's services."""

@@ -1,0 +1,581 @@
+"""The public queue: customers wait, tellers take the next one (docs/workflow-queue.md).
+
+A ticket's credential is a random token kept only by the customer's browser (an HttpOnly cookie);
+the database has its digest. When a teller takes the ticket, a session and its customer link are
+created exactly as for an invitation (SessionStore.open_session), but the link's token is derived
+from the ticket's credential: the server stored only the digest of that derived token when the
+ticket was issued, so the link is never held by the server or shown to the teller, and only the
+waiting browser can turn its ticket into the call.
+
+"Take next" claims a ticket with a conditional UPDATE (state still `waiting`): of tellers racing
+for one customer, exactly one update changes a row, on every database, in every worker process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from types import MappingProxyType
+from typing import Literal
+
+from sqlalchemy import and_, case, func, or_, select, update
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from server.audit.actions import SYSTEM
+from server.audit.log import AuditLog
+from server.auth.principal import Principal, Role
+from server.auth.ratelimit import SlidingWindow
+from server.auth.tokens import digest, new_token
+from server.crypto.rows import RowSealer, SealedRow
+from server.db.engine import DbSession
+from server.db.models import (
+    CallSession,
+    QueueCallback,
+    QueueTicket,
+    StaffLogin,
+    TellerProfile,
+    User,
+    utcnow,
+)
+from server.errors import ApiError
+from server.sessions.store import SessionStore
+from server.workflow.estimate import Estimate, HandlingTime, estimate, handling_time
+from server.workflow.phone import normalize_mobile
+from server.workflow.queue_config import QueueConfig
+
+Topic = Literal["wealth", "insurance", "cards", "other"]
+TellerStatus = Literal["available", "away"]
+# What the customer chooses on the entry page, and the session business (and so the sales script
+# of server/recording/script.py) it becomes.
+TOPIC_BUSINESS: Mapping[str, str] = MappingProxyType(
+    {"wealth": "wealth", "insurance": "insurance", "cards": "general", "other": "general"}
+)
+_INVITATION_LABEL = b"vteller/queue/invitation/v1"
+# Candidates fetched per claim attempt: enough that tellers racing for the head of the queue
+# each find an unclaimed ticket in one round.
+_CANDIDATES = 8
+_CLAIM_ROUNDS = 5
+# Far longer than creating a session takes: a ticket taken this long ago without one was orphaned.
+_TAKE_GRACE = timedelta(seconds=60)
+
+
+def invitation_token(ticket_token: str) -> str:
+    """The customer link token a ticket turns into when taken (computable only with the ticket)."""
+    mac = hmac.new(ticket_token.encode(), _INVITATION_LABEL, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).rstrip(b"=").decode("ascii")
+
+
+def _aad(callback_id: str, ticket_id: str) -> bytes:
+    return f"vteller/queue-callback/v1\x00{callback_id}\x00{ticket_id}".encode()
+
+
+@dataclass(frozen=True)
+class NewTicket:
+    ticket: QueueTicket
+    token: str
+
+
+@dataclass(frozen=True)
+class Standing:
+    """Where a waiting ticket stands: its place among those served before it, and the estimate."""
+
+    position: int
+    estimate: Estimate
+
+
+@dataclass(frozen=True)
+class TellerState:
+    user: User
+    skills: list[str]
+    status: str  # available | in_call | away
+    current_session_id: str | None
+
+
+@dataclass(frozen=True)
+class Taken:
+    ticket: QueueTicket
+    session: CallSession
+
+
+class QueueService:
+    def __init__(
+        self,
+        db: async_sessionmaker[DbSession],
+        store: SessionStore,
+        audit: AuditLog,
+        config: QueueConfig,
+        invitation_ttl: timedelta,
+        keyring_path: Path,
+    ) -> None:
+        self._db = db
+        self._store = store
+        self._audit = audit
+        self.config = config
+        self._invitation_ttl = invitation_ttl
+        self._sealer = RowSealer(keyring_path)
+        self._new_tickets = SlidingWindow(config.tickets_per_address, config.address_window_seconds)
+        self._requests = SlidingWindow(config.requests_per_address, config.address_window_seconds)
+
+    # -- abuse limits ------------------------------------------------------------------------
+
+    def limit(self, address: str, *, new_ticket: bool = False) -> None:
+        """Count one public request from `address`; ApiError 429 when over a limit."""
+        windows = [self._requests] + ([self._new_tickets] if new_ticket else [])
+        wait = max(window.retry_after(address) for window in windows)
+        if wait > 0:
+            seconds = int(wait) + 1
+            raise ApiError(
+                429,
+                "rate_limited",
+                f"Too many requests from your network. Please try again in {seconds} seconds.",
+                headers={"Retry-After": str(seconds)},
+            )
+        for window in windows:
+            window.hit(address)
+
+    # -- the customer's ticket ---------------------------------------------------------------
+
+    async def join(self, topic: Topic, elderly: bool) -> NewTicket:
+        token = new_token()
+        ticket = QueueTicket(
+            token_hash=digest(token),
+            invitation_hash=digest(invitation_token(token)),
+            csrf_token=new_token(),
+            topic=topic,
+            business=TOPIC_BUSINESS[topic],
+            elderly=elderly,
+        )
+        async with self._db() as db, db.begin():
+            db.add(ticket)
+        return NewTicket(ticket, token)
+
+    async def ticket(self, token: str | None, *, seen: bool = False) -> QueueTicket:
+        """The ticket a credential names; `seen` records that its page is still open."""
+        if not token:
+            raise _unknown_ticket()
+        await self.sweep()
+        async with self._db() as db, db.begin():
+            ticket = await db.scalar(
+                select(QueueTicket).where(QueueTicket.token_hash == digest(token))
+            )
+            if ticket is None:
+                raise _unknown_ticket()
+            if ticket.state in ("abandoned", "expired"):
+                raise ApiError(
+                    410,
+                    "ticket_expired",
+                    "Your place in the queue has lapsed. Please join the queue again.",
+                )
+            if ticket.state == "cancelled":
+                raise ApiError(
+                    410, "ticket_closed", "You left the queue. Join again whenever you like."
+                )
+            if seen and ticket.state in ("waiting", "taken"):
+                ticket.seen_at = utcnow()
+        return ticket
+
+    async def standing(self, ticket: QueueTicket) -> Standing:
+        """Position (1 = next) among the waiting tickets a teller would take before this one."""
+        async with self._db() as db:
+            earlier = QueueTicket.created_at < ticket.created_at
+            # The elderly lane is served first, each lane in order of arrival.
+            before = (
+                and_(QueueTicket.elderly.is_(True), earlier)
+                if ticket.elderly
+                else or_(QueueTicket.elderly.is_(True), earlier)
+            )
+            ahead = and_(
+                QueueTicket.state == "waiting",
+                QueueTicket.business == ticket.business,
+                QueueTicket.id != ticket.id,
+                before,
+            )
+            if ticket.assigned_to is None:
+                ahead = and_(ahead, QueueTicket.assigned_to.is_(None))
+            else:
+                ahead = and_(ahead, QueueTicket.assigned_to == ticket.assigned_to)
+            position = int(await db.scalar(select(func.count()).where(ahead)) or 0) + 1
+            handling = await handling_time(db, self.config)
+        if ticket.assigned_to is not None:
+            tellers = 1
+        else:
+            tellers = sum(
+                1
+                for state in await self.tellers()
+                if state.status != "away" and ticket.business in state.skills
+            )
+        return Standing(position, estimate(position, tellers, handling))
+
+    async def cancel(self, ticket: QueueTicket) -> None:
+        if not await self._close(ticket.id, "cancelled"):
+            raise _not_waiting()
+
+    async def request_callback(self, ticket: QueueTicket, phone: str) -> QueueCallback:
+        number = normalize_mobile(phone)
+        callback_id = str(uuid.uuid4())
+        plaintext = json.dumps({"phone": number}).encode()
+        # The keyring is read from its file and the number encrypted: off the event loop.
+        sealed = await asyncio.to_thread(
+            self._sealer.seal, uuid.UUID(callback_id), _aad(callback_id, ticket.id), plaintext
+        )
+        callback = QueueCallback(
+            id=callback_id,
+            ticket_id=ticket.id,
+            business=ticket.business,
+            elderly=ticket.elderly,
+            phone_hint=number[-4:],
+            key_id=sealed.key_id,
+            wrapped_key=sealed.wrapped_key,
+            sealed=sealed.sealed,
+        )
+        async with self._db() as db, db.begin():
+            claimed = await db.execute(
+                update(QueueTicket)
+                .where(QueueTicket.id == ticket.id, QueueTicket.state == "waiting")
+                .values(state="callback", closed_at=utcnow())
+                .execution_options(synchronize_session=False)
+            )
+            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                raise _not_waiting()
+            db.add(callback)
+        return callback
+
+    async def callback_of(self, ticket: QueueTicket) -> QueueCallback | None:
+        async with self._db() as db:
+            return await db.scalar(
+                select(QueueCallback).where(QueueCallback.ticket_id == ticket.id)
+            )
+
+    async def sweep(self) -> None:
+        """Close waiting tickets whose page stopped asking, or that waited too long; give back
+        tickets whose take was interrupted."""
+        now = utcnow()
+        stale = or_(
+            QueueTicket.seen_at < now - timedelta(seconds=self.config.abandon_after_seconds),
+            QueueTicket.created_at < now - timedelta(minutes=self.config.max_wait_minutes),
+        )
+        async with self._db() as db:
+            rows = (
+                await db.execute(
+                    select(QueueTicket.id, QueueTicket.created_at).where(
+                        QueueTicket.state == "waiting", stale
+                    )
+                )
+            ).all()
+        async with self._db() as db, db.begin():
+            # A take interrupted between claiming the ticket and creating its session (its worker
+            # was killed) gives the customer their place back.
+            await db.execute(
+                update(QueueTicket)
+                .where(
+                    QueueTicket.state == "taken",
+                    QueueTicket.session_id.is_(None),
+                    QueueTicket.closed_at < now - _TAKE_GRACE,
+                )
+                .values(state="waiting", taken_by=None, closed_at=None)
+                .execution_options(synchronize_session=False)
+            )
+        too_old = now - timedelta(minutes=self.config.max_wait_minutes)
+        for ticket_id, created_at in rows:
+            reason = "expired" if created_at < too_old else "abandoned"
+            # Only the sweeper whose update wins logs it: several workers may sweep at once.
+            if await self._close(ticket_id, reason):
+                await self._audit.append_fact(
+                    "queue.left",
+                    actor=SYSTEM,
+                    actor_role=SYSTEM,
+                    target=ticket_id,
+                    detail={"reason": reason},
+                )
+
+    async def _close(self, ticket_id: str, state: str) -> bool:
+        async with self._db() as db, db.begin():
+            closed = await db.execute(
+                update(QueueTicket)
+                .where(QueueTicket.id == ticket_id, QueueTicket.state == "waiting")
+                .values(state=state, closed_at=utcnow())
+                .execution_options(synchronize_session=False)
+            )
+        return bool(closed.rowcount == 1)  # type: ignore[attr-defined]
+
+    # -- tellers -----------------------------------------------------------------------------
+
+    async def tellers(self) -> list[TellerState]:
+        now = utcnow()
+        async with self._db() as db:
+            rows = (
+                await db.execute(
+                    select(User, TellerProfile, CallSession.state)
+                    .outerjoin(TellerProfile, TellerProfile.user_id == User.id)
+                    .outerjoin(CallSession, CallSession.id == TellerProfile.current_session_id)
+                    .where(User.role == Role.TELLER.value, User.active.is_(True))
+                    .order_by(User.display_name)
+                )
+            ).all()
+            logged_in = set(
+                await db.scalars(
+                    select(StaffLogin.user_id).where(
+                        StaffLogin.revoked_at.is_(None), StaffLogin.expires_at > now
+                    )
+                )
+            )
+        return [
+            self._state(user, profile, session_state, user.id in logged_in)
+            for user, profile, session_state in rows
+        ]
+
+    async def teller(self, user_id: str) -> TellerState:
+        for state in await self.tellers():
+            if state.user.id == user_id:
+                return state
+        raise ApiError(404, "unknown_teller", "There is no active teller with this id.")
+
+    def _state(
+        self,
+        user: User,
+        profile: TellerProfile | None,
+        session_state: str | None,
+        logged_in: bool,
+    ) -> TellerState:
+        if profile is None:
+            return TellerState(user, list(self.config.default_skills), "away", None)
+        in_call = profile.current_session_id is not None and session_state not in (None, "ended")
+        # A teller who logged out (or whose login expired) is not there to take anyone, whatever
+        # they chose last: away, so that estimates do not count them.
+        chosen = profile.status if logged_in else "away"
+        status = "in_call" if in_call else chosen
+        return TellerState(
+            user,
+            list(profile.skills),
+            status,
+            profile.current_session_id if in_call else None,
+        )
+
+    async def set_status(self, teller: Principal, status: TellerStatus) -> str:
+        """Set the teller's chosen status; returns the previous effective one."""
+        previous = await self.teller(teller.user_id or "")
+        async with self._db() as db, db.begin():
+            profile = await self._profile(db, previous.user.id)
+            profile.status = status
+            profile.status_at = utcnow()
+        return previous.status
+
+    async def set_skills(self, user_id: str, skills: list[str], by: Principal) -> list[str]:
+        """Set a teller's skills; returns the previous ones."""
+        previous = await self.teller(user_id)
+        async with self._db() as db, db.begin():
+            profile = await self._profile(db, user_id)
+            profile.skills = sorted(set(skills))
+            profile.updated_by = by.user_id
+        return previous.skills
+
+    async def _profile(self, db: DbSession, user_id: str) -> TellerProfile:
+        profile = await db.get(TellerProfile, user_id)
+        if profile is None:
+            profile = TellerProfile(
+                user_id=user_id, skills=list(self.config.default_skills), status="away"
+            )
+            db.add(profile)
+        return profile
+
+    # -- taking and routing ------------------------------------------------------------------
+
+    async def take_next(self, teller: Principal, worker_id: str | None) -> Taken:
+        state = await self.teller(teller.user_id or "")
+        if state.status == "in_call":
+            raise ApiError(
+                409,
+                "teller_in_call",
+                "You are still in a call with the last customer. End it before taking the next.",
+            )
+        if state.status == "away":
+            raise ApiError(
+                409, "teller_away", "You are marked as away. Set yourself available first."
+            )
+        if not state.skills:
+            raise ApiError(
+                409, "no_skills", "You have no businesses to serve yet; ask your supervisor."
+            )
+        await self.sweep()
+        ticket = await self._claim(state)
+        try:
+            session, _ = await self._store.open_session(
+                teller,
+                ticket.business,
+                "",
+                self._invitation_ttl,
+                worker_id,
+                ticket.invitation_hash,
+                via="queue",
+            )
+        except BaseException:
+            # The customer keeps their place if the session could not be created.
+            async with self._db() as db, db.begin():
+                await db.execute(
+                    update(QueueTicket)
+                    .where(QueueTicket.id == ticket.id)
+                    .values(state="waiting", taken_by=None, closed_at=None)
+                )
+            raise
+        async with self._db() as db, db.begin():
+            row = await db.get(QueueTicket, ticket.id)
+            assert row is not None
+            row.session_id = session.id
+            profile = await self._profile(db, state.user.id)
+            profile.current_session_id = session.id
+        return Taken(row, session)
+
+    async def _claim(self, teller: TellerState) -> QueueTicket:
+        me = teller.user.id
+        eligible = and_(
+            QueueTicket.state == "waiting",
+            QueueTicket.business.in_(teller.skills),
+            or_(QueueTicket.assigned_to.is_(None), QueueTicket.assigned_to == me),
+        )
+        order = (
+            # Not a plain comparison: NULL (unassigned) sorts differently per database.
+            case((QueueTicket.assigned_to == me, 0), else_=1),
+            QueueTicket.elderly.desc(),
+            QueueTicket.created_at,
+            QueueTicket.id,
+        )
+        for _ in range(_CLAIM_ROUNDS):
+            async with self._db() as db:
+                candidates = list(
+                    await db.scalars(
+                        select(QueueTicket).where(eligible).order_by(*order).limit(_CANDIDATES)
+                    )
+                )
+            if not candidates:
+                break
+            for candidate in candidates:
+                async with self._db() as db, db.begin():
+                    won = await db.execute(
+                        update(QueueTicket)
+                        .where(QueueTicket.id == candidate.id, eligible)
+                        .values(state="taken", taken_by=me, closed_at=utcnow())
+                        .execution_options(synchronize_session=False)
+                    )
+                if won.rowcount == 1:  # type: ignore[attr-defined]
+                    candidate.state = "taken"
+                    candidate.taken_by = me
+                    return candidate
+        raise ApiError(404, "queue_empty", "Nobody you can serve is waiting right now.")
+
+    async def assign(self, ticket_id: str, teller_id: str) -> tuple[QueueTicket, str | None]:
+        """Route a waiting ticket to one teller; returns it and whom it was assigned to before."""
+        teller = await self.teller(teller_id)
+        async with self._db() as db, db.begin():
+            ticket = await db.get(QueueTicket, ticket_id)
+            if ticket is None:
+                raise _unknown_ticket()
+            if ticket.business not in teller.skills:
+                raise ApiError(
+                    409,
+                    "skill_missing",
+                    f"{teller.user.display_name} may not serve this business; "
+                    "change their skills first.",
+                )
+            previous = ticket.assigned_to
+            moved = await db.execute(
+                update(QueueTicket)
+                .where(QueueTicket.id == ticket_id, QueueTicket.state == "waiting")
+                .values(assigned_to=teller_id)
+                .execution_options(synchronize_session=False)
+            )
+            if moved.rowcount != 1:  # type: ignore[attr-defined]
+                raise _not_waiting()
+            ticket.assigned_to = teller_id
+        return ticket, previous
+
+    async def waiting(self) -> list[QueueTicket]:
+        await self.sweep()
+        async with self._db() as db:
+            query = select(QueueTicket).where(QueueTicket.state == "waiting")
+            order = (QueueTicket.elderly.desc(), QueueTicket.created_at, QueueTicket.id)
+            return list(await db.scalars(query.order_by(*order)))
+
+    async def handling(self) -> HandlingTime:
+        async with self._db() as db:
+            return await handling_time(db, self.config)
+
+    # -- callbacks ---------------------------------------------------------------------------
+
+    async def callbacks(self) -> list[QueueCallback]:
+        async with self._db() as db:
+            query = select(QueueCallback).where(QueueCallback.state != "done")
+            return list(await db.scalars(query.order_by(QueueCallback.created_at)))
+
+    async def claim_callback(
+        self, teller: Principal, callback_id: str
+    ) -> tuple[QueueCallback, str]:
+        """The callback's phone number, for the teller who claims it (again for the same one)."""
+        state = await self.teller(teller.user_id or "")
+        async with self._db() as db, db.begin():
+            callback = await self._callback(db, callback_id)
+            if callback.business not in state.skills:
+                raise ApiError(
+                    403, "forbidden", "This callback is for a business you do not serve."
+                )
+            if callback.state == "claimed" and callback.claimed_by != state.user.id:
+                raise ApiError(409, "callback_claimed", "Another teller is calling this customer.")
+            if callback.state == "done" or callback.sealed is None or callback.key_id is None:
+                raise ApiError(410, "callback_done", "This callback has been completed.")
+            callback.state = "claimed"
+            callback.claimed_by = state.user.id
+            callback.claimed_at = callback.claimed_at or utcnow()
+        plaintext = await asyncio.to_thread(
+            self._sealer.open,
+            uuid.UUID(callback.id),
+            _aad(callback.id, callback.ticket_id),
+            SealedRow(callback.key_id, callback.wrapped_key or b"", callback.sealed),
+        )
+        return callback, str(json.loads(plaintext)["phone"])
+
+    async def finish_callback(self, teller: Principal, callback_id: str) -> QueueCallback:
+        """Mark a claimed callback done; its number is erased (kept no longer than needed)."""
+        async with self._db() as db, db.begin():
+            callback = await self._callback(db, callback_id)
+            if callback.state != "claimed" or callback.claimed_by != teller.user_id:
+                raise ApiError(
+                    409, "callback_not_yours", "Claim this callback before completing it."
+                )
+            callback.state = "done"
+            callback.done_at = utcnow()
+            callback.key_id = callback.wrapped_key = callback.sealed = None
+        return callback
+
+    async def _callback(self, db: DbSession, callback_id: str) -> QueueCallback:
+        callback = await db.get(QueueCallback, callback_id)
+        if callback is None:
+            raise ApiError(404, "unknown_callback", "There is no such callback request.")
+        return callback
+
+
+def waited_seconds(since: datetime) -> int:
+    return max(0, int((utcnow() - since).total_seconds()))
+
+
+def _unknown_ticket() -> ApiError:
+    return ApiError(
+        404,
+        "ticket_unknown",
+        "We could not find your place in the queue. Please join the queue again.",
+    )
+
+
+def _not_waiting() -> ApiError:
+    return ApiError(
+        409,
+        "ticket_not_waiting",
+        "This place in the queue is no longer waiting (taken by a teller, or a callback is "
+        "requested).",
+    )

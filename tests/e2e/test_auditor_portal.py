@@ -1,0 +1,97 @@
+"""An auditor in Chromium: logs in, searches, opens the archive (verified), plays it, jumps to a
+key moment, sees their watermark over the players, downloads the package (which verifies
+offline) and sets a legal hold."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+from playwright.async_api import Playwright
+
+from server.auth.principal import Role
+from tests.e2e.browser import participant_page
+from tests.e2e.test_call_pages import staff_login
+from tests.integration.test_auditor_portal import _call
+from tests.integration.test_recording import _vteller
+from tests.support.server import RunningServer
+
+TIMEOUT_MS = 30_000
+
+
+async def test_auditor_finds_verifies_plays_seeks_exports_and_holds(
+    pw: Playwright, server: RunningServer, tmp_path: Path
+) -> None:
+    await server.user("wang", Role.TELLER, "王柜员")
+    archive_id, _ = await _call(server, "wang", "李女士", "wealth", 4)
+    user_id = await server.user("audit1", Role.AUDITOR, "审计员甲")
+    async with participant_page(pw) as page:
+        await staff_login(page, server, "audit1")
+        await page.click("#auditor-link")
+        await page.wait_for_selector("#search-view:not([hidden])", timeout=TIMEOUT_MS)
+        await page.fill("#customer-name", "李女士")
+        await page.click("#search-submit")
+        row = page.locator(f"tr[data-archive-id='{archive_id}']")
+        await row.wait_for(timeout=TIMEOUT_MS)
+        await row.locator("button.open-archive").click()
+
+        status = page.locator("#verify-status[data-result]")
+        await status.wait_for(timeout=TIMEOUT_MS)
+        assert await status.get_attribute("data-result") == "verified"
+        assert "已核验" in await status.inner_text()
+
+        await page.click("#play")
+        await page.wait_for_function(
+            "() => { const v = document.querySelector('video[data-view=customer]');"
+            " return v && v.readyState >= 2 && v.videoWidth > 0; }",
+            timeout=TIMEOUT_MS,
+        )
+        moment = page.locator("li[data-mark='risk_disclosure.start']")
+        target = int(await moment.get_attribute("data-ms") or 0) / 1000
+        assert target > 0.5
+        await page.evaluate(
+            "() => document.querySelectorAll('#player-grid video').forEach(v => v.pause())"
+        )
+        await moment.locator("button.jump").click()
+        # Seeked: every player is at the moment (the files carry Cues, so the browser can seek).
+        await page.wait_for_function(
+            "() => [...document.querySelectorAll('#player-grid video')].every(v => !v.seeking)",
+            timeout=TIMEOUT_MS,
+        )
+        positions = await page.evaluate(
+            "() => [...document.querySelectorAll('#player-grid video')].map(v => v.currentTime)"
+        )
+        assert len(positions) == 2
+        assert all(abs(p - target) < 0.5 for p in positions), (positions, target)
+
+        watermark = page.locator("#watermark")
+        assert await watermark.is_visible()
+        text = await watermark.inner_text()
+        assert "audit1" in text and user_id in text and "UTC" in text
+        box = await watermark.bounding_box()
+        video_box = await page.locator("video[data-view=customer]").bounding_box()
+        assert box is not None and video_box is not None
+        # Over the players, not beside them.
+        assert box["y"] <= video_box["y"] + video_box["height"]
+        assert box["y"] + box["height"] >= video_box["y"]
+
+        async with page.expect_download() as download_info:
+            await page.click("#export")
+        download = await download_info.value
+        assert download.suggested_filename == f"vteller-archive-{archive_id}.zip"
+        saved = tmp_path / "package.zip"
+        await download.save_as(saved)
+        with zipfile.ZipFile(saved) as package:
+            package.extractall(tmp_path / "package")
+        offline = await _vteller(
+            tmp_path / "elsewhere", "verify", str(tmp_path / "package" / archive_id)
+        )
+        assert offline.returncode == 0, offline.stdout + offline.stderr
+
+        await page.fill("#hold-reason", "监管调查，保全至结案")
+        await page.click("#hold-submit")
+        await page.wait_for_function(
+            "() => document.getElementById('hold-submit').dataset.held === 'true'",
+            timeout=TIMEOUT_MS,
+        )
+        assert "监管调查" in await page.inner_text("#hold-state")

@@ -1,0 +1,377 @@
+"""The auditor portal against a real server and a real MinIO: search by every criterion, verify,
+play (seekable WebM), export and verify offline, legal hold on every object, and refusals."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import zipfile
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import av
+import pytest
+from minio.error import S3Error
+from sqlalchemy import select
+
+from recorder.store.s3 import ArchiveBucket
+from server.auth.principal import Role
+from server.db.models import ArchiveIndexEntry, AuditEntry, ComplianceReport
+from server.identity.idcard import check_digit
+from tests.integration.test_identity import SPEC, _consented, _in_call, _step
+from tests.integration.test_recording import _record, _sealed, _stored, _vteller
+from tests.support.bot import Bot
+from tests.support.server import ApiClient, RunningServer
+
+pytestmark = pytest.mark.usefixtures("cheap_password_hashing")
+
+FIRST17 = "11010519491231002"
+ID_NUMBER = FIRST17 + check_digit(FIRST17)
+CUES_ID = bytes.fromhex("1C53BB6B")
+
+
+async def _call(
+    server: RunningServer, teller: str, customer_name: str, business: str, seconds: float
+) -> tuple[str, str]:
+    """A recorded call of `teller` with a new customer and one marked moment.
+
+    Returns (archive id, session id) once the sealed archive is in the store.
+    """
+    http = server.client()
+    await http.login(teller)
+    created = await http.call(
+        "POST",
+        "/api/v1/invitations",
+        {"business": business, "customer_name": customer_name},
+        expect=201,
+    )
+    session_id = created["session"]["id"]
+    customer_http = server.client()
+    await customer_http.join_link(created["invitation_url"])
+    teller_bot = Bot(http, session_id, colour="blue", tone_hz=880)
+    customer_bot = Bot(customer_http, session_id, colour="red", tone_hz=440)
+    try:
+        await teller_bot.join()
+        await customer_bot.join()
+        await teller_bot.wait_for_media(customer_bot.participant_id, "camera")
+        started = await _record(server, teller_bot, customer_bot)
+        await asyncio.sleep(seconds / 2)
+        await teller_bot.send({"type": "mark", "moment": "risk_disclosure", "phase": "start"})
+        await teller_bot.expect("marked")
+        await asyncio.sleep(seconds / 2)
+        await teller_bot.send({"type": "recording_stop"})
+        await _sealed(teller_bot)
+    finally:
+        await customer_bot.close()
+        await teller_bot.close()
+    archive_id = str(started["archive_id"])
+    await _stored(server, archive_id)
+    return archive_id, session_id
+
+
+async def _eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    for _ in range(120):
+        if await check():
+            return
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"not within a minute: {what}")
+
+
+async def _found(client: ApiClient, **criteria: Any) -> list[str]:
+    found = await client.call("POST", "/api/v1/auditor/search", criteria)
+    return [a["archive_id"] for a in found["archives"]]
+
+
+async def _staff(server: RunningServer, name: str, role: Role) -> ApiClient:
+    await server.user(name, role)
+    client = server.client()
+    await client.login(name)
+    return client
+
+
+def _decodes_and_seeks(webm: bytes, seek_ms: int) -> int:
+    """Frames decoded after seeking to `seek_ms`; the file must carry Cues to seek."""
+    assert CUES_ID in webm, "no Cues element: the browser could not seek"
+    with av.open(io.BytesIO(webm), mode="r", format="webm") as container:
+        video = container.streams.video[0]
+        assert container.duration is not None and container.duration > 0
+        container.seek(seek_ms * 1000, any_frame=False)  # microseconds (AV_TIME_BASE)
+        frames = 0
+        for frame in container.decode(video):
+            assert frame.width == 320
+            frames += 1
+            if frames >= 5:
+                break
+        return frames
+
+
+async def test_auditor_finds_verifies_plays_exports_and_holds(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    await server.user("wang", Role.TELLER, "王柜员")
+    await server.user("zhao", Role.TELLER, "赵柜员")
+    first, first_session = await _call(server, "wang", "李女士", "wealth", 4)
+    second, _ = await _call(server, "zhao", "张先生", "insurance", 4)
+    # The card front of the first customer passed: the same hook identity verification calls.
+    await server.services.auditor.index.record_card(
+        first_session, {"name": "李秀英", "id_number": ID_NUMBER}
+    )
+    auditor = await _staff(server, "audit1", Role.AUDITOR)
+
+    # -- search, by every criterion ------------------------------------------------------------
+    assert set(await _found(auditor)) == {first, second}
+    assert await _found(auditor, teller="wang") == [first]
+    assert await _found(auditor, teller="赵柜员") == [second]
+    assert await _found(auditor, customer_name="李女士") == [first]
+    assert await _found(auditor, customer_name="秀英") == [first]  # the name on the card
+    spaced = f"{ID_NUMBER[:6]} {ID_NUMBER[6:14]} {ID_NUMBER[14:].lower()}"
+    assert await _found(auditor, id_number=spaced) == [first]
+    other = "11010519800101001"
+    assert await _found(auditor, id_number=other + check_digit(other)) == []
+    assert await _found(auditor, business="insurance") == [second]
+
+    async def products_indexed() -> bool:
+        wealth = await _found(auditor, product="bank_wealth_product")
+        insurance = await _found(auditor, product="bank_agent_life_insurance")
+        return wealth == [first] and insurance == [second]
+
+    await _eventually(products_indexed, "the archives' products are indexed")
+    today = (await auditor.call("POST", "/api/v1/auditor/search", {}))["archives"][0]
+    day = today["started_at"][:10]
+    assert set(await _found(auditor, date_from=day, date_to=day)) == {first, second}
+    assert await _found(auditor, date_to="2020-01-01") == []
+    # Compliance results: nothing analysed yet; then the first archive's report says "fail".
+    assert set(await _found(auditor, compliance="pending")) == {first, second}
+    async with server.services.sessions._db() as db, db.begin():
+        db.add(
+            ComplianceReport(
+                archive_id=first,
+                session_id=first_session,
+                state="done",
+                decision="fail",
+            )
+        )
+    assert await _found(auditor, compliance="fail") == [first]
+    assert await _found(auditor, compliance="pass") == []
+    assert await _found(auditor, compliance="pending") == [second]
+    page = await auditor.call("POST", "/api/v1/auditor/search", {"page": 2})
+    assert page["archives"] == [] and page["total"] == 2 and page["page"] == 2
+    listed = (await auditor.call("POST", "/api/v1/auditor/search", {"teller": "wang"}))["archives"][
+        0
+    ]
+    assert listed["card_name"] == "李秀英" and listed["id_number_indexed"] is True
+    assert ID_NUMBER not in json.dumps(listed)
+
+    # -- open: the stored archive verifies, with its chain link and timeline --------------------
+    opened = await auditor.call("GET", f"/api/v1/auditor/archives/{second}")
+    verification = opened["verification"]
+    assert verification["ok"] and verification["signature"] and verification["decrypted"]
+    assert verification["chain"] == "linked" and verification["problems"] == []
+    marks = {m["name"]: m["media_ms"] for m in opened["manifest"]["marks"]}
+    assert set(marks) == {"consent.start", "risk_disclosure.start"}
+    assert {p["role"] for p in opened["manifest"]["participants"]} == {"teller", "customer"}
+    assert opened["archive"]["hold"]["held"] is False
+
+    # -- playback: one seekable WebM per person, streamed with byte ranges ----------------------
+    started = await auditor.call("POST", f"/api/v1/auditor/archives/{second}/playback")
+    views = {v["name"]: v for v in started["views"]}
+    assert set(views) == {"customer", "teller"}
+    assert views["customer"]["duration_ms"] > 2000
+    url = server.url + views["customer"]["url"]
+    async with auditor.http.get(url) as response:
+        assert response.status == 200 and response.content_type == "video/webm"
+        customer_webm = await response.read()
+    async with auditor.http.get(url, headers={"Range": "bytes=100-199"}) as response:
+        assert response.status == 206
+        assert response.headers["Content-Range"] == f"bytes 100-199/{len(customer_webm)}"
+        assert await response.read() == customer_webm[100:200]
+    async with auditor.http.get(url, headers={"Range": "bytes=999999999-"}) as response:
+        assert response.status == 416
+    frames = await asyncio.to_thread(
+        _decodes_and_seeks, customer_webm, marks["risk_disclosure.start"]
+    )
+    assert frames == 5
+    with av.open(io.BytesIO(customer_webm), mode="r", format="webm") as container:
+        kinds = sorted(s.type for s in container.streams)
+    assert kinds == ["audio", "video"]  # the customer's camera and microphone, nothing else
+
+    # -- export: a ZIP that verifies offline -----------------------------------------------------
+    async with auditor.http.get(f"{server.url}/api/v1/auditor/archives/{second}/export") as got:
+        assert got.status == 200 and got.content_type == "application/zip"
+        package_zip = await got.read()
+    zipfile.ZipFile(io.BytesIO(package_zip)).extractall(tmp_path / "unzipped")
+    package = tmp_path / "unzipped" / second
+    offline = await _vteller(tmp_path / "elsewhere", "verify", str(package))
+    assert offline.returncode == 0, offline.stdout + offline.stderr
+    assert not list((server.settings.data_dir / "exports").glob("*")), "temporary ZIP left"
+
+    # -- legal hold: on every object in MinIO, recorded with the reason --------------------------
+    bucket = ArchiveBucket.from_settings(server.settings.store)
+    names = await bucket.list(f"archives/{second}/")
+    reason = "诉讼保全：客户投诉 2026-118 号"
+    held = await auditor.call(
+        "POST", f"/api/v1/auditor/archives/{second}/hold", {"held": True, "reason": reason}
+    )
+    assert held["hold"]["held"] is True and held["hold"]["objects"] == len(names)
+    for name in names:
+        state = await bucket.legal_hold(name)
+        assert state.on and state.reason == reason, name
+    again = {"held": True, "reason": "再次保全"}
+    await auditor.call("POST", f"/api/v1/auditor/archives/{second}/hold", again, expect=409)
+    # An object added after the hold (as a later signed report is) is held by setting it again.
+    late = f"archives/{second}/report-001.json"
+    await bucket.put(late, b"{}", datetime.now(UTC) + timedelta(days=1))
+    extended = await auditor.call("POST", f"/api/v1/auditor/archives/{second}/hold", again)
+    assert extended["hold"]["objects"] == len(names) + 1
+    assert (await bucket.legal_hold(late)).on
+    names.append(late)
+    segment = next(n for n in names if n.endswith(".bin"))
+    stat = await asyncio.to_thread(bucket.client.stat_object, bucket.name, segment)
+    with pytest.raises(S3Error):
+        await asyncio.to_thread(
+            bucket.client.remove_object, bucket.name, segment, version_id=stat.version_id
+        )
+    assert await _found(auditor, hold="held") == [second]
+    assert await _found(auditor, hold="not_held") == [first]
+    cleared = await auditor.call(
+        "POST",
+        f"/api/v1/auditor/archives/{second}/hold",
+        {"held": False, "reason": "投诉已结案"},
+    )
+    assert cleared["hold"]["held"] is False
+    for name in names:
+        assert not (await bucket.legal_hold(name)).on, name
+    assert await _found(auditor, hold="held") == []
+
+    # -- every action is in the audit log, without the ID number ---------------------------------
+    async with server.services.sessions._db() as db:
+        entries = list(
+            await db.scalars(select(AuditEntry).where(AuditEntry.action.like("auditor.%")))
+        )
+    actions = {e.action for e in entries}
+    assert actions == {
+        "auditor.search",
+        "auditor.viewed",
+        "auditor.played",
+        "auditor.exported",
+        "auditor.hold_set",
+        "auditor.hold_cleared",
+    }
+    auditor_id = (await auditor.call("GET", "/api/v1/auth/me"))["user"]["id"]
+    assert all(e.actor == auditor_id and e.actor_role == "auditor" for e in entries)
+    searches = [e for e in entries if e.action == "auditor.search"]
+    assert any(e.detail["criteria"] == ["id_number"] for e in searches)
+    hasher_hash = server.services.auditor.index._hasher.hash(ID_NUMBER)
+    logged = json.dumps([e.detail for e in entries], ensure_ascii=False)
+    assert ID_NUMBER not in logged and hasher_hash not in logged
+    hold_entry = next(e for e in entries if e.action == "auditor.hold_set")
+    assert hold_entry.target == second and hold_entry.detail["reason"] == reason
+
+
+async def test_a_tampered_archive_shows_failed_and_is_not_played(server: RunningServer) -> None:
+    await server.user("wang", Role.TELLER)
+    archive_id, _ = await _call(server, "wang", "李女士", "wealth", 2)
+    bucket = ArchiveBucket.from_settings(server.settings.store)
+    segment = f"archives/{archive_id}/seg-000000.bin"
+    original = await bucket.get(segment)
+    forged = bytearray(original)
+    forged[len(forged) // 2] ^= 0x01
+    # Retention keeps the original version; a raw PUT (not vteller's) adds a newer one on top.
+    await asyncio.to_thread(
+        bucket.client.put_object, bucket.name, segment, io.BytesIO(bytes(forged)), len(forged)
+    )
+    auditor = await _staff(server, "audit1", Role.AUDITOR)
+    opened = await auditor.call("GET", f"/api/v1/auditor/archives/{archive_id}")
+    assert opened["verification"]["ok"] is False
+    assert any("seg-000000.bin" in p for p in opened["verification"]["problems"])
+    refused = await auditor.call(
+        "POST", f"/api/v1/auditor/archives/{archive_id}/playback", expect=409
+    )
+    assert refused["error"]["code"] == "verification_failed"
+    async with server.services.sessions._db() as db:
+        viewed = await db.scalar(select(AuditEntry).where(AuditEntry.action == "auditor.viewed"))
+    assert viewed is not None and viewed.detail["verified"] is False
+    assert viewed.detail["problems"] == len(opened["verification"]["problems"])
+
+
+async def test_roles_other_than_auditor_are_refused(server: RunningServer) -> None:
+    await server.user("wang", Role.TELLER)
+    archive_id, _ = await _call(server, "wang", "李女士", "wealth", 2)
+    base = f"/api/v1/auditor/archives/{archive_id}"
+    teller = server.clients[0]  # the call's teller, still logged in
+    customer = server.clients[1]
+    admin = await _staff(server, "root1", Role.ADMIN)
+    expert = await _staff(server, "expert1", Role.EXPERT)
+    supervisor = await _staff(server, "boss1", Role.SUPERVISOR)
+    auditor = await _staff(server, "audit1", Role.AUDITOR)
+    hold = {"held": True, "reason": "调查需要保全"}
+    for client in (teller, customer, admin, expert):
+        await client.call("POST", "/api/v1/auditor/search", {}, expect=403)
+        await client.call("GET", base, expect=403)
+        await client.call("POST", f"{base}/playback", expect=403)
+        await client.call("GET", f"{base}/media/customer.webm", expect=403)
+        await client.call("GET", f"{base}/export", expect=403)
+        await client.call("POST", f"{base}/hold", hold, expect=403)
+    anonymous = server.client()
+    await anonymous.call("POST", "/api/v1/auditor/search", {}, expect=401)
+    await anonymous.call("GET", base, expect=401)
+
+    # Supervisors review moments, so they may find, open and play; not export or hold.
+    assert await _found(supervisor, teller="wang") == [archive_id]
+    assert (await supervisor.call("GET", base))["verification"]["ok"]
+    await supervisor.call("GET", f"{base}/export", expect=403)
+    await supervisor.call("POST", f"{base}/hold", hold, expect=403)
+    # Media only for someone who started the playback (and so was logged playing it).
+    await supervisor.call("GET", f"{base}/media/customer.webm", expect=409)
+    await auditor.call("POST", f"{base}/playback")
+    await supervisor.call("GET", f"{base}/media/customer.webm", expect=409)
+    await auditor.call("GET", f"{base}/media/nobody.webm", expect=404)
+
+    # CSRF on state-changing requests, and clear errors for bad input.
+    token, auditor.csrf = auditor.csrf, ""
+    await auditor.call("POST", f"{base}/hold", hold, expect=403)
+    auditor.csrf = token
+    bad = await auditor.call("POST", "/api/v1/auditor/search", {"id_number": "12345"}, expect=400)
+    assert "id_number" in bad["error"]["message"]
+    bad = await auditor.call(
+        "POST", "/api/v1/auditor/search", {"date_from": "tomorrow"}, expect=400
+    )
+    assert bad["error"]["message"].startswith("date_from")
+    backwards = {"date_from": "2026-02-01", "date_to": "2026-01-01"}
+    bad = await auditor.call("POST", "/api/v1/auditor/search", backwards, expect=400)
+    assert "date_from is after date_to" in bad["error"]["message"]
+    await auditor.call("POST", f"{base}/hold", {"held": True, "reason": "x"}, expect=400)
+    unknown = await auditor.call("GET", "/api/v1/auditor/archives/nope", expect=404)
+    assert unknown["error"]["code"] == "unknown_archive"
+    async with server.services.sessions._db() as db:
+        hold_entries = list(
+            await db.scalars(select(AuditEntry).where(AuditEntry.action == "auditor.hold_set"))
+        )
+    assert hold_entries == []
+
+
+async def test_the_card_read_in_the_call_makes_the_archive_findable(server: RunningServer) -> None:
+    teller, customer, _, _ = await _in_call(server)  # the customer holds up the card's front
+    try:
+        await _consented(teller, customer)
+        front = await _step(teller, "card_front")
+        assert front["steps"]["card_front"]["status"] == "passed", front
+        started = await _record(server, teller, customer)
+        await asyncio.sleep(2)
+        await teller.send({"type": "recording_stop"})
+        await _sealed(teller)
+    finally:
+        await customer.close()
+        await teller.close()
+    archive_id = str(started["archive_id"])
+    await _stored(server, archive_id)
+    auditor = await _staff(server, "audit1", Role.AUDITOR)
+    assert await _found(auditor, id_number=SPEC.id_number.lower()) == [archive_id]
+    assert await _found(auditor, customer_name=SPEC.name) == [archive_id]
+    async with server.services.sessions._db() as db:
+        rows = list(await db.scalars(select(ArchiveIndexEntry)))
+    assert [r.id_hash for r in rows] == [server.services.auditor.index._hasher.hash(SPEC.id_number)]
+    assert SPEC.id_number not in json.dumps([r.card_name for r in rows], ensure_ascii=False)

@@ -1,0 +1,47 @@
+"""Keyed hashes of ID numbers (docs/auditor.md section 2): the vector, normalization, the key."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import stat
+from pathlib import Path
+
+import pytest
+
+from server.auditor.idhash import KEY_FILE, IdNumberError, IdNumberHasher, normalize
+from tests.vectors.generate_auditor_idhash_v1 import OUT_FILE, vector
+
+
+def test_the_vector_file_is_reproduced_and_follows_the_spec() -> None:
+    stored = json.loads(OUT_FILE.read_text(encoding="utf-8"))
+    assert stored == vector()
+    key = bytes.fromhex(stored["key_hex"])
+    context = bytes.fromhex(stored["context_hex"])
+    assert context == b"vteller-id-number/1\x00"
+    for case in stored["cases"]:
+        expected = hmac.new(key, context + case["normalized"].encode(), hashlib.sha256)
+        assert case["hmac_sha256"] == expected.hexdigest()
+    # Spellings of the same number (lower-case x, ×, spaces) hash alike.
+    assert len({c["hmac_sha256"] for c in stored["cases"][:3]}) == 1
+
+
+@pytest.mark.parametrize("raw", ["", "12345", "11010519491231002Y", "1101051949123100211"])
+def test_what_cannot_be_an_id_number_is_refused(raw: str) -> None:
+    with pytest.raises(IdNumberError):
+        normalize(raw)
+
+
+def test_the_key_is_made_once_owner_only_and_kept(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    first = IdNumberHasher.open(keys)
+    path = keys / KEY_FILE
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    again = IdNumberHasher.open(keys)
+    assert first.hash("11010519491231002X") == again.hash("11010519491231002X")
+    other = IdNumberHasher.open(tmp_path / "elsewhere")
+    assert other.hash("11010519491231002X") != first.hash("11010519491231002X")
+    path.chmod(0o644)
+    with pytest.raises(PermissionError):
+        IdNumberHasher.open(keys)

@@ -1,0 +1,143 @@
+"""Transaction requests, signature images, approval rules and the manifest's transactions."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import zlib
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+from pydantic import TypeAdapter, ValidationError
+
+from recorder.journal import Journal
+from recorder.seal.manifest import is_canonical, parse_manifest
+from server.workflow.approval_rules import Facts, evaluate
+from server.workflow.config import WorkflowConfig
+from server.workflow.signatures import SignatureRejected, validate_signature
+from server.workflow.transactions import Purchase, Service, TransactionRequest
+from tests.vectors.generate_approval_v1 import FACTS
+
+CONFIG = WorkflowConfig()
+PASSING = FACTS
+
+
+def _png(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    return out.getvalue()
+
+
+def _scribble(mode: str = "RGBA", background: object = (0, 0, 0, 0)) -> Image.Image:
+    image = Image.new(mode, (600, 240), background)  # type: ignore[arg-type]
+    ImageDraw.Draw(image).line([(40, 200), (200, 40), (400, 200), (560, 60)], fill="black", width=6)
+    return image
+
+
+def _failing(facts: Facts) -> list[str]:
+    return [r.reason for r in evaluate(facts) if not r.passed]
+
+
+def test_amounts_are_integers_of_minor_units() -> None:
+    adapter: TypeAdapter[Purchase | Service] = TypeAdapter(TransactionRequest)
+    good = {
+        "kind": "purchase",
+        "product_type": "insurance",
+        "product_code": "INS-1",
+        "amount": {"minor": 12345, "currency": "CNY"},
+        "account": "6222020200112233445",
+    }
+    assert isinstance(adapter.validate_python(good), Purchase)
+    for minor in (123.45, "12345", 0, -1, True, 2**53):
+        with pytest.raises(ValidationError):
+            adapter.validate_python(good | {"amount": {"minor": minor, "currency": "CNY"}})
+
+
+def test_signature_images_are_checked_before_they_are_kept() -> None:
+    signature = validate_signature(_png(_scribble()), CONFIG)
+    assert signature.width == 600 and signature.ink_pixels >= CONFIG.signature_min_ink_pixels
+    # Opaque white paper with black ink is the same signature.
+    assert validate_signature(_png(_scribble("RGB", "white")), CONFIG).ink_pixels > 0
+    blank = _png(Image.new("RGBA", (600, 240), (0, 0, 0, 0)))
+    with pytest.raises(SignatureRejected) as refused:
+        validate_signature(blank, CONFIG)
+    assert refused.value.code == "signature_blank"
+
+
+def test_a_decompression_bomb_is_refused_from_its_header() -> None:
+    # A valid PNG header claiming 30000 x 30000 pixels, in a few hundred bytes.
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return len(data).to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big")
+
+    header = (30000).to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0])
+    rows = zlib.compress(b"\x00" * 3001 * 10)
+    bomb = (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+    )
+    with pytest.raises(SignatureRejected) as refused:
+        validate_signature(bomb, CONFIG)
+    assert refused.value.code == "signature_too_large"
+
+
+def test_the_rules_name_each_failing_check() -> None:
+    assert _failing(PASSING) == []
+    assert _failing(dataclasses.replace(PASSING, signed=False)) == ["not_signed"]
+    assert _failing(dataclasses.replace(PASSING, identity=None)) == ["identity_missing"]
+    assert _failing(dataclasses.replace(PASSING, identity="fail")) == ["identity_failed"]
+    assert _failing(dataclasses.replace(PASSING, archive_id=None)) == ["not_signed_while_recording"]
+    assert _failing(dataclasses.replace(PASSING, archive_status="interrupted")) == [
+        "recording_incomplete"
+    ]
+    assert _failing(dataclasses.replace(PASSING, report_state="running")) == ["report_pending"]
+    assert _failing(dataclasses.replace(PASSING, report_decision="fail")) == ["report_failed"]
+    review = dataclasses.replace(PASSING, report_decision="needs_review", open_reviews=1)
+    assert _failing(review) == ["review_open"]
+    # An undecided moment counts as not passed until a supervisor approves it...
+    assert _failing(dataclasses.replace(review, open_reviews=0)) == ["review_open"]
+    assert _failing(dataclasses.replace(review, open_reviews=0, approved_reviews=1)) == []
+    # ...and a rejected one fails the report.
+    assert _failing(dataclasses.replace(review, open_reviews=0, rejected_reviews=1)) == [
+        "report_failed"
+    ]
+    # Products that need no recording need only the signature.
+    assert [r.check for r in evaluate(dataclasses.replace(PASSING, recorded_product=False))] == [
+        "signature"
+    ]
+
+
+def test_transactions_in_the_manifest_keep_older_manifests_canonical() -> None:
+    vectors = Path(__file__).parents[1] / "vectors" / "archive-v1" / "archive"
+    data = (vectors / "manifest.json").read_bytes()
+    manifest = parse_manifest(data)
+    assert manifest.transactions is None and is_canonical(manifest, data)
+    document = json.loads(data)
+    document["transactions"] = [
+        {
+            "id": "t_00000000000000000000000f",
+            "sha256": "a0" * 32,
+            "signature_sha256": "c3" * 32,
+            "signed_at": "2026-11-27T10:08:12.345Z",
+            "media_ms": 42000,
+        }
+    ]
+    extended = json.dumps(document, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    parsed = parse_manifest(extended.encode())
+    assert parsed.transactions is not None and parsed.transactions[0].media_ms == 42000
+    assert is_canonical(parsed, extended.encode())
+    document["transactions"] = None  # absent, never null
+    explicit_null = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+    assert not is_canonical(parse_manifest(explicit_null), explicit_null)
+
+
+def test_a_signature_given_again_replaces_the_earlier_one_in_the_journal(tmp_path: Path) -> None:
+    # What a restarted worker seals into an interrupted recording's manifest.
+    journal = Journal.create(tmp_path, "a1", {"archive_id": "a1"})
+    first = {"id": "t1", "sha256": "a0" * 32, "signature_sha256": "c1" * 32}
+    journal.append("transaction", {"transaction": first | {"media_ms": 1000}})
+    journal.append("transaction", {"transaction": {"id": "t2", "media_ms": 1500}})
+    journal.append("transaction", {"transaction": first | {"signature_sha256": "c2" * 32}})
+    bound = journal.read().transactions
+    assert list(bound) == ["t1", "t2"] and bound["t1"]["signature_sha256"] == "c2" * 32

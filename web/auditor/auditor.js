@@ -1,0 +1,342 @@
+// Auditor portal: search archives, open one (verified by the server), play it with the viewer's
+// watermark over the players, jump to the key moments, export, set or clear a legal hold.
+import { get, post } from '/static/common/api.js';
+import { t, translate } from '/static/common/i18n.js';
+import { initChrome, errorText, toast } from '/static/common/ui.js';
+
+const $ = (id) => document.getElementById(id);
+const state = { user: null, query: {}, page: 1, pages: 1, archive: null, players: [] };
+
+function show(view) {
+  document.body.dataset.view = view;
+  $('login-needed').hidden = view !== 'login';
+  $('search-view').hidden = view !== 'search';
+  $('archive-view').hidden = view !== 'archive';
+}
+
+function criteria() {
+  const value = (id) => $(id).value.trim();
+  const query = {
+    date_from: value('date-from') || null,
+    date_to: value('date-to') || null,
+    teller: value('teller'),
+    customer_name: value('customer-name'),
+    id_number: value('id-number'),
+    business: value('business'),
+    product: value('product'),
+    compliance: value('compliance'),
+    hold: value('hold'),
+  };
+  return Object.fromEntries(Object.entries(query).filter(([, v]) => v));
+}
+
+/** Archives span years: the date matters as much as the time. */
+function dateTime(iso) {
+  const when = new Date(iso);
+  return `${when.toLocaleDateString()} ${when.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' })}`;
+}
+
+function cell(text) {
+  const td = document.createElement('td');
+  td.textContent = text;
+  return td;
+}
+
+function renderResults(found) {
+  const rows = $('result-rows');
+  rows.replaceChildren();
+  state.pages = Math.max(1, Math.ceil(found.total / found.page_size));
+  if (found.total === 0) translate($('result-count'), 'auditor.noResults');
+  else translate($('result-count'), 'auditor.results', { total: found.total, page: found.page, pages: state.pages });
+  $('results').hidden = found.total === 0;
+  for (const archive of found.archives) {
+    const tr = document.createElement('tr');
+    tr.dataset.archiveId = archive.archive_id;
+    const customer = archive.card_name && archive.card_name !== archive.customer_name
+      ? `${archive.customer_name} / ${archive.card_name}` : archive.customer_name || archive.card_name || '—';
+    const business = t(`business.${archive.business}`);
+    tr.append(
+      cell(dateTime(archive.started_at)),
+      cell(archive.teller.name || archive.teller.username),
+      cell(customer),
+      cell(archive.product ? `${business} / ${archive.product}` : business),
+      cell(t(`auditor.compliance.${archive.compliance}`)),
+      cell(t(archive.legal_hold ? 'auditor.hold.held' : 'auditor.hold.not_held')),
+    );
+    const open = document.createElement('button');
+    open.type = 'button';
+    open.className = 'btn btn-primary open-archive';
+    translate(open, 'auditor.open');
+    open.addEventListener('click', () => openArchive(archive.archive_id));
+    const td = document.createElement('td');
+    td.append(open);
+    tr.append(td);
+    rows.append(tr);
+  }
+  $('prev-page').hidden = state.page <= 1;
+  $('next-page').hidden = state.page >= state.pages;
+}
+
+async function search(page = 1) {
+  $('search-error').textContent = '';
+  $('search-submit').disabled = true;
+  try {
+    state.page = page;
+    renderResults(await post('/api/v1/auditor/search', { ...state.query, page }));
+  } catch (err) {
+    $('search-error').textContent = errorText(err);
+  } finally {
+    $('search-submit').disabled = false;
+  }
+}
+
+function stopPlayers() {
+  for (const video of state.players) {
+    video.pause();
+    video.removeAttribute('src');
+    video.load();
+  }
+  state.players = [];
+  $('player-grid').replaceChildren();
+  $('players').hidden = true;
+}
+
+async function openArchive(archiveId) {
+  stopPlayers();
+  show('archive');
+  translate($('archive-title'), 'auditor.archiveTitle', { id: archiveId });
+  const status = $('verify-status');
+  status.className = 'verify-status';
+  translate(status, 'auditor.verifying');
+  for (const id of ['chain-status', 'archive-summary', 'identity-summary', 'report-summary', 'play-status']) $(id).textContent = '';
+  $('problems').hidden = true;
+  $('timeline').replaceChildren();
+  try {
+    const opened = await get(`/api/v1/auditor/archives/${encodeURIComponent(archiveId)}`);
+    state.archive = opened;
+    renderArchive(opened);
+  } catch (err) {
+    status.classList.add('failed');
+    status.textContent = errorText(err);
+  }
+}
+
+function renderArchive({ archive, verification, manifest }) {
+  const status = $('verify-status');
+  status.classList.add(verification.ok ? 'ok' : 'failed');
+  status.dataset.result = verification.ok ? 'verified' : 'failed';
+  translate(status, verification.ok ? 'auditor.verified' : 'auditor.verifyFailed');
+  translate($('chain-status'), `auditor.chain.${verification.chain}`);
+  const problems = $('problems');
+  problems.replaceChildren(...verification.problems.map((text) => {
+    const li = document.createElement('li');
+    li.textContent = text;
+    return li;
+  }));
+  problems.hidden = verification.problems.length === 0;
+  translate($('archive-summary'), 'auditor.summary', {
+    business: { t: `business.${archive.business}` },
+    status: { t: `auditor.status.${archive.status}` },
+    teller: archive.teller.name || archive.teller.username,
+    customer: archive.customer_name || archive.card_name || '—',
+  });
+  if (manifest?.identity) {
+    translate($('identity-summary'), 'auditor.identity', { decision: { t: `auditor.identity.${manifest.identity}` } });
+  }
+  renderTimeline(manifest?.marks ?? []);
+  $('play').disabled = !verification.ok;
+  const isAuditor = state.user.role === 'auditor';
+  $('auditor-actions').hidden = !isAuditor;
+  $('export').href = `/api/v1/auditor/archives/${encodeURIComponent(archive.archive_id)}/export`;
+  renderHold(archive.hold);
+  loadReport(archive.archive_id);
+}
+
+function renderTimeline(marks) {
+  const list = $('timeline');
+  list.replaceChildren();
+  if (marks.length === 0) {
+    const li = document.createElement('li');
+    translate(li, 'auditor.noMarks');
+    list.append(li);
+    return;
+  }
+  for (const mark of marks) {
+    const li = document.createElement('li');
+    li.dataset.mark = mark.name;
+    li.dataset.ms = String(mark.media_ms);
+    const label = document.createElement('span');
+    label.className = 'mark-label';
+    label.textContent = mark.name;
+    const at = document.createElement('span');
+    const seconds = Math.floor(mark.media_ms / 1000);
+    at.textContent = `${Math.floor(seconds / 60)}:${String(seconds % 60).padStart(2, '0')}`;
+    const jump = document.createElement('button');
+    jump.type = 'button';
+    jump.className = 'btn btn-secondary jump';
+    translate(jump, 'auditor.jump');
+    jump.addEventListener('click', () => seek(mark.media_ms / 1000));
+    li.append(label, at, jump);
+    list.append(li);
+  }
+}
+
+async function loadReport(archiveId) {
+  const summary = $('report-summary');
+  const link = $('report-link');
+  link.hidden = true;
+  try {
+    const { report } = await get(`/api/v1/archives/${encodeURIComponent(archiveId)}/report`);
+    translate(summary, 'auditor.reportDecision', { decision: { t: `auditor.compliance.${report.decision}` } });
+    link.href = `/api/v1/archives/${encodeURIComponent(archiveId)}/report.html`;
+    link.hidden = false;
+    nameMoments(report.moments ?? []);
+  } catch {
+    translate(summary, 'auditor.reportNone');
+  }
+}
+
+/** Marks are named "<moment id>.<phase>": show the script's title and the analysis' result. */
+function nameMoments(moments) {
+  const byId = new Map(moments.map((moment) => [moment.id, moment]));
+  for (const li of $('timeline').querySelectorAll('li[data-mark]')) {
+    const [id, phase] = li.dataset.mark.split('.');
+    const moment = byId.get(id);
+    if (!moment) continue;
+    const phaseText = phase === 'end' ? t('auditor.markEnd') : t('auditor.markStart');
+    li.querySelector('.mark-label').textContent =
+      `${moment.title} ${phaseText} · ${t(`auditor.compliance.${moment.decision}`)}`;
+  }
+}
+
+function renderHold(hold) {
+  const held = Boolean(hold?.held);
+  if (held) translate($('hold-state'), 'auditor.holdOn', { reason: hold.reason });
+  else translate($('hold-state'), 'auditor.holdOff');
+  translate($('hold-submit'), held ? 'auditor.holdClear' : 'auditor.holdSet');
+  $('hold-submit').dataset.held = String(held);
+}
+
+function updateWatermark() {
+  const mark = $('watermark');
+  if ($('players').hidden || !state.user) return;
+  const now = new Date();
+  mark.textContent = `${t('auditor.watermark', { user: state.user.username, id: state.user.id, time: now.toISOString().replace('T', ' ').slice(0, 19) })} UTC`;
+}
+
+function viewLabel(name) {
+  if (name === 'customer' || name === 'teller') return t(`auditor.view.${name}`);
+  return t('auditor.view.other', { name });
+}
+
+async function play() {
+  const archiveId = state.archive.archive.archive_id;
+  $('play').disabled = true;
+  translate($('play-status'), 'auditor.preparing');
+  try {
+    const { views } = await post(`/api/v1/auditor/archives/${encodeURIComponent(archiveId)}/playback`);
+    stopPlayers();
+    for (const view of views) {
+      const figure = document.createElement('figure');
+      const video = document.createElement('video');
+      video.src = view.url;
+      video.preload = 'auto';
+      video.dataset.view = view.name;
+      video.controls = state.players.length === 0; // one set of controls drives every view
+      const caption = document.createElement('figcaption');
+      caption.textContent = viewLabel(view.name);
+      figure.append(video, caption);
+      $('player-grid').append(figure);
+      state.players.push(video);
+    }
+    const [main, ...others] = state.players;
+    const follow = () => {
+      for (const other of others) {
+        if (Math.abs(other.currentTime - main.currentTime) > 0.3) other.currentTime = main.currentTime;
+        if (main.paused) other.pause();
+        else other.play().catch(() => {});
+      }
+    };
+    for (const event of ['play', 'pause', 'seeked']) main.addEventListener(event, follow);
+    $('players').hidden = false;
+    $('play-status').textContent = '';
+    updateWatermark();
+    await main.play().catch(() => {});
+  } catch (err) {
+    $('play-status').textContent = errorText(err);
+  } finally {
+    $('play').disabled = false;
+  }
+}
+
+function seek(seconds) {
+  if (state.players.length === 0) {
+    toast(t('error.playback_not_started'));
+    return;
+  }
+  for (const video of state.players) video.currentTime = seconds;
+}
+
+async function changeHold(event) {
+  event.preventDefault();
+  const reason = $('hold-reason').value.trim();
+  const errorBox = $('hold-error');
+  errorBox.textContent = '';
+  if (reason.length < 4) {
+    translate(errorBox, 'auditor.holdReasonMissing');
+    return;
+  }
+  const held = $('hold-submit').dataset.held !== 'true';
+  const archiveId = state.archive.archive.archive_id;
+  $('hold-submit').disabled = true;
+  try {
+    const { hold } = await post(`/api/v1/auditor/archives/${encodeURIComponent(archiveId)}/hold`, { held, reason });
+    renderHold(hold);
+    $('hold-reason').value = '';
+    toast(t('auditor.holdDone'), 'success');
+  } catch (err) {
+    errorBox.textContent = errorText(err);
+  } finally {
+    $('hold-submit').disabled = false;
+  }
+}
+
+async function start() {
+  initChrome();
+  try {
+    const { user } = await get('/api/v1/auth/me');
+    if (user.role !== 'auditor' && user.role !== 'supervisor') {
+      show('login');
+      return;
+    }
+    state.user = user;
+    $('user-info').hidden = false;
+    $('user-name').textContent = user.display_name || user.username;
+    translate($('user-role'), `role.${user.role}`);
+    show('search');
+    await search(1);
+  } catch {
+    show('login');
+  }
+}
+
+$('search-form').addEventListener('submit', (event) => {
+  event.preventDefault();
+  state.query = criteria();
+  search(1);
+});
+$('search-reset').addEventListener('click', () => {
+  state.query = {};
+  setTimeout(() => search(1));
+});
+$('prev-page').addEventListener('click', () => search(state.page - 1));
+$('next-page').addEventListener('click', () => search(state.page + 1));
+$('back').addEventListener('click', () => {
+  stopPlayers();
+  show('search');
+  search(state.page);
+});
+$('play').addEventListener('click', play);
+$('hold-form').addEventListener('submit', changeHold);
+setInterval(updateWatermark, 1000);
+start();

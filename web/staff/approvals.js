@@ -1,0 +1,122 @@
+// The supervisor's queue of transactions (docs/workflow.md): those waiting for a second approval
+// (four eyes) and those whose checks failed and wait for an override with a written reason, or a
+// rejection. The server decides; the page shows its checks and answers.
+import { get, post } from '/static/common/api.js';
+import { t, translate } from '/static/common/i18n.js';
+import { errorText, formatTime, toast } from '/static/common/ui.js';
+import { renderChecks, showDescription, showState } from '/static/common/transactions.js';
+
+const $ = (id) => document.getElementById(id);
+const REFRESH_MS = 10000;
+
+let timer = null;
+let busy = false;
+
+export function show(user) {
+  hide();
+  if (user.role !== 'supervisor') return;
+  $('approvals-panel').hidden = false;
+  timer = setInterval(refresh, REFRESH_MS);
+  refresh();
+}
+
+export function hide() {
+  clearInterval(timer);
+  timer = null;
+  $('approvals-panel').hidden = true;
+  $('approvals-list').replaceChildren();
+}
+
+async function refresh() {
+  // A supervisor typing a reason keeps what they typed: no refresh while a reason has text.
+  if (busy || document.hidden || timer === null) return;
+  if ([...document.querySelectorAll('.approval-reason')].some((el) => el.value.trim())) return;
+  busy = true;
+  try {
+    const { transactions } = await get('/api/v1/transactions');
+    render(transactions);
+    $('approvals-error').textContent = '';
+  } catch (err) {
+    $('approvals-error').textContent = errorText(err);
+  } finally {
+    busy = false;
+  }
+}
+
+function render(transactions) {
+  const list = $('approvals-list');
+  list.replaceChildren(...transactions.map(item));
+  $('approvals-empty').hidden = transactions.length > 0;
+}
+
+function item(view) {
+  const li = document.createElement('li');
+  li.className = 'approval-item';
+  li.dataset.id = view.id;
+  const state = document.createElement('p');
+  state.className = 'tx-state';
+  showState(state, view.state);
+  const summary = document.createElement('p');
+  summary.className = 'tx-summary';
+  showDescription(summary, view.transaction);
+  const meta = document.createElement('p');
+  meta.className = 'tx-meta';
+  meta.textContent = `${t('tx.session', { id: view.session_id })} · ${view.id} · ${formatTime(view.created_at)}`;
+  const checks = document.createElement('ul');
+  checks.className = 'tx-checks';
+  renderChecks(checks, view.checks);
+  const image = document.createElement('img');
+  image.className = 'tx-signature';
+  image.alt = t('tx.signaturePreview');
+  image.src = `/api/v1/transactions/${encodeURIComponent(view.id)}/signature.png`;
+  const label = document.createElement('label');
+  label.htmlFor = `reason-${view.id}`;
+  translate(label, view.state === 'awaiting_override' ? 'tx.overrideReason' : 'tx.reason');
+  const reason = document.createElement('textarea');
+  reason.id = `reason-${view.id}`;
+  reason.className = 'approval-reason';
+  reason.rows = 2;
+  reason.maxLength = 2000;
+  const error = document.createElement('p');
+  error.className = 'form-error';
+  error.setAttribute('role', 'alert');
+  const actions = document.createElement('div');
+  actions.className = 'recording-actions';
+  const failing = view.checks.some((c) => !c.passed);
+  if (!failing) {
+    actions.append(button('tx.approve', 'btn btn-primary', () => decide(view.id, 'approve', {}, error)));
+  } else {
+    actions.append(button('tx.override', 'btn btn-primary', () => decide(view.id, 'override', { reason: reason.value.trim() }, error)));
+  }
+  actions.append(button('tx.reject', 'btn btn-secondary', () => decide(view.id, 'reject', { reason: reason.value.trim() }, error)));
+  li.append(state, summary, meta, checks, image, label, reason, error, actions);
+  return li;
+}
+
+function button(key, className, onClick) {
+  const el = document.createElement('button');
+  el.type = 'button';
+  el.className = className;
+  translate(el, key);
+  el.addEventListener('click', async () => {
+    el.disabled = true;
+    try {
+      await onClick();
+    } finally {
+      el.disabled = false;
+    }
+  });
+  return el;
+}
+
+async function decide(id, action, body, error) {
+  error.textContent = '';
+  try {
+    await post(`/api/v1/transactions/${encodeURIComponent(id)}/${action}`, body);
+    toast(t('tx.done'), 'success');
+    for (const field of document.querySelectorAll('.approval-reason')) field.value = '';
+    await refresh();
+  } catch (err) {
+    error.textContent = errorText(err);
+  }
+}

@@ -1,0 +1,160 @@
+// The teller's queue panel: status, what is waiting for their skills, "take next", callbacks.
+import { get, post } from '/static/common/api.js';
+import { t, translate } from '/static/common/i18n.js';
+import { errorText, toast } from '/static/common/ui.js';
+
+const $ = (id) => document.getElementById(id);
+const REFRESH_MS = 3000;
+
+let timer = null;
+let busy = false;
+let wired = false;
+// Numbers shown after a claim stay on screen across refreshes (never refetched silently).
+const revealed = new Map();
+
+export function show(user) {
+  hide();
+  if (user.role !== 'teller') return;
+  wire();
+  $('queue-panel').hidden = false;
+  timer = setInterval(refresh, REFRESH_MS);
+  refresh();
+}
+
+export function hide() {
+  clearInterval(timer);
+  timer = null;
+  revealed.clear();
+  $('queue-panel').hidden = true;
+}
+
+function wire() {
+  if (wired) return;
+  wired = true;
+  $('queue-available').addEventListener('click', () => setStatus('available'));
+  $('queue-away').addEventListener('click', () => setStatus('away'));
+  $('queue-take').addEventListener('click', takeNext);
+}
+
+async function refresh() {
+  if (busy || document.hidden || timer === null) return;
+  busy = true;
+  try {
+    render(await get('/api/v1/queue/me'));
+  } catch (err) {
+    $('queue-error').textContent = errorText(err);
+  } finally {
+    busy = false;
+  }
+}
+
+function render(data) {
+  const { teller } = data;
+  const badge = $('queue-status');
+  badge.className = `badge queue-status-${teller.status}`;
+  translate(badge, `queue.status.${teller.status}`);
+  $('queue-available').disabled = teller.status !== 'away';
+  $('queue-away').disabled = teller.status !== 'available';
+
+  if (teller.skills.length) {
+    const skills = teller.skills.map((b) => t(`business.${b}`)).join('、');
+    translate($('queue-skills'), 'queue.mySkills', { skills });
+  } else translate($('queue-skills'), 'queue.noSkills');
+
+  const counts = Object.entries(data.waiting).map(([business, count]) =>
+    t('queue.countItem', { business: t(`business.${business}`), count }));
+  if (counts.length) {
+    const extras = [];
+    if (data.elderly_waiting) extras.push(t('queue.elderlyCount', { count: data.elderly_waiting }));
+    if (data.assigned_to_me) extras.push(t('queue.assignedCount', { count: data.assigned_to_me }));
+    const text = [counts.join('，'), ...extras].join('；');
+    translate($('queue-counts'), 'queue.waitingCounts', { counts: text });
+  } else translate($('queue-counts'), 'queue.waitingNone');
+
+  $('queue-take').disabled = teller.status !== 'available' || counts.length === 0;
+  const current = $('queue-current');
+  current.hidden = !teller.current_session_id;
+  if (teller.current_session_id) {
+    current.href = `/staff/call.html?session=${encodeURIComponent(teller.current_session_id)}`;
+  }
+  renderCallbacks(data.callbacks);
+}
+
+function renderCallbacks(callbacks) {
+  const list = $('queue-callbacks');
+  list.replaceChildren(...callbacks.map(callbackItem));
+  $('queue-callbacks-empty').hidden = callbacks.length > 0;
+}
+
+function callbackItem(callback) {
+  const item = document.createElement('li');
+  item.dataset.callbackId = callback.id;
+  const what = document.createElement('span');
+  const lane = callback.elderly ? ` · ${t('queue.elderlyLane')}` : '';
+  what.textContent = `${t(`business.${callback.business}`)}${lane} · ${
+    t('queue.waited', { minutes: Math.floor(callback.waited_seconds / 60) })}`;
+  const phone = document.createElement('strong');
+  const number = revealed.get(callback.id);
+  phone.textContent = number ? t('queue.claimedPhone', { phone: number }) : callback.phone;
+  item.append(what, phone);
+  if (number) {
+    const done = button('queue.done', () => finishCallback(callback.id));
+    item.append(done);
+  } else {
+    item.append(button('queue.claim', () => claimCallback(callback.id)));
+  }
+  return item;
+}
+
+function button(key, onClick) {
+  const el = document.createElement('button');
+  el.type = 'button';
+  el.className = 'btn btn-secondary btn-small';
+  translate(el, key);
+  el.addEventListener('click', onClick);
+  return el;
+}
+
+async function setStatus(status) {
+  $('queue-error').textContent = '';
+  try {
+    await post('/api/v1/queue/me/status', { status });
+    refresh();
+  } catch (err) {
+    $('queue-error').textContent = errorText(err);
+  }
+}
+
+async function takeNext() {
+  const take = $('queue-take');
+  take.disabled = true;
+  $('queue-error').textContent = '';
+  try {
+    const { session } = await post('/api/v1/queue/take');
+    location.assign(`/staff/call.html?session=${encodeURIComponent(session.id)}`);
+  } catch (err) {
+    $('queue-error').textContent = errorText(err);
+    take.disabled = false;
+    refresh();
+  }
+}
+
+async function claimCallback(id) {
+  try {
+    const { callback } = await post(`/api/v1/queue/callbacks/${encodeURIComponent(id)}/claim`);
+    revealed.set(id, callback.phone);
+    refresh();
+  } catch (err) {
+    toast(errorText(err), 'error');
+  }
+}
+
+async function finishCallback(id) {
+  try {
+    await post(`/api/v1/queue/callbacks/${encodeURIComponent(id)}/done`);
+    revealed.delete(id);
+    refresh();
+  } catch (err) {
+    toast(errorText(err), 'error');
+  }
+}
