@@ -309,8 +309,8 @@ def check_line(
 def _best_alternative(
     line: Line, alternatives: list[str], transcript: _Transcript, thresholds: Thresholds
 ) -> tuple[str, Match | None]:
-    best: tuple[tuple[bool, float, int], str, Match | None] = (
-        (False, -1.0, 0),
+    best: tuple[tuple[bool, bool, int, float], str, Match | None] = (
+        (False, False, 0, -1.0),
         alternatives[0],
         None,
     )
@@ -319,8 +319,11 @@ def _best_alternative(
         match = best_affirmed(matches) or (matches[0] if matches else None)
         if match is None:
             continue
-        # Affirmed beats negated, then the closer match, then the longer (more specific) text.
-        rank = (not match.negated, match.similarity, len(_spoken(text)))
+        # Affirmed beats negated; among the alternatives heard, the longest (more specific, and
+        # forced alignment scores a one-character answer such as 对 poorly without context);
+        # among those only partly heard, the closest.
+        heard = match.similarity >= thresholds.match_similarity
+        rank = (not match.negated, heard, len(_spoken(text)) if heard else 0, match.similarity)
         if rank > best[0]:
             best = (rank, text, match)
     return best[1], best[2]

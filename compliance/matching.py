@@ -199,14 +199,24 @@ def syllable_cost(a: str, b: str) -> float:
 
 
 def negating_positions(text: str) -> frozenset[int]:
-    """Indices of the characters of `text` that negate (not those inside 非常, 没问题, ...)."""
+    """Indices of the characters of `text` that negate (not those inside 非常, 没问题, ...).
+
+    A negation character that ends its clause has nothing left to negate (a question particle
+    such as 好不？, or a syllable the recogniser appended: 相匹配无，), so it does not count.
+    """
     exempt: set[int] = set()
     for word in _NOT_NEGATIONS:
         at = text.find(word)
         while at >= 0:
             exempt.update(range(at, at + len(word)))
             at = text.find(word, at + 1)
-    return frozenset(i for i, c in enumerate(text) if c in NEGATIONS and i not in exempt)
+    return frozenset(
+        i
+        for i, c in enumerate(text)
+        if c in NEGATIONS
+        and i not in exempt
+        and not (i + 1 < len(text) and text[i + 1] in _CLAUSE_BREAKS)
+    )
 
 
 def negation_count(text: str) -> int:

@@ -38,9 +38,9 @@ from server.sfu.ice_policy import IcePolicy
 from server.sfu.rooms import RoomRegistry
 from server.signaling.handler import signaling
 from server.workers.registry import WorkerRegistry
-from server.workflow.queue import QueueService
-from server.workflow.service import Transactions
-from server.workflow.webhooks import WebhookDeliveries, webhook_secret
+from server.workflow.queue.service import QueueService
+from server.workflow.transactions.service import Transactions
+from server.workflow.webhooks.delivery import WebhookDeliveries, webhook_secret
 
 API_BODY_LIMIT = 64 * 1024
 

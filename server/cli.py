@@ -7,7 +7,7 @@ import asyncio
 import getpass
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from aiohttp import web
 
@@ -18,11 +18,12 @@ from server import __version__
 from server.audit.cli import add_commands as add_audit_commands
 from server.auth.passwords import MIN_PASSWORD_LENGTH, WeakPasswordError
 from server.auth.principal import STAFF_ROLES, Role
+from server.commands import help_for
 from server.errors import ApiError
 from server.identity.cli import add_commands as add_kyc_commands
 from server.logs import AccessLogger, configure_logging
 from server.settings import Settings, load_settings
-from server.workflow.webhook_cli import add_commands as add_webhook_commands
+from server.workflow.webhooks.cli import add_commands as add_webhook_commands
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -75,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
         "--password-stdin", action="store_true", help="read the password from standard input"
     )
     create.set_defaults(run=_create_user)
-    admin.set_defaults(run=_help_for(admin))
+    admin.set_defaults(run=help_for(admin))
 
     add_archive_commands(commands)
     add_kyc_commands(commands)
@@ -87,16 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     db_commands = db.add_subparsers(title="db commands")
     upgrade = db_commands.add_parser("upgrade", help="apply schema migrations")
     upgrade.set_defaults(run=_db_upgrade)
-    db.set_defaults(run=_help_for(db))
+    db.set_defaults(run=help_for(db))
     return parser
-
-
-def _help_for(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace, Settings], int]:
-    def show(_: argparse.Namespace, __: Settings) -> int:
-        parser.print_help()
-        return 2
-
-    return show
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -151,22 +144,18 @@ async def _with_auth(
     from server.audit import SYSTEM, AuditLog
     from server.auth.ratelimit import LoginThrottle
     from server.auth.service import AuthService
-    from server.db.engine import create_engine, migrate, session_factory
+    from server.commands import database
 
-    engine = create_engine(settings.effective_database_url)
-    try:
-        await migrate(engine)
-        auth = AuthService(session_factory(engine), LoginThrottle(1, 1, 1), 1)
+    async with database(settings, migrated=True) as db:
+        auth = AuthService(db, LoginThrottle(1, 1, 1), 1)
         user = await auth.create_user(username, password, display_name, role)
-        await AuditLog(session_factory(engine)).append(
+        await AuditLog(db).append(
             "admin.user_created",
             actor=SYSTEM,
             actor_role=SYSTEM,
             target=username,
             detail={"user_id": user.id, "role": role.value, "via": "cli"},
         )
-    finally:
-        await engine.dispose()
 
 
 def _db_upgrade(_: argparse.Namespace, settings: Settings) -> int:

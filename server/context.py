@@ -16,9 +16,9 @@ from server.sessions.store import SessionStore
 from server.settings import Settings
 from server.sfu.rooms import RoomRegistry
 from server.workers.registry import WorkerRegistry
-from server.workflow.queue import QueueService
-from server.workflow.service import Transactions
-from server.workflow.webhooks import WebhookDeliveries
+from server.workflow.queue.service import QueueService
+from server.workflow.transactions.service import Transactions
+from server.workflow.webhooks.delivery import WebhookDeliveries
 
 
 @dataclass

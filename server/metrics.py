@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from prometheus_client.registry import Collector
 
 from recorder.seal.files import generated_secret
 from server.auth.tokens import same
+from server.background import cancel_and_wait
 from server.sfu.rooms import RoomRegistry
 
 LOOP_LAG_INTERVAL_SECONDS = 0.5
@@ -63,10 +63,7 @@ class Metrics:
         self._lag_task = asyncio.create_task(self._measure_loop_lag())
 
     async def stop(self) -> None:
-        if self._lag_task is not None:
-            self._lag_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._lag_task
+        await cancel_and_wait(self._lag_task)
 
     async def _measure_loop_lag(self) -> None:
         loop = asyncio.get_running_loop()

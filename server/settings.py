@@ -17,9 +17,9 @@ from pydantic_settings import (
 from recorder.store.config import StoreSettings
 from server.auditor.config import AuditorConfig
 from server.identity.config import IdentityConfig
-from server.workflow.config import WorkflowConfig
-from server.workflow.queue_config import QueueConfig
-from server.workflow.webhook_config import WebhookConfig
+from server.workflow.queue.config import QueueConfig
+from server.workflow.transactions.config import WorkflowConfig
+from server.workflow.webhooks.config import WebhookConfig
 
 
 class IceServer(BaseModel):

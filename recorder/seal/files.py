@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 PRIVATE_DIR_MODE = 0o700
@@ -48,15 +49,19 @@ def replace_private_file(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
-def generated_secret(path: Path) -> str:
-    """The random token in `path`, generated there (0600) first if there is none.
+def _new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def generated_secret(path: Path, generate: Callable[[], str] = _new_token) -> str:
+    """The secret text in `path`, generated there (0600) by `generate` first if there is none.
 
     Workers start together: the file appears atomically (written aside, then linked into place,
-    which fails if another worker got there first), so all of them read the same token.
+    which fails if another worker got there first), so all of them read the same secret.
     """
     if not path.exists():
         staging = path.with_name(f".{path.name}.{os.getpid()}")
-        create_private_file(staging, secrets.token_urlsafe(32).encode())
+        create_private_file(staging, generate().encode())
         with contextlib.suppress(FileExistsError):
             os.link(staging, path)
         staging.unlink()

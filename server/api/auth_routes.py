@@ -6,6 +6,7 @@ from aiohttp import web
 
 from server.api.access import check_origin, require
 from server.api.bodies import LoginBody, NewUserBody, parse
+from server.api.cookies import set_credential_cookie
 from server.audit import ANONYMOUS
 from server.auth.principal import STAFF_ROLES, Role
 from server.auth.service import STAFF_COOKIE
@@ -39,12 +40,11 @@ async def login(request: web.Request) -> web.Response:
         "auth.login", actor=user.id, actor_role=user.role, target=user.username, address=address
     )
     response = web.json_response({"user": user_view(user), "csrf_token": csrf})
-    response.set_cookie(
+    set_credential_cookie(
+        response,
+        svc.settings,
         STAFF_COOKIE,
         token,
-        httponly=True,
-        samesite="Strict",
-        secure=svc.settings.cookie_secure,
         path="/",
         max_age=int(svc.settings.staff_session_hours * 3600),
     )

@@ -18,7 +18,7 @@ from pydantic import (
 
 from server.auth.principal import Role
 from server.errors import ApiError
-from server.workflow.transactions import TransactionRequest
+from server.workflow.transactions.request import TransactionRequest
 
 Body = TypeVar("Body", bound=BaseModel)
 
@@ -90,7 +90,7 @@ class QueueJoinBody(_Strict):
 
 
 class CallbackBody(_Strict):
-    # Checked by server/workflow/phone.py, which says what a valid number looks like.
+    # Checked by server/workflow/queue/phone.py, which says what a valid number looks like.
     phone: str = Field(min_length=1, max_length=32)
 
 

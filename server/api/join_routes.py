@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from server.api.access import check_origin, require
+from server.api.cookies import set_credential_cookie
 from server.auth.principal import Role
 from server.auth.service import CUSTOMER_COOKIE
 from server.context import services
@@ -48,12 +49,11 @@ async def redeem(request: web.Request) -> web.Response:
         }
     )
     if redemption.cookie_token is not None:
-        response.set_cookie(
+        set_credential_cookie(
+            response,
+            svc.settings,
             CUSTOMER_COOKIE,
             redemption.cookie_token,
-            httponly=True,
-            samesite="Strict",
-            secure=svc.settings.cookie_secure,
             path="/",
             max_age=24 * 3600,
         )

@@ -20,13 +20,14 @@ from server.api.bodies import (
     TellerStatusBody,
     parse,
 )
+from server.api.cookies import set_credential_cookie
 from server.auth.principal import Principal, Role
 from server.context import Services, services
 from server.db.models import QueueTicket
 from server.errors import ApiError
 from server.sessions.views import session_view
-from server.workflow.queue import TellerState, invitation_token, waited_seconds
-from server.workflow.queue_views import (
+from server.workflow.queue.service import TellerState, invitation_token, waited_seconds
+from server.workflow.queue.views import (
     callback_view,
     customer_ticket_view,
     handling_view,
@@ -109,12 +110,11 @@ async def join_queue(request: web.Request) -> web.Response:
     )
     response = await _ticket_response(svc, ticket, created.token, status=201)
     config = svc.queue.config
-    response.set_cookie(
+    set_credential_cookie(
+        response,
+        svc.settings,
         QUEUE_COOKIE,
         created.token,
-        httponly=True,
-        samesite="Strict",
-        secure=svc.settings.cookie_secure,
         path=COOKIE_PATH,
         max_age=config.max_wait_minutes * 60 + svc.settings.invitation_ttl_minutes * 60,
     )

@@ -19,8 +19,8 @@ from server.auth.principal import Principal, Role
 from server.context import services
 from server.db.models import CallSession, Transaction
 from server.errors import ApiError, forbidden
-from server.workflow.service import ChecksFailed, Decided
-from server.workflow.views import customer_view, staff_view
+from server.workflow.transactions.service import ChecksFailed, Decided
+from server.workflow.transactions.views import customer_view, staff_view
 
 log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()

@@ -8,7 +8,7 @@ from server.api.access import require
 from server.auth.principal import Role
 from server.context import services
 from server.errors import ApiError
-from server.workflow.webhook_records import STATES
+from server.workflow.webhooks.records import STATES
 
 routes = web.RouteTableDef()
 MAX_LIMIT = 500

@@ -7,7 +7,6 @@ directory), so an auditor can run `verify` on a copy of the database and the pub
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable
@@ -19,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from recorder.seal.signing import PublicKeyError, Signer, SigningKeyError, load_public_keys
 from server.audit.chain import Entry, format_time
 from server.audit.log import AuditChainBroken, AuditLog
-from server.db.engine import create_engine, session_factory
+from server.commands import Run, database, help_for, run_reporting
 from server.settings import Settings
 
 Command = Callable[[argparse.Namespace, AuditLog, Settings], Awaitable[int]]
@@ -46,7 +45,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--keys", type=Path, help="public key file or directory (default: {data_dir}/keys/public)"
     )
     verify.add_argument("--json", action="store_true", help="print the result as JSON")
-    verify.set_defaults(audit_command=_verify)
+    verify.set_defaults(run=_runner(_verify))
 
     checkpoint = audit_commands.add_parser(
         "checkpoint",
@@ -54,38 +53,33 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         description="Verify the entries since the last checkpoint and sign the newest one with "
         "this installation's signing key ({data_dir}/keys/signing-key.pem).",
     )
-    checkpoint.set_defaults(audit_command=_checkpoint)
+    checkpoint.set_defaults(run=_runner(_checkpoint))
 
     tail = audit_commands.add_parser("tail", help="print the newest entries")
     tail.add_argument("-n", type=int, default=20, help="how many (default 20)")
     tail.add_argument("--json", action="store_true", help="one JSON object per line")
-    tail.set_defaults(audit_command=_tail)
+    tail.set_defaults(run=_runner(_tail))
 
-    audit.set_defaults(run=run, audit_help=audit.print_help)
+    audit.set_defaults(run=help_for(audit))
 
 
-def run(args: argparse.Namespace, settings: Settings) -> int:
-    command: Command | None = getattr(args, "audit_command", None)
-    if command is None:
-        args.audit_help()
-        return 2
-    try:
-        return asyncio.run(_with_log(command, args, settings))
-    except (SQLAlchemyError, SigningKeyError, PublicKeyError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+def _runner(command: Command) -> Run:
+    def run(args: argparse.Namespace, settings: Settings) -> int:
+        return run_reporting(
+            _with_log(command, args, settings),
+            (SQLAlchemyError, SigningKeyError, PublicKeyError, OSError),
+        )
+
+    return run
 
 
 async def _with_log(command: Command, args: argparse.Namespace, settings: Settings) -> int:
     # No migration here: verifying must not change the database it is given.
-    engine = create_engine(settings.effective_database_url)
-    try:
+    async with database(settings, migrated=False) as db:
         signer = None
         if command is _checkpoint:
             signer = Signer.open(settings.data_dir / "keys" / "signing-key.pem")
-        return await command(args, AuditLog(session_factory(engine), signer), settings)
-    finally:
-        await engine.dispose()
+        return await command(args, AuditLog(db, signer), settings)
 
 
 async def verify_command(

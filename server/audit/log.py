@@ -13,7 +13,6 @@ out the action's result (docs/audit-log.md, "When the log cannot be written").
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 from collections.abc import AsyncIterator
 from typing import Any
@@ -36,6 +35,7 @@ from server.audit.chain import (
     Report,
     Verifier,
 )
+from server.background import cancel_and_wait
 from server.db.engine import DbSession
 from server.db.models import AuditCheckpoint, AuditEntry, utcnow
 from server.errors import ApiError
@@ -329,9 +329,7 @@ class AuditLog:
 
     async def stop(self) -> None:
         if self._timer is not None:
-            self._timer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._timer
+            await cancel_and_wait(self._timer)
             self._timer = None
             # Stopping cleanly leaves the newest entries covered by a signature.
             await self._checkpoint_quietly()

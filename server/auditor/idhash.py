@@ -8,14 +8,13 @@ test vector tests/vectors/auditor-idhash-v1.json.
 
 from __future__ import annotations
 
-import contextlib
 import re
 import secrets
 from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes, hmac
 
-from recorder.seal.files import create_private_file, is_private
+from recorder.seal.files import generated_secret
 from server.identity.idcard import normalize_id_number
 
 KEY_FILE = "id-index-key.hex"
@@ -39,6 +38,10 @@ def normalize(raw: str) -> str:
     return number
 
 
+def _new_key() -> str:
+    return secrets.token_bytes(KEY_SIZE).hex() + "\n"
+
+
 class IdNumberHasher:
     def __init__(self, key: bytes) -> None:
         if len(key) != KEY_SIZE:
@@ -50,13 +53,7 @@ class IdNumberHasher:
         """The key in `keys_dir`, created at first run and never replaced (losing it makes the
         index unsearchable by number, not wrong: numbers are re-indexed from identity records)."""
         path = keys_dir / KEY_FILE
-        if not path.exists():
-            # Another worker may create it first: then theirs is used.
-            with contextlib.suppress(FileExistsError):
-                create_private_file(path, secrets.token_bytes(KEY_SIZE).hex().encode() + b"\n")
-        if not is_private(path):
-            raise PermissionError(f"{path} is readable by others; chmod 600 it")
-        text = path.read_text(encoding="ascii").strip()
+        text = generated_secret(path, _new_key)
         try:
             return cls(bytes.fromhex(text))
         except ValueError as exc:

@@ -24,6 +24,7 @@ from recorder.seal.manifest import MANIFEST_OBJECT, ManifestError, parse_manifes
 from recorder.session import archive_prefix
 from recorder.store.s3 import ArchiveBucket, ArchiveStoreError
 from server.auditor.idhash import IdNumberHasher
+from server.background import cancel_and_wait
 from server.db.engine import DbSession
 from server.db.models import (
     Archive,
@@ -83,9 +84,10 @@ class SearchPage:
     page_size: int
 
 
-def _like(text: str) -> str:
+def _containing(text: str, *columns: Any) -> list[Any]:
+    """`text` anywhere in each column, literally: its own % and _ are no wildcards."""
     escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
+    return [column.like(f"%{escaped}%", escape="\\") for column in columns]
 
 
 class ArchiveIndex:
@@ -140,9 +142,7 @@ class ArchiveIndex:
 
     async def stop(self) -> None:
         for task in list(self._tasks):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
 
     async def _index_when_stored(self, archive_id: str) -> None:
         if self._bucket is None:
@@ -195,22 +195,15 @@ class ArchiveIndex:
             end = datetime.combine(query.date_to + timedelta(days=1), time(), UTC)
             conditions.append(Archive.started_at < end)
         if query.teller:
-            pattern = _like(query.teller)
             conditions.append(
                 or_(
-                    User.username.like(pattern, escape="\\"),
-                    User.display_name.like(pattern, escape="\\"),
+                    *_containing(query.teller, User.username, User.display_name),
                     User.id == query.teller,
                 )
             )
         if query.customer_name:
-            pattern = _like(query.customer_name)
-            conditions.append(
-                or_(
-                    CallSession.customer_name.like(pattern, escape="\\"),
-                    ArchiveIndexEntry.card_name.like(pattern, escape="\\"),
-                )
-            )
+            names = (CallSession.customer_name, ArchiveIndexEntry.card_name)
+            conditions.append(or_(*_containing(query.customer_name, *names)))
         if query.id_number:
             conditions.append(ArchiveIndexEntry.id_hash == self._hasher.hash(query.id_number))
         if query.business:

@@ -390,7 +390,7 @@ class TransactionDecision(Base):
 
 
 class QueueTicket(Base):
-    """A customer waiting in the public queue (server/workflow/queue.py, docs/workflow-queue.md).
+    """A customer waiting in the public queue (server/workflow/queue, docs/workflow-queue.md).
 
     The ticket's credential is only here as a digest, and so is the invitation link the ticket
     turns into when a teller takes it: the link is derived from the credential, so only the

@@ -34,6 +34,7 @@ from recorder.session import archive_prefix
 from recorder.store.retention import Product, ProductKind, retain_until
 from recorder.store.s3 import ArchiveBucket, ArchiveUnavailableError
 from server.audit import SYSTEM, AuditLog
+from server.background import cancel_and_wait
 from server.db.engine import DbSession
 from server.db.models import ComplianceReport, ComplianceReview, utcnow
 from server.settings import Settings
@@ -88,11 +89,8 @@ class AnalysisJobs:
         self._runner = asyncio.create_task(self._run_forever())
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
-            self._runner = None
+        await cancel_and_wait(self._runner)
+        self._runner = None
 
     async def submit(self, archive_id: str, session_id: str) -> None:
         """Queue the analysis of a sealed archive (called when the recording is sealed)."""

@@ -81,7 +81,7 @@ class SessionStore:
         """A session with the teller in it and a customer link whose token has `token_hash`.
 
         The queue passes the digest of a link only the waiting customer can compute
-        (server/workflow/queue.py), so the link itself never exists on the server.
+        (server/workflow/queue/service.py), so the link itself never exists on the server.
         """
         if teller.role is not Role.TELLER or teller.user_id is None:
             raise forbidden("invite customers")

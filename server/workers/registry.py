@@ -9,7 +9,6 @@ to the least-loaded live worker and marks them interrupted, so their participant
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import socket
 from datetime import datetime, timedelta
@@ -18,6 +17,7 @@ import structlog
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from server.background import cancel_and_wait
 from server.db.engine import DbSession
 from server.db.models import CallSession, SessionEvent, Worker, utcnow
 from server.sessions.store import OPEN_STATES
@@ -50,10 +50,7 @@ class WorkerRegistry:
         self._task = asyncio.create_task(self._heartbeat())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         async with self._db() as db, db.begin():
             await db.execute(
                 update(Worker).where(Worker.id == self.worker_id).values(stopped_at=utcnow())

@@ -10,7 +10,7 @@ from pathlib import Path
 from playwright.async_api import Page, Playwright, expect
 
 from server.auth.principal import Role
-from server.workflow.config import WorkflowConfig
+from server.workflow.transactions.config import WorkflowConfig
 from tests.e2e.browser import participant_page
 from tests.e2e.test_call_pages import CALL_TIMEOUT_MS, staff_login, teller_and_customer
 from tests.integration.test_transactions import purchase, sign, signature_png

@@ -7,7 +7,7 @@ from pathlib import Path
 from playwright.async_api import Playwright, expect
 
 from server.auth.principal import Role
-from server.workflow.webhook_config import WebhookConfig
+from server.workflow.webhooks.config import WebhookConfig
 from tests.e2e.browser import participant_page
 from tests.e2e.test_call_pages import staff_login
 from tests.support import server as support

@@ -53,23 +53,44 @@ async def _call(
     await customer_http.join_link(created["invitation_url"])
     teller_bot = Bot(http, session_id, colour="blue", tone_hz=880)
     customer_bot = Bot(customer_http, session_id, colour="red", tone_hz=440)
-    try:
-        await teller_bot.join()
-        await customer_bot.join()
-        await teller_bot.wait_for_media(customer_bot.participant_id, "camera")
-        started = await _record(server, teller_bot, customer_bot)
+
+    async def marked_halfway() -> None:
         await asyncio.sleep(seconds / 2)
         await teller_bot.send({"type": "mark", "moment": "risk_disclosure", "phase": "start"})
         await teller_bot.expect("marked")
         await asyncio.sleep(seconds / 2)
-        await teller_bot.send({"type": "recording_stop"})
-        await _sealed(teller_bot)
+
+    async def joined() -> None:
+        await teller_bot.join()
+        await customer_bot.join()
+        await teller_bot.wait_for_media(customer_bot.participant_id, "camera")
+
+    archive_id = await _recorded(server, teller_bot, customer_bot, marked_halfway, joined)
+    return archive_id, session_id
+
+
+async def _recorded(
+    server: RunningServer,
+    teller: Bot,
+    customer: Bot,
+    while_recording: Callable[[], Awaitable[None]],
+    before: Callable[[], Awaitable[None]] | None = None,
+) -> str:
+    """Run `before`, record `while_recording`, and close both bots; the archive id once the
+    sealed archive is in the store."""
+    try:
+        if before is not None:
+            await before()
+        started = await _record(server, teller, customer)
+        await while_recording()
+        await teller.send({"type": "recording_stop"})
+        await _sealed(teller)
     finally:
-        await customer_bot.close()
-        await teller_bot.close()
+        await customer.close()
+        await teller.close()
     archive_id = str(started["archive_id"])
     await _stored(server, archive_id)
-    return archive_id, session_id
+    return archive_id
 
 
 async def _eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
@@ -355,19 +376,13 @@ async def test_roles_other_than_auditor_are_refused(server: RunningServer) -> No
 
 async def test_the_card_read_in_the_call_makes_the_archive_findable(server: RunningServer) -> None:
     teller, customer, _, _ = await _in_call(server)  # the customer holds up the card's front
-    try:
+
+    async def card_read() -> None:
         await _consented(teller, customer)
         front = await _step(teller, "card_front")
         assert front["steps"]["card_front"]["status"] == "passed", front
-        started = await _record(server, teller, customer)
-        await asyncio.sleep(2)
-        await teller.send({"type": "recording_stop"})
-        await _sealed(teller)
-    finally:
-        await customer.close()
-        await teller.close()
-    archive_id = str(started["archive_id"])
-    await _stored(server, archive_id)
+
+    archive_id = await _recorded(server, teller, customer, lambda: asyncio.sleep(2), card_read)
     auditor = await _staff(server, "audit1", Role.AUDITOR)
     assert await _found(auditor, id_number=SPEC.id_number.lower()) == [archive_id]
     assert await _found(auditor, customer_name=SPEC.name) == [archive_id]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,22 @@ from tests.support import server as support
 
 @pytest.fixture
 async def analysing(tmp_path: Path) -> AsyncIterator[support.RunningServer]:
-    data_dir = tmp_path / "server"
     # The bank's own script replaces the shipped one by id (here: a short test script).
+    script = yaml.safe_load(_script()) | {"id": "bank_wealth_product"}
+    async with analysing_server(tmp_path, script) as running:
+        yield running
+
+
+@asynccontextmanager
+async def analysing_server(
+    tmp_path: Path, script: dict[str, Any]
+) -> AsyncIterator[support.RunningServer]:
+    """A server that analyses each sealed recording against `script` (its `id` says which
+    shipped script it replaces), with the Whisper model in place."""
+    data_dir = tmp_path / "server"
     scripts = tmp_path / "scripts"
     scripts.mkdir()
-    script = yaml.safe_load(_script()) | {"id": "bank_wealth_product"}
-    (scripts / "bank_wealth_product.yaml").write_text(
+    (scripts / f"{script['id']}.yaml").write_text(
         yaml.safe_dump(script, allow_unicode=True), encoding="utf-8"
     )
     model = await asyncio.to_thread(ensure_model, tmp_path / "models")

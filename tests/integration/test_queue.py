@@ -20,8 +20,8 @@ from server.db.models import (
     SessionEvent,
     utcnow,
 )
-from server.workflow.queue_config import QueueConfig
-from tests.integration.test_http_api import assert_error, send, staff
+from server.workflow.queue.config import QueueConfig
+from tests.integration.test_http_api import Reply, assert_error, send, staff
 from tests.support import server as support
 from tests.support.server import ApiClient, RunningServer, running_server
 
@@ -401,14 +401,7 @@ async def test_supervisor_reassigns_a_waiting_customer(server: RunningServer) ->
     customer = await join(server, "wealth")
     view = await ticket(customer)
 
-    refused = await send(
-        supervisor,
-        "POST",
-        f"/api/v1/queue/tickets/{view['id']}/assign",
-        {"teller_id": general_id},
-        csrf=supervisor.csrf,
-    )
-    assert_error(refused, 409, "skill_missing")
+    assert_error(await _assign(supervisor, view["id"], general_id), 409, "skill_missing")
     moved = await supervisor.call(
         "POST", f"/api/v1/queue/tickets/{view['id']}/assign", {"teller_id": second_id}
     )
@@ -435,22 +428,19 @@ async def test_supervisor_reassigns_a_waiting_customer(server: RunningServer) ->
     [took] = await audit_actions(server, "queue.taken")
     assert took.detail["assigned"] is True
 
-    gone = await send(
+    assert_error(await _assign(supervisor, view["id"], second_id), 409, "ticket_not_waiting")
+    assert_error(await _assign(supervisor, "q_nope", second_id), 404, "ticket_unknown")
+
+
+async def _assign(supervisor: ApiClient, ticket_id: str, teller_id: str) -> Reply:
+    """The raw answer to a reassignment, for the refusals."""
+    return await send(
         supervisor,
         "POST",
-        f"/api/v1/queue/tickets/{view['id']}/assign",
-        {"teller_id": second_id},
+        f"/api/v1/queue/tickets/{ticket_id}/assign",
+        {"teller_id": teller_id},
         csrf=supervisor.csrf,
     )
-    assert_error(gone, 409, "ticket_not_waiting")
-    unknown = await send(
-        supervisor,
-        "POST",
-        "/api/v1/queue/tickets/q_nope/assign",
-        {"teller_id": second_id},
-        csrf=supervisor.csrf,
-    )
-    assert_error(unknown, 404, "ticket_unknown")
 
 
 # -- roles -----------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from recorder.seal.signing import load_public_keys
 from recorder.store.s3 import ArchiveBucket, S3Archive
 from server.auth.principal import Role
 from server.db.models import Archive, AuditEntry, ComplianceReport, ComplianceReview, User
-from server.workflow.approvals import verify_approval
+from server.workflow.transactions.approvals import verify_approval
 from tests.integration.test_call import _teller_and_customer
 from tests.integration.test_recording import _record, _sealed, _vteller
 from tests.support.bot import Bot

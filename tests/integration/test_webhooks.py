@@ -20,10 +20,10 @@ from recorder.seal.signing import Signer
 from server.auth.principal import Role
 from server.db.engine import session_factory
 from server.db.models import AuditEntry, WebhookDelivery, utcnow
-from server.workflow.webhook_config import WebhookConfig
-from server.workflow.webhook_http import Outcome, Verdict
-from server.workflow.webhook_records import DeliveryRecords
-from server.workflow.webhooks import WebhookDeliveries
+from server.workflow.webhooks.config import WebhookConfig
+from server.workflow.webhooks.delivery import WebhookDeliveries
+from server.workflow.webhooks.http import Outcome, Verdict
+from server.workflow.webhooks.records import DeliveryRecords
 from tests.integration.test_http_api import customer_of, invite, staff
 from tests.support import server as support
 from tests.support.server import RunningServer, running_server

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from bench.media import free_port
 from recorder.seal.signing import load_public_keys
-from server.workflow.webhooks import WebhookDeliveries
+from server.workflow.webhooks.delivery import WebhookDeliveries
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "webhooks.md"
 

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from recorder.seal.signing import public_key_id
-from server.workflow.approvals import ApprovalRecordError, verify_approval
+from server.workflow.transactions.approvals import ApprovalRecordError, verify_approval
 from tests.vectors.generate_approval_v1 import OUT_FILE, render
 
 

@@ -78,6 +78,12 @@ def test_negation_guard(phrase: str, text: str, negated: bool) -> None:
         # A negation the speaker added or dropped is not a homophone of anything expected.
         ("您可能会损失部分本金", "您不可能会损失部分本金", True),
         ("本产品不保证本金", "本产品保证本金", True),
+        # A negation ending its clause negates nothing (the recogniser appended a syllable).
+        (
+            "与您的风险承受能力相匹配，请问您是否知晓",
+            "与您的风险承受能力相比配无，请问您是否知晓",
+            False,
+        ),
     ],
 )
 def test_negation_guard_ignores_homophones_of_the_expected_text(

@@ -10,9 +10,9 @@ import pytest
 
 from server.auth.ratelimit import SlidingWindow
 from server.errors import ApiError
-from server.workflow.estimate import HandlingTime, estimate
-from server.workflow.phone import mask, normalize_mobile
-from server.workflow.queue import invitation_token
+from server.workflow.queue.estimate import HandlingTime, estimate
+from server.workflow.queue.phone import mask, normalize_mobile
+from server.workflow.queue.service import invitation_token
 
 
 @pytest.mark.parametrize(

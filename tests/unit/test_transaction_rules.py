@@ -14,10 +14,10 @@ from pydantic import TypeAdapter, ValidationError
 
 from recorder.journal import Journal
 from recorder.seal.manifest import is_canonical, parse_manifest
-from server.workflow.approval_rules import Facts, evaluate
-from server.workflow.config import WorkflowConfig
-from server.workflow.signatures import SignatureRejected, validate_signature
-from server.workflow.transactions import Purchase, Service, TransactionRequest
+from server.workflow.transactions.config import WorkflowConfig
+from server.workflow.transactions.request import Purchase, Service, TransactionRequest
+from server.workflow.transactions.rules import Facts, evaluate
+from server.workflow.transactions.signatures import SignatureRejected, validate_signature
 from tests.vectors.generate_approval_v1 import FACTS
 
 CONFIG = WorkflowConfig()

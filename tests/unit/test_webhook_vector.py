@@ -14,8 +14,8 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from pydantic import ValidationError
 
 from recorder.seal.signing import public_key_id
-from server.workflow.webhook_config import WebhookConfig
-from server.workflow.webhook_http import Verdict, classify
+from server.workflow.webhooks.config import WebhookConfig
+from server.workflow.webhooks.http import Verdict, classify
 from tests.support.webhook_receiver import DOC, documented_verifier
 from tests.vectors.generate_webhook_v1 import OUT_FILE, render
 

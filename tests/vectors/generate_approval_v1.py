@@ -1,6 +1,6 @@
 """Generate the approval record v1 test vector (docs/workflow.md, section 5).
 
-    python tests/vectors/generate_approval_v1.py [OUT_FILE]
+    python -m tests.vectors.generate_approval_v1 [OUT_FILE]
 
 writes OUT_FILE (default: tests/vectors/approval-v1.json): one transaction, the signed approval
 record built from it with the code that builds real ones, the canonical bytes that are signed,
@@ -11,8 +11,6 @@ tests/unit/test_approval_record.py checks that and verifies the vector from the 
 
 from __future__ import annotations
 
-import json
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,9 +18,10 @@ from typing import Any
 from recorder.seal.canonical import canonical_json
 from recorder.seal.digest import sha256_hex
 from recorder.seal.signing import Signer
-from server.workflow.approval_rules import Facts, evaluate
-from server.workflow.approvals import approval_record, sign_approval
-from server.workflow.transactions import Purchase, canonical_transaction
+from server.workflow.transactions.approvals import approval_record, sign_approval
+from server.workflow.transactions.request import Purchase, canonical_transaction
+from server.workflow.transactions.rules import Facts, evaluate
+from tests.vectors.vector_file import render_json, write_vector
 
 OUT_FILE = Path(__file__).parent / "approval-v1.json"
 SIGNING_SEED = bytes(range(0xC0, 0xE0))
@@ -110,10 +109,8 @@ def generate() -> dict[str, Any]:
 
 
 def render() -> str:
-    return json.dumps(generate(), ensure_ascii=False, indent=2) + "\n"
+    return render_json(generate())
 
 
 if __name__ == "__main__":
-    out = Path(sys.argv[1]) if len(sys.argv) > 1 else OUT_FILE
-    out.write_text(render(), encoding="utf-8")
-    print(f"wrote {out}")
+    write_vector(render, OUT_FILE)

@@ -1,6 +1,6 @@
 """Generate the audit log v1 test vector (docs/audit-log.md, "Test vector").
 
-    python tests/vectors/generate_audit_v1.py [OUT_FILE]
+    python -m tests.vectors.generate_audit_v1 [OUT_FILE]
 
 writes OUT_FILE (default: tests/vectors/audit-v1.json): a small fixed chain of entries with the
 canonical bytes and hash of each, and one checkpoint signed with a fixed Ed25519 seed, with its
@@ -10,8 +10,6 @@ on every run; tests/unit/test_audit_chain.py checks that and recomputes every va
 
 from __future__ import annotations
 
-import json
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ from server.audit.chain import (
     Entry,
     EntryFields,
 )
+from tests.vectors.vector_file import render_json, write_vector
 
 OUT_FILE = Path(__file__).parent / "audit-v1.json"
 SIGNING_SEED = bytes(range(0xA0, 0xC0))
@@ -87,10 +86,8 @@ def generate() -> dict[str, Any]:
 
 
 def render() -> str:
-    return json.dumps(generate(), ensure_ascii=False, indent=2) + "\n"
+    return render_json(generate())
 
 
 if __name__ == "__main__":
-    out = Path(sys.argv[1]) if len(sys.argv) > 1 else OUT_FILE
-    out.write_text(render(), encoding="utf-8")
-    print(f"wrote {out}")
+    write_vector(render, OUT_FILE)

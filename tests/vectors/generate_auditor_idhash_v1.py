@@ -1,6 +1,6 @@
 """Generate the keyed ID-number hash v1 test vector (docs/auditor.md section 2).
 
-    python tests/vectors/generate_auditor_idhash_v1.py [OUT_FILE]
+    python -m tests.vectors.generate_auditor_idhash_v1 [OUT_FILE]
 
 writes OUT_FILE (default: tests/vectors/auditor-idhash-v1.json): a fixed key, and for a few
 spellings of ID numbers their normalized form and keyed hash. Every input is fixed, so the output
@@ -10,12 +10,11 @@ from the specification with the standard library's hmac.
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Any
 
 from server.auditor.idhash import CONTEXT, IdNumberHasher, normalize
+from tests.vectors.vector_file import render_json, write_vector
 
 OUT_FILE = Path(__file__).parent / "auditor-idhash-v1.json"
 KEY = bytes(range(0x40, 0x60))
@@ -40,10 +39,9 @@ def vector() -> dict[str, Any]:
     }
 
 
-def main() -> None:
-    out = Path(sys.argv[1]) if len(sys.argv) > 1 else OUT_FILE
-    out.write_text(json.dumps(vector(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+def render() -> str:
+    return render_json(vector())
 
 
 if __name__ == "__main__":
-    main()
+    write_vector(render, OUT_FILE)

@@ -1,6 +1,6 @@
 """Generate the webhook v1 test vector (docs/webhooks.md, "Test vector").
 
-    python tests/vectors/generate_webhook_v1.py [OUT_FILE]
+    python -m tests.vectors.generate_webhook_v1 [OUT_FILE]
 
 writes OUT_FILE (default: tests/vectors/webhook-v1.json): one webhook request, its body, headers
 and both signatures, made by vteller's own code from fixed inputs (a fixed secret, Ed25519 seed and
@@ -11,13 +11,13 @@ tests/unit/test_webhook_vector.py checks that and recomputes every value from th
 from __future__ import annotations
 
 import json
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from recorder.seal.signing import Signer
-from server.workflow.webhook_signing import envelope_body, request_headers, signed_bytes
+from server.workflow.webhooks.signing import envelope_body, request_headers, signed_bytes
+from tests.vectors.vector_file import render_json, write_vector
 
 OUT_FILE = Path(__file__).parent / "webhook-v1.json"
 SECRET = "vteller-webhook-test-vector-secret-0001"
@@ -79,10 +79,8 @@ def generate() -> dict[str, Any]:
 
 
 def render() -> str:
-    return json.dumps(generate(), ensure_ascii=False, indent=2) + "\n"
+    return render_json(generate())
 
 
 if __name__ == "__main__":
-    out = Path(sys.argv[1]) if len(sys.argv) > 1 else OUT_FILE
-    out.write_text(render(), encoding="utf-8")
-    print(f"wrote {out}")
+    write_vector(render, OUT_FILE)

@@ -1,11 +1,13 @@
 // Auditor portal: search archives, open one (verified by the server), play it with the viewer's
 // watermark over the players, jump to the key moments, export, set or clear a legal hold.
+// `/auditor/?archive=ID&moment=MOMENT` (the supervisor's review queue links here) opens that
+// archive directly, and playback, once started, begins at the moment's start mark.
 import { get, post } from '/static/common/api.js';
 import { t, translate } from '/static/common/i18n.js';
 import { initChrome, errorText, toast } from '/static/common/ui.js';
 
 const $ = (id) => document.getElementById(id);
-const state = { user: null, query: {}, page: 1, pages: 1, archive: null, players: [] };
+const state = { user: null, query: {}, page: 1, pages: 1, archive: null, players: [], target: null };
 
 function show(view) {
   document.body.dataset.view = view;
@@ -101,14 +103,16 @@ function stopPlayers() {
   $('players').hidden = true;
 }
 
-async function openArchive(archiveId) {
+/** `target`: the moment (script id) whose start playback begins at, from a deep link. */
+async function openArchive(archiveId, target = null) {
+  state.target = target;
   stopPlayers();
   show('archive');
   translate($('archive-title'), 'auditor.archiveTitle', { id: archiveId });
   const status = $('verify-status');
   status.className = 'verify-status';
   translate(status, 'auditor.verifying');
-  for (const id of ['chain-status', 'archive-summary', 'identity-summary', 'report-summary', 'play-status']) $(id).textContent = '';
+  for (const id of ['chain-status', 'archive-summary', 'identity-summary', 'report-summary', 'play-status', 'target-status']) $(id).textContent = '';
   $('problems').hidden = true;
   $('timeline').replaceChildren();
   try {
@@ -144,6 +148,7 @@ function renderArchive({ archive, verification, manifest }) {
     translate($('identity-summary'), 'auditor.identity', { decision: { t: `auditor.identity.${manifest.identity}` } });
   }
   renderTimeline(manifest?.marks ?? []);
+  showTarget();
   $('play').disabled = !verification.ok;
   const isAuditor = state.user.role === 'auditor';
   $('auditor-actions').hidden = !isAuditor;
@@ -207,6 +212,24 @@ function nameMoments(moments) {
     li.querySelector('.mark-label').textContent =
       `${moment.title} ${phaseText} · ${t(`auditor.compliance.${moment.decision}`)}`;
   }
+  if (byId.has(state.target)) showTarget(byId.get(state.target).title);
+}
+
+function targetMark() {
+  if (!state.target) return null;
+  return $('timeline').querySelector(`li[data-mark="${CSS.escape(`${state.target}.start`)}"]`);
+}
+
+function showTarget(title = state.target) {
+  if (!state.target) return;
+  const status = $('target-status');
+  const mark = targetMark();
+  if (mark) {
+    mark.classList.add('mark-target');
+    translate(status, 'auditor.targetMoment', { moment: title });
+  } else {
+    translate(status, 'auditor.targetUnmarked', { moment: title });
+  }
 }
 
 function renderHold(hold) {
@@ -221,7 +244,7 @@ function updateWatermark() {
   const mark = $('watermark');
   if ($('players').hidden || !state.user) return;
   const now = new Date();
-  mark.textContent = `${t('auditor.watermark', { user: state.user.username, id: state.user.id, time: now.toISOString().replace('T', ' ').slice(0, 19) })} UTC`;
+  mark.textContent = `${t('auditor.watermark', { role: t(`role.${state.user.role}`), user: state.user.username, id: state.user.id, time: now.toISOString().replace('T', ' ').slice(0, 19) })} UTC`;
 }
 
 function viewLabel(name) {
@@ -262,6 +285,11 @@ async function play() {
     $('play-status').textContent = '';
     updateWatermark();
     await main.play().catch(() => {});
+    const mark = targetMark();
+    if (mark) {
+      seek(Number(mark.dataset.ms) / 1000);
+      translate($('target-status'), 'auditor.atMoment', { moment: mark.querySelector('.mark-label').textContent });
+    }
   } catch (err) {
     $('play-status').textContent = errorText(err);
   } finally {
@@ -314,7 +342,9 @@ async function start() {
     $('user-name').textContent = user.display_name || user.username;
     translate($('user-role'), `role.${user.role}`);
     show('search');
-    await search(1);
+    const link = new URLSearchParams(window.location.search);
+    if (link.get('archive')) await openArchive(link.get('archive'), link.get('moment'));
+    else await search(1);
   } catch {
     show('login');
   }
@@ -332,6 +362,9 @@ $('search-reset').addEventListener('click', () => {
 $('prev-page').addEventListener('click', () => search(state.page - 1));
 $('next-page').addEventListener('click', () => search(state.page + 1));
 $('back').addEventListener('click', () => {
+  // Back to searching: a reload shows the search, not the linked archive again.
+  if (window.location.search) window.history.replaceState(null, '', window.location.pathname);
+  state.target = null;
   stopPlayers();
   show('search');
   search(state.page);

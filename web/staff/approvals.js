@@ -5,42 +5,35 @@ import { get, post } from '/static/common/api.js';
 import { t, translate } from '/static/common/i18n.js';
 import { errorText, formatTime, toast } from '/static/common/ui.js';
 import { renderChecks, showDescription, showState } from '/static/common/transactions.js';
+import { poller } from '/static/staff/poller.js';
 
 const $ = (id) => document.getElementById(id);
 const REFRESH_MS = 10000;
 
-let timer = null;
-let busy = false;
+const polling = poller({
+  load: async () => {
+    const { transactions } = await get('/api/v1/transactions');
+    render(transactions);
+    $('approvals-error').textContent = '';
+  },
+  errorId: 'approvals-error',
+  everyMs: REFRESH_MS,
+  // A supervisor typing a reason keeps what they typed: no refresh while a reason has text.
+  skip: () => [...document.querySelectorAll('.approval-reason')].some((el) => el.value.trim()),
+});
+const refresh = polling.refresh;
 
 export function show(user) {
   hide();
   if (user.role !== 'supervisor') return;
   $('approvals-panel').hidden = false;
-  timer = setInterval(refresh, REFRESH_MS);
-  refresh();
+  polling.start();
 }
 
 export function hide() {
-  clearInterval(timer);
-  timer = null;
+  polling.stop();
   $('approvals-panel').hidden = true;
   $('approvals-list').replaceChildren();
-}
-
-async function refresh() {
-  // A supervisor typing a reason keeps what they typed: no refresh while a reason has text.
-  if (busy || document.hidden || timer === null) return;
-  if ([...document.querySelectorAll('.approval-reason')].some((el) => el.value.trim())) return;
-  busy = true;
-  try {
-    const { transactions } = await get('/api/v1/transactions');
-    render(transactions);
-    $('approvals-error').textContent = '';
-  } catch (err) {
-    $('approvals-error').textContent = errorText(err);
-  } finally {
-    busy = false;
-  }
 }
 
 function render(transactions) {

@@ -3,15 +3,16 @@
 import { get, post } from '/static/common/api.js';
 import { t, translate } from '/static/common/i18n.js';
 import { errorText, toast } from '/static/common/ui.js';
+import { poller } from '/static/staff/poller.js';
 
 const $ = (id) => document.getElementById(id);
 const REFRESH_MS = 5000;
 const BUSINESSES = ['wealth', 'insurance', 'general'];
 
-let timer = null;
-let busy = false;
 let role = null;
 const tellerRows = new Map();
+const polling = poller({ load, errorId: 'queue-dashboard-error', everyMs: REFRESH_MS });
+const refresh = polling.refresh;
 
 export function show(user) {
   hide();
@@ -19,36 +20,26 @@ export function show(user) {
   role = user.role;
   $('queue-dashboard').hidden = false;
   $('queue-overview').hidden = role !== 'supervisor';
-  timer = setInterval(refresh, REFRESH_MS);
-  refresh();
+  polling.start();
 }
 
 export function hide() {
-  clearInterval(timer);
-  timer = null;
+  polling.stop();
   role = null;
   tellerRows.forEach((row) => row.remove());
   tellerRows.clear();
   $('queue-dashboard').hidden = true;
 }
 
-async function refresh() {
-  if (busy || document.hidden || timer === null) return;
-  busy = true;
-  try {
-    if (role === 'supervisor') {
-      const data = await get('/api/v1/queue/dashboard');
-      renderOverview(data);
-      renderTellers(data.tellers);
-    } else {
-      renderTellers((await get('/api/v1/queue/tellers')).tellers);
-    }
-    $('queue-dashboard-error').textContent = '';
-  } catch (err) {
-    $('queue-dashboard-error').textContent = errorText(err);
-  } finally {
-    busy = false;
+async function load() {
+  if (role === 'supervisor') {
+    const data = await get('/api/v1/queue/dashboard');
+    renderOverview(data);
+    renderTellers(data.tellers);
+  } else {
+    renderTellers((await get('/api/v1/queue/tellers')).tellers);
   }
+  $('queue-dashboard-error').textContent = '';
 }
 
 const minutes = (seconds) => Math.floor(seconds / 60);

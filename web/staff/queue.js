@@ -2,28 +2,32 @@
 import { get, post } from '/static/common/api.js';
 import { t, translate } from '/static/common/i18n.js';
 import { errorText, toast } from '/static/common/ui.js';
+import { poller } from '/static/staff/poller.js';
 
 const $ = (id) => document.getElementById(id);
 const REFRESH_MS = 3000;
 
-let timer = null;
-let busy = false;
 let wired = false;
 // Numbers shown after a claim stay on screen across refreshes (never refetched silently).
 const revealed = new Map();
+
+const polling = poller({
+  load: async () => render(await get('/api/v1/queue/me')),
+  errorId: 'queue-error',
+  everyMs: REFRESH_MS,
+});
+const refresh = polling.refresh;
 
 export function show(user) {
   hide();
   if (user.role !== 'teller') return;
   wire();
   $('queue-panel').hidden = false;
-  timer = setInterval(refresh, REFRESH_MS);
-  refresh();
+  polling.start();
 }
 
 export function hide() {
-  clearInterval(timer);
-  timer = null;
+  polling.stop();
   revealed.clear();
   $('queue-panel').hidden = true;
 }
@@ -36,17 +40,6 @@ function wire() {
   $('queue-take').addEventListener('click', takeNext);
 }
 
-async function refresh() {
-  if (busy || document.hidden || timer === null) return;
-  busy = true;
-  try {
-    render(await get('/api/v1/queue/me'));
-  } catch (err) {
-    $('queue-error').textContent = errorText(err);
-  } finally {
-    busy = false;
-  }
-}
 
 function render(data) {
   const { teller } = data;

@@ -6,6 +6,7 @@ import * as tellerQueue from '/static/staff/queue.js';
 import * as queueDashboard from '/static/staff/dashboard.js';
 import * as webhookPanel from '/static/staff/webhooks.js';
 import * as approvals from '/static/staff/approvals.js';
+import * as reviews from '/static/staff/reviews.js';
 
 const $ = (id) => document.getElementById(id);
 const REFRESH_MS = 3000;
@@ -31,6 +32,7 @@ function showLogin(message = '') {
   queueDashboard.hide();
   webhookPanel.hide();
   approvals.hide();
+  reviews.hide();
   document.body.dataset.view = 'login';
   $('login-view').hidden = false;
   $('dashboard').hidden = true;
@@ -57,6 +59,7 @@ function showDashboard(user) {
   queueDashboard.show(user);
   webhookPanel.show(user);
   approvals.show(user);
+  reviews.show(user);
   $('sessions-panel').hidden = !view;
   $('info-panel').hidden = Boolean(view);
   if (view) {

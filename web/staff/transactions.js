@@ -8,11 +8,15 @@ import { SIGNABLE, deliveryText, parseAmount, renderChecks, showDescription, sho
 
 const $ = (id) => document.getElementById(id);
 const OPEN = new Set([...SIGNABLE, 'awaiting_second_approval']);
+// The core bank's webhook answers in the background: while a delivery is on its way, the
+// teller's line follows it without a reload.
+const DELIVERY_POLL_MS = 4000;
 
 export class TransactionPanel {
   #sessionId;
   #canControl;
   #items = new Map(); // id -> {view, element}
+  #deliveryPolls = new Map(); // id -> timeout
 
   constructor({ call, sessionId, canControl }) {
     this.#sessionId = sessionId;
@@ -120,6 +124,10 @@ export class TransactionPanel {
       line.textContent = transaction.approval
         ? `${t('tx.approvedSigned', { hash: transaction.approval.signature.slice(0, 16) })} · ${deliveryText(transaction.delivery)}`
         : '';
+      clearTimeout(this.#deliveryPolls.get(id));
+      if (transaction.delivery?.state === 'pending') {
+        this.#deliveryPolls.set(id, setTimeout(() => this.#detail(id), DELIVERY_POLL_MS));
+      }
     } catch (err) {
       toast(errorText(err), 'error');
     }

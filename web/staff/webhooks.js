@@ -3,6 +3,7 @@
 import { get, post } from '/static/common/api.js';
 import { t, translate } from '/static/common/i18n.js';
 import { confirmDialog, errorText, formatTime, toast } from '/static/common/ui.js';
+import { poller } from '/static/staff/poller.js';
 
 const $ = (id) => document.getElementById(id);
 const REFRESH_MS = 10000;
@@ -14,41 +15,31 @@ const BADGES = {
   disabled: 'state-ended',
 };
 
-let timer = null;
-let busy = false;
+const polling = poller({ load, errorId: 'webhook-error', everyMs: REFRESH_MS });
+const refresh = polling.refresh;
 
 export function show(user) {
   hide();
   if (user.role !== 'supervisor') return;
   $('webhook-panel').hidden = false;
-  timer = setInterval(refresh, REFRESH_MS);
-  refresh();
+  polling.start();
 }
 
 export function hide() {
-  clearInterval(timer);
-  timer = null;
+  polling.stop();
   $('webhook-panel').hidden = true;
   $('webhook-rows').replaceChildren();
 }
 
-async function refresh() {
-  if (busy || document.hidden || timer === null) return;
-  busy = true;
-  try {
-    const { enabled, deliveries } = await get('/api/v1/webhooks/deliveries?limit=50');
-    $('webhook-disabled').hidden = enabled;
-    // A supervisor about to press "send again" keeps the button under their hands.
-    if (!$('webhook-rows').contains(document.activeElement)) {
-      $('webhook-rows').replaceChildren(...deliveries.map(deliveryRow));
-    }
-    $('webhook-empty').hidden = deliveries.length > 0;
-    $('webhook-error').textContent = '';
-  } catch (err) {
-    $('webhook-error').textContent = errorText(err);
-  } finally {
-    busy = false;
+async function load() {
+  const { enabled, deliveries } = await get('/api/v1/webhooks/deliveries?limit=50');
+  $('webhook-disabled').hidden = enabled;
+  // A supervisor about to press "send again" keeps the button under their hands.
+  if (!$('webhook-rows').contains(document.activeElement)) {
+    $('webhook-rows').replaceChildren(...deliveries.map(deliveryRow));
   }
+  $('webhook-empty').hidden = deliveries.length > 0;
+  $('webhook-error').textContent = '';
 }
 
 function cell(text) {

@@ -1,4 +1,4 @@
-"""Webhook deliveries of approved transactions to the core bank (server/workflow/webhooks.py)
+"""Webhook deliveries of approved transactions to the core bank (server/workflow/webhooks)
 
 Revision ID: 0008
 Revises: 0007

@@ -7,7 +7,6 @@ marks the delivery due, and the running workers send it at their next poll (webh
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable
@@ -16,11 +15,11 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from server.audit import SYSTEM, AuditLog
-from server.db.engine import create_engine, migrate, session_factory
+from server.commands import Run, database, help_for, run_reporting
 from server.errors import ApiError
 from server.settings import Settings
-from server.workflow.webhook_records import STATES, DeliveryRecords
-from server.workflow.webhooks import SECRET_FILE, webhook_secret
+from server.workflow.webhooks.delivery import SECRET_FILE, webhook_secret
+from server.workflow.webhooks.records import STATES, DeliveryRecords
 
 Command = Callable[[argparse.Namespace, DeliveryRecords], Awaitable[int]]
 
@@ -64,12 +63,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     retry.add_argument("key", help="the transaction id, or the delivery id (wh_...)")
     retry.set_defaults(run=_runner(_retry))
 
-    webhooks.set_defaults(run=_usage, usage=webhooks.format_help())
-
-
-def _usage(args: argparse.Namespace, _: Settings) -> int:
-    print(args.usage, end="")
-    return 2
+    webhooks.set_defaults(run=help_for(webhooks))
 
 
 def _secret(_: argparse.Namespace, settings: Settings) -> int:
@@ -81,25 +75,16 @@ def _secret(_: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _runner(command: Command) -> Callable[[argparse.Namespace, Settings], int]:
+def _runner(command: Command) -> Run:
     def run(args: argparse.Namespace, settings: Settings) -> int:
-        try:
-            return asyncio.run(_with_records(command, args, settings))
-        except (SQLAlchemyError, OSError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+        return run_reporting(_with_records(command, args, settings), (SQLAlchemyError, OSError))
 
     return run
 
 
 async def _with_records(command: Command, args: argparse.Namespace, settings: Settings) -> int:
-    engine = create_engine(settings.effective_database_url)
-    try:
-        await migrate(engine)
-        db = session_factory(engine)
+    async with database(settings, migrated=True) as db:
         return await command(args, DeliveryRecords(settings.webhook, db, AuditLog(db)))
-    finally:
-        await engine.dispose()
 
 
 async def _list(args: argparse.Namespace, records: DeliveryRecords) -> int:

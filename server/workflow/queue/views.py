@@ -10,9 +10,9 @@ from typing import Any
 
 from server.db.models import QueueCallback, QueueTicket
 from server.sessions.views import user_view
-from server.workflow.estimate import Estimate, HandlingTime
-from server.workflow.phone import mask
-from server.workflow.queue import Standing, TellerState, waited_seconds
+from server.workflow.queue.estimate import Estimate, HandlingTime
+from server.workflow.queue.phone import mask
+from server.workflow.queue.service import Standing, TellerState, waited_seconds
 
 
 def handling_view(handling: HandlingTime) -> dict[str, Any]:
@@ -27,6 +27,16 @@ def estimate_view(estimate: Estimate) -> dict[str, Any]:
     }
 
 
+def _ticket_fields(ticket: QueueTicket) -> dict[str, Any]:
+    return {
+        "id": ticket.id,
+        "topic": ticket.topic,
+        "business": ticket.business,
+        "elderly": ticket.elderly,
+        "state": ticket.state,
+    }
+
+
 def customer_ticket_view(
     ticket: QueueTicket,
     standing: Standing | None,
@@ -34,11 +44,7 @@ def customer_ticket_view(
     callback: QueueCallback | None,
 ) -> dict[str, Any]:
     return {
-        "id": ticket.id,
-        "topic": ticket.topic,
-        "business": ticket.business,
-        "elderly": ticket.elderly,
-        "state": ticket.state,
+        **_ticket_fields(ticket),
         "created_at": ticket.created_at.isoformat(),
         "position": standing.position if standing else None,
         "estimate": estimate_view(standing.estimate) if standing else None,
@@ -49,11 +55,7 @@ def customer_ticket_view(
 
 def staff_ticket_view(ticket: QueueTicket, names: dict[str, str]) -> dict[str, Any]:
     return {
-        "id": ticket.id,
-        "topic": ticket.topic,
-        "business": ticket.business,
-        "elderly": ticket.elderly,
-        "state": ticket.state,
+        **_ticket_fields(ticket),
         "waited_seconds": waited_seconds(ticket.created_at),
         "assigned_to": ticket.assigned_to,
         "assigned_name": names.get(ticket.assigned_to or ""),

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
-from server.workflow.config import WorkflowConfig
+from server.workflow.transactions.config import WorkflowConfig
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MIN_SIDE = 64

@@ -26,11 +26,12 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from recorder.seal.files import generated_secret
 from recorder.seal.signing import Signer
 from server.audit import AuditLog
+from server.background import cancel_and_wait
 from server.db.engine import DbSession
-from server.workflow.webhook_config import WebhookConfig
-from server.workflow.webhook_http import attempt, client_session
-from server.workflow.webhook_records import DeliveryRecords
-from server.workflow.webhook_signing import request_headers
+from server.workflow.webhooks.config import WebhookConfig
+from server.workflow.webhooks.http import attempt, client_session
+from server.workflow.webhooks.records import DeliveryRecords
+from server.workflow.webhooks.signing import request_headers
 
 log = structlog.get_logger(__name__)
 
@@ -81,11 +82,8 @@ class WebhookDeliveries(DeliveryRecords):
         self._runner = asyncio.create_task(self._run_forever())
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
-            self._runner = None
+        await cancel_and_wait(self._runner)
+        self._runner = None
         if self._http is not None:
             await self._http.close()
             self._http = None

@@ -47,9 +47,9 @@ from server.db.models import (
 )
 from server.errors import ApiError
 from server.sessions.store import SessionStore
-from server.workflow.estimate import Estimate, HandlingTime, estimate, handling_time
-from server.workflow.phone import normalize_mobile
-from server.workflow.queue_config import QueueConfig
+from server.workflow.queue.config import QueueConfig
+from server.workflow.queue.estimate import Estimate, HandlingTime, estimate, handling_time
+from server.workflow.queue.phone import normalize_mobile
 
 Topic = Literal["wealth", "insurance", "cards", "other"]
 TellerStatus = Literal["available", "away"]

@@ -20,7 +20,7 @@ from server.db.models import (
     SessionEvent,
     Transaction,
 )
-from server.workflow.config import Check, WorkflowConfig
+from server.workflow.transactions.config import Check, WorkflowConfig
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from recorder.seal.canonical import canonical_json
 from recorder.seal.digest import sha256_hex
 from recorder.seal.manifest import format_timestamp
 from recorder.seal.signing import Signer, verify
-from server.workflow.approval_rules import CheckResult, Facts
+from server.workflow.transactions.rules import CheckResult, Facts
 
 APPROVAL_FORMAT = "vteller.approval"
 APPROVAL_VERSION = 1

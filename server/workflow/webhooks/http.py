@@ -12,7 +12,7 @@ import aiohttp
 from multidict import CIMultiDictProxy
 
 from server.db.models import utcnow
-from server.workflow.webhook_signing import USER_AGENT
+from server.workflow.webhooks.signing import USER_AGENT
 
 # Enough of an error answer to tell the operator what the receiver said, not a whole page.
 ERROR_BODY_BYTES = 300

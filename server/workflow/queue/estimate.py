@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.db.models import CallSession, utcnow
-from server.workflow.queue_config import QueueConfig
+from server.workflow.queue.config import QueueConfig
 
 HANDLING_LOOKBACK = timedelta(days=7)
 

@@ -24,9 +24,9 @@ from server.audit import SYSTEM, AuditLog
 from server.db.engine import DbSession
 from server.db.models import WebhookDelivery, new_id, utcnow
 from server.errors import ApiError
-from server.workflow.webhook_config import WebhookConfig
-from server.workflow.webhook_http import Outcome, Verdict
-from server.workflow.webhook_signing import EVENT_TYPE, envelope_body
+from server.workflow.webhooks.config import WebhookConfig
+from server.workflow.webhooks.http import Outcome, Verdict
+from server.workflow.webhooks.signing import EVENT_TYPE, envelope_body
 
 log = structlog.get_logger(__name__)
 

@@ -46,17 +46,17 @@ from server.db.models import (
 from server.errors import ApiError
 from server.recording.room import Audience
 from server.signaling.protocol import server_message
-from server.workflow.approval_rules import CheckResult, Facts, evaluate, gather_facts
-from server.workflow.approvals import approval_record, sign_approval
-from server.workflow.config import WorkflowConfig
-from server.workflow.signatures import SignatureRejected, validate_signature
-from server.workflow.transactions import (
+from server.workflow.transactions.approvals import approval_record, sign_approval
+from server.workflow.transactions.config import WorkflowConfig
+from server.workflow.transactions.request import (
     Purchase,
     Service,
     canonical_transaction,
     transaction_sha256,
 )
-from server.workflow.views import customer_view, staff_view
+from server.workflow.transactions.rules import CheckResult, Facts, evaluate, gather_facts
+from server.workflow.transactions.signatures import SignatureRejected, validate_signature
+from server.workflow.transactions.views import customer_view, staff_view
 
 OPEN_STATES = ("awaiting_signature", "signed", "awaiting_override", "awaiting_second_approval")
 SIGNABLE_STATES = ("awaiting_signature", "signed", "awaiting_override")
@@ -195,19 +195,16 @@ class Transactions:
             row.product_type = request.product_type
             row.amount_minor = request.amount.minor
             row.currency = request.amount.currency
-        await self._audit.append(
+        await self._log(
             "transaction.created",
-            actor=teller.user_id,
-            actor_role=teller.role.value,
-            target=row.id,
-            detail={
-                "session_id": session.id,
-                "kind": row.kind,
-                "product_type": row.product_type,
-                "amount_minor": row.amount_minor,
-                "currency": row.currency,
-                "sha256": row.sha256,
-            },
+            row,
+            teller.user_id,
+            teller.role,
+            kind=row.kind,
+            product_type=row.product_type,
+            amount_minor=row.amount_minor,
+            currency=row.currency,
+            sha256=row.sha256,
         )
         async with self._db() as db, db.begin():
             db.add(row)
@@ -228,16 +225,13 @@ class Transactions:
         sealed = await asyncio.to_thread(
             self._sealer.seal, uuid.UUID(signature_id), _aad(signature_id, row.id), png
         )
-        await self._audit.append(
+        await self._log(
             "transaction.signed",
-            actor=customer.participant_id,
-            actor_role=customer.role.value,
-            target=row.id,
-            detail={
-                "session_id": row.session_id,
-                "sha256": row.sha256,
-                "signature_sha256": signature.sha256,
-            },
+            row,
+            customer.participant_id,
+            customer.role,
+            sha256=row.sha256,
+            signature_sha256=signature.sha256,
         )
         # Into the running recording's manifest, if one runs: the approval rules need it.
         archive_id = self._bind(row.session_id, row.id, row.sha256, signature.sha256)
@@ -340,16 +334,13 @@ class Transactions:
         if fixed:
             raise ChecksFailed("These checks can never be overridden.", checks)
         assert supervisor.user_id is not None
-        await self._audit.append(
+        await self._log(
             "transaction.overridden",
-            actor=supervisor.user_id,
-            actor_role=supervisor.role.value,
-            target=row.id,
-            detail={
-                "session_id": row.session_id,
-                "checks": [c.check for c in failed],
-                "reason": reason,
-            },
+            row,
+            supervisor.user_id,
+            supervisor.role,
+            checks=[c.check for c in failed],
+            reason=reason,
         )
         await self._decide(row, supervisor, "override", reason, checks, SUPERVISOR_STATES)
         return await self._finish(row, facts, checks, SUPERVISOR_STATES)
@@ -358,12 +349,8 @@ class Transactions:
         assert principal.user_id is not None
         if row.state not in OPEN_STATES:
             raise _conflict(row, "be rejected")
-        await self._audit.append(
-            "transaction.rejected",
-            actor=principal.user_id,
-            actor_role=principal.role.value,
-            target=row.id,
-            detail={"session_id": row.session_id, "reason": reason},
+        await self._log(
+            "transaction.rejected", row, principal.user_id, principal.role, reason=reason
         )
         await self._decide(row, principal, "reject", reason, [], OPEN_STATES)
         fresh = await self._transition(
@@ -373,6 +360,18 @@ class Transactions:
         return fresh
 
     # -- internals -----------------------------------------------------------------------------
+
+    async def _log(
+        self, action: str, row: Transaction, actor: str, role: Role, **detail: Any
+    ) -> None:
+        """An audit entry about the transaction; each names the session it was made in."""
+        await self._audit.append(
+            action,
+            actor=actor,
+            actor_role=role.value,
+            target=row.id,
+            detail={"session_id": row.session_id, **detail},
+        )
 
     async def _judge(self, row: Transaction) -> tuple[Facts, list[CheckResult]]:
         async with self._db() as db:
@@ -447,18 +446,15 @@ class Transactions:
             self._signer.key_id,
         )
         signed = await asyncio.to_thread(sign_approval, record, self._signer)
-        await self._audit.append(
+        await self._log(
             "transaction.approved",
-            actor=decisions[-1]["user_id"],
-            actor_role=decisions[-1]["role"],
-            target=row.id,
-            detail={
-                "session_id": row.session_id,
-                "sha256": row.sha256,
-                "manifest_sha256": facts.manifest_sha256,
-                "record_sha256": sha256_hex(canonical_json(record)),
-                "steps": [d["step"] for d in decisions],
-            },
+            row,
+            decisions[-1]["user_id"],
+            Role(decisions[-1]["role"]),
+            sha256=row.sha256,
+            manifest_sha256=facts.manifest_sha256,
+            record_sha256=sha256_hex(canonical_json(record)),
+            steps=[d["step"] for d in decisions],
         )
         fresh = await self._transition(
             row,

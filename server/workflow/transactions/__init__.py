@@ -1,0 +1,1 @@
+"""Transactions: request, customer's signature, approval rules, signed record (docs/workflow.md)."""

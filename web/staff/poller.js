@@ -1,0 +1,34 @@
+// The periodic refresh of a staff panel: one request at a time, none while the browser tab is
+// hidden or once the panel is stopped. A failed refresh shows in the panel's error line; `load`
+// clears that line itself where a success should (the teller's panel keeps its actions' errors).
+import { errorText } from '/static/common/ui.js';
+
+export function poller({ load, errorId, everyMs, skip = () => false }) {
+  let timer = null;
+  let busy = false;
+
+  async function refresh() {
+    if (busy || document.hidden || timer === null || skip()) return;
+    busy = true;
+    try {
+      await load();
+    } catch (err) {
+      document.getElementById(errorId).textContent = errorText(err);
+    } finally {
+      busy = false;
+    }
+  }
+
+  return {
+    refresh,
+    start() {
+      clearInterval(timer);
+      timer = setInterval(refresh, everyMs);
+      refresh();
+    },
+    stop() {
+      clearInterval(timer);
+      timer = null;
+    },
+  };
+}
