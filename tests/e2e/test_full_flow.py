@@ -221,6 +221,10 @@ async def audit_the_archive(
     )
     moment = page.locator("li[data-mark='risk_disclosure.start']")
     target = int(await moment.get_attribute("data-ms") or 0) / 1000
+    # Paused, so that where the players are is where the jump put them, not where playing got to.
+    await page.evaluate(
+        "() => document.querySelectorAll('#player-grid video').forEach(v => v.pause())"
+    )
     await moment.locator("button.jump").click()
     await page.wait_for_function(
         "() => [...document.querySelectorAll('#player-grid video')].every(v => !v.seeking)",
