@@ -94,6 +94,23 @@ function button(label, className) {
   return el;
 }
 
+/** A translated button that stays disabled while its (async) action runs: no double submits. */
+export function actionButton(key, className, onClick) {
+  const el = document.createElement('button');
+  el.type = 'button';
+  el.className = className;
+  translate(el, key);
+  el.addEventListener('click', async () => {
+    el.disabled = true;
+    try {
+      await onClick();
+    } finally {
+      el.disabled = false;
+    }
+  });
+  return el;
+}
+
 export function formatTime(iso) {
   if (!iso) return '';
   const date = new Date(iso);

@@ -3,7 +3,7 @@
 // rejection. The server decides; the page shows its checks and answers.
 import { get, post } from '/static/common/api.js';
 import { t, translate } from '/static/common/i18n.js';
-import { errorText, formatTime, toast } from '/static/common/ui.js';
+import { actionButton as button, errorText, formatTime, toast } from '/static/common/ui.js';
 import { renderChecks, showDescription, showState } from '/static/common/transactions.js';
 import { poller } from '/static/staff/poller.js';
 
@@ -84,22 +84,6 @@ function item(view) {
   actions.append(button('tx.reject', 'btn btn-secondary', () => decide(view.id, 'reject', { reason: reason.value.trim() }, error)));
   li.append(state, summary, meta, checks, image, label, reason, error, actions);
   return li;
-}
-
-function button(key, className, onClick) {
-  const el = document.createElement('button');
-  el.type = 'button';
-  el.className = className;
-  translate(el, key);
-  el.addEventListener('click', async () => {
-    el.disabled = true;
-    try {
-      await onClick();
-    } finally {
-      el.disabled = false;
-    }
-  });
-  return el;
 }
 
 async function decide(id, action, body, error) {

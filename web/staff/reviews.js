@@ -3,7 +3,7 @@
 // auditor portal at that moment of the recording, and takes a decision with a written note.
 import { get, post } from '/static/common/api.js';
 import { t, translate } from '/static/common/i18n.js';
-import { errorText, formatTime, toast } from '/static/common/ui.js';
+import { actionButton as button, errorText, formatTime, toast } from '/static/common/ui.js';
 import { poller } from '/static/staff/poller.js';
 
 const $ = (id) => document.getElementById(id);
@@ -137,22 +137,6 @@ function evidence(moment) {
     box.append(said, findings);
     return box;
   });
-}
-
-function button(key, className, onClick) {
-  const el = document.createElement('button');
-  el.type = 'button';
-  el.className = className;
-  translate(el, key);
-  el.addEventListener('click', async () => {
-    el.disabled = true;
-    try {
-      await onClick();
-    } finally {
-      el.disabled = false;
-    }
-  });
-  return el;
 }
 
 async function decide(id, decision, noteField, error) {
