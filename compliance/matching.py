@@ -202,7 +202,9 @@ def negating_positions(text: str) -> frozenset[int]:
     """Indices of the characters of `text` that negate (not those inside 非常, 没问题, ...).
 
     A negation character that ends its clause has nothing left to negate (a question particle
-    such as 好不？, or a syllable the recogniser appended: 相匹配无，), so it does not count.
+    such as 好不？, or a syllable the recogniser appended: 相匹配无，), so it does not count; nor
+    does one repeating the character before it (是否否清楚: a stammer or a recogniser echo, where
+    a double negative would need a word between).
     """
     exempt: set[int] = set()
     for word in _NOT_NEGATIONS:
@@ -216,6 +218,7 @@ def negating_positions(text: str) -> frozenset[int]:
         if c in NEGATIONS
         and i not in exempt
         and not (i + 1 < len(text) and text[i + 1] in _CLAUSE_BREAKS)
+        and not (i > 0 and text[i - 1] == c)
     )
 
 
@@ -225,31 +228,57 @@ def negation_count(text: str) -> int:
 
 def is_negated(phrase: str, haystack: Syllables, start: int, end: int) -> bool:
     """Whether the transcript around [start, end) negates the phrase (or un-negates it)."""
-    heard = _count_in_window(haystack, start, end) - _homophone_negations(
+    heard = _count_in_window(haystack, start, end) - _recogniser_negations(
         to_syllables(phrase), haystack, start, end
     )
     return (heard - negation_count(phrase)) % 2 == 1
 
 
-def _homophone_negations(phrase: Syllables, haystack: Syllables, start: int, end: int) -> int:
-    """The part of the negation difference that is only the recogniser's choice of characters.
+def _recogniser_negations(phrase: Syllables, haystack: Syllables, start: int, end: int) -> int:
+    """The part of the negation difference that is the recogniser's doing, not the speaker's.
 
     Audio cannot tell homophones apart, so where the transcript writes a negation for the very
     syllable at which the phrase has a non-negating character (未 wei for 为 wei) that is +1,
-    and a phrase's negation written as a non-negating homophone (部 bu for 不 bu) is -1. A
-    negation the speaker added (an extra syllable) or dropped is not aligned to a same-sounding
-    syllable, so it still counts.
+    and a phrase's negation written as a non-negating homophone (部 bu for 不 bu) is -1.
+
+    A negation only negates the word after it, so a difference counts only where that word was
+    heard: a phrase's negation missing together with the word after it (理财非存款 heard as
+    理财子: the recogniser lost the stretch) is -1, and a negation written into a stretch that
+    matches nothing expected (garbled audio) is +1. A negation the speaker added or dropped
+    before a word that was heard (投资没有风险, 本产品保证本金) still counts.
     """
     heard = haystack.syllables[start:end]
     said_negations = negating_positions(phrase.text)
     heard_negations = negating_positions(haystack.text)
+    # An echo (the second 否 of 是否否) may be what the alignment pairs with the phrase's 否.
+    echoes = {
+        at + 1
+        for at in heard_negations
+        if at + 1 < len(haystack.text) and haystack.text[at + 1] == haystack.text[at]
+    }
+    pairs = _aligned_pairs(phrase.syllables, heard)
+    same = [(i, j) for i, j in pairs if phrase.syllables[i] == heard[j]]
+    said_heard = {i for i, _ in same}
+    heard_said = {j for _, j in same}
     delta = 0
-    for i, j in _aligned_pairs(phrase.syllables, heard):
-        if phrase.syllables[i] != heard[j]:
-            continue
+    for i, j in same:
         expected = phrase.positions[i] in said_negations
-        written = haystack.positions[start + j] in heard_negations
+        written = haystack.positions[start + j] in heard_negations | echoes
         delta += int(written and not expected) - int(expected and not written)
+    for i in range(len(phrase)):
+        if (
+            i not in said_heard
+            and phrase.positions[i] in said_negations
+            and i + 1 not in said_heard
+        ):
+            delta -= 1
+    for j in range(len(heard)):
+        if (
+            j not in heard_said
+            and haystack.positions[start + j] in heard_negations
+            and j + 1 not in heard_said
+        ):
+            delta += 1
     return delta
 
 

@@ -84,14 +84,36 @@ def test_negation_guard(phrase: str, text: str, negated: bool) -> None:
             "与您的风险承受能力相比配无，请问您是否知晓",
             False,
         ),
+        # A repeated negation character is a stammer or an echo, not a double negative.
+        ("请问您是否清楚", "请问您是否否清楚", False),
+        # A negation written into garbled syllables negates no expected word.
+        ("产品有风险，投资须谨慎", "产品有风险，投资没几甚", False),
+        # ... but a dropped or added negation before a word that was heard still counts.
+        ("理财非存款", "理财是存款", True),
+        ("产品有风险，投资须谨慎", "产品没有风险，投资须谨慎", True),
     ],
 )
-def test_negation_guard_ignores_homophones_of_the_expected_text(
+def test_negation_guard_tells_the_recogniser_from_the_speaker(
     phrase: str, text: str, negated: bool
 ) -> None:
     found = _find(phrase, text)
     assert found, f"{phrase} not located in {text}"
     assert found[0][2] is negated
+
+
+def test_a_stretch_the_recogniser_lost_is_not_the_opposite_of_the_script() -> None:
+    # Seen on a starved test machine: the recogniser lost 理财非存 (its 非 with it) and garbled
+    # the rest; the line is partly heard (for review), not said the other way round.
+    script = (
+        "理财非存款，产品有风险，投资须谨慎。本产品不保证本金和收益，"
+        "您可能会损失部分甚至全部本金，请问您是否清楚？"
+    )
+    heard = (
+        "子。\n产品已有风险。\n投资,资讯几甚有,本产品已不保证本金和收益,"
+        "您可能会随时不分甚至全部本金。\n請問您是否經常"
+    )
+    found = _find(script, heard, similarity=0.6)
+    assert found and found[0][1] < 0.8 and found[0][2] is False
 
 
 def test_forbidden_phrases_need_more_than_a_similar_syllable() -> None:
