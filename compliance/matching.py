@@ -385,3 +385,9 @@ def locate(phrase: str, haystack: Syllables, min_similarity: float) -> list[Matc
 def best_affirmed(matches: Iterable[Match]) -> Match | None:
     """The best match that the transcript does not negate."""
     return next((match for match in matches if not match.negated), None)
+
+
+def unheard(phrases: Iterable[str], heard: str, min_similarity: float) -> list[str]:
+    """The phrases that `heard` does not say (affirmatively), in their order."""
+    syllables = to_syllables(heard)
+    return [p for p in phrases if best_affirmed(locate(p, syllables, min_similarity)) is None]

@@ -7,6 +7,7 @@ from datetime import timedelta
 
 from aiohttp import web
 
+from compliance.cli import model_cache_dir
 from recorder.store.s3 import ArchiveBucket
 from server.api import (
     auditor_routes,
@@ -31,6 +32,7 @@ from server.identity.records import IdentityRecords
 from server.identity.verification import IdentityServices
 from server.metrics import Metrics, metrics_handler, metrics_token
 from server.recording.analysis import AnalysisJobs
+from server.recording.live_speech import WhisperListener
 from server.recording.manager import RecordingManager
 from server.sessions.store import SessionStore
 from server.settings import Settings
@@ -79,7 +81,8 @@ async def create_app(settings: Settings) -> web.Application:
         audit=audit,
         on_card_read=auditor.index.record_card,
     )
-    rooms = RoomRegistry(store, settings, policy, recorder, audit, identity)
+    listener = WhisperListener(model_cache_dir(settings.data_dir)) if settings.live_speech else None
+    rooms = RoomRegistry(store, settings, policy, recorder, audit, identity, listener)
     analysis = AnalysisJobs(settings, db, recorder.signer, recorder.bucket, audit)
 
     async def sealed(archive_id: str, session_id: str) -> None:

@@ -111,6 +111,11 @@ class Settings(BaseSettings):
         description="analyse each sealed recording against its sales script (speech "
         "recognition in a child process; docs/compliance.md)",
     )
+    live_speech: bool = Field(
+        True,
+        description="recognise the teller's speech during the call and warn while a required "
+        "phrase of the open moment is not yet heard (docs/compliance.md)",
+    )
     bank_name: str = Field(
         "", max_length=64, description="the {bank_name} the sales scripts read out; empty: asked"
     )

@@ -63,7 +63,9 @@ import numpy.typing as npt
 import structlog
 
 from compliance.sales_script import Moment, Script, Visibility
+from server.recording.live_speech import Hearing, SpeechListener
 from server.sfu.decoded import DecodedView, PictureSource, PictureUnavailable
+from server.sfu.decoded_audio import AudioSource, HeardMicrophone
 from server.signaling.protocol import server_message
 
 if TYPE_CHECKING:
@@ -88,6 +90,7 @@ Code = Literal[
     "several_people",
     "teller_not_in_frame",
     "moment_too_short",
+    "disclosure_not_heard",
 ]
 CODES: tuple[Code, ...] = (
     "no_video",
@@ -95,6 +98,7 @@ CODES: tuple[Code, ...] = (
     "several_people",
     "teller_not_in_frame",
     "moment_too_short",
+    "disclosure_not_heard",
 )
 WatchedRole = Literal["teller", "customer"]
 # (code, participant id or None, moment or None): one warning.
@@ -119,6 +123,9 @@ class LiveCheckConfig:
     tick_seconds: float = 0.5  # how often the rules are evaluated
     max_width: int = 512  # pictures are shrunk to this width before counting faces
     stop_timeout: float = 10.0  # the last events of a stopping check, at most
+    # An utterance that ended longer ago when the recogniser gets to it is skipped: a warning
+    # that late would be about a moment long gone.
+    speech_max_lag_seconds: float = 30.0
 
 
 class FaceObserver(Protocol):
@@ -144,11 +151,12 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 @dataclass(frozen=True)
 class Camera:
-    """A teller or customer in the room and their camera (None: not published)."""
+    """A teller or customer in the room and their camera and microphone (None: not published)."""
 
     participant_id: str
     role: WatchedRole
     source: PictureSource | None
+    microphone: AudioSource | None = None
 
 
 @dataclass(eq=False)
@@ -172,7 +180,8 @@ class LiveWarning:
     participant_id: str | None
     moment: str | None
     since_ms: int  # media time of the recording when the condition began
-    extra: Mapping[str, int] = field(default_factory=dict)  # moment_too_short: duration, min
+    # moment_too_short: duration_ms, min_ms; disclosure_not_heard: missing (phrases)
+    extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def key(self) -> Key:
@@ -277,7 +286,9 @@ class LiveChecks:
         send: Send,
         cameras: Callable[[], Iterable[Camera]],
         config: LiveCheckConfig | None = None,
+        listener: SpeechListener | None = None,
     ) -> None:
+        """`listener`: speech recognition for ``disclosure_not_heard`` (None: not checked)."""
         self._session_id = session_id
         self._engines = engines
         self._events = events
@@ -299,6 +310,10 @@ class LiveChecks:
         self._task: asyncio.Task[None] | None = None
         self._watchers: set[asyncio.Task[None]] = set()  # running, unwatched ones until done
         self._failures_logged = 0
+        self._listener = listener
+        self._hearing: Hearing | None = None
+        # teller's participant id -> (microphone, the task listening to it)
+        self._microphones: dict[str, tuple[AudioSource, asyncio.Task[None]]] = {}
 
     @property
     def running(self) -> bool:
@@ -330,8 +345,10 @@ class LiveChecks:
         script: Script | None,
         media_ms_at: Callable[[float], float],
         archive_id: str | None = None,
+        values: Mapping[str, str] | None = None,
     ) -> None:
-        """The recording started: `media_ms_at` turns time.monotonic() into its media ms."""
+        """The recording started: `media_ms_at` turns time.monotonic() into its media ms;
+        `values` fill the script's placeholders (the phrases listened for)."""
         if self._running:
             raise RuntimeError("live checks already running")
         self._running = True
@@ -339,6 +356,8 @@ class LiveChecks:
         self._archive_id = archive_id
         self._clock = media_ms_at
         self._moments = {m.id: m for m in script.moments} if script is not None else {}
+        self._hearing = Hearing(self._moments, values or {}) if self._listener else None
+        self._microphones.clear()
         self._open.clear()
         self._started.clear()
         self._watched.clear()
@@ -359,6 +378,8 @@ class LiveChecks:
             self._started[moment] = media_ms
             # Read again: the earlier reading no longer counts as the moment's.
             self._notes = {k: w for k, w in self._notes.items() if w.moment != moment}
+            if self._hearing is not None:
+                self._hearing.restart(moment)
         elif phase == "end":
             started = self._started.pop(moment, None)
             lines = self._moments[moment].lines
@@ -395,6 +416,7 @@ class LiveChecks:
                 await asyncio.gather(ticker, return_exceptions=True)
         await self._publish({})
         self._watched.clear()
+        self._microphones.clear()
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -451,11 +473,52 @@ class LiveChecks:
                 watched.task = task
                 self._watchers.add(task)
                 task.add_done_callback(self._watchers.discard)
+        if self._hearing is not None:
+            self._follow_microphones(cameras)
         for role in ("teller", "customer"):
             if any(c.role == role for c in cameras.values()):
                 self._role_absent_since.pop(role, None)
             else:
                 self._role_absent_since.setdefault(role, now)
+
+    def _follow_microphones(self, cameras: Mapping[str, Camera]) -> None:
+        """Listen to each teller's microphone as it is now (see server/recording/live_speech.py)."""
+        wanted = {
+            pid: c.microphone
+            for pid, c in cameras.items()
+            if c.role == "teller" and c.microphone is not None
+        }
+        for pid, (microphone, task) in list(self._microphones.items()):
+            if wanted.get(pid) is not microphone:
+                task.cancel()
+                del self._microphones[pid]
+        for pid, microphone in wanted.items():
+            if pid not in self._microphones:
+                task = asyncio.ensure_future(self._listen(pid, microphone))
+                self._microphones[pid] = (microphone, task)
+                self._watchers.add(task)
+                task.add_done_callback(self._watchers.discard)
+
+    async def _listen(self, participant_id: str, microphone: AudioSource) -> None:
+        """Recognise a teller's utterances in moments with required phrases, until cancelled."""
+        hearing, listener = self._hearing, self._listener
+        assert hearing is not None and listener is not None
+        try:
+            async for utterance in HeardMicrophone(microphone).utterances():
+                # Said in the moment the teller's page shows: the one started most recently.
+                moments = [m for m in self._open[-1:] if hearing.required(m)]
+                if not moments:
+                    continue
+                if time.monotonic() - utterance.ended_at > self.config.speech_max_lag_seconds:
+                    log.warning("live_speech_behind", session_id=self._session_id)
+                    continue
+                text = await listener.transcribe(utterance.audio)
+                # The moments still open now: one ended meanwhile keeps its verdict so far.
+                moments = [m for m in moments if m in self._open]
+                if hearing.heard(moments, participant_id, text, self._ms(utterance.started_at)):
+                    self._wake.set()
+        except Exception:
+            log.exception("live_speech_failed", participant_id=participant_id)
 
     @staticmethod
     def _unwatch(watched: Watched) -> None:
@@ -514,9 +577,17 @@ class LiveChecks:
             wanted[key] = old if old is not None else LiveWarning(*key, since_ms=self._ms(since))
         if not self._stopping:
             wanted.update(self._notes)
+            if self._hearing is not None:
+                for (moment, pid), (since_ms, missing) in self._hearing.unheard.items():
+                    warning = LiveWarning(
+                        "disclosure_not_heard", pid, moment, since_ms, {"missing": missing}
+                    )
+                    wanted[warning.key] = warning
         started = [w for k, w in wanted.items() if k not in self._active]
         ended = [w for k, w in self._active.items() if k not in wanted]
-        if not started and not ended:
+        # A warning whose details changed (fewer phrases missing) is told again, not restarted.
+        updated = any(self._active[k] != w for k, w in wanted.items() if k in self._active)
+        if not started and not ended and not updated:
             return
         self._active = wanted
         until_ms = self._ms(time.monotonic())

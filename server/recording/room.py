@@ -119,7 +119,8 @@ class RoomRecording:
         # The consent moment is the first thing on the recording's timeline.
         consent_ms = recording.mark("consent", "start")
         if self._live is not None:
-            self._live.start(self._rules, recording.media_ms_at, recording.archive_id)
+            values = (self._script or {}).get("values", {})
+            self._live.start(self._rules, recording.media_ms_at, recording.archive_id, values)
             self._live.marked("consent", "start", consent_ms)
         for member in self._present.values():
             recording.presence(

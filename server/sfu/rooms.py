@@ -24,6 +24,7 @@ from server.identity.verification import STAFF as IDENTITY_STAFF
 from server.identity.verification import IdentityServices, IdentityVerification, Step
 from server.recording import script as sales_script
 from server.recording.live_checks import Camera, LiveChecks
+from server.recording.live_speech import SpeechListener
 from server.recording.manager import RecordingManager
 from server.recording.room import Audience, RoomRecording
 from server.recording.room import Member as RecordedMember
@@ -95,6 +96,7 @@ class Room:
         recorder: RecordingManager,
         audit: AuditLog,
         identity: IdentityServices,
+        listener: SpeechListener | None = None,
     ) -> None:
         self.session_id = session_id
         self._on_retire = on_retire
@@ -111,7 +113,12 @@ class Room:
         )
         # Warnings to the staff while the recording runs (started and stopped by the recording).
         self.live = LiveChecks(
-            session_id, identity.engines, store, self.notify_staff, self._live_cameras
+            session_id,
+            identity.engines,
+            store,
+            self.notify_staff,
+            self._live_cameras,
+            listener=listener,
         )
         self.observe_delay: Callable[[float], None] | None = None
         self._store = store
@@ -489,13 +496,14 @@ class Room:
         cameras: list[Camera] = []
         for member in self.members.values():
             if member.role in (Role.TELLER, Role.CUSTOMER):
-                publication = self._publications.get((member.participant_id, "camera"))
-                encoded = publication.encoded if publication is not None else None
+                camera = self._publications.get((member.participant_id, "camera"))
+                microphone = self._publications.get((member.participant_id, "microphone"))
                 cameras.append(
                     Camera(
                         member.participant_id,
                         "teller" if member.role is Role.TELLER else "customer",
-                        encoded,
+                        camera.encoded if camera is not None else None,
+                        microphone.encoded if microphone is not None else None,
                     )
                 )
         return cameras
@@ -655,8 +663,10 @@ class RoomRegistry:
         recorder: RecordingManager,
         audit: AuditLog,
         identity: IdentityServices,
+        listener: SpeechListener | None = None,
     ) -> None:
         self._store = store
+        self._listener = listener
         self._recorder = recorder
         self._audit = audit
         self._identity = identity
@@ -680,6 +690,7 @@ class RoomRegistry:
                 self._recorder,
                 self._audit,
                 self._identity,
+                self._listener,
             )
             room.observe_delay = self.observe_delay
             self._rooms[session_id] = room

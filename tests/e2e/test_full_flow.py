@@ -7,8 +7,9 @@ signature moment; the teller approves; the core bank's webhook receives the sign
 an auditor finds the archive, sees it verified, plays the risk-disclosure moment, exports it,
 and the export verifies offline.
 
-The second test is the same sale with a misleading risk disclosure: its report fails, so the
-teller cannot approve, and only a supervisor's override with a written reason does.
+The second test is the same sale with a misleading risk disclosure: the teller is warned live
+that the required phrases were not heard, its report fails, so the teller cannot approve, and
+only a supervisor's override with a written reason does.
 """
 
 from __future__ import annotations
@@ -75,6 +76,22 @@ def _trust_server(receiver: Receiver, data_dir: Path) -> None:
     """The core bank is given the webhook secret and the service's public keys."""
     receiver.secret = (data_dir / "keys" / "webhook-secret").read_text().strip()
     receiver.keys_dir = data_dir / "keys" / "public"
+
+
+def warned_live_of_the_missing_disclosure(sale: Sale) -> Any:
+    """While the moment is open, the teller's page says which required phrases were not heard
+    (the server recognised the misleading reading from the teller's microphone)."""
+
+    async def warned() -> None:
+        warning = sale.teller.locator(
+            "#live-warnings li.live-warning[data-code='disclosure_not_heard']"
+            "[data-moment='risk_disclosure']"
+        )
+        await expect(warning).to_be_visible(timeout=CALL_TIMEOUT_MS)
+        for phrase in ("理财非存款", "产品有风险", "投资须谨慎"):
+            await expect(warning).to_contain_text(phrase)
+
+    return warned
 
 
 def purchase_signed_at_the_signature_moment(sale: Sale) -> Any:
@@ -267,7 +284,7 @@ async def test_a_failing_report_blocks_approval_until_a_supervisor_overrides(
     data_dir = tmp_path / "server"
     data_dir.mkdir()
     async with running_receiver() as receiver:
-        settings = _settings(data_dir, receiver)
+        settings = _settings(data_dir, receiver, live_speech=True)
         async with (
             support.running_server(settings) as server,
             AsyncExitStack() as stack,
@@ -278,7 +295,10 @@ async def test_a_failing_report_blocks_approval_until_a_supervisor_overrides(
             await record_sale(
                 sale,
                 MISLEADING,
-                during={"signature": purchase_signed_at_the_signature_moment(sale)},
+                during={
+                    "risk_disclosure": warned_live_of_the_missing_disclosure(sale),
+                    "signature": purchase_signed_at_the_signature_moment(sale),
+                },
             )
             report = await analysis_report(sale.teller, sale.session_id)
             assert report["decision"] == "fail"

@@ -35,6 +35,7 @@ def test_settings(data_dir: Path, **overrides: Any) -> Settings:
         # Speech recognition of every test recording would cost minutes; the tests of the
         # analysis turn it on.
         "compliance_analysis": False,
+        "live_speech": False,
     } | overrides
     return Settings(**values)
 

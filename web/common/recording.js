@@ -49,9 +49,9 @@ export function normalizeRecording(msg) {
   };
 }
 
-const LIVE_CODES = new Set(['no_video', 'customer_not_in_frame', 'several_people', 'teller_not_in_frame', 'moment_too_short']);
+const LIVE_CODES = new Set(['no_video', 'customer_not_in_frame', 'several_people', 'teller_not_in_frame', 'moment_too_short', 'disclosure_not_heard']);
 
-/** The `live_warning` message's warnings, known codes only: [{code, participantId, sinceMs, moment, durationMs, minMs}]. */
+/** The `live_warning` message's warnings, known codes only: [{code, participantId, sinceMs, moment, durationMs, minMs, missing}]. */
 export function normalizeLiveWarnings(msg) {
   const list = Array.isArray(msg?.warnings) ? msg.warnings : [];
   const ms = (value) => (Number.isFinite(Number(value)) ? Math.max(0, Number(value)) : null);
@@ -64,6 +64,7 @@ export function normalizeLiveWarnings(msg) {
       moment: typeof w.moment === 'string' && MOMENT_NAME.test(w.moment) ? w.moment : null,
       durationMs: ms(w.duration_ms),
       minMs: ms(w.min_ms),
+      missing: Array.isArray(w.missing) ? w.missing.filter((p) => typeof p === 'string') : [],
     }));
 }
 
@@ -352,7 +353,8 @@ export class RecordingPanel {
     const shown = this.#recording.state === 'recording' && !this.#over ? this.#warnings : [];
     // Items of warnings that hold stay as they are: the list is a live region, and only a new
     // warning is announced (and flashes).
-    const keyOf = (w) => JSON.stringify([w.code, w.participantId, w.moment, w.sinceMs]);
+    // The phrases still missing are part of it: one heard since is shown at once.
+    const keyOf = (w) => JSON.stringify([w.code, w.participantId, w.moment, w.sinceMs, w.missing]);
     const wanted = new Map(shown.map((warning) => [keyOf(warning), warning]));
     for (const [key, item] of this.#warningItems) {
       if (!wanted.has(key)) {
@@ -381,7 +383,7 @@ export class RecordingPanel {
   }
 
   /** [i18n key, args] saying what a warning means, for whoever reads it (the teller or others). */
-  #warningText({ code, participantId, moment, durationMs, minMs }) {
+  #warningText({ code, participantId, moment, durationMs, minMs, missing }) {
     const self = participantId !== null && participantId === this.#call.selfId;
     const role = participantId === null ? null : this.#call.participants.get(participantId)?.role;
     switch (code) {
@@ -401,6 +403,11 @@ export class RecordingPanel {
           min: seconds(minMs),
         }];
       }
+      case 'disclosure_not_heard':
+        return ['live.disclosure_not_heard', {
+          moment: this.#momentTitle(moment),
+          phrases: missing.map((phrase) => `“${phrase}”`).join(' '),
+        }];
       default:
         return ['live.several_people'];
     }
