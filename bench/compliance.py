@@ -6,7 +6,8 @@ It builds a two-party recording from the committed Mandarin fixtures (tests/fixt
 teller's and the customer's microphone tracks, taking turns through the wealth-product moments
 that have fixtures (consent, risk disclosure, voluntary confirmation), then unrelated talk, the
 whole repeated every 10 minutes (`--script-every`) up to M minutes. Each track is recognised
-once as a whole, then every moment is judged from the part of the transcript inside its span
+once (as `vteller compliance analyze` does: in pieces of about 5 minutes cut at quiet points),
+then every moment is judged from the part of the transcript inside its span
 (a segment crossing a mark is recognised again over its part; forced alignment per line), as
 the after-call pipeline will do with `analyze_moment(..., transcripts=...)`. Run it with
 `--minutes 30` for the goal itself; shorter runs extrapolate linearly from the real-time factor.
@@ -28,6 +29,7 @@ import numpy as np
 
 from compliance.analyzer import analyze_moment, check_line
 from compliance.asr import SAMPLE_RATE, Audio, Segment, WhisperRecognizer, ensure_model, load_wav
+from compliance.report import transcribe_track
 from compliance.sales_script import Speaker, load_script
 
 SPEECH = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "speech"
@@ -111,7 +113,7 @@ def run(minutes: float, script_every: float, cpu_threads: int) -> dict[str, Any]
                 load_script(expectation["script"]),
                 expectation["moment"],
                 expectation["speaker"],
-                {},
+                expectation.get("values", {}),
             )
             fixtures.append({**expectation, "got": verdict.decision})
 
@@ -119,20 +121,34 @@ def run(minutes: float, script_every: float, cpu_threads: int) -> dict[str, Any]
         audio_seconds = len(teller) / SAMPLE_RATE
         tracks: dict[Speaker, Audio] = {"teller": teller, "customer": customer}
         cpu0, wall0 = time.process_time(), time.perf_counter()
-        # Each track is recognised once (VAD skips the other party's turns), then every moment
-        # is judged from its words inside the moment's span (forced alignment per line).
+        # Each track is recognised once as the analysis does (in pieces of about 5 minutes cut
+        # at quiet points; VAD skips the other party's turns), then every moment is judged from
+        # its words inside the moment's span (forced alignment per line).
         transcripts: dict[Speaker, list[Segment]] = {
-            "teller": recognizer.transcribe(teller),
-            "customer": recognizer.transcribe(customer),
+            "teller": transcribe_track(recognizer, teller),
+            "customer": transcribe_track(recognizer, customer),
         }
         recognise_seconds = time.perf_counter() - wall0
         decisions: dict[str, int] = {}
+        unexpected: list[dict[str, Any]] = []  # every line of the call is spoken as scripted
         for moment, start, end in spans:
             moment_verdict = analyze_moment(
                 recognizer, script, moment, tracks, {}, (start, end), transcripts=transcripts
             )
             for line in moment_verdict.lines:
                 decisions[line.decision] = decisions.get(line.decision, 0) + 1
+                if line.decision != "pass":
+                    heard = "".join(s.text for s in line.transcript)
+                    unexpected.append(
+                        {
+                            "at_s": round(start),
+                            "moment": moment,
+                            "speaker": line.speaker,
+                            "decision": line.decision,
+                            "reasons": list(line.reasons),
+                            "heard": heard,
+                        }
+                    )
         total_seconds = time.perf_counter() - wall0
         cpu_seconds = time.process_time() - cpu0
     rtf = total_seconds / audio_seconds
@@ -145,6 +161,7 @@ def run(minutes: float, script_every: float, cpu_threads: int) -> dict[str, Any]
         "tracks": 2,
         "moments_judged": len(spans),
         "line_decisions": decisions,
+        "lines_not_passed": unexpected,
         "recognition_seconds": round(recognise_seconds, 1),
         "judging_seconds": round(total_seconds - recognise_seconds, 1),
         "total_seconds": round(total_seconds, 1),

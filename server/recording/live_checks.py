@@ -503,22 +503,29 @@ class LiveChecks:
         """Recognise a teller's utterances in moments with required phrases, until cancelled."""
         hearing, listener = self._hearing, self._listener
         assert hearing is not None and listener is not None
+        heard = HeardMicrophone(microphone)
         try:
-            async for utterance in HeardMicrophone(microphone).utterances():
-                # Said in the moment the teller's page shows: the one started most recently.
-                moments = [m for m in self._open[-1:] if hearing.required(m)]
-                if not moments:
-                    continue
-                if time.monotonic() - utterance.ended_at > self.config.speech_max_lag_seconds:
-                    log.warning("live_speech_behind", session_id=self._session_id)
-                    continue
-                text = await listener.transcribe(utterance.audio)
-                # The moments still open now: one ended meanwhile keeps its verdict so far.
-                moments = [m for m in moments if m in self._open]
-                if hearing.heard(moments, participant_id, text, self._ms(utterance.started_at)):
-                    self._wake.set()
+            # aclosing: a cancelled task unsubscribes now, not when the generator is collected.
+            async with contextlib.aclosing(heard.utterances()) as utterances:
+                async for utterance in utterances:
+                    # Said in the moment the teller's page shows: the one started most recently.
+                    moments = [m for m in self._open[-1:] if hearing.required(m)]
+                    if not moments:
+                        continue
+                    lag = time.monotonic() - utterance.ended_at
+                    if lag > self.config.speech_max_lag_seconds:
+                        log.warning("live_speech_behind", session_id=self._session_id)
+                        continue
+                    # Counted for the moment it was said in, even if the teller has ended it
+                    # meanwhile: the warning then holds until the moment is read again.
+                    text = await listener.transcribe(utterance.audio)
+                    since_ms = self._ms(utterance.started_at)
+                    if hearing.heard(moments, participant_id, text, since_ms):
+                        self._wake.set()
         except Exception:
             log.exception("live_speech_failed", participant_id=participant_id)
+        finally:
+            heard.close()
 
     @staticmethod
     def _unwatch(watched: Watched) -> None:

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -161,7 +161,7 @@ class HeardMicrophone:
 
     # -- consumer ---------------------------------------------------------------------------------
 
-    async def utterances(self) -> AsyncIterator[Utterance]:
+    async def utterances(self) -> AsyncGenerator[Utterance, None]:
         try:
             self._source.add_sink(self)
         except ValueError:
