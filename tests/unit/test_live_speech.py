@@ -13,6 +13,7 @@ import numpy as np
 
 from compliance.asr import SAMPLE_RATE
 from compliance.sales_script import Moment, load_script
+from server.recording.live_checks import Camera, LiveChecks
 from server.recording.live_speech import Hearing
 from server.sfu.decoded_audio import HeardMicrophone, Segmenter, VadConfig
 from server.sfu.encoded import EncodedFrame, FrameSink
@@ -163,3 +164,81 @@ def test_phrases_whose_placeholders_have_no_value_are_not_listened_for() -> None
         "稳盈一号",
         "产品说明书",
     ]
+
+
+class _Listener:
+    """Says what the teller said, utterance by utterance (the audio is a tone)."""
+
+    def __init__(self, *texts: str) -> None:
+        self.texts = list(texts)
+
+    async def transcribe(self, audio: np.ndarray) -> str:
+        assert audio.dtype == np.float32 and len(audio) > SAMPLE_RATE // 2
+        return self.texts.pop(0)
+
+
+class _Events:
+    def __init__(self) -> None:
+        self.recorded: list[tuple[str, dict[str, Any]]] = []
+
+    async def record(
+        self,
+        session_id: str,
+        event_type: str,
+        participant_id: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        self.recorded.append((event_type, detail or {}))
+
+
+async def test_the_warning_lists_fewer_phrases_as_they_are_heard_and_ends() -> None:
+    sent: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    microphone = _Source()
+    listener = _Listener(
+        "本产品保本，投资没有风险。",  # the opposite: nothing required heard
+        "理财非存款，产品有风险。",
+        "投资须谨慎。",
+    )
+    events = _Events()
+    checks = LiveChecks(
+        "s",
+        object(),  # type: ignore[arg-type]  (no camera is published: no face is counted)
+        events,
+        sent.put,
+        lambda: [Camera("t", "teller", None, microphone)],
+        listener=listener,
+    )
+    quiet = _tone(0.5, -70)
+    sentence = _opus(np.concatenate([quiet, _tone(1.0, -20), quiet, quiet, quiet]))
+
+    def says() -> None:
+        for n, data in enumerate(sentence):
+            for sink in microphone.sinks:
+                sink.push_frame(microphone, EncodedFrame(data, n * 960, True, "audio/opus", 48000))
+
+    async def told(missing: list[str]) -> None:
+        async with asyncio.timeout(10):
+            while True:
+                message = await sent.get()
+                found = [w for w in message["warnings"] if w["code"] == "disclosure_not_heard"]
+                if [w["missing"] for w in found] == ([missing] if missing else []):
+                    return
+
+    checks.start(load_script("bank_wealth_product"), lambda monotonic: 5000.0, "a1")
+    try:
+        await asyncio.wait_for(microphone.subscribed.wait(), 10)
+        checks.marked("risk_disclosure", "start", 4000)
+        says()
+        await told(["理财非存款", "产品有风险", "投资须谨慎"])
+        says()
+        await told(["投资须谨慎"])
+        says()
+        await told([])
+    finally:
+        await checks.stop()
+    assert listener.texts == []
+    assert microphone.sinks == []  # the microphone is let go when the recording stops
+    unheard = [(e, d) for e, d in events.recorded if d["code"] == "disclosure_not_heard"]
+    # One warning that shrank, not three: started once, ended once.
+    assert [e for e, _ in unheard] == ["live_warning_started", "live_warning_ended"]
+    assert unheard[0][1]["moment"] == "risk_disclosure" and unheard[0][1]["since_ms"] == 5000
