@@ -17,6 +17,7 @@ from server.recording.live_checks import Camera, LiveChecks
 from server.recording.live_speech import Hearing
 from server.sfu.decoded_audio import HeardMicrophone, Segmenter, VadConfig
 from server.sfu.encoded import EncodedFrame, FrameSink
+from tests.integration.test_live_checks import _Events
 
 
 def _tone(seconds: float, dbfs: float, rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -177,20 +178,6 @@ class _Listener:
         return self.texts.pop(0)
 
 
-class _Events:
-    def __init__(self) -> None:
-        self.recorded: list[tuple[str, dict[str, Any]]] = []
-
-    async def record(
-        self,
-        session_id: str,
-        event_type: str,
-        participant_id: str | None = None,
-        detail: dict[str, Any] | None = None,
-    ) -> None:
-        self.recorded.append((event_type, detail or {}))
-
-
 async def test_the_warning_lists_fewer_phrases_as_they_are_heard_and_ends() -> None:
     sent: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     microphone = _Source()
@@ -238,7 +225,7 @@ async def test_the_warning_lists_fewer_phrases_as_they_are_heard_and_ends() -> N
         await checks.stop()
     assert listener.texts == []
     assert microphone.sinks == []  # the microphone is let go when the recording stops
-    unheard = [(e, d) for e, d in events.recorded if d["code"] == "disclosure_not_heard"]
+    unheard = [(e, d) for e, _, d in events.recorded if d["code"] == "disclosure_not_heard"]
     # One warning that shrank, not three: started once, ended once.
     assert [e for e, _ in unheard] == ["live_warning_started", "live_warning_ended"]
     assert unheard[0][1]["moment"] == "risk_disclosure" and unheard[0][1]["since_ms"] == 5000
