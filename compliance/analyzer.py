@@ -29,7 +29,7 @@ from compliance.asr import (
     Segment,
 )
 from compliance.matching import Match, Syllables, best_affirmed, locate, to_syllables
-from compliance.sales_script import Line, Script, ScriptError, Speaker, render
+from compliance.sales_script import Script, ScriptError, Speaker, render
 
 Decision = Literal["pass", "fail", "needs_review"]
 
@@ -270,11 +270,24 @@ def check_line(
                     f"{evidence.start}-{evidence.end} s)"
                 )
 
-    expected, match = _best_alternative(line, alternatives, transcript, thresholds)
-    phrases.insert(0, _evidence("say", expected, match, transcript, offset))
+    candidates = _ranked_alternatives(alternatives, transcript, thresholds)
+    expected, match = candidates[0]
     alignment, aligned = _align(recognizer, audio, transcript, expected, match, thresholds, offset)
-
     said = match is not None and match.similarity >= thresholds.match_similarity
+    if said and alignment.verdict != "confirmed":
+        # Any accepted answer the audio confirms will do: "对，是我本人" heard as "对，是我的人"
+        # is a confirmed 对 even when the longer 是我本人 only weakly fits.
+        for other, other_match in candidates[1:]:
+            if other_match is None or other_match.negated:
+                break
+            if other_match.similarity < thresholds.match_similarity:
+                break
+            found = _align(recognizer, audio, transcript, other, other_match, thresholds, offset)
+            if found[0].verdict == "confirmed":
+                expected, match, (alignment, aligned) = other, other_match, found
+                break
+    phrases.insert(0, _evidence("say", expected, match, transcript, offset))
+
     if match is not None and match.negated:
         fails.append(f"said the opposite: heard {match.excerpt!r} (negated) for {expected}")
     elif said:
@@ -306,27 +319,27 @@ def check_line(
     return verdict(decision, fails + reviews, expected, phrases, alignment)
 
 
-def _best_alternative(
-    line: Line, alternatives: list[str], transcript: _Transcript, thresholds: Thresholds
-) -> tuple[str, Match | None]:
-    best: tuple[tuple[bool, bool, int, float], str, Match | None] = (
-        (False, False, 0, -1.0),
-        alternatives[0],
-        None,
-    )
+def _ranked_alternatives(
+    alternatives: list[str], transcript: _Transcript, thresholds: Thresholds
+) -> list[tuple[str, Match | None]]:
+    """The line's alternatives found in the transcript, best first; never empty (nothing found:
+    the first alternative, unmatched).
+
+    Affirmed beats negated; among the alternatives heard, the longest (more specific, and forced
+    alignment scores a one-character answer such as 对 poorly without context); among those
+    only partly heard, the closest.
+    """
+    ranked: list[tuple[tuple[bool, bool, int, float], str, Match]] = []
     for text in alternatives:
         matches = locate(text, transcript.syllables, thresholds.candidate_similarity)
         match = best_affirmed(matches) or (matches[0] if matches else None)
         if match is None:
             continue
-        # Affirmed beats negated; among the alternatives heard, the longest (more specific, and
-        # forced alignment scores a one-character answer such as 对 poorly without context);
-        # among those only partly heard, the closest.
         heard = match.similarity >= thresholds.match_similarity
         rank = (not match.negated, heard, len(_spoken(text)) if heard else 0, match.similarity)
-        if rank > best[0]:
-            best = (rank, text, match)
-    return best[1], best[2]
+        ranked.append((rank, text, match))
+    ranked.sort(key=lambda found: found[0], reverse=True)
+    return [(text, match) for _, text, match in ranked] or [(alternatives[0], None)]
 
 
 def _align(

@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-from recorder.clock import ParticipantClock
+from recorder.clock import ParticipantClock, TrackClock
 from recorder.container import Slot, WebmMuxer
 from recorder.seal.manifest import SegmentEntry
 from recorder.seal.sealer import ArchiveSealer
@@ -139,14 +139,14 @@ class SlotFeed:
         self._kind = kind
         self._media_clock = media_clock
         self._source: EncodedSource | None = None
-        self._clock: ParticipantClock | None = None
+        self._clock: TrackClock | None = None
         self._base_ms: int | None = None
 
     def follow(self, source: EncodedSource | None, clock: ParticipantClock | None = None) -> None:
         if self._source is not None:
             self._source.remove_sink(self)
         self._source = source
-        self._clock = clock
+        self._clock = TrackClock(clock) if clock is not None else None
         self._base_ms = None  # placed on the clock again by its first (key)frame
         if source is not None:
             source.add_sink(self)

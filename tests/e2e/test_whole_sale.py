@@ -213,11 +213,22 @@ async def analysis_report(teller: Page, session_id: str) -> dict[str, Any]:
     return report
 
 
+def _explain_line(line: Mapping[str, Any]) -> dict[str, Any]:
+    """What a failing line's reasons rest on: enough to tell a recogniser slip or chopped
+    audio from a matching defect in a CI log."""
+    return {
+        "speaker": line["speaker"],
+        "reasons": line["reasons"],
+        "heard": "".join(segment["text"] for segment in line["transcript"]),
+        "alignment": line["alignment"],
+    }
+
+
 def assert_compliant(report: Mapping[str, Any], moments: Sequence[str]) -> None:
     by_id = {m["id"]: m for m in report["moments"]}
     assert list(by_id) == list(moments)
     problems = {
-        moment_id: [line.get("reasons") for line in m.get("lines", [])]
+        moment_id: [_explain_line(line) for line in m.get("lines", [])]
         + [m.get("visibility"), m.get("document")]
         for moment_id, m in by_id.items()
         if m["decision"] != "pass"

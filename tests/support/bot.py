@@ -38,17 +38,26 @@ COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30)}
 
 
 class ColourTrack(VideoStreamTrack):
-    """A solid colour; with `flash_at` (time.monotonic()), black until then."""
+    """A solid colour; with `flash_at` (time.monotonic()), black until then.
+
+    The flash is in the frame whose timestamp says it was captured at `flash_at` (not in the
+    one generated then), as with a real camera, so a test process that falls behind real time
+    does not move the flash against the tone.
+    """
 
     def __init__(self, rgb: tuple[int, int, int], flash_at: float | None = None) -> None:
         super().__init__()
         self._image = np.full((240, 320, 3), rgb, dtype=np.uint8)
         self._dark = np.zeros((240, 320, 3), dtype=np.uint8)
         self._flash_at = flash_at
+        self._origin: float | None = None  # time.monotonic() at pts 0
 
     async def recv(self) -> VideoFrame:
         pts, time_base = await self.next_timestamp()
-        dark = self._flash_at is not None and time.monotonic() < self._flash_at
+        if self._origin is None:
+            self._origin = time.monotonic() - float(pts * time_base)
+        captured = self._origin + float(pts * time_base)
+        dark = self._flash_at is not None and captured < self._flash_at
         frame = VideoFrame.from_ndarray(self._dark if dark else self._image, format="rgb24")
         frame.pts, frame.time_base = pts, time_base
         return frame
@@ -128,11 +137,10 @@ class ToneTrack(AudioStreamTrack):
         t = (np.arange(self.SAMPLES) + self._n) / self.RATE
         samples = (np.sin(2 * math.pi * self._hz * t) * 8000).astype(np.int16)
         if self._flash_at is not None:
-            # Generated now, heard now: sample i is at (now - the frame's length) + i / RATE.
-            heard = (
-                time.monotonic() - self.SAMPLES / self.RATE + np.arange(self.SAMPLES) / self.RATE
-            )
-            samples[heard < self._flash_at] = 0
+            # Sample i was captured when the pacing says, however late it is generated (see
+            # ColourTrack).
+            captured = self._start + (self._n + np.arange(self.SAMPLES)) / self.RATE
+            samples[captured < self._flash_at] = 0
         frame = AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = self.RATE
         frame.pts = self._n
