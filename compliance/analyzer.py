@@ -485,6 +485,13 @@ def analyze_moment(
             segments = _segments_in_span(
                 recognizer, tracks[line.speaker], transcripts.get(line.speaker, []), start, end
             )
+            # Nothing of the whole-track transcript falls in the span: recognise the span on
+            # its own before calling it silent. Whole-track recognition can drop a short answer
+            # after a long silence (measured: a lone 是的), and a second look at a silent span
+            # costs one window. Never a second opinion on a span that has words: taking the
+            # better of two transcripts would favour the one that missed a forbidden phrase.
+            if not segments:
+                segments = None
         verdicts.append(
             check_line(
                 recognizer,

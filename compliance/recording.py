@@ -210,10 +210,12 @@ class Recording:
         interval_ms: int,
         visit: Callable[[MediaTrack, int, np.ndarray], None],
         progress: Callable[[float], None] | None = None,
+        windows: Mapping[int, Sequence[Window]] | None = None,
     ) -> None:
         """Decode the tracks once, and call `visit(track, media_ms, bgr)` for the first frame in
-        every `interval_ms` of each (only those frames are converted to images)."""
-        sample_video(self.path, tracks, interval_ms, visit, progress)
+        every `interval_ms` of each (only those frames are converted to images), within
+        `windows` where given (see sample_video)."""
+        sample_video(self.path, tracks, interval_ms, visit, progress, windows)
 
     def close(self) -> None:
         if self._temporary is not None:
@@ -441,23 +443,54 @@ def decode_placed_audio(
     return out[:length]
 
 
+# Packets held back (not decoded) while a track is outside its windows: about 30 s of a 20 fps
+# camera. A recording with rarer keyframes than that is decoded through instead.
+_HELD_PACKETS = 600
+
+Window = tuple[int, int]  # [start, end) media ms
+
+
 def sample_video(
     path: Path,
     tracks: Sequence[MediaTrack],
     interval_ms: int,
     visit: Callable[[MediaTrack, int, np.ndarray], None],
     progress: Callable[[float], None] | None = None,
+    windows: Mapping[int, Sequence[Window]] | None = None,
 ) -> None:
-    """Decode every frame of the tracks (VP8 frames depend on the previous ones), and convert and
-    hand over only the first frame in each `interval_ms` cell of media time, per track."""
+    """Hand over the first frame in each `interval_ms` cell of media time, per track.
+
+    `windows` (by track index) limits that to the cells that overlap the given spans; frames
+    elsewhere are then not decoded at all, except to reach a window: VP8 frames depend on the
+    previous ones back to a keyframe, so the packets since the last keyframe are held and
+    decoded when a window opens (the recorder asks for a keyframe every few seconds and at each
+    moment mark). Without `windows`, every frame is decoded.
+    """
     import av
 
     if not tracks:
         return
     by_index = {t.index: t for t in tracks}
+    cells = {
+        index: [(lo // interval_ms * interval_ms, hi) for lo, hi in spans if hi > lo]
+        for index, spans in (windows or {}).items()
+    }
     total = max(1, sum(t.packets for t in tracks))
     seen: dict[int, set[int]] = {t.index: set() for t in tracks}
+    held: dict[int, list[Any]] = {t.index: [] for t in tracks}
     done = 0
+
+    def decode(track: MediaTrack, packet: Any, sample: bool) -> None:
+        for frame in _decode(packet):
+            if not sample or frame.pts is None:
+                continue
+            ms = int(frame.pts * frame.time_base * 1000)
+            cell = ms // interval_ms
+            if ms < 0 or cell in seen[track.index]:
+                continue
+            seen[track.index].add(cell)
+            visit(track, ms, frame.to_ndarray(format="bgr24"))
+
     with av.open(str(path)) as container:
         streams = [container.streams[t.index] for t in tracks]
         packet: Any
@@ -466,15 +499,24 @@ def sample_video(
                 continue
             done += 1
             track = by_index[packet.stream.index]
-            for frame in _decode(packet):
-                if frame.pts is None:
+            if track.index in cells:
+                pending = held[track.index]
+                if packet.is_keyframe:
+                    pending.clear()  # the decoder starts over from a keyframe
+                ms = int(packet.pts * packet.time_base * 1000) if packet.pts is not None else -1
+                if not any(lo <= ms < hi for lo, hi in cells[track.index]):
+                    if all(ms >= hi for _, hi in cells[track.index]):
+                        continue  # past the last window: nothing more to decode
+                    pending.append(packet)
+                    if len(pending) > _HELD_PACKETS:
+                        for earlier in pending:
+                            decode(track, earlier, sample=False)
+                        pending.clear()
                     continue
-                ms = int(frame.pts * frame.time_base * 1000)
-                cell = ms // interval_ms
-                if ms < 0 or cell in seen[track.index]:
-                    continue
-                seen[track.index].add(cell)
-                visit(track, ms, frame.to_ndarray(format="bgr24"))
+                for earlier in pending:
+                    decode(track, earlier, sample=False)
+                pending.clear()
+            decode(track, packet, sample=True)
             if progress is not None and done % 30 == 0:
                 progress(done / total)
     if progress is not None:

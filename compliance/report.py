@@ -43,7 +43,14 @@ from compliance.analyzer import (
     combine,
 )
 from compliance.asr import SAMPLE_RATE, Audio, Recognizer, Segment
-from compliance.recording import MediaTrack, Progress, Recording, Span, StageProgress
+from compliance.recording import (
+    MediaTrack,
+    Progress,
+    Recording,
+    Span,
+    StageProgress,
+    Window,
+)
 from compliance.sales_script import (
     SPEAKERS,
     Line,
@@ -374,13 +381,13 @@ def _count_faces(
     step = StageProgress(progress, "faces")
     step(0.0)
     samples: _Samples = {"teller": {}, "customer": {}}
-    needed = set()
-    for moment_id in spans:
+    # Faces are judged inside marked moments only, so only those stretches are decoded.
+    needed: dict[str, list[Window]] = {}
+    for moment_id, span in spans.items():
         visible = script.moment(moment_id).visible
-        if visible.teller:
-            needed.add("teller")
-        if visible.customers:
-            needed.add("customer")
+        for role, wanted in (("teller", visible.teller), ("customer", visible.customers)):
+            if wanted:
+                needed.setdefault(role, []).append((span.start_ms, span.end_ms))
     cameras = [
         track
         for role in sorted(needed)
@@ -393,7 +400,8 @@ def _count_faces(
     def visit(track: MediaTrack, ms: int, bgr: np.ndarray) -> None:
         samples[track.role][ms // rules.sample_ms] = (ms, faces.count(bgr))
 
-    recording.sample_video(cameras, rules.sample_ms, visit, step)
+    windows = {track.index: needed[track.role] for track in cameras}
+    recording.sample_video(cameras, rules.sample_ms, visit, step, windows)
     step(1.0)
     return samples
 

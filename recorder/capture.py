@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -152,6 +153,11 @@ class SlotFeed:
             source.add_sink(self)
             source.request_keyframe()
 
+    def request_keyframe(self) -> None:
+        """Ask the publisher for a keyframe (a no-op for audio; PLIs are rate-limited)."""
+        if self._source is not None:
+            self._source.request_keyframe()
+
     def push_frame(self, source: EncodedSource, frame: EncodedFrame) -> None:
         if source is not self._source:
             return
@@ -164,7 +170,7 @@ class SlotFeed:
             self._base_ms = self._media_clock() - frame.timestamp * 1000 // frame.clock_rate
         report = source.sender_report
         if report is not None and self._clock is not None:
-            pts_ms = self._clock.media_ms(report, frame)  # see recorder/clock.py
+            pts_ms = self._clock.media_ms(report, frame, time.monotonic())  # recorder/clock.py
         else:
             pts_ms = self._base_ms + frame.timestamp * 1000 // frame.clock_rate
         self._writer.packet(self._slot, frame.data, pts_ms, frame.keyframe)

@@ -12,8 +12,10 @@ A report is only as good as the sender's scheduling: a sender that runs late (a 
 stamps the wall clock of *sending* on the RTP time of a frame captured earlier. Following each
 report as it comes would push a track forward by that lag and back again on the next report,
 cutting holes into speech. So a track keeps one mapping, the one with the least lag seen so far,
-and takes a later report's only when it has less lag or disagrees by more than REANCHOR_MS (the
-sender's RTP clock stood still: a paused or restarted source).
+and moves it later only when its frames say the sender's RTP clock stood still (a paused or
+restarted source): a frame that arrives REANCHOR_MS later than its RTP time says. The next
+report then places the track exactly. A sender whose RTP clock runs slow against its wall
+clock is placed early by that drift (100 ppm: 0.18 s after 30 minutes).
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ from collections.abc import Callable
 
 from server.sfu.encoded import EncodedFrame, SenderReport
 
-# Scheduling lag stays in the hundreds of milliseconds; a report this much later than the
-# track's mapping means the sender's RTP clock stood still and the track continues later.
-REANCHOR_MS = 1500.0
+# Frames arriving this much later than their RTP spacing says: the sender's RTP clock stood
+# still (jitter and scheduling lag stay in the hundreds of milliseconds).
+REANCHOR_MS = 1000.0
 
 
 class ParticipantClock:
@@ -47,14 +49,25 @@ class TrackClock:
         self._participant = participant
         self._report: SenderReport | None = None
         self._sender_ms_at_zero: float | None = None  # the sender's wall clock at RTP time 0
+        self._resync = False  # take the next report as it is
+        self._last: tuple[float, float] | None = None  # (arrival ms, RTP ms) of the last frame
 
-    def media_ms(self, report: SenderReport, frame: EncodedFrame) -> int:
+    def media_ms(self, report: SenderReport, frame: EncodedFrame, arrived: float) -> int:
+        """`arrived`: time.monotonic() when the frame arrived."""
+        rtp_ms = frame.timestamp * 1000 / frame.clock_rate
+        arrived_ms = arrived * 1000
+        if self._last is not None and self._sender_ms_at_zero is not None:
+            stood_still = (arrived_ms - self._last[0]) - (rtp_ms - self._last[1])
+            if stood_still > REANCHOR_MS:
+                self._sender_ms_at_zero += stood_still
+                self._resync = True
+        self._last = (arrived_ms, rtp_ms)
         if report is not self._report:
             self._report = report
             at_zero = report.ntp_seconds * 1000 - report.rtp_timestamp * 1000 / report.clock_rate
             current = self._sender_ms_at_zero
-            if current is None or at_zero < current or at_zero - current > REANCHOR_MS:
+            if current is None or at_zero < current or self._resync:
                 self._sender_ms_at_zero = at_zero
+                self._resync = False
         assert self._sender_ms_at_zero is not None
-        sender_ms = self._sender_ms_at_zero + frame.timestamp * 1000 / frame.clock_rate
-        return self._participant.media_ms(report, sender_ms)
+        return self._participant.media_ms(report, self._sender_ms_at_zero + rtp_ms)

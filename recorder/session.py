@@ -83,6 +83,9 @@ class RecorderContext:
     journal_dir: Path
     retention: RetentionRules
     segment_seconds: float = 2.0
+    # Every camera and screen is asked for a keyframe this often and when a moment starts, so a
+    # player or the face analysis reaches any moment by decoding a few seconds, not the call.
+    keyframe_seconds: float = 10.0
 
 
 @dataclass
@@ -198,6 +201,8 @@ class RecordingSession:
         }
         self._marks.append(record)
         self._journal_later("mark", record)
+        if phase == "start":
+            self._request_keyframes()
         return media_ms
 
     def set_identity(self, identity: dict[str, Any]) -> None:
@@ -357,9 +362,18 @@ class RecordingSession:
                 log.exception("recording_store_failed", archive_id=self.archive_id)
 
     async def _cut_regularly(self) -> None:
+        since_keyframes = 0.0
         while True:
             await asyncio.sleep(self._context.segment_seconds)
             self._writer.cut(self.media_ms())
+            since_keyframes += self._context.segment_seconds
+            if since_keyframes >= self._context.keyframe_seconds:
+                since_keyframes = 0.0
+                self._request_keyframes()
+
+    def _request_keyframes(self) -> None:
+        for feed in self._feeds:
+            feed.request_keyframe()
 
 
 async def seal_manifest(

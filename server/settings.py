@@ -122,6 +122,13 @@ class Settings(BaseSettings):
     recording_segment_seconds: float = Field(
         2.0, gt=0, le=5, description="how much media at most is not yet sealed and spooled"
     )
+    recording_keyframe_seconds: float = Field(
+        10.0,
+        ge=2,
+        le=60,
+        description="how often each recorded camera and screen is asked for a keyframe (and at "
+        "every moment start): how far playback and the face analysis decode to reach a moment",
+    )
     rejoin_grace_seconds: float = Field(30.0, gt=0, le=600)
     ws_max_message_bytes: int = Field(64 * 1024, ge=1024, le=1024 * 1024)
     ws_max_messages_per_second: int = Field(50, ge=1)

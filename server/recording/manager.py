@@ -64,6 +64,7 @@ class RecordingManager:
             journal_dir=settings.data_dir / "journal" / worker,
             retention=settings.store.retention,
             segment_seconds=settings.recording_segment_seconds,
+            keyframe_seconds=settings.recording_keyframe_seconds,
         )
 
     async def sealed(self, archive_id: str, session_id: str) -> None:

@@ -67,8 +67,9 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _camera(photo: str) -> FramesTrack:
     # 320x240 at 10 frames a second: two bots encoding VP8 on a 2-core test machine starve the
-    # event loop they share with the server, and then the microphones fall behind real time: the
-    # sender reports place their audio with gaps, and the recogniser hears chopped words.
+    # event loop they share with the server, and their microphones fall behind real time (the
+    # recorder keeps their audio continuous, recorder/clock.py, but a test should not lean on
+    # that).
     frame = cv2.resize(webcam_frame(load_face(photo)), (320, 240), interpolation=cv2.INTER_AREA)
     return FramesTrack([frame], rate=10)
 

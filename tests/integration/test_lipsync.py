@@ -1,14 +1,17 @@
-"""Lip-sync in the recording: a flash and a beep made at the same instant land together.
+"""Timing in the recording: lip-sync, and keyframes where a player needs them.
 
-The customer's camera turns from black to red and its microphone from silence to a tone at the
-same moment; the recording is decrypted and decoded, and the two onsets are compared. The
-measured offset is printed (see docs/archive-format.md, "Timing").
+Lip-sync: a flash and a beep made at the same instant land together. The customer's camera
+turns from black to red and its microphone from silence to a tone at the same moment; the
+recording is decrypted and decoded, and the two onsets are compared. The measured offset is
+printed (see docs/archive-format.md, "Timing").
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
+from pathlib import Path
 
 import av
 import numpy as np
@@ -18,6 +21,7 @@ from recorder.seal.manifest import Manifest, SegmentEntry
 from recorder.seal.signing import load_public_keys
 from recorder.verify import verify_archive
 from tests.integration.test_recording import _record, _sealed, _stored, _teller_and_customer
+from tests.support import server as support
 from tests.support.bot import Bot
 from tests.support.server import RunningServer
 
@@ -62,6 +66,34 @@ def _onsets(path: str) -> tuple[float, float]:
     return video_ms, audio_ms
 
 
+async def _decrypted(server: RunningServer, archive_id: str) -> Path:
+    """The stored archive, verified and decrypted into a WebM file."""
+    archive = await _stored(server, archive_id)
+    keys = server.settings.data_dir / "keys"
+    plaintext = _KeepPlaintext()
+    report = await asyncio.to_thread(
+        verify_archive,
+        archive,
+        load_public_keys(keys / "public"),
+        keyring=LocalKeyring.open(keys / "keyring.json"),
+        inspector=plaintext,
+    )
+    assert report.ok, report.render()
+    recording = server.settings.data_dir / f"{archive_id}.webm"
+    recording.write_bytes(bytes(plaintext.data))
+    return recording
+
+
+def _keyframes_ms(path: Path, title: str) -> list[int]:
+    with av.open(str(path)) as container:
+        stream = next(s for s in container.streams if s.metadata.get("title") == title)
+        return [
+            int(packet.pts * packet.time_base * 1000)
+            for packet in container.demux(stream)
+            if packet.size and packet.is_keyframe
+        ]
+
+
 async def test_audio_and_video_of_one_participant_stay_in_sync(server: RunningServer) -> None:
     teller, customer, session_id = await _teller_and_customer(server)
     customer = Bot(customer.client, session_id, colour="red", flash_at=time.monotonic() + 6)
@@ -75,20 +107,36 @@ async def test_audio_and_video_of_one_participant_stay_in_sync(server: RunningSe
     finally:
         await customer.close()
         await teller.close()
-    archive = await _stored(server, str(started["archive_id"]))
-    keys = server.settings.data_dir / "keys"
-    plaintext = _KeepPlaintext()
-    report = await asyncio.to_thread(
-        verify_archive,
-        archive,
-        load_public_keys(keys / "public"),
-        keyring=LocalKeyring.open(keys / "keyring.json"),
-        inspector=plaintext,
-    )
-    assert report.ok, report.render()
-    recording = server.settings.data_dir / "recording.webm"
-    recording.write_bytes(bytes(plaintext.data))
+    recording = await _decrypted(server, str(started["archive_id"]))
     video_ms, audio_ms = await asyncio.to_thread(_onsets, str(recording))
     offset = video_ms - audio_ms
     print(f"lip-sync: video {video_ms:.0f} ms, audio {audio_ms:.0f} ms, offset {offset:+.0f} ms")
     assert abs(offset) <= MAX_OFFSET_MS
+
+
+async def test_cameras_send_keyframes_regularly_and_when_a_moment_starts(tmp_path: Path) -> None:
+    """So that playback and the face analysis reach any moment by decoding seconds, not the
+    whole call (docs/archive-format.md, "Timing")."""
+    settings = support.test_settings(tmp_path, recording_keyframe_seconds=2.0)
+    async with support.running_server(settings) as server:
+        teller, customer, _session_id = await _teller_and_customer(server)
+        try:
+            await teller.join()
+            await customer.join()
+            started = await _record(server, teller, customer)
+            await asyncio.sleep(5.3)
+            await teller.send({"type": "mark", "moment": "risk_disclosure", "phase": "start"})
+            marked_ms = int((await teller.expect("marked"))["media_ms"])
+            await asyncio.sleep(2.5)
+            await teller.send({"type": "recording_stop"})
+            await _sealed(teller)
+        finally:
+            await customer.close()
+            await teller.close()
+        recording = await _decrypted(server, str(started["archive_id"]))
+        for camera in ("teller camera", "customer camera"):
+            keyframes = _keyframes_ms(recording, camera)
+            gaps = [b - a for a, b in itertools.pairwise(keyframes)]
+            print(f"{camera}: keyframes at {keyframes} ms, mark at {marked_ms} ms")
+            assert len(keyframes) >= 4 and max(gaps) < 3000, keyframes
+            assert any(marked_ms <= ms < marked_ms + 1000 for ms in keyframes), keyframes

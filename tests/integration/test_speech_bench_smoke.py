@@ -1,4 +1,4 @@
-"""The speech benchmarks still run end to end, so they cannot rot (one went stale once: new
+"""The speech and analysis benchmarks still run end to end, so they cannot rot (one went stale once: new
 fixtures needed placeholder values it did not pass). Tiny runs; no timing is asserted: the
 numbers of runs this short on a shared machine mean little (docs/benchmarks.md has the real ones).
 """
@@ -39,3 +39,11 @@ def test_the_live_speech_benchmark_runs_and_hears_the_disclosure() -> None:
     assert clips["teller_misleading.wav"]["missing"] == ["理财非存款", "产品有风险", "投资须谨慎"]
     for row in report["clips"]:
         assert row["pause_s"] >= 0.6 and row["latency_s"] > row["recognition_s"], row
+
+
+def test_the_whole_analysis_benchmark_runs_and_the_recorded_sale_passes() -> None:
+    report = _bench("bench.analysis", "--minutes", "1", "--compare")
+    assert report["decision"] == "pass", report["not_passed"]
+    assert report["marked_moments"] == 9
+    assert set(report["stage_seconds"]) >= {"transcribing teller", "faces", "judging"}
+    assert report["faces_over_the_whole_call_seconds"] is not None
