@@ -1,6 +1,7 @@
-"""The speech and analysis benchmarks still run end to end, so they cannot rot (one went stale once: new
-fixtures needed placeholder values it did not pass). Tiny runs; no timing is asserted: the
-numbers of runs this short on a shared machine mean little (docs/benchmarks.md has the real ones).
+"""The speech and analysis benchmarks still run end to end, so they cannot rot (one went stale
+once: new fixtures needed placeholder values it did not pass). Tiny runs; no timing is asserted:
+the numbers of runs this short on a shared machine mean little (docs/benchmarks.md has the real
+ones).
 """
 
 from __future__ import annotations
