@@ -47,16 +47,6 @@ FPS = 20
 WIDTH, HEIGHT = 640, 480
 SCREEN_FPS = 5  # the teller shares the product document for the whole call
 KEYFRAME_SECONDS = 10
-VALUES = {
-    "bank_name": "示范银行",
-    "teller_name": "王芳",
-    "qualification_number": "20261234",
-    "customer_name": "张伟",
-    "product_name": "稳盈一号理财产品",
-    "risk_level": "中低风险",
-    "customer_risk_level": "稳健型",
-    "term": "一年",
-}
 TELLER, CUSTOMER = "p_teller", "p_customer"
 SPEECH = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "speech"
 # Talk between the moments: each party goes through all of its clips in turn. Varied on
@@ -293,7 +283,10 @@ def run(minutes: float, cpu_threads: int, compare: bool) -> dict[str, Any]:
 
         cpu0, wall0 = time.process_time(), time.perf_counter()
         with open_decrypted(webm, manifest_path) as recording:
-            choice = choose_script(recording.manifest, values=VALUES)
+            values = json.loads((SPEECH / "manifest.json").read_text(encoding="utf-8"))[
+                "whole_sale"
+            ]["values"]
+            choice = choose_script(recording.manifest, values=values)
             report = analyze_recording(recording, choice, recognizer, faces, progress=progress)
             total = time.perf_counter() - wall0
             cpu = time.process_time() - cpu0

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from aiohttp import web
 from playwright.async_api import Playwright
 
-from recorder.seal.keyring import LocalKeyring
-from recorder.seal.signing import load_public_keys
-from recorder.verify import verify_archive
 from tests.e2e.browser import participant_page
-from tests.integration.test_lipsync import _KeepPlaintext
+from tests.integration.test_lipsync import decrypt
 from tests.integration.test_recording import recorded_call
 from tests.support.bot import dominant
 from tests.support.server import RunningServer, free_port
@@ -23,23 +19,13 @@ PLAYER = '<video id="v" src="/recording.webm" muted autoplay></video>'
 async def test_the_decrypted_recording_plays_in_chromium(
     pw: Playwright, server: RunningServer, tmp_path: Path
 ) -> None:
-    archive = await recorded_call(server, 4)
-    keys = server.settings.data_dir / "keys"
-    plaintext = _KeepPlaintext()
-    report = await asyncio.to_thread(
-        verify_archive,
-        archive,
-        load_public_keys(keys / "public"),
-        keyring=LocalKeyring.open(keys / "keyring.json"),
-        inspector=plaintext,
-    )
-    assert report.ok, report.render()
+    webm = await decrypt(server, await recorded_call(server, 4))
 
     async def player(_: web.Request) -> web.Response:
         return web.Response(text=PLAYER, content_type="text/html")
 
     async def recording(_: web.Request) -> web.Response:
-        return web.Response(body=bytes(plaintext.data), content_type="video/webm")
+        return web.Response(body=webm, content_type="video/webm")
 
     app = web.Application()
     app.router.add_get("/", player)

@@ -19,6 +19,7 @@ import numpy as np
 from recorder.seal.keyring import LocalKeyring
 from recorder.seal.manifest import Manifest, SegmentEntry
 from recorder.seal.signing import load_public_keys
+from recorder.store.s3 import S3Archive
 from recorder.verify import verify_archive
 from tests.integration.test_recording import _record, _sealed, _stored, _teller_and_customer
 from tests.support import server as support
@@ -66,9 +67,8 @@ def _onsets(path: str) -> tuple[float, float]:
     return video_ms, audio_ms
 
 
-async def _decrypted(server: RunningServer, archive_id: str) -> Path:
-    """The stored archive, verified and decrypted into a WebM file."""
-    archive = await _stored(server, archive_id)
+async def decrypt(server: RunningServer, archive: S3Archive) -> bytes:
+    """A stored archive, verified and decrypted: the recording's WebM bytes."""
     keys = server.settings.data_dir / "keys"
     plaintext = _KeepPlaintext()
     report = await asyncio.to_thread(
@@ -79,8 +79,13 @@ async def _decrypted(server: RunningServer, archive_id: str) -> Path:
         inspector=plaintext,
     )
     assert report.ok, report.render()
+    return bytes(plaintext.data)
+
+
+async def _decrypted(server: RunningServer, archive_id: str) -> Path:
+    """The stored archive, verified and decrypted into a WebM file."""
     recording = server.settings.data_dir / f"{archive_id}.webm"
-    recording.write_bytes(bytes(plaintext.data))
+    recording.write_bytes(await decrypt(server, await _stored(server, archive_id)))
     return recording
 
 
