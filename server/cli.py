@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import getpass
 import os
+import socket
 import sys
 from collections.abc import Sequence
 
@@ -112,10 +113,22 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
         return run_workers(settings, args.workers)
+    # Listen before the app starts: during startup the worker registers itself and may be handed
+    # sessions (its own, after a restart), so browsers sent here must wait in the backlog rather
+    # than be refused while the app finishes starting.
+    try:
+        listener = socket.create_server(
+            (host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET
+        )
+    except OSError as exc:
+        print(
+            f"error: cannot listen on {host}:{port} ({exc.strerror}); "
+            "stop whatever uses the port or choose another with --port",
+            file=sys.stderr,
+        )
+        return 1
     print(f"vteller {__version__} listening on http://{host}:{port}", file=sys.stderr)
-    web.run_app(
-        create_app(settings), host=host, port=port, print=None, access_log_class=AccessLogger
-    )
+    web.run_app(create_app(settings), sock=listener, print=None, access_log_class=AccessLogger)
     return 0
 
 

@@ -70,11 +70,16 @@ async def session_detail(request: web.Request) -> web.Response:
     session = await store.require(request.match_info["session_id"])
     if not await store.can_view(principal, session):
         raise forbidden("view this session")
+    events = await store.events(session.id)
+    chat = await store.chat(session.id)
+    # Each read is its own snapshot: reading the session again after its events means a client
+    # that sees it moved (session_interrupted) also sees the worker it moved to (ws_url).
+    session = await store.require(session.id)
     return web.json_response(
         {
             "session": session_view(session, principal.role),
-            "events": [event_view(e) for e in await store.events(session.id)],
-            "chat": [chat_view(m) for m in await store.chat(session.id)],
+            "events": [event_view(e) for e in events],
+            "chat": [chat_view(m) for m in chat],
         }
     )
 

@@ -14,7 +14,7 @@ import socket
 from datetime import datetime, timedelta
 
 import structlog
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from server.background import cancel_and_wait
@@ -68,7 +68,7 @@ class WorkerRegistry:
             query = (
                 select(Worker.id)
                 .outerjoin(load, load.c.worker_id == Worker.id)
-                .where(Worker.stopped_at.is_(None), Worker.heartbeat_at > self._live_since())
+                .where(self._live())
                 # Random among equals: invitations created at the same moment see the same load.
                 .order_by(func.coalesce(load.c.open, 0), Worker.peers, func.random())
                 .limit(1)
@@ -104,6 +104,14 @@ class WorkerRegistry:
     def _live_since(self) -> datetime:
         return utcnow() - self._dead_after
 
+    def _live(self) -> ColumnElement[bool]:
+        """Heartbeating, not stopped, and not a predecessor this process replaced at its URL."""
+        return (
+            Worker.stopped_at.is_(None)
+            & (Worker.heartbeat_at > self._live_since())
+            & ((Worker.url != self._url) | (Worker.id == self.worker_id))
+        )
+
     async def _heartbeat(self) -> None:
         while True:
             try:
@@ -126,36 +134,34 @@ class WorkerRegistry:
     async def recover_dead(self) -> int:
         """Move the open sessions of dead workers to live ones; returns how many moved."""
         async with self._db() as db:
-            dead = list(
-                await db.scalars(
-                    select(Worker.id).where(
-                        Worker.stopped_at.is_not(None)
-                        | (Worker.heartbeat_at <= self._live_since())
-                        | ((Worker.url == self._url) & (Worker.id != self.worker_id))
-                    )
-                )
-            )
+            dead = list(await db.scalars(select(Worker.id).where(~self._live())))
             if not dead:
                 return 0
-            orphans = list(
-                await db.scalars(
-                    select(CallSession.id).where(
+            orphans = (
+                await db.execute(
+                    select(CallSession.id, CallSession.worker_id, CallSession.state).where(
                         CallSession.worker_id.in_(dead), CallSession.state.in_(OPEN_STATES)
                     )
                 )
-            )
+            ).all()
         moved = 0
-        for session_id in orphans:
+        for session_id, previous, state in orphans:
             target = await self.place()
+            interrupted = state == "active"
             async with self._db() as db, db.begin():
-                session = await db.get(CallSession, session_id)
-                if session is None or session.worker_id not in dead:
+                # Compare-and-set: every live worker recovers the dead at its own heartbeat, and
+                # only one of them may move a session (and record that it moved).
+                won = await db.execute(
+                    update(CallSession)
+                    .where(
+                        CallSession.id == session_id,
+                        CallSession.worker_id == previous,
+                        CallSession.state == state,
+                    )
+                    .values(worker_id=target, state="interrupted" if interrupted else state)
+                )
+                if won.rowcount != 1:  # type: ignore[attr-defined]
                     continue  # another worker got there first
-                previous = session.worker_id
-                session.worker_id = target
-                interrupted = session.state == "active"
-                if interrupted:
-                    session.state = "interrupted"
                 db.add(
                     SessionEvent(
                         session_id=session_id,

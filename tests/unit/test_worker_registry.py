@@ -1,0 +1,130 @@
+"""Placing sessions on live workers, and moving the sessions of dead ones (server/workers)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import cast
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from server.db.engine import DbSession, create_engine, migrate, session_factory
+from server.db.models import CallSession, SessionEvent, User, Worker, utcnow
+from server.sfu.rooms import RoomRegistry
+from server.workers.registry import WorkerRegistry
+from tests.support import server as support
+
+
+class _EmptyRooms:
+    """What the heartbeat reads of a worker's rooms; these tests host no media."""
+
+    def __len__(self) -> int:
+        return 0
+
+    def peer_count(self) -> int:
+        return 0
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[async_sessionmaker[DbSession]]:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}")
+    await migrate(engine)
+    factory = session_factory(engine)
+    async with factory() as session, session.begin():
+        session.add(User(id="u1", username="t", display_name="t", role="teller", password_hash="x"))
+    yield factory
+    await engine.dispose()
+
+
+@asynccontextmanager
+async def _worker(
+    db: async_sessionmaker[DbSession], tmp_path: Path, port: int
+) -> AsyncIterator[WorkerRegistry]:
+    settings = support.test_settings(tmp_path, port=port, worker_heartbeat_seconds=60)
+    registry = WorkerRegistry(db, settings, cast(RoomRegistry, _EmptyRooms()))
+    await registry.start()
+    try:
+        yield registry
+    finally:
+        await registry.stop()
+
+
+async def _add_session(
+    db: async_sessionmaker[DbSession], session_id: str, worker_id: str, state: str
+) -> None:
+    async with db() as session, session.begin():
+        session.add(
+            CallSession(
+                id=session_id, business="wealth", teller_id="u1", worker_id=worker_id, state=state
+            )
+        )
+
+
+async def _add_worker(
+    db: async_sessionmaker[DbSession], url: str, *, heartbeat_age: timedelta
+) -> str:
+    """A worker row whose process is gone (killed: no shutdown ran, no code of it runs)."""
+    async with db() as session, session.begin():
+        worker = Worker(url=url, hostname="h", pid=1, heartbeat_at=utcnow() - heartbeat_age)
+        session.add(worker)
+    return worker.id
+
+
+async def _placement(db: async_sessionmaker[DbSession], session_id: str) -> tuple[str, str, list]:
+    async with db() as session:
+        call = await session.get(CallSession, session_id)
+        assert call is not None and call.worker_id is not None
+        events = await session.scalars(
+            select(SessionEvent).where(SessionEvent.session_id == session_id)
+        )
+        return call.worker_id, call.state, [(e.type, e.detail) for e in events]
+
+
+async def test_a_dead_workers_sessions_move_once_to_a_live_worker(
+    db: async_sessionmaker[DbSession], tmp_path: Path
+) -> None:
+    dead = await _add_worker(db, "http://127.0.0.1:18002", heartbeat_age=timedelta(hours=1))
+    calls = [f"call{index}" for index in range(4)]
+    for session_id in calls:
+        await _add_session(db, session_id, dead, "active")
+    await _add_session(db, "lobby", dead, "waiting")
+    async with _worker(db, tmp_path, 18001) as one, _worker(db, tmp_path, 18003) as two:
+        live = {one.worker_id, two.worker_id}
+        # Every live worker recovers at its heartbeat; these may also race their first beats.
+        await asyncio.gather(one.recover_dead(), two.recover_dead())
+        for session_id in calls:
+            worker_id, state, events = await _placement(db, session_id)
+            assert worker_id in live and state == "interrupted"
+            assert events == [("session_interrupted", {"from": dead, "to": worker_id})]
+        worker_id, state, events = await _placement(db, "lobby")
+        assert worker_id in live and state == "waiting"
+        assert events == [("session_moved", {"from": dead, "to": worker_id})]
+        assert await one.recover_dead() == 0
+
+
+async def test_a_restarted_worker_takes_over_its_predecessor_at_the_same_url(
+    db: async_sessionmaker[DbSession], tmp_path: Path
+) -> None:
+    # Killed and restarted on its port before its last heartbeat went stale.
+    predecessor = await _add_worker(db, "http://127.0.0.1:18012", heartbeat_age=timedelta())
+    await _add_session(db, "call", predecessor, "active")
+    elsewhere = await _add_worker(db, "http://127.0.0.1:18011", heartbeat_age=timedelta())
+    await _add_session(db, "kept", elsewhere, "active")
+    async with _worker(db, tmp_path, 18012) as restarted:
+        await restarted.recover_dead()
+        worker_id, state, events = await _placement(db, "call")
+        assert (worker_id, state) == (restarted.worker_id, "interrupted")
+        assert [e[0] for e in events] == ["session_interrupted"]
+        assert await _placement(db, "kept") == (elsewhere, "active", [])
+
+        # Still heartbeating as far as the database knows, and now the least loaded: it is gone
+        # all the same, so nothing new goes there.
+        for index in range(2):
+            await _add_session(db, f"elsewhere{index}", elsewhere, "waiting")
+            await _add_session(db, f"restarted{index}", restarted.worker_id, "waiting")
+        assert await restarted.place() != predecessor
