@@ -91,15 +91,25 @@ class WorkerRegistry:
                 and owner.url != self._url
             ):
                 return owner.url
-            session.worker_id = self.worker_id
-            db.add(
-                SessionEvent(
-                    session_id=session_id,
-                    type="session_moved",
-                    detail={"from": owner.id if owner else None, "to": self.worker_id},
+            won = await db.execute(
+                update(CallSession)
+                .where(
+                    CallSession.id == session_id,
+                    CallSession.worker_id.is_not_distinct_from(session.worker_id),
                 )
+                .values(worker_id=self.worker_id)
             )
-        return None
+            lost = won.rowcount != 1  # type: ignore[attr-defined]
+            if not lost:
+                db.add(
+                    SessionEvent(
+                        session_id=session_id,
+                        type="session_moved",
+                        detail={"from": owner.id if owner else None, "to": self.worker_id},
+                    )
+                )
+        # Another worker claimed it between our read and our write: it hosts it now.
+        return await self.claim(session_id) if lost else None
 
     def _live_since(self) -> datetime:
         return utcnow() - self._dead_after

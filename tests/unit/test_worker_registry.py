@@ -128,3 +128,16 @@ async def test_a_restarted_worker_takes_over_its_predecessor_at_the_same_url(
             await _add_session(db, f"elsewhere{index}", elsewhere, "waiting")
             await _add_session(db, f"restarted{index}", restarted.worker_id, "waiting")
         assert await restarted.place() != predecessor
+
+
+async def test_two_workers_claiming_a_session_at_once_one_hosts_it_the_other_points_there(
+    db: async_sessionmaker[DbSession], tmp_path: Path
+) -> None:
+    async with db() as session, session.begin():
+        session.add(CallSession(id="call", business="wealth", teller_id="u1", worker_id=None))
+    async with _worker(db, tmp_path, 18021) as one, _worker(db, tmp_path, 18022) as two:
+        answers = await asyncio.gather(one.claim("call"), two.claim("call"))
+        worker_id, _, events = await _placement(db, "call")
+        url = {one.worker_id: "http://127.0.0.1:18021", two.worker_id: "http://127.0.0.1:18022"}
+        assert sorted(answers, key=lambda answer: answer or "") == [None, url[worker_id]]
+        assert events == [("session_moved", {"from": None, "to": worker_id})]
