@@ -68,6 +68,7 @@ class Segmenter:
     def __init__(self, config: VadConfig | None = None) -> None:
         self.config = config or VadConfig()
         self._blocks: list[Audio] = []  # the utterance so far, or the preroll before one
+        self._samples = 0  # in _blocks: kept as it goes, an utterance has up to 1000 blocks
         self._speaking = False
         self._quiet = 0  # blocks below the threshold since the last loud one
         self._loud = 0  # loud blocks in the utterance
@@ -79,10 +80,12 @@ class Segmenter:
         config = self.config
         loud = _dbfs(block) > config.speech_dbfs
         self._blocks.append(block)
+        self._samples += len(block)
         if not self._speaking:
             if not loud:
                 keep = max(1, round(config.preroll_seconds * 50))
                 del self._blocks[:-keep]
+                self._samples = sum(len(b) for b in self._blocks)
                 return None
             self._speaking, self._loud, self._quiet = True, 0, 0
             self._started_at = at
@@ -92,7 +95,7 @@ class Segmenter:
             self._last_loud_at = at
         else:
             self._quiet += 1
-        length = sum(len(b) for b in self._blocks) / SAMPLE_RATE
+        length = self._samples / SAMPLE_RATE
         if self._quiet * len(block) / SAMPLE_RATE >= config.hangover_seconds:
             return self._finish()
         if length >= config.max_seconds:
@@ -104,7 +107,7 @@ class Segmenter:
         return self._finish() if self._speaking else None
 
     def _finish(self) -> Utterance | None:
-        blocks, self._blocks = self._blocks, []
+        blocks, self._blocks, self._samples = self._blocks, [], 0
         self._speaking = False
         if self._loud * _BLOCK / SAMPLE_RATE < self.config.min_seconds:
             return None
