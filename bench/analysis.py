@@ -39,15 +39,14 @@ from compliance.asr import SAMPLE_RATE, Audio, WhisperRecognizer, ensure_model, 
 from compliance.recording import Recording, open_decrypted
 from compliance.report import YuNetFaceCounter, analyze_recording, choose_script
 from recorder.container import WebmMuxer, standard_slots
-from recorder.seal.manifest import Manifest
 from tests.fixtures.idcards import load_face
 from tests.fixtures.liveness import webcam_frame
+from tests.fixtures.manifests import CUSTOMER, TELLER, two_party_manifest
 
 FPS = 20
 WIDTH, HEIGHT = 640, 480
 SCREEN_FPS = 5  # the teller shares the product document for the whole call
 KEYFRAME_SECONDS = 10
-TELLER, CUSTOMER = "p_teller", "p_customer"
 SPEECH = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "speech"
 # Talk between the moments: each party goes through all of its clips in turn. Varied on
 # purpose: a track repeating two sentences makes Whisper's output repetitive and its
@@ -163,56 +162,22 @@ def write_recording(
 
 
 def write_manifest(path: Path, spans: list[tuple[str, float, float]]) -> None:
-    stamp = "2026-01-01T00:00:00.000Z"
-    slots = standard_slots()
     owners = {"teller": TELLER, "customer": CUSTOMER}
-    marks = []
-    for moment, start, end in spans:
-        marks += [
-            {"name": f"{moment}.start", "media_ms": int(start * 1000), "wall_time": stamp},
-            {"name": f"{moment}.end", "media_ms": int(end * 1000), "wall_time": stamp},
-        ]
-    manifest = Manifest.model_validate(
-        {
-            "format_version": 1,
-            "archive_id": "0190d1e8-5a5b-7c3d-9e4f-a0b1c2d3e4f5",
-            "session_id": "s_bench",
-            "business": "wealth",
-            "product": None,
-            "participants": [
-                {
-                    "id": pid,
-                    "role": role,
-                    "display_name": role,
-                    "presence": [{"joined_at": stamp, "left_at": None}],
-                }
-                for role, pid in owners.items()
-            ],
-            "marks": marks,
-            "tracks": [
-                {
-                    "id": str(n),
-                    "kind": slot.kind,
-                    "participant_id": owners[slot.role],
-                    "source": slot.source,
-                }
-                for n, slot in enumerate(slots)
-                if (slot.role in owners and slot.source in ("microphone", "camera"))
-                or (slot.role, slot.source) == ("teller", "screen")
-            ],
-            "chunk_size": 65536,
-            "segments": [],
-            "wrapped_key": {"key_id": "k1", "nonce": "A" * 16, "ciphertext": "A" * 64},
-            "status": "complete",
-            "gaps": [],
-            "identity": None,
-            "compliance": None,
-            "recorder_version": "bench",
-            "created_at": stamp,
-            "finalized_at": stamp,
-            "previous_manifest_sha256": None,
-            "signing_key_id": "0123456789abcdef",
-        }
+    manifest = two_party_manifest(
+        session_id="s_bench",
+        business="wealth",
+        marks=[
+            (f"{moment}.{edge}", int(at * 1000))
+            for moment, start, end in spans
+            for edge, at in (("start", start), ("end", end))
+        ],
+        tracks=[
+            (str(n), owners[slot.role], slot.source)
+            for n, slot in enumerate(standard_slots())
+            if (slot.role in owners and slot.source in ("microphone", "camera"))
+            or (slot.role, slot.source) == ("teller", "screen")
+        ],
+        recorder_version="bench",
     )
     path.write_bytes(manifest.canonical_bytes())
 

@@ -37,8 +37,8 @@ from compliance.sales_script import ScriptError
 from recorder.seal.canonical import canonical_json, parse_json
 from recorder.seal.keyring import KEYRING_FORMAT
 from recorder.seal.manifest import Manifest, Mark
+from tests.fixtures.manifests import CUSTOMER, TELLER, two_party_manifest
 
-TELLER, CUSTOMER = "p_teller", "p_customer"
 CREATED = "2026-01-01T00:00:00.000Z"
 
 SCRIPT = """
@@ -204,52 +204,15 @@ def _write_webm(path: Path, customer_camera: Camera, screen: tuple[int, int] | N
 
 
 def _manifest(compliance: dict[str, Any] | None, business: str = "general") -> Manifest:
-    stamp = "2026-01-01T00:00:00.000Z"
     sources = ["microphone", "camera", "screen", "microphone", "camera"]
     owners = [TELLER, TELLER, TELLER, CUSTOMER, CUSTOMER]
-    return Manifest.model_validate(
-        {
-            "format_version": 1,
-            "archive_id": "0190d1e8-5a5b-7c3d-9e4f-a0b1c2d3e4f5",
-            "session_id": "s_unit",
-            "business": business,
-            "product": None,
-            "participants": [
-                {
-                    "id": pid,
-                    "role": role,
-                    "display_name": role,
-                    "presence": [{"joined_at": stamp, "left_at": None}],
-                }
-                for pid, role in ((TELLER, "teller"), (CUSTOMER, "customer"))
-            ],
-            "marks": [{"name": n, "media_ms": ms, "wall_time": stamp} for n, ms in MARKS],
-            "tracks": [
-                {
-                    "id": str(i),
-                    "kind": "audio" if s == "microphone" else "video",
-                    "participant_id": owner,
-                    "source": s,
-                }
-                for i, (s, owner) in enumerate(zip(sources, owners, strict=True))
-            ],
-            "chunk_size": 65536,
-            "segments": [],
-            "wrapped_key": {
-                "key_id": "k1",
-                "nonce": base64.b64encode(bytes(12)).decode(),
-                "ciphertext": base64.b64encode(bytes(48)).decode(),
-            },
-            "status": "complete",
-            "gaps": [],
-            "identity": None,
-            "compliance": compliance,
-            "recorder_version": "test",
-            "created_at": stamp,
-            "finalized_at": stamp,
-            "previous_manifest_sha256": None,
-            "signing_key_id": "0123456789abcdef",
-        }
+    return two_party_manifest(
+        session_id="s_unit",
+        business=business,
+        marks=MARKS,
+        tracks=[(str(i), o, s) for i, (s, o) in enumerate(zip(sources, owners, strict=True))],
+        compliance=compliance,
+        recorder_version="test",
     )
 
 
