@@ -60,6 +60,20 @@ class LegalHolds:
 
         await asyncio.gather(*(one(name) for name in names))
 
+    async def extend(self, archive_id: str, names: list[str]) -> bool:
+        """Hold `names` too if their archive is under legal hold: objects added after the hold
+        (a later compliance report) are evidence of the same matter. True if it was held."""
+        current = await self.state(archive_id)
+        if not current.held:
+            return False
+        await self.apply(archive_id, names, True, current.reason or "")
+        count = len(await self._bucket.list(archive_prefix(archive_id)))
+        async with self._db() as db, db.begin():
+            row = await db.get(LegalHoldRecord, archive_id)
+            if row is not None and row.held:
+                row.objects = max(row.objects, count)
+        return True
+
     async def record(
         self, archive_id: str, held: bool, reason: str, user_id: str, objects: int
     ) -> HoldState:

@@ -271,6 +271,12 @@ class AuditorPortal:
                 503, "store_unavailable", f"The archive store refused the hold: {exc}"
             ) from exc
         state = await holds.record(archive_id, held, reason, actor.user_id, len(names))
+        if held:
+            # An object stored while the hold was being set (a report just written) may have
+            # missed both the listing above and the writer's own check: hold it now.
+            later = sorted(set(await holds.objects(archive_id)) - set(names))
+            if later and await holds.extend(archive_id, later):
+                state = await holds.state(archive_id)
         return {
             "held": state.held,
             "reason": state.reason,

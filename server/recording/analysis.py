@@ -32,8 +32,9 @@ from recorder.seal.report import next_report_number, report_object_names, sign_r
 from recorder.seal.signing import Signer
 from recorder.session import archive_prefix
 from recorder.store.retention import Product, ProductKind, retain_until
-from recorder.store.s3 import ArchiveBucket, ArchiveUnavailableError
+from recorder.store.s3 import ArchiveBucket, ArchiveStoreError, ArchiveUnavailableError
 from server.audit import SYSTEM, AuditLog
+from server.auditor.holds import LegalHolds
 from server.background import cancel_and_wait
 from server.db.engine import DbSession
 from server.db.models import ComplianceReport, ComplianceReview, utcnow
@@ -68,6 +69,7 @@ class AnalysisJobs:
         self._db = db
         self._signer = signer
         self._bucket = bucket if isinstance(bucket, ArchiveBucket) else None
+        self._holds = LegalHolds(db, self._bucket) if self._bucket is not None else None
         self._audit = audit
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._runner: asyncio.Task[None] | None = None
@@ -130,7 +132,10 @@ class AnalysisJobs:
         bucket = self._require_bucket()
         manifest_bytes = await self._wait_for_archive(bucket, archive_id)
         document, code = await self._analyze(job.session_id, archive_id)
-        report_name, digest = await self._store(bucket, archive_id, manifest_bytes, document)
+        report_name, signature_name, digest = await self._store(
+            bucket, archive_id, manifest_bytes, document
+        )
+        legal_hold = await self._hold_with_archive(archive_id, [report_name, signature_name])
         decision = str(document.get("decision", "needs_review"))
         reviews = [m for m in document.get("moments", []) if m.get("decision") == "needs_review"]
         async with self._db() as db, db.begin():
@@ -165,7 +170,8 @@ class AnalysisJobs:
                 "report_sha256": digest,
                 "reviews": len(reviews),
                 "exit_code": code,
-            },
+            }
+            | ({"legal_hold": legal_hold} if legal_hold else {}),
         )
         await self._progress(job.session_id, archive_id, "done", 1000, decision=decision)
 
@@ -260,7 +266,7 @@ class AnalysisJobs:
         archive_id: str,
         manifest_bytes: bytes,
         document: dict[str, Any],
-    ) -> tuple[str, str]:
+    ) -> tuple[str, str, str]:
         manifest = parse_manifest(manifest_bytes)
         created = datetime.fromisoformat(manifest.created_at.replace("Z", "+00:00"))
         retain = retain_until(
@@ -272,7 +278,20 @@ class AnalysisJobs:
         data, signature = sign_report(document, self._signer)
         await bucket.put(prefix + json_name, data, retain)
         await bucket.put(prefix + sig_name, signature, retain)
-        return json_name, hashlib.sha256(data).hexdigest()
+        return json_name, sig_name, hashlib.sha256(data).hexdigest()
+
+    async def _hold_with_archive(self, archive_id: str, names: list[str]) -> str | None:
+        """A report of an archive under legal hold is held too: "held", "failed" or None."""
+        if self._holds is None:
+            return None
+        prefix = archive_prefix(archive_id)
+        try:
+            held = await self._holds.extend(archive_id, [prefix + n for n in names])
+        except ArchiveStoreError as exc:
+            # Retention still protects the report; an auditor setting the hold again holds it.
+            log.error("report_legal_hold_failed", archive_id=archive_id, error=str(exc))
+            return "failed"
+        return "held" if held else None
 
     # -- what the API reads --------------------------------------------------------------------
 
