@@ -100,6 +100,12 @@ def mode_spec(name: str) -> ModeSpec:
             1,
             description="vteller, encoded forwarding + dual recording",
             record=True,
+            # Per-session costs only. The after-call analysis of earlier rounds' recordings would
+            # run inside later rounds' windows: a batch job, measured by bench.analysis. Live
+            # speech is one recogniser per worker, busy back to back on this clip's endless
+            # sound: a bounded per-worker cost, measured by bench.live_speech. The live face
+            # checks are per camera and stay on.
+            env={"VTELLER_COMPLIANCE_ANALYSIS": "false", "VTELLER_LIVE_SPEECH": "false"},
         )
     if match := re.fullmatch(r"encoded-(\d+)w", name):
         workers = int(match.group(1))
