@@ -36,7 +36,7 @@ import av
 import numpy as np
 
 from compliance.asr import SAMPLE_RATE, Audio, WhisperRecognizer, ensure_model, load_wav
-from compliance.recording import Recording, open_decrypted
+from compliance.recording import MediaTrack, Recording, open_decrypted
 from compliance.report import YuNetFaceCounter, analyze_recording, choose_script
 from recorder.container import WebmMuxer, standard_slots
 from tests.fixtures.idcards import load_face
@@ -77,9 +77,9 @@ def _encoded_loop(image: np.ndarray, fps: int, sway: bool) -> list[tuple[bytes, 
         frame = av.VideoFrame.from_ndarray(picture, format="bgr24")
         frame.pts = index
         for packet in codec.encode(frame):
-            frames.append((bytes(packet), int(packet.pts) * 1000 // fps, packet.is_keyframe))
+            frames.append((bytes(packet), (packet.pts or 0) * 1000 // fps, packet.is_keyframe))
     for packet in codec.encode(None):
-        frames.append((bytes(packet), int(packet.pts) * 1000 // fps, packet.is_keyframe))
+        frames.append((bytes(packet), (packet.pts or 0) * 1000 // fps, packet.is_keyframe))
     assert frames[0][2], "the loop must start with a keyframe"
     return frames
 
@@ -114,7 +114,7 @@ def _opus(audio: Audio) -> Iterator[tuple[bytes, int]]:
         frame.time_base = fractions.Fraction(1, SAMPLE_RATE)
         for resampled in resampler.resample(frame):
             for packet in codec.encode(resampled):
-                yield bytes(packet), int(packet.pts * 1000 // 48000)
+                yield bytes(packet), (packet.pts or 0) * 1000 // 48000
 
 
 class _File:
@@ -222,8 +222,12 @@ def build_sale(minutes: float) -> tuple[Audio, Audio, list[tuple[str, float, flo
 def _faces_everywhere(recording: Recording, faces: YuNetFaceCounter) -> float:
     """Seconds to sample both cameras over the whole call (as before windows): for comparison."""
     cameras = [t for role in ("teller", "customer") if (t := recording.track(role, "camera"))]
+
+    def count(_track: MediaTrack, _ms: int, bgr: np.ndarray) -> None:
+        faces.count(bgr)
+
     started = time.perf_counter()
-    recording.sample_video(cameras, 1000, lambda _t, _ms, bgr: faces.count(bgr))
+    recording.sample_video(cameras, 1000, count)
     return time.perf_counter() - started
 
 

@@ -124,22 +124,22 @@ class ToneTrack(AudioStreamTrack):
         self._hz = hz
         self._n = 0
         self._flash_at = flash_at
-        self._start: float | None = None
+        self._started: float | None = None  # aiortc's AudioStreamTrack has its own _start
 
     async def recv(self) -> AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        if self._start is None:
-            self._start = time.monotonic()
+        if self._started is None:
+            self._started = time.monotonic()
         # Paced by the sample count, so the stream does not drift from real time.
-        due = self._start + (self._n + self.SAMPLES) / self.RATE
+        due = self._started + (self._n + self.SAMPLES) / self.RATE
         await asyncio.sleep(max(0.0, due - time.monotonic()))
         t = (np.arange(self.SAMPLES) + self._n) / self.RATE
         samples = (np.sin(2 * math.pi * self._hz * t) * 8000).astype(np.int16)
         if self._flash_at is not None:
             # Sample i was captured when the pacing says, however late it is generated (see
             # ColourTrack).
-            captured = self._start + (self._n + np.arange(self.SAMPLES)) / self.RATE
+            captured = self._started + (self._n + np.arange(self.SAMPLES)) / self.RATE
             samples[captured < self._flash_at] = 0
         frame = AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = self.RATE
@@ -170,7 +170,7 @@ class WavTrack(AudioStreamTrack):
         self._queue: deque[np.ndarray] = deque()
         self._offset = 0  # samples of the queue's first clip already sent
         self._n = 0
-        self._start: float | None = None
+        self._started: float | None = None  # aiortc's AudioStreamTrack has its own _start
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -215,10 +215,10 @@ class WavTrack(AudioStreamTrack):
     async def recv(self) -> AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        if self._start is None:
-            self._start = time.monotonic()
+        if self._started is None:
+            self._started = time.monotonic()
         # Paced by the sample count, so the stream does not drift from real time.
-        due = self._start + (self._n + self.SAMPLES) / self.RATE
+        due = self._started + (self._n + self.SAMPLES) / self.RATE
         await asyncio.sleep(max(0.0, due - time.monotonic()))
         samples = self._next_samples()
         frame = AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
@@ -332,7 +332,7 @@ class Bot:
     def _on_track(self, track: MediaStreamTrack) -> None:
         assert self.pc is not None
         mid = next(t.mid for t in self.pc.getTransceivers() if t.receiver.track is track)
-        info = self._tracks_by_mid.get(mid, {"participant_id": "?", "source": "?"})
+        info = self._tracks_by_mid.get(mid or "", {"participant_id": "?", "source": "?"})
         received = Received(info["participant_id"], info["source"], track.kind)
         self.received[f"{received.participant_id}/{received.source}"] = received
         self._tasks.append(asyncio.create_task(self._consume(track, received)))
