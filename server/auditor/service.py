@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import structlog
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from recorder.export import ExportError
@@ -34,6 +35,8 @@ from server.auditor.playback import (
 from server.auditor.verification import ArchiveVerifier, Verified
 from server.auth.principal import Principal
 from server.db.engine import DbSession
+
+log = structlog.get_logger(__name__)
 
 
 class PortalError(Exception):
@@ -274,9 +277,13 @@ class AuditorPortal:
         if held:
             # An object stored while the hold was being set (a report just written) may have
             # missed both the listing above and the writer's own check: hold it now.
-            later = sorted(set(await holds.objects(archive_id)) - set(names))
-            if later and await holds.extend(archive_id, later):
-                state = await holds.state(archive_id)
+            try:
+                later = sorted(set(await holds.objects(archive_id)) - set(names))
+                if later and await holds.extend(archive_id, later):
+                    state = await holds.state(archive_id)
+            except ArchiveStoreError as exc:
+                # The hold asked for is set; setting it again holds what came in meanwhile.
+                log.warning("legal_hold_late_objects_failed", archive_id=archive_id, error=str(exc))
         return {
             "held": state.held,
             "reason": state.reason,
