@@ -22,7 +22,7 @@ from server.auth.principal import Role
 from server.db.models import ArchiveIndexEntry, AuditEntry, ComplianceReport
 from server.identity.idcard import check_digit
 from tests.integration.test_identity import SPEC, _consented, _in_call, _step
-from tests.integration.test_recording import _record, _sealed, _stored, _vteller
+from tests.integration.test_recording import _recorded, _vteller
 from tests.support.bot import Bot
 from tests.support.server import ApiClient, RunningServer
 
@@ -67,30 +67,6 @@ async def _call(
 
     archive_id = await _recorded(server, teller_bot, customer_bot, marked_halfway, joined)
     return archive_id, session_id
-
-
-async def _recorded(
-    server: RunningServer,
-    teller: Bot,
-    customer: Bot,
-    while_recording: Callable[[], Awaitable[None]],
-    before: Callable[[], Awaitable[None]] | None = None,
-) -> str:
-    """Run `before`, record `while_recording`, and close both bots; the archive id once the
-    sealed archive is in the store."""
-    try:
-        if before is not None:
-            await before()
-        started = await _record(server, teller, customer)
-        await while_recording()
-        await teller.send({"type": "recording_stop"})
-        await _sealed(teller)
-    finally:
-        await customer.close()
-        await teller.close()
-    archive_id = str(started["archive_id"])
-    await _stored(server, archive_id)
-    return archive_id
 
 
 async def _eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:

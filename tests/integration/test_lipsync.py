@@ -21,7 +21,7 @@ from recorder.seal.manifest import Manifest, SegmentEntry
 from recorder.seal.signing import load_public_keys
 from recorder.store.s3 import S3Archive
 from recorder.verify import verify_archive
-from tests.integration.test_recording import _record, _sealed, _stored, _teller_and_customer
+from tests.integration.test_recording import _recorded, _stored, _teller_and_customer
 from tests.support import server as support
 from tests.support.bot import Bot
 from tests.support.server import RunningServer
@@ -102,17 +102,14 @@ def _keyframes_ms(path: Path, title: str) -> list[int]:
 async def test_audio_and_video_of_one_participant_stay_in_sync(server: RunningServer) -> None:
     teller, customer, session_id = await _teller_and_customer(server)
     customer = Bot(customer.client, session_id, colour="red", flash_at=time.monotonic() + 6)
-    try:
+
+    async def joined() -> None:
         await teller.join()
         await customer.join()
-        started = await _record(server, teller, customer)
-        await asyncio.sleep(8)  # the flash is at 6 s, after a few sender reports
-        await teller.send({"type": "recording_stop"})
-        await _sealed(teller)
-    finally:
-        await customer.close()
-        await teller.close()
-    recording = await _decrypted(server, str(started["archive_id"]))
+
+    # The flash is at 6 s, after a few sender reports.
+    archive_id = await _recorded(server, teller, customer, lambda: asyncio.sleep(8), joined)
+    recording = await _decrypted(server, archive_id)
     video_ms, audio_ms = await asyncio.to_thread(_onsets, str(recording))
     offset = video_ms - audio_ms
     print(f"lip-sync: video {video_ms:.0f} ms, audio {audio_ms:.0f} ms, offset {offset:+.0f} ms")
@@ -125,20 +122,21 @@ async def test_cameras_send_keyframes_regularly_and_when_a_moment_starts(tmp_pat
     settings = support.test_settings(tmp_path, recording_keyframe_seconds=2.0)
     async with support.running_server(settings) as server:
         teller, customer, _session_id = await _teller_and_customer(server)
-        try:
+        marks: list[int] = []
+
+        async def joined() -> None:
             await teller.join()
             await customer.join()
-            started = await _record(server, teller, customer)
+
+        async def moment_after_5_s() -> None:
             await asyncio.sleep(5.3)
             await teller.send({"type": "mark", "moment": "risk_disclosure", "phase": "start"})
-            marked_ms = int((await teller.expect("marked"))["media_ms"])
+            marks.append(int((await teller.expect("marked"))["media_ms"]))
             await asyncio.sleep(2.5)
-            await teller.send({"type": "recording_stop"})
-            await _sealed(teller)
-        finally:
-            await customer.close()
-            await teller.close()
-        recording = await _decrypted(server, str(started["archive_id"]))
+
+        archive_id = await _recorded(server, teller, customer, moment_after_5_s, joined)
+        recording = await _decrypted(server, archive_id)
+        marked_ms = marks[0]
         for camera in ("teller camera", "customer camera"):
             keyframes = _keyframes_ms(recording, camera)
             gaps = [b - a for a, b in itertools.pairwise(keyframes)]

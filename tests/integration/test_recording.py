@@ -6,6 +6,7 @@ import asyncio
 import os
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from recorder.playback import MediaInspector
@@ -41,6 +42,30 @@ async def _stored(server: RunningServer, archive_id: str) -> S3Archive:
     manager = server.services.rooms._recorder  # the worker's recorder
     await manager.uploader.flush(timeout=30)
     return S3Archive(ArchiveBucket.from_settings(server.settings.store), f"archives/{archive_id}")
+
+
+async def _recorded(
+    server: RunningServer,
+    teller: Bot,
+    customer: Bot,
+    while_recording: Callable[[], Awaitable[None]],
+    before: Callable[[], Awaitable[None]] | None = None,
+) -> str:
+    """Run `before`, record `while_recording`, and close both bots; the archive id once the
+    sealed archive is in the store."""
+    try:
+        if before is not None:
+            await before()
+        started = await _record(server, teller, customer)
+        await while_recording()
+        await teller.send({"type": "recording_stop"})
+        await _sealed(teller)
+    finally:
+        await customer.close()
+        await teller.close()
+    archive_id = str(started["archive_id"])
+    await _stored(server, archive_id)
+    return archive_id
 
 
 def _keys(server: RunningServer) -> tuple[dict[str, bytes], LocalKeyring]:

@@ -13,24 +13,20 @@ from sqlalchemy import update
 
 from recorder.journal import Journal
 from recorder.seal.keyring import KeyUnwrapError
-from server.db.engine import create_engine, migrate, session_factory
-from server.db.models import CallSession, IdentityCheck, User
+from server.db.models import CallSession, IdentityCheck
 from server.identity.liveness import Challenge
 from server.identity.records import Evidence, IdentityRecords
 from server.identity.verification import choose_challenges
+from tests.support.database import TELLER_ID, migrated_database
 
 
 @pytest.fixture
 async def records(tmp_path: Path) -> AsyncIterator[IdentityRecords]:
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}")
-    await migrate(engine)
-    db = session_factory(engine)
-    async with db() as session, session.begin():
-        session.add(User(id="u1", username="t", display_name="t", role="teller", password_hash="x"))
-        session.add(CallSession(id="s1", business="wealth", teller_id="u1"))
-        session.add(CallSession(id="s2", business="wealth", teller_id="u1"))
-    yield IdentityRecords(db, tmp_path / "keys" / "identity-keyring.json")
-    await engine.dispose()
+    async with migrated_database(tmp_path / "db.sqlite") as db:
+        async with db() as session, session.begin():
+            session.add(CallSession(id="s1", business="wealth", teller_id=TELLER_ID))
+            session.add(CallSession(id="s2", business="wealth", teller_id=TELLER_ID))
+        yield IdentityRecords(db, tmp_path / "keys" / "identity-keyring.json")
 
 
 async def test_sensitive_detail_is_encrypted_and_opens_with_the_key(

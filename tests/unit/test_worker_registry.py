@@ -13,11 +13,12 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from server.db.engine import DbSession, create_engine, migrate, session_factory
-from server.db.models import CallSession, SessionEvent, User, Worker, utcnow
+from server.db.engine import DbSession
+from server.db.models import CallSession, SessionEvent, Worker, utcnow
 from server.sfu.rooms import RoomRegistry
 from server.workers.registry import WorkerRegistry
 from tests.support import server as support
+from tests.support.database import TELLER_ID, migrated_database
 
 
 class _EmptyRooms:
@@ -32,13 +33,8 @@ class _EmptyRooms:
 
 @pytest.fixture
 async def db(tmp_path: Path) -> AsyncIterator[async_sessionmaker[DbSession]]:
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}")
-    await migrate(engine)
-    factory = session_factory(engine)
-    async with factory() as session, session.begin():
-        session.add(User(id="u1", username="t", display_name="t", role="teller", password_hash="x"))
-    yield factory
-    await engine.dispose()
+    async with migrated_database(tmp_path / "db.sqlite") as factory:
+        yield factory
 
 
 @asynccontextmanager
@@ -60,7 +56,11 @@ async def _add_session(
     async with db() as session, session.begin():
         session.add(
             CallSession(
-                id=session_id, business="wealth", teller_id="u1", worker_id=worker_id, state=state
+                id=session_id,
+                business="wealth",
+                teller_id=TELLER_ID,
+                worker_id=worker_id,
+                state=state,
             )
         )
 
@@ -75,7 +75,10 @@ async def _add_worker(
     return worker.id
 
 
-async def _placement(db: async_sessionmaker[DbSession], session_id: str) -> tuple[str, str, list]:
+Placement = tuple[str, str, list[tuple[str, object]]]  # worker id, state, events (type, detail)
+
+
+async def _placement(db: async_sessionmaker[DbSession], session_id: str) -> Placement:
     async with db() as session:
         call = await session.get(CallSession, session_id)
         assert call is not None and call.worker_id is not None
@@ -134,7 +137,7 @@ async def test_two_workers_claiming_a_session_at_once_one_hosts_it_the_other_poi
     db: async_sessionmaker[DbSession], tmp_path: Path
 ) -> None:
     async with db() as session, session.begin():
-        session.add(CallSession(id="call", business="wealth", teller_id="u1", worker_id=None))
+        session.add(CallSession(id="call", business="wealth", teller_id=TELLER_ID, worker_id=None))
     async with _worker(db, tmp_path, 18021) as one, _worker(db, tmp_path, 18022) as two:
         answers = await asyncio.gather(one.claim("call"), two.claim("call"))
         worker_id, _, events = await _placement(db, "call")
