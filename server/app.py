@@ -59,6 +59,7 @@ async def create_app(settings: Settings) -> web.Application:
     policy = IcePolicy(settings.ice_host_addresses)
     policy.install()
     throttle = LoginThrottle(
+        db,
         settings.login_max_failures_per_user,
         settings.login_max_failures_per_address,
         settings.login_window_seconds,

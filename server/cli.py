@@ -160,7 +160,7 @@ async def _with_auth(
     from server.commands import database
 
     async with database(settings, migrated=True) as db:
-        auth = AuthService(db, LoginThrottle(1, 1, 1), 1)
+        auth = AuthService(db, LoginThrottle(db, 1, 1, 1), 1)
         user = await auth.create_user(username, password, display_name, role)
         await AuditLog(db).append(
             "admin.user_created",

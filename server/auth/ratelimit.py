@@ -6,12 +6,19 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from server.db.engine import DbSession
+from server.db.models import LoginFailure
+
 
 class SlidingWindow:
     """At most `limit` hits per key within the last `window_seconds`.
 
     Kept in the worker's memory: with several workers each enforces its own window, which bounds
-    abuse per worker (a shared store would be needed for one exact global limit).
+    abuse of public endpoints per worker. Logins, where the limit is a security control, use the
+    shared `LoginThrottle`.
     """
 
     def __init__(
@@ -48,23 +55,67 @@ class SlidingWindow:
 
 
 class LoginThrottle:
+    """Failed staff logins per user and per address within a sliding window.
+
+    Unlike `SlidingWindow`, kept in the database: every worker (on every machine) and a restarted
+    worker see the same failures, so the limits hold for the whole service, not per process.
+    """
+
     def __init__(
         self,
+        db: async_sessionmaker[DbSession],
         max_per_user: int,
         max_per_address: int,
         window_seconds: float,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        self._users = SlidingWindow(max_per_user, window_seconds, clock)
-        self._addresses = SlidingWindow(max_per_address, window_seconds, clock)
+        self._db = db
+        self._limits = {"user": max_per_user, "address": max_per_address}
+        self._window = window_seconds
+        self._clock = clock
 
-    def retry_after(self, username: str, address: str) -> float:
+    async def retry_after(self, username: str, address: str) -> float:
         """Seconds until another attempt is allowed; 0 when it is allowed now."""
-        return max(self._users.retry_after(username.lower()), self._addresses.retry_after(address))
+        now = self._clock()
+        async with self._db() as db:
+            waits = [
+                await self._wait(db, kind, key, now)
+                for kind, key in (("user", username.lower()), ("address", address))
+            ]
+        return max(waits)
 
-    def failed(self, username: str, address: str) -> None:
-        self._users.hit(username.lower())
-        self._addresses.hit(address)
+    async def failed(self, username: str, address: str) -> None:
+        now = self._clock()
+        async with self._db() as db, db.begin():
+            # Failures are rare: forgetting expired ones here keeps the table to one window.
+            await db.execute(
+                delete(LoginFailure).where(LoginFailure.failed_at <= now - self._window)
+            )
+            db.add(LoginFailure(kind="user", key=username.lower(), failed_at=now))
+            db.add(LoginFailure(kind="address", key=address, failed_at=now))
 
-    def succeeded(self, username: str) -> None:
-        self._users.clear(username.lower())
+    async def succeeded(self, username: str) -> None:
+        """The user's count starts again; its address's does not (other users failed there)."""
+        async with self._db() as db, db.begin():
+            await db.execute(
+                delete(LoginFailure).where(
+                    LoginFailure.kind == "user", LoginFailure.key == username.lower()
+                )
+            )
+
+    async def _wait(self, db: DbSession, kind: str, key: str, now: float) -> float:
+        # The limit-th newest failure inside the window: once it expires, fewer than `limit`
+        # remain and one more attempt is allowed.
+        limit = self._limits[kind]
+        at = await db.scalar(
+            select(LoginFailure.failed_at)
+            .where(
+                LoginFailure.kind == kind,
+                LoginFailure.key == key,
+                LoginFailure.failed_at > now - self._window,
+            )
+            .order_by(LoginFailure.failed_at.desc())
+            .offset(limit - 1)
+            .limit(1)
+        )
+        return 0.0 if at is None else at + self._window - now

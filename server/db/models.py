@@ -14,6 +14,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -281,6 +282,23 @@ class AuditEntry(Base):
     address: Mapped[str | None] = mapped_column(String(64), nullable=True)
     prev_hash: Mapped[str] = mapped_column(String(64))
     entry_hash: Mapped[str] = mapped_column(String(64))
+
+
+class LoginFailure(Base):
+    """One failed staff login, counted against its user (`kind` "user") or address ("address").
+
+    In the database rather than in a worker's memory, so that N workers (or a restarted one) do
+    not allow N times the attempts. `failed_at` is Unix time: every worker compares with its own
+    clock, which NTP keeps within far less than the window.
+    """
+
+    __tablename__ = "login_failures"
+    __table_args__ = (Index("ix_login_failures_kind_key_at", "kind", "key", "failed_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(8))
+    key: Mapped[str] = mapped_column(String(255))
+    failed_at: Mapped[float] = mapped_column(Float)
 
 
 class AuditCheckpoint(Base):

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import argon2
 import pytest
 from argon2.profiles import RFC_9106_LOW_MEMORY
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from server.auth import passwords
 from server.auth.passwords import (
@@ -18,6 +23,9 @@ from server.auth.passwords import (
 )
 from server.auth.ratelimit import LoginThrottle
 from server.auth.tokens import digest, new_token, same
+from server.db.engine import DbSession
+from server.db.models import LoginFailure
+from tests.support.database import migrated_database
 
 GOOD = "correct-horse-battery"
 
@@ -119,87 +127,138 @@ def test_known_user_verifies_against_its_own_hash(
 # -- login throttle --------------------------------------------------------------------------
 
 
-def throttle(clock: FakeClock, per_user: int = 3, per_address: int = 5) -> LoginThrottle:
-    return LoginThrottle(per_user, per_address, window_seconds=100, clock=clock)
+@pytest.fixture
+async def database(tmp_path: Path) -> AsyncIterator[async_sessionmaker[DbSession]]:
+    async with migrated_database(tmp_path / "throttle.db") as factory:
+        yield factory
 
 
-def test_throttle_allows_until_the_per_user_limit() -> None:
+def throttle(
+    db: async_sessionmaker[DbSession], clock: FakeClock, per_user: int = 3, per_address: int = 5
+) -> LoginThrottle:
+    return LoginThrottle(db, per_user, per_address, window_seconds=100, clock=clock)
+
+
+async def test_throttle_allows_until_the_per_user_limit(
+    database: async_sessionmaker[DbSession],
+) -> None:
     clock = FakeClock()
-    limiter = throttle(clock)
+    limiter = throttle(database, clock)
     for attempt in range(3):
-        assert limiter.retry_after("alice", f"10.0.0.{attempt}") == 0
-        limiter.failed("alice", f"10.0.0.{attempt}")
+        assert await limiter.retry_after("alice", f"10.0.0.{attempt}") == 0
+        await limiter.failed("alice", f"10.0.0.{attempt}")
         clock.advance(1)
     # Three failures from three addresses: alice is blocked from anywhere...
-    assert limiter.retry_after("alice", "10.9.9.9") == pytest.approx(97)
-    assert limiter.retry_after("ALICE", "10.9.9.9") == pytest.approx(97)  # case-insensitive
+    assert await limiter.retry_after("alice", "10.9.9.9") == pytest.approx(97)
+    assert await limiter.retry_after("ALICE", "10.9.9.9") == pytest.approx(97)  # any case
     # ...while other users on those addresses are not.
-    assert limiter.retry_after("bob", "10.0.0.0") == 0
+    assert await limiter.retry_after("bob", "10.0.0.0") == 0
 
 
-def test_throttle_per_address() -> None:
+async def test_throttle_per_address(database: async_sessionmaker[DbSession]) -> None:
     clock = FakeClock()
-    limiter = throttle(clock, per_user=3, per_address=5)
+    limiter = throttle(database, clock, per_user=3, per_address=5)
     for n in range(5):
-        limiter.failed(f"user{n}", "192.0.2.7")
-    assert limiter.retry_after("someone-new", "192.0.2.7") == pytest.approx(100)
-    assert limiter.retry_after("someone-new", "192.0.2.8") == 0
+        await limiter.failed(f"user{n}", "192.0.2.7")
+    assert await limiter.retry_after("someone-new", "192.0.2.7") == pytest.approx(100)
+    assert await limiter.retry_after("someone-new", "192.0.2.8") == 0
     # One failure each: no user is blocked on its own account.
-    assert limiter.retry_after("user0", "198.51.100.1") == 0
+    assert await limiter.retry_after("user0", "198.51.100.1") == 0
 
 
-def test_throttle_window_slides_with_the_clock() -> None:
+async def test_throttle_window_slides_with_the_clock(
+    database: async_sessionmaker[DbSession],
+) -> None:
     clock = FakeClock()
-    limiter = throttle(clock)
+    limiter = throttle(database, clock)
     for _ in range(3):
-        limiter.failed("alice", "10.0.0.1")
+        await limiter.failed("alice", "10.0.0.1")
         clock.advance(10)
     # Failures at t=0, 10, 20 (relative); now t=30: the oldest expires at t=100.
-    assert limiter.retry_after("alice", "10.0.0.1") == pytest.approx(70)
+    assert await limiter.retry_after("alice", "10.0.0.1") == pytest.approx(70)
     clock.advance(69.5)
-    assert limiter.retry_after("alice", "10.0.0.1") == pytest.approx(0.5)
+    assert await limiter.retry_after("alice", "10.0.0.1") == pytest.approx(0.5)
     clock.advance(0.5)  # exactly the window: the first failure no longer counts
-    assert limiter.retry_after("alice", "10.0.0.1") == 0
+    assert await limiter.retry_after("alice", "10.0.0.1") == 0
     # Two failures remain inside the window: one more blocks again, until the next one expires.
-    limiter.failed("alice", "10.0.0.1")
-    assert limiter.retry_after("alice", "10.0.0.1") == pytest.approx(10)
+    await limiter.failed("alice", "10.0.0.1")
+    assert await limiter.retry_after("alice", "10.0.0.1") == pytest.approx(10)
     clock.advance(100)
-    assert limiter.retry_after("alice", "10.0.0.1") == 0
+    assert await limiter.retry_after("alice", "10.0.0.1") == 0
 
 
-def test_success_resets_the_user_but_not_the_address() -> None:
+async def test_success_resets_the_user_but_not_the_address(
+    database: async_sessionmaker[DbSession],
+) -> None:
     clock = FakeClock()
-    limiter = throttle(clock, per_user=3, per_address=4)
+    limiter = throttle(database, clock, per_user=3, per_address=4)
     for _ in range(2):
-        limiter.failed("alice", "10.0.0.1")
-    limiter.succeeded("Alice")
+        await limiter.failed("alice", "10.0.0.1")
+    await limiter.succeeded("Alice")
     # The user counter starts again: two more failures do not reach three.
     for _ in range(2):
-        limiter.failed("alice", "10.0.0.1")
-    assert limiter.retry_after("alice", "10.0.0.2") == 0
+        await limiter.failed("alice", "10.0.0.1")
+    assert await limiter.retry_after("alice", "10.0.0.2") == 0
     # The address has seen four failures, which is its limit.
-    assert limiter.retry_after("alice", "10.0.0.1") > 0
-    assert limiter.retry_after("bob", "10.0.0.1") > 0
+    assert await limiter.retry_after("alice", "10.0.0.1") > 0
+    assert await limiter.retry_after("bob", "10.0.0.1") > 0
 
 
-def test_retry_after_is_the_longest_of_both_limits() -> None:
+async def test_retry_after_is_the_longest_of_both_limits(
+    database: async_sessionmaker[DbSession],
+) -> None:
     clock = FakeClock()
-    limiter = throttle(clock, per_user=2, per_address=2)
-    limiter.failed("alice", "10.0.0.1")  # t=0
+    limiter = throttle(database, clock, per_user=2, per_address=2)
+    await limiter.failed("alice", "10.0.0.1")  # t=0
     clock.advance(30)
-    limiter.failed("bob", "10.0.0.1")  # t=30: address full, oldest expires at t=100
-    limiter.failed("alice", "10.0.0.2")  # t=30: alice full, oldest expires at t=100
+    await limiter.failed("bob", "10.0.0.1")  # t=30: address full, oldest expires at t=100
+    await limiter.failed("alice", "10.0.0.2")  # t=30: alice full, oldest expires at t=100
     clock.advance(20)
-    limiter.failed("bob", "10.0.0.3")  # t=50: bob full, oldest expires at t=130
-    assert limiter.retry_after("alice", "10.0.0.1") == pytest.approx(50)
-    assert limiter.retry_after("bob", "10.0.0.1") == pytest.approx(80)
+    await limiter.failed("bob", "10.0.0.3")  # t=50: bob full, oldest expires at t=130
+    assert await limiter.retry_after("alice", "10.0.0.1") == pytest.approx(50)
+    assert await limiter.retry_after("bob", "10.0.0.1") == pytest.approx(80)
 
 
-def test_throttle_uses_a_monotonic_clock_by_default() -> None:
-    limiter = LoginThrottle(1, 1, window_seconds=60)
-    limiter.failed("alice", "10.0.0.1")
-    wait = limiter.retry_after("alice", "10.0.0.1")
-    assert 59 < wait <= 60
+async def test_every_worker_sees_the_same_failures(
+    database: async_sessionmaker[DbSession],
+) -> None:
+    # Two workers (two throttles on one database): failures on either count against both, so
+    # N workers do not allow N times the attempts, and neither does a restarted worker.
+    clock = FakeClock()
+    first, second = throttle(database, clock), throttle(database, clock)
+    await first.failed("alice", "10.0.0.1")
+    await second.failed("alice", "10.0.0.2")
+    assert await first.retry_after("alice", "10.0.0.3") == 0
+    await second.failed("alice", "10.0.0.3")
+    assert await first.retry_after("alice", "10.0.0.4") == pytest.approx(100)
+    assert await throttle(database, clock).retry_after("alice", "10.0.0.4") == pytest.approx(100)
+    await first.succeeded("alice")
+    assert await second.retry_after("alice", "10.0.0.4") == 0
+
+
+async def test_expired_failures_are_forgotten(database: async_sessionmaker[DbSession]) -> None:
+    clock = FakeClock()
+    limiter = throttle(database, clock)
+    for n in range(3):
+        await limiter.failed(f"user{n}", "10.0.0.1")
+    clock.advance(100)
+    await limiter.failed("alice", "10.0.0.2")
+    async with database() as db:
+        keys = set(await db.scalars(select(LoginFailure.key)))
+    assert keys == {"alice", "10.0.0.2"}
+
+
+async def test_throttle_uses_the_wall_clock_by_default(
+    database: async_sessionmaker[DbSession],
+) -> None:
+    # Unix time, not a monotonic clock: workers on other machines compare the same timestamps.
+    limiter = LoginThrottle(database, 1, 1, window_seconds=60)
+    await limiter.failed("alice", "10.0.0.1")
+    async with database() as db:
+        at = await db.scalar(select(LoginFailure.failed_at))
+    assert at is not None and abs(at - time.time()) < 5
+    wait = await limiter.retry_after("alice", "10.0.0.1")
+    assert 55 < wait <= 60
 
 
 # -- tokens ----------------------------------------------------------------------------------
