@@ -7,11 +7,12 @@ from pathlib import Path
 from aiohttp import web
 from playwright.async_api import Playwright
 
+from bench.media import free_port
 from tests.e2e.browser import participant_page
 from tests.integration.test_lipsync import decrypt
 from tests.integration.test_recording import recorded_call
 from tests.support.bot import dominant
-from tests.support.server import RunningServer, free_port
+from tests.support.server import RunningServer
 
 PLAYER = '<video id="v" src="/recording.webm" muted autoplay></video>'
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from server.auth.principal import Role
 from tests.support.bot import Bot, dominant
 from tests.support.server import RunningServer
@@ -108,7 +110,7 @@ async def test_supervisor_observes_silently(server: RunningServer) -> None:
             await bot.close()
 
 
-def _drain(bot: Bot) -> list[dict[str, object]]:
+def _drain(bot: Bot) -> list[dict[str, Any]]:
     drained = []
     while not bot.messages.empty():
         drained.append(bot.messages.get_nowait())

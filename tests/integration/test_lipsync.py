@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -21,7 +22,8 @@ from recorder.seal.manifest import Manifest, SegmentEntry
 from recorder.seal.signing import load_public_keys
 from recorder.store.s3 import S3Archive
 from recorder.verify import verify_archive
-from tests.integration.test_recording import _recorded, _stored, _teller_and_customer
+from tests.integration.test_call import _teller_and_customer
+from tests.integration.test_recording import _recorded, _stored
 from tests.support import server as support
 from tests.support.bot import Bot
 from tests.support.server import RunningServer
@@ -50,18 +52,22 @@ def _onsets(path: str) -> tuple[float, float]:
     """(video ms, audio ms) of the first bright frame and the first loud sample."""
     video_ms = audio_ms = None
     with av.open(path) as container:
-        streams = {s.metadata.get("title"): s for s in container.streams}
-        for frame in container.decode(streams["customer camera"]):
-            if frame.to_ndarray(format="gray").mean() > 40:
-                video_ms = float(frame.pts * frame.time_base * 1000)
+        camera = next(
+            s for s in container.streams.video if s.metadata.get("title") == "customer camera"
+        )
+        for picture in container.decode(camera):
+            if picture.to_ndarray(format="gray").mean() > 40:
+                video_ms = _ms(picture.pts, picture.time_base)
                 break
     with av.open(path) as container:
-        streams = {s.metadata.get("title"): s for s in container.streams}
-        for frame in container.decode(streams["customer microphone"]):
-            samples = np.abs(frame.to_ndarray()).max(axis=0)
+        microphone = next(
+            s for s in container.streams.audio if s.metadata.get("title") == "customer microphone"
+        )
+        for sound in container.decode(microphone):
+            samples = np.abs(sound.to_ndarray()).max(axis=0)
             loud = np.flatnonzero(samples > 0.05)
             if loud.size:
-                audio_ms = float(frame.pts * frame.time_base * 1000) + loud[0] * 1000 / 48000
+                audio_ms = _ms(sound.pts, sound.time_base) + loud[0] * 1000 / 48000
                 break
     assert video_ms is not None and audio_ms is not None
     return video_ms, audio_ms
@@ -89,11 +95,16 @@ async def _decrypted(server: RunningServer, archive_id: str) -> Path:
     return recording
 
 
+def _ms(pts: int | None, time_base: Fraction | None) -> float:
+    assert pts is not None and time_base is not None, "a decoded frame without a timestamp"
+    return float(pts * time_base * 1000)
+
+
 def _keyframes_ms(path: Path, title: str) -> list[int]:
     with av.open(str(path)) as container:
         stream = next(s for s in container.streams if s.metadata.get("title") == title)
         return [
-            int(packet.pts * packet.time_base * 1000)
+            int(_ms(packet.pts, packet.time_base))
             for packet in container.demux(stream)
             if packet.size and packet.is_keyframe
         ]

@@ -76,7 +76,7 @@ async def test_server_killed_mid_recording_finalizes_as_interrupted(
     tmp_path: Path, minio: PrivateMinio
 ) -> None:
     store = minio.environment()
-    server = ServerProcess(tmp_path / "server", **store)
+    server = ServerProcess(tmp_path / "server", store=store)
     server.create_user("teller1", "teller")
     await server.start()
     teller_http, teller, customer, archive_id = await _call(server)
@@ -107,7 +107,7 @@ async def test_archive_store_down_mid_recording_loses_nothing(
         tmp_path / "server",
         VTELLER_STORE__RETRY_BACKOFF_MIN_SECONDS="0.2",
         VTELLER_STORE__RETRY_BACKOFF_MAX_SECONDS="1",
-        **store,
+        store=store,
     )
     server.create_user("teller1", "teller")
     await server.start()
@@ -142,11 +142,13 @@ async def test_archive_store_down_mid_recording_loses_nothing(
 
 
 async def test_without_an_archive_store_calls_record_and_say_why(tmp_path: Path) -> None:
+    from pydantic import SecretStr
+
     from recorder.store.config import StoreSettings as Store
     from tests.integration.test_call import _teller_and_customer
     from tests.support.server import running_server, test_settings
 
-    unconfigured = Store(access_key="", secret_key="")
+    unconfigured = Store(access_key="", secret_key=SecretStr(""))
     async with running_server(test_settings(tmp_path, store=unconfigured)) as server:
         teller, customer, _ = await _teller_and_customer(server)
         try:

@@ -20,6 +20,8 @@ from tests.support.server import ApiClient, RunningServer
 
 # An archive that does not exist: the role check comes before the lookup, so the answer is
 # "forbidden", never "unknown", for a role that may not look at archives at all.
+# (method, path, JSON body or None)
+Action = tuple[str, str, dict[str, Any] | None]
 ARCHIVE = "00000000-0000-4000-8000-000000000000"
 
 pytestmark = pytest.mark.usefixtures("cheap_password_hashing")
@@ -56,11 +58,11 @@ async def test_every_role_is_refused_what_it_must_not_do(server: RunningServer) 
     )["transaction"]["id"]
     wang = (await teller.call("GET", "/api/v1/auth/me"))["user"]["id"]
 
-    approve = ("POST", f"/api/v1/transactions/{tid}/approve", {})
+    approve: Action = ("POST", f"/api/v1/transactions/{tid}/approve", {})
     override = ("POST", f"/api/v1/transactions/{tid}/override", {"reason": "理由足够长的一段说明"})
-    search = ("POST", "/api/v1/auditor/search", {})
+    search: Action = ("POST", "/api/v1/auditor/search", {})
     open_archive = ("GET", f"/api/v1/auditor/archives/{ARCHIVE}", None)
-    playback = ("POST", f"/api/v1/auditor/archives/{ARCHIVE}/playback", {})
+    playback: Action = ("POST", f"/api/v1/auditor/archives/{ARCHIVE}/playback", {})
     media = ("GET", f"/api/v1/auditor/archives/{ARCHIVE}/media/customer.webm", None)
     export = ("GET", f"/api/v1/auditor/archives/{ARCHIVE}/export", None)
     hold = ("POST", f"/api/v1/auditor/archives/{ARCHIVE}/hold", {"held": True, "reason": "调查"})
@@ -72,8 +74,8 @@ async def test_every_role_is_refused_what_it_must_not_do(server: RunningServer) 
     )
     skills = ("POST", f"/api/v1/queue/tellers/{wang}/skills", {"skills": ["wealth"]})
     review = ("POST", "/api/v1/reviews/1", {"decision": "approved", "note": "看过了"})
-    retry = ("POST", "/api/v1/webhooks/deliveries/x/retry", {})
-    take = ("POST", "/api/v1/queue/take", {})
+    retry: Action = ("POST", "/api/v1/webhooks/deliveries/x/retry", {})
+    take: Action = ("POST", "/api/v1/queue/take", {})
     dashboard = ("GET", "/api/v1/queue/dashboard", None)
     invite = ("POST", "/api/v1/invitations", {"business": "wealth"})
     create_tx = ("POST", f"/api/v1/sessions/{session}/transactions", purchase(1_000_00))

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import aiohttp
@@ -17,7 +18,15 @@ from tests.support.server import PASSWORD
 
 
 class ServerProcess:
-    def __init__(self, data_dir: Path, *, workers: int = 1, **settings: str) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        workers: int = 1,
+        store: Mapping[str, str] | None = None,
+        **settings: str,
+    ) -> None:
+        """`store`: the archive store's VTELLER_S3_* variables; `settings`: other VTELLER_*."""
         self.port = free_port(consecutive=workers)  # worker i takes port + i
         self.workers = workers
         self.env = (
@@ -31,6 +40,7 @@ class ServerProcess:
                 "VTELLER_IDENTITY__PRELOAD": "false",
                 "VTELLER_COMPLIANCE_ANALYSIS": "false",
             }
+            | dict(store or {})
             | settings
         )
         self.process: subprocess.Popen[bytes] | None = None

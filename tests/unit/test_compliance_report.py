@@ -159,6 +159,7 @@ def _write_webm(path: Path, customer_camera: Camera, screen: tuple[int, int] | N
     ]
     streams: list[Any] = []
     for title, _ in titles:
+        stream: Any
         if title.endswith("microphone"):
             stream = out.add_stream("libopus", rate=48000)
             stream.layout = "mono"
@@ -194,9 +195,9 @@ def _write_webm(path: Path, customer_camera: Camera, screen: tuple[int, int] | N
             for ms in range(lo, hi, 200):
                 schedule = customer_camera if title == "customer camera" else []
                 image = np.full((120, 160, 3), colour_at(ms, schedule), dtype=np.uint8)
-                frame = av.VideoFrame.from_ndarray(image, format="bgr24")
-                frame.pts, frame.time_base = ms // 200, fractions.Fraction(1, 5)
-                packets += stream.encode(frame)
+                picture = av.VideoFrame.from_ndarray(image, format="bgr24")
+                picture.pts, picture.time_base = ms // 200, fractions.Fraction(1, 5)
+                packets += stream.encode(picture)
         packets += stream.encode(None)
     for packet in sorted(packets, key=lambda p: (float(p.pts * p.time_base), p.stream.index)):
         out.mux(packet)

@@ -70,14 +70,14 @@ def _id(expectation: dict[str, str]) -> str:
 
 @pytest.mark.parametrize("expectation", MANIFEST["expectations"], ids=_id)
 def test_fixture_gets_the_expected_decision(
-    recognizer: CachingRecognizer, expectation: dict[str, str]
+    recognizer: CachingRecognizer, expectation: dict[str, Any]
 ) -> None:
     verdict = check_line(
         recognizer,
         load_wav(SPEECH / expectation["file"]),
         load_script(expectation["script"]),
         expectation["moment"],
-        expectation["speaker"],  # type: ignore[arg-type]
+        expectation["speaker"],
         expectation["values"],
     )
     assert verdict.decision == expectation["decision"], _explain(verdict)

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server.identity.engines import IdentityConfig, IdentityEngines
+from server.identity.config import IdentityConfig
+from server.identity.engines import IdentityEngines
 from server.identity.face import Face, FaceEngine
 from server.identity.face.insight import InsightFaceEngine, pack_from_vectron_wheel
 from server.identity.face.match import THRESHOLDS, Decision, MatchReason, match

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import fractions
-from typing import Any
+from typing import Any, cast
 
 import av
 import numpy as np
 
 from compliance.asr import SAMPLE_RATE
 from compliance.sales_script import Moment, load_script
-from server.recording.live_checks import Camera, LiveChecks
+from server.recording.live_checks import Camera, FaceObserver, LiveChecks
 from server.recording.live_speech import Hearing
 from server.sfu.decoded_audio import HeardMicrophone, Segmenter, VadConfig
 from server.sfu.encoded import EncodedFrame, FrameSink
@@ -23,7 +23,7 @@ from tests.integration.test_live_checks import _Events
 def _tone(seconds: float, dbfs: float, rate: int = SAMPLE_RATE) -> np.ndarray:
     t = np.arange(round(seconds * rate)) / rate
     amplitude = 10 ** (dbfs / 20) * np.sqrt(2)  # a sine's RMS is its amplitude / sqrt(2)
-    return (amplitude * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    return np.asarray(amplitude * np.sin(2 * np.pi * 440 * t), dtype=np.float32)
 
 
 def _blocks(audio: np.ndarray) -> list[np.ndarray]:
@@ -97,7 +97,7 @@ def _opus(audio: np.ndarray) -> list[bytes]:
 async def test_a_microphone_is_heard_beside_forwarding() -> None:
     quiet = _tone(0.5, -70)
     packets = _opus(np.concatenate([quiet, _tone(1.5, -20), quiet, quiet]))
-    source = _Source()
+    source: Any = _Source()  # stands in for an EncodedSource
     heard = HeardMicrophone(source, VadConfig(poll_seconds=0.01))
     utterances = heard.utterances()
     first = asyncio.ensure_future(anext(utterances))
@@ -180,7 +180,7 @@ class _Listener:
 
 async def test_the_warning_lists_fewer_phrases_as_they_are_heard_and_ends() -> None:
     sent: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    microphone = _Source()
+    microphone: Any = _Source()
     listener = _Listener(
         "本产品保本，投资没有风险。",  # the opposite: nothing required heard
         "理财非存款，产品有风险。",
@@ -189,7 +189,7 @@ async def test_the_warning_lists_fewer_phrases_as_they_are_heard_and_ends() -> N
     events = _Events()
     checks = LiveChecks(
         "s",
-        object(),  # type: ignore[arg-type]  (no camera is published: no face is counted)
+        cast(FaceObserver, object()),  # no camera is published: no face is counted
         events,
         sent.put,
         lambda: [Camera("t", "teller", None, microphone)],
