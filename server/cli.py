@@ -128,8 +128,18 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         )
         return 1
     print(f"vteller {__version__} listening on http://{host}:{port}", file=sys.stderr)
+    _one_opencv_thread()
     web.run_app(create_app(settings), sock=listener, print=None, access_log_class=AccessLogger)
     return 0
+
+
+def _one_opencv_thread() -> None:
+    # There is one worker per core. OpenCV's own pool (a thread per CPU by default) in every
+    # worker would oversubscribe the cores N times over, and one thread costs less CPU per face
+    # detection anyway (YuNet at 512 px: docs/benchmarks.md "Face detection threads").
+    import cv2
+
+    cv2.setNumThreads(1)
 
 
 def _create_user(args: argparse.Namespace, settings: Settings) -> int:
