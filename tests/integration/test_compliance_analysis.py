@@ -30,7 +30,7 @@ from recorder.verify import verify_archive
 from tests.fixtures.idcards import load_face
 from tests.fixtures.liveness import webcam_frame
 from tests.integration.test_call import _teller_and_customer
-from tests.integration.test_recording import _keys, _record, _sealed, _stored, _vteller
+from tests.integration.test_recording import _keys, _recorded, _stored, _vteller
 from tests.support.bot import Bot, FramesTrack, WavTrack
 from tests.support.server import RunningServer
 
@@ -86,12 +86,14 @@ async def _call(server: RunningServer, disclosure: str) -> str:
     teller_mic, customer_mic = WavTrack(), WavTrack()
     teller.audio, teller.video = teller_mic, _camera("biden.jpg")
     customer.audio, customer.video = customer_mic, _camera("obama.jpg")
-    try:
+
+    async def joined() -> None:
         await teller.join()
         await customer.join()
         await teller.wait_for_media(customer.participant_id, "camera")
         await customer.wait_for_media(teller.participant_id, "camera")
-        started = await _record(server, teller, customer)  # consent.start at media time 0
+
+    async def read_out() -> None:  # consent.start is at media time 0
         teller_mic.say(SPEECH / "teller_consent.wav")
         await teller_mic.idle()
         customer_mic.say(SPEECH / "customer_agree.wav")
@@ -105,15 +107,8 @@ async def _call(server: RunningServer, disclosure: str) -> str:
         await customer_mic.idle()
         await asyncio.sleep(1.0)
         await _mark(teller, "risk_disclosure", "end")
-        await teller.send({"type": "recording_stop"})
-        sealed = await _sealed(teller)
-        assert sealed["state"] == "sealed"
-    finally:
-        await customer.close()
-        await teller.close()
-    archive_id = str(started["archive_id"])
-    await _stored(server, archive_id)
-    return archive_id
+
+    return await _recorded(server, teller, customer, read_out, joined)
 
 
 async def _analyze(

@@ -52,14 +52,15 @@ async def _recorded(
     before: Callable[[], Awaitable[None]] | None = None,
 ) -> str:
     """Run `before`, record `while_recording`, and close both bots; the archive id once the
-    sealed archive is in the store."""
+    sealed (not interrupted) archive is in the store."""
     try:
         if before is not None:
             await before()
         started = await _record(server, teller, customer)
         await while_recording()
         await teller.send({"type": "recording_stop"})
-        await _sealed(teller)
+        sealed = await _sealed(teller)
+        assert sealed["state"] == "sealed", sealed
     finally:
         await customer.close()
         await teller.close()
