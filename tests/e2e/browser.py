@@ -28,17 +28,21 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from playwright.async_api import Browser, ConsoleMessage, Page, Playwright
+from playwright.async_api import Browser, ConsoleMessage, Page, Playwright, WebSocket
 from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
 from tests.fixtures.media import ParticipantMedia
 
 log = logging.getLogger("vteller.e2e.browser")
+# INFO reaches pytest's capture (the root logger stays at WARNING): shown only for a failing test.
+log.setLevel(logging.INFO)
+# A signaling frame is logged up to this many characters (an SDP is long and says little here).
+_FRAME_CHARS = 400
 
 DEFAULT_CHROMIUM = "/usr/bin/chromium"
 # Generous: page load to first remote frame took up to 4 s with both cores busy.
@@ -123,8 +127,9 @@ async def participant_page(
 ) -> AsyncIterator[Page]:
     """One participant: its own browser, a fresh context and one page.
 
-    The page's console and uncaught errors go to the ``vteller.e2e.browser`` logger,
-    so pytest shows them next to a failing test.
+    The page's console, uncaught errors and signaling frames (text, shortened) go to the
+    ``vteller.e2e.browser`` logger, so pytest shows them next to a failing test: what the page
+    sent and heard is the first question when a step did not happen.
     """
     name = media.role if media else "browser"
     async with launch_participant(
@@ -140,8 +145,21 @@ async def participant_page(
             def on_error(exc: Exception) -> None:
                 log.warning("[%s pageerror] %s", name, exc)
 
+            def on_websocket(ws: WebSocket) -> None:
+                def frame(direction: str) -> Callable[[str | bytes], None]:
+                    def logged(payload: str | bytes) -> None:
+                        if isinstance(payload, str):
+                            log.info("[%s ws %s] %s", name, direction, payload[:_FRAME_CHARS])
+
+                    return logged
+
+                ws.on("framesent", frame("sent"))
+                ws.on("framereceived", frame("received"))
+                ws.on("close", lambda _: log.info("[%s ws closed] %s", name, ws.url))
+
             page.on("console", on_console)
             page.on("pageerror", on_error)
+            page.on("websocket", on_websocket)
             yield page
         finally:
             await context.close()

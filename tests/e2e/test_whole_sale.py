@@ -180,6 +180,8 @@ async def record_sale(
             await during[moment]()
         await asyncio.sleep(TAIL_S)
         await toggle.click()
+        # As a teller does: the moment shown ended before the next one is started.
+        await expect(row).not_to_have_class(re.compile(r"\bis-open\b"))
     await teller.click("#recording-stop")
     await teller.click("#confirm-yes")
     await expect(state).to_have_attribute("data-state", "sealed", timeout=CALL_TIMEOUT_MS)
