@@ -13,7 +13,12 @@ class ApiError(Exception):
 
 
 def not_authenticated() -> ApiError:
-    return ApiError(401, "not_authenticated", "Please log in (or open your invitation link) first.")
+    return ApiError(
+        401,
+        "not_authenticated",
+        "Please log in (or open your invitation link) first. A customer's access ends with the "
+        "video session.",
+    )
 
 
 def forbidden(what: str) -> ApiError:

@@ -121,11 +121,24 @@ class RejectBody(_Strict):
 async def parse(request: web.Request, model: type[Body]) -> Body:
     try:
         raw = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(400, "bad_json", "The request body is not valid JSON.") from exc
+    except json.JSONDecodeError as exc:
+        raise _bad_json(f"{exc.msg} at line {exc.lineno}, column {exc.colno}") from exc
+    except LookupError as exc:
+        raise _bad_json(f"the charset {request.charset!r} is unknown; send UTF-8") from exc
+    except UnicodeDecodeError as exc:
+        raise _bad_json("the body is not UTF-8 text") from exc
+    except RecursionError as exc:
+        raise _bad_json("arrays or objects are nested too deeply") from exc
+    except ValueError as exc:
+        # The one ValueError left: an integer longer than Python converts (sys.int_info).
+        raise _bad_json("a number has too many digits") from exc
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or "body"
         raise ApiError(400, "invalid_request", f"{field}: {first['msg']}") from exc
+
+
+def _bad_json(why: str) -> ApiError:
+    return ApiError(400, "bad_json", f"The request body is not valid JSON: {why}.")

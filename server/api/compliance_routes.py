@@ -17,6 +17,18 @@ from server.recording.analysis import AnalysisError
 
 routes = web.RouteTableDef()
 
+_MAX_ROW_ID = 2**63 - 1
+
+
+def _row_id(text: str) -> int | None:
+    """An integer primary key from the path, or None when no row can have it: the database's
+    integers are signed 64-bit, and a larger one overflows in the driver rather than matching
+    nothing."""
+    if not (text.isascii() and text.isdigit()) or len(text) > len(str(_MAX_ROW_ID)):
+        return None
+    value = int(text)
+    return value if 1 <= value <= _MAX_ROW_ID else None
+
 
 def _job_view(job: ComplianceReport) -> dict[str, Any]:
     return {
@@ -108,14 +120,17 @@ async def list_reviews(request: web.Request) -> web.Response:
 async def decide_review(request: web.Request) -> web.Response:
     supervisor = await require(request, Role.SUPERVISOR, action="decide reviews")
     body = await parse(request, ReviewBody)
+    unknown = ApiError(404, "unknown_review", "There is no such review.")
+    review_id = _row_id(request.match_info["review_id"])
+    if review_id is None:
+        raise unknown
     try:
-        review_id = int(request.match_info["review_id"])
         assert supervisor.user_id is not None
         review = await services(request).analysis.decide(
             review_id, supervisor.user_id, body.decision, body.note
         )
-    except (ValueError, KeyError) as exc:
-        raise ApiError(404, "unknown_review", "There is no such review.") from exc
+    except KeyError as exc:
+        raise unknown from exc
     except AnalysisError as exc:
         raise ApiError(409, "already_decided", str(exc)) from exc
     return web.json_response({"review": _review_view(review)})

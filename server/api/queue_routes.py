@@ -26,7 +26,7 @@ from server.context import Services, services
 from server.db.models import QueueTicket
 from server.errors import ApiError
 from server.sessions.views import session_view
-from server.workflow.queue.service import TellerState, invitation_token, waited_seconds
+from server.workflow.queue.service import TellerState, invitation_token
 from server.workflow.queue.views import (
     callback_view,
     customer_ticket_view,
@@ -203,15 +203,7 @@ async def set_status(request: web.Request) -> web.Response:
     teller = await require(request, Role.TELLER, action="set a queue status")
     body = await parse(request, TellerStatusBody)
     svc = services(request)
-    previous = await svc.queue.set_status(teller, body.status)
-    await svc.audit.append(
-        "teller.status_changed",
-        actor=teller.user_id or "",
-        actor_role=teller.role.value,
-        target=teller.user_id or "",
-        detail={"status": body.status, "previous": previous},
-        address=request.remote,
-    )
+    await svc.queue.set_status(teller, body.status, request.remote)
     return web.json_response({"teller": teller_view(await svc.queue.teller(teller.user_id or ""))})
 
 
@@ -219,26 +211,11 @@ async def set_status(request: web.Request) -> web.Response:
 async def take_next(request: web.Request) -> web.Response:
     teller = await require(request, Role.TELLER, action="take customers from the queue")
     svc = services(request)
-    taken = await svc.queue.take_next(teller, await svc.workers.place())
-    ticket = taken.ticket
-    await svc.audit.append(
-        "queue.taken",
-        actor=teller.user_id or "",
-        actor_role=teller.role.value,
-        target=ticket.id,
-        detail={
-            "session_id": taken.session.id,
-            "business": ticket.business,
-            "elderly": ticket.elderly,
-            "assigned": ticket.assigned_to == teller.user_id,
-            "waited_seconds": waited_seconds(ticket.created_at),
-        },
-        address=request.remote,
-    )
+    taken = await svc.queue.take_next(teller, await svc.workers.place(), request.remote)
     return web.json_response(
         {
             "session": session_view(taken.session, teller.role),
-            "ticket": staff_ticket_view(ticket, {}),
+            "ticket": staff_ticket_view(taken.ticket, {}),
         },
         status=201,
     )
@@ -301,14 +278,8 @@ async def assign(request: web.Request) -> web.Response:
     supervisor = await require(request, Role.SUPERVISOR, action="reassign waiting customers")
     body = await parse(request, AssignBody)
     svc = services(request)
-    ticket, previous = await svc.queue.assign(request.match_info["ticket_id"], body.teller_id)
-    await svc.audit.append(
-        "queue.reassigned",
-        actor=supervisor.user_id or "",
-        actor_role=supervisor.role.value,
-        target=ticket.id,
-        detail={"teller_id": body.teller_id, "previous": previous},
-        address=request.remote,
+    ticket = await svc.queue.assign(
+        request.match_info["ticket_id"], body.teller_id, supervisor, request.remote
     )
     names = _names(await svc.queue.tellers())
     return web.json_response({"ticket": staff_ticket_view(ticket, names)})
@@ -327,14 +298,5 @@ async def set_skills(request: web.Request) -> web.Response:
     body = await parse(request, TellerSkillsBody)
     svc = services(request)
     user_id = request.match_info["user_id"]
-    previous = await svc.queue.set_skills(user_id, list(body.skills), changer)
-    state = await svc.queue.teller(user_id)
-    await svc.audit.append(
-        "teller.skills_changed",
-        actor=changer.user_id or "",
-        actor_role=changer.role.value,
-        target=user_id,
-        detail={"skills": state.skills, "previous": previous},
-        address=request.remote,
-    )
-    return web.json_response({"teller": teller_view(state)})
+    await svc.queue.set_skills(user_id, list(body.skills), changer, request.remote)
+    return web.json_response({"teller": teller_view(await svc.queue.teller(user_id))})

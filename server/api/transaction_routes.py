@@ -138,7 +138,20 @@ async def signature_image(request: web.Request) -> web.Response:
         request, Role.TELLER, Role.SUPERVISOR, Role.AUDITOR, action="see signatures"
     )
     row = await _transaction(request, principal)
-    png = await services(request).transactions.signature_png(row)
+    svc = services(request)
+    png = await svc.transactions.signature_png(row)
+    if principal.role is Role.AUDITOR:
+        # As with playback: an auditor sees the customer's decrypted data only on the record.
+        # (The session's teller and supervisors see it in the course of their work.)
+        assert principal.user_id is not None
+        await svc.audit.append(
+            "auditor.signature_viewed",
+            actor=principal.user_id,
+            actor_role=principal.role.value,
+            target=row.id,
+            detail={"session_id": row.session_id},
+            address=request.remote,
+        )
     return web.Response(
         body=png, content_type="image/png", headers={"Cache-Control": "no-store, private"}
     )

@@ -60,6 +60,8 @@ ACTIONS: dict[str, str] = {
     "detail.verified, problems)",
     "auditor.played": "a recording was decrypted for playback in the portal (target: archive id; "
     "detail.views)",
+    "auditor.signature_viewed": "an auditor was shown a customer's decrypted signature image "
+    "(target: transaction id; detail.session_id)",
     "auditor.exported": "an archive's verifiable package was downloaded (target: archive id; "
     "detail.bytes, sha256 of the ZIP)",
     "auditor.hold_set": "a legal hold was set on every object of an archive (target: archive "
@@ -87,6 +89,9 @@ ACTIONS: dict[str, str] = {
     "detail.session_id, kind, product_type, amount_minor, currency, sha256)",
     "transaction.signed": "the customer signed a transaction (target: transaction id; "
     "detail.session_id, sha256, signature_sha256)",
+    "transaction.maker_approved": "the teller who created a transaction approved it, leaving "
+    "the final word to a supervisor (target: transaction id; detail.session_id, sha256, state = "
+    "awaiting_second_approval | awaiting_override, failing)",
     "transaction.approved": "a transaction was finally approved and its record signed (target: "
     "transaction id; detail.session_id, sha256, manifest_sha256, record_sha256, steps)",
     "transaction.rejected": "a teller or supervisor rejected a transaction (target: transaction "

@@ -13,7 +13,7 @@ from server.auth.principal import STAFF_ROLES, Principal, Role
 from server.auth.ratelimit import LoginThrottle
 from server.auth.tokens import digest, new_token
 from server.db.engine import DbSession
-from server.db.models import Participant, StaffLogin, User, utcnow
+from server.db.models import CallSession, Participant, StaffLogin, User, utcnow
 from server.errors import ApiError
 
 STAFF_COOKIE = "vteller_staff"
@@ -106,9 +106,13 @@ class AuthService:
         )
 
     async def customer_principal(self, token: str) -> Principal | None:
+        # A customer's credential is good for one call only: once the session ends it proves
+        # nothing, so nothing can be signed or seen on the customer's behalf after the call.
         async with self._db() as db:
             participant = await db.scalar(
-                select(Participant).where(Participant.credential_hash == digest(token))
+                select(Participant)
+                .join(CallSession, CallSession.id == Participant.session_id)
+                .where(Participant.credential_hash == digest(token), CallSession.state != "ended")
             )
         if participant is None or participant.csrf_token is None:
             return None

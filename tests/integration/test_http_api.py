@@ -378,6 +378,69 @@ async def test_invalid_utf8_body_is_bad_json(server: RunningServer) -> None:
 
 
 @pytest.mark.parametrize(
+    ("data", "content_type", "why"),
+    [
+        (b'{"username": "a"}', "application/json; charset=foo", "charset 'foo' is unknown"),
+        (b"[" * 30_000, "application/json", "nested too deeply"),
+        (b'{"username": ' + b"1" * 5000 + b"}", "application/json", "too many digits"),
+    ],
+)
+async def test_json_python_cannot_read_is_bad_json_not_a_crash(
+    server: RunningServer, data: bytes, content_type: str, why: str
+) -> None:
+    reply = await send(
+        server.client(),
+        "POST",
+        "/api/v1/auth/login",
+        data=data,
+        headers={"Content-Type": content_type},
+    )
+    assert_error(reply, 400, "bad_json")
+    assert why in reply.body["error"]["message"]
+
+
+async def _raw_status(server: RunningServer, head: bytes) -> int:
+    """The status of a request sent byte for byte: clients refuse to send non-UTF-8 headers."""
+    reader, writer = await asyncio.open_connection(server.settings.host, server.settings.port)
+    try:
+        writer.write(head + b"Connection: close\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        status_line = await reader.readline()
+    finally:
+        writer.close()
+    return int(status_line.split()[1])
+
+
+async def test_undecodable_credentials_are_wrong_ones_not_errors(server: RunningServer) -> None:
+    teller = await staff(server, "teller1")
+    token = next(c.value for c in teller.http.cookie_jar if c.key == STAFF_COOKIE)
+    host = f"Host: {server.settings.host}\r\n".encode()
+    for cookie in (STAFF_COOKIE, CUSTOMER_COOKIE):
+        head = b"GET /api/v1/auth/me HTTP/1.1\r\n" + host + f"Cookie: {cookie}=".encode()
+        assert await _raw_status(server, head + b"\xff\xfe\r\n") == 401
+    head = (
+        b"POST /api/v1/auth/logout HTTP/1.1\r\n"
+        + host
+        + f"Cookie: {STAFF_COOKIE}={token}\r\n".encode()
+        + b"X-CSRF-Token: \xff\xfe\r\n"
+    )
+    assert await _raw_status(server, head) == 403
+    head = b"GET /metrics HTTP/1.1\r\n" + host + b"Authorization: Bearer \xff\r\n"
+    assert await _raw_status(server, head) == 401
+    await teller.call("GET", "/api/v1/auth/me")  # the CSRF failure did not log the teller out
+
+
+async def test_ids_no_row_can_have_are_unknown(server: RunningServer) -> None:
+    supervisor = await staff(server, "boss", Role.SUPERVISOR)
+    decision = {"decision": "approved", "note": "已回看录像"}
+    for review_id in ("99999999999999999999999", str(2**63), "0", "-1", "1e3", "١", "9" * 5000):
+        reply = await send(
+            supervisor, "POST", f"/api/v1/reviews/{review_id}", decision, csrf=supervisor.csrf
+        )
+        assert_error(reply, 404, "unknown_review")
+
+
+@pytest.mark.parametrize(
     ("body", "field"),
     [
         ({}, "business"),

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, select, text, update
 
 from server.auth.principal import Role
 from server.db.models import (
@@ -430,6 +430,41 @@ async def test_supervisor_reassigns_a_waiting_customer(server: RunningServer) ->
 
     assert_error(await _assign(supervisor, view["id"], second_id), 409, "ticket_not_waiting")
     assert_error(await _assign(supervisor, "q_nope", second_id), 404, "ticket_unknown")
+
+
+async def test_without_the_audit_log_queue_changes_are_not_made(server: RunningServer) -> None:
+    supervisor = await staff(server, "chen", Role.SUPERVISOR)
+    teller, teller_id = await on_duty(server, "wang", ["wealth"], supervisor)
+    _, other_id = await on_duty(server, "li", ["wealth"], supervisor)
+    customer = await join(server, "wealth")
+    view = await ticket(customer)
+    async with server.services.engine.begin() as connection:
+        await connection.execute(text("ALTER TABLE audit_log RENAME TO audit_log_away"))
+    try:
+        refused = [
+            await send(
+                teller, "POST", "/api/v1/queue/me/status", {"status": "away"}, csrf=teller.csrf
+            ),
+            await send(
+                supervisor,
+                "POST",
+                f"/api/v1/queue/tellers/{teller_id}/skills",
+                {"skills": ["general"]},
+                csrf=supervisor.csrf,
+            ),
+            await _assign(supervisor, view["id"], other_id),
+            await send(teller, "POST", "/api/v1/queue/take", csrf=teller.csrf),
+        ]
+    finally:
+        async with server.services.engine.begin() as connection:
+            await connection.execute(text("ALTER TABLE audit_log_away RENAME TO audit_log"))
+    for reply in refused:
+        assert_error(reply, 503, "audit_unavailable")
+    board = await supervisor.call("GET", "/api/v1/queue/dashboard")
+    wang = next(t for t in board["tellers"] if t["user"]["id"] == teller_id)
+    assert (wang["status"], wang["skills"]) == ("available", ["wealth"])
+    assert [(t["id"], t["assigned_to"]) for t in board["queue"]] == [(view["id"], None)]
+    assert (await ticket(customer))["join_url"] is None
 
 
 async def _assign(supervisor: ApiClient, ticket_id: str, teller_id: str) -> Reply:

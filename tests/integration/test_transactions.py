@@ -9,13 +9,15 @@ import io
 import json
 from typing import Any
 
+import pytest
 from PIL import Image, ImageDraw
 from sqlalchemy import select, update
 
 from recorder.seal.signing import load_public_keys
 from recorder.store.s3 import ArchiveBucket, S3Archive
-from server.auth.principal import Role
+from server.auth.principal import Principal, Role
 from server.db.models import Archive, AuditEntry, ComplianceReport, ComplianceReview, User
+from server.errors import ApiError
 from server.workflow.transactions.approvals import verify_approval
 from tests.integration.test_call import _teller_and_customer
 from tests.integration.test_recording import _record, _sealed, _vteller
@@ -297,6 +299,9 @@ async def test_signed_in_the_recording_approved_by_rule_by_four_eyes_and_overrid
             (e.action, e.target)
             for e in await db.scalars(select(AuditEntry).order_by(AuditEntry.seq))
         ]
+    # The teller's approvals that left the word to a supervisor: an override, a second approval.
+    assert ("transaction.maker_approved", third["id"]) in actions
+    assert ("transaction.maker_approved", big["id"]) in actions
     assert ("transaction.overridden", third["id"]) in actions
     assert ("transaction.created", big["id"]) in actions
     assert [a for a, t in actions if t == big["id"]].count("transaction.signed") == 2
@@ -395,6 +400,88 @@ async def test_bad_input_is_refused_with_what_to_do(server: RunningServer) -> No
     await sign(customer, tid, signature_png(), expect=409)  # approved: no signing again
     await teller.call(
         "POST", f"/api/v1/transactions/{tid}/reject", {"reason": "客户改主意"}, expect=409
+    )
+
+
+async def test_the_customer_cannot_sign_after_the_session_ended(server: RunningServer) -> None:
+    teller, session_id, customer = await _session(server, "teller1", "general")
+    path = f"/api/v1/sessions/{session_id}/transactions"
+    tid = (await teller.call("POST", path, purchase(1_000, "deposit"), expect=201))["transaction"][
+        "id"
+    ]
+    me = await customer.call("GET", "/api/v1/customer/me")
+    await teller.call("POST", f"/api/v1/sessions/{session_id}/end")
+
+    # The customer's credential ended with the call...
+    refused = await sign(customer, tid, signature_png(), expect=401)
+    assert refused["error"]["code"] == "not_authenticated"
+    assert "ends with the video session" in refused["error"]["message"]
+    await customer.call("GET", "/api/v1/customer/me", expect=401)
+    # ...and the service refuses on its own, for a request admitted just before the end.
+    admitted = Principal(
+        role=Role.CUSTOMER,
+        display_name="张先生",
+        csrf_token=me["csrf_token"],
+        participant_id=me["participant"]["id"],
+        session_id=session_id,
+    )
+    transactions = server.services.transactions
+    with pytest.raises(ApiError) as late:
+        await transactions.sign(await transactions.get(tid), admitted, signature_png())
+    assert (late.value.status, late.value.code) == (409, "session_ended")
+    assert _failing(await _approve(teller, tid, expect=409)) == {"not_signed"}
+
+
+async def test_the_makers_approval_is_logged_before_a_supervisor_decides(
+    server: RunningServer,
+) -> None:
+    teller, session_id, customer = await _session(server, "teller1", "general")
+    path = f"/api/v1/sessions/{session_id}/transactions"
+    tid = (await teller.call("POST", path, purchase(9_000_000, "deposit"), expect=201))[
+        "transaction"
+    ]["id"]
+    await sign(customer, tid, signature_png())
+    first = await _approve(teller, tid)
+    assert first["transaction"]["state"] == "awaiting_second_approval"
+    logged = [e for e in await server.services.audit.tail(100) if e.target == tid]
+    assert [e.action for e in logged] == [
+        "transaction.created",
+        "transaction.signed",
+        "transaction.maker_approved",
+    ]
+    maker = logged[-1]
+    assert (maker.actor, maker.actor_role) == (first["transaction"]["created_by"], "teller")
+    assert maker.detail == {
+        "session_id": session_id,
+        "sha256": first["transaction"]["sha256"],
+        "state": "awaiting_second_approval",
+        "failing": [],
+    }
+
+
+async def test_an_auditor_viewing_a_signature_is_logged(server: RunningServer) -> None:
+    teller, session_id, customer = await _session(server, "teller1", "general")
+    path = f"/api/v1/sessions/{session_id}/transactions"
+    tid = (await teller.call("POST", path, purchase(1_000, "deposit"), expect=201))["transaction"][
+        "id"
+    ]
+    auditor = await _staff(server, "audit", Role.AUDITOR)
+    image = f"{server.url}/api/v1/transactions/{tid}/signature.png"
+    async with auditor.http.get(image) as response:
+        assert response.status == 404  # nothing was shown, so nothing is logged
+
+    await sign(customer, tid, signature_png())
+    for client in (teller, auditor):
+        async with client.http.get(image) as response:
+            assert response.status == 200 and response.content_type == "image/png"
+    viewed = [
+        e for e in await server.services.audit.tail(100) if e.action == "auditor.signature_viewed"
+    ]
+    assert len(viewed) == 1
+    assert (viewed[0].target, viewed[0].actor_role, viewed[0].detail) == (
+        tid,
+        "auditor",
+        {"session_id": session_id},
     )
 
 

@@ -286,3 +286,13 @@ def test_same_compares_exactly() -> None:
     assert not same(token, token + "x")
     assert not same(token, token.upper() if token != token.upper() else token.lower())
     assert not same("", token)
+
+
+def test_tokens_from_undecodable_headers_are_just_wrong() -> None:
+    # aiohttp hands header bytes that are not UTF-8 over as lone surrogates.
+    sent = b"\xff\xfe".decode("utf-8", "surrogateescape")
+    token = new_token()
+    assert not same(sent, token) and not same(token, sent)
+    assert same(sent, sent)
+    assert re.fullmatch(r"[0-9a-f]{64}", digest(sent)) and digest(sent) != digest(token)
+    assert digest("\ud800") != digest(sent)

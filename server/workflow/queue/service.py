@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy import and_, case, func, or_, select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
@@ -359,23 +359,59 @@ class QueueService:
             profile.current_session_id if in_call else None,
         )
 
-    async def set_status(self, teller: Principal, status: TellerStatus) -> str:
-        """Set the teller's chosen status; returns the previous effective one."""
+    async def set_status(
+        self, teller: Principal, status: TellerStatus, address: str | None
+    ) -> None:
+        """Set the teller's chosen status."""
         previous = await self.teller(teller.user_id or "")
+        await self._log(
+            "teller.status_changed",
+            teller,
+            previous.user.id,
+            {"status": status, "previous": previous.status},
+            address,
+        )
         async with self._db() as db, db.begin():
             profile = await self._profile(db, previous.user.id)
             profile.status = status
             profile.status_at = utcnow()
-        return previous.status
 
-    async def set_skills(self, user_id: str, skills: list[str], by: Principal) -> list[str]:
-        """Set a teller's skills; returns the previous ones."""
+    async def set_skills(
+        self, user_id: str, skills: list[str], by: Principal, address: str | None
+    ) -> None:
+        """Set a teller's skills."""
         previous = await self.teller(user_id)
+        chosen = sorted(set(skills))
+        await self._log(
+            "teller.skills_changed",
+            by,
+            user_id,
+            {"skills": chosen, "previous": previous.skills},
+            address,
+        )
         async with self._db() as db, db.begin():
             profile = await self._profile(db, user_id)
-            profile.skills = sorted(set(skills))
+            profile.skills = chosen
             profile.updated_by = by.user_id
-        return previous.skills
+
+    async def _log(
+        self,
+        action: str,
+        by: Principal,
+        target: str,
+        detail: dict[str, Any],
+        address: str | None,
+    ) -> None:
+        """A staff member's change, logged before it is written (docs/audit-log.md section 4):
+        if the log cannot take the entry, the change does not happen."""
+        await self._audit.append(
+            action,
+            actor=by.user_id or "",
+            actor_role=by.role.value,
+            target=target,
+            detail=detail,
+            address=address,
+        )
 
     async def _profile(self, db: DbSession, user_id: str) -> TellerProfile:
         profile = await db.get(TellerProfile, user_id)
@@ -388,7 +424,9 @@ class QueueService:
 
     # -- taking and routing ------------------------------------------------------------------
 
-    async def take_next(self, teller: Principal, worker_id: str | None) -> Taken:
+    async def take_next(
+        self, teller: Principal, worker_id: str | None, address: str | None
+    ) -> Taken:
         state = await self.teller(teller.user_id or "")
         if state.status == "in_call":
             raise ApiError(
@@ -415,6 +453,20 @@ class QueueService:
                 worker_id,
                 ticket.invitation_hash,
                 via="queue",
+            )
+            # Before the ticket names its session: that is what hands the customer the link.
+            await self._log(
+                "queue.taken",
+                teller,
+                ticket.id,
+                {
+                    "session_id": session.id,
+                    "business": ticket.business,
+                    "elderly": ticket.elderly,
+                    "assigned": ticket.assigned_to == teller.user_id,
+                    "waited_seconds": waited_seconds(ticket.created_at),
+                },
+                address,
             )
         except BaseException:
             # The customer keeps their place if the session could not be created.
@@ -470,21 +522,32 @@ class QueueService:
                     return candidate
         raise ApiError(404, "queue_empty", "Nobody you can serve is waiting right now.")
 
-    async def assign(self, ticket_id: str, teller_id: str) -> tuple[QueueTicket, str | None]:
-        """Route a waiting ticket to one teller; returns it and whom it was assigned to before."""
+    async def assign(
+        self, ticket_id: str, teller_id: str, by: Principal, address: str | None
+    ) -> QueueTicket:
+        """Route a waiting ticket to one teller."""
         teller = await self.teller(teller_id)
-        async with self._db() as db, db.begin():
+        async with self._db() as db:
             ticket = await db.get(QueueTicket, ticket_id)
-            if ticket is None:
-                raise _unknown_ticket()
-            if ticket.business not in teller.skills:
-                raise ApiError(
-                    409,
-                    "skill_missing",
-                    f"{teller.user.display_name} may not serve this business; "
-                    "change their skills first.",
-                )
-            previous = ticket.assigned_to
+        if ticket is None:
+            raise _unknown_ticket()
+        if ticket.business not in teller.skills:
+            raise ApiError(
+                409,
+                "skill_missing",
+                f"{teller.user.display_name} may not serve this business; "
+                "change their skills first.",
+            )
+        if ticket.state != "waiting":
+            raise _not_waiting()
+        await self._log(
+            "queue.reassigned",
+            by,
+            ticket.id,
+            {"teller_id": teller_id, "previous": ticket.assigned_to},
+            address,
+        )
+        async with self._db() as db, db.begin():
             moved = await db.execute(
                 update(QueueTicket)
                 .where(QueueTicket.id == ticket_id, QueueTicket.state == "waiting")
@@ -493,8 +556,8 @@ class QueueService:
             )
             if moved.rowcount != 1:  # type: ignore[attr-defined]
                 raise _not_waiting()
-            ticket.assigned_to = teller_id
-        return ticket, previous
+        ticket.assigned_to = teller_id
+        return ticket
 
     async def waiting(self) -> list[QueueTicket]:
         await self.sweep()

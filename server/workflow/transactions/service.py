@@ -217,6 +217,19 @@ class Transactions:
         assert customer.participant_id is not None
         if row.state not in SIGNABLE_STATES:
             raise _conflict(row, "be signed")
+        # The customer's credential already stops working with the session; this holds even for
+        # a request that was admitted just before the session ended.
+        async with self._db() as db:
+            session_state = await db.scalar(
+                select(CallSession.state).where(CallSession.id == row.session_id)
+            )
+        if session_state == "ended":
+            raise ApiError(
+                409,
+                "session_ended",
+                "The video session has ended, so this transaction can no longer be signed; the "
+                "teller can start a new session.",
+            )
         try:
             signature = await asyncio.to_thread(validate_signature, png, self.config)
         except SignatureRejected as exc:
@@ -282,27 +295,44 @@ class Transactions:
         if failed:
             overridable = all(c.check in self.config.overridable_checks for c in failed)
             if overridable and row.state == "signed":
-                await self._decide(row, teller, "maker", None, checks, ("signed",))
-                row = await self._transition(
-                    row, ("signed",), {"state": "awaiting_override"}, "wait for an override"
-                )
-                await self._announce(row)
+                await self._to_supervisor(row, teller, checks, ("signed",), "awaiting_override")
             raise ChecksFailed(
                 "The transaction cannot be approved yet"
                 + (": a supervisor may override with a reason." if overridable else "."),
                 checks,
             )
-        await self._decide(row, teller, "maker", None, checks, ("signed", "awaiting_override"))
         if self.needs_second_approval(row):
-            row = await self._transition(
-                row,
-                ("signed", "awaiting_override"),
-                {"state": "awaiting_second_approval"},
-                "wait for a second approval",
+            row = await self._to_supervisor(
+                row, teller, checks, ("signed", "awaiting_override"), "awaiting_second_approval"
             )
-            await self._announce(row)
             return Decided(row, checks, None)
+        await self._decide(row, teller, "maker", None, checks, ("signed", "awaiting_override"))
         return await self._finish(row, facts, checks, ("signed", "awaiting_override"))
+
+    async def _to_supervisor(
+        self,
+        row: Transaction,
+        teller: Principal,
+        checks: list[CheckResult],
+        states: tuple[str, ...],
+        state: str,
+    ) -> Transaction:
+        """The maker's approval that leaves the final word to a supervisor. A final approval is
+        logged by `_finish` instead (`transaction.approved`, with the maker's step)."""
+        assert teller.user_id is not None
+        await self._log(
+            "transaction.maker_approved",
+            row,
+            teller.user_id,
+            teller.role,
+            sha256=row.sha256,
+            state=state,
+            failing=[c.check for c in checks if not c.passed],
+        )
+        await self._decide(row, teller, "maker", None, checks, states)
+        fresh = await self._transition(row, states, {"state": state}, "wait for a supervisor")
+        await self._announce(fresh)
+        return fresh
 
     async def _checker_approves(self, row: Transaction, supervisor: Principal) -> Decided:
         await self._not_the_maker(row, supervisor)
