@@ -116,10 +116,12 @@ one the bank has given you through another channel (letter, website). The key id
 
 Verify with vteller
 
-  vteller verify THIS_DIRECTORY
+  vteller verify --keys THE_BANKS_PUBLIC_KEY.pem THIS_DIRECTORY
 
 It checks the signature, that manifest.json is in canonical form, and that every segment is
-present, has the listed size and SHA-256, and that no segment is missing or added.
+present, has the listed size and SHA-256, and that no segment is missing or added, and prints
+the id of the key that signed. Without --keys it uses keys/ of this directory and says so: then
+compare the key id it prints with the bank's.
 
 Verify without vteller (OpenSSL 3, coreutils, jq), from inside this directory
 

@@ -4,7 +4,8 @@ If the process dies mid-recording, the segments are in the spool or the archive 
 manifest that lists them was never written. The journal holds everything the manifest needs
 (the wrapped data key, every sealed segment, marks, presence, tracks, identity), one fsync'ed
 JSON line per event, so that on restart the archive is finalized as "interrupted" and still
-verifies.
+verifies. A segment is journaled before it is spooled, so every segment object that can exist
+is in the journal; recovery drops the last ones if they never reached the spool.
 """
 
 from __future__ import annotations
@@ -15,13 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recorder.seal.files import ensure_private_dir
+from recorder.seal.files import create_private_file
+
+BROKEN_SUFFIX = ".broken"
 
 
 @dataclass
 class JournalState:
     header: dict[str, Any]
     segments: list[dict[str, Any]] = field(default_factory=list)
+    segment_cut_ms: list[int] = field(default_factory=list)  # media time each segment ended
     marks: list[dict[str, Any]] = field(default_factory=list)
     presence: list[dict[str, Any]] = field(default_factory=list)
     tracks: list[dict[str, Any]] = field(default_factory=list)
@@ -37,32 +41,41 @@ class JournalState:
 class Journal:
     def __init__(self, path: Path) -> None:
         self.path = path
+        # False until this object has seen the file end in a newline: a line cut short by a crash
+        # or a full disk (here or in an earlier process) must not swallow the next one.
+        self._ends_cleanly = False
 
     @classmethod
     def create(cls, directory: Path, archive_id: str, header: dict[str, Any]) -> Journal:
-        ensure_private_dir(directory)
         journal = cls(directory / f"{archive_id}.jsonl")
-        fd = os.open(journal.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
-        os.close(fd)
-        journal.append("header", header)
+        # Created with its header in one go (and its directory synced): a journal either has a
+        # header or does not exist, even after a full disk or a power loss.
+        create_private_file(journal.path, _line("header", header))
+        journal._ends_cleanly = True
         return journal
 
     def append(self, kind: str, record: dict[str, Any]) -> None:
         """Durable before it returns (called from a thread, never on the event loop)."""
-        line = json.dumps({"kind": kind, **record}, ensure_ascii=False, separators=(",", ":"))
-        with self.path.open("a", encoding="utf-8") as fh:
-            fh.write(line + "\n")
+        line = _line(kind, record)
+        with self.path.open("a+b") as fh:
+            if not self._ends_cleanly and fh.seek(0, os.SEEK_END) > 0:
+                fh.seek(-1, os.SEEK_END)
+                if fh.read(1) != b"\n":
+                    line = b"\n" + line  # the torn line stays, as a line read() skips
+            self._ends_cleanly = False
+            fh.write(line)
             fh.flush()
             os.fsync(fh.fileno())
+        self._ends_cleanly = True
 
     def read(self) -> JournalState:
         state: JournalState | None = None
-        with self.path.open(encoding="utf-8") as fh:
+        with self.path.open("rb") as fh:
             for raw in fh:
                 try:
                     record = json.loads(raw)
-                except json.JSONDecodeError:
-                    break  # a line cut short by the crash: everything before it holds
+                except ValueError:  # also a UTF-8 sequence cut in half
+                    continue  # a line cut short by a crash or a full disk: the others hold
                 kind = record.pop("kind")
                 if kind == "header":
                     state = JournalState(header=record)
@@ -71,6 +84,7 @@ class Journal:
                     raise ValueError(f"{self.path}: no header line")
                 if kind == "segment":
                     state.segments.append(record["entry"])
+                    state.segment_cut_ms.append(record["media_ms"])
                     state.last_media_ms = record["media_ms"]
                     state.last_wall = record["wall"]
                 elif kind == "mark":
@@ -93,12 +107,20 @@ class Journal:
             raise ValueError(f"{self.path}: empty journal")
         return state
 
+    def set_aside(self) -> Path:
+        """Rename an unusable journal out of the way (kept for an operator, never deleted)."""
+        broken = self.path.with_name(self.path.name + BROKEN_SUFFIX)
+        os.replace(self.path, broken)
+        return broken
+
     @staticmethod
-    def unsealed(directory: Path) -> list[Journal]:
+    def found(directory: Path) -> list[Journal]:
+        """Every journal in `directory`, sealed or not (those set aside excluded)."""
         if not directory.is_dir():
             return []
-        return [
-            journal
-            for journal in (Journal(p) for p in sorted(directory.glob("*.jsonl")))
-            if not journal.read().sealed
-        ]
+        return [Journal(p) for p in sorted(directory.glob("*.jsonl"))]
+
+
+def _line(kind: str, record: dict[str, Any]) -> bytes:
+    text = json.dumps({"kind": kind, **record}, ensure_ascii=False, separators=(",", ":"))
+    return (text + "\n").encode("utf-8")

@@ -1,7 +1,7 @@
 """One dual recording, from the consent moment to the signed manifest in the archive store.
 
 Data flow: SFU EncodedSource -> SlotFeed -> RecordingWriter (mux + encrypt, own thread) ->
-sealed segment -> spool (durable) -> journal -> Uploader -> archive store. At the end the signed
+sealed segment -> journal -> spool (durable) -> Uploader -> archive store. At the end the signed
 manifest is chained to the previous archive's and spooled beside the segments.
 """
 
@@ -44,6 +44,10 @@ from server.sfu.encoded import EncodedSource
 log = structlog.get_logger(__name__)
 
 RECORDER_VERSION = f"vteller-recorder {__version__}"
+# A full or unwritable spool/journal disk is retried this often (doubling up to the maximum) until
+# an operator frees space; the recording's manifest is sealed only once everything is written.
+STORE_RETRY_FIRST_SECONDS = 0.5
+STORE_RETRY_MAX_SECONDS = 10.0
 
 
 def archive_prefix(archive_id: str) -> str:
@@ -72,6 +76,12 @@ class ChainHead(Protocol):
         ...
 
 
+class ArchiveListing(Protocol):
+    """The names the archive store holds (ArchiveBucket); raises while the store is down."""
+
+    async def list(self, prefix: str = "") -> list[str]: ...
+
+
 @dataclass
 class RecorderContext:
     """What every recording of one worker shares."""
@@ -79,6 +89,7 @@ class RecorderContext:
     keyring: KeyWrapper
     signer: Signer
     spool: Spool
+    archive: ArchiveListing
     chain: ChainHead
     journal_dir: Path
     retention: RetentionRules
@@ -97,26 +108,33 @@ class _Presence:
 
 
 class RecordingSession:
+    """Built by `create`; the constructor itself touches no disk."""
+
     def __init__(
         self,
         context: RecorderContext,
         session_id: str,
         business: str,
         on_change: Callable[[], None],
+        *,
+        sealer: ArchiveSealer,
+        journal: Journal,
+        started_at: datetime,
+        started_monotonic: float,
+        retain: datetime,
     ) -> None:
         self._context = context
         self.session_id = session_id
         self.business = business
         self._on_change = on_change
-        self.archive_id = str(uuid.uuid4())
+        self.archive_id = str(sealer.archive_id)
         self.state = "recording"
-        self.started_at = datetime.now(UTC)
-        self._t0 = time.monotonic()
+        self.started_at = started_at
+        self._t0 = started_monotonic
         self._slots = standard_slots()
-        self._retain_until = retain_until(
-            Product(ProductKind(business)), self.started_at, context.retention
-        )
-        self._sealer = ArchiveSealer(uuid.UUID(self.archive_id), context.keyring)
+        self._retain_until = retain
+        self._sealer = sealer
+        self._journal = journal
         self._writer = RecordingWriter(self._sealer, self._slots, self._sealed)
         self._feeds = [
             SlotFeed(self._writer, index, slot.kind, self.media_ms)
@@ -131,22 +149,56 @@ class RecordingSession:
         self._compliance: dict[str, Any] | None = None
         self._transactions: dict[str, dict[str, Any]] = {}
         self._tasks: asyncio.Queue[Callable[[], Awaitable[None]] | None] = asyncio.Queue()
-        self._journal = Journal.create(
-            context.journal_dir,
-            self.archive_id,
-            {
-                "archive_id": self.archive_id,
-                "session_id": session_id,
-                "business": business,
-                "created_at": format_timestamp(self.started_at),
-                "chunk_size": self._sealer.chunk_size,
-                "wrapped_key": WrappedKeyEntry.from_wrapped(self._sealer.wrapped_key).model_dump(),
-                "retain_until": self._retain_until.isoformat(),
-            },
-        )
+        # Why the last spool or journal write failed, while it is being retried (None: all well).
+        self.last_store_error: str | None = None
         self._worker = asyncio.create_task(self._run_tasks())
         self._cutter = asyncio.create_task(self._cut_regularly())
-        self.last_store_error: str | None = None
+
+    @classmethod
+    async def create(
+        cls,
+        context: RecorderContext,
+        session_id: str,
+        business: str,
+        on_change: Callable[[], None],
+    ) -> RecordingSession:
+        """A new recording, its data key wrapped and its journal created in a thread: the
+        keyring is read from disk and the journal fsync'ed, which on a busy disk would stall the
+        media this event loop forwards."""
+        archive_id = uuid.uuid4()
+        # Media time 0 is this wall time, however long the disk takes below.
+        started_at, started_monotonic = datetime.now(UTC), time.monotonic()
+        retain = retain_until(Product(ProductKind(business)), started_at, context.retention)
+
+        def prepare() -> tuple[ArchiveSealer, Journal]:
+            sealer = ArchiveSealer(archive_id, context.keyring)
+            journal = Journal.create(
+                context.journal_dir,
+                str(archive_id),
+                {
+                    "archive_id": str(archive_id),
+                    "session_id": session_id,
+                    "business": business,
+                    "created_at": format_timestamp(started_at),
+                    "chunk_size": sealer.chunk_size,
+                    "wrapped_key": WrappedKeyEntry.from_wrapped(sealer.wrapped_key).model_dump(),
+                    "retain_until": retain.isoformat(),
+                },
+            )
+            return sealer, journal
+
+        sealer, journal = await asyncio.to_thread(prepare)
+        return cls(
+            context,
+            session_id,
+            business,
+            on_change,
+            sealer=sealer,
+            journal=journal,
+            started_at=started_at,
+            started_monotonic=started_monotonic,
+            retain=retain,
+        )
 
     def media_ms(self) -> int:
         return int(self.media_ms_at(time.monotonic()))
@@ -250,9 +302,7 @@ class RecordingSession:
         await self._tasks.put(None)
         await self._worker
         record = await seal_manifest(
-            self._context,
-            self._manifest_fields(status),
-            self._journal,
+            self._context, self._manifest_fields(status), self._journal, self._retain_until
         )
         self.state = "sealed" if status == "complete" else "interrupted"
         self._on_change()
@@ -330,36 +380,75 @@ class RecordingSession:
         } | _transactions_member(list(self._transactions.values()))
 
     def _sealed(self, segment: SealedSegment) -> None:
+        name = archive_prefix(self.archive_id) + segment.entry.object
+        spool = self._context.spool
+        record = {
+            "entry": segment.entry.model_dump(),
+            "media_ms": segment.media_ms,
+            "wall": format_timestamp(datetime.now(UTC)),
+        }
+
         async def store() -> None:
-            name = archive_prefix(self.archive_id) + segment.entry.object
-            await self._context.spool.add(name, segment.ciphertext, self._retain_until)
-            await asyncio.to_thread(
-                self._journal.append,
-                "segment",
-                {
-                    "entry": segment.entry.model_dump(),
-                    "media_ms": segment.media_ms,
-                    "wall": format_timestamp(datetime.now(UTC)),
-                },
+            # The sealer has already listed this segment for the manifest: it must reach the
+            # journal and then the spool, however long that takes, or the manifest would name
+            # an object that never exists. Journal first: an object under retention can never
+            # be removed, so one the journal does not name would be unlisted forever after a
+            # crash, where a journaled segment that never reached the spool is dropped by
+            # `recover` (docs/architecture.md).
+            await self._append_journal("segment", record)
+            await self._until_done(
+                "the spool",
+                spool.directory,
+                lambda: spool.add(name, segment.ciphertext, self._retain_until),
             )
             self._on_change()
 
         self._tasks.put_nowait(store)
 
     def _journal_later(self, kind: str, record: dict[str, Any]) -> None:
-        async def write() -> None:
-            await asyncio.to_thread(self._journal.append, kind, record)
+        self._tasks.put_nowait(lambda: self._append_journal(kind, record))
 
-        self._tasks.put_nowait(write)
+    async def _append_journal(self, kind: str, record: dict[str, Any]) -> None:
+        await self._until_done(
+            "the journal",
+            self._journal.path.parent,
+            lambda: asyncio.to_thread(self._journal.append, kind, record),
+        )
+
+    async def _until_done(
+        self, where: str, directory: Path, step: Callable[[], Awaitable[object]]
+    ) -> None:
+        """Run `step` until it succeeds, backing off; meanwhile the teller's page says why."""
+        delay = STORE_RETRY_FIRST_SECONDS
+        while True:
+            try:
+                await step()
+            except Exception as exc:
+                self.last_store_error = (
+                    f"cannot write to {where} ({directory}): {exc}; free space there or fix its "
+                    f"permissions (retrying every {STORE_RETRY_MAX_SECONDS:.0f} s at most)"
+                )
+                self._on_change()
+                log.warning(
+                    "recording_store_failed_will_retry",
+                    archive_id=self.archive_id,
+                    error=self.last_store_error,
+                    retry_in_seconds=delay,
+                    exc_info=not isinstance(exc, OSError),
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, STORE_RETRY_MAX_SECONDS)
+                continue
+            if self.last_store_error is not None:
+                self.last_store_error = None
+                self._on_change()
+            return
 
     async def _run_tasks(self) -> None:
-        # One at a time, in order: segments reach the spool and the journal in index order.
+        # One at a time, in order: segments reach the spool and the journal in index order, and a
+        # step being retried holds back everything after it.
         while (task := await self._tasks.get()) is not None:
-            try:
-                await task()
-            except Exception as exc:
-                self.last_store_error = str(exc)
-                log.exception("recording_store_failed", archive_id=self.archive_id)
+            await task()
 
     async def _cut_regularly(self) -> None:
         since_keyframes = 0.0
@@ -377,11 +466,10 @@ class RecordingSession:
 
 
 async def seal_manifest(
-    context: RecorderContext, fields: dict[str, Any], journal: Journal
+    context: RecorderContext, fields: dict[str, Any], journal: Journal, retain: datetime
 ) -> ArchiveRecord:
     """Sign the manifest, chain it to the newest one, spool it, mark the journal sealed."""
     finalized_at = datetime.now(UTC)
-    retain = datetime.fromisoformat(journal.read().header["retain_until"])
     archive_id = journal.path.stem
     while True:
         previous = await context.chain.head()
@@ -419,9 +507,10 @@ async def seal_manifest(
 
 
 async def recover(context: RecorderContext, journal: Journal) -> ArchiveRecord:
-    """Finalize, as interrupted, a recording whose process died: what reached the spool holds."""
+    """Finalize, as interrupted, a recording whose process died: what was stored holds."""
     state: JournalState = await asyncio.to_thread(journal.read)
     header = state.header
+    stored = await _stored_segments(context, journal.path.stem, state.segments)
     presence: dict[str, dict[str, Any]] = {}
     for event in state.presence:
         who = presence.setdefault(
@@ -450,7 +539,17 @@ async def recover(context: RecorderContext, journal: Journal) -> ArchiveRecord:
         "end_ms": state.last_media_ms + lost_ms,
         "reason": "recorder stopped; media after the last sealed segment is lost",
     }
-    gaps = [*state.gaps, lost]
+    gaps = list(state.gaps)
+    if stored < len(state.segments):
+        gaps.append(
+            {
+                "start_ms": state.segment_cut_ms[stored - 1] if stored else 0,
+                "end_ms": state.segment_cut_ms[-1],
+                "reason": f"recorder stopped; segments {state.segments[stored]['index']}-"
+                f"{state.segments[-1]['index']} were sealed but never stored: their media is lost",
+            }
+        )
+    gaps.append(lost)
     fields = {
         "session_id": header["session_id"],
         "business": header["business"],
@@ -458,7 +557,7 @@ async def recover(context: RecorderContext, journal: Journal) -> ArchiveRecord:
         "status": "interrupted",
         "chunk_size": header["chunk_size"],
         "wrapped_key": header["wrapped_key"],
-        "segments": state.segments,
+        "segments": state.segments[:stored],
         "participants": list(presence.values()),
         "marks": [{k: m[k] for k in ("name", "media_ms", "wall_time")} for m in state.marks],
         "tracks": [
@@ -468,7 +567,32 @@ async def recover(context: RecorderContext, journal: Journal) -> ArchiveRecord:
         "identity": state.identity,
         "compliance": state.compliance,
     } | _transactions_member(list(state.transactions.values()))
-    return await seal_manifest(context, fields, journal)
+    retain = datetime.fromisoformat(header["retain_until"])
+    return await seal_manifest(context, fields, journal, retain)
+
+
+async def _stored_segments(
+    context: RecorderContext, archive_id: str, segments: list[dict[str, Any]]
+) -> int:
+    """How many of the journaled `segments` to list: all but the last ones whose object is
+    neither in the spool nor in the archive store (the process died between journaling and
+    spooling them). The segment list must stay 0..n-1, so an object missing before one that
+    exists stays listed, and verification names it missing: it was lost after being stored.
+
+    Raises while the store cannot be listed: the journal then waits for the next start, since
+    guessing would either list an object that does not exist or leave one unlisted for good.
+    """
+    prefix = archive_prefix(archive_id)
+    present = await context.spool.names()
+    if not segments or prefix + segments[-1]["object"] in present:
+        return len(segments)
+    # After the spool: the uploader removes an object from the spool only once the store has
+    # it, so whatever left the spool before it was listed is in this listing.
+    present |= set(await context.archive.list(prefix))
+    stored = len(segments)
+    while stored and prefix + segments[stored - 1]["object"] not in present:
+        stored -= 1
+    return stored
 
 
 def _transactions_member(bindings: list[dict[str, Any]]) -> dict[str, Any]:

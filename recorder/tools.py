@@ -19,6 +19,9 @@ from recorder.store.config import StoreSettings
 from recorder.store.s3 import ArchiveBucket, S3Archive
 from recorder.verify import ArchiveReader, DirectoryArchive, verify_archive
 
+# A package can carry any key, and a key that comes with the package vouches for nothing.
+PACKAGE_KEY_ORIGIN = "taken from the package itself: compare it with the bank's published key id"
+
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     verify = commands.add_parser(
@@ -26,13 +29,18 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="verify a sealed recording (signature, chain link, every segment)",
         description="Verify a sealed recording: the manifest signature, the link to the previous "
         "manifest, and every segment's size and hash; with --keyring also decrypt every segment "
-        "and check that the media plays. Exits 0 only when everything holds.",
+        "and check that the media plays. Prints the id of the key that signed the manifest. "
+        "Without --keys, an export package is checked against the key it ships with, which "
+        "proves nothing by itself: whoever altered the package could have re-signed it and "
+        "shipped their own key, so compare the printed key id with the one the bank published, "
+        "or pass the bank's key with --keys. Exits 0 only when everything holds.",
     )
     verify.add_argument("archive", help="export directory, or s3://BUCKET/archives/ARCHIVE_ID")
     verify.add_argument(
         "--keys",
         type=Path,
-        help="public key file or directory (default: ARCHIVE/keys, or {data_dir}/keys/public)",
+        help="trusted public key file or directory, e.g. the bank's published key (default: "
+        "the package's own ARCHIVE/keys, or {data_dir}/keys/public for s3://)",
     )
     verify.add_argument("--keyring", type=Path, help="keyring file: also decrypt and play")
     verify.add_argument("--previous", type=Path, help="the previous archive's manifest.json")
@@ -73,24 +81,26 @@ def _reader(location: str) -> ArchiveReader:
     return DirectoryArchive(path)
 
 
-def _public_keys(args: argparse.Namespace, data_dir: Path) -> dict[str, bytes]:
-    default = (
-        data_dir / "keys" / "public"
-        if args.archive.startswith("s3://")
-        else Path(args.archive) / "keys"
-    )
+def _public_keys(args: argparse.Namespace, data_dir: Path) -> tuple[dict[str, bytes], Path, bool]:
+    """The public keys to verify with, where they are, and whether the package supplied them."""
+    in_store = args.archive.startswith("s3://")
+    default = data_dir / "keys" / "public" if in_store else Path(args.archive) / "keys"
     path: Path = args.keys or default
     if not path.exists():
         raise ValueError(f"no public keys at {path}; name them with --keys")
-    return load_public_keys(path)
+    # Also when --keys names the package's own keys: what matters is who supplied the key.
+    from_package = not in_store and path.resolve().is_relative_to(Path(args.archive).resolve())
+    return load_public_keys(path), path, from_package
 
 
 def _verify(args: argparse.Namespace, data_dir: Path) -> int:
     keyring = LocalKeyring.open(args.keyring) if args.keyring else None
     inspector = MediaInspector() if keyring is not None else None
+    public_keys, keys_path, from_package = _public_keys(args, data_dir)
+    key_origin = PACKAGE_KEY_ORIGIN if from_package else f"one of the public keys in {keys_path}"
     report = verify_archive(
         _reader(args.archive),
-        _public_keys(args, data_dir),
+        public_keys,
         keyring=keyring,
         previous_manifest=args.previous.read_bytes() if args.previous else None,
         inspector=inspector,
@@ -102,6 +112,8 @@ def _verify(args: argparse.Namespace, data_dir: Path) -> int:
                 {
                     "ok": report.ok,
                     "archive_id": report.manifest.archive_id if report.manifest else None,
+                    "signing_key_id": report.signing_key_id,
+                    "keys_from_package": from_package,
                     "problems": [str(p) for p in report.problems],
                     "notes": report.notes + media,
                     "decrypted": report.decrypted,
@@ -111,7 +123,7 @@ def _verify(args: argparse.Namespace, data_dir: Path) -> int:
             )
         )
     else:
-        print(report.render())
+        print(report.render(key_origin))
         for line in media:
             print(f"  {line}")
     return 0 if report.ok else 1

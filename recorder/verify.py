@@ -118,10 +118,20 @@ class VerificationReport:
     def add(self, subject: str, message: str) -> None:
         self.problems.append(Problem(subject, message))
 
-    def render(self) -> str:
+    @property
+    def signing_key_id(self) -> str | None:
+        """The key whose signature over the manifest verified (None: none did)."""
+        return self.manifest.signing_key_id if self.signature_verified and self.manifest else None
+
+    def render(self, key_origin: str | None = None) -> str:
+        """The result in plain words; `key_origin` says where the public keys came from, since
+        a signature proves only as much as the key it verified with."""
         archive = self.manifest.archive_id if self.manifest else "(unreadable manifest)"
         verdict = "OK" if self.ok else f"FAILED ({len(self.problems)} problem(s))"
         lines = [f"archive {archive}: {verdict}"]
+        if self.signing_key_id is not None:
+            origin = f", {key_origin}" if key_origin else ""
+            lines.append(f"  signed by key {self.signing_key_id}{origin}")
         lines += [f"  problem: {problem}" for problem in self.problems]
         lines += [f"  report: {name} (signed, bound to this manifest)" for name in self.reports]
         lines += [f"  note: {note}" for note in self.notes]

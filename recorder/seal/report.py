@@ -1,7 +1,7 @@
 """Signed reports added to a sealed archive (docs/archive-format.md section 11).
 
 A compliance report is produced after the recording is sealed, so it cannot be in the manifest;
-it is stored next to it as `report-NNN.json` + `report-NNN.sig` (NNN counting from 001, since
+it is stored next to it as `report-NNN.sig`, then `report-NNN.json` (NNN counting from 001, since
 objects under retention are never overwritten: a re-run adds the next number). The report is
 canonical JSON naming the archive and the SHA-256 of its manifest, signed like the manifest with
 the recorder's key, so it cannot be moved to another archive or altered unnoticed.
@@ -29,7 +29,13 @@ def report_object_names(number: int) -> tuple[str, str]:
 
 
 def next_report_number(names: set[str] | list[str]) -> int:
-    numbers = [int(m[1]) for n in names if (m := REPORT_OBJECT_PATTERN.fullmatch(n))]
+    # A signature is stored before its report: a lone .sig (the store failed in between) still
+    # takes its number, which can never be written again under retention.
+    numbers = [
+        int(m[1])
+        for n in names
+        if (m := REPORT_OBJECT_PATTERN.fullmatch(n) or REPORT_SIGNATURE_PATTERN.fullmatch(n))
+    ]
     return max(numbers, default=0) + 1
 
 
@@ -43,11 +49,15 @@ def parse_report(data: bytes, archive_id: str, manifest_sha256: str) -> dict[str
     """The report document, if these bytes are a canonical report bound to this manifest."""
     try:
         document = parse_json(data)
-    except ValueError as exc:
+        # Valid JSON can still hold what canonical JSON cannot (an integer beyond 2^53, a lone
+        # surrogate): re-encoding raises CanonicalJsonError, a ValueError. Python itself raises
+        # ValueError for an integer of thousands of digits and RecursionError for deep nesting.
+        canonical = canonical_json(document)
+    except (ValueError, RecursionError) as exc:
         raise ReportError(f"not canonical JSON: {exc}") from None
     if not isinstance(document, dict):
         raise ReportError("not a JSON object")
-    if canonical_json(document) != data:
+    if canonical != data:
         raise ReportError("not in canonical form (altered, or not written by vteller)")
     fmt = document.get("format")
     if not isinstance(fmt, str) or not fmt.startswith(REPORT_FORMAT_PREFIX):

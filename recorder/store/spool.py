@@ -91,7 +91,8 @@ def _private_dir(path: Path) -> None:
         path.chmod(PRIVATE_DIR_MODE)
 
 
-def _parse(path: Path, raw: bytes) -> tuple[SpoolEntry, bytes]:
+def _parse_header(path: Path, raw: bytes) -> tuple[SpoolEntry, int]:
+    """The entry a spool file's header describes, and where its content starts in `raw`."""
     if not raw.startswith(_MAGIC):
         raise SpoolCorruptError(f"{path.name}: not a spool file (bad magic)")
     end = raw.find(b"\n", len(_MAGIC), len(_MAGIC) + _MAX_HEADER)
@@ -108,7 +109,12 @@ def _parse(path: Path, raw: bytes) -> tuple[SpoolEntry, bytes]:
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise SpoolCorruptError(f"{path.name}: unreadable header ({exc})") from exc
-    data = raw[end + 1 :]
+    return entry, end + 1
+
+
+def _parse(path: Path, raw: bytes) -> tuple[SpoolEntry, bytes]:
+    entry, start = _parse_header(path, raw)
+    data = raw[start:]
     if len(data) != entry.size or hashlib.sha256(data).hexdigest() != entry.sha256:
         raise SpoolCorruptError(
             f"{path.name} ({entry.name}): content does not match its size and sha256"
@@ -198,7 +204,7 @@ class Spool:
                 leftover.unlink()
         sizes: dict[str, int] = {}
         next_seq = 0
-        for path in sorted(self._pending.glob(f"*{_SUFFIX}")):
+        for path in self._pending_paths():
             with contextlib.suppress(FileNotFoundError):
                 sizes[path.name] = path.stat().st_size
             with contextlib.suppress(ValueError):
@@ -257,7 +263,28 @@ class Spool:
     async def paths(self) -> list[Path]:
         """Pending spool files, oldest first (also those another process left behind)."""
         await self.open()
-        return await asyncio.to_thread(lambda: sorted(self._pending.glob(f"*{_SUFFIX}")))
+        return await asyncio.to_thread(self._pending_paths)
+
+    async def names(self) -> set[str]:
+        """The object names waiting (also another process's), read from the headers alone."""
+        await self.open()
+        return await asyncio.to_thread(self._names_sync)
+
+    def _pending_paths(self) -> list[Path]:
+        return sorted(self._pending.glob(f"*{_SUFFIX}"))
+
+    def _names_sync(self) -> set[str]:
+        names: set[str] = set()
+        for path in self._pending_paths():
+            try:
+                with path.open("rb") as fh:
+                    head = fh.read(len(_MAGIC) + _MAX_HEADER)
+                names.add(_parse_header(path, head)[0].name)
+            except FileNotFoundError:
+                continue  # uploaded meanwhile, so in the store
+            except SpoolCorruptError:
+                continue  # the uploader sets it aside: it never reaches the store
+        return names
 
     async def load(self, path: Path) -> tuple[SpoolEntry, bytes]:
         """Read one pending file back, checked against its SHA-256 (SpoolCorruptError if not)."""

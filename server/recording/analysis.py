@@ -20,11 +20,11 @@ import json
 import os
 import sys
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from recorder.seal.manifest import MANIFEST_OBJECT, parse_manifest
@@ -50,6 +50,9 @@ POLL_SECONDS = 2.0
 MAX_ATTEMPTS = 3
 # The child runs at lower CPU priority than the worker forwarding media.
 NICENESS = 10
+# A review claimed but never decided (the worker died in between) is open to others again after
+# this long; logging a decision takes well under it.
+CLAIM_TIMEOUT = timedelta(minutes=1)
 
 
 class AnalysisError(RuntimeError):
@@ -113,6 +116,13 @@ class AnalysisJobs:
                 await self._run(archive_id)
             except asyncio.CancelledError:
                 raise
+            except ArchiveStoreError as exc:
+                # The store failed (down, or between a report's two objects): worth another
+                # attempt, at the next start like an interrupted job, up to MAX_ATTEMPTS.
+                log.warning(
+                    "compliance_analysis_store_failed", archive_id=archive_id, error=str(exc)
+                )
+                await self._update(archive_id, state="queued", error=str(exc)[:2000])
             except Exception as exc:
                 log.exception("compliance_analysis_failed", archive_id=archive_id)
                 await self._update(archive_id, state="failed", error=str(exc)[:2000])
@@ -276,8 +286,11 @@ class AnalysisJobs:
         names = [n.removeprefix(prefix) for n in await bucket.list(prefix)]
         json_name, sig_name = report_object_names(next_report_number(names))
         data, signature = sign_report(document, self._signer)
-        await bucket.put(prefix + json_name, data, retain)
+        # The signature first: if the store fails in between, a lone signature is ignored by
+        # verification and only uses up its number, where a lone report would be an unsigned
+        # report under retention, failing verification for good.
         await bucket.put(prefix + sig_name, signature, retain)
+        await bucket.put(prefix + json_name, data, retain)
         return json_name, sig_name, hashlib.sha256(data).hexdigest()
 
     async def _hold_with_archive(self, archive_id: str, names: list[str]) -> str | None:
@@ -324,31 +337,71 @@ class AnalysisJobs:
     async def decide(
         self, review_id: int, user_id: str, decision: str, note: str
     ) -> ComplianceReview:
-        async with self._db() as db:
-            review = await db.get(ComplianceReview, review_id)
-        if review is None:
-            raise KeyError(review_id)
-        if review.state != "open":
-            raise AnalysisError(f"review {review_id} was already decided ({review.state})")
-        # Logged first: a decision the log cannot show is not taken.
-        await self._audit.append(
-            "compliance.reviewed",
-            actor=user_id,
-            actor_role="supervisor",
-            target=review.archive_id,
-            detail={
-                "review_id": review_id,
-                "moment": review.moment,
-                "decision": decision,
-                "note": note,
-            },
-        )
+        """Decide an open review; AnalysisError when it is decided (or being decided) already.
+
+        The order keeps both rules of docs/audit-log.md's kind: nothing takes effect before the log
+        shows it, and the log shows no decision that did not take effect. The review is first
+        claimed (decided_by/decided_at set while it stays open: not yet a decision, undone if the
+        log cannot be written), in one conditional update, so of two supervisors deciding at once
+        only one gets past it; only that one logs its decision, then applies it.
+        """
+        claimed_at = utcnow()
         async with self._db() as db, db.begin():
-            await db.execute(
+            review = await db.get(ComplianceReview, review_id)
+            if review is None:
+                raise KeyError(review_id)
+            claimed = await db.execute(
                 update(ComplianceReview)
-                .where(ComplianceReview.id == review_id, ComplianceReview.state == "open")
-                .values(state=decision, note=note, decided_by=user_id, decided_at=utcnow())
+                .where(
+                    ComplianceReview.id == review_id,
+                    ComplianceReview.state == "open",
+                    or_(
+                        ComplianceReview.decided_by.is_(None),
+                        ComplianceReview.decided_at < claimed_at - CLAIM_TIMEOUT,
+                    ),
+                )
+                .values(decided_by=user_id, decided_at=claimed_at)
             )
+            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                raise AnalysisError(
+                    f"review {review_id} was already decided ({review.state})"
+                    if review.state != "open"
+                    else f"review {review_id} is being decided by {review.decided_by}"
+                )
+        mine = (
+            ComplianceReview.id == review_id,
+            ComplianceReview.state == "open",
+            ComplianceReview.decided_by == user_id,
+            ComplianceReview.decided_at == claimed_at,
+        )
+        try:
+            await self._audit.append(
+                "compliance.reviewed",
+                actor=user_id,
+                actor_role="supervisor",
+                target=review.archive_id,
+                detail={
+                    "review_id": review_id,
+                    "moment": review.moment,
+                    "decision": decision,
+                    "note": note,
+                },
+            )
+        except BaseException:
+            async with self._db() as db, db.begin():
+                await db.execute(
+                    update(ComplianceReview).where(*mine).values(decided_by=None, decided_at=None)
+                )
+            raise
+        async with self._db() as db, db.begin():
+            decided = await db.execute(
+                update(ComplianceReview)
+                .where(*mine)
+                .values(state=decision, note=note, decided_at=utcnow())
+            )
+            if decided.rowcount != 1:  # type: ignore[attr-defined]
+                # Only after a stall longer than CLAIM_TIMEOUT, with another claim since.
+                raise AnalysisError(f"review {review_id} was claimed by someone else meanwhile")
             fresh = await db.get(ComplianceReview, review_id)
         assert fresh is not None
         return fresh

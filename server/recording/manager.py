@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 
@@ -13,7 +14,7 @@ from recorder.seal.keyring import LocalKeyring
 from recorder.seal.signing import Signer
 from recorder.session import RecorderContext, RecordingSession, recover
 from recorder.store.s3 import ArchiveBucket, ArchiveUnavailableError, StoreConfigError
-from recorder.store.spool import Spool, Uploader, UploaderStatus, UploadTarget
+from recorder.store.spool import Spool, Uploader, UploaderStatus
 from server.db.engine import DbSession
 from server.recording.chain import DatabaseChain
 from server.settings import Settings
@@ -33,6 +34,9 @@ class _Unconfigured:
     async def put(self, name: str, data: bytes, retain_until: datetime) -> object:
         raise ArchiveUnavailableError(self._reason)
 
+    async def list(self, prefix: str = "") -> list[str]:
+        raise ArchiveUnavailableError(self._reason)
+
 
 class RecordingManager:
     def __init__(self, settings: Settings, db: async_sessionmaker[DbSession]) -> None:
@@ -46,7 +50,7 @@ class RecordingManager:
         worker = f"worker-{settings.port}"
         self.spool = Spool(settings.store.spool_path(settings.data_dir) / worker)
         try:
-            self.bucket: UploadTarget = ArchiveBucket.from_settings(settings.store)
+            self.bucket: ArchiveBucket | _Unconfigured = ArchiveBucket.from_settings(settings.store)
         except StoreConfigError as exc:
             # Calls and recordings go on: segments wait in the spool, and the teller's page
             # shows why, until the store is configured and the worker restarted.
@@ -60,6 +64,7 @@ class RecordingManager:
             keyring=self.keyring,
             signer=self.signer,
             spool=self.spool,
+            archive=self.bucket,
             chain=self.chain,
             journal_dir=settings.data_dir / "journal" / worker,
             retention=settings.store.retention,
@@ -74,14 +79,47 @@ class RecordingManager:
 
     async def start(self) -> None:
         await self.uploader.start()
-        for journal in Journal.unsealed(self.context.journal_dir):
+        for journal in await asyncio.to_thread(Journal.found, self.context.journal_dir):
+            await self._finish(journal)
+
+    async def _finish(self, journal: Journal) -> None:
+        """Seal, as interrupted, the recording a crashed process left; one bad journal never
+        keeps the worker (and every other recovery) from starting."""
+        try:
+            state = await asyncio.to_thread(journal.read)
+            if state.sealed:
+                return
             record = await recover(self.context, journal)
-            await self.sealed(record.archive_id, record.session_id)
-            log.warning(
-                "recording_recovered_as_interrupted",
-                archive_id=record.archive_id,
-                session_id=record.session_id,
+        except (KeyError, TypeError, ValueError) as exc:
+            # What the journal holds cannot make a manifest (no header, a record that is not
+            # the journal's): retrying at every start would fail the same way.
+            broken = await asyncio.to_thread(journal.set_aside)
+            log.error(
+                "recording_journal_unusable",
+                path=str(journal.path),
+                moved_to=str(broken),
+                error=str(exc),
+                fix="the recording's segments stay in the spool and the archive store, but no "
+                "manifest can be made from this journal; repair it and rename it back to .jsonl "
+                "to have it finished at the next start",
             )
+            return
+        except Exception:
+            # The database, the spool disk, the journal's permissions, an archive store that
+            # cannot say which segments it holds: all can be fixed, and the journal is left in
+            # place to be finished at the next start.
+            log.exception(
+                "recording_recovery_failed",
+                path=str(journal.path),
+                fix="fix the cause named here and restart the worker",
+            )
+            return
+        await self.sealed(record.archive_id, record.session_id)
+        log.warning(
+            "recording_recovered_as_interrupted",
+            archive_id=record.archive_id,
+            session_id=record.session_id,
+        )
 
     async def stop(self) -> None:
         await self.uploader.stop()
@@ -89,7 +127,7 @@ class RecordingManager:
     async def new_recording(
         self, session_id: str, business: str, on_change: Callable[[], None]
     ) -> RecordingSession:
-        recording = RecordingSession(self.context, session_id, business, on_change)
+        recording = await RecordingSession.create(self.context, session_id, business, on_change)
         await self.chain.started(recording.archive_id, session_id, business)
         return recording
 

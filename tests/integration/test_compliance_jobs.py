@@ -4,22 +4,44 @@ in the archive, review items for supervisors, every decision in the audit log.""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from compliance.asr import ensure_model
 from compliance.cli import model_cache_dir
+from recorder.seal.keyring import LocalKeyring
+from recorder.seal.manifest import manifest_sha256
+from recorder.seal.sealer import ArchiveSealer
+from recorder.seal.signing import Signer
+from recorder.store.config import StoreSettings
+from recorder.store.s3 import ArchiveBucket, ArchiveUnavailableError, PutResult
+from server.audit import AuditLog
 from server.auth.principal import Role
-from server.db.models import AuditEntry
+from server.db.engine import DbSession
+from server.db.models import (
+    Archive,
+    AuditEntry,
+    CallSession,
+    ComplianceReport,
+    ComplianceReview,
+)
+from server.recording.analysis import AnalysisError, AnalysisJobs
+from tests.integration.test_archive_store import bucket, store_settings
 from tests.integration.test_compliance_analysis import _call, _script
 from tests.integration.test_recording import _vteller
 from tests.support import server as support
+from tests.support.database import TELLER_ID, migrated_database
+
+__all__ = ["bucket", "store_settings"]  # fixtures
 
 
 @pytest.fixture
@@ -120,3 +142,139 @@ async def test_a_sealed_recording_is_analysed_signed_and_reviewed(
     async with server.services.sessions._db() as db:
         actions = list(await db.scalars(select(AuditEntry.action)))
     assert "compliance.reported" in actions and "compliance.reviewed" in actions
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[async_sessionmaker[DbSession]]:
+    async with migrated_database(tmp_path / "db.sqlite") as factory:
+        async with factory() as session, session.begin():
+            session.add(CallSession(id="s1", business="wealth", teller_id=TELLER_ID))
+            await session.flush()
+            session.add(Archive(id=ARCHIVE, session_id="s1", business="wealth"))
+        yield factory
+
+
+ARCHIVE = str(uuid.uuid4())
+
+
+def _jobs(tmp_path: Path, db: async_sessionmaker[DbSession], bucket: object) -> AnalysisJobs:
+    settings = support.test_settings(tmp_path / "server", compliance_analysis=True)
+    signer = Signer.open(tmp_path / "signing.pem", create=True)
+    return AnalysisJobs(settings, db, signer, bucket, AuditLog(db))
+
+
+class _FailsBetweenReportObjects(ArchiveBucket):
+    """The store goes away after a report's first object, once."""
+
+    failed = False
+
+    async def put(self, name: str, data: bytes, retain_until: datetime) -> PutResult:
+        if name.endswith(".json") and "report-" in name and not self.failed:
+            self.failed = True
+            raise ArchiveUnavailableError("archive store unreachable: connection reset")
+        return await super().put(name, data, retain_until)
+
+
+async def test_a_store_failure_mid_report_leaves_no_unsigned_report_and_is_retried(
+    tmp_path: Path,
+    db: async_sessionmaker[DbSession],
+    store_settings: StoreSettings,
+    bucket: ArchiveBucket,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    flaky = _FailsBetweenReportObjects.from_settings(store_settings)
+    sealer = ArchiveSealer(uuid.UUID(ARCHIVE), LocalKeyring.open(tmp_path / "k.json", create=True))
+    manifest = sealer.finish(
+        Signer.open(tmp_path / "signing.pem", create=True),
+        session_id="s1",
+        business="wealth",
+        product=None,
+        participants=[],
+        marks=[],
+        tracks=[],
+        status="complete",
+        gaps=[],
+        identity=None,
+        compliance=None,
+        recorder_version="test",
+        created_at="2025-01-31T08:00:00.000Z",
+        finalized_at="2025-01-31T08:10:00.000Z",
+        previous_manifest_sha256=None,
+    )
+    document = {
+        "format": "vteller-compliance-report/1",
+        "archive_id": ARCHIVE,
+        "manifest_sha256": manifest_sha256(manifest.data),
+        "decision": "pass",
+        "moments": [],
+    }
+    async with db() as session, session.begin():
+        session.add(ComplianceReport(archive_id=ARCHIVE, session_id="s1"))
+
+    async def stored(self: AnalysisJobs, bucket: ArchiveBucket, archive_id: str) -> bytes:
+        return manifest.data
+
+    async def analysed(
+        self: AnalysisJobs, session_id: str, archive_id: str
+    ) -> tuple[dict[str, Any], int]:
+        return document, 0
+
+    monkeypatch.setattr(AnalysisJobs, "_wait_for_archive", stored)
+    monkeypatch.setattr(AnalysisJobs, "_analyze", analysed)
+
+    async def run_until(
+        jobs: AnalysisJobs, settled: Callable[[ComplianceReport], bool]
+    ) -> ComplianceReport:
+        await jobs.start()
+        try:
+            async with asyncio.timeout(30):
+                while True:
+                    job = await jobs.job(ARCHIVE)
+                    assert job is not None
+                    if settled(job):
+                        return job
+                    await asyncio.sleep(0.05)
+        finally:
+            await jobs.stop()
+
+    first = await run_until(
+        _jobs(tmp_path, db, flaky), lambda job: job.attempts == 1 and job.state != "running"
+    )
+    prefix = f"archives/{ARCHIVE}/"
+    assert first.state == "queued" and "unreachable" in (first.error or "")
+    assert await bucket.list(prefix) == [prefix + "report-001.sig"]
+    # The next start retries it: the next number, both objects.
+    second = await run_until(
+        _jobs(tmp_path, db, flaky), lambda job: job.attempts == 2 and job.state != "running"
+    )
+    assert second.state == "done" and second.report_object == "report-002.json"
+    assert sorted(await bucket.list(prefix)) == [
+        prefix + name for name in ("report-001.sig", "report-002.json", "report-002.sig")
+    ]
+
+
+async def test_a_review_decided_twice_at_once_takes_and_logs_one_decision(
+    tmp_path: Path, db: async_sessionmaker[DbSession]
+) -> None:
+    async with db() as session, session.begin():
+        review = ComplianceReview(archive_id=ARCHIVE, session_id="s1", moment="closing")
+        session.add(review)
+    jobs = _jobs(tmp_path, db, None)
+    results = await asyncio.gather(
+        jobs.decide(review.id, "boss1", "approved", "看过"),
+        jobs.decide(review.id, "boss2", "rejected", "不完整"),
+        return_exceptions=True,
+    )
+    [decided] = [r for r in results if isinstance(r, ComplianceReview)]
+    [refused] = [r for r in results if isinstance(r, AnalysisError)]
+    assert "review" in str(refused)
+    async with db() as session:
+        entries = list(
+            await session.scalars(
+                select(AuditEntry).where(AuditEntry.action == "compliance.reviewed")
+            )
+        )
+        stored = await session.get(ComplianceReview, review.id)
+    assert stored is not None and stored.state == decided.state
+    assert [e.detail["decision"] for e in entries] == [decided.state]
+    assert [e.actor for e in entries] == [decided.decided_by]

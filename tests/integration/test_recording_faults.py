@@ -3,19 +3,37 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import errno
 import os
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from recorder import session as recording_session
+from recorder.journal import Journal
 from recorder.playback import MediaInspector
 from recorder.seal.keyring import LocalKeyring
-from recorder.seal.signing import load_public_keys
-from recorder.store.config import StoreSettings
-from recorder.store.s3 import ArchiveBucket, S3Archive
-from recorder.verify import VerificationReport, verify_archive
+from recorder.seal.signing import Signer, load_public_keys
+from recorder.session import (
+    ArchiveRecord,
+    RecorderContext,
+    RecordingSession,
+    archive_prefix,
+    recover,
+)
+from recorder.store.config import RetentionRules, StoreSettings
+from recorder.store.s3 import ArchiveBucket, ArchiveUnavailableError, S3Archive
+from recorder.store.spool import Spool, SpoolEntry
+from recorder.verify import DirectoryArchive, VerificationReport, verify_archive
+from server.recording.manager import RecordingManager
+from tests.support import server as support
 from tests.support.bot import Bot
+from tests.support.database import migrated_database
 from tests.support.minio import PrivateMinio
 from tests.support.process import ServerProcess
 from tests.support.server import ApiClient
@@ -169,3 +187,222 @@ async def test_without_an_archive_store_calls_record_and_say_why(tmp_path: Path)
         finally:
             await customer.close()
             await teller.close()
+
+
+class _FullSpool(Spool):
+    """A spool whose disk is full for its first `failures` writes."""
+
+    def __init__(self, directory: Path, failures: int) -> None:
+        super().__init__(directory)
+        self.failures = failures
+
+    async def add(self, name: str, data: bytes, retain_until: datetime) -> SpoolEntry:
+        if self.failures:
+            self.failures -= 1
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return await super().add(name, data, retain_until)
+
+
+class _OnlyChain:
+    async def head(self) -> str | None:
+        return None
+
+    async def append(self, record: ArchiveRecord) -> bool:
+        return True
+
+
+class _Store:
+    """The archive store's listing: what the uploader put there, or down when `objects` is None."""
+
+    def __init__(self, objects: dict[str, bytes] | None) -> None:
+        self.objects = objects
+
+    async def list(self, prefix: str = "") -> list[str]:
+        if self.objects is None:
+            raise ArchiveUnavailableError("archive store unreachable: connection refused")
+        return sorted(name for name in self.objects if name.startswith(prefix))
+
+
+def _context(tmp_path: Path, spool: Spool) -> RecorderContext:
+    keys = tmp_path / "keys"
+    signer = Signer.open(keys / "signing-key.pem", create=True)
+    signer.publish(keys / "public")
+    return RecorderContext(
+        keyring=LocalKeyring.open(keys / "keyring.json", create=True),
+        signer=signer,
+        spool=spool,
+        archive=_Store({}),
+        chain=_OnlyChain(),
+        journal_dir=tmp_path / "journal",
+        retention=RetentionRules(),
+        segment_seconds=3600,  # cut by the tests, by hand
+    )
+
+
+def _record(recording: RecordingSession, segments: int, start_ms: int = 0) -> None:
+    for index in range(segments):
+        at = start_ms + index * 100
+        recording._writer.packet(0, b"opus" * 10, at, True)
+        recording._writer.cut(at + 50)
+
+
+async def _archived(context: RecorderContext, store: dict[str, bytes], directory: Path) -> Path:
+    """The archive as an auditor would find it: what the store holds, then what the uploader
+    would still put there from the spool."""
+    objects = dict(store)
+    for path in await context.spool.paths():
+        entry, data = await context.spool.load(path)
+        objects[entry.name] = data
+    for name, data in objects.items():
+        target = directory / name.rsplit("/", 1)[1]
+        target.parent.mkdir(exist_ok=True)
+        target.write_bytes(data)
+    return directory
+
+
+def _verified(context: RecorderContext, directory: Path) -> VerificationReport:
+    keys = {context.signer.key_id: context.signer.public_key_pem()}
+    return verify_archive(DirectoryArchive(directory), keys, keyring=context.keyring)
+
+
+async def test_a_recording_does_its_disk_work_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loop_thread = threading.get_ident()
+    threads: dict[str, set[int]] = {}
+
+    def spied(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            threads.setdefault(name, set()).add(threading.get_ident())
+            return original(*args, **kwargs)
+
+        return call
+
+    # Creating the journal (file, fsync, directory fsync) and wrapping the data key (the
+    # keyring is read from disk), then reading the journal anywhere while sealing.
+    monkeypatch.setattr(Journal, "create", spied("create", Journal.create))
+    monkeypatch.setattr(Journal, "read", spied("read", Journal.read))
+    monkeypatch.setattr(LocalKeyring, "wrap", spied("wrap", LocalKeyring.wrap))
+    context = _context(tmp_path, Spool(tmp_path / "spool"))
+    recording = await RecordingSession.create(context, "s1", "wealth", lambda: None)
+    _record(recording, 2)
+    record = await recording.stop()
+
+    assert record.archive_id == recording.archive_id
+    assert {"create", "wrap"} <= threads.keys()
+    assert all(loop_thread not in used for used in threads.values()), threads
+    report = _verified(context, await _archived(context, {}, tmp_path / "archive"))
+    assert report.ok, report.render()
+
+
+async def test_a_segment_is_journaled_before_it_is_spooled_and_recovery_drops_the_unstored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(recording_session, "STORE_RETRY_FIRST_SECONDS", 0.01)
+    monkeypatch.setattr(recording_session, "STORE_RETRY_MAX_SECONDS", 0.04)
+    spool = _FullSpool(tmp_path / "spool", failures=0)
+    context = _context(tmp_path, spool)
+    recording = await RecordingSession.create(context, "s1", "wealth", lambda: None)
+    journal = Journal(context.journal_dir / f"{recording.archive_id}.jsonl")
+    _record(recording, 2)
+    async with asyncio.timeout(10):
+        while spool.pending_count < 2:  # noqa: ASYNC110 - the recorder fills it
+            await asyncio.sleep(0.01)
+    spool.failures = 10**9  # the spool disk fails for good, and the process dies
+    _record(recording, 1, start_ms=1000)
+    async with asyncio.timeout(10):
+        while len((await asyncio.to_thread(journal.read)).segments) < 3:  # noqa: ASYNC110 - a file
+            await asyncio.sleep(0.01)
+    for task in (recording._worker, recording._cutter):
+        task.cancel()
+    await asyncio.gather(recording._worker, recording._cutter, return_exceptions=True)
+    await recording._writer.close(2000)
+    assert spool.pending_count == 2  # journaled, never spooled
+
+    # Restarted: the uploader had put segment 0 into the store; segment 1 waits in the spool.
+    restarted = dataclasses.replace(context, spool=Spool(spool.directory), archive=_Store(None))
+    store: dict[str, bytes] = {}
+    first_path = (await restarted.spool.paths())[0]
+    entry, data = await restarted.spool.load(first_path)
+    store[entry.name] = data
+    await restarted.spool.remove(entry)
+    assert entry.name == archive_prefix(recording.archive_id) + "seg-000000.bin"
+    # A store that is down cannot say whether segment 2 is there: the journal waits.
+    with pytest.raises(ArchiveUnavailableError):
+        await recover(restarted, journal)
+    assert not journal.read().sealed and len(await restarted.spool.paths()) == 1
+
+    restarted = dataclasses.replace(restarted, archive=_Store(store))
+    record = await recover(restarted, journal)
+
+    assert record.status == "interrupted" and journal.read().sealed
+    report = _verified(restarted, await _archived(restarted, store, tmp_path / "archive"))
+    assert report.ok, report.render()
+    assert report.manifest is not None
+    assert [s.index for s in report.manifest.segments] == [0, 1]
+    cuts = journal.read().segment_cut_ms
+    unstored, lost = report.manifest.gaps
+    assert (unstored.start_ms, unstored.end_ms) == (cuts[1], cuts[2])
+    assert "segments 2-2 were sealed but never stored" in unstored.reason
+    assert lost.start_ms == cuts[2] and "recorder stopped" in lost.reason
+
+
+async def test_a_full_spool_disk_holds_the_recording_back_and_loses_no_segment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(recording_session, "STORE_RETRY_FIRST_SECONDS", 0.01)
+    monkeypatch.setattr(recording_session, "STORE_RETRY_MAX_SECONDS", 0.04)
+    spool = _FullSpool(tmp_path / "spool", failures=4)
+    context = _context(tmp_path, spool)
+    shown: list[str | None] = []
+    recording = await RecordingSession.create(
+        context, "s1", "wealth", lambda: shown.append(recording.last_store_error)
+    )
+    _record(recording, 3)
+    await recording.stop()
+
+    assert spool.failures == 0
+    errors = [error for error in shown if error]
+    assert errors and "No space left on device" in errors[0] and "free space" in errors[0]
+    assert shown[-1] is None and recording.last_store_error is None
+    # Everything spooled, as the uploader would put it in the store: a complete archive.
+    report = _verified(context, await _archived(context, {}, tmp_path / "archive"))
+    assert report.ok, report.render()
+    assert report.manifest is not None and report.manifest.status == "complete"
+    assert len(report.manifest.segments) >= 3
+    journal = Journal(tmp_path / "journal" / f"{recording.archive_id}.jsonl").read()
+    assert journal.sealed
+    assert [s["index"] for s in journal.segments] == [s.index for s in report.manifest.segments]
+
+
+def test_a_torn_journal_line_hides_nothing_after_it(tmp_path: Path) -> None:
+    journal = Journal.create(tmp_path, "a1", {"archive_id": "a1"})
+    first = {"name": "consent.start", "media_ms": 0, "wall_time": "2025-01-01T00:00:00Z"}
+    journal.append("mark", first)
+    with journal.path.open("ab") as fh:  # the disk filled up mid-line (and mid-character)
+        fh.write('{"kind":"mark","name":"风'.encode()[:-1])
+    later = {"name": "closing.start", "media_ms": 9, "wall_time": "2025-01-01T00:00:09Z"}
+    reopened = Journal(journal.path)  # as the recording goes on, or a restarted worker
+    reopened.append("mark", later)
+    reopened.append("sealed", {"manifest_sha256": "0" * 64})
+    state = Journal(journal.path).read()
+    assert state.marks == [first, later]
+    assert state.sealed
+
+
+async def test_unusable_journals_are_set_aside_and_the_worker_starts(tmp_path: Path) -> None:
+    settings = support.test_settings(tmp_path / "server")
+    async with migrated_database(tmp_path / "db.sqlite") as db:
+        manager = RecordingManager(settings, db)
+        directory = manager.context.journal_dir
+        directory.mkdir(parents=True)
+        (directory / "empty.jsonl").write_bytes(b"")  # the disk was full at Journal.create
+        (directory / "headless.jsonl").write_text('{"kind":"mark","name":"x"}\n')
+        sealed = Journal.create(directory, "done", {"archive_id": "done"})
+        sealed.append("sealed", {"manifest_sha256": "0" * 64})
+        await manager.start()
+        try:
+            left = sorted(p.name for p in directory.iterdir())
+        finally:
+            await manager.stop()
+    assert left == ["done.jsonl", "empty.jsonl.broken", "headless.jsonl.broken"]

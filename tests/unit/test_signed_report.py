@@ -72,3 +72,34 @@ def test_altered_foreign_or_unsigned_reports_are_named(tmp_path: Path) -> None:
     assert "report-003.json: signature (report-003.sig) is missing" in [
         str(p) for p in again.problems
     ]
+
+
+def test_a_report_canonical_json_cannot_hold_is_a_problem_of_that_report(tmp_path: Path) -> None:
+    directory, document, keys = _archive(tmp_path)
+    signer = Signer.from_seed(SIGNING_SEED)
+    _add(directory, document, signer)
+    planted = document | {"signing_key_id": signer.key_id}
+    for number, value in ((2, "9007199254740993"), (3, '"\\ud800"')):
+        text = (
+            "{" + ",".join(f'"{k}":"{v}"' for k, v in sorted(planted.items())) + f',"zz":{value}}}'
+        )
+        (directory / f"report-00{number}.json").write_text(text)
+    result = verify_archive(DirectoryArchive(directory), keys)
+    problems = [str(p) for p in result.problems]
+    assert problems[0].startswith("report-002.json: not canonical JSON: ")
+    assert "beyond" in problems[0]
+    assert problems[1].startswith("report-003.json: not canonical JSON: ")
+    assert "surrogate" in problems[1]
+    assert result.reports == ["report-001.json"]
+
+
+def test_a_signature_whose_report_never_arrived_is_ignored_and_keeps_its_number(
+    tmp_path: Path,
+) -> None:
+    directory, document, keys = _archive(tmp_path)
+    signer = Signer.from_seed(SIGNING_SEED)
+    _add(directory, document, signer)
+    (directory / "report-001.json").unlink()  # the store failed between the .sig and the .json
+    result = verify_archive(DirectoryArchive(directory), keys)
+    assert result.ok and result.reports == [], result.render()
+    assert next_report_number(DirectoryArchive(directory).list_names()) == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -259,3 +260,43 @@ def test_export_verifies_with_openssl_alone(setup: Setup, tmp_path: Path) -> Non
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "Signature Verified Successfully" in result.stdout
+
+
+def test_verify_names_the_signing_key_and_whether_the_package_supplied_it(
+    setup: Setup, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seal(setup, tmp_path / "a")
+    package = export_archive(
+        DirectoryArchive(tmp_path / "a"), tmp_path / "package", [setup.signer.public_key_pem()]
+    )
+    bank_key = setup.signer.publish(tmp_path / "bank")
+    # Someone re-seals the package with a key of their own, and ships that key with it.
+    forger = Setup(setup.keyring, Signer.open(tmp_path / "forger.pem", create=True))
+    seal(forger, tmp_path / "f")
+    forged = export_archive(
+        DirectoryArchive(tmp_path / "f"), tmp_path / "forged", [forger.signer.public_key_pem()]
+    )
+    from_package = "taken from the package itself: compare it with the bank's published key id"
+    capsys.readouterr()
+
+    for directory, signer in ((package, setup.signer), (forged, forger.signer)):
+        # Without --keys (or with the package's own): it verifies, and says against what.
+        for keys in ([], ["--keys", str(directory / "keys")]):
+            assert vteller(["verify", *keys, str(directory)]) == 0
+            shown = capsys.readouterr().out
+            assert f"  signed by key {signer.key_id}, {from_package}\n" in shown
+    assert vteller(["verify", "--keys", str(bank_key), str(package)]) == 0
+    shown = capsys.readouterr().out
+    assert f"  signed by key {setup.signer.key_id}, one of the public keys in {bank_key}\n" in shown
+    assert "package itself" not in shown
+    assert vteller(["verify", "--keys", str(bank_key), str(forged)]) == 1
+    shown = capsys.readouterr().out
+    assert f"signed with key {forger.signer.key_id}, which is not among the public keys" in shown
+    assert "signed by key" not in shown
+
+    assert vteller(["verify", "--json", str(forged)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["signing_key_id"], result["keys_from_package"]) == (forger.signer.key_id, True)
+    assert vteller(["verify", "--json", "--keys", str(bank_key), str(forged)]) == 1
+    result = json.loads(capsys.readouterr().out)
+    assert (result["signing_key_id"], result["keys_from_package"]) == (None, False)
