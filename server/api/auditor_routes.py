@@ -27,7 +27,9 @@ from server.errors import ApiError
 routes = web.RouteTableDef()
 
 _READERS = (Role.AUDITOR, Role.SUPERVISOR)
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+# At most 18 digits: no recording is that large, and int() refuses strings over 4,300 digits
+# (a Range it cannot parse is ignored, as RFC 9110 allows: the whole recording is sent).
+_RANGE = re.compile(r"^bytes=(\d{0,18})-(\d{0,18})$")
 _STREAM_CHUNK = 256 * 1024
 
 

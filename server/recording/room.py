@@ -77,7 +77,10 @@ class RoomRecording:
             started_at=recording.started_at.isoformat() if recording else None,
             store={
                 "pending_segments": status.pending_count,
-                "last_error": status.last_error if status.consecutive_failures else None,
+                # A local spool or journal write being retried blocks the recording itself,
+                # so it is shown before an upload the archive store has not taken yet.
+                "last_error": (recording.last_store_error if recording else None)
+                or (status.last_error if status.consecutive_failures else None),
             },
         )
 
@@ -114,6 +117,12 @@ class RoomRecording:
         recording = await self._manager.new_recording(
             self._session_id, self._business, self._changed
         )
+        if self.state != "awaiting_consent":
+            # Withdrawn (the call ended, the teller stopped) or answered twice while the
+            # archive was being registered: nothing may keep recording unattended. Sealed as
+            # interrupted, so the chain still shows the archive that was started.
+            await recording.stop("interrupted")
+            raise ProtocolError("out_of_order", "No consent is asked for any more.", "consent")
         self._recording = recording
         self.state = "recording"
         # The consent moment is the first thing on the recording's timeline.

@@ -55,6 +55,10 @@ class ForwardedTrack(EncodedTrack):
         self._observe_delay = observe_delay
 
     def attach(self, publication: Publication | None) -> None:
+        if self.readyState != "live":
+            # The consumer's sender stopped it (its peer connection closed before the
+            # consumer's departure was processed): there is no one left to forward to.
+            return
         self.switch_source(publication.encoded if publication is not None else None)
 
     def _packet(self, source: EncodedSource, frame: EncodedFrame, arrival: float) -> av.Packet[Any]:

@@ -79,6 +79,16 @@ def _recorded(member: Member) -> RecordedMember:
     return RecordedMember(member.participant_id, member.role, member.display_name)
 
 
+async def _renegotiate(peers: list[Peer]) -> None:
+    """Offer each peer its changed media. A member whose socket is closing gets its own
+    disconnection; it must not stop the others' offers (or the rest of a departure)."""
+    for peer in peers:
+        try:
+            await peer.negotiate()
+        except (ConnectionError, RuntimeError) as exc:
+            log.info("renegotiation_skipped", participant_id=peer.participant_id, reason=str(exc))
+
+
 def _visible(viewer: Role, member: Member) -> bool:
     # Supervisors observe silently: customers are never told about them.
     return not (viewer is Role.CUSTOMER and member.role is Role.SUPERVISOR)
@@ -128,12 +138,28 @@ class Room:
         self.members: dict[str, Member] = {}
         self._publications: dict[tuple[str, str], Publication] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # Joins, disconnections, departures and the end change membership one at a time: each
+        # awaits (the audit log, the database, closing peers), and two interleaved (two tabs
+        # joining at once, a rejoin while the old connection is torn down) left a peer behind or
+        # a grace timer armed on a member who was back.
+        self._membership = asyncio.Lock()
 
     # -- membership --------------------------------------------------------------------------
 
     async def join(
         self, participant_id: str, role: Role, display_name: str, connection: Connection
     ) -> None:
+        async with self._membership:
+            await self._join(participant_id, role, display_name, connection)
+
+    async def _join(
+        self, participant_id: str, role: Role, display_name: str, connection: Connection
+    ) -> None:
+        if (await self._store.require(self.session_id)).state == "ended":
+            # Admitted before the end, joining after it (the room is gone from the registry).
+            if not self.members:
+                self._on_empty(self)
+            raise ProtocolError("session_ended", "This session has ended.", "join", fatal=True)
         member = self.members.get(participant_id)
         rejoined = member is not None
         # First, before anything changes: a join the log cannot show is refused.
@@ -146,7 +172,8 @@ class Room:
             if member.connection is not None:
                 old = member.connection
                 member.connection = None
-                await old.close(CLOSE_REPLACED, "connected again elsewhere")
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await old.close(CLOSE_REPLACED, "connected again elsewhere")
             if member.grace is not None:
                 member.grace.cancel()
                 member.grace = None
@@ -240,8 +267,7 @@ class Room:
             ),
             about=member,
         )
-        for other_peer in renegotiate:
-            await other_peer.negotiate()
+        await _renegotiate(renegotiate)
 
     def holds(self, participant_id: str, connection: Connection) -> bool:
         """Whether `connection` is the member's current signaling connection."""
@@ -250,6 +276,10 @@ class Room:
 
     async def disconnected(self, participant_id: str, connection: Connection) -> None:
         """The member's signaling or media connection was lost without a goodbye."""
+        async with self._membership:
+            await self._disconnected(participant_id, connection)
+
+    async def _disconnected(self, participant_id: str, connection: Connection) -> None:
         member = self.members.get(participant_id)
         if member is None or member.connection is not connection:
             return  # already replaced by a newer connection, or gone
@@ -260,7 +290,7 @@ class Room:
             self.recording.presence(_recorded(member), "disconnected")
         member.grace = asyncio.get_running_loop().call_later(
             self._settings.rejoin_grace_seconds,
-            lambda: self._spawn(self.leave(participant_id, "timeout")),
+            lambda: self._spawn(self._expire(participant_id, member)),
         )
         await self._store.update_participant(participant_id, "disconnected")
         await self._store.record(self.session_id, "participant_disconnected", participant_id)
@@ -271,7 +301,17 @@ class Room:
             about=member,
         )
 
+    async def _expire(self, participant_id: str, member: Member) -> None:
+        """The rejoin grace ran out: gone, unless the member came back meanwhile."""
+        async with self._membership:
+            if self.members.get(participant_id) is member and member.connection is None:
+                await self._leave(participant_id, "timeout")
+
     async def leave(self, participant_id: str, reason: str) -> None:
+        async with self._membership:
+            await self._leave(participant_id, reason)
+
+    async def _leave(self, participant_id: str, reason: str) -> None:
         member = self.members.pop(participant_id, None)
         if member is None:
             return
@@ -286,33 +326,42 @@ class Room:
             for o in self.members.values()
             if o.peer is not None and o.peer.stop_forwarding(participant_id)
         ]
-        await self._store.update_participant(participant_id, "left", left=True)
-        await self._store.record(
-            self.session_id, "participant_left", participant_id, {"reason": reason}
-        )
-        await self._broadcast(
-            server_message("participant_left", participant_id=participant_id, reason=reason),
-            about=member,
-        )
-        for peer in renegotiate:
-            await peer.negotiate()
-        if connection is not None and reason == "left":
-            await connection.close(1000, "left")
-        # A departure has happened whether or not it can be logged (append_fact logs a failure).
-        await self._audit.append_fact(
-            "session.left",
-            actor=participant_id,
-            actor_role=member.role.value,
-            target=self.session_id,
-            detail={"reason": reason},
-        )
-        if not self.members:
-            # Nobody left to record: seal what there is.
-            if self.recording is not None:
-                await self.recording.stop("complete")
-            self._on_empty(self)
+        try:
+            await self._store.update_participant(participant_id, "left", left=True)
+            await self._store.record(
+                self.session_id, "participant_left", participant_id, {"reason": reason}
+            )
+            await self._broadcast(
+                server_message("participant_left", participant_id=participant_id, reason=reason),
+                about=member,
+            )
+            await _renegotiate(renegotiate)
+            if connection is not None and reason == "left":
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await connection.close(1000, "left")
+            # A departure has happened whether or not it can be logged (append_fact logs a
+            # failure).
+            await self._audit.append_fact(
+                "session.left",
+                actor=participant_id,
+                actor_role=member.role.value,
+                target=self.session_id,
+                detail={"reason": reason},
+            )
+        finally:
+            # The member is gone even if the database could not say so: the last one out still
+            # seals the recording and frees the room.
+            if not self.members:
+                await self.identity.close()  # a check still running has no one to look at
+                if self.recording is not None:
+                    await self.recording.stop("complete")
+                self._on_empty(self)
 
     async def end(self, by: str | None) -> CallSession:
+        async with self._membership:
+            return await self._end(by)
+
+    async def _end(self, by: str | None) -> CallSession:
         member = self.members.get(by) if by is not None else None
         await self._log("session.ended", by, member.role if member else None)
         await self.identity.close()
@@ -335,6 +384,10 @@ class Room:
 
     async def shutdown(self) -> None:
         """Server stopping: close everything; clients reconnect to the next server."""
+        async with self._membership:
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
         await self.identity.close()
         if self.recording is not None:
             await self.recording.stop("interrupted")
@@ -358,6 +411,13 @@ class Room:
         await self._peer(participant_id, "ice").add_candidate(candidate)
 
     async def chat(self, participant_id: str, text: str) -> None:
+        # Everyone reads the chat, the customer included: a supervisor writing in it would
+        # reveal the silent observer (protocol section 2.5).
+        member = self.members.get(participant_id)
+        if member is None or member.role is Role.SUPERVISOR:
+            raise ProtocolError(
+                "forbidden", "Supervisors observe silently and cannot write in the chat.", "chat"
+            )
         message = await self._store.add_chat(self.session_id, participant_id, text)
         await self._broadcast(server_message("chat", message=chat_view(message)), about=None)
 
@@ -640,7 +700,13 @@ class Room:
     def _spawn(self, coroutine: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        # Nobody awaits a spawned task: its failure would otherwise vanish.
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("room_task_failed", session_id=self.session_id, exc_info=exc)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from server.context import services
 from server.errors import ApiError
 from server.identity.images import ImageInputError, ImageLimits, decode_image
 from server.settings import Settings
-from server.sfu.rooms import Room, RoomRegistry
+from server.sfu.rooms import CLOSE_ENDED, Room, RoomRegistry
 from server.signaling.protocol import (
     Answer,
     Chat,
@@ -132,13 +132,15 @@ async def _admit(request: web.Request) -> tuple[Principal, str]:
     """The principal and participant id this connection acts as, or an ApiError."""
     store = services(request).sessions
     session = await store.get(request.match_info["session_id"])
+    if session is not None and session.state == "ended":
+        # First: a customer's credential ends with the call, and "the call is over" is what a
+        # customer whose page reconnects just then must be told, not "log in".
+        raise ApiError(410, "session_ended", "This session has ended.")
     found = await principals(request)
     if not found:
         raise ApiError(401, "not_authenticated", "Log in, or open your invitation link again.")
     if session is None:
         raise ApiError(404, "unknown_session", "There is no such session.")
-    if session.state == "ended":
-        raise ApiError(410, "session_ended", "This session has ended.")
     denial: ApiError | None = None
     for principal in found:
         try:
@@ -173,6 +175,7 @@ class _Session:
         self._joined = False
         self._done = False  # left or ended deliberately: no rejoin grace
         self._upload: IdentityUpload | None = None  # announced; its binary frame comes next
+        self._joined_room: Room | None = None
 
     async def handle_binary(self, data: bytes) -> None:
         if self._rate.exceeded():
@@ -221,7 +224,9 @@ class _Session:
         except ProtocolError as exc:
             await self._error(exc)
             if exc.fatal:
-                await self._connection.close(4400, exc.code)
+                # 4410 tells the page the call is over (not a protocol fault to report).
+                code = CLOSE_ENDED if exc.code == "session_ended" else 4400
+                await self._connection.close(code, exc.code)
                 return False
         except ApiError as exc:
             await self._error(ProtocolError(exc.code, exc.message))
@@ -234,7 +239,12 @@ class _Session:
 
     @property
     def _room(self) -> Room:
-        return self._rooms.room(self._session_id)
+        """The room this connection joined; refused once the session is over (ended or left
+        empty), so that a late frame never brings a finished session's room back."""
+        room = self._rooms.get(self._session_id)
+        if room is None or room is not self._joined_room:
+            raise ProtocolError("session_ended", "This session has ended.", fatal=True)
+        return room
 
     async def _dispatch(self, message: ClientMessage) -> None:
         if isinstance(message, Ping):
@@ -244,8 +254,9 @@ class _Session:
             if self._joined:
                 raise ProtocolError("out_of_order", "Already joined.", "join")
             self._joined = True
+            room = self._joined_room = self._rooms.room(self._session_id)
             try:
-                await self._room.join(
+                await room.join(
                     self._participant_id,
                     self._principal.role,
                     self._principal.display_name,
@@ -254,7 +265,7 @@ class _Session:
             except Exception:
                 # Refused before it took effect (e.g. the audit log is unavailable): the client
                 # may send `join` again on this connection.
-                self._joined = self._room.holds(self._participant_id, self._connection)
+                self._joined = room.holds(self._participant_id, self._connection)
                 raise
             return
         if not self._joined:
@@ -268,8 +279,9 @@ class _Session:
         elif isinstance(message, ScreenShare):
             await self._room.screen_share(self._participant_id, message.active)
         elif isinstance(message, Leave):
-            self._done = True
             await self._room.leave(self._participant_id, "left")
+            # Only once it took effect: a refused leave keeps the rejoin grace of a drop.
+            self._done = True
         elif isinstance(message, RecordingStart):
             await self._room.recording_start(
                 self._participant_id, message.script, dict(message.values)
@@ -303,14 +315,16 @@ class _Session:
         elif isinstance(message, End):
             if self._principal.role not in (Role.TELLER, Role.CUSTOMER):
                 raise ProtocolError("forbidden", "Only the teller or the customer can end.", "end")
-            self._done = True
             await self._room.end(self._participant_id)
+            # Only once it took effect: a refused end (the audit log is down) leaves the
+            # connection open so that the client can try again.
+            self._done = True
 
     async def _error(self, exc: ProtocolError) -> None:
         with contextlib.suppress(ConnectionError, RuntimeError):
             await self._connection.send(error_message(exc.code, exc.message, exc.ref))
 
     async def finish(self) -> None:
-        room = self._rooms.get(self._session_id)
+        room = self._joined_room
         if room is not None and self._joined and not self._done:
             await room.disconnected(self._participant_id, self._connection)

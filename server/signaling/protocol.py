@@ -173,7 +173,9 @@ def parse_client_message(raw: str) -> ClientMessage:
     """Validate one text frame; raises ProtocolError with the documented code."""
     try:
         data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    # ValueError covers bad JSON, bad UTF-8 and integers too long to convert; RecursionError,
+    # deeply nested arrays (they fit in a small frame).
+    except (ValueError, RecursionError) as exc:
         raise ProtocolError("bad_json", "Messages must be JSON objects.") from exc
     if not isinstance(data, dict):
         raise ProtocolError("bad_json", "Messages must be JSON objects.")

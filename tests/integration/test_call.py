@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from server.auth.principal import Role
@@ -105,6 +106,15 @@ async def test_supervisor_observes_silently(server: RunningServer) -> None:
         # An observer sends nothing: no offer asks it to publish.
         assert supervisor.pc is not None
         assert all(t.direction != "sendonly" for t in supervisor.pc.getTransceivers())
+        # Nor writes in the chat, which the customer reads.
+        await supervisor.send({"type": "chat", "text": "我在旁听"})
+        refused = await supervisor.expect("error")
+        assert (refused["code"], refused["ref"]) == ("forbidden", "chat")
+        await customer.send({"type": "ping"})
+        heard = [await asyncio.wait_for(customer.messages.get(), 10)]
+        while heard[-1]["type"] != "pong":
+            heard.append(await asyncio.wait_for(customer.messages.get(), 10))
+        assert "chat" not in {m["type"] for m in heard}
     finally:
         for bot in (teller, customer, supervisor):
             await bot.close()

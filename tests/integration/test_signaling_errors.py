@@ -17,6 +17,8 @@ from typing import Any
 import aiohttp
 import pytest
 from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from server.auth.principal import Role
 from server.signaling.handler import HARD_FRAME_LIMIT
@@ -223,8 +225,11 @@ async def test_foreign_origin_is_4403(call: Call) -> None:
 
 async def test_malformed_json_is_reported_and_the_connection_stays(call: Call) -> None:
     raw = await call.connect(call.customer)
-    for text in ("{not json", "", "[1, 2]", '"join"', "null"):
-        await raw.ws.send_str(text)
+    # Nested 30,000 deep (fits in a frame, overflows a recursive parser); an integer too long
+    # to convert.
+    nested, huge = "[" * 30_000, '{"v": 1, "type": "ping", "n": ' + "9" * 5000 + "}"
+    for frame in ("{not json", "", "[1, 2]", '"join"', "null", nested, huge):
+        await raw.ws.send_str(frame)
         await raw.error("bad_json")
     await raw.pong()
     await raw.send(type="join")
@@ -427,6 +432,39 @@ async def test_only_teller_and_customer_end_the_session(call: Call) -> None:
     detail = await call.teller.call("GET", f"/api/v1/sessions/{call.session_id}")
     assert detail["session"]["state"] != "ended"
     await chat_round_trip(teller, raw, "still in session")
+
+
+async def test_a_connection_admitted_before_the_end_cannot_join_after_it(call: Call) -> None:
+    teller, _ = await call.joined(call.teller)
+    late = await call.connect(call.customer)  # admitted while the session is live
+    await teller.send(type="end")
+    await teller.expect("session_ended")
+    assert await teller.closed() == 4410
+    await late.send(type="join")
+    await late.error("session_ended", "join")
+    assert await late.closed() == 4410
+    # Nothing was brought back to life: the session stays ended, with no one connected.
+    detail = await call.teller.call("GET", f"/api/v1/sessions/{call.session_id}")
+    assert detail["session"]["state"] == "ended"
+    assert all(p["state"] != "connected" for p in detail["session"]["participants"])
+
+
+async def test_an_end_the_audit_log_refuses_keeps_the_connection(call: Call) -> None:
+    teller, _ = await call.joined(call.teller)
+    engine = create_async_engine(call.server.settings.effective_database_url)
+    try:
+        async with engine.begin() as db:
+            await db.execute(text("ALTER TABLE audit_log RENAME TO audit_log_away"))
+        await teller.send(type="end")
+        await teller.error("audit_unavailable")
+        await teller.pong()  # still connected: the teller can try again
+        async with engine.begin() as db:
+            await db.execute(text("ALTER TABLE audit_log_away RENAME TO audit_log"))
+    finally:
+        await engine.dispose()
+    await teller.send(type="end")
+    await teller.expect("session_ended")
+    assert await teller.closed() == 4410
 
 
 async def test_flood_is_rate_limited(call: Call) -> None:

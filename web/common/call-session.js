@@ -154,6 +154,7 @@ export class CallSession extends Emitter {
       this.#tiles.clear();
       for (const participant of msg.participants ?? []) this.#upsert(participant);
       this.#chat.setHistory(msg.chat ?? []);
+      this.#chat.setReadOnly(msg.role === 'supervisor');
       this.#chat.setEnabled(true);
       this.emit('joined', msg);
     });

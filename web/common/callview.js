@@ -139,6 +139,7 @@ export class TileGrid {
 /** Chat panel over #chat-log / #chat-input / #chat-send; onSend(text) returns false if not sent. */
 export class ChatPanel {
   #log;
+  #form;
   #input;
   #send;
   #ids = new Set();
@@ -146,6 +147,7 @@ export class ChatPanel {
 
   constructor({ log, form, input, send, onSend, onSendFailed }) {
     this.#log = log;
+    this.#form = form;
     this.#input = input;
     this.#send = send;
     form.addEventListener('submit', (event) => {
@@ -161,6 +163,11 @@ export class ChatPanel {
   setEnabled(enabled) {
     this.#input.disabled = !enabled;
     this.#send.disabled = !enabled;
+  }
+
+  /** Supervisors read the chat but do not write in it: the customer is never told they watch. */
+  setReadOnly(readOnly) {
+    this.#form.hidden = readOnly;
   }
 
   setHistory(messages) {
