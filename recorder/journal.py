@@ -10,6 +10,7 @@ is in the journal; recovery drops the last ones if they never reached the spool.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ class JournalState:
     transactions: dict[str, dict[str, Any]] = field(default_factory=dict)  # by id, newest wins
     last_media_ms: int = 0
     last_wall: str = ""
+    # The manifest and its signature as signed, once sealing began (the newest one holds).
+    signed: tuple[bytes, bytes] | None = None
     sealed: bool = False
 
 
@@ -101,6 +104,11 @@ class Journal:
                     state.compliance = record["compliance"]
                 elif kind == "transaction":
                     state.transactions[record["transaction"]["id"]] = record["transaction"]
+                elif kind == "signed":
+                    state.signed = (
+                        base64.b64decode(record["manifest"]),
+                        base64.b64decode(record["signature"]),
+                    )
                 elif kind == "sealed":
                     state.sealed = True
         if state is None:

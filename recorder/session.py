@@ -8,6 +8,8 @@ manifest is chained to the previous archive's and spooled beside the segments.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -32,6 +34,7 @@ from recorder.seal.manifest import (
     WrappedKeyEntry,
     format_timestamp,
     manifest_sha256,
+    parse_manifest,
     sign_manifest,
 )
 from recorder.seal.sealer import ArchiveSealer
@@ -466,13 +469,31 @@ class RecordingSession:
 
 
 async def seal_manifest(
-    context: RecorderContext, fields: dict[str, Any], journal: Journal, retain: datetime
+    context: RecorderContext,
+    fields: dict[str, Any],
+    journal: Journal,
+    retain: datetime,
+    signed: tuple[bytes, bytes] | None = None,
 ) -> ArchiveRecord:
-    """Sign the manifest, chain it to the newest one, spool it, mark the journal sealed."""
-    finalized_at = datetime.now(UTC)
+    """Sign the manifest, chain it to the newest one, spool it, mark the journal sealed.
+
+    Each signed manifest is journaled before the chain may take it. A process that dies after
+    the chain took it, but before it was stored, is finished at recovery with that same manifest
+    (`signed`, from the journal): a second manifest for one archive would take a second place
+    in the chain and leave the first one's place pointing at a manifest that was never stored.
+    """
     archive_id = journal.path.stem
-    while True:
-        previous = await context.chain.head()
+    record: ArchiveRecord | None = None
+    if signed is not None:
+        data, signature = signed
+        record = _record_of(parse_manifest(data), data)
+        if not await context.chain.append(record):
+            # Never chained, and another archive has been sealed since: the same content is
+            # signed again after the new head.
+            fields = json.loads(data)
+            record = None
+    finalized_at = datetime.now(UTC)
+    while record is None:
         manifest = Manifest.model_validate(
             fields
             | {
@@ -481,23 +502,22 @@ async def seal_manifest(
                 "product": None,
                 "recorder_version": RECORDER_VERSION,
                 "finalized_at": format_timestamp(finalized_at),
-                "previous_manifest_sha256": previous,
+                "previous_manifest_sha256": await context.chain.head(),
                 "signing_key_id": context.signer.key_id,
             }
         )
         data, signature = sign_manifest(manifest, context.signer)
-        record = ArchiveRecord(
-            archive_id=archive_id,
-            session_id=manifest.session_id,
-            business=manifest.business,
-            status=manifest.status,
-            manifest_sha256=manifest_sha256(data),
-            previous_sha256=previous,
-            created_at=datetime.fromisoformat(manifest.created_at.replace("Z", "+00:00")),
-            finalized_at=finalized_at,
+        await asyncio.to_thread(
+            journal.append,
+            "signed",
+            {
+                "manifest": base64.b64encode(data).decode("ascii"),
+                "signature": base64.b64encode(signature).decode("ascii"),
+            },
         )
-        if await context.chain.append(record):
-            break
+        candidate = _record_of(manifest, data)
+        if await context.chain.append(candidate):
+            record = candidate
     prefix = archive_prefix(archive_id)
     await context.spool.add(prefix + MANIFEST_OBJECT, data, retain)
     await context.spool.add(prefix + SIGNATURE_OBJECT, signature, retain)
@@ -506,10 +526,31 @@ async def seal_manifest(
     return record
 
 
+def _record_of(manifest: Manifest, data: bytes) -> ArchiveRecord:
+    def moment(text: str) -> datetime:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+    return ArchiveRecord(
+        archive_id=manifest.archive_id,
+        session_id=manifest.session_id,
+        business=manifest.business,
+        status=manifest.status,
+        manifest_sha256=manifest_sha256(data),
+        previous_sha256=manifest.previous_manifest_sha256,
+        created_at=moment(manifest.created_at),
+        finalized_at=moment(manifest.finalized_at),
+    )
+
+
 async def recover(context: RecorderContext, journal: Journal) -> ArchiveRecord:
-    """Finalize, as interrupted, a recording whose process died: what was stored holds."""
+    """Finalize, as interrupted, a recording whose process died: what was stored holds. One
+    that died while sealing is finished with the manifest it had signed."""
     state: JournalState = await asyncio.to_thread(journal.read)
     header = state.header
+    retain = datetime.fromisoformat(header["retain_until"])
+    if state.signed is not None:
+        # It died while sealing: the manifest it signed is the archive's (its status included).
+        return await seal_manifest(context, {}, journal, retain, state.signed)
     stored = await _stored_segments(context, journal.path.stem, state.segments)
     presence: dict[str, dict[str, Any]] = {}
     for event in state.presence:
@@ -567,7 +608,6 @@ async def recover(context: RecorderContext, journal: Journal) -> ArchiveRecord:
         "identity": state.identity,
         "compliance": state.compliance,
     } | _transactions_member(list(state.transactions.values()))
-    retain = datetime.fromisoformat(header["retain_until"])
     return await seal_manifest(context, fields, journal, retain)
 
 

@@ -11,6 +11,10 @@ from server.db.engine import DbSession
 from server.db.models import Archive
 
 
+class ChainConflict(RuntimeError):
+    """An archive already in the chain was offered with a different manifest."""
+
+
 class DatabaseChain:
     def __init__(self, db: async_sessionmaker[DbSession]) -> None:
         self._db = db
@@ -25,8 +29,21 @@ class DatabaseChain:
             )
 
     async def append(self, record: ArchiveRecord) -> bool:
+        """Chain `record` after the head; False if the head is no longer its predecessor.
+        Appending a manifest the chain already holds is a no-op (a seal finished after a crash);
+        another manifest for an archive already chained is refused (ChainConflict)."""
         try:
             async with self._db() as db, db.begin():
+                archive = await db.get(Archive, record.archive_id)
+                if archive is not None and archive.chain_index is not None:
+                    if archive.manifest_sha256 == record.manifest_sha256:
+                        return True
+                    raise ChainConflict(
+                        f"archive {record.archive_id} is already chained (position "
+                        f"{archive.chain_index}, manifest {archive.manifest_sha256}); a second "
+                        "manifest for it would fork the chain. Keep its journal and compare the "
+                        "stored manifest with it before doing anything."
+                    )
                 head = (
                     await db.execute(
                         select(Archive.chain_index, Archive.manifest_sha256)
@@ -37,7 +54,6 @@ class DatabaseChain:
                 ).first()
                 if (head[1] if head else None) != record.previous_sha256:
                     return False
-                archive = await db.get(Archive, record.archive_id)
                 if archive is None:
                     archive = Archive(
                         id=record.archive_id,

@@ -83,8 +83,9 @@ class RecordingManager:
             await self._finish(journal)
 
     async def _finish(self, journal: Journal) -> None:
-        """Seal, as interrupted, the recording a crashed process left; one bad journal never
-        keeps the worker (and every other recovery) from starting."""
+        """Seal the recording a crashed process left (as interrupted, or with the manifest it
+        had signed); one bad journal never keeps the worker (and every other recovery) from
+        starting."""
         try:
             state = await asyncio.to_thread(journal.read)
             if state.sealed:
@@ -116,9 +117,11 @@ class RecordingManager:
             return
         await self.sealed(record.archive_id, record.session_id)
         log.warning(
-            "recording_recovered_as_interrupted",
+            # "complete" when the process died while sealing a recording that had ended.
+            "recording_recovered",
             archive_id=record.archive_id,
             session_id=record.session_id,
+            status=record.status,
         )
 
     async def stop(self) -> None:

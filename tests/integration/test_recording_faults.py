@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from recorder import session as recording_session
 from recorder.journal import Journal
@@ -30,10 +31,12 @@ from recorder.store.config import RetentionRules, StoreSettings
 from recorder.store.s3 import ArchiveBucket, ArchiveUnavailableError, S3Archive
 from recorder.store.spool import Spool, SpoolEntry
 from recorder.verify import DirectoryArchive, VerificationReport, verify_archive
+from server.db.models import Archive, CallSession
+from server.recording.chain import ChainConflict, DatabaseChain
 from server.recording.manager import RecordingManager
 from tests.support import server as support
 from tests.support.bot import Bot
-from tests.support.database import migrated_database
+from tests.support.database import TELLER_ID, migrated_database
 from tests.support.minio import PrivateMinio
 from tests.support.process import ServerProcess
 from tests.support.server import ApiClient
@@ -406,3 +409,49 @@ async def test_unusable_journals_are_set_aside_and_the_worker_starts(tmp_path: P
         finally:
             await manager.stop()
     assert left == ["done.jsonl", "empty.jsonl.broken", "headless.jsonl.broken"]
+
+
+class _Killed(Exception):
+    """The process dies here."""
+
+
+class _DiesStoringTheManifest(Spool):
+    async def add(self, name: str, data: bytes, retain_until: datetime) -> SpoolEntry:
+        if name.endswith("/manifest.json"):
+            raise _Killed
+        return await super().add(name, data, retain_until)
+
+
+async def test_a_seal_cut_short_after_the_chain_took_it_finishes_with_the_same_manifest(
+    tmp_path: Path,
+) -> None:
+    async with migrated_database(tmp_path / "db.sqlite") as db:
+        async with db() as session, session.begin():
+            session.add(CallSession(id="s1", business="wealth", teller_id=TELLER_ID))
+        chain = DatabaseChain(db)
+        spool = _DiesStoringTheManifest(tmp_path / "spool")
+        context = dataclasses.replace(_context(tmp_path, spool), chain=chain)
+        recording = await RecordingSession.create(context, "s1", "wealth", lambda: None)
+        await chain.started(recording.archive_id, "s1", "wealth")
+        _record(recording, 2)
+        with pytest.raises(_Killed):
+            await recording.stop()  # chained, then died before the manifest was stored
+        chained = await chain.head()
+        journal = Journal(context.journal_dir / f"{recording.archive_id}.jsonl")
+        assert not journal.read().sealed
+
+        restarted = dataclasses.replace(context, spool=Spool(spool.directory))
+        record = await recover(restarted, journal)
+        # Another manifest for an archive already chained is refused, never given a second place.
+        forged = dataclasses.replace(record, manifest_sha256="f" * 64, previous_sha256=chained)
+        with pytest.raises(ChainConflict):
+            await chain.append(forged)
+        async with db() as session:
+            rows = (await session.scalars(select(Archive))).all()
+
+    # The manifest the chain took is the one stored: one place in the chain, its own status.
+    assert record.manifest_sha256 == chained and record.status == "complete"
+    assert [(a.chain_index, a.manifest_sha256) for a in rows] == [(0, chained)]
+    report = _verified(restarted, await _archived(restarted, {}, tmp_path / "archive"))
+    assert report.ok, report.render()
+    assert report.manifest is not None and report.manifest.status == "complete"
