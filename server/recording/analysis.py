@@ -244,22 +244,17 @@ class AnalysisJobs:
             env=env,
             preexec_fn=lambda: os.nice(NICENESS),
         )
-        assert child.stdout is not None and child.stderr is not None
-        out_task = asyncio.ensure_future(child.stdout.read())
-        errors: list[str] = []
-        async for raw in child.stderr:
-            line = raw.decode("utf-8", "replace").strip()
-            try:
-                update_ = json.loads(line)
-                stage = str(update_["stage"])
-                permille = int(float(update_["fraction"]) * 1000)
-            except (ValueError, KeyError, TypeError):
-                errors.append(line)
-                continue
-            await self._update(archive_id, stage=stage[:32], progress=permille)
-            await self._progress(session_id, archive_id, stage, permille)
-        out = await out_task
-        code = await child.wait()
+        try:
+            out, code, errors = await self._follow(child, session_id, archive_id)
+        except BaseException:
+            # The worker is stopping (or following the child failed): the job stays `running`
+            # and is started again with the worker, so this child must not run on unattended,
+            # taking CPU from calls and racing its successor to store a report.
+            if child.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.kill()
+                await child.wait()
+            raise
         if code not in (0, 1):
             raise AnalysisError(
                 f"vteller compliance analyze exited with {code}: " + " | ".join(errors[-5:])
@@ -269,6 +264,30 @@ class AnalysisJobs:
         except json.JSONDecodeError as exc:
             raise AnalysisError(f"the analysis printed no report: {exc}") from exc
         return document, code
+
+    async def _follow(
+        self, child: asyncio.subprocess.Process, session_id: str, archive_id: str
+    ) -> tuple[bytes, int, list[str]]:
+        """The child's report (stdout), exit code and non-progress stderr lines; its progress
+        lines update the job and the teller's page as they come."""
+        assert child.stdout is not None and child.stderr is not None
+        out_task = asyncio.ensure_future(child.stdout.read())
+        errors: list[str] = []
+        try:
+            async for raw in child.stderr:
+                line = raw.decode("utf-8", "replace").strip()
+                try:
+                    update_ = json.loads(line)
+                    stage = str(update_["stage"])
+                    permille = int(float(update_["fraction"]) * 1000)
+                except (ValueError, KeyError, TypeError):
+                    errors.append(line)
+                    continue
+                await self._update(archive_id, stage=stage[:32], progress=permille)
+                await self._progress(session_id, archive_id, stage, permille)
+            return await out_task, await child.wait(), errors
+        finally:
+            out_task.cancel()
 
     async def _store(
         self,

@@ -4,6 +4,7 @@ in the archive, review items for supervisors, every decision in the audit log.""
 from __future__ import annotations
 
 import asyncio
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -278,3 +279,28 @@ async def test_a_review_decided_twice_at_once_takes_and_logs_one_decision(
     assert stored is not None and stored.state == decided.state
     assert [e.detail["decision"] for e in entries] == [decided.state]
     assert [e.actor for e in entries] == [decided.decided_by]
+
+
+async def test_a_stopping_worker_leaves_no_analysis_running(
+    tmp_path: Path, db: async_sessionmaker[DbSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[asyncio.subprocess.Process] = []
+    spawn = asyncio.create_subprocess_exec
+
+    async def long_analysis(*args: Any, **kwargs: Any) -> asyncio.subprocess.Process:
+        # Stands for `vteller compliance analyze` on a long call: minutes of work.
+        child = await spawn(sys.executable, "-c", "import time; time.sleep(120)", **kwargs)
+        started.append(child)
+        return child
+
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", long_analysis)
+    jobs = _jobs(tmp_path, db, object())
+    running = asyncio.ensure_future(jobs._analyze("s1", ARCHIVE))
+    async with asyncio.timeout(30):
+        while not started:  # noqa: ASYNC110 - the job starts its child
+            await asyncio.sleep(0.05)
+    running.cancel()  # the worker stops
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    # The child went with it: the job is started again with the worker, never twice at once.
+    assert started[0].returncode is not None
