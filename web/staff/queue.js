@@ -110,12 +110,15 @@ function button(key, onClick) {
 
 async function setStatus(status) {
   $('queue-error').textContent = '';
+  // Nothing else of the panel until the server has the new status: "take next" sent meanwhile
+  // would be judged on the old one ("you are away"). The next render enables what applies.
+  for (const id of ['queue-available', 'queue-away', 'queue-take']) $(id).disabled = true;
   try {
     await post('/api/v1/queue/me/status', { status });
-    refresh();
   } catch (err) {
     $('queue-error').textContent = errorText(err);
   }
+  refresh();
 }
 
 async function takeNext() {
