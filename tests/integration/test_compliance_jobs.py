@@ -29,9 +29,7 @@ from server.audit import AuditLog
 from server.auth.principal import Role
 from server.db.engine import DbSession
 from server.db.models import (
-    Archive,
     AuditEntry,
-    CallSession,
     ComplianceReport,
     ComplianceReview,
 )
@@ -40,7 +38,7 @@ from tests.integration.test_archive_store import bucket, store_settings
 from tests.integration.test_compliance_analysis import _call, _script
 from tests.integration.test_recording import _vteller
 from tests.support import server as support
-from tests.support.database import TELLER_ID, migrated_database
+from tests.support.database import add_session, migrated_database
 
 __all__ = ["bucket", "store_settings"]  # fixtures
 
@@ -148,10 +146,7 @@ async def test_a_sealed_recording_is_analysed_signed_and_reviewed(
 @pytest.fixture
 async def db(tmp_path: Path) -> AsyncIterator[async_sessionmaker[DbSession]]:
     async with migrated_database(tmp_path / "db.sqlite") as factory:
-        async with factory() as session, session.begin():
-            session.add(CallSession(id="s1", business="wealth", teller_id=TELLER_ID))
-            await session.flush()
-            session.add(Archive(id=ARCHIVE, session_id="s1", business="wealth"))
+        await add_session(factory, archives=(ARCHIVE,))
         yield factory
 
 

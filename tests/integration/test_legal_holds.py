@@ -12,9 +12,8 @@ from recorder.store.config import StoreSettings
 from recorder.store.s3 import ArchiveBucket
 from server.auditor.holds import LegalHolds
 from server.db.engine import DbSession
-from server.db.models import Archive, CallSession
 from tests.integration.test_archive_store import bucket, retain_for, store_settings
-from tests.support.database import TELLER_ID, migrated_database
+from tests.support.database import add_session, migrated_database
 
 __all__ = ["bucket", "store_settings"]  # fixtures
 
@@ -24,13 +23,7 @@ HELD, OTHER = "0190d1e8-5a5b-7c3d-9e4f-a0b1c2d3e4f5", "0190d1e8-5a5b-7c3d-9e4f-a
 @pytest.fixture
 async def db(tmp_path: Path) -> AsyncIterator[async_sessionmaker[DbSession]]:
     async with migrated_database(tmp_path / "db.sqlite") as factory:
-        async with factory() as session, session.begin():
-            # One by one: these rows are related by foreign keys only, not by relationships.
-            session.add(CallSession(id="s1", business="wealth", teller_id=TELLER_ID))
-            await session.flush()
-            session.add_all(
-                Archive(id=a, session_id="s1", business="wealth") for a in (HELD, OTHER)
-            )
+        await add_session(factory, archives=(HELD, OTHER))
         yield factory
 
 

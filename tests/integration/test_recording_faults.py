@@ -31,12 +31,12 @@ from recorder.store.config import RetentionRules, StoreSettings
 from recorder.store.s3 import ArchiveBucket, ArchiveUnavailableError, S3Archive
 from recorder.store.spool import Spool, SpoolEntry
 from recorder.verify import DirectoryArchive, VerificationReport, verify_archive
-from server.db.models import Archive, CallSession
+from server.db.models import Archive
 from server.recording.chain import ChainConflict, DatabaseChain
 from server.recording.manager import RecordingManager
 from tests.support import server as support
 from tests.support.bot import Bot
-from tests.support.database import TELLER_ID, migrated_database
+from tests.support.database import add_session, migrated_database
 from tests.support.minio import PrivateMinio
 from tests.support.process import ServerProcess
 from tests.support.server import ApiClient
@@ -206,6 +206,13 @@ class _FullSpool(Spool):
         return await super().add(name, data, retain_until)
 
 
+@pytest.fixture
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Spool and journal writes retried within milliseconds, not seconds."""
+    monkeypatch.setattr(recording_session, "STORE_RETRY_FIRST_SECONDS", 0.01)
+    monkeypatch.setattr(recording_session, "STORE_RETRY_MAX_SECONDS", 0.04)
+
+
 class _OnlyChain:
     async def head(self) -> str | None:
         return None
@@ -299,10 +306,8 @@ async def test_a_recording_does_its_disk_work_off_the_event_loop(
 
 
 async def test_a_segment_is_journaled_before_it_is_spooled_and_recovery_drops_the_unstored(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, quick_retries: None
 ) -> None:
-    monkeypatch.setattr(recording_session, "STORE_RETRY_FIRST_SECONDS", 0.01)
-    monkeypatch.setattr(recording_session, "STORE_RETRY_MAX_SECONDS", 0.04)
     spool = _FullSpool(tmp_path / "spool", failures=0)
     context = _context(tmp_path, spool)
     recording = await RecordingSession.create(context, "s1", "wealth", lambda: None)
@@ -351,10 +356,8 @@ async def test_a_segment_is_journaled_before_it_is_spooled_and_recovery_drops_th
 
 
 async def test_a_full_spool_disk_holds_the_recording_back_and_loses_no_segment(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, quick_retries: None
 ) -> None:
-    monkeypatch.setattr(recording_session, "STORE_RETRY_FIRST_SECONDS", 0.01)
-    monkeypatch.setattr(recording_session, "STORE_RETRY_MAX_SECONDS", 0.04)
     spool = _FullSpool(tmp_path / "spool", failures=4)
     context = _context(tmp_path, spool)
     shown: list[str | None] = []
@@ -426,8 +429,7 @@ async def test_a_seal_cut_short_after_the_chain_took_it_finishes_with_the_same_m
     tmp_path: Path,
 ) -> None:
     async with migrated_database(tmp_path / "db.sqlite") as db:
-        async with db() as session, session.begin():
-            session.add(CallSession(id="s1", business="wealth", teller_id=TELLER_ID))
+        await add_session(db)
         chain = DatabaseChain(db)
         spool = _DiesStoringTheManifest(tmp_path / "spool")
         context = dataclasses.replace(_context(tmp_path, spool), chain=chain)

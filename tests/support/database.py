@@ -9,7 +9,7 @@ from pathlib import Path
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from server.db.engine import DbSession, create_engine, migrate, session_factory
-from server.db.models import User
+from server.db.models import Archive, CallSession, User
 
 TELLER_ID = "u1"
 
@@ -28,3 +28,17 @@ async def migrated_database(path: Path) -> AsyncIterator[async_sessionmaker[DbSe
         yield factory
     finally:
         await engine.dispose()
+
+
+async def add_session(
+    factory: async_sessionmaker[DbSession], session_id: str = "s1", archives: tuple[str, ...] = ()
+) -> None:
+    """A wealth session of `TELLER_ID`'s, with archive rows of these ids (not yet sealed)."""
+    async with factory() as session, session.begin():
+        session.add(CallSession(id=session_id, business="wealth", teller_id=TELLER_ID))
+        # Before the archives: the rows are related by foreign keys only, not by relationships.
+        await session.flush()
+        session.add_all(
+            Archive(id=archive_id, session_id=session_id, business="wealth")
+            for archive_id in archives
+        )
