@@ -1,24 +1,31 @@
 #!/usr/bin/env bash
-# Run every test on this machine: install what the tests need, start a throwaway MinIO, run pytest.
+# Run every test on this machine: install what the tests need, start a throwaway MinIO and
+# PostgreSQL, run pytest.
 set -euo pipefail
 
 usage() {
     cat <<'EOF'
 Usage: bash infra/test.sh [PYTEST ARGS...]
 
-1. apt-get installs chromium, fonts-noto-cjk, ffmpeg and openssl if any is missing (root or sudo)
+1. apt-get installs chromium, fonts-noto-cjk, ffmpeg, openssl and postgresql if any is missing
+   (root or sudo)
 2. pip install -e '.[test]' (skipped while pyproject.toml is unchanged)
 3. builds MinIO if needed and starts a test instance on 127.0.0.1:9100, data in
    ${VTELLER_DATA_DIR:-./var}/test-minio (wiped at each start), and exports
    VTELLER_S3_ENDPOINT, VTELLER_S3_ACCESS_KEY, VTELLER_S3_SECRET_KEY for the tests
+   and a throwaway PostgreSQL cluster on 127.0.0.1:5433 (in ${TMPDIR:-/tmp}, wiped at each
+   start), exporting VTELLER_TEST_POSTGRES_URL: tests of several machines, and those run on
+   both databases, make a database of their own there
 4. python -m pytest tests -q -rs [PYTEST ARGS...] ('tests' is left out when the args name
-   paths under tests/), and stops that MinIO at the end
+   paths under tests/), and stops that MinIO and PostgreSQL at the end
 
 Exits with pytest's exit status. Examples:
   bash infra/test.sh tests/unit          only the unit tests
   bash infra/test.sh -k colour -x        pytest options pass through
 
-Environment: VTELLER_TEST_MINIO_PORT (default 9100), PYTHON (default python3).
+Environment: VTELLER_TEST_MINIO_PORT (default 9100), VTELLER_TEST_POSTGRES_PORT (default 5433),
+PYTHON (default python3); VTELLER_TEST_DATABASE=postgresql runs every in-process test server on
+PostgreSQL instead of SQLite (docs/deployment.md).
 EOF
 }
 
@@ -29,12 +36,13 @@ PYTHON="${PYTHON:-python3}"
 say() { printf 'test: %s\n' "$*" >&2; }
 
 # --- 1. system packages: Chromium for the end-to-end tests, CJK fonts so Chinese UI text renders,
-# ffmpeg to inspect recordings, openssl to verify an export package without vteller. dpkg-query,
+# ffmpeg to inspect recordings, openssl to verify an export package without vteller, postgresql
+# for the database that workers on several machines share. dpkg-query,
 # not dpkg -s: a removed package whose configuration files remain is "known" to dpkg -s but not
 # installed.
 installed() { [[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" == "install ok installed" ]]; }
 missing=()
-for pkg in chromium fonts-noto-cjk ffmpeg openssl; do
+for pkg in chromium fonts-noto-cjk ffmpeg openssl postgresql; do
     installed "$pkg" || missing+=("$pkg")
 done
 if ((${#missing[@]})); then
@@ -47,7 +55,7 @@ if ((${#missing[@]})); then
     "${sudo[@]}" apt-get update -q
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
 else
-    say "system packages already installed (chromium, fonts-noto-cjk, ffmpeg, openssl)"
+    say "system packages already installed (chromium, fonts-noto-cjk, ffmpeg, openssl, postgresql)"
 fi
 
 # --- 2. Python packages.
@@ -61,13 +69,19 @@ minio_dir="${VTELLER_DATA_DIR:-./var}/test-minio"
 minio_opts=(--data-dir "$minio_dir" --port "${VTELLER_TEST_MINIO_PORT:-9100}")
 bash infra/minio.sh install
 started_minio=0
+postgres_opts=(--data-dir "${TMPDIR:-/tmp}/vteller-test-postgres-${VTELLER_TEST_POSTGRES_PORT:-5433}"
+    --port "${VTELLER_TEST_POSTGRES_PORT:-5433}")
+started_postgres=0
 # shellcheck disable=SC2317  # called by the EXIT trap
-stop_minio() {
+stop_servers() {
     if ((started_minio)); then
         bash infra/minio.sh stop "${minio_opts[@]}" || true
     fi
+    if ((started_postgres)); then
+        bash infra/postgres.sh stop "${postgres_opts[@]}" || true
+    fi
 }
-trap stop_minio EXIT
+trap stop_servers EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 if bash infra/minio.sh status "${minio_opts[@]}" 2>/dev/null; then
@@ -80,7 +94,20 @@ else
 fi
 eval "$(bash infra/minio.sh env "${minio_opts[@]}")"
 
-# --- 4. pytest; its exit status is ours (the EXIT trap still stops MinIO).
+# The same for PostgreSQL. Its cluster lives outside the checkout: the server runs as the user
+# 'postgres', which may not enter the directories above a checkout under /root.
+if bash infra/postgres.sh status "${postgres_opts[@]}" 2>/dev/null; then
+    say "reusing the test PostgreSQL that is already running (left running at the end)"
+else
+    rm -rf -- "${postgres_opts[1]:?}"
+    started_postgres=1
+    bash infra/postgres.sh start "${postgres_opts[@]}"
+fi
+eval "$(bash infra/postgres.sh env "${postgres_opts[@]}")"
+export VTELLER_TEST_POSTGRES_URL="$VTELLER_POSTGRES_URL"
+unset VTELLER_POSTGRES_URL
+
+# --- 4. pytest; its exit status is ours (the EXIT trap still stops MinIO and PostgreSQL).
 # 'tests' unless the arguments name test paths themselves (pytest would run both).
 targets=(tests)
 for arg in "$@"; do

@@ -26,6 +26,7 @@ from server.auditor.service import AuditorPortal
 from server.auth.ratelimit import LoginThrottle
 from server.auth.service import AuthService
 from server.context import SERVICES, Services
+from server.crypto.deployment_keys import check_deployment_keys, local_check_values
 from server.db.engine import create_engine, migrate, session_factory
 from server.identity.engines import IdentityEngines
 from server.identity.records import IdentityRecords
@@ -92,13 +93,8 @@ async def create_app(settings: Settings) -> web.Application:
 
     recorder.on_sealed = sealed
     analysis.notify = rooms.notify_staff
-    webhooks = WebhookDeliveries(
-        settings.webhook,
-        db,
-        audit,
-        recorder.signer,
-        webhook_secret(settings.webhook, settings.data_dir),
-    )
+    secret = webhook_secret(settings.webhook, settings.data_dir)
+    webhooks = WebhookDeliveries(settings.webhook, db, audit, recorder.signer, secret)
     services = Services(
         settings=settings,
         engine=engine,
@@ -129,6 +125,13 @@ async def create_app(settings: Settings) -> web.Application:
             settings.data_dir / "keys" / "queue-keyring.json",
         ),
     )
+
+    # Every key file exists by now (created at first start): compare them with the other
+    # machines' before anything is written with them.
+    keys = settings.data_dir / "keys"
+    local_keys = await asyncio.to_thread(local_check_values, keys, recorder.signer.key_id, secret)
+    await check_deployment_keys(db, keys, local_keys)
+    await services.workers.check_url()
 
     app = web.Application(
         middlewares=[security_headers, json_errors], client_max_size=API_BODY_LIMIT

@@ -95,6 +95,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from server.app import create_app
+    from server.errors import StartRefused
+    from server.workers.supervisor import EXIT_CONFIG
 
     host = args.host or settings.host
     port = args.port or settings.port
@@ -129,7 +131,11 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     print(f"vteller {__version__} listening on http://{host}:{port}", file=sys.stderr)
     _one_opencv_thread()
-    web.run_app(create_app(settings), sock=listener, print=None, access_log_class=AccessLogger)
+    try:
+        web.run_app(create_app(settings), sock=listener, print=None, access_log_class=AccessLogger)
+    except StartRefused as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     return 0
 
 

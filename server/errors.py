@@ -1,6 +1,12 @@
-"""Errors a client is meant to read: a stable code plus a message that says what to do."""
+"""Errors someone is meant to read: API errors (a stable code plus a message that says what to
+do), and the refusal of a worker to start as its machine is set up."""
 
 from __future__ import annotations
+
+
+class StartRefused(RuntimeError):
+    """This worker must not start as configured (its message names the fix); `vteller serve`
+    prints it and exits with EX_CONFIG, and the supervisor stops rather than restart it."""
 
 
 class ApiError(Exception):

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from server.sfu.ice_policy import IcePolicy
+from tests.support.postgres import database_url
 from tests.support.server import RunningServer, running_server, test_settings
 
 # Nothing in the tests may send beyond loopback, including in-process aiortc clients.
@@ -15,6 +16,16 @@ IcePolicy(["127.0.0.1"]).install()
 
 
 @pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[RunningServer]:
-    async with running_server(test_settings(tmp_path)) as running:
+def database() -> str:
+    """The `server` fixture's database: "sqlite", or also "postgresql" in the modules that
+    tests/integration/conftest.py runs on both."""
+    return "sqlite"
+
+
+@pytest.fixture
+async def server(tmp_path: Path, database: str) -> AsyncIterator[RunningServer]:
+    async with (
+        database_url(database) as url,
+        running_server(test_settings(tmp_path, database_url=url)) as running,
+    ):
         yield running

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from uuid import UUID
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from recorder.seal.files import create_private_file, is_private, replace_private_file
@@ -158,6 +159,11 @@ class LocalKeyring:
             replace_private_file(self.path, _dump(new_id, keys))
         return new_id
 
+    def check_values(self) -> dict[str, str]:
+        """Each key's check value by key id: tells whether two keyrings hold the same keys
+        without revealing them (server/crypto/deployment_keys.py)."""
+        return {key_id: key_check_value(key) for key_id, key in self._load()[1].items()}
+
     def wrap(self, data_key: bytes, archive_id: UUID) -> WrappedKey:
         current, keys = self._load()
         return wrap_data_key(keys[current], current, data_key, archive_id)
@@ -193,6 +199,15 @@ class LocalKeyring:
         except FileNotFoundError:
             raise KeyringMissing(self.path) from None
         return _parse(self.path, raw)
+
+
+def key_check_value(key: bytes) -> str:
+    """A MAC of a fixed label under `key`, as banks compare keys without showing them: equal for
+    equal keys, and revealing nothing of the key (64 bits: a mismatch, not a secret, is what it
+    finds)."""
+    mac = hmac.HMAC(key, hashes.SHA256())
+    mac.update(b"vteller key check value v1")
+    return mac.finalize()[:8].hex()
 
 
 def _new_key() -> tuple[str, dict[str, bytes]]:

@@ -6,11 +6,13 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.ext.asyncio import AsyncSession as DbSession
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+# The advisory lock that serialises migrations on PostgreSQL ("vteller" in ASCII).
+_LOCK = 0x76_74_65_6C_6C_65_72
 
 __all__ = ["DbSession", "create_engine", "migrate", "session_factory"]
 
@@ -22,10 +24,13 @@ def create_engine(url: str) -> AsyncEngine:
             # The database holds password hashes and session records: owner-only, like the keys.
             Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             Path(path).touch(mode=0o600, exist_ok=True)
-    engine = create_async_engine(url)
     if url.startswith("sqlite"):
+        engine = create_async_engine(url)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-    return engine
+        return engine
+    # A database server restarts and fails over: a pooled connection it closed is replaced when
+    # it is next checked out, instead of failing the request that drew it.
+    return create_async_engine(url, pool_pre_ping=True)
 
 
 def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
@@ -57,4 +62,8 @@ async def migrate(engine: AsyncEngine) -> None:
         command.upgrade(config, "head")
 
     async with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            # Machines sharing the database start at any time: one migrates, the others wait for
+            # its commit and then find nothing left to do (the lock ends with the transaction).
+            await connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK})
         await connection.run_sync(upgrade)

@@ -100,6 +100,21 @@ class Worker(Base):
     peers: Mapped[int] = mapped_column(Integer, default=0)
 
 
+class DeploymentKey(Base):
+    """One key every machine of the deployment must hold, by its check value (never the key).
+
+    `key_id` is the key's id inside a keyring file, empty for a file of one key.
+    """
+
+    __tablename__ = "deployment_keys"
+
+    file: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    check_value: Mapped[str] = mapped_column(String(64))
+    hostname: Mapped[str] = mapped_column(String(255))  # the machine that recorded it first
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class CallSession(Base):
     """One video session between a teller and a customer (and possibly experts, observers)."""
 
@@ -293,7 +308,10 @@ class LoginFailure(Base):
     """
 
     __tablename__ = "login_failures"
-    __table_args__ = (Index("ix_login_failures_kind_key_at", "kind", "key", "failed_at"),)
+    __table_args__ = (
+        Index("ix_login_failures_kind_key_at", "kind", "key", "failed_at"),
+        Index("ix_login_failures_at", "failed_at"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     kind: Mapped[str] = mapped_column(String(8))

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from server.background import cancel_and_wait
 from server.db.engine import DbSession
 from server.db.models import CallSession, SessionEvent, Worker, utcnow
+from server.errors import StartRefused
 from server.sessions.store import OPEN_STATES
 from server.settings import Settings
 from server.sfu.rooms import RoomRegistry
@@ -41,9 +42,44 @@ class WorkerRegistry:
         self.worker_id = ""
         self._task: asyncio.Task[None] | None = None
 
+    async def check_url(self) -> None:
+        """Refuse to start where another live worker is registered at this worker's URL.
+
+        A worker at its own URL is taken for the predecessor it replaces (a restart), and its
+        sessions are taken over: two live workers sharing a URL (machines left on the default
+        advertise URL) would take each other's sessions and send browsers to the wrong one.
+        """
+        async with self._db() as db:
+            now = await _database_now(db)
+            holders = (
+                await db.execute(
+                    select(Worker.hostname, Worker.pid).where(
+                        Worker.url == self._url,
+                        Worker.stopped_at.is_(None),
+                        Worker.heartbeat_at > now - self._dead_after,
+                    )
+                )
+            ).all()
+        here = socket.gethostname()
+        for hostname, pid in holders:
+            if hostname != here or (pid != os.getpid() and _process_exists(pid)):
+                raise StartRefused(
+                    f"another live worker (on {hostname}, process {pid}) is registered at "
+                    f"{self._url}: give every worker its own VTELLER_ADVERTISE_URL (each "
+                    "machine its own address, with {port}; docs/deployment.md), or stop that "
+                    "worker first"
+                )
+
     async def start(self) -> None:
         async with self._db() as db, db.begin():
-            worker = Worker(url=self._url, hostname=socket.gethostname(), pid=os.getpid())
+            now = await _database_now(db)
+            worker = Worker(
+                url=self._url,
+                hostname=socket.gethostname(),
+                pid=os.getpid(),
+                started_at=now,
+                heartbeat_at=now,
+            )
             db.add(worker)
         self.worker_id = worker.id
         log.info("worker_registered", worker_id=worker.id, url=self._url)
@@ -59,6 +95,7 @@ class WorkerRegistry:
     async def place(self) -> str:
         """The live worker with the fewest open sessions (this one when it is the only one)."""
         async with self._db() as db:
+            now = await _database_now(db)
             load = (
                 select(CallSession.worker_id, func.count().label("open"))
                 .where(CallSession.state.in_(OPEN_STATES))
@@ -68,7 +105,7 @@ class WorkerRegistry:
             query = (
                 select(Worker.id)
                 .outerjoin(load, load.c.worker_id == Worker.id)
-                .where(self._live())
+                .where(self._live(now))
                 # Random among equals: invitations created at the same moment see the same load.
                 .order_by(func.coalesce(load.c.open, 0), Worker.peers, func.random())
                 .limit(1)
@@ -86,7 +123,7 @@ class WorkerRegistry:
             if (
                 owner is not None
                 and owner.stopped_at is None
-                and owner.heartbeat_at > self._live_since()
+                and owner.heartbeat_at > await _database_now(db) - self._dead_after
                 # A worker at our own URL is one this process replaced after a restart.
                 and owner.url != self._url
             ):
@@ -111,14 +148,11 @@ class WorkerRegistry:
         # Another worker claimed it between our read and our write: it hosts it now.
         return await self.claim(session_id) if lost else None
 
-    def _live_since(self) -> datetime:
-        return utcnow() - self._dead_after
-
-    def _live(self) -> ColumnElement[bool]:
+    def _live(self, now: datetime) -> ColumnElement[bool]:
         """Heartbeating, not stopped, and not a predecessor this process replaced at its URL."""
         return (
             Worker.stopped_at.is_(None)
-            & (Worker.heartbeat_at > self._live_since())
+            & (Worker.heartbeat_at > now - self._dead_after)
             & ((Worker.url != self._url) | (Worker.id == self.worker_id))
         )
 
@@ -130,7 +164,7 @@ class WorkerRegistry:
                         update(Worker)
                         .where(Worker.id == self.worker_id)
                         .values(
-                            heartbeat_at=utcnow(),
+                            heartbeat_at=await _database_now(db),
                             sessions=len(self._rooms),
                             peers=self._rooms.peer_count(),
                         )
@@ -144,7 +178,8 @@ class WorkerRegistry:
     async def recover_dead(self) -> int:
         """Move the open sessions of dead workers to live ones; returns how many moved."""
         async with self._db() as db:
-            dead = list(await db.scalars(select(Worker.id).where(~self._live())))
+            now = await _database_now(db)
+            dead = list(await db.scalars(select(Worker.id).where(~self._live(now))))
             if not dead:
                 return 0
             orphans = (
@@ -183,3 +218,26 @@ class WorkerRegistry:
         if moved:
             log.warning("sessions_recovered_from_dead_workers", count=moved, workers=dead)
         return moved
+
+
+async def _database_now(db: DbSession) -> datetime:
+    """The database server's clock when it has one of its own (PostgreSQL), else this machine's.
+
+    Heartbeats are written and judged by the same clock: workers on machines whose clocks
+    disagree by more than a few heartbeats would otherwise take each other for dead and move
+    each other's live sessions. SQLite is one machine's file, so its clock is that machine's.
+    """
+    if db.get_bind().dialect.name == "sqlite":
+        return utcnow()
+    now: datetime = await db.scalar(select(func.now()))  # type: ignore[assignment]
+    return now
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True

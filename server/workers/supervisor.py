@@ -21,6 +21,10 @@ from server.settings import Settings
 log = structlog.get_logger(__name__)
 
 RESTART_DELAY_SECONDS = 1.0
+# A worker that exits with this status (sysexits' EX_CONFIG) refused to start because of how
+# the machine is set up (its keys are not the deployment's): starting it again cannot help, so
+# every worker is stopped and `vteller serve` exits with it.
+EXIT_CONFIG = 78
 
 
 def run_workers(settings: Settings, count: int) -> int:
@@ -49,16 +53,23 @@ def run_workers(settings: Settings, count: int) -> int:
     signal.signal(signal.SIGINT, stop)
     for port in ports:
         workers[port] = spawn(port)
+    status = 0
     while not stopping:
         time.sleep(0.5)
         for port, process in list(workers.items()):
-            if process.poll() is not None and not stopping:
-                log.error("worker_died", port=port, pid=process.pid, status=process.returncode)
-                time.sleep(RESTART_DELAY_SECONDS)
-                workers[port] = spawn(port)
+            if process.poll() is None or stopping:
+                continue
+            if process.returncode == EXIT_CONFIG:
+                log.error("worker_refused_to_start", port=port, hint="see the error above")
+                status = EXIT_CONFIG
+                stop(signal.SIGTERM, None)
+                break
+            log.error("worker_died", port=port, pid=process.pid, status=process.returncode)
+            time.sleep(RESTART_DELAY_SECONDS)
+            workers[port] = spawn(port)
     for process in workers.values():
         try:
             process.wait(timeout=15)
         except subprocess.TimeoutExpired:
             process.kill()
-    return 0
+    return status

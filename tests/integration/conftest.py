@@ -7,6 +7,27 @@ import pytest
 
 from server.auth import passwords
 
+# Modules whose tests run twice, on SQLite and on a PostgreSQL database of their own (those that
+# use the `server` fixture): the behaviour that rests on the database, i.e. single-use and
+# compare-and-set claims, uniqueness, ordering and paging, search, time windows.
+BOTH_DATABASES = frozenset(
+    {
+        "test_http_api",
+        "test_queue",
+        "test_transactions",
+        "test_roles",
+        "test_auditor_portal",
+        "test_audit_log",
+        "test_legal_holds",
+    }
+)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    module = metafunc.module.__name__.rsplit(".", 1)[-1]
+    if module in BOTH_DATABASES and "database" in metafunc.fixturenames:
+        metafunc.parametrize("database", ["sqlite", "postgresql"])
+
 
 @pytest.fixture
 def cheap_password_hashing(monkeypatch: pytest.MonkeyPatch) -> None:

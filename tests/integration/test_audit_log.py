@@ -22,6 +22,7 @@ from server.db.engine import create_engine, migrate, session_factory
 from server.db.models import AuditCheckpoint, AuditEntry
 from tests.integration.test_call import _teller_and_customer
 from tests.integration.test_recording import _record, _sealed
+from tests.support.postgres import database_url
 from tests.support.server import PASSWORD, RunningServer
 
 pytestmark = pytest.mark.usefixtures("cheap_password_hashing")
@@ -127,7 +128,10 @@ async def test_a_call_is_logged_and_the_log_verifies(server: RunningServer) -> N
     assert output.startswith(f"audit log OK: {len(entries)} entries")
 
     # The command line, as an operator runs it, on the same database and keys.
-    env = os.environ | {"VTELLER_DATA_DIR": str(server.settings.data_dir)}
+    env = os.environ | {
+        "VTELLER_DATA_DIR": str(server.settings.data_dir),
+        "VTELLER_DATABASE_URL": server.settings.database_url,
+    }
     result = await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-m", "server", "audit", "verify", "--json"],
@@ -246,9 +250,13 @@ async def test_without_the_audit_log_actions_are_refused(server: RunningServer) 
     assert (await _verify(server))[0] == 0
 
 
-async def test_concurrent_writers_never_fork_the_chain(tmp_path: Path) -> None:
-    """Two engines on one database stand for two worker processes appending at once."""
-    url = f"sqlite+aiosqlite:///{tmp_path / 'audit.db'}"
+async def test_concurrent_writers_never_fork_the_chain(tmp_path: Path, database: str) -> None:
+    """Three engines on one database stand for three worker processes appending at once."""
+    async with database_url(database) as url:
+        await _three_writers(url or f"sqlite+aiosqlite:///{tmp_path / 'audit.db'}")
+
+
+async def _three_writers(url: str) -> None:
     engines = [create_engine(url) for _ in range(3)]
     try:
         await migrate(engines[0])

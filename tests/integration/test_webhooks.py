@@ -365,8 +365,13 @@ async def test_supervisor_retries_a_delivery_that_ran_out_of_attempts(
     assert shown["delivery"]["state"] == "delivered"
 
 
-async def _vteller(data_dir: Path, url: str, *args: str) -> tuple[int, str, str]:
-    env = dict(os.environ, VTELLER_DATA_DIR=str(data_dir), VTELLER_WEBHOOK__URL=url)
+async def _vteller(server: RunningServer, url: str, *args: str) -> tuple[int, str, str]:
+    env = dict(
+        os.environ,
+        VTELLER_DATA_DIR=str(server.settings.data_dir),
+        VTELLER_DATABASE_URL=server.settings.database_url,
+        VTELLER_WEBHOOK__URL=url,
+    )
     child = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "server", "webhooks", *args,
         env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -380,23 +385,23 @@ async def test_operator_prints_the_secret_lists_and_retries_from_the_command_lin
     server: RunningServer, receiver: Receiver
 ) -> None:
     data_dir = server.settings.data_dir
-    code, out, _ = await _vteller(data_dir, receiver.url, "secret")
+    code, out, _ = await _vteller(server, receiver.url, "secret")
     assert code == 0 and out.strip() == receiver.secret
     assert (data_dir / "keys" / "webhook-secret").stat().st_mode & 0o777 == 0o600
 
     receiver.answers = [400]
     await server.services.webhooks.enqueue("t_cli", _event("t_cli"))
     await _settled(server, "t_cli", ("failed",))
-    code, out, _ = await _vteller(data_dir, receiver.url, "list", "--state", "failed")
+    code, out, _ = await _vteller(server, receiver.url, "list", "--state", "failed")
     assert code == 0 and "t_cli" in out and "HTTP 400" in out
-    code, out, _ = await _vteller(data_dir, receiver.url, "retry", "t_cli")
+    code, out, _ = await _vteller(server, receiver.url, "retry", "t_cli")
     assert code == 0 and "is due again" in out
     status = await _settled(server, "t_cli", ("delivered",))
     assert status["attempts"] == 2
     (entry,) = await _audit(server, "webhook.retried")
     assert entry.actor == "system" and entry.detail["via"] == "cli"
 
-    code, _, err = await _vteller(data_dir, receiver.url, "retry", "t_cli")
+    code, _, err = await _vteller(server, receiver.url, "retry", "t_cli")
     assert code == 1 and "only a failed one can be retried" in err
 
 

@@ -24,9 +24,11 @@ class ServerProcess:
         *,
         workers: int = 1,
         store: Mapping[str, str] | None = None,
+        database_url: str = "",
         **settings: str,
     ) -> None:
-        """`store`: the archive store's VTELLER_S3_* variables; `settings`: other VTELLER_*."""
+        """`store`: the archive store's VTELLER_S3_* variables; `database_url`: empty for SQLite
+        in `data_dir`; `settings`: other VTELLER_*."""
         self.port = free_port(consecutive=workers)  # worker i takes port + i
         self.workers = workers
         self.env = (
@@ -41,6 +43,7 @@ class ServerProcess:
                 "VTELLER_COMPLIANCE_ANALYSIS": "false",
             }
             | dict(store or {})
+            | ({"VTELLER_DATABASE_URL": database_url} if database_url else {})
             | settings
         )
         self.process: subprocess.Popen[bytes] | None = None
@@ -76,10 +79,20 @@ class ServerProcess:
             await healthy(self.worker_url(index))
 
     def _spawn(self) -> None:
-        self.process = subprocess.Popen(
-            [*self._command(), "serve", "--workers", str(self.workers), "--port", str(self.port)],
-            env=self.env,
+        self.process = subprocess.Popen(self._serve_command(), env=self.env)
+
+    def _serve_command(self) -> list[str]:
+        return [*self._command(), "serve", "--workers", str(self.workers), "--port", str(self.port)]
+
+    async def exit_status(self, timeout: float = 120) -> tuple[int, str]:
+        """Run `serve` when it is expected to exit by itself: its status and standard error."""
+        child = await asyncio.create_subprocess_exec(
+            *self._serve_command(), env=self.env, stderr=asyncio.subprocess.PIPE
         )
+        async with asyncio.timeout(timeout):
+            _, stderr = await child.communicate()
+        assert child.returncode is not None
+        return child.returncode, stderr.decode(errors="replace")
 
     def kill(self) -> None:
         """SIGKILL: no shutdown handler runs, as when a machine loses power."""

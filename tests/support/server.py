@@ -17,6 +17,7 @@ from server.auth.principal import Role
 from server.context import SERVICES, Services
 from server.identity.config import IdentityConfig
 from server.settings import Settings
+from tests.support.postgres import database_of, whole_suite_on_postgres
 
 PASSWORD = "correct-horse-battery"
 
@@ -68,6 +69,9 @@ class RunningServer:
 
 @asynccontextmanager
 async def running_server(settings: Settings) -> AsyncIterator[RunningServer]:
+    if not settings.database_url and whole_suite_on_postgres():
+        url = await database_of(settings.data_dir)
+        settings = settings.model_copy(update={"database_url": url})
     app = await create_app(settings)
     runner = web.AppRunner(app)
     await runner.setup()
