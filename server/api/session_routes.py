@@ -11,6 +11,7 @@ from server.api.access import require
 from server.api.bodies import ExpertBody, InvitationBody, parse
 from server.auth.principal import Role
 from server.context import services
+from server.db.models import new_id, utcnow
 from server.errors import ApiError, forbidden
 from server.recording import script as sales_script
 from server.sessions.views import (
@@ -31,16 +32,18 @@ async def create_invitation(request: web.Request) -> web.Response:
     body = await parse(request, InvitationBody)
     svc = services(request)
     ttl = timedelta(minutes=body.ttl_minutes or svc.settings.invitation_ttl_minutes)
-    created = await svc.sessions.create_invitation(
-        teller, body.business, body.customer_name, ttl, await svc.workers.place()
-    )
+    session_id, expires_at = new_id("s"), utcnow() + ttl
+    # Logged first: a session created and then refused by the log would stay in the list.
     await svc.audit.append(
         "invitation.created",
         actor=teller.user_id or "",
         actor_role=teller.role.value,
-        target=created.session.id,
-        detail={"business": body.business, "expires_at": created.expires_at.isoformat()},
+        target=session_id,
+        detail={"business": body.business, "expires_at": expires_at.isoformat()},
         address=request.remote,
+    )
+    created = await svc.sessions.create_invitation(
+        teller, body.business, body.customer_name, expires_at, await svc.workers.place(), session_id
     )
     return web.json_response(
         {

@@ -7,7 +7,7 @@ data it is decided by, so the HTTP routes and the WebSocket handler cannot disag
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Literal
 
 from sqlalchemy import select, update
@@ -59,12 +59,13 @@ class SessionStore:
         teller: Principal,
         business: str,
         customer_name: str,
-        ttl: timedelta,
+        expires_at: datetime,
         worker_id: str | None,
+        session_id: str,
     ) -> NewInvitation:
         token = new_token()
-        session, expires_at = await self.open_session(
-            teller, business, customer_name, ttl, worker_id, digest(token)
+        session = await self.open_session(
+            teller, business, customer_name, expires_at, worker_id, digest(token), session_id
         )
         return NewInvitation(session, token, expires_at)
 
@@ -73,21 +74,25 @@ class SessionStore:
         teller: Principal,
         business: str,
         customer_name: str,
-        ttl: timedelta,
+        expires_at: datetime,
         worker_id: str | None,
         token_hash: str,
+        session_id: str,
         via: str = "invitation",
-    ) -> tuple[CallSession, datetime]:
-        """A session with the teller in it and a customer link whose token has `token_hash`.
+    ) -> CallSession:
+        """Session `session_id` with the teller in it and a customer link whose token has
+        `token_hash`, valid until `expires_at`.
 
-        The queue passes the digest of a link only the waiting customer can compute
+        The id and expiry come from the caller, which logs the session before it exists: a
+        session opened and then refused by the audit log would be left behind. The queue passes
+        the digest of a link only the waiting customer can compute
         (server/workflow/queue/service.py), so the link itself never exists on the server.
         """
         if teller.role is not Role.TELLER or teller.user_id is None:
             raise forbidden("invite customers")
-        expires_at = utcnow() + ttl
         async with self._db() as db, db.begin():
             session = CallSession(
+                id=session_id,
                 business=business,
                 teller_id=teller.user_id,
                 customer_name=customer_name,
@@ -124,7 +129,7 @@ class SessionStore:
             )
         loaded = await self.get(session.id)
         assert loaded is not None
-        return loaded, expires_at
+        return loaded
 
     async def invitation_status(self, token: str) -> tuple[InvitationStatus, Invitation | None]:
         async with self._db() as db:

@@ -248,6 +248,8 @@ async def test_without_the_audit_log_actions_are_refused(server: RunningServer) 
     finally:
         await engine.dispose()
     assert (await _verify(server))[0] == 0
+    # The refused invitation left no session behind in the teller's list.
+    assert (await teller.call("GET", "/api/v1/sessions"))["sessions"] == []
 
 
 async def test_concurrent_writers_never_fork_the_chain(tmp_path: Path, database: str) -> None:

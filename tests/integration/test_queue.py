@@ -466,6 +466,14 @@ async def test_without_the_audit_log_queue_changes_are_not_made(server: RunningS
     assert [(t["id"], t["assigned_to"]) for t in board["queue"]] == [(view["id"], None)]
     assert (await ticket(customer))["join_url"] is None
 
+    # Nothing was left behind: with the log back, the same customer is taken, into the one
+    # session the teller has (a session opened by the refused take would hold the ticket's link).
+    taken = await teller.call("POST", "/api/v1/queue/take", expect=201)
+    assert taken["ticket"]["id"] == view["id"]
+    sessions = (await teller.call("GET", "/api/v1/sessions"))["sessions"]
+    assert [s["id"] for s in sessions] == [taken["session"]["id"]]
+    assert (await ticket(customer))["join_url"]
+
 
 async def _assign(supervisor: ApiClient, ticket_id: str, teller_id: str) -> Reply:
     """The raw answer to a reassignment, for the refusals."""

@@ -43,6 +43,7 @@ from server.db.models import (
     StaffLogin,
     TellerProfile,
     User,
+    new_id,
     utcnow,
 )
 from server.errors import ApiError
@@ -444,29 +445,32 @@ class QueueService:
             )
         await self.sweep()
         ticket = await self._claim(state)
+        session_id, expires_at = new_id("s"), utcnow() + self._invitation_ttl
         try:
-            session, _ = await self._store.open_session(
-                teller,
-                ticket.business,
-                "",
-                self._invitation_ttl,
-                worker_id,
-                ticket.invitation_hash,
-                via="queue",
-            )
-            # Before the ticket names its session: that is what hands the customer the link.
+            # Logged before the session exists: a session opened first and then refused would
+            # stay behind holding the ticket's link, and every later take of the ticket fail.
             await self._log(
                 "queue.taken",
                 teller,
                 ticket.id,
                 {
-                    "session_id": session.id,
+                    "session_id": session_id,
                     "business": ticket.business,
                     "elderly": ticket.elderly,
                     "assigned": ticket.assigned_to == teller.user_id,
                     "waited_seconds": waited_seconds(ticket.created_at),
                 },
                 address,
+            )
+            session = await self._store.open_session(
+                teller,
+                ticket.business,
+                "",
+                expires_at,
+                worker_id,
+                ticket.invitation_hash,
+                session_id,
+                via="queue",
             )
         except BaseException:
             # The customer keeps their place if the session could not be created.
