@@ -247,8 +247,10 @@ class RecordingSession:
             },
         )
 
-    def mark(self, moment: str, phase: str) -> int:
-        media_ms = self.media_ms()
+    def mark(self, moment: str, phase: str, media_ms: int | None = None) -> int:
+        """Mark `moment.phase` at `media_ms` (default: now) on the recording's timeline."""
+        if media_ms is None:
+            media_ms = self.media_ms()
         record = {
             "name": f"{moment}.{phase}",
             "media_ms": media_ms,

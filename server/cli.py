@@ -177,7 +177,7 @@ async def _with_auth(
 
     async with database(settings, migrated=True) as db:
         auth = AuthService(db, LoginThrottle(db, 1, 1, 1), 1)
-        user = await auth.create_user(username, password, display_name, role)
+        user = await auth.new_user(username, password, display_name, role)
         await AuditLog(db).append(
             "admin.user_created",
             actor=SYSTEM,
@@ -185,6 +185,7 @@ async def _with_auth(
             target=username,
             detail={"user_id": user.id, "role": role.value, "via": "cli"},
         )
+        await auth.add_user(user)
 
 
 def _db_upgrade(_: argparse.Namespace, settings: Settings) -> int:

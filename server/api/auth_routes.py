@@ -87,10 +87,9 @@ async def me(request: web.Request) -> web.Response:
 async def create_user(request: web.Request) -> web.Response:
     admin = await require(request, Role.ADMIN, action="manage accounts")
     body = await parse(request, NewUserBody)
-    user = await services(request).auth.create_user(
-        body.username, body.password, body.display_name, body.role
-    )
-    await services(request).audit.append(
+    svc = services(request)
+    user = await svc.auth.new_user(body.username, body.password, body.display_name, body.role)
+    await svc.audit.append(
         "admin.user_created",
         actor=admin.user_id or "",
         actor_role=admin.role.value,
@@ -98,4 +97,5 @@ async def create_user(request: web.Request) -> web.Response:
         detail={"user_id": user.id, "role": user.role, "via": "api"},
         address=request.remote,
     )
+    await svc.auth.add_user(user)
     return web.json_response({"user": user_view(user)}, status=201)

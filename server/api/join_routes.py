@@ -34,13 +34,20 @@ async def redeem(request: web.Request) -> web.Response:
         request.match_info["token"], request.cookies.get(CUSTOMER_COOKIE)
     )
     if redemption.cookie_token is not None:  # a first redemption, not the same browser reloading
-        await svc.audit.append(
-            "invitation.redeemed",
-            actor=redemption.participant.id,
-            actor_role=Role.CUSTOMER.value,
-            target=redemption.session.id,
-            address=request.remote,
-        )
+        try:
+            await svc.audit.append(
+                "invitation.redeemed",
+                actor=redemption.participant.id,
+                actor_role=Role.CUSTOMER.value,
+                target=redemption.session.id,
+                address=request.remote,
+            )
+        except BaseException:
+            # The claim comes before the entry because it is what keeps a link to one credential
+            # when browsers race for it. Unclaimed again, the link works once the log is back: a
+            # queue customer's link cannot be sent anew.
+            await svc.sessions.undo_redemption(redemption)
+            raise
     response = web.json_response(
         {
             "session": session_view(redemption.session, Role.CUSTOMER),

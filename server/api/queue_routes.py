@@ -23,7 +23,7 @@ from server.api.bodies import (
 from server.api.cookies import set_credential_cookie
 from server.auth.principal import Principal, Role
 from server.context import Services, services
-from server.db.models import QueueTicket
+from server.db.models import QueueCallback, QueueTicket
 from server.errors import ApiError
 from server.sessions.views import session_view
 from server.workflow.queue.service import TellerState, invitation_token
@@ -100,14 +100,18 @@ async def join_queue(request: web.Request) -> web.Response:
     body = await parse(request, QueueJoinBody)
     created = await svc.queue.join(body.topic, body.elderly)
     ticket = created.ticket
-    await svc.audit.append(
-        "queue.joined",
-        actor=ticket.id,
-        actor_role=Role.CUSTOMER.value,
-        target=ticket.id,
-        detail={"topic": ticket.topic, "business": ticket.business, "elderly": ticket.elderly},
-        address=request.remote,
-    )
+    try:
+        await svc.audit.append(
+            "queue.joined",
+            actor=ticket.id,
+            actor_role=Role.CUSTOMER.value,
+            target=ticket.id,
+            detail={"topic": ticket.topic, "business": ticket.business, "elderly": ticket.elderly},
+            address=request.remote,
+        )
+    except BaseException:
+        await svc.queue.discard(ticket.id)
+        raise
     response = await _ticket_response(svc, ticket, created.token, status=201)
     config = svc.queue.config
     set_credential_cookie(
@@ -225,14 +229,17 @@ async def take_next(request: web.Request) -> web.Response:
 async def claim_callback(request: web.Request) -> web.Response:
     teller = await require(request, Role.TELLER, action="call customers back")
     svc = services(request)
-    callback, phone = await svc.queue.claim_callback(teller, request.match_info["callback_id"])
-    await svc.audit.append(
-        "queue.callback_claimed",
-        actor=teller.user_id or "",
-        actor_role=teller.role.value,
-        target=callback.id,
-        address=request.remote,
-    )
+
+    async def log(callback: QueueCallback) -> None:
+        await svc.audit.append(
+            "queue.callback_claimed",
+            actor=teller.user_id or "",
+            actor_role=teller.role.value,
+            target=callback.id,
+            address=request.remote,
+        )
+
+    callback, phone = await svc.queue.claim_callback(teller, request.match_info["callback_id"], log)
     view = callback_view(callback, {}) | {"phone": phone}
     return web.json_response({"callback": view}, headers={"Cache-Control": "no-store"})
 

@@ -116,9 +116,10 @@ async def invite_expert(request: web.Request) -> web.Response:
     teller = await require(request, Role.TELLER, action="invite experts")
     body = await parse(request, ExpertBody)
     svc = services(request)
-    participant = await svc.sessions.add_expert(
+    participant = await svc.sessions.new_expert(
         teller, request.match_info["session_id"], body.username
     )
+    # Logged before the row exists: with the row the expert already sees the session and may join.
     await svc.audit.append(
         "expert.invited",
         actor=teller.user_id or "",
@@ -127,6 +128,7 @@ async def invite_expert(request: web.Request) -> web.Response:
         address=request.remote,
         detail={"expert_user_id": participant.user_id, "participant_id": participant.id},
     )
+    await svc.sessions.add_expert(teller, participant)
     return web.json_response({"participant": participant_view(participant)}, status=201)
 
 

@@ -13,7 +13,7 @@ from server.auth.principal import STAFF_ROLES, Principal, Role
 from server.auth.ratelimit import LoginThrottle
 from server.auth.tokens import digest, new_token
 from server.db.engine import DbSession
-from server.db.models import CallSession, Participant, StaffLogin, User, utcnow
+from server.db.models import CallSession, Participant, StaffLogin, User, new_id, utcnow
 from server.errors import ApiError
 
 STAFF_COOKIE = "vteller_staff"
@@ -28,25 +28,38 @@ class AuthService:
         self._throttle = throttle
         self._session_lifetime = timedelta(hours=session_hours)
 
-    async def create_user(
-        self, username: str, password: str, display_name: str, role: Role
-    ) -> User:
+    async def new_user(self, username: str, password: str, display_name: str, role: Role) -> User:
+        """The account `add_user` would store, checked and its password hashed, not yet stored.
+
+        Split from `add_user` so the creation is logged in between: an account stored before
+        its entry would be usable, and its name taken, if the log then refused the entry.
+        """
         if role not in STAFF_ROLES:
             raise ApiError(400, "invalid_role", "Customers have no accounts; they join by link.")
         # Argon2 takes a tenth of a second or more of CPU: never on the event loop, where it
         # would freeze every call of this worker.
         password_hash = await asyncio.to_thread(hash_password, password)
+        async with self._db() as db:
+            await _refuse_taken(db, username)
+        return User(
+            id=new_id("u"),
+            username=username,
+            display_name=display_name or username,
+            role=role.value,
+            password_hash=password_hash,
+        )
+
+    async def add_user(self, user: User) -> User:
         async with self._db() as db, db.begin():
-            if await db.scalar(select(User).where(User.username == username)) is not None:
-                raise ApiError(409, "user_exists", f"A user named {username!r} already exists.")
-            user = User(
-                username=username,
-                display_name=display_name or username,
-                role=role.value,
-                password_hash=password_hash,
-            )
+            await _refuse_taken(db, user.username)  # by another admin since `new_user`
             db.add(user)
         return user
+
+    async def create_user(
+        self, username: str, password: str, display_name: str, role: Role
+    ) -> User:
+        """`new_user` and `add_user` with no audit entry between them."""
+        return await self.add_user(await self.new_user(username, password, display_name, role))
 
     async def login(self, username: str, password: str, address: str) -> tuple[User, str, str]:
         """Returns the user, the cookie token and the CSRF token."""
@@ -123,3 +136,8 @@ class AuthService:
             participant_id=participant.id,
             session_id=participant.session_id,
         )
+
+
+async def _refuse_taken(db: DbSession, username: str) -> None:
+    if await db.scalar(select(User.id).where(User.username == username)) is not None:
+        raise ApiError(409, "user_exists", f"A user named {username!r} already exists.")

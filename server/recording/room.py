@@ -144,13 +144,19 @@ class RoomRecording:
             recording.set_compliance(self._script)
         await self._announce()
 
-    def mark(self, moment: str, phase: str) -> int:
+    def media_ms(self) -> int:
+        """Where a mark made now would fall on the recording's timeline (its media time)."""
         if self._recording is None or self.state != "recording":
             raise ProtocolError("out_of_order", "Start the recording first.", "mark")
-        media_ms = self._recording.mark(moment, phase)
+        return self._recording.media_ms()
+
+    def mark(self, moment: str, phase: str, media_ms: int) -> None:
+        """The teller's mark, at the `media_ms` taken (and logged) just before."""
+        if self._recording is None or self.state != "recording":
+            raise ProtocolError("out_of_order", "The recording has stopped.", "mark")
+        self._recording.mark(moment, phase, media_ms)
         if self._live is not None:
             self._live.marked(moment, phase, media_ms)
-        return media_ms
 
     def note(self, moment: str, phase: str) -> int | None:
         """A mark made by the server (not the teller) when a recording runs; None otherwise."""

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from server.auth.principal import Principal, Role
@@ -219,6 +219,24 @@ class SessionStore:
             )
         return Redemption(session, participant, credential, csrf)
 
+    async def undo_redemption(self, redemption: Redemption) -> None:
+        """Give a link back as if it had never been redeemed (its credential never handed out)."""
+        participant_id = redemption.participant.id
+        async with self._db() as db, db.begin():
+            await db.execute(
+                update(Invitation)
+                .where(Invitation.used_by_participant_id == participant_id)
+                .values(used_at=None, used_by_participant_id=None)
+                .execution_options(synchronize_session=False)
+            )
+            await db.execute(
+                delete(SessionEvent).where(
+                    SessionEvent.participant_id == participant_id,
+                    SessionEvent.type == "invitation_redeemed",
+                )
+            )
+            await db.execute(delete(Participant).where(Participant.id == participant_id))
+
     # -- sessions and participants -----------------------------------------------------------
 
     async def get(self, session_id: str) -> CallSession | None:
@@ -286,32 +304,42 @@ class SessionStore:
             db.add(observer)
         return observer
 
-    async def add_expert(self, teller: Principal, session_id: str, username: str) -> Participant:
+    async def new_expert(self, teller: Principal, session_id: str, username: str) -> Participant:
+        """The participant inviting `username` would add, not yet stored, or why it may not.
+
+        Split from `add_expert` so the invitation is logged between the two: once the row
+        exists the expert can see and enter the session.
+        """
         session = await self.require(session_id)
         if teller.role is not Role.TELLER or session.teller_id != teller.user_id:
             raise forbidden("invite experts into this session")
         if session.state == "ended":
             raise ApiError(410, "session_ended", "This session has ended.")
-        async with self._db() as db, db.begin():
+        async with self._db() as db:
             expert = await db.scalar(
                 select(User).where(User.username == username, User.active.is_(True))
             )
-            if expert is None or expert.role != Role.EXPERT.value:
-                raise ApiError(404, "unknown_user", f"There is no active expert {username!r}.")
-            if any(p.user_id == expert.id for p in session.participants):
-                raise ApiError(409, "already_invited", f"{expert.display_name} is already invited.")
-            participant = Participant(
-                session_id=session.id,
-                role=Role.EXPERT.value,
-                user_id=expert.id,
-                display_name=expert.display_name,
-            )
+        if expert is None or expert.role != Role.EXPERT.value:
+            raise ApiError(404, "unknown_user", f"There is no active expert {username!r}.")
+        if any(p.user_id == expert.id for p in session.participants):
+            raise ApiError(409, "already_invited", f"{expert.display_name} is already invited.")
+        return Participant(
+            id=new_id("p"),
+            session_id=session.id,
+            role=Role.EXPERT.value,
+            user_id=expert.id,
+            display_name=expert.display_name,
+        )
+
+    async def add_expert(self, teller: Principal, participant: Participant) -> Participant:
+        """Store an expert participant from `new_expert`."""
+        async with self._db() as db, db.begin():
             db.add(participant)
             db.add(
                 SessionEvent(
-                    session_id=session.id,
+                    session_id=participant.session_id,
                     type="expert_invited",
-                    detail={"user_id": expert.id, "by": teller.user_id},
+                    detail={"user_id": participant.user_id, "by": teller.user_id},
                 )
             )
         return participant

@@ -491,13 +491,16 @@ class Room:
     async def mark(self, participant_id: str, moment: str, phase: str) -> None:
         self._require_role(participant_id, Role.TELLER, "mark key moments", "mark")
         assert self.recording is not None
-        media_ms = self.recording.mark(moment, phase)
+        media_ms = self.recording.media_ms()
+        # Logged before it is on the timeline: a mark the log refused would otherwise be sealed
+        # into the archive with no entry (and be made twice when the teller tries again).
         await self._log(
             "recording.marked",
             participant_id,
             Role.TELLER,
             {"moment": moment, "phase": phase, "media_ms": media_ms},
         )
+        self.recording.mark(moment, phase, media_ms)
         await self._store.record(
             self.session_id,
             "moment_marked",

@@ -15,13 +15,14 @@ import pytest
 from sqlalchemy import delete, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from recorder.seal.manifest import parse_manifest
 from server.audit import AuditLog
 from server.audit.cli import verify_command
 from server.auth.principal import Role
 from server.db.engine import create_engine, migrate, session_factory
 from server.db.models import AuditCheckpoint, AuditEntry
 from tests.integration.test_call import _teller_and_customer
-from tests.integration.test_recording import _record, _sealed
+from tests.integration.test_recording import _record, _sealed, _stored
 from tests.support.postgres import database_url
 from tests.support.server import PASSWORD, RunningServer
 
@@ -250,6 +251,48 @@ async def test_without_the_audit_log_actions_are_refused(server: RunningServer) 
     assert (await _verify(server))[0] == 0
     # The refused invitation left no session behind in the teller's list.
     assert (await teller.call("GET", "/api/v1/sessions"))["sessions"] == []
+
+
+async def test_a_mark_the_log_refused_is_not_on_the_recordings_timeline(
+    server: RunningServer,
+) -> None:
+    teller, customer, _ = await _teller_and_customer(server)
+    try:
+        await teller.join()
+        await customer.join()
+        await teller.wait_for_media(customer.participant_id, "camera")
+        started = await _record(server, teller, customer)
+        async with asyncio.timeout(10):  # the start is logged just after it is announced
+            while True:
+                if "recording.started" in await _actions(server):
+                    break
+                await asyncio.sleep(0.05)
+        engine = _engine(server)
+        try:
+            async with engine.begin() as db:
+                await db.execute(text("ALTER TABLE audit_log RENAME TO audit_log_away"))
+            await teller.send({"type": "mark", "moment": "risk_disclosure", "phase": "start"})
+            refused = await teller.expect("error")
+            async with engine.begin() as db:
+                await db.execute(text("ALTER TABLE audit_log_away RENAME TO audit_log"))
+        finally:
+            await engine.dispose()
+        assert refused["code"] == "audit_unavailable"
+        await teller.send({"type": "mark", "moment": "risk_disclosure", "phase": "start"})
+        marked = await teller.expect("marked")
+        await teller.send({"type": "recording_stop"})
+        assert (await _sealed(teller))["state"] == "sealed"
+    finally:
+        await customer.close()
+        await teller.close()
+    archive = await _stored(server, str(started["archive_id"]))
+    manifest = parse_manifest(await asyncio.to_thread(archive.read, "manifest.json"))
+    # Once, where the log says: the refused attempt left nothing in the archive.
+    assert [(m.name, m.media_ms) for m in manifest.marks[1:]] == [
+        ("risk_disclosure.start", marked["media_ms"])
+    ]
+    [entry] = [e for e in await server.services.audit.tail(100) if e.action == "recording.marked"]
+    assert entry.detail["media_ms"] == marked["media_ms"]
 
 
 async def test_concurrent_writers_never_fork_the_chain(tmp_path: Path, database: str) -> None:

@@ -475,6 +475,42 @@ async def test_without_the_audit_log_queue_changes_are_not_made(server: RunningS
     assert (await ticket(customer))["join_url"]
 
 
+async def test_a_join_or_callback_claim_the_log_refused_leaves_nothing_behind(
+    server: RunningServer,
+) -> None:
+    supervisor = await staff(server, "chen", Role.SUPERVISOR)
+    teller, teller_id = await on_duty(server, "wang", ["general"], supervisor)
+    other, other_id = await on_duty(server, "li", ["general"], supervisor)
+    customer = await join(server, "cards")
+    await customer.call(
+        "POST", "/api/v1/queue/ticket/callback", {"phone": "13800138000"}, expect=201
+    )
+    async with server.services.engine.connect() as connection:
+        callback_id = (await connection.execute(select(QueueCallback.id))).scalar_one()
+    latecomer = server.client()
+    async with server.services.engine.begin() as connection:
+        await connection.execute(text("ALTER TABLE audit_log RENAME TO audit_log_away"))
+    try:
+        joined = await send(latecomer, "POST", "/api/v1/queue/tickets", {"topic": "cards"})
+        claimed = await send(
+            teller, "POST", f"/api/v1/queue/callbacks/{callback_id}/claim", csrf=teller.csrf
+        )
+    finally:
+        async with server.services.engine.begin() as connection:
+            await connection.execute(text("ALTER TABLE audit_log_away RENAME TO audit_log"))
+    assert_error(joined, 503, "audit_unavailable")
+    assert_error(claimed, 503, "audit_unavailable")
+    # No ticket nobody holds (a teller would take it into a session nobody joins), and the
+    # callback is not shown as claimed: another teller may call the customer.
+    board = await supervisor.call("GET", "/api/v1/queue/dashboard")
+    assert board["queue"] == []
+    assert [(c["id"], c["claimed_by"]) for c in board["callbacks"]] == [(callback_id, None)]
+    taken = await other.call("POST", f"/api/v1/queue/callbacks/{callback_id}/claim")
+    assert taken["callback"]["claimed_by"] == other_id != teller_id
+    [entry] = await audit_actions(server, "queue.callback_claimed")
+    assert entry.actor == other_id
+
+
 async def _assign(supervisor: ApiClient, ticket_id: str, teller_id: str) -> Reply:
     """The raw answer to a reassignment, for the refusals."""
     return await send(

@@ -15,6 +15,7 @@ from sqlalchemy import select, update
 
 from recorder.seal.signing import load_public_keys
 from recorder.store.s3 import ArchiveBucket, S3Archive
+from server.audit.log import AuditUnavailable
 from server.auth.principal import Principal, Role
 from server.db.models import Archive, AuditEntry, ComplianceReport, ComplianceReview, User
 from server.errors import ApiError
@@ -457,6 +458,73 @@ async def test_the_makers_approval_is_logged_before_a_supervisor_decides(
         "state": "awaiting_second_approval",
         "failing": [],
     }
+
+
+@pytest.mark.parametrize("step", ["maker", "checker", "override"])
+async def test_an_approval_the_log_refuses_leaves_no_decision_behind(
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    teller, session_id, customer = await _session(server, "teller1", "general")
+    supervisor = await _staff(server, "boss", Role.SUPERVISOR)
+    transactions = server.services.transactions
+    if step == "override":
+        # A purchase without a recording, each of its failing checks overridable: it waits for
+        # an override without a whole recording and its analysis.
+        every: list[str] = ["identity_passed", "recording_sealed", "compliance_passed"]
+        config = transactions.config.model_copy(update={"overridable_checks": every})
+        monkeypatch.setattr(transactions, "config", config)
+        body, waiting = purchase(1_000, "wealth"), "awaiting_override"
+    elif step == "checker":
+        body, waiting = purchase(9_000_000, "deposit"), "awaiting_second_approval"
+    else:  # within the threshold: the teller's approval is final
+        body, waiting = purchase(1_000, "deposit"), "signed"
+    path = f"/api/v1/sessions/{session_id}/transactions"
+    tid = (await teller.call("POST", path, body, expect=201))["transaction"]["id"]
+    await sign(customer, tid, signature_png())
+    if step != "maker":
+        await _approve(teller, tid, expect=409 if step == "override" else 200)
+    assert (await transactions.get(tid)).state == waiting
+    before = [d.step for d in await transactions.decisions(tid)]
+    steps = ["maker"] if step == "maker" else ["maker", step]
+
+    async def decide(expect: int = 200) -> Any:
+        if step != "override":
+            return await _approve(teller if step == "maker" else supervisor, tid, expect=expect)
+        reason = {"reason": "客户身份已当面核对，录像另行补录"}
+        return await supervisor.call(
+            "POST", f"/api/v1/transactions/{tid}/override", reason, expect=expect
+        )
+
+    # The log refuses just the approval, after whatever the step logs before it.
+    audit = server.services.audit
+    append = audit.append
+    refused: list[str] = []
+
+    async def refuse_the_approval(action: str, **entry: Any) -> Any:
+        if action == "transaction.approved" and not refused:
+            refused.append(action)
+            raise AuditUnavailable()
+        return await append(action, **entry)
+
+    monkeypatch.setattr(audit, "append", refuse_the_approval)
+    unavailable = await decide(expect=503)
+    assert unavailable["error"]["code"] == "audit_unavailable" and refused
+    assert (await transactions.get(tid)).state == waiting
+    assert [d.step for d in await transactions.decisions(tid)] == before
+
+    # The log is back: four eyes do not refuse the same person's retry, and the signed record
+    # lists exactly the decisions the log shows.
+    done = await decide()
+    assert done["transaction"]["state"] == "approved"
+    keys = load_public_keys(server.settings.data_dir / "keys" / "public")
+    record = verify_approval(done["approval"], keys)
+    assert [d["step"] for d in record["decisions"]] == steps
+    assert [d.step for d in await transactions.decisions(tid)] == steps
+    [approved] = [
+        e for e in await audit.tail(100) if e.target == tid and e.action == "transaction.approved"
+    ]
+    assert approved.detail["steps"] == steps
+    assert approved.actor == record["decisions"][-1]["user_id"]
 
 
 async def test_an_auditor_viewing_a_signature_is_logged(server: RunningServer) -> None:

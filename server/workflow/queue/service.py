@@ -19,14 +19,14 @@ import hashlib
 import hmac
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
-from sqlalchemy import and_, case, func, or_, select, update
+from sqlalchemy import and_, case, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from server.audit.actions import SYSTEM
@@ -157,6 +157,13 @@ class QueueService:
         async with self._db() as db, db.begin():
             db.add(ticket)
         return NewTicket(ticket, token)
+
+    async def discard(self, ticket_id: str) -> None:
+        """Remove a ticket whose joining could not be logged: it was never in the queue (no
+        customer holds its credential), so no teller may take it meanwhile."""
+        async with self._db() as db, db.begin():
+            waiting = (QueueTicket.id == ticket_id) & (QueueTicket.state == "waiting")
+            await db.execute(delete(QueueTicket).where(waiting))
 
     async def ticket(self, token: str | None, *, seen: bool = False) -> QueueTicket:
         """The ticket a credential names; `seen` records that its page is still open."""
@@ -582,9 +589,13 @@ class QueueService:
             return list(await db.scalars(query.order_by(QueueCallback.created_at)))
 
     async def claim_callback(
-        self, teller: Principal, callback_id: str
+        self, teller: Principal, callback_id: str, log: Callable[[QueueCallback], Awaitable[None]]
     ) -> tuple[QueueCallback, str]:
-        """The callback's phone number, for the teller who claims it (again for the same one)."""
+        """The callback's phone number, for the teller who claims it (again for the same one).
+
+        `log` records the claim once it is made; if it refuses, a claim this call made is undone,
+        so that no teller is told another one is calling the customer.
+        """
         state = await self.teller(teller.user_id or "")
         async with self._db() as db, db.begin():
             callback = await self._callback(db, callback_id)
@@ -596,9 +607,21 @@ class QueueService:
                 raise ApiError(409, "callback_claimed", "Another teller is calling this customer.")
             if callback.state == "done" or callback.sealed is None or callback.key_id is None:
                 raise ApiError(410, "callback_done", "This callback has been completed.")
+            newly = callback.state == "open"
             callback.state = "claimed"
             callback.claimed_by = state.user.id
             callback.claimed_at = callback.claimed_at or utcnow()
+        try:
+            await log(callback)
+        except BaseException:
+            if newly:
+                async with self._db() as db, db.begin():
+                    await db.execute(
+                        update(QueueCallback)
+                        .where(QueueCallback.id == callback.id, QueueCallback.state == "claimed")
+                        .values(state="open", claimed_by=None, claimed_at=None)
+                    )
+            raise
         plaintext = await asyncio.to_thread(
             self._sealer.open,
             uuid.UUID(callback.id),

@@ -306,8 +306,8 @@ class Transactions:
                 row, teller, checks, ("signed", "awaiting_override"), "awaiting_second_approval"
             )
             return Decided(row, checks, None)
-        await self._decide(row, teller, "maker", None, checks, ("signed", "awaiting_override"))
-        return await self._finish(row, facts, checks, ("signed", "awaiting_override"))
+        maker = self._decision(row, teller, "maker", None, checks)
+        return await self._finish(row, maker, facts, checks, ("signed", "awaiting_override"))
 
     async def _to_supervisor(
         self,
@@ -329,8 +329,10 @@ class Transactions:
             state=state,
             failing=[c.check for c in checks if not c.passed],
         )
-        await self._decide(row, teller, "maker", None, checks, states)
-        fresh = await self._transition(row, states, {"state": state}, "wait for a supervisor")
+        maker = self._decision(row, teller, "maker", None, checks)
+        fresh = await self._transition(
+            row, states, {"state": state}, "wait for a supervisor", maker
+        )
         await self._announce(fresh)
         return fresh
 
@@ -342,8 +344,8 @@ class Transactions:
         facts, checks = await self._judge(row)
         if not all(c.passed for c in checks):
             raise ChecksFailed("A check does not pass: override with a reason or reject.", checks)
-        await self._decide(row, supervisor, "checker", None, checks, SUPERVISOR_STATES)
-        return await self._finish(row, facts, checks, SUPERVISOR_STATES)
+        checker = self._decision(row, supervisor, "checker", None, checks)
+        return await self._finish(row, checker, facts, checks, SUPERVISOR_STATES)
 
     async def override(self, row: Transaction, supervisor: Principal, reason: str) -> Decided:
         await self._not_the_maker(row, supervisor)
@@ -372,8 +374,8 @@ class Transactions:
             checks=[c.check for c in failed],
             reason=reason,
         )
-        await self._decide(row, supervisor, "override", reason, checks, SUPERVISOR_STATES)
-        return await self._finish(row, facts, checks, SUPERVISOR_STATES)
+        overrider = self._decision(row, supervisor, "override", reason, checks)
+        return await self._finish(row, overrider, facts, checks, SUPERVISOR_STATES)
 
     async def reject(self, row: Transaction, principal: Principal, reason: str) -> Transaction:
         assert principal.user_id is not None
@@ -382,9 +384,12 @@ class Transactions:
         await self._log(
             "transaction.rejected", row, principal.user_id, principal.role, reason=reason
         )
-        await self._decide(row, principal, "reject", reason, [], OPEN_STATES)
         fresh = await self._transition(
-            row, OPEN_STATES, {"state": "rejected", "decided_at": utcnow()}, "be rejected"
+            row,
+            OPEN_STATES,
+            {"state": "rejected", "decided_at": utcnow()},
+            "be rejected",
+            self._decision(row, principal, "reject", reason, []),
         )
         await self._announce(fresh)
         return fresh
@@ -418,40 +423,38 @@ class Transactions:
                 "You already acted on this transaction; a different supervisor must decide.",
             )
 
-    async def _decide(
-        self,
+    @staticmethod
+    def _decision(
         row: Transaction,
         principal: Principal,
         step: str,
         reason: str | None,
         checks: list[CheckResult],
-        states: tuple[str, ...],
-    ) -> None:
+    ) -> TransactionDecision:
+        """A decision, stored by `_transition` only together with the state change it makes."""
         assert principal.user_id is not None
-        async with self._db() as db, db.begin():
-            current = await db.get(Transaction, row.id)
-            if current is None or current.state not in states:
-                raise _conflict(current or row, "take this decision")
-            db.add(
-                TransactionDecision(
-                    transaction_id=row.id,
-                    step=step,
-                    user_id=principal.user_id,
-                    role=principal.role.value,
-                    reason=reason,
-                    checks={c.check: c.passed for c in checks},
-                )
-            )
+        return TransactionDecision(
+            transaction_id=row.id,
+            step=step,
+            user_id=principal.user_id,
+            role=principal.role.value,
+            reason=reason,
+            checks={c.check: c.passed for c in checks},
+            at=utcnow(),
+        )
 
     async def _finish(
         self,
         row: Transaction,
+        decision: TransactionDecision,
         facts: Facts,
         checks: list[CheckResult],
         states: tuple[str, ...],
     ) -> Decided:
         approved_at = utcnow()
-        steps = await self.decisions(row.id)
+        # This decision is not stored yet: should the log refuse it, no row remains to count
+        # against four eyes on a retry or to show up in a later round's signed record.
+        steps = [*await self.decisions(row.id), decision]
         # The round that approved: from the maker's last approval (an earlier one may have been
         # refused by the checks) to the checker's or overrider's decision.
         last_maker = max(i for i, d in enumerate(steps) if d.step == "maker")
@@ -496,12 +499,18 @@ class Transactions:
                 "approval_signature": signed["signature"],
             },
             "be approved",
+            decision,
         )
         await self._announce(fresh)
         return Decided(fresh, checks, signed)
 
     async def _transition(
-        self, row: Transaction, states: tuple[str, ...], values: dict[str, Any], what: str
+        self,
+        row: Transaction,
+        states: tuple[str, ...],
+        values: dict[str, Any],
+        what: str,
+        decision: TransactionDecision | None = None,
     ) -> Transaction:
         async with self._db() as db, db.begin():
             result = await db.execute(
@@ -511,6 +520,10 @@ class Transactions:
             )
             if result.rowcount != 1:  # type: ignore[attr-defined]
                 raise _conflict(row, what)
+            # In the same database transaction: a decision is there exactly when its state
+            # change is, so whoever loses a race leaves nothing behind either.
+            if decision is not None:
+                db.add(decision)
             fresh = await db.get(Transaction, row.id, populate_existing=True)
         assert fresh is not None
         return fresh

@@ -1,0 +1,149 @@
+"""Actions refused because the audit log is down leave nothing behind: the same request succeeds
+once the log is back, and the log then shows the action once."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from server.auth.principal import Role
+from server.cli import _parser
+from server.db.models import AuditEntry, User
+from tests.support.server import PASSWORD, ApiClient, RunningServer
+
+pytestmark = pytest.mark.usefixtures("cheap_password_hashing")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest) -> str:
+    """Both, as for the modules in tests/integration/conftest.py: undoing a claim rests on the
+    database."""
+    return str(request.param)
+
+
+@asynccontextmanager
+async def audit_log_away(server: RunningServer) -> AsyncIterator[None]:
+    engine = create_async_engine(server.settings.effective_database_url)
+    try:
+        async with engine.begin() as db:
+            await db.execute(text("ALTER TABLE audit_log RENAME TO audit_log_away"))
+        try:
+            yield
+        finally:
+            async with engine.begin() as db:
+                await db.execute(text("ALTER TABLE audit_log_away RENAME TO audit_log"))
+    finally:
+        await engine.dispose()
+
+
+async def refused(client: ApiClient, method: str, path: str, body: Any = None) -> None:
+    reply = await client.call(method, path, body, expect=503)
+    assert reply["error"]["code"] == "audit_unavailable", reply
+
+
+async def entries(server: RunningServer, action: str) -> int:
+    async with server.services.engine.connect() as connection:
+        found = await connection.scalar(
+            select(func.count()).select_from(AuditEntry).where(AuditEntry.action == action)
+        )
+    return int(found or 0)
+
+
+async def staff(server: RunningServer, username: str, role: Role) -> ApiClient:
+    await server.user(username, role)
+    client = server.client()
+    await client.login(username)
+    return client
+
+
+async def invite(teller: ApiClient) -> dict[str, Any]:
+    body = {"business": "wealth", "customer_name": "李女士"}
+    created: dict[str, Any] = await teller.call("POST", "/api/v1/invitations", body, expect=201)
+    return created
+
+
+async def test_a_refused_redemption_leaves_the_link_usable(server: RunningServer) -> None:
+    teller = await staff(server, "teller1", Role.TELLER)
+    created = await invite(teller)
+    path = "/api/v1/join/" + created["invitation_url"].rsplit("/", 1)[1]
+    customer = server.client()
+    async with audit_log_away(server):
+        await refused(customer, "POST", path)
+    assert len(customer.http.cookie_jar) == 0
+    assert (await customer.call("GET", path))["status"] == "valid"
+
+    joined = await customer.join_link(created["invitation_url"])
+    assert joined["participant"]["role"] == "customer"
+    assert (await customer.call("GET", "/api/v1/customer/me"))["session"]["id"] == (
+        created["session"]["id"]
+    )
+    assert await entries(server, "invitation.redeemed") == 1
+    session = await teller.call("GET", f"/api/v1/sessions/{created['session']['id']}")
+    customers = [p for p in session["session"]["participants"] if p["role"] == "customer"]
+    assert len(customers) == 1
+    assert [e["type"] for e in session["events"]].count("invitation_redeemed") == 1
+    # Still one credential per link.
+    await server.client().call("POST", path, expect=409)
+
+
+async def test_a_refused_expert_invitation_leaves_nothing(server: RunningServer) -> None:
+    teller = await staff(server, "teller1", Role.TELLER)
+    expert = await staff(server, "expert1", Role.EXPERT)
+    session_id = (await invite(teller))["session"]["id"]
+    path = f"/api/v1/sessions/{session_id}/experts"
+    async with audit_log_away(server):
+        await refused(teller, "POST", path, {"username": "expert1"})
+        assert (await expert.call("GET", "/api/v1/sessions"))["sessions"] == []
+
+    added = await teller.call("POST", path, {"username": "expert1"}, expect=201)
+    assert added["participant"]["role"] == "expert"
+    assert added["participant"]["state"] == "invited"
+    assert [s["id"] for s in (await expert.call("GET", "/api/v1/sessions"))["sessions"]] == [
+        session_id
+    ]
+    assert await entries(server, "expert.invited") == 1
+    detail = await teller.call("GET", f"/api/v1/sessions/{session_id}")
+    assert [e["type"] for e in detail["events"]].count("expert_invited") == 1
+
+
+async def test_a_refused_account_creation_leaves_no_account(server: RunningServer) -> None:
+    admin = await staff(server, "admin1", Role.ADMIN)
+    new = {"username": "expert.wu", "password": PASSWORD, "role": "expert"}
+    async with audit_log_away(server):
+        await refused(admin, "POST", "/api/v1/admin/users", new)
+    login = {"username": "expert.wu", "password": PASSWORD}
+    await server.client().call("POST", "/api/v1/auth/login", login, expect=401)
+
+    created = await admin.call("POST", "/api/v1/admin/users", new, expect=201)
+    assert created["user"]["username"] == "expert.wu"
+    assert await entries(server, "admin.user_created") == 1
+    assert (await server.client().login("expert.wu"))["user"] == created["user"]
+
+
+async def test_a_refused_account_creation_at_the_command_line_leaves_no_account(
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = _parser().parse_args(
+        ["admin", "create-user", "--username", "op.li", "--role", "admin", "--password-stdin"]
+    )
+
+    async def create_user() -> int:
+        monkeypatch.setattr("sys.stdin", io.StringIO(PASSWORD + "\n"))
+        code: int = await asyncio.to_thread(args.run, args, server.settings)
+        return code
+
+    async with audit_log_away(server):
+        assert await create_user() == 1
+    async with server.services.engine.connect() as connection:
+        assert await connection.scalar(select(User.id).where(User.username == "op.li")) is None
+
+    assert await create_user() == 0
+    assert await entries(server, "admin.user_created") == 1
+    await server.client().login("op.li")
