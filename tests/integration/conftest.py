@@ -18,7 +18,7 @@ BOTH_DATABASES = frozenset(
         "test_roles",
         "test_auditor_portal",
         "test_audit_log",
-        "test_legal_holds",
+        "test_audit_refusals",
     }
 )
 

@@ -21,13 +21,6 @@ from tests.support.server import PASSWORD, ApiClient, RunningServer
 pytestmark = pytest.mark.usefixtures("cheap_password_hashing")
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database(request: pytest.FixtureRequest) -> str:
-    """Both, as for the modules in tests/integration/conftest.py: undoing a claim rests on the
-    database."""
-    return str(request.param)
-
-
 @asynccontextmanager
 async def audit_log_away(server: RunningServer) -> AsyncIterator[None]:
     engine = create_async_engine(server.settings.effective_database_url)

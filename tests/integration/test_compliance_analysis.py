@@ -103,7 +103,10 @@ async def _call(server: RunningServer, disclosure: str) -> str:
         await _mark(teller, "risk_disclosure", "start")
         teller_mic.say(SPEECH / disclosure)
         await teller_mic.idle()
-        customer_mic.say(SPEECH / "customer_yes.wav")
+        # "我清楚了", not the one-second "是的": Whisper base hears that clip as "是的" or "是等"
+        # depending on where it starts by a few tens of milliseconds, and the recording's
+        # timing varies by that much (the analysis then rightly asks for a review).
+        customer_mic.say(SPEECH / "customer_clear.wav")
         await customer_mic.idle()
         await asyncio.sleep(1.0)
         await _mark(teller, "risk_disclosure", "end")
