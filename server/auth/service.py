@@ -55,12 +55,6 @@ class AuthService:
             db.add(user)
         return user
 
-    async def create_user(
-        self, username: str, password: str, display_name: str, role: Role
-    ) -> User:
-        """`new_user` and `add_user` with no audit entry between them."""
-        return await self.add_user(await self.new_user(username, password, display_name, role))
-
     async def login(self, username: str, password: str, address: str) -> tuple[User, str, str]:
         """Returns the user, the cookie token and the CSRF token."""
         wait = await self._throttle.retry_after(username, address)

@@ -229,7 +229,8 @@ async def test_login_is_throttled_after_five_failures(server: RunningServer) -> 
 async def test_passwords_are_taken_verbatim(server: RunningServer) -> None:
     """Whitespace is part of a password: `vteller admin create-user` stores it as typed."""
     padded = "  correct horse battery  "
-    await server.services.auth.create_user("spacey", padded, "", Role.TELLER)
+    auth = server.services.auth
+    await auth.add_user(await auth.new_user("spacey", padded, "", Role.TELLER))
     client = server.client()
     ok = await send(
         client, "POST", "/api/v1/auth/login", {"username": "spacey", "password": padded}
