@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -74,6 +75,8 @@ GOALS = {
     "memory_per_session_mb": 30.0,
     "multi_worker_efficiency": 0.9,
 }
+# A mode's `stopped` when no count failed: its capacity is at least the largest count run.
+SERIES_EXHAUSTED = "series exhausted (all rounds passed)"
 
 
 @dataclass(frozen=True)
@@ -653,7 +656,7 @@ def summarise_mode(spec: ModeSpec, rounds: list[dict[str, Any]]) -> dict[str, An
         "stopped": (
             f"{stop['status']} at {stop['sessions']} sessions: {stop['reason']}"
             if stop
-            else "series exhausted (all rounds passed)"
+            else SERIES_EXHAUSTED
         ),
     }
 
@@ -664,18 +667,29 @@ def evaluate_goals(modes: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     def add(goal: str, target: str, value: Any, met: bool | None) -> None:
         goals.append({"goal": goal, "target": target, "value": value, "met": met})
 
-    encoded = modes.get("encoded", {}).get("summary")
-    naive = modes.get("naive", {}).get("summary")
-    if encoded:
-        spc = encoded["sessions_per_core"]
-        add("encoded sessions per core (measured)", ">= 25", spc, spc >= GOALS["sessions_per_core"])
-        derived = encoded["sessions_per_core_from_cpu"]
+    def capacity(name: str, label: str) -> None:
+        summary = modes.get(name, {}).get("summary")
+        if not summary:
+            return
+        spc: Any = summary["sessions_per_core"]
+        met: bool | None = spc >= GOALS["sessions_per_core"]
+        if not met and summary["stopped"] == SERIES_EXHAUSTED:
+            spc, met = f">= {spc} (every count passed)", None
+        add(f"{label} sessions per core (measured)", ">= 25", spc, met)
+        derived = summary["sessions_per_core_from_cpu"]
         add(
-            "encoded sessions per core (100 % / CPU per session)",
+            f"{label} sessions per core (100 % / CPU per session)",
             ">= 25",
             derived,
             None if derived is None else derived >= GOALS["sessions_per_core"],
         )
+
+    capacity("encoded-rec", "recorded (encoded-rec)")
+    capacity("encoded", "forwarded (encoded)")
+    encoded = modes.get("encoded", {}).get("summary")
+    naive = modes.get("naive", {}).get("summary")
+    if encoded:
+        spc = encoded["sessions_per_core"]
         p95 = (encoded["forwarding_delay_ms"] or {}).get("p95")
         add(
             "forwarding delay p95 (ms)",
@@ -708,12 +722,11 @@ def evaluate_goals(modes: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             ratio = (
                 round(spc / naive["sessions_per_core"], 1) if naive["sessions_per_core"] else None
             )
-            add(
-                "encoded / naive sessions per core (measured)",
-                ">= 10",
-                ratio,
-                None if ratio is None else ratio >= GOALS["speedup_over_naive"],
-            )
+            value: Any = ratio
+            met = None if ratio is None else ratio >= GOALS["speedup_over_naive"]
+            if ratio is not None and not met and encoded["stopped"] == SERIES_EXHAUSTED:
+                value, met = f">= {ratio} (every encoded count passed)", None
+            add("encoded / naive sessions per core (measured)", ">= 10", value, met)
             if naive["cpu_per_session_pct"] and encoded["cpu_per_session_pct"]:
                 cpu_ratio = round(naive["cpu_per_session_pct"] / encoded["cpu_per_session_pct"], 1)
                 add(
@@ -724,28 +737,47 @@ def evaluate_goals(modes: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
                 )
         for name, mode in modes.items():
             if (match := re.fullmatch(r"encoded-(\d+)w", name)) and encoded["max_sessions_passed"]:
-                workers = int(match.group(1))
-                total = mode["summary"]["max_sessions_passed"]
-                ratio = round(total / (workers * encoded["max_sessions_passed"]), 2)
-                add(
-                    f"{name} capacity / ({workers} x encoded), measured",
-                    ">= 0.9",
-                    ratio,
-                    ratio >= GOALS["multi_worker_efficiency"],
-                )
-                # On a machine whose cores the clients share, the measured ratio is bounded by
-                # the clients; the cost per session says whether N workers would carry N times
-                # as much on cores of their own.
-                cpu_n = mode["summary"]["cpu_per_session_pct"]
-                if cpu_n and encoded["cpu_per_session_pct"]:
-                    derived_ratio = round(encoded["cpu_per_session_pct"] / cpu_n, 2)
-                    add(
-                        f"{name} capacity / ({workers} x encoded), from CPU per session",
-                        ">= 0.9",
-                        derived_ratio,
-                        derived_ratio >= GOALS["multi_worker_efficiency"],
-                    )
+                _worker_goals(add, name, int(match.group(1)), mode, modes["encoded"])
     return goals
+
+
+def _worker_goals(
+    add: Callable[[str, str, Any, bool | None], None],
+    name: str,
+    workers: int,
+    mode: dict[str, Any],
+    encoded: dict[str, Any],
+) -> None:
+    summary, one = mode["summary"], encoded["summary"]
+    total = summary["max_sessions_passed"]
+    ratio = round(total / (workers * one["max_sessions_passed"]), 2)
+    exhausted = SERIES_EXHAUSTED in (summary["stopped"], one["stopped"])
+    add(
+        f"{name} capacity / ({workers} x encoded), measured",
+        ">= 0.9",
+        f"{ratio} (a series passed every count: not a capacity)" if exhausted else ratio,
+        None if exhausted else ratio >= GOALS["multi_worker_efficiency"],
+    )
+    # On a machine whose cores the clients share, the measured ratio is bounded by the
+    # clients; the cost per session says whether N workers carry N times as much on cores of
+    # their own. Compared at the same load per worker (N x S sessions against S): a process's
+    # fixed costs spread over more sessions make a loaded worker cheaper per session.
+    cpu_n = summary["cpu_per_session_pct"]
+    same_load = [
+        r
+        for r in encoded["rounds"]
+        if r["status"] == "pass" and r["cpu_per_session_pct"] and r["sessions"] * workers <= total
+    ]
+    if cpu_n and same_load:
+        reference = max(same_load, key=lambda r: r["sessions"])
+        derived_ratio = round(reference["cpu_per_session_pct"] / cpu_n, 2)
+        add(
+            f"{name} capacity / ({workers} x encoded), from CPU per session "
+            f"({total} sessions against {reference['sessions']})",
+            ">= 0.9",
+            derived_ratio,
+            derived_ratio >= GOALS["multi_worker_efficiency"],
+        )
 
 
 def _fmt(value: Any) -> str:

@@ -154,15 +154,18 @@ async def request_callback(request: web.Request) -> web.Response:
     ticket, token = await _held_ticket(request, change=True)
     body = await parse(request, CallbackBody)
     svc = services(request)
-    callback = await svc.queue.request_callback(ticket, body.phone)
-    await svc.audit.append_fact(
-        "queue.callback_requested",
-        actor=ticket.id,
-        actor_role=Role.CUSTOMER.value,
-        target=callback.id,
-        detail={"business": callback.business},
-        address=request.remote,
-    )
+
+    async def log(callback: QueueCallback) -> None:
+        await svc.audit.append(
+            "queue.callback_requested",
+            actor=ticket.id,
+            actor_role=Role.CUSTOMER.value,
+            target=callback.id,
+            detail={"business": callback.business},
+            address=request.remote,
+        )
+
+    await svc.queue.request_callback(ticket, body.phone, log)
     ticket.state = "callback"
     return await _ticket_response(svc, ticket, token, status=201)
 
@@ -248,14 +251,17 @@ async def claim_callback(request: web.Request) -> web.Response:
 async def finish_callback(request: web.Request) -> web.Response:
     teller = await require(request, Role.TELLER, action="call customers back")
     svc = services(request)
-    callback = await svc.queue.finish_callback(teller, request.match_info["callback_id"])
-    await svc.audit.append_fact(
-        "queue.callback_done",
-        actor=teller.user_id or "",
-        actor_role=teller.role.value,
-        target=callback.id,
-        address=request.remote,
-    )
+
+    async def log(callback: QueueCallback) -> None:
+        await svc.audit.append(
+            "queue.callback_done",
+            actor=teller.user_id or "",
+            actor_role=teller.role.value,
+            target=callback.id,
+            address=request.remote,
+        )
+
+    callback = await svc.queue.finish_callback(teller, request.match_info["callback_id"], log)
     return web.json_response({"callback": callback_view(callback, {})})
 
 

@@ -107,9 +107,12 @@ class RoomRecording:
         await self._broadcast(server_message("consent_request"), "customer")
         await self._announce()
 
-    async def consent(self, granted: bool) -> None:
+    def require_consent_asked(self) -> None:
         if self.state != "awaiting_consent":
             raise ProtocolError("out_of_order", "No consent was asked for.", "consent")
+
+    async def consent(self, granted: bool) -> None:
+        self.require_consent_asked()
         if not granted:
             self.state = "declined"
             await self._announce()

@@ -461,14 +461,26 @@ class Room:
     async def consent(self, participant_id: str, granted: bool) -> None:
         self._require_role(participant_id, Role.CUSTOMER, "consent", "consent")
         assert self.recording is not None
-        await self._store.record(
-            self.session_id, "recording_consent", participant_id, {"granted": granted}
-        )
-        await self.recording.consent(granted)
-        try:
-            await self._log(
-                "recording.consent", participant_id, Role.CUSTOMER, {"granted": granted}
+        self.recording.require_consent_asked()
+        answer = {"granted": granted}
+        if not granted:
+            await self._store.record(self.session_id, "recording_consent", participant_id, answer)
+            await self.recording.consent(False)
+            # The customer's refusal stands whether or not the log can take it right now.
+            await self._audit.append_fact(
+                "recording.consent",
+                actor=participant_id,
+                actor_role=Role.CUSTOMER.value,
+                target=self.session_id,
+                detail=answer,
             )
+            return
+        # Logged before anything is recorded: a consent the log refused starts nothing, and the
+        # customer is still asked (the answer can be given again).
+        await self._log("recording.consent", participant_id, Role.CUSTOMER, answer)
+        await self._store.record(self.session_id, "recording_consent", participant_id, answer)
+        await self.recording.consent(True)
+        try:
             if self.recording.active:
                 await self._log(
                     "recording.started",
@@ -477,7 +489,7 @@ class Room:
                     {"archive_id": self.recording.message()["archive_id"]},
                 )
         except AuditUnavailable:
-            # No recording may run without its consent and start in the log.
+            # No recording may run without its start in the log.
             await self.recording.stop("interrupted")
             raise
         if self.recording.active:

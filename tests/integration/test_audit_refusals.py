@@ -15,7 +15,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from server.auth.principal import Role
 from server.cli import _parser
-from server.db.models import AuditEntry, User
+from server.db.models import Archive, AuditEntry, User
+from tests.integration.test_call import _teller_and_customer
+from tests.integration.test_recording import _sealed
 from tests.support.server import PASSWORD, ApiClient, RunningServer
 
 pytestmark = pytest.mark.usefixtures("cheap_password_hashing")
@@ -47,6 +49,11 @@ async def entries(server: RunningServer, action: str) -> int:
             select(func.count()).select_from(AuditEntry).where(AuditEntry.action == action)
         )
     return int(found or 0)
+
+
+async def archives(server: RunningServer) -> int:
+    async with server.services.engine.connect() as connection:
+        return int(await connection.scalar(select(func.count()).select_from(Archive)) or 0)
 
 
 async def staff(server: RunningServer, username: str, role: Role) -> ApiClient:
@@ -140,3 +147,42 @@ async def test_a_refused_account_creation_at_the_command_line_leaves_no_account(
     assert await create_user() == 0
     assert await entries(server, "admin.user_created") == 1
     await server.client().login("op.li")
+
+
+async def test_a_consent_the_log_refused_records_nothing_and_a_refusal_stands(
+    server: RunningServer,
+) -> None:
+    teller, customer, _ = await _teller_and_customer(server)
+    try:
+        await teller.join()
+        await customer.join()
+        await teller.wait_for_media(customer.participant_id, "camera")
+        await teller.send({"type": "recording_start"})
+        await customer.expect("consent_request")
+        async with audit_log_away(server):
+            await customer.send({"type": "consent", "granted": True})
+            error = await customer.expect("error")
+        assert error["code"] == "audit_unavailable"
+        # Nothing was recorded: no archive was started, and the customer is still asked.
+        assert await entries(server, "recording.started") == 0
+        assert await archives(server) == 0
+        await customer.send({"type": "consent", "granted": True})
+        state = await teller.expect("recording")
+        while state["state"] != "recording":
+            state = await teller.expect("recording")
+        assert await entries(server, "recording.consent") == 1
+        await teller.send({"type": "recording_stop"})
+        assert (await _sealed(teller))["state"] == "sealed"
+
+        # Asked again and declined while the log is down: the refusal is not held up by it.
+        await teller.send({"type": "recording_start"})
+        await customer.expect("consent_request")
+        async with audit_log_away(server):
+            await customer.send({"type": "consent", "granted": False})
+            state = await teller.expect("recording")
+            while state["state"] != "declined":
+                state = await teller.expect("recording")
+        assert customer.history.count("error") == 1  # only the refused consent's
+    finally:
+        await customer.close()
+        await teller.close()

@@ -475,6 +475,43 @@ async def test_without_the_audit_log_queue_changes_are_not_made(server: RunningS
     assert (await ticket(customer))["join_url"]
 
 
+async def test_a_take_whose_last_write_failed_keeps_its_session_and_the_queue_works(
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    supervisor = await staff(server, "chen", Role.SUPERVISOR)
+    teller, teller_id = await on_duty(server, "wang", ["general"], supervisor)
+    other, _ = await on_duty(server, "li", ["general"], supervisor)
+    customer = await join(server, "cards")
+    queue = server.services.queue
+    profile = queue._profile
+
+    async def database_fails(*args: Any) -> Any:
+        raise ConnectionError("the database went away")
+
+    # The session is created, then the write naming it on the ticket fails.
+    monkeypatch.setattr(queue, "_profile", database_fails)
+    failed = await send(teller, "POST", "/api/v1/queue/take", csrf=teller.csrf)
+    assert failed.status == 500
+    monkeypatch.setattr(queue, "_profile", profile)
+    [created] = (await teller.call("GET", "/api/v1/sessions"))["sessions"]
+
+    # A minute later the sweep finds the interrupted take: it finishes it rather than giving the
+    # ticket back (a new take of it would collide with the link the session holds).
+    async with server.services.engine.begin() as connection:
+        await connection.execute(
+            update(QueueTicket).values(closed_at=utcnow() - timedelta(minutes=2))
+        )
+    await queue.sweep()
+    view = await ticket(customer)
+    assert view["state"] == "taken" and view["join_url"]
+    entered = await customer.join_link(view["join_url"])
+    assert entered["session"]["id"] == created["id"]
+    nothing = await send(other, "POST", "/api/v1/queue/take", csrf=other.csrf)
+    assert_error(nothing, 404, "queue_empty")
+    [entry] = await audit_actions(server, "queue.taken")
+    assert entry.actor == teller_id and entry.detail["session_id"] == created["id"]
+
+
 async def test_a_join_or_callback_claim_the_log_refused_leaves_nothing_behind(
     server: RunningServer,
 ) -> None:
@@ -509,6 +546,60 @@ async def test_a_join_or_callback_claim_the_log_refused_leaves_nothing_behind(
     assert taken["callback"]["claimed_by"] == other_id != teller_id
     [entry] = await audit_actions(server, "queue.callback_claimed")
     assert entry.actor == other_id
+
+
+async def test_a_callback_request_or_completion_the_log_refused_is_undone(
+    server: RunningServer,
+) -> None:
+    supervisor = await staff(server, "chen", Role.SUPERVISOR)
+    teller, _ = await on_duty(server, "wang", ["general"], supervisor)
+    customer = await join(server, "cards")
+    async with server.services.engine.begin() as connection:
+        await connection.execute(text("ALTER TABLE audit_log RENAME TO audit_log_away"))
+    try:
+        requested = await send(
+            customer,
+            "POST",
+            "/api/v1/queue/ticket/callback",
+            {"phone": "13800138000"},
+            csrf=customer.csrf,
+        )
+    finally:
+        async with server.services.engine.begin() as connection:
+            await connection.execute(text("ALTER TABLE audit_log_away RENAME TO audit_log"))
+    assert_error(requested, 503, "audit_unavailable")
+    # No number kept, and the customer's place is still waiting: asking again works.
+    async with server.services.engine.connect() as connection:
+        assert (await connection.execute(select(QueueCallback.id))).all() == []
+    assert (await ticket(customer))["state"] == "waiting"
+    await customer.call(
+        "POST", "/api/v1/queue/ticket/callback", {"phone": "13800138000"}, expect=201
+    )
+    async with server.services.engine.connect() as connection:
+        callback_id = (await connection.execute(select(QueueCallback.id))).scalar_one()
+    await teller.call("POST", f"/api/v1/queue/callbacks/{callback_id}/claim")
+
+    async with server.services.engine.begin() as connection:
+        await connection.execute(text("ALTER TABLE audit_log RENAME TO audit_log_away"))
+    try:
+        done = await send(
+            teller, "POST", f"/api/v1/queue/callbacks/{callback_id}/done", csrf=teller.csrf
+        )
+    finally:
+        async with server.services.engine.begin() as connection:
+            await connection.execute(text("ALTER TABLE audit_log_away RENAME TO audit_log"))
+    assert_error(done, 503, "audit_unavailable")
+    # Still the teller's, number and all: the call can be made, then completed once.
+    again = await teller.call("POST", f"/api/v1/queue/callbacks/{callback_id}/claim")
+    assert again["callback"]["phone"] == "13800138000"
+    await teller.call("POST", f"/api/v1/queue/callbacks/{callback_id}/done")
+    actions = [e.action for e in await audit_actions(server, "queue.callback")]
+    assert actions == [
+        "queue.callback_requested",
+        "queue.callback_claimed",
+        "queue.callback_claimed",
+        "queue.callback_done",
+    ]
 
 
 async def _assign(supervisor: ApiClient, ticket_id: str, teller_id: str) -> Reply:

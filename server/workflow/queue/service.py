@@ -38,6 +38,7 @@ from server.crypto.rows import RowSealer, SealedRow
 from server.db.engine import DbSession
 from server.db.models import (
     CallSession,
+    Invitation,
     QueueCallback,
     QueueTicket,
     StaffLogin,
@@ -226,7 +227,14 @@ class QueueService:
         if not await self._close(ticket.id, "cancelled"):
             raise _not_waiting()
 
-    async def request_callback(self, ticket: QueueTicket, phone: str) -> QueueCallback:
+    async def request_callback(
+        self, ticket: QueueTicket, phone: str, log: Callable[[QueueCallback], Awaitable[None]]
+    ) -> QueueCallback:
+        """Turn a waiting ticket into a callback to `phone` (sealed at rest).
+
+        `log` records the request once it is made; if it refuses, the request is undone: no
+        number is kept and the customer's place in the queue is waiting again.
+        """
         number = normalize_mobile(phone)
         callback_id = str(uuid.uuid4())
         plaintext = json.dumps({"phone": number}).encode()
@@ -254,6 +262,18 @@ class QueueService:
             if claimed.rowcount != 1:  # type: ignore[attr-defined]
                 raise _not_waiting()
             db.add(callback)
+        try:
+            await log(callback)
+        except BaseException:
+            async with self._db() as db, db.begin():
+                await db.execute(delete(QueueCallback).where(QueueCallback.id == callback_id))
+                await db.execute(
+                    update(QueueTicket)
+                    .where(QueueTicket.id == ticket.id, QueueTicket.state == "callback")
+                    .values(state="waiting", closed_at=None)
+                    .execution_options(synchronize_session=False)
+                )
+            raise
         return callback
 
     async def callback_of(self, ticket: QueueTicket) -> QueueCallback | None:
@@ -278,16 +298,30 @@ class QueueService:
                     )
                 )
             ).all()
+        interrupted = and_(
+            QueueTicket.state == "taken",
+            QueueTicket.session_id.is_(None),
+            QueueTicket.closed_at < now - _TAKE_GRACE,
+        )
+        # The session a take created holds the ticket's link (an invitation on its digest).
+        link = select(Invitation.session_id).where(
+            Invitation.token_hash == QueueTicket.invitation_hash
+        )
         async with self._db() as db, db.begin():
-            # A take interrupted between claiming the ticket and creating its session (its worker
-            # was killed) gives the customer their place back.
+            # A take interrupted after its session was created (the database failed as the
+            # ticket was to name it) is finished: the session is the teller's and the take is
+            # logged. Given back instead, the ticket's next take would collide with that link.
             await db.execute(
                 update(QueueTicket)
-                .where(
-                    QueueTicket.state == "taken",
-                    QueueTicket.session_id.is_(None),
-                    QueueTicket.closed_at < now - _TAKE_GRACE,
-                )
+                .where(interrupted, link.exists())
+                .values(session_id=link.scalar_subquery())
+                .execution_options(synchronize_session=False)
+            )
+            # A take interrupted before (its worker was killed) gives the customer their place
+            # back.
+            await db.execute(
+                update(QueueTicket)
+                .where(interrupted)
                 .values(state="waiting", taken_by=None, closed_at=None)
                 .execution_options(synchronize_session=False)
             )
@@ -630,17 +664,38 @@ class QueueService:
         )
         return callback, str(json.loads(plaintext)["phone"])
 
-    async def finish_callback(self, teller: Principal, callback_id: str) -> QueueCallback:
-        """Mark a claimed callback done; its number is erased (kept no longer than needed)."""
+    async def finish_callback(
+        self, teller: Principal, callback_id: str, log: Callable[[QueueCallback], Awaitable[None]]
+    ) -> QueueCallback:
+        """Mark a claimed callback done; its number is erased (kept no longer than needed).
+
+        `log` records it once done; if it refuses, the callback is claimed again, number and all.
+        """
         async with self._db() as db, db.begin():
             callback = await self._callback(db, callback_id)
             if callback.state != "claimed" or callback.claimed_by != teller.user_id:
                 raise ApiError(
                     409, "callback_not_yours", "Claim this callback before completing it."
                 )
+            # What completing erases, put back if the log refuses it.
+            kept = {
+                "key_id": callback.key_id,
+                "wrapped_key": callback.wrapped_key,
+                "sealed": callback.sealed,
+            }
             callback.state = "done"
             callback.done_at = utcnow()
             callback.key_id = callback.wrapped_key = callback.sealed = None
+        try:
+            await log(callback)
+        except BaseException:
+            async with self._db() as db, db.begin():
+                await db.execute(
+                    update(QueueCallback)
+                    .where(QueueCallback.id == callback_id, QueueCallback.state == "done")
+                    .values(state="claimed", done_at=None, **kept)
+                )
+            raise
         return callback
 
     async def _callback(self, db: DbSession, callback_id: str) -> QueueCallback:
