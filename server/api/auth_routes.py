@@ -7,7 +7,7 @@ from aiohttp import web
 from server.api.access import check_origin, require
 from server.api.bodies import LoginBody, NewUserBody, parse
 from server.api.cookies import set_credential_cookie
-from server.audit import ANONYMOUS
+from server.audit import ANONYMOUS, AuditUnavailable
 from server.auth.principal import STAFF_ROLES, Role
 from server.auth.service import STAFF_COOKIE
 from server.context import services
@@ -35,10 +35,15 @@ async def login(request: web.Request) -> web.Response:
             address=address,
         )
         raise
-    # Before the cookie is handed out: a login the log does not show never takes effect.
-    await svc.audit.append(
-        "auth.login", actor=user.id, actor_role=user.role, target=user.username, address=address
-    )
+    # Before the cookie is handed out: a login the log does not show never takes effect, and
+    # its row is revoked (it would count the user as logged in, e.g. on the queue's board).
+    try:
+        await svc.audit.append(
+            "auth.login", actor=user.id, actor_role=user.role, target=user.username, address=address
+        )
+    except AuditUnavailable:
+        await svc.auth.logout(token)
+        raise
     response = web.json_response({"user": user_view(user), "csrf_token": csrf})
     set_credential_cookie(
         response,
@@ -55,7 +60,8 @@ async def login(request: web.Request) -> web.Response:
 async def logout(request: web.Request) -> web.Response:
     principal = await require(request, *STAFF_ROLES, action="log out")
     await services(request).auth.logout(request.cookies[STAFF_COOKIE])
-    await services(request).audit.append(
+    # A fact: leaving must never be refused (an open login is the unsafe side).
+    await services(request).audit.append_fact(
         "auth.logout",
         actor=principal.user_id or "",
         actor_role=principal.role.value,

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from server.auth.principal import Role
 from server.cli import _parser
-from server.db.models import Archive, AuditEntry, User
+from server.db.models import Archive, AuditEntry, StaffLogin, User
 from tests.integration.test_call import _teller_and_customer
 from tests.integration.test_recording import _sealed
 from tests.support.server import PASSWORD, ApiClient, RunningServer
@@ -186,3 +186,30 @@ async def test_a_consent_the_log_refused_records_nothing_and_a_refusal_stands(
     finally:
         await customer.close()
         await teller.close()
+
+
+async def test_a_refused_login_leaves_no_live_login_and_a_logout_is_never_refused(
+    server: RunningServer,
+) -> None:
+    teller = await staff(server, "wang.teller", Role.TELLER)
+    user_id = (await teller.call("GET", "/api/v1/auth/me"))["user"]["id"]
+
+    async def live_logins() -> int:
+        async with server.services.engine.connect() as connection:
+            found = await connection.scalar(
+                select(func.count())
+                .select_from(StaffLogin)
+                .where(StaffLogin.user_id == user_id, StaffLogin.revoked_at.is_(None))
+            )
+        return int(found or 0)
+
+    login = {"username": "wang.teller", "password": PASSWORD}
+    async with audit_log_away(server):
+        await refused(server.client(), "POST", "/api/v1/auth/login", login)
+        # Leaving works even now; the missing entry is reported by the process instead.
+        await teller.call("POST", "/api/v1/auth/logout")
+    assert await live_logins() == 0  # neither the refused login nor the ended one counts
+    await teller.call("GET", "/api/v1/auth/me", expect=401)
+    await server.client().login("wang.teller")
+    assert await live_logins() == 1
+    assert await entries(server, "auth.login") == 2  # the first login and the last
