@@ -5,37 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, text
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy import func, select
 
 from server.auth.principal import Role
 from server.cli import _parser
 from server.db.models import Archive, AuditEntry, StaffLogin, User
 from tests.integration.test_call import _teller_and_customer
 from tests.integration.test_recording import _sealed
+from tests.support.audit import audit_log_away
 from tests.support.server import PASSWORD, ApiClient, RunningServer
 
 pytestmark = pytest.mark.usefixtures("cheap_password_hashing")
-
-
-@asynccontextmanager
-async def audit_log_away(server: RunningServer) -> AsyncIterator[None]:
-    engine = create_async_engine(server.settings.effective_database_url)
-    try:
-        async with engine.begin() as db:
-            await db.execute(text("ALTER TABLE audit_log RENAME TO audit_log_away"))
-        try:
-            yield
-        finally:
-            async with engine.begin() as db:
-                await db.execute(text("ALTER TABLE audit_log_away RENAME TO audit_log"))
-    finally:
-        await engine.dispose()
 
 
 async def refused(client: ApiClient, method: str, path: str, body: Any = None) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import insert, select, text, update
+from sqlalchemy import insert, select, update
 
 from server.auth.principal import Role
 from server.db.models import (
@@ -23,6 +23,7 @@ from server.db.models import (
 from server.workflow.queue.config import QueueConfig
 from tests.integration.test_http_api import Reply, assert_error, send, staff
 from tests.support import server as support
+from tests.support.audit import audit_log_away
 from tests.support.server import ApiClient, RunningServer, running_server
 
 pytestmark = pytest.mark.usefixtures("cheap_password_hashing")
@@ -438,9 +439,7 @@ async def test_without_the_audit_log_queue_changes_are_not_made(server: RunningS
     _, other_id = await on_duty(server, "li", ["wealth"], supervisor)
     customer = await join(server, "wealth")
     view = await ticket(customer)
-    async with server.services.engine.begin() as connection:
-        await connection.execute(text("ALTER TABLE audit_log RENAME TO audit_log_away"))
-    try:
+    async with audit_log_away(server):
         refused = [
             await send(
                 teller, "POST", "/api/v1/queue/me/status", {"status": "away"}, csrf=teller.csrf
@@ -455,9 +454,6 @@ async def test_without_the_audit_log_queue_changes_are_not_made(server: RunningS
             await _assign(supervisor, view["id"], other_id),
             await send(teller, "POST", "/api/v1/queue/take", csrf=teller.csrf),
         ]
-    finally:
-        async with server.services.engine.begin() as connection:
-            await connection.execute(text("ALTER TABLE audit_log_away RENAME TO audit_log"))
     for reply in refused:
         assert_error(reply, 503, "audit_unavailable")
     board = await supervisor.call("GET", "/api/v1/queue/dashboard")
@@ -525,16 +521,11 @@ async def test_a_join_or_callback_claim_the_log_refused_leaves_nothing_behind(
     async with server.services.engine.connect() as connection:
         callback_id = (await connection.execute(select(QueueCallback.id))).scalar_one()
     latecomer = server.client()
-    async with server.services.engine.begin() as connection:
-        await connection.execute(text("ALTER TABLE audit_log RENAME TO audit_log_away"))
-    try:
+    async with audit_log_away(server):
         joined = await send(latecomer, "POST", "/api/v1/queue/tickets", {"topic": "cards"})
         claimed = await send(
             teller, "POST", f"/api/v1/queue/callbacks/{callback_id}/claim", csrf=teller.csrf
         )
-    finally:
-        async with server.services.engine.begin() as connection:
-            await connection.execute(text("ALTER TABLE audit_log_away RENAME TO audit_log"))
     assert_error(joined, 503, "audit_unavailable")
     assert_error(claimed, 503, "audit_unavailable")
     # No ticket nobody holds (a teller would take it into a session nobody joins), and the
@@ -554,9 +545,7 @@ async def test_a_callback_request_or_completion_the_log_refused_is_undone(
     supervisor = await staff(server, "chen", Role.SUPERVISOR)
     teller, _ = await on_duty(server, "wang", ["general"], supervisor)
     customer = await join(server, "cards")
-    async with server.services.engine.begin() as connection:
-        await connection.execute(text("ALTER TABLE audit_log RENAME TO audit_log_away"))
-    try:
+    async with audit_log_away(server):
         requested = await send(
             customer,
             "POST",
@@ -564,9 +553,6 @@ async def test_a_callback_request_or_completion_the_log_refused_is_undone(
             {"phone": "13800138000"},
             csrf=customer.csrf,
         )
-    finally:
-        async with server.services.engine.begin() as connection:
-            await connection.execute(text("ALTER TABLE audit_log_away RENAME TO audit_log"))
     assert_error(requested, 503, "audit_unavailable")
     # No number kept, and the customer's place is still waiting: asking again works.
     async with server.services.engine.connect() as connection:
@@ -579,15 +565,10 @@ async def test_a_callback_request_or_completion_the_log_refused_is_undone(
         callback_id = (await connection.execute(select(QueueCallback.id))).scalar_one()
     await teller.call("POST", f"/api/v1/queue/callbacks/{callback_id}/claim")
 
-    async with server.services.engine.begin() as connection:
-        await connection.execute(text("ALTER TABLE audit_log RENAME TO audit_log_away"))
-    try:
+    async with audit_log_away(server):
         done = await send(
             teller, "POST", f"/api/v1/queue/callbacks/{callback_id}/done", csrf=teller.csrf
         )
-    finally:
-        async with server.services.engine.begin() as connection:
-            await connection.execute(text("ALTER TABLE audit_log_away RENAME TO audit_log"))
     assert_error(done, 503, "audit_unavailable")
     # Still the teller's, number and all: the call can be made, then completed once.
     again = await teller.call("POST", f"/api/v1/queue/callbacks/{callback_id}/claim")
