@@ -8,6 +8,7 @@ with it. Everything else is for staff, by role (docs/workflow-queue.md section 2
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -232,16 +233,7 @@ async def take_next(request: web.Request) -> web.Response:
 async def claim_callback(request: web.Request) -> web.Response:
     teller = await require(request, Role.TELLER, action="call customers back")
     svc = services(request)
-
-    async def log(callback: QueueCallback) -> None:
-        await svc.audit.append(
-            "queue.callback_claimed",
-            actor=teller.user_id or "",
-            actor_role=teller.role.value,
-            target=callback.id,
-            address=request.remote,
-        )
-
+    log = _callback_log(request, teller, "queue.callback_claimed")
     callback, phone = await svc.queue.claim_callback(teller, request.match_info["callback_id"], log)
     view = callback_view(callback, {}) | {"phone": phone}
     return web.json_response({"callback": view}, headers={"Cache-Control": "no-store"})
@@ -250,19 +242,28 @@ async def claim_callback(request: web.Request) -> web.Response:
 @routes.post("/api/v1/queue/callbacks/{callback_id}/done")
 async def finish_callback(request: web.Request) -> web.Response:
     teller = await require(request, Role.TELLER, action="call customers back")
-    svc = services(request)
+    log = _callback_log(request, teller, "queue.callback_done")
+    callback = await services(request).queue.finish_callback(
+        teller, request.match_info["callback_id"], log
+    )
+    return web.json_response({"callback": callback_view(callback, {})})
+
+
+def _callback_log(
+    request: web.Request, teller: Principal, action: str
+) -> Callable[[QueueCallback], Awaitable[None]]:
+    """The entry of a teller's step on a callback, written by the queue once the step is made."""
 
     async def log(callback: QueueCallback) -> None:
-        await svc.audit.append(
-            "queue.callback_done",
+        await services(request).audit.append(
+            action,
             actor=teller.user_id or "",
             actor_role=teller.role.value,
             target=callback.id,
             address=request.remote,
         )
 
-    callback = await svc.queue.finish_callback(teller, request.match_info["callback_id"], log)
-    return web.json_response({"callback": callback_view(callback, {})})
+    return log
 
 
 # -- supervisors (and admins for skills) -----------------------------------------------------

@@ -463,9 +463,13 @@ class Room:
         assert self.recording is not None
         self.recording.require_consent_asked()
         answer = {"granted": granted}
+        if granted:
+            # Logged before anything is recorded: a consent the log refused starts nothing, and
+            # the customer is still asked (the answer can be given again).
+            await self._log("recording.consent", participant_id, Role.CUSTOMER, answer)
+        await self._store.record(self.session_id, "recording_consent", participant_id, answer)
+        await self.recording.consent(granted)
         if not granted:
-            await self._store.record(self.session_id, "recording_consent", participant_id, answer)
-            await self.recording.consent(False)
             # The customer's refusal stands whether or not the log can take it right now.
             await self._audit.append_fact(
                 "recording.consent",
@@ -475,11 +479,6 @@ class Room:
                 detail=answer,
             )
             return
-        # Logged before anything is recorded: a consent the log refused starts nothing, and the
-        # customer is still asked (the answer can be given again).
-        await self._log("recording.consent", participant_id, Role.CUSTOMER, answer)
-        await self._store.record(self.session_id, "recording_consent", participant_id, answer)
-        await self.recording.consent(True)
         try:
             if self.recording.active:
                 await self._log(

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from sqlalchemy import delete, select, text, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from recorder.seal.manifest import parse_manifest
@@ -23,6 +23,7 @@ from server.db.engine import create_engine, migrate, session_factory
 from server.db.models import AuditCheckpoint, AuditEntry
 from tests.integration.test_call import _teller_and_customer
 from tests.integration.test_recording import _record, _sealed, _stored
+from tests.support.audit import audit_log_away
 from tests.support.postgres import database_url
 from tests.support.server import PASSWORD, RunningServer
 
@@ -225,10 +226,7 @@ async def test_without_the_audit_log_actions_are_refused(server: RunningServer) 
     await server.user("teller1", Role.TELLER)
     teller = server.client()
     await teller.login("teller1")
-    engine = _engine(server)
-    try:
-        async with engine.begin() as db:
-            await db.execute(text("ALTER TABLE audit_log RENAME TO audit_log_away"))
+    async with audit_log_away(server):
         async with teller.http.post(
             teller.base + "/api/v1/invitations",
             json={"business": "wealth", "customer_name": "丙"},
@@ -244,10 +242,6 @@ async def test_without_the_audit_log_actions_are_refused(server: RunningServer) 
         ) as response:
             assert response.status == 503
             assert "vteller_staff" not in response.cookies  # no login without its entry
-        async with engine.begin() as db:
-            await db.execute(text("ALTER TABLE audit_log_away RENAME TO audit_log"))
-    finally:
-        await engine.dispose()
     assert (await _verify(server))[0] == 0
     # The refused invitation left no session behind in the teller's list.
     assert (await teller.call("GET", "/api/v1/sessions"))["sessions"] == []
@@ -267,16 +261,9 @@ async def test_a_mark_the_log_refused_is_not_on_the_recordings_timeline(
                 if "recording.started" in await _actions(server):
                     break
                 await asyncio.sleep(0.05)
-        engine = _engine(server)
-        try:
-            async with engine.begin() as db:
-                await db.execute(text("ALTER TABLE audit_log RENAME TO audit_log_away"))
+        async with audit_log_away(server):
             await teller.send({"type": "mark", "moment": "risk_disclosure", "phase": "start"})
             refused = await teller.expect("error")
-            async with engine.begin() as db:
-                await db.execute(text("ALTER TABLE audit_log_away RENAME TO audit_log"))
-        finally:
-            await engine.dispose()
         assert refused["code"] == "audit_unavailable"
         await teller.send({"type": "mark", "moment": "risk_disclosure", "phase": "start"})
         marked = await teller.expect("marked")

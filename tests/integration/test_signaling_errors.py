@@ -17,11 +17,10 @@ from typing import Any
 import aiohttp
 import pytest
 from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from server.auth.principal import Role
 from server.signaling.handler import HARD_FRAME_LIMIT
+from tests.support.audit import audit_log_away
 from tests.support.bot import Bot
 from tests.support.server import ApiClient, RunningServer
 
@@ -451,17 +450,10 @@ async def test_a_connection_admitted_before_the_end_cannot_join_after_it(call: C
 
 async def test_an_end_the_audit_log_refuses_keeps_the_connection(call: Call) -> None:
     teller, _ = await call.joined(call.teller)
-    engine = create_async_engine(call.server.settings.effective_database_url)
-    try:
-        async with engine.begin() as db:
-            await db.execute(text("ALTER TABLE audit_log RENAME TO audit_log_away"))
+    async with audit_log_away(call.server):
         await teller.send(type="end")
         await teller.error("audit_unavailable")
         await teller.pong()  # still connected: the teller can try again
-        async with engine.begin() as db:
-            await db.execute(text("ALTER TABLE audit_log_away RENAME TO audit_log"))
-    finally:
-        await engine.dispose()
     await teller.send(type="end")
     await teller.expect("session_ended")
     assert await teller.closed() == 4410
