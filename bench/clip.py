@@ -5,6 +5,14 @@ simulated participant would make the clients, not the server, the bottleneck. Th
 textured background drifting under a moving block plus per-frame sensor-like noise, so that
 libvpx's rate control produces realistic frame sizes (keyframes of tens of kB, delta frames of
 a few kB) at the target bitrate instead of the near-empty frames of a static test card.
+
+The video is in three temporal layers, as vteller's pages ask browsers to send a camera
+(``L1T3``): libvpx's 4-frame pattern (FFmpeg ``ts_layering_mode=3``, layers 0, 2, 1, 2) in
+which base-layer frames refer only to base-layer frames and the top layer, every other frame,
+updates no reference buffer, like Chromium's. The loop starts on the pattern's first frame, so
+frame ``k`` of the clip is in layer ``LAYER_PATTERN[k % 4]``; the load generator writes it in
+each frame's RTP descriptor as a browser does. The SFU forwards and records every frame; its
+live checks decode only the base layer.
 """
 
 from __future__ import annotations
@@ -25,6 +33,14 @@ AUDIO_RATE = 48_000
 AUDIO_SAMPLES = 960  # 20 ms, what browsers send
 AUDIO_BITRATE = 32_000
 VIDEO_CLOCK = 90_000  # RTP clock rate of video
+LAYER_PATTERN = (0, 2, 1, 2)  # temporal layer of each frame of libvpx's 3-layer pattern
+# Cumulative kbit/s of layers 0, 0-1 and 0-2: the 40/20/40 % split of Chromium's L1T3.
+_LAYER_KBPS = ",".join(str(VIDEO_BITRATE * share // 100_000) for share in (40, 60, 100))
+TEMPORAL_LAYERS = (
+    f"ts_number_layers=3:ts_target_bitrate={_LAYER_KBPS}:ts_rate_decimator=4,2,1:"
+    f"ts_periodicity={len(LAYER_PATTERN)}:ts_layer_id={','.join(map(str, LAYER_PATTERN))}:"
+    "ts_layering_mode=3"
+)
 
 
 @dataclass(frozen=True)
@@ -34,6 +50,11 @@ class EncodedClip:
     video: list[tuple[bytes, bool]]  # (VP8 frame, is keyframe)
     audio: list[bytes]  # Opus packets of AUDIO_SAMPLES each
     fps: int = FPS
+
+    @property
+    def video_layers(self) -> list[int]:
+        """The temporal layer of each frame of ``video``."""
+        return [LAYER_PATTERN[k % len(LAYER_PATTERN)] for k in range(len(self.video))]
 
     @property
     def video_kbps(self) -> float:
@@ -69,7 +90,9 @@ def _picture(i: int, n: int, texture: np.ndarray[Any, Any], rng: np.random.Gener
 
 
 def encode_video(seconds: float) -> list[tuple[bytes, bool]]:
-    n = max(2, round(seconds * FPS))
+    period = len(LAYER_PATTERN)
+    # Whole layer patterns, so that the loop (and a restart on PLI) keeps the pattern.
+    n = max(period, -(-round(seconds * FPS) // period) * period)
     codec: Any = av.CodecContext.create("libvpx", "w")
     codec.width, codec.height, codec.pix_fmt = WIDTH, HEIGHT, "yuv420p"
     codec.time_base = fractions.Fraction(1, FPS)
@@ -81,13 +104,16 @@ def encode_video(seconds: float) -> list[tuple[bytes, bool]]:
         "cpu-used": "8",
         "lag-in-frames": "0",
         "max-intra-rate": "0",  # no cap on keyframe size (libvpx default caps it)
+        "ts-parameters": TEMPORAL_LAYERS,
+        "error-resilient": "default",
     }
     rng = np.random.default_rng(20)
     coarse = rng.integers(0, 255, (HEIGHT // 16 + 3, WIDTH // 16 + 3), dtype=np.uint8)
     texture = np.kron(coarse, np.ones((16, 16), np.uint8)).astype(np.int16)
     # Warm the rate control up for half a loop, then force a keyframe and keep one loop: the
     # very first keyframe of a fresh libvpx encoder is tiny and unrepresentative.
-    warmup = n // 2
+    # The encoder's pattern counts frames from its start: the kept keyframe starts a pattern.
+    warmup = n // 2 // period * period
     kept: list[tuple[bytes, bool]] = []
     for i in range(warmup + n):
         frame = _picture(i % n, n, texture, rng)
@@ -100,8 +126,9 @@ def encode_video(seconds: float) -> list[tuple[bytes, bool]]:
                 kept.append((bytes(packet), bool(packet.is_keyframe)))
     for packet in codec.encode(None):
         kept.append((bytes(packet), bool(packet.is_keyframe)))
-    first_key = next(k for k, (_, key) in enumerate(kept) if key)
-    return kept[first_key:]
+    if len(kept) != n or not kept[0][1]:
+        raise RuntimeError("libvpx did not emit one frame per picture, starting with the keyframe")
+    return kept
 
 
 def encode_audio(seconds: float) -> list[bytes]:

@@ -26,7 +26,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,8 @@ from aiortc import (
     RTCRtpSender,
     RTCSessionDescription,
 )
-from aiortc.mediastreams import MediaStreamError
+from aiortc.codecs.vpx import PACKET_MAX, Vp8Encoder, VpxPayloadDescriptor
+from aiortc.mediastreams import VIDEO_TIME_BASE, MediaStreamError, convert_timebase
 
 from bench.clip import AUDIO_RATE, AUDIO_SAMPLES, VIDEO_CLOCK, EncodedClip
 from server.sfu.encoded import EncodedFrame, EncodedSource, tap_receiver
@@ -69,11 +70,17 @@ class ReplayTrack(MediaStreamTrack):
     """Replays pre-encoded packets in a loop at their real rate; restarts at a keyframe on PLI."""
 
     def __init__(
-        self, kind: str, packets: list[tuple[bytes, bool]], interval: float, step: int
+        self,
+        kind: str,
+        packets: list[tuple[bytes, bool]],
+        interval: float,
+        step: int,
+        layers: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         self.kind = kind
         self._packets = packets
+        self._layers = layers  # temporal layer of each packet, for LayeredVp8Packetizer
         self._interval = interval  # seconds per packet
         self._step = step  # pts units per packet
         self._start: float | None = None
@@ -109,6 +116,8 @@ class ReplayTrack(MediaStreamTrack):
         packet.pts = packet.dts = self._n * self._step
         packet.time_base = _TIME_BASES[self.kind]
         packet.is_keyframe = keyframe
+        if self._layers is not None:
+            packet.opaque = self._layers[self._index]
         self.sent_at[self._index] = now()
         self._index = (self._index + 1) % len(self._packets)
         self._n += 1
@@ -132,6 +141,57 @@ def forward_keyframe_requests(sender: RTCRtpSender, track: ReplayTrack) -> None:
         track.request_keyframe()
 
     setattr(sender, "_send_keyframe", send_keyframe)  # noqa: B010 (method on this instance)
+
+
+class LayeredVp8Packetizer(Vp8Encoder):
+    """aiortc's VP8 packetizer, writing each frame's temporal layer into its RTP descriptor.
+
+    A browser sending L1T3 marks every packet with the frame's layer (RFC 7741: T bit, TID,
+    TL0PICIDX); aiortc's packetizer writes a picture id only. The SFU reads the layer to decode
+    just the base layer for its live checks, so the simulated camera must say it too. The layer
+    travels from :class:`ReplayTrack` in ``av.Packet.opaque``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._tl0picidx = 0
+
+    def pack(self, packet: av.Packet[Any]) -> tuple[list[bytes], int]:
+        layer = packet.opaque if isinstance(packet.opaque, int) else 0
+        if layer == 0:
+            self._tl0picidx = (self._tl0picidx + 1) % 256
+        # Y (layer sync) stays 0: no claim about what the frame refers to.
+        descriptor = VpxPayloadDescriptor(
+            partition_start=1,
+            partition_id=0,
+            picture_id=self.picture_id,
+            tl0picidx=self._tl0picidx,
+            tid=(layer, 0),
+        )
+        data = bytes(packet)
+        payloads: list[bytes] = []
+        pos = 0
+        while pos < len(data):
+            header = bytes(descriptor)
+            size = min(len(data) - pos, PACKET_MAX - len(header))
+            payloads.append(header + data[pos : pos + size])
+            descriptor.partition_start = 0
+            pos += size
+        self.picture_id = (self.picture_id + 1) % (1 << 15)
+        assert packet.pts is not None  # ReplayTrack stamps every packet
+        return payloads, convert_timebase(packet.pts, packet.time_base, VIDEO_TIME_BASE)
+
+
+def send_temporal_layers(sender: RTCRtpSender) -> None:
+    """Make a VP8 sender packetize with :class:`LayeredVp8Packetizer`.
+
+    aiortc 1.16.0 creates a sender's encoder on its first frame unless one is already set
+    (``_RTCRtpSender__encoder``); set before the first frame, it is the one used for packets.
+    """
+    name = "_RTCRtpSender__encoder"
+    if getattr(sender, name, "missing") is not None:
+        raise RuntimeError(f"aiortc's RTCRtpSender has no unused {name}: update bench/loadgen.py")
+    setattr(sender, name, LayeredVp8Packetizer())
 
 
 class Counter:
@@ -228,7 +288,11 @@ class Participant:
 
     def __post_init__(self) -> None:
         self.video = ReplayTrack(
-            "video", self.clip.video, 1 / self.clip.fps, VIDEO_CLOCK // self.clip.fps
+            "video",
+            self.clip.video,
+            1 / self.clip.fps,
+            VIDEO_CLOCK // self.clip.fps,
+            layers=self.clip.video_layers,
         )
         self.audio = ReplayTrack(
             "audio",
@@ -289,6 +353,8 @@ class Participant:
             if track is not None and transceiver.sender.track is None:
                 transceiver.sender.replaceTrack(track)
                 forward_keyframe_requests(transceiver.sender, track)
+                if track is self.video:
+                    send_temporal_layers(transceiver.sender)
         await pc.setLocalDescription(await pc.createAnswer())
         assert self.ws is not None
         await self.ws.send_str(

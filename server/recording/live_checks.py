@@ -32,15 +32,20 @@ the whole current set, and each start and end is a session event (``live_warning
 ``live_warning_ended``, with the recording's archive id and media times).
 
 Cost and bounds. Each watched camera (the tellers' and the customers') has a
-:class:`~server.sfu.decoded.DecodedView` (decoding beside the forwarding path, in its own thread)
-that converts at most ``fps`` (1) picture a second; a picture wider than ``max_width`` (512 px) is
-shrunk in a worker thread (YuNet's cost grows with the pixels: about 12 ms at 320x240, 190 ms at
-1280x960 on one core), and its faces are counted by the identity engines'
-``observe_face_async`` in their thread pool (the same engine lock as the identity check, so a
-busy process checks less often rather than queueing without end). At most one detection per
-camera is in flight; nothing but list bookkeeping runs on the event loop. One task per room wakes
-every ``tick_seconds`` (0.5 s), or at once after a mark, to compare the cameras with the room's
-publications and to evaluate the rules.
+:class:`~server.sfu.decoded.DecodedView` (decoding beside the forwarding path, in its own
+thread, only the base temporal layer of a browser's camera: 5 frames a second of 20) that
+converts at most ``fps`` (1) picture a second, scaled to at most ``max_width`` (320 px) in the
+same pass. YuNet's cost grows with the pixels (on one core of the benchmark machine: 4.7 ms at
+320x240, 12 ms at 512x384, 18 ms at 640x480), and 320 px loses no face that counts: a face
+counts only when it has at least a quarter of the largest face's area, i.e. half its width, and
+a customer at arm's length from a webcam is about 50 px wide at 320 px (about 35 px a metre
+away), so a face that counts is 17 px or more, within what YuNet finds (from about 10 px).
+Faces are counted by the identity engines' ``observe_face_async`` in their thread pool (the
+same engine lock as the identity check, so a busy process checks less often rather than
+queueing without end). At most one detection per camera is in flight; nothing but list
+bookkeeping runs on the event loop. One task per room wakes every ``tick_seconds`` (0.5 s), or
+at once after a mark, to compare the cameras with the room's publications and to evaluate the
+rules.
 
 Faces are counted as the identity check counts them (``live_faces``: the largest face and any at
 least a quarter of its area), so a small face far behind the customer does not raise
@@ -57,7 +62,6 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 import structlog
@@ -121,7 +125,7 @@ class LiveCheckConfig:
     crowded_pictures: int = 2  # too many faces in this many pictures in a row: several_people
     no_video_seconds: float = 4.0  # no picture (or not published) this long: no_video
     tick_seconds: float = 0.5  # how often the rules are evaluated
-    max_width: int = 512  # pictures are shrunk to this width before counting faces
+    max_width: int = 320  # pictures are scaled to this width before counting faces
     stop_timeout: float = 10.0  # the last events of a stopping check, at most
     # An utterance that ended longer ago when the recogniser gets to it is skipped: a warning
     # that late would be about a moment long gone.
@@ -262,13 +266,6 @@ def evaluate(
             if length >= config.crowded_pictures:
                 add("several_people", pid, start)
     return found
-
-
-def _shrink(image: npt.NDArray[np.uint8], width: int) -> npt.NDArray[np.uint8]:
-    height = max(1, round(image.shape[0] * width / image.shape[1]))
-    return np.asarray(
-        cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA), dtype=np.uint8
-    )
 
 
 class LiveChecks:
@@ -535,7 +532,9 @@ class LiveChecks:
     async def _watch(self, watched: Watched, source: PictureSource) -> None:
         """Count the faces of one camera's pictures, `fps` a second, until cancelled."""
         config = self.config
-        view = DecodedView(source, max_fps=config.fps)
+        view = DecodedView(
+            source, max_fps=config.fps, max_width=config.max_width, max_temporal_layer=0
+        )
         try:
             view.start()
         except ValueError:
@@ -548,10 +547,7 @@ class LiveChecks:
                     continue  # evaluate() says no_video from last_picture
                 watched.last_picture = picture.received_at
                 try:
-                    image = picture.image
-                    if image.shape[1] > config.max_width:
-                        image = await asyncio.to_thread(_shrink, image, config.max_width)
-                    seen = await self._engines.observe_face_async(image)
+                    seen = await self._engines.observe_face_async(picture.image)
                 except Exception as exc:
                     watched.judged = False
                     self._detection_failed(exc)

@@ -22,10 +22,27 @@ for one (the source rate-limits those requests). Decoding likewise starts at the
 and one is requested on :meth:`DecodedView.start` so that it begins promptly rather than at the
 publisher's next keyframe, which a WebRTC sender may not produce until someone asks.
 
-Why conversion is bounded: every frame must be decoded to keep the reference chain, but turning
-one into a BGR array is another full-frame pass and allocation, and analyzers look at a few
-pictures per second. The thread keeps only the latest decoded ``av.VideoFrame``, and converts it
-only while someone awaits :meth:`DecodedView.next_picture`, at most ``max_fps`` times per second.
+Why the decoder skips frames that nothing refers to: a delta frame must be decoded when a later
+frame predicts from it, but a frame that updates none of VP8's reference buffers (last, golden,
+alt-ref) is only ever shown. Browsers send a camera's VP8 in three temporal layers (vteller's
+pages ask for ``L1T3``, what Chromium uses for its own simulcast), and then every other frame (the
+top layer) is such a frame. FFmpeg's ``skip_frame = NONREF`` parses their headers (probability
+updates included, so later frames still decode exactly) and skips the rest: analyzers get about
+10 pictures a second of a 20 fps camera for half the decoding. A stream without layers has no
+such frames and is decoded whole, as before. A view that needs even fewer pictures (the live
+face checks: one a second) passes ``max_temporal_layer=0``: frames the publisher marks as an
+upper layer (``EncodedFrame.temporal_layer``, from the RTP descriptor) are dropped before they
+are queued, since base-layer frames never refer to them, and a 20 fps camera costs 5 decoded
+frames a second and as many wake-ups of the thread. The descriptor is the publisher's word:
+should its base layer fail to decode alone (a sender that carries entropy state across layers),
+the view logs it once and decodes every layer from the next keyframe on.
+
+Why conversion is bounded: every referenced frame must be decoded to keep the reference chain,
+but turning one into a BGR array is another full-frame pass and allocation, and analyzers look
+at a few pictures per second. The thread keeps only the latest decoded ``av.VideoFrame``, and
+converts it only while someone awaits :meth:`DecodedView.next_picture`, at most ``max_fps``
+times per second, scaled down to ``max_width`` in the same pass when the caller needs no more
+(the live face checks count faces at 320 px).
 
 Decode errors (corrupt or truncated frames, a decoder that refuses the stream) never end the
 thread: the decoder is dropped, the view skips to the next keyframe (one already queued, or a
@@ -34,7 +51,7 @@ decoder refuses pictures larger than ``MAX_PIXELS`` before allocating them.
 
 Use::
 
-    async with DecodedView(camera_source, max_fps=10) as view:
+    async with DecodedView(camera_source, max_fps=10, max_width=640) as view:
         picture = await view.next_picture(timeout=5.0)  # TimeoutError: camera off?
         analyze(picture.image)                           # HxWx3 uint8 BGR, read-only
 
@@ -142,18 +159,27 @@ class DecodedView:
         *,
         max_fps: float = DEFAULT_MAX_FPS,
         max_queue: int = DEFAULT_MAX_QUEUE,
+        max_width: int | None = None,
+        max_temporal_layer: int | None = None,
     ) -> None:
         if not max_fps > 0:
             raise ValueError("max_fps must be positive")
         if max_queue < 1:
             raise ValueError("max_queue must be at least 1")
+        if max_width is not None and max_width < 2:
+            raise ValueError("max_width must be at least 2 pixels")
         self._source = source
         self._interval = 1.0 / max_fps
         self._max_queue = max_queue
+        self._max_width = max_width
+        # Written by the decoding thread (to None) when the base layer fails to decode alone.
+        self._max_layer = max_temporal_layer
         # Counters for metrics and for saying why a wait timed out.
         self.frames_received = 0  # encoded frames pushed by the source
         self.frames_dropped = 0  # never decoded: before a keyframe, overflow, after an error
         self.frames_decoded = 0  # pictures out of the decoder (the sequence numbers)
+        self.frames_skipped = 0  # referenced by no other frame: parsed, not decoded
+        self.frames_above_layer = 0  # of a temporal layer above max_temporal_layer: not queued
         self.pictures = 0  # conversions to BGR
         self.overflows = 0
         self.decode_errors = 0
@@ -295,8 +321,12 @@ class DecodedView:
     def push_frame(self, source: object, frame: EncodedFrame) -> None:
         if source is not self._source or self._closed or not self._started:
             return
-        received_at = time.monotonic()
         self.frames_received += 1
+        layer = frame.temporal_layer
+        if layer is not None and self._max_layer is not None and layer > self._max_layer:
+            self.frames_above_layer += 1
+            return
+        received_at = time.monotonic()
         if frame.mime_type not in _DECODERS:
             self._unsupported(frame.mime_type)
             return
@@ -431,6 +461,10 @@ class DecodedView:
             # Corrupt or hostile data (or an undecodable stream) must not end the view.
             self.decode_errors += 1
             self._codec = None  # a fresh decoder on the next keyframe: no damaged state
+            if self._max_layer is not None and frame.temporal_layer is not None:
+                # Maybe a frame this view dropped was needed after all: stop dropping.
+                self._max_layer = None
+                log.warning("decoded_view_layers_not_independent", mime_type=frame.mime_type)
             # A hostile publisher can make every frame fail: log the first few, then a sample.
             if self.decode_errors <= 3 or self.decode_errors % 100 == 0:
                 log.warning(
@@ -442,6 +476,8 @@ class DecodedView:
                 )
             self._resync()
             return
+        if not decoded:
+            self.frames_skipped += 1  # a non-reference frame (the decoder holds none back)
         for picture in decoded:
             self.frames_decoded += 1
             self._latest = picture
@@ -469,8 +505,17 @@ class DecodedView:
         arrival = frame.opaque
         if not isinstance(arrival, _Arrival):
             arrival = _Arrival(float("nan"), float("nan"))  # never: every packet carries one
+        width, height = frame.width, frame.height
+        if self._max_width is not None and width > self._max_width:
+            # Even dimensions: what swscale converts without a ragged chroma edge.
+            height = max(2, round(height * self._max_width / width / 2) * 2)
+            width = self._max_width - self._max_width % 2
         try:
-            image = np.ascontiguousarray(frame.to_ndarray(format="bgr24"), dtype=np.uint8)
+            # One swscale pass scales and converts (a separate resize would be a second pass).
+            image = np.ascontiguousarray(
+                frame.to_ndarray(width=width, height=height, format="bgr24", interpolation="AREA"),
+                dtype=np.uint8,
+            )
         except Exception as exc:
             log.warning("decoded_view_conversion_error", error=str(exc))
             return
@@ -499,5 +544,6 @@ def _open_decoder(mime_type: str) -> VideoCodecContext:
     # Frame threading would hold each picture back by one frame per thread; slices do not.
     codec.thread_type = ThreadType.SLICE
     codec.copy_opaque = True  # each picture keeps its frame's _Arrival, whatever the delay
+    codec.skip_frame = "NONREF"  # frames nothing refers to: see the module docstring
     codec.options = {"max_pixels": str(MAX_PIXELS)}
     return codec

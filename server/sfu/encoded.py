@@ -28,6 +28,8 @@ aiortc internals used (all of them, and only here):
   subclass using its ``_packets``/``_origin``/``_capacity``/``_is_video``/``remove``): aiortc
   holds 4 extra audio frames (80 ms) to smooth its own decoding, and releases any frame only
   when the next one starts; a forwarder needs neither (each consumer has its own jitter buffer).
+  Its frames keep their first packet's ``RtpPacket.payload``, whose VP8 descriptor aiortc's
+  depayloader drops: it carries the frame's temporal layer (``EncodedFrame.temporal_layer``).
 * ``RTCRtpSender._next_encoded_frame`` calls ``encoder.pack(packet)`` for anything that is not an
   ``av.Frame``: an :class:`EncodedTrack` yields ``av.Packet`` objects, so the sender only
   packetizes. aiortc still creates its encoder object with ``get_encoder()`` but never calls
@@ -156,6 +158,10 @@ class EncodedFrame:
     keyframe: bool  # always True for audio
     mime_type: str  # lower case, e.g. "video/vp8", "audio/opus"
     clock_rate: int
+    # VP8 temporal layer (RFC 7741 TID: 0 is the base layer) when the publisher sends layers,
+    # else None. A frame of layer N is referenced only by frames of layers >= N, so a consumer
+    # that keeps layers <= N still decodes exactly.
+    temporal_layer: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +207,21 @@ def _is_h264_keyframe(data: bytes) -> bool:
     return False
 
 
+def _vp8_temporal_layer(payload: bytes) -> int | None:
+    """TID of a VP8 RTP payload descriptor (RFC 7741 4.2), or None when it carries none."""
+    if len(payload) < 2 or not payload[0] & 0x80:  # X: no extension octet, no layers
+        return None
+    extension = payload[1]
+    pos = 2
+    if extension & 0x80:  # I: a 7- or 15-bit picture id (M bit)
+        pos += 2 if len(payload) > pos and payload[pos] & 0x80 else 1
+    if extension & 0x40:  # L: TL0PICIDX
+        pos += 1
+    if not extension & 0x20 or len(payload) <= pos:  # T: the TID/Y/KEYIDX octet
+        return None
+    return payload[pos] >> 6
+
+
 def _is_keyframe(mime_type: str, data: bytes) -> bool:
     if mime_type.startswith("audio/"):
         return True
@@ -244,7 +265,15 @@ class _PromptJitterBuffer(JitterBuffer):
         if not packets or timestamp is None:
             return None
         self.remove(len(packets))
-        return JitterFrame(data=b"".join(p._data for p in packets), timestamp=timestamp)
+        return _ReceivedFrame(b"".join(p._data for p in packets), timestamp, packets[0].payload)
+
+
+class _ReceivedFrame(JitterFrame):
+    """A JitterFrame that keeps its first packet's payload: the VP8 descriptor says its layer."""
+
+    def __init__(self, data: bytes, timestamp: int, first_payload: bytes) -> None:
+        super().__init__(data=data, timestamp=timestamp)
+        self.first_payload = first_payload
 
 
 class _ReceiverTap(queue.Queue[Any]):
@@ -359,12 +388,16 @@ class EncodedSource(AsyncIOEventEmitter):
         mime_type = codec.mimeType.lower()
         self.mime_type = mime_type
         self._clock_rate = codec.clockRate
+        layer = None
+        if mime_type == "video/vp8" and isinstance(jitter_frame, _ReceivedFrame):
+            layer = _vp8_temporal_layer(jitter_frame.first_payload)
         frame = EncodedFrame(
             data=jitter_frame.data,
             timestamp=jitter_frame.timestamp,
             keyframe=_is_keyframe(mime_type, jitter_frame.data),
             mime_type=mime_type,
             clock_rate=codec.clockRate,
+            temporal_layer=layer,
         )
         self.frames_received += 1
         for sink in tuple(self._sinks.values()):

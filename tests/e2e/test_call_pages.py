@@ -6,6 +6,7 @@ own pitch, so each assertion says whose media arrived where.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -14,6 +15,7 @@ from pathlib import Path
 from playwright.async_api import Page, Playwright, expect
 
 from server.auth.principal import Role
+from server.sfu.decoded import DecodedView
 from tests.e2e.browser import (
     audio_frequency,
     participant_page,
@@ -68,6 +70,39 @@ async def assert_hears(page: Page, role: str, media: ParticipantMedia) -> None:
     assert media.tone_hz is not None and abs(heard - media.tone_hz) < 20, heard
 
 
+async def assert_camera_in_temporal_layers(server: RunningServer, session_id: str) -> None:
+    """The page sends its camera in temporal layers (L1T3), as the server's live checks expect:
+    a decoded view skips the top layer (half the frames, referenced by none), one that keeps
+    the base layer only decodes a quarter of them without error, and both show the customer."""
+    room = server.services.rooms.get(session_id)
+    assert room is not None
+    camera = next(
+        p.encoded
+        for p in room.publications()
+        if p.source == "camera" and room.members[p.participant_id].role is Role.CUSTOMER
+    )
+    async with (
+        DecodedView(camera, max_fps=30) as view,
+        DecodedView(camera, max_fps=30, max_temporal_layer=0) as base,
+    ):
+        for decoded in (view, base):
+            picture = await decoded.next_picture(timeout=10)
+            blue, green, red = picture.image.reshape(-1, 3).mean(0)
+            assert nearest_role((red, green, blue)) == "customer"
+        for _ in range(100):
+            if base.frames_received >= 40:
+                break
+            await asyncio.sleep(0.1)
+    seen = view.frames_decoded + view.frames_skipped
+    assert seen >= 20, f"only {seen} frames of the customer's camera in 10 s"
+    assert 0.4 <= view.frames_skipped / seen <= 0.6, (view.frames_skipped, seen)
+    assert 0.65 <= base.frames_above_layer / base.frames_received <= 0.85, (
+        base.frames_above_layer,
+        base.frames_received,
+    )
+    assert base.decode_errors == 0 and base.frames_decoded >= 5
+
+
 class Call:
     """A teller (logged in, invitation created) and a customer who entered through the link."""
 
@@ -106,6 +141,7 @@ async def test_customer_and_teller_see_and_hear_each_other(
     async with AsyncExitStack() as stack, teller_and_customer(pw, server, tmp_path, stack) as call:
         await assert_sees(call.teller, "customer")
         await assert_sees(call.customer, "teller")
+        await assert_camera_in_temporal_layers(server, call.session_id)
         await assert_hears(call.teller, "customer", participant_media(tmp_path, "customer"))
         await assert_hears(call.customer, "teller", participant_media(tmp_path, "teller"))
 

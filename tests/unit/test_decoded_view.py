@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -105,13 +106,16 @@ class FakeSource:
     def request_keyframe(self) -> None:
         self.keyframe_requests += 1
 
-    def feed(self, frame: Encoded, index: int, *, data: bytes | None = None) -> None:
+    def feed(
+        self, frame: Encoded, index: int, *, data: bytes | None = None, layer: int | None = None
+    ) -> None:
         encoded_frame = EncodedFrame(
             data=frame.data if data is None else data,
             timestamp=index * FRAME_TICKS,
             keyframe=frame.keyframe,
             mime_type=self.mime_type,
             clock_rate=VIDEO_CLOCK,
+            temporal_layer=layer,
         )
         for sink in list(self.sinks):
             sink.push_frame(self, encoded_frame)  # type: ignore[arg-type]
@@ -198,6 +202,126 @@ async def test_pictures_carry_their_frames_content_times_and_increasing_sequence
             assert not picture.image.flags.writeable  # shared by every waiter
         assert view.frames_decoded == view.pictures == 8
         assert view.frames_dropped == 0 and view.decode_errors == 0
+
+
+LAYERS = (0, 2, 1, 2)  # libvpx's 3-layer pattern (FFmpeg ts_layering_mode=3)
+
+
+def encode_layered(count: int, *, resilient: bool = True) -> list[bytes]:
+    """A moving texture in VP8's three temporal layers (as bench.clip and the pages' L1T3),
+    frame i in layer LAYERS[i % 4]: every frame predicts from earlier ones, so a wrongly
+    skipped frame would show. Error resilient, as WebRTC encodes layers: no frame carries
+    entropy state to the next, so the base layer decodes alone."""
+    codec = av.CodecContext.create("libvpx", "w")
+    assert isinstance(codec, VideoCodecContext)
+    codec.width, codec.height, codec.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+    codec.time_base = fractions.Fraction(1, 30)
+    codec.bit_rate = 300_000
+    codec.gop_size = 1000
+    codec.options = {
+        "deadline": "realtime",
+        "lag-in-frames": "0",
+        "cpu-used": "8",
+        "ts-parameters": (
+            "ts_number_layers=3:ts_target_bitrate=120,180,300:ts_rate_decimator=4,2,1:"
+            "ts_periodicity=4:ts_layer_id=0,2,1,2:ts_layering_mode=3"
+        ),
+    }
+    if resilient:
+        codec.options = {**codec.options, "error-resilient": "default"}
+    rng = np.random.default_rng(7)
+    texture = rng.integers(0, 255, (HEIGHT + count * 2, WIDTH + count * 3, 3), dtype=np.uint8)
+    out: list[bytes] = []
+    for i in range(count):
+        image = np.ascontiguousarray(texture[i * 2 : i * 2 + HEIGHT, i * 3 : i * 3 + WIDTH])
+        frame = av.VideoFrame.from_ndarray(image, format="bgr24").reformat(format="yuv420p")
+        frame.pts = i
+        out.extend(bytes(p) for p in codec.encode(frame))
+    assert len(out) == count
+    return out
+
+
+async def test_top_temporal_layer_is_skipped_and_the_rest_decodes_exactly() -> None:
+    frames = encode_layered(24)
+    # What a decoder that decodes every frame shows for each frame.
+    full = av.CodecContext.create("vp8", "r")
+    expected = [
+        next(iter(full.decode(av.Packet(data)))).to_ndarray(format="bgr24") for data in frames
+    ]
+    source = FakeSource()
+    shown: list[int] = []
+    async with DecodedView(source, max_fps=1000) as view:
+        for i, data in enumerate(frames):
+            before = view.frames_decoded
+            source.feed(Encoded(data, i == 0, (0, 0, 0)), i)
+            await until(
+                functools.partial(lambda n: view.frames_decoded + view.frames_skipped == n, i + 1),
+                5,
+                f"frame {i}",
+            )
+            if view.frames_decoded > before:
+                picture = await view.next_picture(timeout=5)
+                # Bit-exact: a skipped frame was referenced by none of the frames decoded.
+                assert np.array_equal(picture.image, expected[i]), f"frame {i} differs"
+                shown.append(i)
+        assert view.decode_errors == 0 and view.frames_dropped == 0
+    # The top layer (every odd frame) updates no reference buffer.
+    assert shown == list(range(0, 24, 2)) and view.frames_skipped == 12
+
+
+async def test_base_layer_only_drops_upper_layers_before_decoding() -> None:
+    frames = encode_layered(24)
+    full = av.CodecContext.create("vp8", "r")
+    expected = [
+        next(iter(full.decode(av.Packet(data)))).to_ndarray(format="bgr24") for data in frames
+    ]
+    source = FakeSource()
+    async with DecodedView(source, max_fps=1000, max_temporal_layer=0) as view:
+        for i, data in enumerate(frames):
+            source.feed(Encoded(data, i == 0, (0, 0, 0)), i, layer=LAYERS[i % 4])
+            if LAYERS[i % 4] == 0:
+                picture = await view.next_picture(timeout=5)
+                assert np.array_equal(picture.image, expected[i]), f"frame {i} differs"
+        assert view.frames_above_layer == 18 and view.frames_decoded == 6
+        assert view.frames_skipped == 0 and view.decode_errors == 0 and view.frames_dropped == 0
+        # A publisher without layers (no TID): every frame is decoded.
+        for i, frame in enumerate(encode("libvpx", 3, {0})):
+            source.feed(frame, 24 + i)
+            assert_colour(await view.next_picture(timeout=5), frame.colour)
+
+
+async def test_a_base_layer_that_does_not_decode_alone_makes_the_view_decode_every_layer() -> None:
+    # Not error resilient: upper-layer frames carry entropy state the base layer then needs.
+    frames = encode_layered(12, resilient=False)
+    source = FakeSource()
+    async with DecodedView(source, max_fps=1000, max_temporal_layer=0) as view:
+        for i, data in enumerate(frames):
+            source.feed(Encoded(data, i == 0, (0, 0, 0)), i, layer=LAYERS[i % 4])
+        await until(lambda: view.decode_errors == 1, 5, "the base layer failing to decode")
+        await until(lambda: view.frames_received == 12 and not view._queue, 5, "the first pass")
+        above, done = view.frames_above_layer, view.frames_decoded + view.frames_skipped
+        assert above == 9  # every upper frame arrived before the decoder saw the failure
+        # From the next keyframe on, every layer is decoded (or skipped by the decoder as
+        # referenced by none), and decodes.
+        for i, data in enumerate(frames):
+            source.feed(Encoded(data, i == 0, (0, 0, 0)), 12 + i, layer=LAYERS[i % 4])
+        await until(
+            lambda: view.frames_decoded + view.frames_skipped == done + 12, 5, "every frame"
+        )
+        assert view.frames_above_layer == above and view.decode_errors == 1
+
+
+async def test_pictures_are_scaled_down_to_max_width() -> None:
+    frames = encode("libvpx", 2, {0})
+    source = FakeSource()
+    async with DecodedView(source, max_fps=1000, max_width=160) as view:
+        source.feed(frames[0], 0)
+        picture = await view.next_picture(timeout=5)
+    assert picture.image.shape == (HEIGHT // 2, WIDTH // 2, 3)
+    diff = np.abs(picture.image.astype(np.int16) - np.array(frames[0].colour, np.int16))
+    assert diff.mean() < 8
+    with pytest.raises(ValueError, match="max_width"):
+        DecodedView(source, max_width=1)
 
 
 async def test_conversion_only_when_awaited_and_at_most_max_fps() -> None:

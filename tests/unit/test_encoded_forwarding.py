@@ -45,7 +45,9 @@ from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtcrtpreceiver import RemoteStreamTrack
+from aiortc.rtp import RtpPacket
 
+from bench.loadgen import LayeredVp8Packetizer
 from server.sfu import encoded
 from server.sfu.encoded import (
     AIORTC_VERSION,
@@ -762,3 +764,64 @@ async def test_switch_rebases_pts_monotonically() -> None:
     assert pts[3] - pts[2] == 3000
     with pytest.raises(ValueError):
         track.switch_source(fake_source("audio").source)
+
+
+@pytest.mark.parametrize(
+    ("payload", "layer"),
+    [
+        (b"\x10\x9d", None),  # no extension octet (aiortc's own packetizer without picture id)
+        (b"\x90\x80\x85\x21\x9d", None),  # picture id only (aiortc's packetizer)
+        (b"\x90\xa0\x05\x80\x9d", 2),  # 7-bit picture id, T
+        (b"\x90\xe0\x81\x23\x07\x40\x9d", 1),  # 15-bit picture id, TL0PICIDX, T
+        (b"\x90\x20\xc0", 3),  # T only
+        (b"\x90\x20", None),  # truncated before the TID octet
+        (b"\x90", None),
+    ],
+)
+def test_vp8_descriptor_temporal_layer(payload: bytes, layer: int | None) -> None:
+    assert encoded._vp8_temporal_layer(payload) == layer
+
+
+@pytest.mark.asyncio
+async def test_temporal_layer_of_each_frame_reaches_the_sinks() -> None:
+    """A publisher's layered VP8 (as the load generator packetizes it, like a browser's L1T3)
+    through a tapped receiver's jitter buffer: every frame says its layer, bitstream intact."""
+    fake = fake_source()
+    got: list[EncodedFrame] = []
+
+    class Sink:
+        def push_frame(self, source: EncodedSource, frame: EncodedFrame) -> None:
+            got.append(frame)
+
+        def source_closed(self, source: EncodedSource) -> None:
+            pass
+
+    fake.source.add_sink(Sink())
+    jitter_buffer = fake.receiver._RTCRtpReceiver__jitter_buffer
+    packetizer = LayeredVp8Packetizer()
+    layers = [0, 2, 1, 2, 0, 2]
+    frames = [KEY + bytes(3000)] + [b"\x11" + bytes(100 * i + 15) for i in range(1, 6)]
+    sequence = 0
+    for i, (data, layer) in enumerate(zip(frames, layers, strict=True)):
+        packet = av.Packet(data)
+        packet.pts, packet.time_base = i * 3000, fractions.Fraction(1, 90000)
+        packet.opaque = layer
+        payloads, timestamp = packetizer.pack(packet)
+        assert len(payloads) == (3 if i == 0 else 1)
+        for n, payload in enumerate(payloads):
+            rtp = RtpPacket(
+                payload_type=97,
+                sequence_number=sequence,
+                timestamp=timestamp,
+                marker=n == len(payloads) - 1,
+                payload=payload,
+            )
+            # What RTCRtpReceiver does before the buffer (an attribute it adds).
+            rtp._data = vp8_depayload(payload)  # type: ignore[attr-defined]
+            sequence += 1
+            _, frame = jitter_buffer.add(rtp)
+        assert frame is not None
+        fake.receiver._RTCRtpReceiver__decoder_queue.put((VP8, frame))
+    assert [f.data for f in got] == frames
+    assert [f.temporal_layer for f in got] == layers
+    assert got[0].keyframe and not got[1].keyframe

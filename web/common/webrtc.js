@@ -132,6 +132,7 @@ export class CallClient extends Emitter {
 
     await pc.setLocalDescription(await pc.createAnswer());
     if (pc !== this.#pc) return;
+    await this.#layerCamera(pc);
     this.#signaling.send('answer', { sdp: pc.localDescription.sdp });
     this.#answered = true;
     for (const candidate of this.#pendingIce.splice(0)) this.#signaling.send('ice', { candidate });
@@ -170,7 +171,28 @@ export class CallClient extends Emitter {
       }
     }
   }
+
+  // The camera in three temporal layers (what Chromium uses for its own simulcast): the server
+  // then decodes only the frames other frames refer to, half of them, for its live face checks
+  // (docs/architecture.md, "Media"). Only possible once the answer is applied; a browser
+  // that cannot (older ones, some codecs) sends one layer, which the server decodes whole.
+  async #layerCamera(pc) {
+    const camera = this.#publish.find((p) => p.source === 'camera');
+    const sender = camera ? transceiverByMid(pc, camera.mid)?.sender : null;
+    if (!sender || typeof sender.getParameters !== 'function') return;
+    const params = sender.getParameters();
+    const [encoding] = params.encodings ?? [];
+    if (!encoding || encoding.scalabilityMode === CAMERA_LAYERS) return;
+    encoding.scalabilityMode = CAMERA_LAYERS;
+    try {
+      await sender.setParameters(params);
+    } catch (err) {
+      console.info('camera stays in one temporal layer:', err?.message ?? err);
+    }
+  }
 }
+
+const CAMERA_LAYERS = 'L1T3';
 
 function transceiverByMid(pc, mid) {
   return pc.getTransceivers().find((t) => t.mid === mid) ?? null;
