@@ -241,13 +241,15 @@ def encode_layered(count: int, *, resilient: bool = True) -> list[bytes]:
     return out
 
 
+def decode_every_frame(frames: list[bytes]) -> list[np.ndarray[Any, Any]]:
+    """What a decoder that decodes every frame shows for each frame (BGR)."""
+    full = av.CodecContext.create("vp8", "r")
+    return [next(iter(full.decode(av.Packet(d)))).to_ndarray(format="bgr24") for d in frames]
+
+
 async def test_top_temporal_layer_is_skipped_and_the_rest_decodes_exactly() -> None:
     frames = encode_layered(24)
-    # What a decoder that decodes every frame shows for each frame.
-    full = av.CodecContext.create("vp8", "r")
-    expected = [
-        next(iter(full.decode(av.Packet(data)))).to_ndarray(format="bgr24") for data in frames
-    ]
+    expected = decode_every_frame(frames)
     source = FakeSource()
     shown: list[int] = []
     async with DecodedView(source, max_fps=1000) as view:
@@ -271,10 +273,7 @@ async def test_top_temporal_layer_is_skipped_and_the_rest_decodes_exactly() -> N
 
 async def test_base_layer_only_drops_upper_layers_before_decoding() -> None:
     frames = encode_layered(24)
-    full = av.CodecContext.create("vp8", "r")
-    expected = [
-        next(iter(full.decode(av.Packet(data)))).to_ndarray(format="bgr24") for data in frames
-    ]
+    expected = decode_every_frame(frames)
     source = FakeSource()
     async with DecodedView(source, max_fps=1000, max_temporal_layer=0) as view:
         for i, data in enumerate(frames):
