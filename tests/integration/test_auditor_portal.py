@@ -248,8 +248,14 @@ async def test_auditor_finds_verifies_plays_exports_and_holds(
 
     # -- every action is in the audit log, without the ID number ---------------------------------
     async with server.services.sessions._db() as db:
+        # In the order written (PostgreSQL returns unordered rows in any order): the first
+        # hold_set entry is the first hold, asserted below; the second one held the late object.
         entries = list(
-            await db.scalars(select(AuditEntry).where(AuditEntry.action.like("auditor.%")))
+            await db.scalars(
+                select(AuditEntry)
+                .where(AuditEntry.action.like("auditor.%"))
+                .order_by(AuditEntry.seq)
+            )
         )
     actions = {e.action for e in entries}
     assert actions == {
