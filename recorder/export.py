@@ -1,6 +1,7 @@
 """Export of one archive as a self-contained package a recipient can verify without us.
 
-The package holds the objects exactly as stored (encrypted segments, manifest.json, manifest.sig),
+The package holds the objects exactly as stored (encrypted segments and attachments, manifest.json,
+manifest.sig),
 the public key(s) under keys/, and a README.txt that explains how to check it, with vteller or
 with OpenSSL and sha256sum alone (docs/archive-format.md).
 """
@@ -48,9 +49,9 @@ def export_archive(reader: ArchiveReader, out_dir: Path, public_key_pems: Sequen
         manifest = parse_manifest(manifest_bytes)
     except ManifestError as error:
         raise ExportError(f"the archive's manifest is not valid: {error}") from None
-    missing = [s.object for s in manifest.segments if s.object not in names]
+    missing = [entry.object for entry in manifest.sealed_objects if entry.object not in names]
     if missing:
-        raise ExportError(f"segments missing from the archive: {', '.join(missing)}")
+        raise ExportError(f"objects missing from the archive: {', '.join(missing)}")
     try:
         key_ids = [public_key_id(pem) for pem in public_key_pems]
     except PublicKeyError as error:
@@ -66,8 +67,8 @@ def export_archive(reader: ArchiveReader, out_dir: Path, public_key_pems: Sequen
     try:
         (staging / MANIFEST_OBJECT).write_bytes(manifest_bytes)
         (staging / SIGNATURE_OBJECT).write_bytes(reader.read(SIGNATURE_OBJECT))
-        for segment in manifest.segments:
-            (staging / segment.object).write_bytes(reader.read(segment.object))
+        for entry in manifest.sealed_objects:
+            (staging / entry.object).write_bytes(reader.read(entry.object))
         # Signed reports added after sealing travel with the archive (they verify offline too).
         for name in sorted(names):
             if REPORT_OBJECT_PATTERN.fullmatch(name) or REPORT_SIGNATURE_PATTERN.fullmatch(name):
@@ -100,6 +101,7 @@ is that the package is complete and unaltered since the recorder sealed it.
   recorded         {manifest.created_at} .. {manifest.finalized_at}
   status           {manifest.status}
   segments         {len(manifest.segments)}
+  attachments      {len(manifest.attachments or [])} (e.g. the customer's signature image)
   signing key id   {key}
 
 Contents
@@ -108,6 +110,8 @@ Contents
                     its size and SHA-256 (canonical JSON, format version 1)
   manifest.sig      Ed25519 signature over the exact bytes of manifest.json (64 raw bytes)
   seg-NNNNNN.bin    the encrypted media segments, exactly as stored
+  att-NNNNNN.bin    the encrypted attachments (the customer's signature image for each signed
+                    transaction), listed in manifest.json like the segments
   keys/{key}.pem  the public key that signed manifest.json
 
 First, make sure the public key is really the bank's: compare the key id {key} with the
@@ -118,8 +122,9 @@ Verify with vteller
 
   vteller verify --keys THE_BANKS_PUBLIC_KEY.pem THIS_DIRECTORY
 
-It checks the signature, that manifest.json is in canonical form, and that every segment is
-present, has the listed size and SHA-256, and that no segment is missing or added, and prints
+It checks the signature, that manifest.json is in canonical form, and that every segment and
+attachment is present, has the listed size and SHA-256, and that none is missing or added, and
+prints
 the id of the key that signed. Without --keys it uses keys/ of this directory and says so: then
 compare the key id it prints with the bank's.
 
@@ -134,8 +139,11 @@ Verify without vteller (OpenSSL 3, coreutils, jq), from inside this directory
      prints "Signature Verified Successfully"
   3. every segment against the signed hashes:
        jq -r '.segments[] | "\\(.ciphertext_sha256)  \\(.object)"' manifest.json | sha256sum -c -
-     prints OK for each segment
+     prints OK for each segment; the same for the attachments, if any:
+       jq -r '.attachments[]? | "\\(.ciphertext_sha256)  \\(.object)"' manifest.json \\
+         | sha256sum -c -
   4. no extra segment: ls seg-*.bin | wc -l  equals  jq '.segments | length' manifest.json
+     (and ls att-*.bin | wc -l  equals  jq '.attachments | length' manifest.json)
 
 The complete format (canonical JSON, key derivation, chunk format, test vectors) is specified in
 docs/archive-format.md of the vteller source code (open source), so you can also write your own
@@ -143,8 +151,10 @@ verifier.
 
 Watching the recording
 
-The segments are encrypted with AES-256-GCM under a data key that is itself encrypted with the
-bank's key-encryption key (manifest.json, "wrapped_key"). Decryption therefore needs the bank: ask
-it to decrypt the package, or to disclose this archive's data key, and check the result with
-"vteller verify --keyring" or against the plaintext SHA-256 values in manifest.json.
+The segments and attachments are encrypted with AES-256-GCM under a data key that is itself
+encrypted with the bank's key-encryption key (manifest.json, "wrapped_key"). Decryption therefore
+needs the bank: ask it to decrypt the package, or to disclose this archive's data key, and check
+the result with "vteller verify --keyring" or against the plaintext SHA-256 values in
+manifest.json. A signature image's plaintext SHA-256 is also the "signature_sha256" of its
+transaction in manifest.json.
 """

@@ -2,7 +2,8 @@
 
 If the process dies mid-recording, the segments are in the spool or the archive store, but the
 manifest that lists them was never written. The journal holds everything the manifest needs
-(the wrapped data key, every sealed segment, marks, presence, tracks, identity), one fsync'ed
+(the wrapped data key, every sealed segment and attachment, marks, presence, tracks, identity,
+transactions), one fsync'ed
 JSON line per event, so that on restart the archive is finalized as "interrupted" and still
 verifies. A segment is journaled before it is spooled, so every segment object that can exist
 is in the journal; recovery drops the last ones if they never reached the spool.
@@ -34,6 +35,7 @@ class JournalState:
     identity: dict[str, Any] | None = None
     compliance: dict[str, Any] | None = None
     transactions: dict[str, dict[str, Any]] = field(default_factory=dict)  # by id, newest wins
+    attachments: list[dict[str, Any]] = field(default_factory=list)  # in index order
     last_media_ms: int = 0
     last_wall: str = ""
     # The manifest and its signature as signed, once sealing began (the newest one holds).
@@ -102,6 +104,8 @@ class Journal:
                     state.identity = record["identity"]  # the newest one holds
                 elif kind == "compliance":
                     state.compliance = record["compliance"]
+                elif kind == "attachment":
+                    state.attachments.append(record["entry"])
                 elif kind == "transaction":
                     state.transactions[record["transaction"]["id"]] = record["transaction"]
                 elif kind == "signed":

@@ -274,9 +274,12 @@ class RecordingSession:
         self._compliance = context
         self._journal_later("compliance", {"compliance": context})
 
-    def bind_transaction(self, transaction_id: str, sha256: str, signature_sha256: str) -> None:
+    def bind_transaction(
+        self, transaction_id: str, sha256: str, signature_sha256: str, signature_png: bytes
+    ) -> None:
         """A transaction the customer signed now: its hash and the signature image's hash go
-        into the manifest, at this media time (a signature given again replaces the earlier)."""
+        into the manifest, at this media time (a signature given again replaces the earlier),
+        and the image itself into the archive, encrypted, as an attachment."""
         binding = {
             "id": transaction_id,
             "sha256": sha256,
@@ -285,6 +288,14 @@ class RecordingSession:
             "media_ms": self.media_ms(),
         }
         self._transactions[transaction_id] = binding
+
+        async def attach() -> None:
+            entry, ciphertext = await asyncio.to_thread(
+                self._sealer.seal_attachment, signature_png, "image/png"
+            )
+            await self._store_object("attachment", {"entry": entry.model_dump()}, ciphertext)
+
+        self._tasks.put_nowait(attach)
         self._journal_later("transaction", {"transaction": binding})
 
     @property
@@ -365,6 +376,7 @@ class RecordingSession:
             "chunk_size": self._sealer.chunk_size,
             "wrapped_key": WrappedKeyEntry.from_wrapped(self._sealer.wrapped_key).model_dump(),
             "segments": [s.model_dump() for s in self._sealer.segments],
+            "attachments": [a.model_dump() for a in self._sealer.attachments] or None,
             "participants": [
                 {"id": pid, "role": p.role, "display_name": p.display_name, "presence": p.spans}
                 for pid, p in self._presence.items()
@@ -382,33 +394,32 @@ class RecordingSession:
             "gaps": list(self._gaps),
             "identity": self._identity,
             "compliance": self._compliance,
-        } | _transactions_member(list(self._transactions.values()))
+            "transactions": list(self._transactions.values()) or None,
+        }
 
     def _sealed(self, segment: SealedSegment) -> None:
-        name = archive_prefix(self.archive_id) + segment.entry.object
-        spool = self._context.spool
         record = {
             "entry": segment.entry.model_dump(),
             "media_ms": segment.media_ms,
             "wall": format_timestamp(datetime.now(UTC)),
         }
+        self._tasks.put_nowait(lambda: self._store_object("segment", record, segment.ciphertext))
 
-        async def store() -> None:
-            # The sealer has already listed this segment for the manifest: it must reach the
-            # journal and then the spool, however long that takes, or the manifest would name
-            # an object that never exists. Journal first: an object under retention can never
-            # be removed, so one the journal does not name would be unlisted forever after a
-            # crash, where a journaled segment that never reached the spool is dropped by
-            # `recover` (docs/architecture.md).
-            await self._append_journal("segment", record)
-            await self._until_done(
-                "the spool",
-                spool.directory,
-                lambda: spool.add(name, segment.ciphertext, self._retain_until),
-            )
-            self._on_change()
-
-        self._tasks.put_nowait(store)
+    async def _store_object(self, kind: str, record: dict[str, Any], ciphertext: bytes) -> None:
+        # The sealer has already listed this object for the manifest: it must reach the journal
+        # and then the spool, however long that takes, or the manifest would name an object that
+        # never exists. Journal first: an object under retention can never be removed, so one
+        # the journal does not name would be unlisted forever after a crash, where a journaled
+        # object that never reached the spool is dropped by `recover` (docs/architecture.md).
+        await self._append_journal(kind, record)
+        spool = self._context.spool
+        name = archive_prefix(self.archive_id) + record["entry"]["object"]
+        await self._until_done(
+            "the spool",
+            spool.directory,
+            lambda: spool.add(name, ciphertext, self._retain_until),
+        )
+        self._on_change()
 
     def _journal_later(self, kind: str, record: dict[str, Any]) -> None:
         self._tasks.put_nowait(lambda: self._append_journal(kind, record))
@@ -553,7 +564,9 @@ async def recover(context: RecorderContext, journal: Journal) -> ArchiveRecord:
     if state.signed is not None:
         # It died while sealing: the manifest it signed is the archive's (its status included).
         return await seal_manifest(context, {}, journal, retain, state.signed)
-    stored = await _stored_segments(context, journal.path.stem, state.segments)
+    archive_id = journal.path.stem
+    stored = await _stored_count(context, archive_id, state.segments)
+    attached = await _stored_count(context, archive_id, state.attachments)
     presence: dict[str, dict[str, Any]] = {}
     for event in state.presence:
         who = presence.setdefault(
@@ -609,34 +622,34 @@ async def recover(context: RecorderContext, journal: Journal) -> ArchiveRecord:
         "gaps": gaps,
         "identity": state.identity,
         "compliance": state.compliance,
-    } | _transactions_member(list(state.transactions.values()))
+        "transactions": list(state.transactions.values()) or None,
+        "attachments": state.attachments[:attached] or None,
+    }
     return await seal_manifest(context, fields, journal, retain)
 
 
-async def _stored_segments(
-    context: RecorderContext, archive_id: str, segments: list[dict[str, Any]]
+async def _stored_count(
+    context: RecorderContext, archive_id: str, entries: list[dict[str, Any]]
 ) -> int:
-    """How many of the journaled `segments` to list: all but the last ones whose object is
-    neither in the spool nor in the archive store (the process died between journaling and
-    spooling them). The segment list must stay 0..n-1, so an object missing before one that
-    exists stays listed, and verification names it missing: it was lost after being stored.
+    """How many of the journaled segments or attachments (`entries`) to list: all but the last
+    ones whose object is neither in the spool nor in the archive store (the process died between
+    journaling and spooling them). The list must stay 0..n-1, so an object missing before one
+    that exists stays listed, and verification names it missing: it was lost after being
+    stored.
 
     Raises while the store cannot be listed: the journal then waits for the next start, since
     guessing would either list an object that does not exist or leave one unlisted for good.
     """
     prefix = archive_prefix(archive_id)
+    if not entries:
+        return 0
     present = await context.spool.names()
-    if not segments or prefix + segments[-1]["object"] in present:
-        return len(segments)
+    if prefix + entries[-1]["object"] in present:
+        return len(entries)
     # After the spool: the uploader removes an object from the spool only once the store has
     # it, so whatever left the spool before it was listed is in this listing.
     present |= set(await context.archive.list(prefix))
-    stored = len(segments)
-    while stored and prefix + segments[stored - 1]["object"] not in present:
+    stored = len(entries)
+    while stored and prefix + entries[stored - 1]["object"] not in present:
         stored -= 1
     return stored
-
-
-def _transactions_member(bindings: list[dict[str, Any]]) -> dict[str, Any]:
-    # Absent rather than empty: a manifest without transactions keeps the original format.
-    return {"transactions": bindings} if bindings else {}

@@ -26,10 +26,11 @@ PACKAGE_KEY_ORIGIN = "taken from the package itself: compare it with the bank's 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     verify = commands.add_parser(
         "verify",
-        help="verify a sealed recording (signature, chain link, every segment)",
+        help="verify a sealed recording (signature, chain link, every segment and attachment)",
         description="Verify a sealed recording: the manifest signature, the link to the previous "
-        "manifest, and every segment's size and hash; with --keyring also decrypt every segment "
-        "and check that the media plays. Prints the id of the key that signed the manifest. "
+        "manifest, and the size and hash of every segment and attachment (the customer's "
+        "signature images); with --keyring also decrypt them all and check that the media "
+        "plays. Prints the id of the key that signed the manifest. "
         "Without --keys, an export package is checked against the key it ships with, which "
         "proves nothing by itself: whoever altered the package could have re-signed it and "
         "shipped their own key, so compare the printed key id with the one the bank published, "
@@ -50,7 +51,8 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     export = commands.add_parser(
         "export",
         help="write a self-contained, verifiable package of one recording",
-        description="Write the encrypted segments, manifest, signature, public key and a README "
+        description="Write the encrypted segments and attachments, manifest, signature, public "
+        "key and a README "
         "for the recipient into OUT_DIR; `vteller verify OUT_DIR` checks it offline.",
     )
     export.add_argument("archive", help="s3://BUCKET/archives/ARCHIVE_ID or a directory")

@@ -1,7 +1,8 @@
 """Verification of a sealed archive, by anyone holding the public signing keys.
 
 Without a keyring this checks that the manifest is authentic and that every stored segment is
-exactly the one it lists; with a keyring it also decrypts every segment in full. Every problem is
+exactly the one it lists (and so is every attachment, such as a customer's signature image); with
+a keyring it also decrypts every segment and attachment in full. Every problem is
 collected and described in plain words rather than stopping at the first.
 
 Run as `python -m recorder.verify DIR` (what `vteller verify DIR` does).
@@ -9,7 +10,8 @@ Run as `python -m recorder.verify DIR` (what `vteller verify DIR` does).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Protocol
@@ -17,16 +19,17 @@ from typing import Protocol
 from recorder.seal.digest import sha256_hex
 from recorder.seal.keyring import KeyringError, KeyWrapper
 from recorder.seal.manifest import (
+    ATTACHMENT_OBJECT_PATTERN,
     MANIFEST_OBJECT,
     SEGMENT_OBJECT_PATTERN,
     SIGNATURE_OBJECT,
     Manifest,
     ManifestError,
+    SealedObject,
     SegmentEntry,
     is_canonical,
     manifest_sha256,
     parse_manifest,
-    segment_object_name,
 )
 from recorder.seal.report import (
     REPORT_OBJECT_PATTERN,
@@ -138,10 +141,6 @@ class VerificationReport:
         return "\n".join(lines)
 
 
-def segment_subject(segment: SegmentEntry) -> str:
-    return f"segment {segment.index} ({segment.object})"
-
-
 def verify_archive(
     reader: ArchiveReader,
     public_keys: Mapping[str, bytes],
@@ -168,17 +167,30 @@ def verify_archive(
     _check_signature(reader, names, public_keys, manifest, data, report)
     _check_reports(reader, names, public_keys, manifest, data, report)
     _check_previous(manifest, previous_manifest, report)
-    _check_segment_list(manifest, names, report)
+    attachments = manifest.attachments or []
+    _check_object_list("segment", manifest.segments, SEGMENT_OBJECT_PATTERN, names, report)
+    _check_object_list("attachment", attachments, ATTACHMENT_OBJECT_PATTERN, names, report)
 
     data_key = _unwrap(manifest, keyring, report) if keyring is not None else None
-    for segment in manifest.segments:
-        if segment.object not in names:
-            report.add(segment_subject(segment), "missing")
+    for entry in manifest.sealed_objects:
+        if entry.object not in names:
+            report.add(entry.subject, "missing")
             continue
-        ciphertext = reader.read(segment.object)
-        _check_ciphertext(segment, ciphertext, report)
-        if data_key is not None:
-            _check_plaintext(manifest, segment, ciphertext, data_key, inspector, report)
+        ciphertext = reader.read(entry.object)
+        _check_ciphertext(entry, ciphertext, report)
+        if data_key is None:
+            continue
+        # Only the media goes to the inspector: an attachment is a document of its own.
+        if inspector is None or not isinstance(entry, SegmentEntry):
+            _check_plaintext(manifest, entry, ciphertext, data_key, report)
+            continue
+        inspector.begin_segment(entry)
+        authentic = _check_plaintext(
+            manifest, entry, ciphertext, data_key, report, write=inspector.write
+        )
+        for text in inspector.end_segment(entry, authentic=authentic):
+            report.add(entry.subject, text)
+    _note_signatures(manifest, report)
     if data_key is not None:
         report.decrypted = True
         if inspector is not None:
@@ -194,28 +206,31 @@ def verify_archive(
 
 def iter_plaintext(
     manifest: Manifest,
-    segment: SegmentEntry,
+    entry: SealedObject,
     ciphertext: bytes,
     data_key: bytes,
     *,
     decryptor: SegmentDecryptor | None = None,
 ) -> Iterator[bytes]:
-    """Verified plaintext of one segment; raises SegmentError once it turns out not authentic.
+    """Verified plaintext of one segment or attachment; raises SegmentError once it turns out not
+    authentic.
 
     Pass a `decryptor` (from `segment_decryptor`) to read its `digest` after exhausting this.
     """
     if decryptor is None:
-        decryptor = segment_decryptor(manifest, segment, data_key)
+        decryptor = segment_decryptor(manifest, entry, data_key)
     view = memoryview(ciphertext)
     pieces = (view[start : start + _FEED_SIZE] for start in range(0, len(view), _FEED_SIZE))
     return decrypt_segment(decryptor, pieces)
 
 
-def segment_decryptor(
-    manifest: Manifest, segment: SegmentEntry, data_key: bytes
-) -> SegmentDecryptor:
+def segment_decryptor(manifest: Manifest, entry: SealedObject, data_key: bytes) -> SegmentDecryptor:
     return SegmentDecryptor(
-        data_key, manifest.archive_uuid, segment.index, chunk_size=manifest.chunk_size
+        data_key,
+        manifest.archive_uuid,
+        entry.index,
+        chunk_size=manifest.chunk_size,
+        key_info=entry.key_info,
     )
 
 
@@ -338,34 +353,53 @@ def _check_previous(
         )
 
 
-def _check_segment_list(manifest: Manifest, names: set[str], report: VerificationReport) -> None:
-    for position, segment in enumerate(manifest.segments):
-        if segment.index != position:
+def _check_object_list(
+    what: str,
+    entries: Sequence[SealedObject],
+    pattern: re.Pattern[str],
+    names: set[str],
+    report: VerificationReport,
+) -> None:
+    for position, entry in enumerate(entries):
+        if entry.index != position:
             report.add(
                 "manifest",
-                f"segment list is not 0..{len(manifest.segments) - 1} in order: entry {position} "
-                f"is segment {segment.index}",
+                f"{what} list is not 0..{len(entries) - 1} in order: entry {position} "
+                f"is {what} {entry.index}",
             )
-        if segment.object != segment_object_name(segment.index):
-            report.add(
-                segment_subject(segment),
-                f"object name should be {segment_object_name(segment.index)}",
-            )
-    listed = {segment.object for segment in manifest.segments}
+        if entry.object != entry.expected_object:
+            report.add(entry.subject, f"object name should be {entry.expected_object}")
+    listed = {entry.object for entry in entries}
     for name in sorted(names - listed):
-        if SEGMENT_OBJECT_PATTERN.fullmatch(name):
-            report.add(name, "segment object not listed in the manifest")
+        if pattern.fullmatch(name):
+            report.add(name, f"{what} object not listed in the manifest")
 
 
-def _check_ciphertext(segment: SegmentEntry, ciphertext: bytes, report: VerificationReport) -> None:
-    subject = segment_subject(segment)
-    if len(ciphertext) != segment.ciphertext_size:
+def _check_ciphertext(entry: SealedObject, ciphertext: bytes, report: VerificationReport) -> None:
+    if len(ciphertext) != entry.ciphertext_size:
         report.add(
-            subject,
-            f"ciphertext is {len(ciphertext)} bytes, the manifest says {segment.ciphertext_size}",
+            entry.subject,
+            f"ciphertext is {len(ciphertext)} bytes, the manifest says {entry.ciphertext_size}",
         )
-    if sha256_hex(ciphertext) != segment.ciphertext_sha256:
-        report.add(subject, "SHA-256 of ciphertext differs from the manifest")
+    if sha256_hex(ciphertext) != entry.ciphertext_sha256:
+        report.add(entry.subject, "SHA-256 of ciphertext differs from the manifest")
+
+
+def _note_signatures(manifest: Manifest, report: VerificationReport) -> None:
+    """Say, per signed transaction, whether its signature image is sealed in the archive (those
+    sealed before 2026-11-28 carry only its hash)."""
+    images = {a.plaintext_sha256: a for a in manifest.attachments or []}
+    for binding in manifest.transactions or []:
+        image = images.get(binding.signature_sha256)
+        if image is None:
+            report.notes.append(
+                f"transaction {binding.id}: signature image not in the archive (only its "
+                "SHA-256 is bound)"
+            )
+        else:
+            report.notes.append(
+                f"transaction {binding.id}: signature image in {image.object} ({image.media_type})"
+            )
 
 
 def _unwrap(manifest: Manifest, keyring: KeyWrapper, report: VerificationReport) -> bytes | None:
@@ -378,36 +412,31 @@ def _unwrap(manifest: Manifest, keyring: KeyWrapper, report: VerificationReport)
 
 def _check_plaintext(
     manifest: Manifest,
-    segment: SegmentEntry,
+    entry: SealedObject,
     ciphertext: bytes,
     data_key: bytes,
-    inspector: PlaintextInspector | None,
     report: VerificationReport,
-) -> None:
-    subject = segment_subject(segment)
-    decryptor = segment_decryptor(manifest, segment, data_key)
-    if inspector is not None:
-        inspector.begin_segment(segment)
-    authentic = False
+    *,
+    write: Callable[[bytes], None] | None = None,
+) -> bool:
+    """Decrypt in full against the manifest; `write` sees each verified piece. True if authentic."""
+    decryptor = segment_decryptor(manifest, entry, data_key)
     try:
-        for plain in iter_plaintext(manifest, segment, ciphertext, data_key, decryptor=decryptor):
-            if inspector is not None:
-                inspector.write(plain)
+        for plain in iter_plaintext(manifest, entry, ciphertext, data_key, decryptor=decryptor):
+            if write is not None:
+                write(plain)
     except SegmentError as error:
-        report.add(subject, str(error))
-    else:
-        digest = decryptor.digest
-        authentic = True
-        if digest.plaintext_size != segment.plaintext_size:
-            authentic = False
-            report.add(
-                subject,
-                f"plaintext is {digest.plaintext_size} bytes, the manifest says "
-                f"{segment.plaintext_size}",
-            )
-        if digest.plaintext_sha256 != segment.plaintext_sha256:
-            authentic = False
-            report.add(subject, "SHA-256 of plaintext differs from the manifest")
-    if inspector is not None:
-        for text in inspector.end_segment(segment, authentic=authentic):
-            report.add(subject, text)
+        report.add(entry.subject, str(error))
+        return False
+    digest = decryptor.digest
+    authentic = True
+    if digest.plaintext_size != entry.plaintext_size:
+        authentic = False
+        report.add(
+            entry.subject,
+            f"plaintext is {digest.plaintext_size} bytes, the manifest says {entry.plaintext_size}",
+        )
+    if digest.plaintext_sha256 != entry.plaintext_sha256:
+        authentic = False
+        report.add(entry.subject, "SHA-256 of plaintext differs from the manifest")
+    return authentic

@@ -11,8 +11,9 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from dataclasses import asdict
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from uuid import UUID
 
 from pydantic import (
@@ -29,12 +30,21 @@ from recorder.seal.canonical import CanonicalJsonError, canonical_json, parse_js
 from recorder.seal.digest import sha256_hex
 from recorder.seal.keyring import WrappedKey
 from recorder.seal.signing import Signer
-from recorder.seal.stream import MAX_CHUNK_SIZE, SegmentDigest
+from recorder.seal.stream import (
+    ATTACHMENT_KEY_INFO,
+    MAX_CHUNK_SIZE,
+    SEGMENT_KEY_INFO,
+    SegmentDigest,
+)
 
 FORMAT_VERSION = 1
 MANIFEST_OBJECT = "manifest.json"
 SIGNATURE_OBJECT = "manifest.sig"
 SEGMENT_OBJECT_PATTERN = re.compile(r"seg-[0-9]{6,}\.bin")
+ATTACHMENT_OBJECT_PATTERN = re.compile(r"att-[0-9]{6,}\.bin")
+
+# Members a manifest has only when they are not empty (never null, never []).
+OPTIONAL_MEMBERS = ("transactions", "attachments")
 
 _TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})")
 _SAFE_INT = 2**53 - 1
@@ -42,7 +52,16 @@ _SAFE_INT = 2**53 - 1
 
 def segment_object_name(index: int) -> str:
     """`seg-` + the index as at least six decimal digits + `.bin`."""
-    return f"seg-{index:06d}.bin"
+    return _object_name("seg", index)
+
+
+def attachment_object_name(index: int) -> str:
+    """`att-` + the index as at least six decimal digits + `.bin`."""
+    return _object_name("att", index)
+
+
+def _object_name(prefix: str, index: int) -> str:
+    return f"{prefix}-{index:06d}.bin"
 
 
 def format_timestamp(moment: datetime) -> str:
@@ -122,23 +141,60 @@ class Track(_Model):
     source: Text
 
 
-class SegmentEntry(_Model):
+class SealedObject(_Model):
+    """An object encrypted with a key derived for its position (docs/archive-format.md 4, 5)."""
+
+    what: ClassVar[str]
+    prefix: ClassVar[str]
+    key_info: ClassVar[bytes]
+
     index: Count
-    object: Annotated[str, StringConstraints(pattern=r"^seg-[0-9]{6,}\.bin$")]
+    object: str
     plaintext_size: Count
     ciphertext_size: Count
     plaintext_sha256: Sha256Hex
     ciphertext_sha256: Sha256Hex
 
+    @property
+    def expected_object(self) -> str:
+        """The object name its index calls for."""
+        return _object_name(self.prefix, self.index)
+
+    @property
+    def subject(self) -> str:
+        """How a verification report names it: `segment 3 (seg-000003.bin)`."""
+        return f"{self.what} {self.index} ({self.object})"
+
+
+class SegmentEntry(SealedObject):
+    what = "segment"
+    prefix = "seg"
+    key_info = SEGMENT_KEY_INFO
+
+    object: Annotated[str, StringConstraints(pattern=r"^seg-[0-9]{6,}\.bin$")]
+
     @classmethod
     def from_digest(cls, digest: SegmentDigest) -> SegmentEntry:
+        return cls(object=segment_object_name(digest.index), **asdict(digest))
+
+
+class AttachmentEntry(SealedObject):
+    """A document stored with the recording, e.g. the customer's signature image: a transaction
+    binding's `signature_sha256` is the `plaintext_sha256` of its image here."""
+
+    what = "attachment"
+    prefix = "att"
+    key_info = ATTACHMENT_KEY_INFO
+
+    object: Annotated[str, StringConstraints(pattern=r"^att-[0-9]{6,}\.bin$")]
+    media_type: Annotated[str, StringConstraints(pattern=r"^[a-z]+/[a-z0-9.+-]+$")]
+
+    @classmethod
+    def from_digest(cls, digest: SegmentDigest, media_type: str) -> AttachmentEntry:
         return cls(
-            index=digest.index,
-            object=segment_object_name(digest.index),
-            plaintext_size=digest.plaintext_size,
-            ciphertext_size=digest.ciphertext_size,
-            plaintext_sha256=digest.plaintext_sha256,
-            ciphertext_sha256=digest.ciphertext_sha256,
+            object=attachment_object_name(digest.index),
+            media_type=media_type,
+            **asdict(digest),
         )
 
 
@@ -202,17 +258,24 @@ class Manifest(_Model):
     finalized_at: Timestamp
     previous_manifest_sha256: Sha256Hex | None
     signing_key_id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")]
-    # Optional and absent when nothing was signed, so manifests from before it keep their bytes.
+    # Optional and absent when empty, so manifests from before them keep their bytes.
     transactions: list[TransactionBinding] | None = None
+    attachments: list[AttachmentEntry] | None = None
 
     @property
     def archive_uuid(self) -> UUID:
         return UUID(self.archive_id)
 
+    @property
+    def sealed_objects(self) -> list[SegmentEntry | AttachmentEntry]:
+        """Every encrypted object the manifest lists: the segments, then the attachments."""
+        return [*self.segments, *(self.attachments or [])]
+
     def canonical_bytes(self) -> bytes:
         document = self.model_dump(mode="json")
-        if document["transactions"] is None:
-            del document["transactions"]
+        for member in OPTIONAL_MEMBERS:
+            if document[member] is None:
+                del document[member]
         return canonical_json(document)
 
 

@@ -9,13 +9,14 @@ from uuid import UUID
 from recorder.seal.keyring import KeyWrapper, generate_data_key
 from recorder.seal.manifest import (
     FORMAT_VERSION,
+    AttachmentEntry,
     Manifest,
     SegmentEntry,
     WrappedKeyEntry,
     sign_manifest,
 )
 from recorder.seal.signing import Signer
-from recorder.seal.stream import CHUNK_SIZE, SegmentEncryptor
+from recorder.seal.stream import CHUNK_SIZE, SegmentEncryptor, encrypt_segment
 
 
 @dataclass(frozen=True)
@@ -46,11 +47,31 @@ class ArchiveSealer:
         self._data_key = generate_data_key() if data_key is None else data_key
         self.wrapped_key = wrapper.wrap(self._data_key, archive_id)
         self._segments: list[SegmentEntry] = []
+        self._attachments: list[AttachmentEntry] = []
         self._open: SegmentEncryptor | None = None
 
     @property
     def segments(self) -> list[SegmentEntry]:
         return list(self._segments)
+
+    @property
+    def attachments(self) -> list[AttachmentEntry]:
+        return list(self._attachments)
+
+    def seal_attachment(self, data: bytes, media_type: str) -> tuple[AttachmentEntry, bytes]:
+        """Encrypt a document for the archive (the next attachment index); returns its manifest
+        entry, already listed, and the ciphertext to store."""
+        ciphertext, digest = encrypt_segment(
+            self._data_key,
+            self.archive_id,
+            len(self._attachments),
+            data,
+            chunk_size=self.chunk_size,
+            key_info=AttachmentEntry.key_info,
+        )
+        entry = AttachmentEntry.from_digest(digest, media_type)
+        self._attachments.append(entry)
+        return entry, ciphertext
 
     def open_segment(self) -> SegmentEncryptor:
         """The encryptor for the next segment; the previous one must have been closed."""
@@ -83,6 +104,7 @@ class ArchiveSealer:
                 "archive_id": str(self.archive_id),
                 "chunk_size": self.chunk_size,
                 "segments": self._segments,
+                "attachments": self._attachments or None,
                 "wrapped_key": WrappedKeyEntry.from_wrapped(self.wrapped_key),
                 "signing_key_id": signer.key_id,
             }

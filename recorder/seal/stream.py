@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import ClassVar
 from uuid import UUID
 
 from cryptography.exceptions import InvalidTag
@@ -29,6 +30,9 @@ MAX_CHUNK_SIZE = 16 * 1024 * 1024
 TAG_SIZE = 16
 KEY_SIZE = 32
 SEGMENT_KEY_INFO = b"vteller/v1/segment"
+ATTACHMENT_KEY_INFO = b"vteller/v1/attachment"
+"""HKDF labels: an attachment (e.g. the customer's signature image) and a segment with the same
+index get different keys, so neither can stand in for the other."""
 COUNTER_SIZE = 11
 _MAX_CHUNKS = 1 << (8 * COUNTER_SIZE)
 _MAX_INDEX = (1 << 64) - 1
@@ -68,7 +72,9 @@ class SegmentDigest:
     ciphertext_sha256: str
 
 
-def derive_segment_key(data_key: bytes, archive_id: UUID, index: int) -> bytes:
+def derive_segment_key(
+    data_key: bytes, archive_id: UUID, index: int, key_info: bytes = SEGMENT_KEY_INFO
+) -> bytes:
     """HKDF-SHA256(data key, salt = archive id's 16 bytes, info = label || u64 BE index)."""
     if len(data_key) != KEY_SIZE:
         raise ValueError(f"data key must be {KEY_SIZE} bytes, got {len(data_key)}")
@@ -78,7 +84,7 @@ def derive_segment_key(data_key: bytes, archive_id: UUID, index: int) -> bytes:
         algorithm=hashes.SHA256(),
         length=KEY_SIZE,
         salt=archive_id.bytes,
-        info=SEGMENT_KEY_INFO + index.to_bytes(8, "big"),
+        info=key_info + index.to_bytes(8, "big"),
     )
     return hkdf.derive(data_key)
 
@@ -137,12 +143,27 @@ class _Chunker:
 
 
 class _SegmentCipher:
-    """What encryptor and decryptor share: key, counter, running digests, the one-shot end."""
+    """What encryptor and decryptor share: key, counter, running digests, the one-shot end.
 
-    def __init__(self, data_key: bytes, archive_id: UUID, index: int, chunk_size: int) -> None:
+    `key_info` is the HKDF label: SEGMENT_KEY_INFO, or ATTACHMENT_KEY_INFO for an attachment.
+    """
+
+    # What each input piece holds beyond a chunk's plaintext: nothing, or a decryptor's tag.
+    _piece_overhead: ClassVar[int]
+
+    def __init__(
+        self,
+        data_key: bytes,
+        archive_id: UUID,
+        index: int,
+        *,
+        chunk_size: int = CHUNK_SIZE,
+        key_info: bytes = SEGMENT_KEY_INFO,
+    ) -> None:
         self.index = index
         self.chunk_size = check_chunk_size(chunk_size)
-        self._aead = AESGCM(derive_segment_key(data_key, archive_id, index))
+        self._chunker = _Chunker(self.chunk_size + self._piece_overhead)
+        self._aead = AESGCM(derive_segment_key(data_key, archive_id, index, key_info))
         self._counter = 0
         self._plain_hash = hashes.Hash(hashes.SHA256())
         self._cipher_hash = hashes.Hash(hashes.SHA256())
@@ -174,11 +195,7 @@ class _SegmentCipher:
 class SegmentEncryptor(_SegmentCipher):
     """Encrypts one segment incrementally, so media can be sealed while it is being recorded."""
 
-    def __init__(
-        self, data_key: bytes, archive_id: UUID, index: int, *, chunk_size: int = CHUNK_SIZE
-    ) -> None:
-        super().__init__(data_key, archive_id, index, chunk_size)
-        self._chunker = _Chunker(self.chunk_size)
+    _piece_overhead = 0
 
     def update(self, data: bytes | bytearray | memoryview) -> bytes:
         """Accept plaintext; return the ciphertext of every chunk now known not to be the last."""
@@ -214,11 +231,7 @@ class SegmentEncryptor(_SegmentCipher):
 class SegmentDecryptor(_SegmentCipher):
     """Decrypts one segment incrementally; plaintext is released only after its chunk verifies."""
 
-    def __init__(
-        self, data_key: bytes, archive_id: UUID, index: int, *, chunk_size: int = CHUNK_SIZE
-    ) -> None:
-        super().__init__(data_key, archive_id, index, chunk_size)
-        self._chunker = _Chunker(self.chunk_size + TAG_SIZE)
+    _piece_overhead = TAG_SIZE
 
     def update(self, ciphertext: bytes | bytearray | memoryview) -> bytes:
         """Accept ciphertext; return the verified plaintext of every complete non-final chunk."""
@@ -274,9 +287,12 @@ def encrypt_segment(
     plaintext: bytes,
     *,
     chunk_size: int = CHUNK_SIZE,
+    key_info: bytes = SEGMENT_KEY_INFO,
 ) -> tuple[bytes, SegmentDigest]:
-    """One-shot encryption of a whole segment held in memory (tests, small segments)."""
-    encryptor = SegmentEncryptor(data_key, archive_id, index, chunk_size=chunk_size)
+    """One-shot encryption of a whole segment or attachment held in memory."""
+    encryptor = SegmentEncryptor(
+        data_key, archive_id, index, chunk_size=chunk_size, key_info=key_info
+    )
     ciphertext = encryptor.update(plaintext) + encryptor.finalize()
     return ciphertext, encryptor.digest
 

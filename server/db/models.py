@@ -377,8 +377,9 @@ class Transaction(Base):
     """A purchase or service the teller set up in a session, signed by the customer, approved.
 
     `content` is the transaction's canonical JSON (docs/workflow.md) and `sha256` its hash: what
-    the customer signed and the approval record binds. The signature image is only in
-    `signature_sealed` (per-row key, server/crypto/rows.py); its hash is in the clear.
+    the customer signed and the approval record binds. The signature image is in
+    `signature_sealed` (per-row key, server/crypto/rows.py; its hash is in the clear) and, when
+    signed during a recording, in that archive as an encrypted attachment (docs/workflow.md 6).
     """
 
     __tablename__ = "transactions"

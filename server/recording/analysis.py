@@ -194,7 +194,8 @@ class AnalysisJobs:
         return self._bucket
 
     async def _wait_for_archive(self, bucket: ArchiveBucket, archive_id: str) -> bytes:
-        """The manifest's bytes once the manifest, its signature and every segment are stored."""
+        """The manifest's bytes once the manifest, its signature and every segment and attachment
+        are stored."""
         prefix = archive_prefix(archive_id)
         waited = 0.0
         while True:
@@ -203,7 +204,7 @@ class AnalysisJobs:
                 if prefix + MANIFEST_OBJECT in names:
                     data = await bucket.get(prefix + MANIFEST_OBJECT)
                     manifest = parse_manifest(data)
-                    wanted = {prefix + s.object for s in manifest.segments}
+                    wanted = {prefix + s.object for s in manifest.sealed_objects}
                     if wanted <= names and prefix + "manifest.sig" in names:
                         return data
             except ArchiveUnavailableError as exc:

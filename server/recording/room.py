@@ -177,13 +177,13 @@ class RoomRecording:
             self._recording.set_identity(summary)
 
     def bind_transaction(
-        self, transaction_id: str, sha256: str, signature_sha256: str
+        self, transaction_id: str, sha256: str, signature_sha256: str, signature_png: bytes
     ) -> str | None:
         """Bind a just-signed transaction into the running recording; its archive id, or None
         when nothing is being recorded (the approval rules then refuse the transaction)."""
         if self._recording is None or self.state != "recording":
             return None
-        self._recording.bind_transaction(transaction_id, sha256, signature_sha256)
+        self._recording.bind_transaction(transaction_id, sha256, signature_sha256, signature_png)
         return self._recording.archive_id
 
     async def stop(self, status: str = "complete") -> None:

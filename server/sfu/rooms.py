@@ -802,13 +802,20 @@ class RoomRegistry:
             await room.notify_staff(server_message("analysis", **fields))
 
     def bind_transaction(
-        self, session_id: str, transaction_id: str, sha256: str, signature_sha256: str
+        self,
+        session_id: str,
+        transaction_id: str,
+        sha256: str,
+        signature_sha256: str,
+        signature_png: bytes,
     ) -> str | None:
         """Bind a signed transaction into the session's running recording (on this worker)."""
         room = self._rooms.get(session_id)
         if room is None or room.recording is None:
             return None
-        return room.recording.bind_transaction(transaction_id, sha256, signature_sha256)
+        return room.recording.bind_transaction(
+            transaction_id, sha256, signature_sha256, signature_png
+        )
 
     async def notify_session(
         self, session_id: str, message: dict[str, Any], audience: Audience

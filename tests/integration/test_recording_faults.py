@@ -18,6 +18,7 @@ from sqlalchemy import select
 from recorder import session as recording_session
 from recorder.journal import Journal
 from recorder.playback import MediaInspector
+from recorder.seal.digest import sha256_hex
 from recorder.seal.keyring import LocalKeyring
 from recorder.seal.signing import Signer, load_public_keys
 from recorder.session import (
@@ -313,8 +314,11 @@ async def test_a_segment_is_journaled_before_it_is_spooled_and_recovery_drops_th
     recording = await RecordingSession.create(context, "s1", "wealth", lambda: None)
     journal = Journal(context.journal_dir / f"{recording.archive_id}.jsonl")
     _record(recording, 2)
+    # The customer signs: the image is sealed into the archive beside the segments.
+    image = b"\x89PNG a signature"
+    recording.bind_transaction("t-1", "0" * 64, sha256_hex(image), image)
     async with asyncio.timeout(10):
-        while spool.pending_count < 2:  # noqa: ASYNC110 - the recorder fills it
+        while spool.pending_count < 3:  # noqa: ASYNC110 - the recorder fills it
             await asyncio.sleep(0.01)
     spool.failures = 10**9  # the spool disk fails for good, and the process dies
     _record(recording, 1, start_ms=1000)
@@ -325,20 +329,20 @@ async def test_a_segment_is_journaled_before_it_is_spooled_and_recovery_drops_th
         task.cancel()
     await asyncio.gather(recording._worker, recording._cutter, return_exceptions=True)
     await recording._writer.close(2000)
-    assert spool.pending_count == 2  # journaled, never spooled
+    assert spool.pending_count == 3  # segment 2 journaled, never spooled
 
     # Restarted: the uploader had put segment 0 into the store; segment 1 waits in the spool.
     restarted = dataclasses.replace(context, spool=Spool(spool.directory), archive=_Store(None))
     store: dict[str, bytes] = {}
-    first_path = (await restarted.spool.paths())[0]
-    entry, data = await restarted.spool.load(first_path)
+    spooled = [await restarted.spool.load(path) for path in await restarted.spool.paths()]
+    entry, data = next(e for e in spooled if e[0].name.endswith("seg-000000.bin"))
     store[entry.name] = data
     await restarted.spool.remove(entry)
     assert entry.name == archive_prefix(recording.archive_id) + "seg-000000.bin"
     # A store that is down cannot say whether segment 2 is there: the journal waits.
     with pytest.raises(ArchiveUnavailableError):
         await recover(restarted, journal)
-    assert not journal.read().sealed and len(await restarted.spool.paths()) == 1
+    assert not journal.read().sealed and len(await restarted.spool.paths()) == 2
 
     restarted = dataclasses.replace(restarted, archive=_Store(store))
     record = await recover(restarted, journal)
@@ -348,6 +352,8 @@ async def test_a_segment_is_journaled_before_it_is_spooled_and_recovery_drops_th
     assert report.ok, report.render()
     assert report.manifest is not None
     assert [s.index for s in report.manifest.segments] == [0, 1]
+    assert [a.object for a in report.manifest.attachments or []] == ["att-000000.bin"]
+    assert "transaction t-1: signature image in att-000000.bin (image/png)" in report.notes
     cuts = journal.read().segment_cut_ms
     unstored, lost = report.manifest.gaps
     assert (unstored.start_ms, unstored.end_ms) == (cuts[1], cuts[2])

@@ -13,8 +13,11 @@ import pytest
 from PIL import Image, ImageDraw
 from sqlalchemy import select, update
 
+from recorder.seal.keyring import LocalKeyring
+from recorder.seal.manifest import parse_manifest
 from recorder.seal.signing import load_public_keys
 from recorder.store.s3 import ArchiveBucket, S3Archive
+from recorder.verify import iter_plaintext
 from server.audit.log import AuditUnavailable
 from server.auth.principal import Principal, Role
 from server.db.models import Archive, AuditEntry, ComplianceReport, ComplianceReview, User
@@ -272,12 +275,32 @@ async def test_signed_in_the_recording_approved_by_rule_by_four_eyes_and_overrid
     assert set(bound) == {big["id"], small["id"], third["id"]}
     assert bound[big["id"]]["sha256"] == big["sha256"]
     assert bound[big["id"]]["signature_sha256"] == record["signature"]["image_sha256"]
+    # And each signature image itself, encrypted with the recording's data key.
+    attachments = manifest["attachments"]
+    assert [a["object"] for a in attachments] == [
+        "att-000000.bin",
+        "att-000001.bin",
+        "att-000002.bin",
+    ]
+    assert {a["plaintext_sha256"] for a in attachments} == {record["signature"]["image_sha256"]}
+    keys_dir = server.settings.data_dir / "keys"
     verified = await _vteller(
         server.settings.data_dir,
         "verify",
+        "--keyring",
+        str(keys_dir / "keyring.json"),
         f"s3://{server.settings.store.bucket}/archives/{archive_id}",
     )
     assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert f"transaction {big['id']}: signature image in att-" in verified.stdout
+    parsed = parse_manifest(await asyncio.to_thread(stored.read, "manifest.json"))
+    assert parsed.attachments is not None
+    data_key = LocalKeyring.open(keys_dir / "keyring.json").unwrap(
+        parsed.wrapped_key.to_wrapped(), parsed.archive_uuid
+    )
+    first = parsed.attachments[0]
+    ciphertext = await asyncio.to_thread(stored.read, first.object)
+    assert b"".join(iter_plaintext(parsed, first, ciphertext, data_key)) == signature_png()
 
     # The signature image is kept encrypted; staff see it, decrypted, through the API.
     image = await teller_http.http.get(

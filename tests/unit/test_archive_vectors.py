@@ -34,10 +34,17 @@ def vectors() -> dict[str, Any]:
     return loaded
 
 
-def spec_encrypt(key: bytes, archive_id: bytes, index: int, plaintext: bytes, chunk: int) -> bytes:
+def spec_encrypt(
+    key: bytes,
+    archive_id: bytes,
+    index: int,
+    plaintext: bytes,
+    chunk: int,
+    label: bytes = b"vteller/v1/segment",
+) -> bytes:
     """STREAM as the spec states it, written out independently of recorder.seal.stream."""
     segment_key = HKDF(
-        hashes.SHA256(), 32, salt=archive_id, info=b"vteller/v1/segment" + index.to_bytes(8, "big")
+        hashes.SHA256(), 32, salt=archive_id, info=label + index.to_bytes(8, "big")
     ).derive(key)
     pieces = [plaintext[i : i + chunk] for i in range(0, len(plaintext), chunk)] or [b""]
     out = b""
@@ -55,17 +62,21 @@ def test_generator_is_deterministic(tmp_path: Path) -> None:
             assert (tmp_path / relative).read_bytes() == file.read_bytes(), relative
 
 
-def test_segments(vectors: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    ("member", "label"),
+    [("segments", b"vteller/v1/segment"), ("attachments", b"vteller/v1/attachment")],
+)
+def test_sealed_objects(vectors: dict[str, Any], member: str, label: bytes) -> None:
     key = bytes.fromhex(vectors["data_key"])
     archive_id = bytes.fromhex(vectors["archive_id_bytes"])
     assert UUID(vectors["archive_id"]).bytes == archive_id
     kinds = set()
-    for segment in vectors["segments"]:
+    for segment in vectors[member]:
         plaintext = bytes.fromhex(segment["plaintext"])
         index = segment["index"]
-        ciphertext = spec_encrypt(key, archive_id, index, plaintext, vectors["chunk_size"])
+        ciphertext = spec_encrypt(key, archive_id, index, plaintext, vectors["chunk_size"], label)
         assert ciphertext.hex() == segment["ciphertext"]
-        info = b"vteller/v1/segment" + index.to_bytes(8, "big")
+        info = label + index.to_bytes(8, "big")
         assert info.hex() == segment["hkdf_info"]
         derived = HKDF(hashes.SHA256(), 32, salt=archive_id, info=info).derive(key)
         assert derived.hex() == segment["segment_key"]
@@ -75,7 +86,11 @@ def test_segments(vectors: dict[str, Any]) -> None:
         assert hashlib.sha256(plaintext).hexdigest() == segment["plaintext_sha256"]
         assert len(ciphertext) == segment["ciphertext_size"]
         kinds.add(len(segment["nonces"]) if plaintext else 0)
-    assert {0, 1}.issubset(kinds) and max(kinds) >= 2
+    if member == "segments":
+        assert {0, 1}.issubset(kinds) and max(kinds) >= 2
+    else:
+        # The attachment and segment 0 share an index, never a key.
+        assert vectors["attachments"][0]["segment_key"] != vectors["segments"][0]["segment_key"]
 
 
 def test_default_chunk_size_segment(vectors: dict[str, Any]) -> None:
@@ -125,9 +140,13 @@ def test_signature_and_manifest(vectors: dict[str, Any]) -> None:
     assert document["signing_key_id"] == signing["key_id"]
     wrapped = document["wrapped_key"]
     assert base64.b64decode(wrapped["ciphertext"]).hex() == vectors["key_wrap"]["ciphertext"]
-    for listed, segment in zip(document["segments"], vectors["segments"], strict=True):
-        for name in ("index", "object", "plaintext_sha256", "ciphertext_sha256"):
-            assert listed[name] == segment[name]
+    for member in ("segments", "attachments"):
+        for listed, entry in zip(document[member], vectors[member], strict=True):
+            for name in ("index", "object", "plaintext_sha256", "ciphertext_sha256"):
+                assert listed[name] == entry[name]
+    # The signature image is bound to its transaction by its SHA-256.
+    (transaction,) = document["transactions"]
+    assert transaction["signature_sha256"] == vectors["attachments"][0]["plaintext_sha256"]
 
 
 def test_canonical_json_cases(vectors: dict[str, Any]) -> None:
@@ -154,3 +173,4 @@ def test_example_archive_verifies(vectors: dict[str, Any]) -> None:
     )
     assert report.ok, report.render()
     assert report.decrypted and report.signature_verified
+    assert "transaction t-vector-1: signature image in att-000000.bin (image/png)" in report.notes

@@ -110,10 +110,13 @@ def test_the_rules_name_each_failing_check() -> None:
 
 def test_transactions_in_the_manifest_keep_older_manifests_canonical() -> None:
     vectors = Path(__file__).parents[1] / "vectors" / "archive-v1" / "archive"
-    data = (vectors / "manifest.json").read_bytes()
+    document = json.loads((vectors / "manifest.json").read_bytes())
+    for member in ("transactions", "attachments"):  # a manifest sealed before either existed
+        del document[member]
+    data = json.dumps(document, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
     manifest = parse_manifest(data)
-    assert manifest.transactions is None and is_canonical(manifest, data)
-    document = json.loads(data)
+    assert manifest.transactions is None and manifest.attachments is None
+    assert is_canonical(manifest, data)
     document["transactions"] = [
         {
             "id": "t_00000000000000000000000f",
@@ -127,9 +130,10 @@ def test_transactions_in_the_manifest_keep_older_manifests_canonical() -> None:
     parsed = parse_manifest(extended.encode())
     assert parsed.transactions is not None and parsed.transactions[0].media_ms == 42000
     assert is_canonical(parsed, extended.encode())
-    document["transactions"] = None  # absent, never null
-    explicit_null = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
-    assert not is_canonical(parse_manifest(explicit_null), explicit_null)
+    for member in ("transactions", "attachments"):
+        with_null = document | {member: None}  # absent, never null
+        explicit_null = json.dumps(with_null, sort_keys=True, separators=(",", ":")).encode()
+        assert not is_canonical(parse_manifest(explicit_null), explicit_null)
 
 
 def test_a_signature_given_again_replaces_the_earlier_one_in_the_journal(tmp_path: Path) -> None:

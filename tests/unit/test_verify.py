@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from uuid import UUID, uuid4
@@ -12,6 +13,7 @@ from uuid import UUID, uuid4
 import pytest
 
 from recorder.export import ExportError, export_archive
+from recorder.seal.digest import sha256_hex
 from recorder.seal.keyring import LocalKeyring
 from recorder.seal.manifest import (
     MANIFEST_OBJECT,
@@ -48,11 +50,33 @@ def setup(tmp_path: Path) -> Setup:
 
 
 def seal(
-    setup: Setup, directory: Path, *, previous: bytes | None = None, archive_id: UUID | None = None
+    setup: Setup,
+    directory: Path,
+    *,
+    previous: bytes | None = None,
+    archive_id: UUID | None = None,
+    signatures: Sequence[bytes] = (),
+    attach: bool = True,
 ) -> Manifest:
-    """Record an archive the way the recorder does: segments written while encrypted."""
+    """Record an archive the way the recorder does: segments written while encrypted; one signed
+    transaction per image in `signatures`, the image attached unless `attach` is False (the
+    archives sealed before images were)."""
     sealer = ArchiveSealer(archive_id or uuid4(), setup.keyring, chunk_size=CHUNK)
     directory.mkdir(parents=True)
+    transactions = []
+    for number, image in enumerate(signatures):
+        if attach:
+            entry, ciphertext = sealer.seal_attachment(image, "image/png")
+            (directory / entry.object).write_bytes(ciphertext)
+        transactions.append(
+            {
+                "id": f"t-{number}",
+                "sha256": sha256_hex(f"transaction {number}".encode()),
+                "signature_sha256": sha256_hex(image),
+                "signed_at": "2025-01-31T08:05:00.000Z",
+                "media_ms": 300000 + number,
+            }
+        )
     for position, size in enumerate(SEGMENT_SIZES):
         encryptor = sealer.open_segment()
         media = bytes((position * 7 + i) % 251 for i in range(size))
@@ -84,6 +108,7 @@ def seal(
         created_at="2025-01-31T08:00:00.000Z",
         finalized_at="2025-01-31T08:10:00.000Z",
         previous_manifest_sha256=manifest_sha256(previous) if previous is not None else None,
+        transactions=transactions or None,
     )
     (directory / MANIFEST_OBJECT).write_bytes(sealed.data)
     (directory / SIGNATURE_OBJECT).write_bytes(sealed.signature)
@@ -114,17 +139,23 @@ def test_sealed_archive_verifies(setup: Setup, tmp_path: Path) -> None:
     assert "not decrypted" in without_keyring.render()
 
 
+def flip_byte(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def names_altered(found: list[str], subject: str) -> bool:
+    """Both the stored hash and the first chunk's tag name `subject` as altered."""
+    return f"{subject}: SHA-256 of ciphertext differs from the manifest" in found and any(
+        p.startswith(f"{subject}: chunk 0 fails authentication") for p in found
+    )
+
+
 def test_flipped_byte(setup: Setup, tmp_path: Path) -> None:
     seal(setup, tmp_path / "a")
-    path = tmp_path / "a" / "seg-000002.bin"
-    data = bytearray(path.read_bytes())
-    data[100] ^= 0x01
-    path.write_bytes(bytes(data))
-    found = problems(check(setup, tmp_path / "a"))
-    assert "segment 2 (seg-000002.bin): SHA-256 of ciphertext differs from the manifest" in found
-    assert any(
-        p.startswith("segment 2 (seg-000002.bin): chunk 0 fails authentication") for p in found
-    )
+    flip_byte(tmp_path / "a" / "seg-000002.bin", 100)
+    assert names_altered(problems(check(setup, tmp_path / "a")), "segment 2 (seg-000002.bin)")
 
 
 def test_deleted_segment(setup: Setup, tmp_path: Path) -> None:
@@ -245,6 +276,62 @@ def test_export_package_verifies(setup: Setup, tmp_path: Path) -> None:
 
     (out / "seg-000000.bin").write_bytes(b"x")
     assert vteller(["verify", str(out)]) == 1
+
+
+# Stand-ins for signature PNGs: verification treats an attachment as bytes, whatever they hold.
+SIGNATURES = [b"\x89PNG first signature" * 100, b"\x89PNG second signature" * 3]
+
+
+def test_signature_images_are_sealed_listed_and_exported(setup: Setup, tmp_path: Path) -> None:
+    manifest = seal(setup, tmp_path / "a", signatures=SIGNATURES)
+    assert manifest.attachments is not None
+    assert [a.object for a in manifest.attachments] == ["att-000000.bin", "att-000001.bin"]
+    assert manifest.attachments[1].plaintext_sha256 == sha256_hex(SIGNATURES[1])
+    report = check(setup, tmp_path / "a")
+    assert report.ok, report.render()
+    assert "transaction t-1: signature image in att-000001.bin (image/png)" in report.notes
+
+    out = export_archive(
+        DirectoryArchive(tmp_path / "a"), tmp_path / "out", [setup.signer.public_key_pem()]
+    )
+    assert (out / "att-000001.bin").read_bytes() == (tmp_path / "a" / "att-000001.bin").read_bytes()
+    assert "att-NNNNNN.bin" in (out / "README.txt").read_text()
+    assert check(setup, out).ok
+
+    (tmp_path / "a" / "att-000001.bin").unlink()
+    with pytest.raises(ExportError, match=r"att-000001\.bin"):
+        export_archive(
+            DirectoryArchive(tmp_path / "a"), tmp_path / "o2", [setup.signer.public_key_pem()]
+        )
+
+
+def test_archive_without_its_signature_image_says_so(setup: Setup, tmp_path: Path) -> None:
+    manifest = seal(setup, tmp_path / "a", signatures=SIGNATURES[:1], attach=False)
+    assert manifest.attachments is None
+    assert b"attachments" not in (tmp_path / "a" / MANIFEST_OBJECT).read_bytes()
+    report = check(setup, tmp_path / "a")
+    assert report.ok, report.render()
+    assert (
+        "transaction t-0: signature image not in the archive (only its SHA-256 is bound)"
+        in report.notes
+    )
+
+
+def test_tampered_missing_and_unlisted_attachments(setup: Setup, tmp_path: Path) -> None:
+    seal(setup, tmp_path / "a", signatures=SIGNATURES)
+    path = tmp_path / "a" / "att-000000.bin"
+    flip_byte(path, 5)
+    assert names_altered(problems(check(setup, tmp_path / "a")), "attachment 0 (att-000000.bin)")
+
+    # A segment moved into an attachment's place does not authenticate there (another key).
+    shutil.copy(tmp_path / "a" / "seg-000000.bin", tmp_path / "a" / "att-000001.bin")
+    (tmp_path / "a" / "att-000007.bin").write_bytes(b"extra")
+    found = problems(check(setup, tmp_path / "a"))
+    assert "att-000007.bin: attachment object not listed in the manifest" in found
+    assert "attachment 1 (att-000001.bin): SHA-256 of ciphertext differs from the manifest" in found
+
+    path.unlink()
+    assert "attachment 0 (att-000000.bin): missing" in problems(check(setup, tmp_path / "a"))
 
 
 def test_export_verifies_with_openssl_alone(setup: Setup, tmp_path: Path) -> None:

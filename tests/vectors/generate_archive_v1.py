@@ -25,7 +25,9 @@ from recorder.seal.manifest import MANIFEST_OBJECT, SIGNATURE_OBJECT, manifest_s
 from recorder.seal.sealer import ArchiveSealer
 from recorder.seal.signing import Signer, load_public_key
 from recorder.seal.stream import (
+    ATTACHMENT_KEY_INFO,
     CHUNK_SIZE,
+    SEGMENT_KEY_INFO,
     TAG_SIZE,
     chunk_nonce,
     derive_segment_key,
@@ -49,6 +51,14 @@ PLAINTEXTS = [
     bytes(64),
 ]
 LARGE_PLAINTEXT_SIZE = 2 * CHUNK_SIZE + 100
+# One attachment, a customer's signature image: a 1x1 black greyscale PNG (three chunks at
+# CHUNK), bound to the manifest's one transaction by its SHA-256.
+SIGNATURE_PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010800000000"
+    "3a7e9b550000000a4944415478da6360000000020001e527defc000000"
+    "0049454e44ae426082"
+)
+TRANSACTION_SHA256 = sha256_hex(b"vector transaction")
 
 CANONICAL_CASES: list[tuple[str, str]] = [
     ('{ "b" : 1, "a" : [true, false, null] }', '{"a":[true,false,null],"b":1}'),
@@ -75,14 +85,18 @@ def large_plaintext() -> bytes:
     return bytes(i % 251 for i in range(LARGE_PLAINTEXT_SIZE))
 
 
-def segment_vector(index: int, plaintext: bytes) -> dict[str, Any]:
-    ciphertext, digest = encrypt_segment(DATA_KEY, ARCHIVE_ID, index, plaintext, chunk_size=CHUNK)
+def segment_vector(
+    index: int, plaintext: bytes, prefix: str = "seg", key_info: bytes = SEGMENT_KEY_INFO
+) -> dict[str, Any]:
+    ciphertext, digest = encrypt_segment(
+        DATA_KEY, ARCHIVE_ID, index, plaintext, chunk_size=CHUNK, key_info=key_info
+    )
     chunks = max(1, -(-len(plaintext) // CHUNK))
     return {
         "index": index,
-        "object": f"seg-{index:06d}.bin",
-        "hkdf_info": (b"vteller/v1/segment" + index.to_bytes(8, "big")).hex(),
-        "segment_key": derive_segment_key(DATA_KEY, ARCHIVE_ID, index).hex(),
+        "object": f"{prefix}-{index:06d}.bin",
+        "hkdf_info": (key_info + index.to_bytes(8, "big")).hex(),
+        "segment_key": derive_segment_key(DATA_KEY, ARCHIVE_ID, index, key_info).hex(),
         "plaintext": plaintext.hex(),
         "nonces": [chunk_nonce(n, last=n == chunks - 1).hex() for n in range(chunks)],
         "ciphertext": ciphertext.hex(),
@@ -105,6 +119,8 @@ def generate(out_dir: Path) -> None:
         ciphertext = encryptor.update(plaintext) + encryptor.finalize()
         (archive_dir / f"seg-{encryptor.index:06d}.bin").write_bytes(ciphertext)
         sealer.close_segment(encryptor)
+    attachment, attachment_ciphertext = sealer.seal_attachment(SIGNATURE_PNG, "image/png")
+    (archive_dir / attachment.object).write_bytes(attachment_ciphertext)
     sealed = sealer.finish(
         signer,
         session_id="vector-session-1",
@@ -157,6 +173,15 @@ def generate(out_dir: Path) -> None:
         created_at="2025-01-31T08:00:00.000Z",
         finalized_at="2025-01-31T08:10:00.000Z",
         previous_manifest_sha256=manifest_sha256(b"{}"),
+        transactions=[
+            {
+                "id": "t-vector-1",
+                "sha256": TRANSACTION_SHA256,
+                "signature_sha256": sha256_hex(SIGNATURE_PNG),
+                "signed_at": "2025-01-31T08:08:00.000Z",
+                "media_ms": 480000,
+            }
+        ],
     )
     (archive_dir / MANIFEST_OBJECT).write_bytes(sealed.data)
     (archive_dir / SIGNATURE_OBJECT).write_bytes(sealed.signature)
@@ -174,6 +199,10 @@ def generate(out_dir: Path) -> None:
         "data_key": DATA_KEY.hex(),
         "chunk_size": CHUNK,
         "segments": [segment_vector(i, p) for i, p in enumerate(PLAINTEXTS)],
+        "attachments": [
+            segment_vector(0, SIGNATURE_PNG, "att", ATTACHMENT_KEY_INFO)
+            | {"media_type": "image/png"}
+        ],
         "default_chunk_size_segment": {
             "comment": "index 0, chunk_size 65536, plaintext byte i = i mod 251",
             "chunk_size": CHUNK_SIZE,

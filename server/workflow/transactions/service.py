@@ -63,7 +63,8 @@ SIGNABLE_STATES = ("awaiting_signature", "signed", "awaiting_override")
 # What a supervisor's queue shows.
 SUPERVISOR_STATES = ("awaiting_override", "awaiting_second_approval")
 
-Bind = Callable[[str, str, str, str], str | None]
+# (session id, transaction id, its sha256, the signature image's sha256, the image) -> archive id
+Bind = Callable[[str, str, str, str, bytes], str | None]
 Notify = Callable[[str, dict[str, Any], Audience], Awaitable[None]]
 
 
@@ -247,7 +248,7 @@ class Transactions:
             signature_sha256=signature.sha256,
         )
         # Into the running recording's manifest, if one runs: the approval rules need it.
-        archive_id = self._bind(row.session_id, row.id, row.sha256, signature.sha256)
+        archive_id = self._bind(row.session_id, row.id, row.sha256, signature.sha256, png)
         values = {
             "state": "signed",
             "signature_id": signature_id,
