@@ -290,9 +290,15 @@ class RecordingSession:
         self._transactions[transaction_id] = binding
 
         async def attach() -> None:
-            entry, ciphertext = await asyncio.to_thread(
-                self._sealer.seal_attachment, signature_png, "image/png"
-            )
+            try:
+                entry, ciphertext = await asyncio.to_thread(
+                    self._sealer.seal_attachment, signature_png, "image/png"
+                )
+            except Exception:
+                # The binding still holds the image's hash (and the database the image); a
+                # failure here must not stop the tasks that store the media.
+                log.exception("signature_attachment_failed", archive_id=self.archive_id)
+                return
             await self._store_object("attachment", {"entry": entry.model_dump()}, ciphertext)
 
         self._tasks.put_nowait(attach)

@@ -152,19 +152,10 @@ def verify_archive(
     """Check an archive against the public keys (key id -> PEM); see docs/archive-format.md 8."""
     report = VerificationReport()
     names = set(reader.list_names())
-    if MANIFEST_OBJECT not in names:
-        report.add("manifest", f"missing ({MANIFEST_OBJECT})")
+    data = _signed_manifest(reader, names, public_keys, report)
+    if data is None or report.manifest is None:
         return report
-    data = reader.read(MANIFEST_OBJECT)
-    try:
-        manifest = parse_manifest(data)
-    except ManifestError as error:
-        report.add("manifest", f"not a valid version 1 manifest: {error}")
-        return report
-    report.manifest = manifest
-    if not is_canonical(manifest, data):
-        report.add("manifest", "not in canonical form (altered, or not written by a sealer)")
-    _check_signature(reader, names, public_keys, manifest, data, report)
+    manifest = report.manifest
     _check_reports(reader, names, public_keys, manifest, data, report)
     _check_previous(manifest, previous_manifest, report)
     attachments = manifest.attachments or []
@@ -196,12 +187,95 @@ def verify_archive(
         if inspector is not None:
             report.problems += [Problem("media", text) for text in inspector.end_archive(manifest)]
     elif keyring is None:
-        report.notes.append("segments were not decrypted (no keyring given)")
+        report.notes.append("segments and attachments were not decrypted (no keyring given)")
     if manifest.status == "interrupted":
         report.notes.append("the recording is marked interrupted (it ended abnormally)")
     if manifest.gaps:
         report.notes.append(f"{len(manifest.gaps)} gap(s) recorded in the media")
     return report
+
+
+class ImageUnavailable(Exception):
+    """A signature image cannot be handed out as evidence; `code` and the message say why."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def signature_image(
+    reader: ArchiveReader,
+    public_keys: Mapping[str, bytes],
+    keyring: KeyWrapper,
+    transaction_id: str,
+) -> bytes:
+    """The customer's signature image for `transaction_id`, read from the sealed archive and
+    checked on the way: the manifest's form and signature, the transaction's binding, the
+    attachment's hashes and every tag. No media is read, so this is cheap.
+
+    Raises ImageUnavailable: `not_verified` (the problems found), `not_signed_here` (no such
+    transaction in this recording) or `image_not_archived` (sealed before images were).
+    """
+    report = VerificationReport()
+    names = set(reader.list_names())
+    _signed_manifest(reader, names, public_keys, report)
+    manifest = report.manifest
+    if manifest is None or report.problems:
+        raise ImageUnavailable("not_verified", _problems_text(report))
+    binding = next((t for t in manifest.transactions or [] if t.id == transaction_id), None)
+    if binding is None:
+        raise ImageUnavailable(
+            "not_signed_here", f"transaction {transaction_id} was not signed in this recording"
+        )
+    images = (
+        a for a in manifest.attachments or [] if a.plaintext_sha256 == binding.signature_sha256
+    )
+    entry = next(images, None)
+    if entry is None:
+        raise ImageUnavailable(
+            "image_not_archived",
+            "this archive binds only the SHA-256 of the signature image (it was sealed before "
+            "images were archived); the transaction's own record holds the image",
+        )
+    if entry.object not in names:
+        raise ImageUnavailable("not_verified", f"{entry.subject}: missing")
+    ciphertext = reader.read(entry.object)
+    _check_ciphertext(entry, ciphertext, report)
+    data_key = _unwrap(manifest, keyring, report)
+    pieces: list[bytes] = []
+    if data_key is not None and not report.problems:
+        _check_plaintext(manifest, entry, ciphertext, data_key, report, write=pieces.append)
+    if report.problems:
+        raise ImageUnavailable("not_verified", _problems_text(report))
+    return b"".join(pieces)
+
+
+def _problems_text(report: VerificationReport) -> str:
+    return "; ".join(str(problem) for problem in report.problems)
+
+
+def _signed_manifest(
+    reader: ArchiveReader,
+    names: set[str],
+    public_keys: Mapping[str, bytes],
+    report: VerificationReport,
+) -> bytes | None:
+    """Read, parse and check `manifest.json` and its signature into `report`; its bytes, or
+    None when there is no valid manifest to go on with."""
+    if MANIFEST_OBJECT not in names:
+        report.add("manifest", f"missing ({MANIFEST_OBJECT})")
+        return None
+    data = reader.read(MANIFEST_OBJECT)
+    try:
+        manifest = parse_manifest(data)
+    except ManifestError as error:
+        report.add("manifest", f"not a valid version 1 manifest: {error}")
+        return None
+    report.manifest = manifest
+    if not is_canonical(manifest, data):
+        report.add("manifest", "not in canonical form (altered, or not written by a sealer)")
+    _check_signature(reader, names, public_keys, manifest, data, report)
+    return data
 
 
 def iter_plaintext(
@@ -389,6 +463,7 @@ def _note_signatures(manifest: Manifest, report: VerificationReport) -> None:
     """Say, per signed transaction, whether its signature image is sealed in the archive (those
     sealed before 2026-11-28 carry only its hash)."""
     images = {a.plaintext_sha256: a for a in manifest.attachments or []}
+    faulty = {problem.subject for problem in report.problems}
     for binding in manifest.transactions or []:
         image = images.get(binding.signature_sha256)
         if image is None:
@@ -396,9 +471,14 @@ def _note_signatures(manifest: Manifest, report: VerificationReport) -> None:
                 f"transaction {binding.id}: signature image not in the archive (only its "
                 "SHA-256 is bound)"
             )
-        else:
+        elif report.signature_verified and image.subject not in faulty:
             report.notes.append(
                 f"transaction {binding.id}: signature image in {image.object} ({image.media_type})"
+            )
+        else:
+            report.notes.append(
+                f"transaction {binding.id}: signature image listed as {image.object}, not "
+                "verified (see the problems)"
             )
 
 

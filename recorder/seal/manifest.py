@@ -258,9 +258,10 @@ class Manifest(_Model):
     finalized_at: Timestamp
     previous_manifest_sha256: Sha256Hex | None
     signing_key_id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")]
-    # Optional and absent when empty, so manifests from before them keep their bytes.
-    transactions: list[TransactionBinding] | None = None
-    attachments: list[AttachmentEntry] | None = None
+    # Optional and absent when empty (never null, never []), so manifests from before them
+    # keep their bytes.
+    transactions: Annotated[list[TransactionBinding], Field(min_length=1)] | None = None
+    attachments: Annotated[list[AttachmentEntry], Field(min_length=1)] | None = None
 
     @property
     def archive_uuid(self) -> UUID:

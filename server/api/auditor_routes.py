@@ -46,9 +46,11 @@ def _api_error(exc: PortalError) -> ApiError:
 
 
 def _manifest_view(manifest: Manifest) -> dict[str, Any]:
-    """What the page shows of the signed manifest: who, the timeline, gaps; no key material."""
+    """What the page shows of the signed manifest: who, the timeline, gaps, the transactions
+    signed; no key material."""
     identity = manifest.identity or {}
     compliance = manifest.compliance or {}
+    images = {a.plaintext_sha256 for a in manifest.attachments or []}
     return {
         "status": manifest.status,
         "business": manifest.business,
@@ -62,6 +64,15 @@ def _manifest_view(manifest: Manifest) -> dict[str, Any]:
         "gaps": [g.model_dump() for g in manifest.gaps],
         "identity": identity.get("decision"),
         "signing_key_id": manifest.signing_key_id,
+        "transactions": [
+            {
+                "id": t.id,
+                "media_ms": t.media_ms,
+                "signed_at": t.signed_at,
+                "image_in_archive": t.signature_sha256 in images,
+            }
+            for t in manifest.transactions or []
+        ],
     }
 
 
@@ -155,6 +166,20 @@ async def media(request: web.Request) -> web.Response:
     headers["Content-Range"] = f"bytes {start}-{end}/{size}"
     return web.Response(
         status=206, body=data[start : end + 1], content_type="video/webm", headers=headers
+    )
+
+
+@routes.get("/api/v1/auditor/archives/{archive_id}/signatures/{transaction_id}.png")
+async def signature(request: web.Request) -> web.Response:
+    actor = await _actor(request, *_READERS, action="see signatures")
+    try:
+        png = await _portal(request).signature(
+            actor, request.match_info["archive_id"], request.match_info["transaction_id"]
+        )
+    except PortalError as exc:
+        raise _api_error(exc) from exc
+    return web.Response(
+        body=png, content_type="image/png", headers={"Cache-Control": "no-store, private"}
     )
 
 

@@ -61,7 +61,8 @@ ACTIONS: dict[str, str] = {
     "auditor.played": "a recording was decrypted for playback in the portal (target: archive id; "
     "detail.views)",
     "auditor.signature_viewed": "an auditor was shown a customer's decrypted signature image "
-    "(target: transaction id; detail.session_id)",
+    "(target: transaction id; detail.session_id), or an auditor or supervisor was shown it from "
+    "the sealed archive in the portal (detail.archive_id, source = archive)",
     "auditor.exported": "an archive's verifiable package was downloaded (target: archive id; "
     "detail.bytes, sha256 of the ZIP)",
     "auditor.hold_set": "a legal hold was set on every object of an archive (target: archive "

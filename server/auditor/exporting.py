@@ -26,8 +26,8 @@ def write_package_zip(
 ) -> PackageZip:
     """Write the package for `archive_id` as a ZIP at `out` (blocking).
 
-    The package holds only what the store holds (encrypted segments, signed manifest and
-    reports) plus the public keys and a README: nothing decrypted is written.
+    The package holds only what the store holds (encrypted segments and attachments, signed
+    manifest and reports) plus the public keys and a README: nothing decrypted is written.
     """
     pems = list(load_public_keys(public_keys_dir).values())
     out.parent.mkdir(mode=0o700, parents=True, exist_ok=True)

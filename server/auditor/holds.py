@@ -1,5 +1,6 @@
-"""Legal holds on whole archives: every object (segments, manifest, signature, reports) is held
-in the store through S3 Object Lock, and the state and reason are kept in the database."""
+"""Legal holds on whole archives: every object (segments, attachments, manifest, signature,
+reports) is held in the store through S3 Object Lock, and the state and reason are kept in the
+database."""
 
 from __future__ import annotations
 

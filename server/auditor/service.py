@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from recorder.export import ExportError
 from recorder.seal.keyring import KeyWrapper
 from recorder.store.s3 import ArchiveBucket, ArchiveStoreError, ArchiveUnavailableError
+from recorder.verify import ImageUnavailable
 from server.audit.log import AuditLog
 from server.auditor.config import AuditorConfig
 from server.auditor.exporting import PackageZip, write_package_zip
@@ -212,6 +213,34 @@ class AuditorPortal:
         if found is None:
             raise PortalError(404, "unknown_view", "This recording has no such view.")
         return found.webm
+
+    async def signature(self, actor: Actor, archive_id: str, transaction_id: str) -> bytes:
+        """A transaction's signature image as sealed in the archive, checked against the signed
+        manifest on the way; logged before it is handed out."""
+        await self._entry(archive_id)
+        verifier, _, _ = self._store()
+        try:
+            png = await verifier.signature_image(archive_id, transaction_id)
+        except ImageUnavailable as exc:
+            status = 409 if exc.code == "not_verified" else 404
+            raise PortalError(
+                status, exc.code, f"The signature image cannot be shown: {exc}."
+            ) from exc
+        except ArchiveUnavailableError as exc:
+            raise PortalError(
+                503, "store_unavailable", f"The archive store cannot be read right now: {exc}"
+            ) from exc
+        except ArchiveStoreError as exc:
+            raise PortalError(
+                409, "not_verified", f"The signature image cannot be shown: {exc}."
+            ) from exc
+        await self._log(
+            "auditor.signature_viewed",
+            actor,
+            transaction_id,
+            {"archive_id": archive_id, "source": "archive"},
+        )
+        return png
 
     # -- export and legal hold -----------------------------------------------------------------
 

@@ -17,7 +17,12 @@ from recorder.seal.manifest import MANIFEST_OBJECT
 from recorder.seal.signing import load_public_keys
 from recorder.session import archive_prefix
 from recorder.store.s3 import ArchiveBucket, ArchiveStoreError, ArchiveUnavailableError, S3Archive
-from recorder.verify import PlaintextInspector, VerificationReport, verify_archive
+from recorder.verify import (
+    PlaintextInspector,
+    VerificationReport,
+    signature_image,
+    verify_archive,
+)
 from server.db.engine import DbSession
 from server.db.models import Archive
 
@@ -112,3 +117,12 @@ class ArchiveVerifier:
             chain = "unchecked"
         described = media.summary.describe() if media is not None and media.summary else []
         return Verified(report, chain, described)
+
+    async def signature_image(self, archive_id: str, transaction_id: str) -> bytes:
+        """A transaction's signature image from the sealed archive, checked on the way (raises
+        recorder.verify.ImageUnavailable, or ArchiveStoreError when the store fails)."""
+        public_keys = await asyncio.to_thread(load_public_keys, self._public_keys_dir)
+        reader = S3Archive(self._bucket, archive_prefix(archive_id))
+        return await asyncio.to_thread(
+            signature_image, reader, public_keys, self._keyring, transaction_id
+        )

@@ -208,17 +208,18 @@ async def test_from_the_queue_to_the_auditor(pw: Playwright, tmp_path: Path) -> 
 
             archive_id = record["recording"]["archive_id"]
             auditor = await stack.enter_async_context(participant_page(pw))
-            package = await audit_the_archive(auditor, server, archive_id, tmp_path)
+            package = await audit_the_archive(auditor, server, archive_id, tid, tmp_path)
             # The approval is bound to exactly the recording the auditor exported.
             manifest = (package / "manifest.json").read_bytes()
             assert record["recording"]["manifest_sha256"] == hashlib.sha256(manifest).hexdigest()
 
 
 async def audit_the_archive(
-    page: Page, server: support.RunningServer, archive_id: str, tmp_path: Path
+    page: Page, server: support.RunningServer, archive_id: str, tid: str, tmp_path: Path
 ) -> Path:
-    """Find it by the customer's ID number, see it verified, play risk disclosure, export it;
-    returns the exported package, verified offline."""
+    """Find it by the customer's ID number, see it verified, see the customer's signature of
+    transaction `tid` as sealed in the archive, play risk disclosure, export it; returns the
+    exported package, verified offline."""
     await staff_login(page, server, "audit1")
     await page.click("#auditor-link")
     await expect(page.locator("#search-view")).to_be_visible()
@@ -229,6 +230,16 @@ async def audit_the_archive(
     await row.locator("button.open-archive").click()
     status = page.locator("#verify-status")
     await expect(status).to_have_attribute("data-result", "verified", timeout=AUDIT_TIMEOUT_MS)
+
+    signed = page.locator(f"#transactions li[data-transaction='{tid}']")
+    await signed.locator("button.show-signature").click()
+    image = signed.locator("img.signature-image")
+    await expect(image).to_be_visible()
+    await page.wait_for_function(
+        "(img) => img.complete && img.naturalWidth > 0",
+        arg=await image.element_handle(),
+        timeout=AUDIT_TIMEOUT_MS,
+    )
 
     await page.click("#play")
     await page.wait_for_function(
@@ -263,6 +274,7 @@ async def audit_the_archive(
         tmp_path / "elsewhere", "verify", str(tmp_path / "package" / archive_id)
     )
     assert offline.returncode == 0, offline.stdout + offline.stderr
+    assert f"transaction {tid}: signature image in att-000000.bin (image/png)" in offline.stdout
     return tmp_path / "package" / archive_id
 
 

@@ -302,6 +302,31 @@ async def test_signed_in_the_recording_approved_by_rule_by_four_eyes_and_overrid
     ciphertext = await asyncio.to_thread(stored.read, first.object)
     assert b"".join(iter_plaintext(parsed, first, ciphertext, data_key)) == signature_png()
 
+    # The auditor portal shows each signature from the sealed archive, on the record.
+    auditor = await _staff(server, "audit", Role.AUDITOR)
+    opened = await auditor.call("GET", f"/api/v1/auditor/archives/{archive_id}")
+    listed = {t["id"]: t for t in opened["manifest"]["transactions"]}
+    assert listed[big["id"]]["image_in_archive"] is True
+    from_archive = f"{server.url}/api/v1/auditor/archives/{archive_id}/signatures"
+    async with auditor.http.get(f"{from_archive}/{big['id']}.png") as response:
+        assert response.status == 200 and response.content_type == "image/png"
+        assert await response.read() == signature_png()
+    async with auditor.http.get(f"{from_archive}/t_unknown.png") as response:
+        assert response.status == 404
+        assert (await response.json())["error"]["code"] == "not_signed_here"
+    async with teller_http.http.get(f"{from_archive}/{big['id']}.png") as response:
+        assert response.status == 403
+    [logged] = [
+        e
+        for e in await server.services.audit.tail(100)
+        if e.action == "auditor.signature_viewed" and e.detail.get("source") == "archive"
+    ]
+    assert (logged.target, logged.actor_role, logged.detail["archive_id"]) == (
+        big["id"],
+        "auditor",
+        archive_id,
+    )
+
     # The signature image is kept encrypted; staff see it, decrypted, through the API.
     image = await teller_http.http.get(
         f"{server.url}/api/v1/transactions/{big['id']}/signature.png"

@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 from pydantic import TypeAdapter, ValidationError
 
 from recorder.journal import Journal
-from recorder.seal.manifest import is_canonical, parse_manifest
+from recorder.seal.manifest import ManifestError, is_canonical, parse_manifest
 from server.workflow.transactions.config import WorkflowConfig
 from server.workflow.transactions.request import Purchase, Service, TransactionRequest
 from server.workflow.transactions.rules import Facts, evaluate
@@ -134,6 +134,9 @@ def test_transactions_in_the_manifest_keep_older_manifests_canonical() -> None:
         with_null = document | {member: None}  # absent, never null
         explicit_null = json.dumps(with_null, sort_keys=True, separators=(",", ":")).encode()
         assert not is_canonical(parse_manifest(explicit_null), explicit_null)
+        empty = json.dumps(document | {member: []}, sort_keys=True, separators=(",", ":"))
+        with pytest.raises(ManifestError, match=member):  # ...and never empty
+            parse_manifest(empty.encode())
 
 
 def test_a_signature_given_again_replaces_the_earlier_one_in_the_journal(tmp_path: Path) -> None:

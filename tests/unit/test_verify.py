@@ -24,7 +24,13 @@ from recorder.seal.manifest import (
 )
 from recorder.seal.sealer import ArchiveSealer
 from recorder.seal.signing import Signer
-from recorder.verify import DirectoryArchive, VerificationReport, verify_archive
+from recorder.verify import (
+    DirectoryArchive,
+    ImageUnavailable,
+    VerificationReport,
+    signature_image,
+    verify_archive,
+)
 from server.cli import main as vteller
 
 CHUNK = 1024
@@ -321,7 +327,14 @@ def test_tampered_missing_and_unlisted_attachments(setup: Setup, tmp_path: Path)
     seal(setup, tmp_path / "a", signatures=SIGNATURES)
     path = tmp_path / "a" / "att-000000.bin"
     flip_byte(path, 5)
-    assert names_altered(problems(check(setup, tmp_path / "a")), "attachment 0 (att-000000.bin)")
+    report = check(setup, tmp_path / "a")
+    assert names_altered(problems(report), "attachment 0 (att-000000.bin)")
+    # Only an image that verified is said to be in the archive.
+    assert (
+        "transaction t-0: signature image listed as att-000000.bin, not verified (see the "
+        "problems)" in report.notes
+    )
+    assert "transaction t-1: signature image in att-000001.bin (image/png)" in report.notes
 
     # A segment moved into an attachment's place does not authenticate there (another key).
     shutil.copy(tmp_path / "a" / "seg-000000.bin", tmp_path / "a" / "att-000001.bin")
@@ -332,6 +345,34 @@ def test_tampered_missing_and_unlisted_attachments(setup: Setup, tmp_path: Path)
 
     path.unlink()
     assert "attachment 0 (att-000000.bin): missing" in problems(check(setup, tmp_path / "a"))
+
+
+def test_a_signature_image_is_read_from_the_archive_only_when_it_verifies(
+    setup: Setup, tmp_path: Path
+) -> None:
+    seal(setup, tmp_path / "a", signatures=SIGNATURES)
+    archive = DirectoryArchive(tmp_path / "a")
+
+    def image(transaction_id: str, keys: dict[str, bytes] = setup.public_keys) -> bytes:
+        return signature_image(archive, keys, setup.keyring, transaction_id)
+
+    assert image("t-1") == SIGNATURES[1]
+    with pytest.raises(ImageUnavailable, match="not signed in this recording") as refused:
+        image("t-9")
+    assert refused.value.code == "not_signed_here"
+    stranger = Signer.open(tmp_path / "stranger.pem", create=True)
+    with pytest.raises(ImageUnavailable, match="not among the public keys") as refused:
+        image("t-1", {stranger.key_id: stranger.public_key_pem()})
+    assert refused.value.code == "not_verified"
+    flip_byte(tmp_path / "a" / "att-000001.bin", 3)
+    with pytest.raises(ImageUnavailable, match="attachment 1") as refused:
+        image("t-1")
+    assert refused.value.code == "not_verified"
+
+    seal(setup, tmp_path / "b", signatures=SIGNATURES, attach=False)
+    with pytest.raises(ImageUnavailable, match="only the SHA-256") as refused:
+        signature_image(DirectoryArchive(tmp_path / "b"), setup.public_keys, setup.keyring, "t-0")
+    assert refused.value.code == "image_not_archived"
 
 
 def test_export_verifies_with_openssl_alone(setup: Setup, tmp_path: Path) -> None:

@@ -148,6 +148,7 @@ function renderArchive({ archive, verification, manifest }) {
     translate($('identity-summary'), 'auditor.identity', { decision: { t: `auditor.identity.${manifest.identity}` } });
   }
   renderTimeline(manifest?.marks ?? []);
+  renderTransactions(archive.archive_id, manifest?.transactions ?? []);
   showTarget();
   $('play').disabled = !verification.ok;
   const isAuditor = state.user.role === 'auditor';
@@ -174,14 +175,72 @@ function renderTimeline(marks) {
     label.className = 'mark-label';
     label.textContent = mark.name;
     const at = document.createElement('span');
-    const seconds = Math.floor(mark.media_ms / 1000);
-    at.textContent = `${Math.floor(seconds / 60)}:${String(seconds % 60).padStart(2, '0')}`;
+    at.textContent = clock(mark.media_ms);
     const jump = document.createElement('button');
     jump.type = 'button';
     jump.className = 'btn btn-secondary jump';
     translate(jump, 'auditor.jump');
     jump.addEventListener('click', () => seek(mark.media_ms / 1000));
     li.append(label, at, jump);
+    list.append(li);
+  }
+}
+
+function clock(mediaMs) {
+  const seconds = Math.floor(mediaMs / 1000);
+  return `${Math.floor(seconds / 60)}:${String(seconds % 60).padStart(2, '0')}`;
+}
+
+/** What the customer signed while the recording ran; each image is read from the sealed archive
+ * (checked against the signed manifest by the server) only when asked for, and that is logged. */
+function renderTransactions(archiveId, transactions) {
+  const list = $('transactions');
+  list.replaceChildren();
+  if (transactions.length === 0) {
+    const li = document.createElement('li');
+    translate(li, 'auditor.noTransactions');
+    list.append(li);
+    return;
+  }
+  for (const tx of transactions) {
+    const li = document.createElement('li');
+    li.dataset.transaction = tx.id;
+    const label = document.createElement('span');
+    translate(label, 'auditor.transaction', { id: tx.id });
+    const at = document.createElement('span');
+    at.textContent = clock(tx.media_ms);
+    const jump = document.createElement('button');
+    jump.type = 'button';
+    jump.className = 'btn btn-secondary jump';
+    translate(jump, 'auditor.jump');
+    jump.addEventListener('click', () => seek(tx.media_ms / 1000));
+    li.append(label, at, jump);
+    if (tx.image_in_archive) {
+      const show = document.createElement('button');
+      show.type = 'button';
+      show.className = 'btn btn-secondary show-signature';
+      translate(show, 'auditor.showSignature');
+      show.addEventListener('click', () => {
+        const img = document.createElement('img');
+        img.className = 'signature-image';
+        img.alt = t('auditor.signatureAlt', { id: tx.id });
+        img.addEventListener('error', () => {
+          const failed = document.createElement('p');
+          failed.className = 'form-error';
+          failed.setAttribute('role', 'alert');
+          translate(failed, 'auditor.signatureFailed');
+          img.replaceWith(failed);
+        });
+        img.src = `/api/v1/auditor/archives/${encodeURIComponent(archiveId)}/signatures/${encodeURIComponent(tx.id)}.png`;
+        show.replaceWith(img);
+      });
+      li.append(show);
+    } else {
+      const note = document.createElement('span');
+      note.className = 'hint';
+      translate(note, 'auditor.signatureHashOnly');
+      li.append(note);
+    }
     list.append(li);
   }
 }
