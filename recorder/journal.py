@@ -23,6 +23,14 @@ from recorder.seal.files import create_private_file
 BROKEN_SUFFIX = ".broken"
 
 
+class UnknownRecord(Exception):
+    """A journal record of a kind this version does not know: written by a newer vteller.
+
+    Not a ValueError, so the journal is not set aside as broken but left where it is: sealing it
+    without what the record holds would list fewer objects than the store keeps under retention.
+    """
+
+
 @dataclass
 class JournalState:
     header: dict[str, Any]
@@ -115,6 +123,12 @@ class Journal:
                     )
                 elif kind == "sealed":
                     state.sealed = True
+                else:
+                    raise UnknownRecord(
+                        f"{self.path}: a {kind!r} record, which this version of vteller does not "
+                        "know: the journal was written by a newer version; finish it with that "
+                        "version (it is left in place)"
+                    )
         if state is None:
             raise ValueError(f"{self.path}: empty journal")
         return state

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import select
 
 from recorder import session as recording_session
-from recorder.journal import Journal
+from recorder.journal import Journal, UnknownRecord
 from recorder.playback import MediaInspector
 from recorder.seal.digest import sha256_hex
 from recorder.seal.keyring import LocalKeyring
@@ -412,12 +412,18 @@ async def test_unusable_journals_are_set_aside_and_the_worker_starts(tmp_path: P
         (directory / "headless.jsonl").write_text('{"kind":"mark","name":"x"}\n')
         sealed = Journal.create(directory, "done", {"archive_id": "done"})
         sealed.append("sealed", {"manifest_sha256": "0" * 64})
+        # A newer vteller's journal (rolled back to this one) waits for that version: sealed
+        # here, it would leave out what the unknown record stands for.
+        newer = Journal.create(directory, "newer", {"archive_id": "newer"})
+        newer.append("hologram", {"index": 0})
         await manager.start()
         try:
             left = sorted(p.name for p in directory.iterdir())
         finally:
             await manager.stop()
-    assert left == ["done.jsonl", "empty.jsonl.broken", "headless.jsonl.broken"]
+    assert left == ["done.jsonl", "empty.jsonl.broken", "headless.jsonl.broken", "newer.jsonl"]
+    with pytest.raises(UnknownRecord, match="'hologram' record"):
+        newer.read()
 
 
 class _Killed(Exception):
