@@ -14,7 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from recorder.seal.manifest import (
+    ATTACHMENT_OBJECT_PATTERN,
     MANIFEST_OBJECT,
+    SEGMENT_OBJECT_PATTERN,
     SIGNATURE_OBJECT,
     Manifest,
     ManifestError,
@@ -67,8 +69,11 @@ def export_archive(reader: ArchiveReader, out_dir: Path, public_key_pems: Sequen
     try:
         (staging / MANIFEST_OBJECT).write_bytes(manifest_bytes)
         (staging / SIGNATURE_OBJECT).write_bytes(reader.read(SIGNATURE_OBJECT))
-        for entry in manifest.sealed_objects:
-            (staging / entry.object).write_bytes(reader.read(entry.object))
+        # Every segment and attachment the store holds, listed or not: an object the manifest
+        # does not list is a finding, and the recipient's verification must see it too.
+        listed = {entry.object for entry in manifest.sealed_objects}
+        for name in sorted(listed | {n for n in names if _is_sealed_object(n)}):
+            (staging / name).write_bytes(reader.read(name))
         # Signed reports added after sealing travel with the archive (they verify offline too).
         for name in sorted(names):
             if REPORT_OBJECT_PATTERN.fullmatch(name) or REPORT_SIGNATURE_PATTERN.fullmatch(name):
@@ -83,6 +88,10 @@ def export_archive(reader: ArchiveReader, out_dir: Path, public_key_pems: Sequen
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out_dir
+
+
+def _is_sealed_object(name: str) -> bool:
+    return bool(SEGMENT_OBJECT_PATTERN.fullmatch(name) or ATTACHMENT_OBJECT_PATTERN.fullmatch(name))
 
 
 def recipient_readme(manifest: Manifest) -> str:

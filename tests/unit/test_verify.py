@@ -304,6 +304,14 @@ def test_signature_images_are_sealed_listed_and_exported(setup: Setup, tmp_path:
     assert "att-NNNNNN.bin" in (out / "README.txt").read_text()
     assert check(setup, out).ok
 
+    # An object the manifest does not list travels too: the recipient must see the finding.
+    (tmp_path / "a" / "att-000005.bin").write_bytes(b"unlisted")
+    out = export_archive(
+        DirectoryArchive(tmp_path / "a"), tmp_path / "out2", [setup.signer.public_key_pem()]
+    )
+    assert "att-000005.bin: attachment object not listed in the manifest" in problems(
+        check(setup, out)
+    )
     (tmp_path / "a" / "att-000001.bin").unlink()
     with pytest.raises(ExportError, match=r"att-000001\.bin"):
         export_archive(
