@@ -21,9 +21,12 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from compliance.sales_script import SPEAKERS, ScriptError, available_scripts, load_script
+
+if TYPE_CHECKING:
+    from recorder.store.config import StoreSettings
 
 EXIT_CODES = {"pass": 0, "fail": 1, "needs_review": 3}
 SCRIPTS_DIR_VARIABLE = "VTELLER_COMPLIANCE_SCRIPTS_DIR"
@@ -34,6 +37,11 @@ class HasDataDir(Protocol):
 
     @property
     def data_dir(self) -> Path: ...
+
+    @property
+    def store(self) -> StoreSettings:
+        """The archive store's connection, for `s3://` recordings."""
+        ...
 
 
 def model_cache_dir(data_dir: Path) -> Path:
@@ -341,7 +349,7 @@ def _analyze(args: argparse.Namespace, settings: HasDataDir) -> int:
                 f"{location} is neither an archive nor a .webm recording: give an export "
                 "package directory, s3://BUCKET/archives/ARCHIVE_ID, or a decrypted .webm"
             )
-        reader = _reader(location)
+        reader = _reader(location, settings.store)
         choose(peek_manifest(reader))  # refuse early, before decrypting anything
         keyring_path: Path = args.keyring or settings.data_dir / "keys" / "keyring.json"
         if not keyring_path.is_file():

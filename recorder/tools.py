@@ -1,7 +1,8 @@
 """`vteller verify` and `vteller export`: for auditors, regulators and courts.
 
 ARCHIVE is a local directory (an export package) or `s3://BUCKET/PREFIX` in the archive store
-(the connection comes from the same settings as the server: VTELLER_S3_* / VTELLER_STORE__*).
+(the connection comes from the server's settings: VTELLER_S3_*, VTELLER_STORE__* or the TOML
+file's [store]).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from recorder.playback import MediaInspector
 from recorder.seal.keyring import KeyringError, LocalKeyring
 from recorder.seal.signing import load_public_keys
 from recorder.store.config import StoreSettings
-from recorder.store.s3 import ArchiveBucket, S3Archive
+from recorder.store.s3 import ArchiveBucket, ArchiveStoreError, S3Archive
 from recorder.verify import ArchiveReader, DirectoryArchive, verify_archive
 
 # A package can carry any key, and a key that comes with the package vouches for nothing.
@@ -61,22 +62,23 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     export.set_defaults(tool=_export)
 
 
-def run(args: argparse.Namespace, data_dir: Path) -> int:
+def run(args: argparse.Namespace, data_dir: Path, store: StoreSettings) -> int:
     try:
-        code: int = args.tool(args, data_dir)
-    except (KeyringError, ExportError, ValueError, OSError) as exc:
+        code: int = args.tool(args, data_dir, store)
+    except (KeyringError, ExportError, ArchiveStoreError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return code
 
 
-def _reader(location: str) -> ArchiveReader:
+def _reader(location: str, store: StoreSettings) -> ArchiveReader:
+    """An export package's directory, or `s3://BUCKET/PREFIX` through `store`'s connection."""
     if location.startswith("s3://"):
         bucket_name, _, prefix = location.removeprefix("s3://").partition("/")
         if not prefix:
             raise ValueError("name the archive: s3://BUCKET/archives/ARCHIVE_ID")
-        settings = StoreSettings.from_environment(bucket=bucket_name)
-        return S3Archive(ArchiveBucket.from_settings(settings), prefix)
+        bucket = ArchiveBucket.from_settings(store.model_copy(update={"bucket": bucket_name}))
+        return S3Archive(bucket, prefix)
     path = Path(location)
     if not (path / "manifest.json").is_file():
         raise ValueError(f"{path} holds no manifest.json: is it an export package?")
@@ -95,13 +97,13 @@ def _public_keys(args: argparse.Namespace, data_dir: Path) -> tuple[dict[str, by
     return load_public_keys(path), path, from_package
 
 
-def _verify(args: argparse.Namespace, data_dir: Path) -> int:
+def _verify(args: argparse.Namespace, data_dir: Path, store: StoreSettings) -> int:
     keyring = LocalKeyring.open(args.keyring) if args.keyring else None
     inspector = MediaInspector() if keyring is not None else None
     public_keys, keys_path, from_package = _public_keys(args, data_dir)
     key_origin = PACKAGE_KEY_ORIGIN if from_package else f"one of the public keys in {keys_path}"
     report = verify_archive(
-        _reader(args.archive),
+        _reader(args.archive, store),
         public_keys,
         keyring=keyring,
         previous_manifest=args.previous.read_bytes() if args.previous else None,
@@ -131,9 +133,9 @@ def _verify(args: argparse.Namespace, data_dir: Path) -> int:
     return 0 if report.ok else 1
 
 
-def _export(args: argparse.Namespace, data_dir: Path) -> int:
+def _export(args: argparse.Namespace, data_dir: Path, store: StoreSettings) -> int:
     keys_dir: Path = args.keys or data_dir / "keys" / "public"
     pems = list(load_public_keys(keys_dir).values())
-    out = export_archive(_reader(args.archive), args.out_dir, pems)
+    out = export_archive(_reader(args.archive, store), args.out_dir, pems)
     print(f"exported to {out}; check it with: vteller verify {out}")
     return 0

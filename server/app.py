@@ -6,6 +6,7 @@ import asyncio
 from datetime import timedelta
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from compliance.cli import model_cache_dir
 from recorder.store.s3 import ArchiveBucket
@@ -20,6 +21,7 @@ from server.api import (
     transaction_routes,
     webhook_routes,
 )
+from server.api.forwarded import forwarded_client
 from server.api.middleware import json_errors, security_headers
 from server.audit.log import AuditLog
 from server.auditor.service import AuditorPortal
@@ -133,9 +135,10 @@ async def create_app(settings: Settings) -> web.Application:
     await check_deployment_keys(db, keys, local_keys)
     await services.workers.check_url()
 
-    app = web.Application(
-        middlewares=[security_headers, json_errors], client_max_size=API_BODY_LIMIT
-    )
+    middlewares: list[Middleware] = [security_headers, json_errors]
+    if settings.trusted_proxies:
+        middlewares.insert(0, forwarded_client(settings.trusted_proxies))
+    app = web.Application(middlewares=middlewares, client_max_size=API_BODY_LIMIT)
     app[SERVICES] = services
     for module in (
         auth_routes,

@@ -11,6 +11,8 @@ import sys
 from collections.abc import Sequence
 
 from aiohttp import web
+from pydantic import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 
 from compliance.cli import add_commands as add_compliance_commands
 from recorder.tools import add_commands as add_archive_commands
@@ -23,7 +25,7 @@ from server.commands import help_for
 from server.errors import ApiError
 from server.identity.cli import add_commands as add_kyc_commands
 from server.logs import AccessLogger, configure_logging
-from server.settings import Settings, load_settings
+from server.settings import Settings, load_settings, settings_problems
 from server.workflow.webhooks.cli import add_commands as add_webhook_commands
 
 
@@ -33,10 +35,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "run") and not hasattr(args, "tool"):
         parser.print_help()
         return 2
-    settings = load_settings()
+    try:
+        settings = load_settings()
+    except ValidationError as exc:
+        print(settings_problems(exc), file=sys.stderr)
+        return 2
     configure_logging(settings.log_level, settings.log_format)
     if hasattr(args, "tool"):
-        return run_archive_tool(args, settings.data_dir)
+        return run_archive_tool(args, settings.data_dir, settings.store)
     result: int = args.run(args, settings)
     return result
 
@@ -70,8 +76,15 @@ def _parser() -> argparse.ArgumentParser:
         "characters) is asked for interactively, or read from standard input with "
         "--password-stdin.",
     )
-    create.add_argument("--username", required=True)
-    create.add_argument("--role", required=True, choices=sorted(r.value for r in STAFF_ROLES))
+    create.add_argument(
+        "--username", required=True, help="login name: 2-64 letters, digits, '_', '.' or '-'"
+    )
+    create.add_argument(
+        "--role",
+        required=True,
+        choices=sorted(r.value for r in STAFF_ROLES),
+        help="what the account may do (docs/protocol.md)",
+    )
     create.add_argument("--display-name", default="", help="name shown to customers")
     create.add_argument(
         "--password-stdin", action="store_true", help="read the password from standard input"
@@ -87,7 +100,12 @@ def _parser() -> argparse.ArgumentParser:
 
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(title="db commands")
-    upgrade = db_commands.add_parser("upgrade", help="apply schema migrations")
+    upgrade = db_commands.add_parser(
+        "upgrade",
+        help="apply schema migrations",
+        description="Bring the database (settings.database_url; SQLite under the data directory "
+        "by default) to the schema this version needs. `vteller serve` does it at start too.",
+    )
     upgrade.set_defaults(run=_db_upgrade)
     db.set_defaults(run=help_for(db))
     return parser
@@ -108,7 +126,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         from server.workers.supervisor import run_workers
 
         # Migrate once here: concurrent migrations from every worker would race.
-        _db_upgrade(args, settings)
+        if (code := _db_upgrade(args, settings)) != 0:
+            return code
         print(
             f"vteller {__version__}: {args.workers} workers on http://{host}:{port}"
             f"..{port + args.workers - 1}",
@@ -156,13 +175,33 @@ def _create_user(args: argparse.Namespace, settings: Settings) -> int:
         if password != getpass.getpass("Repeat password: "):
             print("error: the passwords differ; run the command again", file=sys.stderr)
             return 1
+    from server.api.bodies import NewUserBody
+
     try:
-        asyncio.run(
-            _with_auth(settings, args.username, password, args.display_name, Role(args.role))
+        # The same rules as the admin page's form: an account made here can log in there.
+        body = NewUserBody(
+            username=args.username,
+            password=password,
+            display_name=args.display_name,
+            role=Role(args.role),
         )
+    except ValidationError as exc:
+        for item in exc.errors():
+            option = "--" + "-".join(str(part) for part in item["loc"]).replace("_", "-")
+            print(f"error: {option}: {item['msg']}", file=sys.stderr)
+        return 1
+    try:
+        asyncio.run(_with_auth(settings, body.username, password, body.display_name, body.role))
     except (WeakPasswordError, ApiError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except (SQLAlchemyError, OSError) as exc:
+        print(
+            f"error: the database cannot be used ({exc}); check settings.database_url "
+            "(VTELLER_DATABASE_URL) and that the database is running",
+            file=sys.stderr,
+        )
+        return 2
     print(f"created {args.role} {args.username!r}")
     return 0
 
@@ -198,6 +237,15 @@ def _db_upgrade(_: argparse.Namespace, settings: Settings) -> int:
         finally:
             await engine.dispose()
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except (SQLAlchemyError, OSError) as exc:
+        print(
+            f"error: the database cannot be migrated ({exc}); check settings.database_url "
+            "(VTELLER_DATABASE_URL), that the database is running and that this account may "
+            "change its schema",
+            file=sys.stderr,
+        )
+        return 2
     print("database schema is up to date", file=sys.stderr)
     return 0

@@ -9,6 +9,8 @@ import structlog
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from server.api.forwarded import CLIENT_ADDRESS
+
 
 def configure_logging(level: str, fmt: str) -> None:
     renderer: structlog.typing.Processor = (
@@ -64,5 +66,6 @@ class AccessLogger(AbstractAccessLogger):
             path=request.path,
             status=response.status,
             duration_ms=round(time * 1000, 1),
-            remote=request.remote,
+            # Behind a trusted proxy, the client it forwarded for (server/api/forwarded.py).
+            remote=request.get(CLIENT_ADDRESS, request.remote),
         )

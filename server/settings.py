@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, IPvAnyNetwork, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -59,6 +59,11 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] = "json"
 
     cookie_secure: bool = Field(False, description="Set when served over TLS")
+    trusted_proxies: list[IPvAnyNetwork] = Field(
+        default_factory=list,
+        description="the TLS proxies and load balancers in front of vteller (addresses or "
+        "networks); for their requests the client's address comes from X-Forwarded-For",
+    )
     staff_session_hours: float = Field(10.0, gt=0, le=24 * 7)
     invitation_ttl_minutes: int = Field(30, ge=1, le=1440)
     login_max_failures_per_user: int = Field(5, ge=1)
@@ -170,3 +175,15 @@ class _TomlFromEnv(TomlConfigSettingsSource):
 
 def load_settings(**overrides: Any) -> Settings:
     return Settings(**overrides)
+
+
+def settings_problems(error: ValidationError) -> str:
+    """What is wrong with the settings, named as an operator sets them: `VTELLER_STORE__ENDPOINT`
+    in the environment, or `endpoint` under `[store]` in the VTELLER_CONFIG file."""
+    lines = ["error: the settings are not valid; fix these and start again:"]
+    for item in error.errors():
+        path = [str(part) for part in item["loc"]]
+        variable = "VTELLER_" + "__".join(path).upper()
+        where = f"[{'.'.join(path[:-1])}] {path[-1]}" if len(path) > 1 else path[0] if path else ""
+        lines.append(f"  {variable} (or {where} in the VTELLER_CONFIG file): {item['msg']}")
+    return "\n".join(lines)

@@ -68,15 +68,22 @@ async def _ticket_response(
 async def _held_ticket(request: web.Request, *, change: bool) -> tuple[QueueTicket, str]:
     """The ticket of the request's cookie; for changes, origin- and CSRF-checked."""
     svc = services(request)
-    if change:
-        check_origin(request)
-    svc.queue.limit(_address(request))
     token = request.cookies.get(QUEUE_COOKIE, "")
-    ticket = await svc.queue.ticket(token, seen=not change)
-    if change:
-        # The ticket's CSRF token, checked exactly as a customer's is.
-        holder = Principal(role=Role.CUSTOMER, display_name="", csrf_token=ticket.csrf_token)
-        check_csrf(request, holder)
+    if not change:
+        # A waiting page's poll with its ticket is not counted: many customers share one
+        # address (a branch's Wi-Fi, a mobile carrier's NAT), and a poll refused would let their
+        # place lapse. What cannot show a ticket is counted, so guessing is still limited.
+        try:
+            return await svc.queue.ticket(token, seen=True), token
+        except ApiError:
+            svc.queue.limit(_address(request))
+            raise
+    check_origin(request)
+    svc.queue.limit(_address(request))
+    ticket = await svc.queue.ticket(token, seen=False)
+    # The ticket's CSRF token, checked exactly as a customer's is.
+    holder = Principal(role=Role.CUSTOMER, display_name="", csrf_token=ticket.csrf_token)
+    check_csrf(request, holder)
     return ticket, token
 
 

@@ -44,7 +44,11 @@ def session_view(session: CallSession, viewer_role: Role) -> dict[str, Any]:
         "id": session.id,
         "business": session.business,
         "state": session.state,
-        "teller": user_view(session.teller),
+        # A customer (anyone, through the public queue) sees the teller's name, never the
+        # staff login, which would let them lock the account with failed logins.
+        "teller": {"display_name": session.teller.display_name}
+        if viewer_role is Role.CUSTOMER
+        else user_view(session.teller),
         "customer_name": session.customer_name,
         "created_at": _time(session.created_at),
         "started_at": _time(session.started_at),

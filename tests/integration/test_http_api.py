@@ -585,6 +585,9 @@ async def test_redeem_a_link(server: RunningServer) -> None:
     assert me.status == 200
     assert me.body["participant"]["id"] == participant["id"]
     assert me.body["csrf_token"] == reply.body["csrf_token"]
+    # The customer learns the teller's name, never the staff login (or the user id).
+    for seen in (reply.body["session"], me.body["session"]):
+        assert seen["teller"] == {"display_name": created["session"]["teller"]["display_name"]}
 
     detail = await teller.call("GET", f"/api/v1/sessions/{created['session']['id']}")
     assert [e["type"] for e in detail["events"]] == ["invitation_created", "invitation_redeemed"]

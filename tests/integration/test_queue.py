@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import insert, select, update
 
+from server.api.queue_routes import QUEUE_COOKIE
 from server.auth.principal import Role
 from server.db.models import (
     AuditEntry,
@@ -680,6 +681,19 @@ async def test_new_tickets_are_rate_limited_per_address(limited: RunningServer) 
     reply = await send(limited.client(), "POST", "/api/v1/queue/tickets", {"topic": "cards"})
     assert_error(reply, 429, "rate_limited")
     assert int(reply.headers["Retry-After"]) > 0
+
+
+async def test_polls_with_a_ticket_are_not_counted_but_guesses_are(tmp_path: Path) -> None:
+    settings = support.test_settings(tmp_path, queue=QueueConfig(requests_per_address=3))
+    async with running_server(settings) as server:
+        customer = await join(server)
+        # Customers behind one address (a branch's Wi-Fi, a carrier's NAT) keep their places.
+        for _ in range(6):
+            assert (await ticket(customer))["state"] == "waiting"
+        guesser = server.client()
+        guesser.http.cookie_jar.update_cookies({QUEUE_COOKIE: "guessed-token"})
+        replies = [await send(guesser, "GET", "/api/v1/queue/ticket") for _ in range(4)]
+        assert [r.status for r in replies] == [404, 404, 404, 429]
 
 
 async def test_a_teller_who_logged_out_counts_as_away(server: RunningServer) -> None:

@@ -3,8 +3,8 @@
 // `/auditor/?archive=ID&moment=MOMENT` (the supervisor's review queue links here) opens that
 // archive directly, and playback, once started, begins at the moment's start mark.
 import { get, post } from '/static/common/api.js';
-import { t, translate } from '/static/common/i18n.js';
-import { initChrome, errorText, toast } from '/static/common/ui.js';
+import { clearText, t, translate } from '/static/common/i18n.js';
+import { initChrome, toast, showErrorText } from '/static/common/ui.js';
 
 const $ = (id) => document.getElementById(id);
 const state = { user: null, query: {}, page: 1, pages: 1, archive: null, players: [], target: null };
@@ -80,13 +80,13 @@ function renderResults(found) {
 }
 
 async function search(page = 1) {
-  $('search-error').textContent = '';
+  clearText($('search-error'));
   $('search-submit').disabled = true;
   try {
     state.page = page;
     renderResults(await post('/api/v1/auditor/search', { ...state.query, page }));
   } catch (err) {
-    $('search-error').textContent = errorText(err);
+    showErrorText($('search-error'), err);
   } finally {
     $('search-submit').disabled = false;
   }
@@ -121,7 +121,7 @@ async function openArchive(archiveId, target = null) {
     renderArchive(opened);
   } catch (err) {
     status.classList.add('failed');
-    status.textContent = errorText(err);
+    showErrorText(status, err);
   }
 }
 
@@ -350,7 +350,7 @@ async function play() {
       translate($('target-status'), 'auditor.atMoment', { moment: mark.querySelector('.mark-label').textContent });
     }
   } catch (err) {
-    $('play-status').textContent = errorText(err);
+    showErrorText($('play-status'), err);
   } finally {
     $('play').disabled = false;
   }
@@ -368,7 +368,7 @@ async function changeHold(event) {
   event.preventDefault();
   const reason = $('hold-reason').value.trim();
   const errorBox = $('hold-error');
-  errorBox.textContent = '';
+  clearText(errorBox);
   if (reason.length < 4) {
     translate(errorBox, 'auditor.holdReasonMissing');
     return;
@@ -382,7 +382,7 @@ async function changeHold(event) {
     $('hold-reason').value = '';
     toast(t('auditor.holdDone'), 'success');
   } catch (err) {
-    errorBox.textContent = errorText(err);
+    showErrorText(errorBox, err);
   } finally {
     $('hold-submit').disabled = false;
   }

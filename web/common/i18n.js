@@ -1344,6 +1344,14 @@ export function translate(element, key, args) {
   return element;
 }
 
+/** Empty `element` and forget its key, so a language switch does not bring old text back. */
+export function clearText(element) {
+  delete element.dataset.i18n;
+  delete element.dataset.i18nArgs;
+  element.textContent = '';
+  return element;
+}
+
 export function applyI18n() {
   document.documentElement.lang = lang;
   for (const element of document.querySelectorAll('[data-i18n]')) {

@@ -7,7 +7,7 @@
 //
 // IdentityPanel is the staff view (teller: controls; supervisor: read only);
 // wireCustomerIdentity gives the customer the consent question, the prompts and the upload.
-import { t, translate } from './i18n.js';
+import { clearText, t, translate } from './i18n.js';
 import { consentQuestion, toast } from './ui.js';
 
 export const STEPS = ['card_front', 'card_back', 'face', 'liveness'];
@@ -183,7 +183,7 @@ export class IdentityPanel {
   }
 
   #openManual() {
-    this.#el.error.textContent = '';
+    clearText(this.#el.error);
     this.#el.form.reset();
     this.#el.dialog.showModal();
     this.#el.reason.focus();
@@ -261,7 +261,7 @@ export function wireCustomerIdentity(call) {
     prompt.hidden = key === null;
     prompt.dataset.step = working ?? state;
     if (key) translate(promptText, key, args);
-    if (!working) promptHint.textContent = '';
+    if (!working) showMessage(promptHint, null);
     // What went wrong with the last attempt, until the next one starts.
     const failed = STEPS.find((step) => steps[step].status === 'failed' && steps[step].messages.length);
     if (!working && failed && state === 'in_progress') {

@@ -1,5 +1,5 @@
 // Page chrome shared by every page: language and large-text toggles, toasts, confirm dialogs.
-import { applyI18n, has, t, toggleLang, translate } from './i18n.js';
+import { applyI18n, clearText, has, t, toggleLang, translate } from './i18n.js';
 import { loadPref, savePref } from './prefs.js';
 
 export function initChrome() {
@@ -22,8 +22,23 @@ export function initChrome() {
 
 /** Human-readable text for an ApiError, a signaling error message or any Error. */
 export function errorText(err) {
+  const code = err?.code;
+  const key = `error.${code}`;
+  if (has(key)) return t(key);
+  // A proxy's own error page (no JSON): its status line is neither translated nor helpful.
+  if (typeof code === 'string' && code.startsWith('http_')) {
+    return t(Number(code.slice(5)) >= 500 ? 'error.internal' : 'error.generic');
+  }
+  const message = err?.message;
+  return message && message !== code ? message : t('error.generic');
+}
+
+/** Show an error in `element`: translated (and following a language switch) when its code has
+ * a message, otherwise the server's own text, and never an earlier message's key. */
+export function showErrorText(element, err) {
   const key = `error.${err?.code}`;
-  return has(key) ? t(key) : err?.message || t('error.generic');
+  if (has(key)) translate(element, key);
+  else clearText(element).textContent = errorText(err);
 }
 
 function toastRegion() {
@@ -136,7 +151,7 @@ export function consentQuestion(prefix, send) {
   const open = () => {
     state.asking = true;
     state.answered = false;
-    error.textContent = '';
+    clearText(error);
     yes.disabled = false;
     no.disabled = false;
     if (!dialog.open) dialog.showModal();

@@ -44,10 +44,14 @@ const ERROR_MESSAGES = {
 function showError(code, { retry = null } = {}) {
   const page = $('error-page');
   page.dataset.code = code;
-  translate($('error-message'), ERROR_MESSAGES[code] ?? 'join.other');
+  const known = ERROR_MESSAGES[code];
+  translate($('error-message'), known ?? 'join.other');
+  // The fallback message asks the customer to press "Try again" (e.g. a page cached before an
+  // upgrade that the server no longer speaks to): there must be a button, and reloading helps.
+  const onRetry = retry ?? (known ? null : () => location.reload());
   const retryButton = $('error-retry');
-  retryButton.hidden = !retry;
-  retryButton.onclick = retry;
+  retryButton.hidden = !onRetry;
+  retryButton.onclick = onRetry;
   meter?.stop();
   meter = null;
   stopStream(stream);

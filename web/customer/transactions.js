@@ -2,8 +2,8 @@
 // one, a full-screen question shows what is bought or changed in large text and a signature pad;
 // "确认签名" uploads the drawing as a PNG over HTTP (the answer says when it is blank).
 import { get, postBlob } from '/static/common/api.js';
-import { t, translate } from '/static/common/i18n.js';
-import { errorText, toast } from '/static/common/ui.js';
+import { clearText, t, translate } from '/static/common/i18n.js';
+import { errorText, toast, showErrorText } from '/static/common/ui.js';
 import { SIGNABLE, showDescription } from '/static/common/transactions.js';
 
 const $ = (id) => document.getElementById(id);
@@ -94,7 +94,7 @@ export function wireCustomerTransactions(call, sessionId) {
     $('tx-sign-details').textContent = details;
     $('tx-sign-details').hidden = !details;
     $('tx-sign-again').hidden = !view.signed;
-    error.textContent = '';
+    clearText(error);
     pad.clear();
     submit.disabled = false;
     if (!dialog.open) dialog.showModal();
@@ -130,7 +130,7 @@ export function wireCustomerTransactions(call, sessionId) {
   });
   $('tx-sign-clear').addEventListener('click', () => {
     pad.clear();
-    error.textContent = '';
+    clearText(error);
   });
   $('tx-sign-later').addEventListener('click', () => {
     close();
@@ -149,7 +149,7 @@ export function wireCustomerTransactions(call, sessionId) {
       close();
       toast(t('txSign.done'), 'success');
     } catch (err) {
-      error.textContent = errorText(err);
+      showErrorText(error, err);
       submit.disabled = false;
     }
     refreshOpenButton();

@@ -1,8 +1,8 @@
 // Public entry page: choose the business -> wait (position, estimate, live) -> into the call.
 // Or leave a callback number, or leave the queue. One screen at a time, big buttons.
 import { get, post } from '/static/common/api.js';
-import { translate } from '/static/common/i18n.js';
-import { initChrome, errorText } from '/static/common/ui.js';
+import { clearText, translate } from '/static/common/i18n.js';
+import { initChrome, showErrorText } from '/static/common/ui.js';
 
 const $ = (id) => document.getElementById(id);
 const SCREENS = ['loading', 'choose', 'waiting', 'callback', 'callback-done', 'taken', 'left'];
@@ -78,11 +78,11 @@ function showGone(err) {
 async function poll() {
   try {
     render(await get('/api/v1/queue/ticket'));
-    $('waiting-error').textContent = '';
+    clearText($('waiting-error'));
   } catch (err) {
     if (GONE.has(err.code) || err.code === 'ticket_unknown') return showGone(err);
     // A network blip: say so, and keep trying; the place is kept while we ask again in time.
-    $('waiting-error').textContent = errorText(err);
+    showErrorText($('waiting-error'), err);
     schedulePoll();
   }
 }
@@ -93,7 +93,7 @@ async function resume() {
   } catch (err) {
     if (err.code === 'ticket_unknown' || GONE.has(err.code)) show('choose');
     else {
-      $('choose-error').textContent = errorText(err);
+      showErrorText($('choose-error'), err);
       show('choose');
     }
   }
@@ -102,11 +102,11 @@ async function resume() {
 async function join(topic) {
   const buttons = document.querySelectorAll('.queue-topic');
   buttons.forEach((b) => { b.disabled = true; });
-  $('choose-error').textContent = '';
+  clearText($('choose-error'));
   try {
     render(await post('/api/v1/queue/tickets', { topic, elderly: $('elderly').checked }));
   } catch (err) {
-    $('choose-error').textContent = errorText(err);
+    showErrorText($('choose-error'), err);
   } finally {
     buttons.forEach((b) => { b.disabled = false; });
   }
@@ -121,7 +121,7 @@ async function leave() {
     show('left');
   } catch (err) {
     if (GONE.has(err.code) || err.code === 'ticket_unknown') showGone(err);
-    else $('waiting-error').textContent = errorText(err);
+    else showErrorText($('waiting-error'), err);
   } finally {
     $('leave').disabled = false;
   }
@@ -136,12 +136,12 @@ async function requestCallback(event) {
     return;
   }
   $('callback-submit').disabled = true;
-  $('callback-error').textContent = '';
+  clearText($('callback-error'));
   try {
     render(await post('/api/v1/queue/ticket/callback', { phone }));
   } catch (err) {
     if (GONE.has(err.code) || err.code === 'ticket_unknown') return showGone(err);
-    $('callback-error').textContent = errorText(err);
+    showErrorText($('callback-error'), err);
     $('phone').focus();
   } finally {
     $('callback-submit').disabled = false;

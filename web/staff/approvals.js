@@ -2,8 +2,8 @@
 // (four eyes) and those whose checks failed and wait for an override with a written reason, or a
 // rejection. The server decides; the page shows its checks and answers.
 import { get, post } from '/static/common/api.js';
-import { t, translate } from '/static/common/i18n.js';
-import { actionButton as button, errorText, formatTime, toast } from '/static/common/ui.js';
+import { clearText, t, translate } from '/static/common/i18n.js';
+import { actionButton as button, formatTime, toast, showErrorText } from '/static/common/ui.js';
 import { renderChecks, showDescription, showState } from '/static/common/transactions.js';
 import { poller } from '/static/staff/poller.js';
 
@@ -14,7 +14,7 @@ const polling = poller({
   load: async () => {
     const { transactions } = await get('/api/v1/transactions');
     render(transactions);
-    $('approvals-error').textContent = '';
+    clearText($('approvals-error'));
   },
   errorId: 'approvals-error',
   everyMs: REFRESH_MS,
@@ -87,13 +87,13 @@ function item(view) {
 }
 
 async function decide(id, action, body, error) {
-  error.textContent = '';
+  clearText(error);
   try {
     await post(`/api/v1/transactions/${encodeURIComponent(id)}/${action}`, body);
     toast(t('tx.done'), 'success');
     for (const field of document.querySelectorAll('.approval-reason')) field.value = '';
     await refresh();
   } catch (err) {
-    error.textContent = errorText(err);
+    showErrorText(error, err);
   }
 }

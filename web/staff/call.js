@@ -1,7 +1,7 @@
 // Staff call page: teller, expert or supervisor (observer, receive-only) in one session.
 import { get, post } from '/static/common/api.js';
-import { translate } from '/static/common/i18n.js';
-import { initChrome, errorText, toast, formatTime } from '/static/common/ui.js';
+import { clearText, translate } from '/static/common/i18n.js';
+import { initChrome, errorText, toast, formatTime, showErrorText } from '/static/common/ui.js';
 import { getCameraAndMicrophone, stopStream } from '/static/common/media.js';
 import { CallSession } from '/static/common/call-session.js';
 import { bindMediaToggles } from '/static/common/callview.js';
@@ -84,7 +84,7 @@ function wireExpertDialog(call) {
   call.on('joined', () => { $('invite-expert').disabled = false; });
 
   $('invite-expert').addEventListener('click', async () => {
-    errorBox.textContent = '';
+    clearText(errorBox);
     select.replaceChildren();
     $('expert-invite-confirm').disabled = true;
     dialog.showModal();
@@ -99,7 +99,7 @@ function wireExpertDialog(call) {
       if (staff.length) $('expert-invite-confirm').disabled = false;
       else translate(errorBox, 'expertDialog.none');
     } catch (err) {
-      errorBox.textContent = errorText(err);
+      showErrorText(errorBox, err);
     }
   });
   $('expert-invite-cancel').addEventListener('click', () => dialog.close());
@@ -113,7 +113,7 @@ function wireExpertDialog(call) {
       dialog.close();
       addEvent('events.expertInvited', { name: option.textContent });
     } catch (err) {
-      errorBox.textContent = errorText(err);
+      showErrorText(errorBox, err);
     } finally {
       $('expert-invite-confirm').disabled = false;
     }

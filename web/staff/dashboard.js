@@ -1,7 +1,7 @@
 // The supervisor's queue dashboard: waiting customers (reassign), callbacks, tellers (status,
 // skills, current call). Admins get the tellers' skills only: they never see who is waiting.
 import { get, post } from '/static/common/api.js';
-import { t, translate } from '/static/common/i18n.js';
+import { clearText, t, translate } from '/static/common/i18n.js';
 import { errorText, toast } from '/static/common/ui.js';
 import { poller } from '/static/staff/poller.js';
 
@@ -39,7 +39,7 @@ async function load() {
   } else {
     renderTellers((await get('/api/v1/queue/tellers')).tellers);
   }
-  $('queue-dashboard-error').textContent = '';
+  clearText($('queue-dashboard-error'));
 }
 
 const minutes = (seconds) => Math.floor(seconds / 60);

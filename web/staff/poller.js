@@ -1,7 +1,7 @@
 // The periodic refresh of a staff panel: one request at a time, none while the browser tab is
 // hidden or once the panel is stopped. A failed refresh shows in the panel's error line; `load`
 // clears that line itself where a success should (the teller's panel keeps its actions' errors).
-import { errorText } from '/static/common/ui.js';
+import { showErrorText } from '/static/common/ui.js';
 
 export function poller({ load, errorId, everyMs, skip = () => false }) {
   let timer = null;
@@ -13,7 +13,7 @@ export function poller({ load, errorId, everyMs, skip = () => false }) {
     try {
       await load();
     } catch (err) {
-      document.getElementById(errorId).textContent = errorText(err);
+      showErrorText(document.getElementById(errorId), err);
     } finally {
       busy = false;
     }

@@ -1,7 +1,7 @@
 // The teller's queue panel: status, what is waiting for their skills, "take next", callbacks.
 import { get, post } from '/static/common/api.js';
-import { t, translate } from '/static/common/i18n.js';
-import { errorText, toast } from '/static/common/ui.js';
+import { clearText, t, translate } from '/static/common/i18n.js';
+import { errorText, toast, showErrorText } from '/static/common/ui.js';
 import { poller } from '/static/staff/poller.js';
 
 const $ = (id) => document.getElementById(id);
@@ -109,14 +109,14 @@ function button(key, onClick) {
 }
 
 async function setStatus(status) {
-  $('queue-error').textContent = '';
+  clearText($('queue-error'));
   // Nothing else of the panel until the server has the new status: "take next" sent meanwhile
   // would be judged on the old one ("you are away"). The next render enables what applies.
   for (const id of ['queue-available', 'queue-away', 'queue-take']) $(id).disabled = true;
   try {
     await post('/api/v1/queue/me/status', { status });
   } catch (err) {
-    $('queue-error').textContent = errorText(err);
+    showErrorText($('queue-error'), err);
   }
   refresh();
 }
@@ -124,12 +124,12 @@ async function setStatus(status) {
 async function takeNext() {
   const take = $('queue-take');
   take.disabled = true;
-  $('queue-error').textContent = '';
+  clearText($('queue-error'));
   try {
     const { session } = await post('/api/v1/queue/take');
     location.assign(`/staff/call.html?session=${encodeURIComponent(session.id)}`);
   } catch (err) {
-    $('queue-error').textContent = errorText(err);
+    showErrorText($('queue-error'), err);
     take.disabled = false;
     refresh();
   }

@@ -2,8 +2,8 @@
 // after-call analysis could not decide. Each item shows what the analysis found, links to the
 // auditor portal at that moment of the recording, and takes a decision with a written note.
 import { get, post } from '/static/common/api.js';
-import { t, translate } from '/static/common/i18n.js';
-import { actionButton as button, errorText, formatTime, toast } from '/static/common/ui.js';
+import { clearText, t, translate } from '/static/common/i18n.js';
+import { actionButton as button, formatTime, toast, showErrorText } from '/static/common/ui.js';
 import { poller } from '/static/staff/poller.js';
 
 const $ = (id) => document.getElementById(id);
@@ -19,7 +19,7 @@ const polling = poller({
     const { reviews } = await get('/api/v1/reviews?state=open');
     const moments = await momentsOf(reviews);
     render(reviews, moments);
-    $('reviews-error').textContent = '';
+    clearText($('reviews-error'));
   },
   errorId: 'reviews-error',
   everyMs: REFRESH_MS,
@@ -140,7 +140,7 @@ function evidence(moment) {
 }
 
 async function decide(id, decision, noteField, error) {
-  error.textContent = '';
+  clearText(error);
   const note = noteField.value.trim();
   if (note.length < MIN_NOTE) {
     translate(error, 'review.noteTooShort');
@@ -155,6 +155,6 @@ async function decide(id, decision, noteField, error) {
     $('reviews-empty').hidden = $('reviews-list').children.length > 0;
     await polling.refresh();
   } catch (err) {
-    error.textContent = errorText(err);
+    showErrorText(error, err);
   }
 }

@@ -1,7 +1,7 @@
 // Staff console: login, then per role the invitation form and/or the session list.
 import { get, post, clearCsrfToken } from '/static/common/api.js';
-import { t, translate } from '/static/common/i18n.js';
-import { initChrome, errorText, toast, formatTime } from '/static/common/ui.js';
+import { clearText, t, translate } from '/static/common/i18n.js';
+import { initChrome, errorText, toast, formatTime, showErrorText } from '/static/common/ui.js';
 import * as tellerQueue from '/static/staff/queue.js';
 import * as queueDashboard from '/static/staff/dashboard.js';
 import * as webhookPanel from '/static/staff/webhooks.js';
@@ -90,7 +90,7 @@ async function login(event) {
     return;
   }
   $('login-submit').disabled = true;
-  errorBox.textContent = '';
+  clearText(errorBox);
   try {
     const { user } = await post('/api/v1/auth/login', { username, password });
     $('password').value = '';
@@ -102,7 +102,7 @@ async function login(event) {
       translate(errorBox, 'login.invalid');
       $('password').select();
     } else {
-      errorBox.textContent = errorText(err);
+      showErrorText(errorBox, err);
     }
   } finally {
     $('login-submit').disabled = false;
@@ -128,7 +128,7 @@ async function createInvitation(event) {
   if (customerName) body.customer_name = customerName;
   const button = $('create-invitation');
   button.disabled = true;
-  $('invitation-error').textContent = '';
+  clearText($('invitation-error'));
   try {
     const result = await post('/api/v1/invitations', body);
     $('invitation-url').textContent = result.invitation_url;
@@ -139,7 +139,7 @@ async function createInvitation(event) {
     refreshSessions();
   } catch (err) {
     if (err.code === 'not_authenticated') return showLogin();
-    $('invitation-error').textContent = errorText(err);
+    showErrorText($('invitation-error'), err);
   } finally {
     button.disabled = false;
   }
@@ -183,10 +183,10 @@ async function refreshSessions() {
   try {
     const { sessions } = await get('/api/v1/sessions');
     renderSessions(sessions);
-    $('sessions-error').textContent = '';
+    clearText($('sessions-error'));
   } catch (err) {
     if (err.code === 'not_authenticated') showLogin();
-    else $('sessions-error').textContent = errorText(err);
+    else showErrorText($('sessions-error'), err);
   } finally {
     refreshing = false;
   }

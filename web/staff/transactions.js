@@ -2,8 +2,8 @@
 // (`transaction` messages), see the customer's signature, approve — the server answers with the
 // checks that fail and what to do — reject, and see the delivery to the core bank.
 import { get, post } from '/static/common/api.js';
-import { t, translate } from '/static/common/i18n.js';
-import { errorText, formatTime, toast } from '/static/common/ui.js';
+import { clearText, t, translate } from '/static/common/i18n.js';
+import { errorText, formatTime, toast, showErrorText } from '/static/common/ui.js';
 import { SIGNABLE, deliveryText, parseAmount, renderChecks, showDescription, showState } from '/static/common/transactions.js';
 
 const $ = (id) => document.getElementById(id);
@@ -47,7 +47,7 @@ export class TransactionPanel {
     $('tx-form').addEventListener('submit', async (event) => {
       event.preventDefault();
       const error = $('tx-form-error');
-      error.textContent = '';
+      clearText(error);
       const request = this.#request();
       if (!request) return translate(error, 'tx.badAmount');
       $('tx-create').disabled = true;
@@ -57,7 +57,7 @@ export class TransactionPanel {
         $('tx-form').reset();
         sync();
       } catch (err) {
-        error.textContent = errorText(err);
+        showErrorText(error, err);
       } finally {
         $('tx-create').disabled = false;
       }
