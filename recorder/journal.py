@@ -21,6 +21,7 @@ from typing import Any
 from recorder.seal.files import create_private_file
 
 BROKEN_SUFFIX = ".broken"
+_LEGACY_TRACK_KINDS = ("audio", "video")
 
 
 class UnknownRecord(Exception):
@@ -105,7 +106,11 @@ class Journal:
                 elif kind == "presence":
                     state.presence.append(record)
                 elif kind == "track":
-                    state.tracks.append(record)
+                    state.tracks.append(record["track"])
+                elif kind in _LEGACY_TRACK_KINDS and {"id", "participant_id"} <= record.keys():
+                    # Before 2026-11-28 a track's own "kind" overwrote the line's: these lines
+                    # are tracks, and they were ignored (recovered manifests listed none).
+                    state.tracks.append(record | {"kind": kind})
                 elif kind == "gap":
                     state.gaps.append(record)
                 elif kind == "identity":
@@ -148,5 +153,7 @@ class Journal:
 
 
 def _line(kind: str, record: dict[str, Any]) -> bytes:
+    if "kind" in record:
+        raise ValueError(f"a {kind!r} journal record must not have a 'kind' of its own: wrap it")
     text = json.dumps({"kind": kind, **record}, ensure_ascii=False, separators=(",", ":"))
     return (text + "\n").encode("utf-8")

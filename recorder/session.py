@@ -365,7 +365,7 @@ class RecordingSession:
                 "participant_id": participant_id,
                 "source": source,
             }
-            self._journal_later("track", track)
+            self._journal_later("track", {"track": track})
         return index
 
     def _add_gap(self, start_ms: int, end_ms: int, reason: str) -> None:

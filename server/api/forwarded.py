@@ -20,7 +20,7 @@ from server.api.middleware import Handler
 
 Network = IPv4Network | IPv6Network
 # The address the request came from, on the original request (the access log reads it there).
-CLIENT_ADDRESS = "vteller.client_address"
+CLIENT_ADDRESS = web.RequestKey("client_address", str)
 
 
 def client_address(peer: str, forwarded_for: str, trusted: Sequence[Network]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import errno
+import json
 import os
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -119,6 +120,10 @@ async def test_server_killed_mid_recording_finalizes_as_interrupted(
     assert report.manifest is not None and report.manifest.status == "interrupted"
     assert report.manifest.segments, "segments sealed before the kill are kept"
     assert any("recorder stopped" in gap.reason for gap in report.manifest.gaps)
+    # Who filled which track survives the kill too (the journal's track records).
+    roles = {p.id: p.role for p in report.manifest.participants}
+    recorded = {(roles[t.participant_id], t.kind) for t in report.manifest.tracks}
+    assert {("teller", "video"), ("customer", "audio")} <= recorded
 
 
 async def test_archive_store_down_mid_recording_loses_nothing(
@@ -385,6 +390,17 @@ async def test_a_full_spool_disk_holds_the_recording_back_and_loses_no_segment(
     journal = Journal(tmp_path / "journal" / f"{recording.archive_id}.jsonl").read()
     assert journal.sealed
     assert [s["index"] for s in journal.segments] == [s.index for s in report.manifest.segments]
+
+
+def test_track_records_of_older_journals_are_read(tmp_path: Path) -> None:
+    journal = Journal.create(tmp_path, "a1", {"archive_id": "a1"})
+    track = {"id": "1", "kind": "video", "participant_id": "p1", "source": "camera"}
+    with journal.path.open("ab") as fh:  # as written before 2026-11-28: the track's kind won
+        fh.write(json.dumps({"kind": "track", **track}).encode() + b"\n")
+    journal.append("track", {"track": track | {"id": "0", "kind": "audio"}})
+    assert [t["id"] for t in Journal(journal.path).read().tracks] == ["1", "0"]
+    with pytest.raises(ValueError, match="wrap it"):
+        journal.append("track", track)
 
 
 def test_a_torn_journal_line_hides_nothing_after_it(tmp_path: Path) -> None:
