@@ -158,15 +158,32 @@ function renderArchive({ archive, verification, manifest }) {
   loadReport(archive.archive_id);
 }
 
+/** Empty `list`; with no `items`, one entry saying so (`emptyKey`). True when there are none. */
+function resetList(list, items, emptyKey) {
+  list.replaceChildren();
+  if (items.length > 0) return false;
+  const li = document.createElement('li');
+  translate(li, emptyKey);
+  list.append(li);
+  return true;
+}
+
+/** A moment's time on the recording (m:ss) and the button that takes the players there. */
+function timeAndJump(mediaMs) {
+  const at = document.createElement('span');
+  const seconds = Math.floor(mediaMs / 1000);
+  at.textContent = `${Math.floor(seconds / 60)}:${String(seconds % 60).padStart(2, '0')}`;
+  const jump = document.createElement('button');
+  jump.type = 'button';
+  jump.className = 'btn btn-secondary jump';
+  translate(jump, 'auditor.jump');
+  jump.addEventListener('click', () => seek(mediaMs / 1000));
+  return [at, jump];
+}
+
 function renderTimeline(marks) {
   const list = $('timeline');
-  list.replaceChildren();
-  if (marks.length === 0) {
-    const li = document.createElement('li');
-    translate(li, 'auditor.noMarks');
-    list.append(li);
-    return;
-  }
+  if (resetList(list, marks, 'auditor.noMarks')) return;
   for (const mark of marks) {
     const li = document.createElement('li');
     li.dataset.mark = mark.name;
@@ -174,47 +191,22 @@ function renderTimeline(marks) {
     const label = document.createElement('span');
     label.className = 'mark-label';
     label.textContent = mark.name;
-    const at = document.createElement('span');
-    at.textContent = clock(mark.media_ms);
-    const jump = document.createElement('button');
-    jump.type = 'button';
-    jump.className = 'btn btn-secondary jump';
-    translate(jump, 'auditor.jump');
-    jump.addEventListener('click', () => seek(mark.media_ms / 1000));
-    li.append(label, at, jump);
+    li.append(label, ...timeAndJump(mark.media_ms));
     list.append(li);
   }
-}
-
-function clock(mediaMs) {
-  const seconds = Math.floor(mediaMs / 1000);
-  return `${Math.floor(seconds / 60)}:${String(seconds % 60).padStart(2, '0')}`;
 }
 
 /** What the customer signed while the recording ran; each image is read from the sealed archive
  * (checked against the signed manifest by the server) only when asked for, and that is logged. */
 function renderTransactions(archiveId, transactions) {
   const list = $('transactions');
-  list.replaceChildren();
-  if (transactions.length === 0) {
-    const li = document.createElement('li');
-    translate(li, 'auditor.noTransactions');
-    list.append(li);
-    return;
-  }
+  if (resetList(list, transactions, 'auditor.noTransactions')) return;
   for (const tx of transactions) {
     const li = document.createElement('li');
     li.dataset.transaction = tx.id;
     const label = document.createElement('span');
     translate(label, 'auditor.transaction', { id: tx.id });
-    const at = document.createElement('span');
-    at.textContent = clock(tx.media_ms);
-    const jump = document.createElement('button');
-    jump.type = 'button';
-    jump.className = 'btn btn-secondary jump';
-    translate(jump, 'auditor.jump');
-    jump.addEventListener('click', () => seek(tx.media_ms / 1000));
-    li.append(label, at, jump);
+    li.append(label, ...timeAndJump(tx.media_ms));
     if (tx.image_in_archive) {
       const show = document.createElement('button');
       show.type = 'button';
