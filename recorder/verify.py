@@ -227,10 +227,7 @@ def signature_image(
         raise ImageUnavailable(
             "not_signed_here", f"transaction {transaction_id} was not signed in this recording"
         )
-    images = (
-        a for a in manifest.attachments or [] if a.plaintext_sha256 == binding.signature_sha256
-    )
-    entry = next(images, None)
+    entry = manifest.signature_attachment(binding)
     if entry is None:
         raise ImageUnavailable(
             "image_not_archived",
@@ -462,10 +459,9 @@ def _check_ciphertext(entry: SealedObject, ciphertext: bytes, report: Verificati
 def _note_signatures(manifest: Manifest, report: VerificationReport) -> None:
     """Say, per signed transaction, whether its signature image is sealed in the archive (those
     sealed before 2026-11-28 carry only its hash)."""
-    images = {a.plaintext_sha256: a for a in manifest.attachments or []}
     faulty = {problem.subject for problem in report.problems}
     for binding in manifest.transactions or []:
-        image = images.get(binding.signature_sha256)
+        image = manifest.signature_attachment(binding)
         if image is None:
             report.notes.append(
                 f"transaction {binding.id}: signature image not in the archive (only its "

@@ -196,14 +196,18 @@ def _create_user(args: argparse.Namespace, settings: Settings) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except (SQLAlchemyError, OSError) as exc:
-        print(
-            f"error: the database cannot be used ({exc}); check settings.database_url "
-            "(VTELLER_DATABASE_URL) and that the database is running",
-            file=sys.stderr,
-        )
-        return 2
-    print(f"created {args.role} {args.username!r}")
+        return _database_refused("used", exc)
+    print(f"created {body.role.value} {body.username!r}")
     return 0
+
+
+def _database_refused(what: str, exc: Exception) -> int:
+    print(
+        f"error: the database cannot be {what} ({exc}); check settings.database_url "
+        "(VTELLER_DATABASE_URL), that the database is running and that this account may use it",
+        file=sys.stderr,
+    )
+    return 2
 
 
 async def _with_auth(
@@ -240,12 +244,6 @@ def _db_upgrade(_: argparse.Namespace, settings: Settings) -> int:
     try:
         asyncio.run(run())
     except (SQLAlchemyError, OSError) as exc:
-        print(
-            f"error: the database cannot be migrated ({exc}); check settings.database_url "
-            "(VTELLER_DATABASE_URL), that the database is running and that this account may "
-            "change its schema",
-            file=sys.stderr,
-        )
-        return 2
+        return _database_refused("migrated", exc)
     print("database schema is up to date", file=sys.stderr)
     return 0

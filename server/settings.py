@@ -182,7 +182,8 @@ def settings_problems(error: ValidationError) -> str:
     in the environment, or `endpoint` under `[store]` in the VTELLER_CONFIG file."""
     lines = ["error: the settings are not valid; fix these and start again:"]
     for item in error.errors():
-        path = [str(part) for part in item["loc"]]
+        # Field names only: an index into a list (trusted_proxies.0) is not part of the name.
+        path = [part for part in item["loc"] if isinstance(part, str)]
         variable = "VTELLER_" + "__".join(path).upper()
         where = f"[{'.'.join(path[:-1])}] {path[-1]}" if len(path) > 1 else path[0] if path else ""
         lines.append(f"  {variable} (or {where} in the VTELLER_CONFIG file): {item['msg']}")

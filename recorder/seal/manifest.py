@@ -267,6 +267,11 @@ class Manifest(_Model):
     def archive_uuid(self) -> UUID:
         return UUID(self.archive_id)
 
+    def signature_attachment(self, binding: TransactionBinding) -> AttachmentEntry | None:
+        """The attachment holding `binding`'s signature image (None: only its hash is bound)."""
+        images = self.attachments or []
+        return next((a for a in images if a.plaintext_sha256 == binding.signature_sha256), None)
+
     @property
     def sealed_objects(self) -> list[SegmentEntry | AttachmentEntry]:
         """Every encrypted object the manifest lists: the segments, then the attachments."""

@@ -50,7 +50,6 @@ def _manifest_view(manifest: Manifest) -> dict[str, Any]:
     signed; no key material."""
     identity = manifest.identity or {}
     compliance = manifest.compliance or {}
-    images = {a.plaintext_sha256 for a in manifest.attachments or []}
     return {
         "status": manifest.status,
         "business": manifest.business,
@@ -69,7 +68,7 @@ def _manifest_view(manifest: Manifest) -> dict[str, Any]:
                 "id": t.id,
                 "media_ms": t.media_ms,
                 "signed_at": t.signed_at,
-                "image_in_archive": t.signature_sha256 in images,
+                "image_in_archive": manifest.signature_attachment(t) is not None,
             }
             for t in manifest.transactions or []
         ],
