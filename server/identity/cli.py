@@ -49,7 +49,7 @@ def add_commands(subparsers: Any) -> None:
         "--today",
         type=date.fromisoformat,
         default=None,
-        help="date for the expiry check, YYYY-MM-DD (default: today)",
+        help="date for the expiry check, YYYY-MM-DD (default: today in China, Asia/Shanghai)",
     )
     ocr.add_argument("--json", action="store_true", help="print one JSON object")
     ocr.set_defaults(kyc="ocr")
@@ -118,10 +118,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _ocr(args: argparse.Namespace, engines: Any) -> int:
-    from server.identity.idcard import check_back, check_front
+    from server.identity.idcard import card_today, check_back, check_front
     from server.identity.ocr.reader import assess, reading_problems
 
-    today = args.today or date.today()
+    today = args.today or card_today()
     first = engines.read_card(_load(args.image))
     second = engines.read_card(_load(args.back)) if args.back else None
     readings = [r for r in (first, second) if r is not None]
@@ -134,7 +134,7 @@ def _ocr(args: argparse.Namespace, engines: Any) -> int:
         for r in readings:
             problems += reading_problems(r, r.side or "front")
             if r.side == "front":
-                problems += check_front(r.fields)
+                problems += check_front(r.fields, today)
             elif r.side == "back":
                 problems += check_back(r.fields, today)
     fields: dict[str, object] = {}

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from enum import StrEnum
+from zoneinfo import ZoneInfo
 
 # Weights 2^(17-i) mod 11 for positions 1..17 (ISO 7064 MOD 11-2).
 _WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
@@ -36,6 +37,9 @@ PROVINCE_CODES: frozenset[str] = frozenset(
 )  # fmt: skip
 
 LONG_TERM = "长期"
+# Cards are issued, and expire, on dates of the issuing office: China's, whatever the host's
+# clock says (a UTC server would accept a card expired in Beijing until 08:00).
+CARD_TIMEZONE = ZoneInfo("Asia/Shanghai")
 # The card is printed with full-width or ASCII separators; OCR returns either.
 _VALIDITY_RE = re.compile(
     r"^\s*(\d{4})[.\-/年]?(\d{2})[.\-/月]?(\d{2})日?\s*[-—–~至]+\s*"
@@ -171,7 +175,7 @@ def parse_id_number(raw: str) -> IdNumber:
         birth = date(int(number[6:10]), int(number[10:12]), int(number[12:14]))
     except ValueError as exc:
         raise IdNumberError(Reason.INVALID_NUMBER, "birth date is not a date") from exc
-    # The earliest living people and no future births; a number outside is a misread.
+    # The earliest living people; a number before is a misread (future births: check_front).
     if birth.year < 1880:
         raise IdNumberError(Reason.INVALID_NUMBER, "birth year before 1880")
     sequence = number[14:17]
@@ -211,11 +215,19 @@ def parse_validity(text: str) -> Validity | None:
     return Validity(start, end)
 
 
-def _add_years(d: date, years: int) -> date:
+def card_today() -> date:
+    """Today's date where the card was issued (`CARD_TIMEZONE`)."""
+    return datetime.now(CARD_TIMEZONE).date()
+
+
+def _anniversaries(d: date, years: int) -> set[date]:
+    """The same month and day `years` later. A card issued on 29 February ends on 1 March of a
+    common year (public-security practice, e.g. "2004.2.29-2014.3.1"); some offices printed
+    28 February, so both are accepted rather than refusing a genuine card."""
     try:
-        return d.replace(year=d.year + years)
-    except ValueError:  # 29 February
-        return d.replace(year=d.year + years, day=28)
+        return {d.replace(year=d.year + years)}
+    except ValueError:  # 29 February in a common year
+        return {d.replace(year=d.year + years, day=28), date(d.year + years, 3, 1)}
 
 
 def is_expired(valid_until: date | None, today: date) -> bool:
@@ -247,7 +259,7 @@ def check_card(front: IdCardFields, back: IdCardFields | None, today: date) -> l
     `back` may be None when only the front was captured yet; then the validity is not checked
     and a missing_field problem says so.
     """
-    problems = check_front(front)
+    problems = check_front(front, today)
     if back is None:
         problems.append(
             _problem(
@@ -262,9 +274,9 @@ def check_card(front: IdCardFields, back: IdCardFields | None, today: date) -> l
     return problems
 
 
-def check_front(front: IdCardFields) -> list[Problem]:
+def check_front(front: IdCardFields, today: date) -> list[Problem]:
     """The photo side's own checks: fields present, number valid, number agrees with the
-    printed birth date and sex."""
+    printed birth date and sex, and nobody is born after `today`."""
     problems: list[Problem] = []
     for name in _FRONT_REQUIRED:
         if getattr(front, name) in (None, ""):
@@ -302,6 +314,16 @@ def check_front(front: IdCardFields) -> list[Problem]:
                 )
     if parsed is None:
         return problems
+    if parsed.birth_date > today:
+        problems.append(
+            _problem(
+                Reason.INVALID_NUMBER,
+                "id_number",
+                "身份证号码中的出生日期晚于今天，请重新拍摄或更换证件",
+                "the birth date in the ID number is after today; retake the photo or use "
+                "another card",
+            )
+        )
     if front.birth_date is not None and front.birth_date != parsed.birth_date:
         problems.append(
             _problem(
@@ -370,7 +392,7 @@ def check_back(back: IdCardFields, today: date) -> list[Problem]:
     end = back.valid_until
     # Cards are issued for 5, 10 or 20 years (Resident ID Card Law, art. 5) and end on the same
     # month and day; anything else is a misread or a forgery.
-    if end is not None and end not in {_add_years(start, n) for n in (5, 10, 20)}:
+    if end is not None and not any(end in _anniversaries(start, n) for n in (5, 10, 20)):
         problems.append(
             _problem(
                 Reason.INVALID_VALIDITY,

@@ -125,7 +125,11 @@ def judge(
     challenge: Challenge, landmark_frames: Sequence[np.ndarray], mirrored: bool = False
 ) -> bool:
     """True when the frames show the challenge performed: a neutral state first, then the
-    action held for MIN_FRAMES frames (and, for a blink, the eyes open again)."""
+    action held for MIN_FRAMES frames (and, for a blink, the eyes open again). For a head turn,
+    the first turn held after the neutral state must be the one asked for.
+
+    The frames should start at the prompt: the caller bounds how long after it the action may
+    come by the frames it passes."""
     if len(landmark_frames) < 2 * MIN_FRAMES:
         raise LivenessInputError(f"need at least {2 * MIN_FRAMES} frames")
     if challenge in (Challenge.TURN_LEFT, Challenge.TURN_RIGHT):
@@ -136,7 +140,11 @@ def judge(
         start = _held([abs(y) < YAW_FRONTAL for y in yaws])
         if start is None:
             return False
-        return _held([sign * y > YAW_TURNED for y in yaws[start:]]) is not None
+        asked = _held([sign * y > YAW_TURNED for y in yaws[start:]])
+        # Turning both ways until one counts is not following the prompt, and it is what a
+        # looped video of both turns does: the other turn first fails, whatever comes after it.
+        other = _held([-sign * y > YAW_TURNED for y in yaws[start:]])
+        return asked is not None and (other is None or asked < other)
     if challenge is Challenge.OPEN_MOUTH:
         mars = [mouth_aspect_ratio(f) for f in landmark_frames]
         start = _held([m < MOUTH_CLOSED for m in mars])

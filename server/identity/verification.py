@@ -35,7 +35,7 @@ from server.audit import SYSTEM, AuditLog
 from server.auth.principal import Role
 from server.identity.engines import IdentityEngines
 from server.identity.face.match import Decision, MatchResult
-from server.identity.idcard import Problem, check_back, check_front
+from server.identity.idcard import Problem, card_today, check_back, check_front
 from server.identity.images import decode_image
 from server.identity.liveness import (
     MIN_FRAMES,
@@ -127,7 +127,6 @@ class Outcome:
     messages: list[Message]
     detail: dict[str, Any]  # sensitive: encrypted in the record, never sent to the customer
     evidence: list[Evidence]
-    manifest: dict[str, Any] = field(default_factory=dict)  # no personal data, no floats
 
 
 @dataclass
@@ -137,7 +136,7 @@ class StepState:
     messages: list[Message] = field(default_factory=list)
     record_id: str | None = None
     evidence_sha256: list[str] = field(default_factory=list)
-    manifest: dict[str, Any] = field(default_factory=dict)
+    manifest: dict[str, Any] = field(default_factory=dict)  # no personal data, no floats
 
     def public(self) -> dict[str, Any]:
         return {"status": self.status, "messages": [m.to_dict() for m in self.messages]}
@@ -151,7 +150,7 @@ class IdentityServices:
     records: IdentityRecords
     store: SessionStore
     audit: AuditLog
-    today: Callable[[], date] = date.today
+    today: Callable[[], date] = card_today
     # Told the card front's fields when that step passes: the auditor portal's search index.
     on_card_read: Callable[[str, dict[str, Any]], Awaitable[None]] | None = None
 
@@ -174,18 +173,20 @@ def _thumb(image: np.ndarray) -> np.ndarray:
 
 
 def choose_challenges(pool: set[Challenge], count: tuple[int, int]) -> list[Challenge]:
-    """A random sequence (unpredictable to a replay prepared in advance), never the same
-    challenge twice in a row."""
+    """A random sequence, unpredictable to a replay prepared in advance: each challenge drawn
+    on its own, repeats allowed. With two challenges (YuNet's turns), forbidding repeats left
+    only the alternating sequences, which a video looping left-right-left follows half the
+    time. When the pool has several, the sequence is never one challenge throughout: the
+    customer shows more than one movement."""
     rng = secrets.SystemRandom()
     options = sorted(pool)
     if not options:
         raise ValueError("no liveness challenge is configured that this face engine can judge")
     n = rng.randint(count[0], count[1])
-    chosen: list[Challenge] = []
-    for _ in range(n):
-        candidates = [c for c in options if not chosen or c != chosen[-1]] or options
-        chosen.append(rng.choice(candidates))
-    return chosen
+    while True:
+        chosen = [rng.choice(options) for _ in range(n)]
+        if len(options) == 1 or len(set(chosen)) > 1:
+            return chosen
 
 
 class IdentityVerification:
@@ -246,37 +247,44 @@ class IdentityVerification:
 
     async def restore(self) -> None:
         """Pick up where this session's verification was (the process restarted, or the session
-        moved to another worker): outcomes, attempts and the card photo come from the records."""
+        moved to another worker): the customer's answer from the session's events; outcomes,
+        attempts, the card photo and each step's manifest from the records."""
         if self._restored:
             return
         self._restored = True
-        rows = await self._svc.records.for_session(self._session_id)
-        if not rows:
-            return
-        for row in rows:
+        answers = [
+            e.detail["granted"]
+            for e in await self._svc.store.events(self._session_id)
+            if e.type == "identity_consent"
+        ]
+        if not answers:
+            return  # never asked, or not answered yet: the teller starts again
+        self.consent = bool(answers[-1])
+        for row in await self._svc.records.for_session(self._session_id):
+            opened = await self._svc.records.open(row.id)
             if row.step == "manual":
-                opened = await self._svc.records.open(row.id)
                 self._manual = {
                     "decision": opened.detail["decision"],
                     "reason": opened.detail["reason"],
                     "by": row.participant_id or "",
                 }
                 continue
-            state = self.steps[Step(row.step)]
+            step = Step(row.step)
+            state = self.steps[step]
             state.attempts += 1
             state.status = "passed" if row.outcome == "pass" else "failed"
             state.record_id = row.id
             state.evidence_sha256 = list(row.evidence_sha256)
-            if row.step == Step.CARD_FRONT and row.outcome == "pass":
-                opened = await self._svc.records.open(row.id)
+            state.manifest = _manifest(step, opened.detail)
+            if step is Step.CARD_FRONT and row.outcome == "pass":
                 self._fields["front"] = opened.detail.get("fields", {})
                 self._front_image = await asyncio.to_thread(
                     decode_image, opened.evidence["card_front.jpg"]
                 )
-        # Steps run only after consent, so records mean it was given (or the teller decided).
-        self.consent = True if any(r.step != "manual" for r in rows) else None
         if self._manual is not None:
             self.state = "verified_manually"
+        elif not self.consent:
+            self.state = "manual_required"
         elif all(s.status == "passed" for s in self.steps.values()):
             self.state = "passed"
         elif any(
@@ -382,7 +390,9 @@ class IdentityVerification:
             raise ProtocolError("busy", f"Wait for {self._working.value} to finish.", ref)
         if self.steps[step].status == "passed":
             raise ProtocolError("out_of_order", f"{step.value} has already passed.", ref)
-        if step is Step.FACE and self._front_image is None:
+        # Both compare the live face with the card's portrait. Liveness run without it would
+        # prove only that someone moved, and a photo held up for the face step would then pass.
+        if step in (Step.FACE, Step.LIVENESS) and self._front_image is None:
             raise ProtocolError(
                 "out_of_order", "Capture the front of the card first: its photo is needed.", ref
             )
@@ -442,7 +452,7 @@ class IdentityVerification:
         state.messages = outcome.messages
         state.record_id = record.id
         state.evidence_sha256 = list(record.evidence_sha256)
-        state.manifest = outcome.manifest
+        state.manifest = _manifest(step, detail)
         if step is Step.CARD_FRONT and outcome.passed and self._svc.on_card_read is not None:
             try:
                 await self._svc.on_card_read(self._session_id, self._fields.get("front", {}))
@@ -543,9 +553,9 @@ class IdentityVerification:
 
     async def _card(self, side: Side, upload: np.ndarray | None) -> Outcome:
         engines = self._svc.engines
-        found: tuple[np.ndarray, CardReading] | None = None
+        reading: CardReading | None = None
         if upload is not None:
-            found = (upload, await engines.read_card_async(upload))
+            reading = await engines.read_card_async(upload)
         else:
             got_video = False
             previous: np.ndarray | None = None
@@ -559,7 +569,6 @@ class IdentityVerification:
                 if not steady:
                     continue
                 reading = await engines.read_card_async(image)
-                found = (image, reading)
                 if reading.complete and reading.side == side and not reading.quality:
                     break
                 # Still looking: tell the customer what to change while they hold the card.
@@ -571,12 +580,11 @@ class IdentityVerification:
                     )
             if not got_video:
                 raise Unavailable
-        if found is None:
+        if reading is None:
             return Outcome(False, [NO_CARD], {"error": NO_CARD.reason}, [])
-        image, reading = found
         problems = reading_problems(reading, side)
         problems += (
-            check_front(reading.fields)
+            check_front(reading.fields, self._svc.today())
             if side == "front"
             else check_back(reading.fields, self._svc.today())
         )
@@ -587,14 +595,19 @@ class IdentityVerification:
         }
         self._fields[side] = fields
         passed = not problems
+        # The picture as it was read, upright: a card held upside down has its portrait upside
+        # down too, where no face is found to match.
         if passed and side == "front":
-            self._front_image = image
+            self._front_image = reading.image
         return Outcome(
             passed,
             [Message.of(p) for p in problems],
-            {"fields": fields, "problems": [p.to_dict() for p in problems]},
-            [Evidence(f"card_{side}.jpg", _jpeg(image))],
-            {"ocr_models": engines.ocr().model_versions},
+            {
+                "fields": fields,
+                "problems": [p.to_dict() for p in problems],
+                "ocr_models": engines.ocr().model_versions,
+            },
+            [Evidence(f"card_{side}.jpg", _jpeg(reading.image))],
         )
 
     async def _face(self) -> Outcome:
@@ -625,7 +638,6 @@ class IdentityVerification:
             [] if result.decision is Decision.PASS else [_match_message(result)],
             result.audit_dict(),
             [Evidence("face_live.jpg", _jpeg(chosen))],
-            _match_manifest(result),
         )
 
     async def _liveness(self) -> Outcome:
@@ -644,12 +656,15 @@ class IdentityVerification:
             }
             await self.announce()
             frames: list[np.ndarray] = []
-            done = False
+            done = several = False
             started = time.monotonic()
+            # Only pictures from the prompt on, for `challenge_seconds`: the movement must answer
+            # this prompt, not be something the camera showed before it or long after.
             async for image in self._pictures(self._config.challenge_seconds, ANALYSIS_FPS):
                 seen = await engines.observe_face_async(image)
                 if seen.faces > 1:
-                    return self._liveness_failed(SEVERAL_FACES, challenges, judged, evidence)
+                    several = True
+                    break
                 if seen.landmarks is None:
                     continue
                 # Turned faces match poorly: the identity check uses the most frontal frame.
@@ -674,40 +689,22 @@ class IdentityVerification:
                     "ms": int((time.monotonic() - started) * 1000),
                 }
             )
+            if several:
+                return _liveness_failed(SEVERAL_FACES, judged, evidence)
             if not frames and not done:
                 raise Unavailable
             if not done:
-                return self._liveness_failed(CHALLENGE_MISSED, challenges, judged, evidence)
-        # The person who moved must be the person on the card, not a helper beside a photo.
-        if self._front_image is not None and frontal is not None:
-            same = await engines.match_async(self._front_image, frontal[1])
-            evidence.insert(0, Evidence("liveness_frontal.jpg", _jpeg(frontal[1])))
-            if same.decision is not Decision.PASS:
-                outcome = self._liveness_failed(FACE_CHANGED, challenges, judged, evidence)
-                outcome.detail["match"] = same.audit_dict()
-                return outcome
-        return Outcome(
-            True,
-            [],
-            {"challenges": judged},
-            evidence,
-            {"challenges": [c.value for c in challenges], "mirrored": False},
-        )
-
-    @staticmethod
-    def _liveness_failed(
-        message: Message,
-        challenges: list[Challenge],
-        judged: list[dict[str, Any]],
-        evidence: list[Evidence],
-    ) -> Outcome:
-        return Outcome(
-            False,
-            [message],
-            {"challenges": judged, "error": message.reason},
-            evidence,
-            {"challenges": [c.value for c in challenges]},
-        )
+                return _liveness_failed(CHALLENGE_MISSED, judged, evidence)
+        # The person who moved must be the person on the card, not a helper beside a photo:
+        # `_check_can_run` guarantees the card photo, and every passed challenge saw a face.
+        assert self._front_image is not None and frontal is not None
+        same = await engines.match_async(self._front_image, frontal[1])
+        evidence.insert(0, Evidence("liveness_frontal.jpg", _jpeg(frontal[1])))
+        if same.decision is not Decision.PASS:
+            outcome = _liveness_failed(FACE_CHANGED, judged, evidence)
+            outcome.detail["match"] = same.audit_dict()
+            return outcome
+        return Outcome(True, [], {"challenges": judged}, evidence)
 
     async def _log(
         self, action: str, actor: str, role: Role, detail: dict[str, Any] | None = None
@@ -725,10 +722,28 @@ def _match_message(result: MatchResult) -> Message:
     return Message(result.reason.value, result.message_zh, result.message_en)
 
 
-def _match_manifest(result: MatchResult) -> dict[str, Any]:
-    return {
-        "engine": result.engine,
-        "model_versions": dict(result.model_versions),
-        "score": None if result.score is None else _decimal(result.score),
-        "threshold": _decimal(result.threshold),
-    }
+def _liveness_failed(
+    message: Message, judged: list[dict[str, Any]], evidence: list[Evidence]
+) -> Outcome:
+    return Outcome(False, [message], {"challenges": judged, "error": message.reason}, evidence)
+
+
+def _manifest(step: Step, detail: dict[str, Any]) -> dict[str, Any]:
+    """A step's part of the manifest, from its record's detail: a room restored from the records
+    seals the same manifest as the room that ran the step. Details without these keys (no
+    picture or no video, or an older card record without its OCR models) add nothing."""
+    if step in (Step.CARD_FRONT, Step.CARD_BACK):
+        return {"ocr_models": detail["ocr_models"]} if "ocr_models" in detail else {}
+    if step is Step.FACE:
+        if "threshold" not in detail:
+            return {}
+        return {
+            "engine": detail["engine"],
+            "model_versions": detail["model_versions"],
+            "score": None if detail["score"] is None else _decimal(detail["score"]),
+            "threshold": _decimal(detail["threshold"]),
+        }
+    if "challenges" not in detail:
+        return {}
+    # The challenges asked, up to a failed one; judged on the camera's own, unmirrored frames.
+    return {"challenges": [c["challenge"] for c in detail["challenges"]], "mirrored": False}

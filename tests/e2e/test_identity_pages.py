@@ -1,7 +1,8 @@
 """Identity verification (身份核验) in real Chromium pages: the teller's panel, the customer's page.
 
 The customer's fake camera is a y4m made from a real photo (tests/fixtures/liveness.py): the head
-turning left and right for the happy path, a still frame for a photo replay, which must fail.
+turning to the customer's left, again and again, for the happy path, a still frame for a photo
+replay, which must fail.
 The card sides are uploaded through the customer page's file input, as a customer without a card
 in front of the camera would do. tests/integration/test_identity.py drives the same flow with bots.
 """
@@ -31,7 +32,13 @@ from tests.fixtures.idcards import (
     render_back,
     render_front,
 )
-from tests.fixtures.liveness import static_sequence, turn_sequence, write_liveness_y4m
+from tests.fixtures.liveness import (
+    TURN_DEGREES,
+    static_sequence,
+    turned,
+    webcam_frame,
+    write_liveness_y4m,
+)
 from tests.fixtures.media import participant_media
 from tests.support import server as support
 
@@ -46,9 +53,8 @@ CUSTOMER_CAMERA = ".tile[data-role='customer'][data-source='camera'] video"
 @asynccontextmanager
 async def identity_server(tmp_path: Path, **identity: Any) -> AsyncIterator[support.RunningServer]:
     # Turns only: the default engine (YuNet) gives 5 landmarks, which judge turns, not blinks.
-    config = IdentityConfig(
-        liveness_challenges=(Challenge.TURN_LEFT, Challenge.TURN_RIGHT), **identity
-    )
+    turns = (Challenge.TURN_LEFT, Challenge.TURN_RIGHT)
+    config = IdentityConfig(**({"liveness_challenges": turns} | identity))
     data_dir = tmp_path / "server"
     data_dir.mkdir()
     async with support.running_server(support.test_settings(data_dir, identity=config)) as running:
@@ -149,11 +155,15 @@ RECORD_PROMPTS_JS = """() => {
 async def test_customer_passes_identity_verification_in_chromium(
     pw: Playwright, tmp_path: Path
 ) -> None:
-    # Turns held 1.2 s each, about 6.4 s, looped by Chromium from wherever it is.
-    face = turn_sequence(load_face("obama.jpg"), FPS, hold_s=1.2)
+    # A fake camera cannot follow the prompts, and a turn the other way before the one asked for
+    # fails the challenge: so only left turns are asked, and the camera shows one every 2.2 s
+    # (frontal 1 s, turned 1.2 s), looped by Chromium from wherever it is.
+    frontal = webcam_frame(load_face("obama.jpg"))
+    face = [frontal] * FPS + [turned(frontal, TURN_DEGREES)] * round(1.2 * FPS)
     async with (
-        # Each challenge may have to wait most of a loop for its turn.
-        identity_server(tmp_path, challenge_seconds=10.0) as server,
+        identity_server(
+            tmp_path, challenge_seconds=10.0, liveness_challenges=(Challenge.TURN_LEFT,)
+        ) as server,
         AsyncExitStack() as stack,
         call_with_camera(pw, server, tmp_path, face, stack) as call,
     ):

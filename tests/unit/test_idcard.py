@@ -12,6 +12,7 @@ from server.identity.idcard import (
     IdNumberError,
     Reason,
     Sex,
+    card_today,
     check_back,
     check_card,
     check_digit,
@@ -187,15 +188,15 @@ def test_checksum_problem() -> None:
 
 def test_birth_and_sex_mismatch() -> None:
     front = replace(FRONT, birth_date=date(1949, 12, 30), sex="男")
-    assert sorted(reasons(check_front(front))) == ["birth_mismatch", "sex_mismatch"]
+    assert sorted(reasons(check_front(front, TODAY))) == ["birth_mismatch", "sex_mismatch"]
 
 
 def test_unreadable_sex() -> None:
-    assert reasons(check_front(replace(FRONT, sex="另"))) == ["unreadable"]
+    assert reasons(check_front(replace(FRONT, sex="另"), TODAY)) == ["unreadable"]
 
 
 def test_missing_fields_each_named() -> None:
-    problems = check_front(IdCardFields(id_number="11010519491231002X"))
+    problems = check_front(IdCardFields(id_number="11010519491231002X"), TODAY)
     assert {p.field for p in problems} == {"name", "sex", "ethnicity", "birth_date", "address"}
     assert set(reasons(problems)) == {"missing_field"}
     assert all(p.message_zh and p.message_en for p in problems)
@@ -223,22 +224,43 @@ def test_validity_rules() -> None:
         BACK, valid_from=date(2027, 1, 1), valid_until=date(2037, 1, 1), valid_long_term=False
     )
     assert reasons(check_back(future, TODAY)) == ["not_yet_valid"]
-    leap = replace(
-        BACK, valid_from=date(2016, 2, 29), valid_until=date(2026, 2, 28), valid_long_term=False
+
+
+def test_card_issued_on_29_february_ends_on_1_march_or_28_february() -> None:
+    for end in (date(2026, 3, 1), date(2026, 2, 28)):
+        leap = replace(BACK, valid_from=date(2016, 2, 29), valid_until=end, valid_long_term=False)
+        assert reasons(check_back(leap, date(2026, 2, 1))) == [], end
+    late = replace(
+        BACK, valid_from=date(2016, 2, 29), valid_until=date(2026, 3, 2), valid_long_term=False
     )
-    assert reasons(check_back(leap, date(2026, 2, 1))) == []
+    assert reasons(check_back(late, date(2026, 2, 1))) == ["invalid_validity"]
+    # In a leap end year the card ends on 29 February itself.
+    leap_end = replace(
+        BACK, valid_from=date(2004, 2, 29), valid_until=date(2024, 2, 29), valid_long_term=False
+    )
+    assert reasons(check_back(leap_end, date(2024, 2, 1))) == []
 
 
-def test_unreadable_vs_missing_validity() -> None:
-    garbled = IdCardFields(issuing_authority="某公安局", validity_text="2O15.O3.O1-")
-    assert reasons(check_back(garbled, TODAY)) == ["unreadable"]
-    assert reasons(check_back(IdCardFields(issuing_authority="某公安局"), TODAY)) == [
-        "missing_field"
-    ]
+def test_birth_after_today_is_refused() -> None:
+    number = "11010520990101" + "001"
+    number += check_digit(number)
+    front = replace(FRONT, id_number=number, birth_date=date(2099, 1, 1), sex="男")
+    problems = check_front(front, TODAY)
+    assert reasons(problems) == ["invalid_number"]
+    assert "晚于今天" in problems[0].message_zh
+    assert check_front(front, date(2099, 1, 1)) == []
 
 
-def test_problem_dict_is_serialisable() -> None:
-    import json
+def test_card_dates_are_china_dates() -> None:
+    # A card ends on a date of the issuing office: on a UTC host the verification must not
+    # accept a card that expired in Beijing eight hours earlier.
+    from dataclasses import fields as dataclass_fields
+    from datetime import datetime
 
-    p = check_card(replace(FRONT, id_number="110105194912310021"), BACK, TODAY)[0]
-    assert json.loads(json.dumps(p.to_dict(), ensure_ascii=False))["reason"] == "checksum"
+    from server.identity.idcard import CARD_TIMEZONE
+    from server.identity.verification import IdentityServices
+
+    assert str(CARD_TIMEZONE) == "Asia/Shanghai"
+    assert card_today() == datetime.now(CARD_TIMEZONE).date()
+    default = {f.name: f.default for f in dataclass_fields(IdentityServices)}["today"]
+    assert default is card_today

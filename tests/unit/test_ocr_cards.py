@@ -64,7 +64,7 @@ def test_clean_front_read_exactly(engine: RapidOcrEngine, i: int) -> None:
     assert r.side == "front" and not r.rotated_180
     assert wrong_fields(r.fields, expected_front(spec)) == {}
     assert r.quality == []
-    assert check_front(r.fields) == []
+    assert check_front(r.fields, TODAY) == []
 
 
 @pytest.mark.parametrize("i", [0, 1])
@@ -95,7 +95,7 @@ def test_degraded_cards_mostly_read(engine: RapidOcrEngine) -> None:
         exact += len(expected) - len(wrong_fields(r.fields, expected))
         if side == "front" and r.fields.id_number is not None:
             # A misread number must never pass as another valid number.
-            assert r.fields.id_number == spec.id_number or check_front(r.fields)
+            assert r.fields.id_number == spec.id_number or check_front(r.fields, TODAY)
     assert exact / total >= 0.9, f"{exact}/{total} fields exact"
 
 
@@ -120,7 +120,7 @@ def test_invalid_checksum_never_accepted(engine: RapidOcrEngine) -> None:
     # Degraded photos of valid cards are covered in test_degraded_cards_mostly_read.
     r = read_card(on_table(render_front(INVALID_CHECKSUM_SPEC)), engine, "front")
     assert r.fields.id_number == INVALID_CHECKSUM_SPEC.id_number
-    assert [p.reason.value for p in check_front(r.fields)] == ["checksum"]
+    assert [p.reason.value for p in check_front(r.fields, TODAY)] == ["checksum"]
 
 
 def test_expired_card_refused(engine: RapidOcrEngine) -> None:

@@ -43,8 +43,7 @@ export function normalizeIdentity(msg) {
 /** A server message with both languages: shown in the page's language, re-translated on switch. */
 function showMessage(element, message) {
   if (!message) {
-    element.textContent = '';
-    delete element.dataset.i18n;
+    clearText(element);
     return;
   }
   translate(element, 'identity.serverMessage', { zh: message.message_zh ?? '', en: message.message_en ?? '' });
@@ -149,7 +148,8 @@ export class IdentityPanel {
       translate(row.status, attempts ? `identity.status.${s.status}Attempts` : `identity.status.${s.status}`, attempts ?? undefined);
       showMessage(row.message, s.messages[0]);
       if (row.button) {
-        const needsFront = step === 'face' && steps.card_front.status !== 'passed';
+        // Both compare the live face with the card's portrait: the server refuses them before it.
+        const needsFront = (step === 'face' || step === 'liveness') && steps.card_front.status !== 'passed';
         row.button.hidden = state !== 'in_progress' || s.status === 'passed';
         row.button.disabled = !connected || working || needsFront;
       }

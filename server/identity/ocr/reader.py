@@ -26,6 +26,9 @@ class CardReading:
     quality: list[QualityIssue]
     rotated_180: bool
     lines: list[TextLine] = field(repr=False)
+    # The photo turned as it was read (upright when `rotated_180`): what to keep and match a
+    # face against, since the portrait is turned with the card.
+    image: np.ndarray = field(repr=False, compare=False)
 
     @property
     def complete(self) -> bool:
@@ -92,7 +95,8 @@ def read_card(image: np.ndarray, engine: OcrEngine, side: Side | None = None) ->
                 found, fields, lines, rotated = found2, fields2, lines2, not rotated
                 image = turned
     missing = found is None or bool(_missing(found, fields))
-    return CardReading(found, fields, check_quality(image, lines, missing), rotated, list(lines))
+    quality = check_quality(image, lines, missing)
+    return CardReading(found, fields, quality, rotated, list(lines), image)
 
 
 def reading_problems(reading: CardReading, expected: Side) -> list[Problem]:

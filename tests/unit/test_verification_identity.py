@@ -1,0 +1,430 @@
+"""The in-call verification's own rules, with stand-in engines and video: which step may run
+when, liveness answering each prompt in time, the card photo kept upright, and a room restored
+from the records sealing the same manifest as the room that ran the steps."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import date
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
+
+import cv2
+import numpy as np
+import pytest
+
+from server.audit import AuditLog
+from server.identity.config import IdentityConfig
+from server.identity.engines import FaceObservation, IdentityEngines
+from server.identity.face.match import Decision, MatchReason, MatchResult
+from server.identity.idcard import IdCardFields
+from server.identity.images import decode_image
+from server.identity.liveness import Challenge
+from server.identity.ocr import Side
+from server.identity.ocr.reader import CardReading
+from server.identity.records import IdentityRecords
+from server.identity.verification import IdentityServices, IdentityVerification, Step
+from server.sessions.store import SessionStore
+from server.signaling.protocol import ProtocolError
+from tests.fixtures.idcards import TODAY, VALID_SPECS, load_face, on_table, render_front
+from tests.support.database import add_session, migrated_database
+
+FRONT = IdCardFields(
+    name="张伟",
+    sex="女",
+    ethnicity="汉",
+    birth_date=date(1949, 12, 31),
+    address="北京市朝阳区建国路88号",
+    id_number="11010519491231002X",
+)
+BACK = IdCardFields(
+    issuing_authority="北京市公安局朝阳分局",
+    valid_from=date(2010, 5, 1),
+    valid_long_term=True,
+    validity_text="2010.05.01-长期",
+)
+# The stand-in card photos: the reader below tells the sides apart by their grey level.
+FRONT_PHOTO = np.full((120, 160, 3), 60, np.uint8)
+BACK_PHOTO = np.full((120, 160, 3), 180, np.uint8)
+TURN = 0.4  # yaw ratio of a clear turn, past YAW_TURNED
+
+
+def five(yaw: float) -> np.ndarray:
+    """5-point landmarks (eyes, nose, mouth corners) of a face with this yaw ratio."""
+    return np.array(
+        [[100.0, 100.0], [200.0, 100.0], [150.0 + 100 * yaw, 150.0], [120.0, 200.0], [180.0, 200.0]]
+    )
+
+
+class Engines:
+    """Stand-in engines: a reader that reads whichever side it is shown perfectly, a face
+    matcher with a fixed answer, and a live face whose yaw `pose` gives, picture by picture."""
+
+    def __init__(self, config: IdentityConfig, decision: Decision = Decision.PASS) -> None:
+        self.config = config
+        self.decision = decision
+        self.pose: Callable[[], float] = lambda: 0.0
+        self.matched: list[np.ndarray] = []  # the card photos faces were compared with
+
+    def supported_challenges(self) -> set[Challenge]:
+        return {Challenge.TURN_LEFT, Challenge.TURN_RIGHT}
+
+    def ocr(self) -> Any:
+        return SimpleNamespace(model_versions={"det": "det@1", "rec": "rec@1"})
+
+    async def read_card_async(self, image: np.ndarray) -> CardReading:
+        side: Side = "front" if image[0, 0, 0] == FRONT_PHOTO[0, 0, 0] else "back"
+        return CardReading(side, FRONT if side == "front" else BACK, [], False, [], image)
+
+    async def observe_face_async(self, image: np.ndarray) -> FaceObservation:
+        return FaceObservation(1, five(self.pose()), 120.0)
+
+    async def match_async(self, card: np.ndarray, live: np.ndarray) -> MatchResult:
+        self.matched.append(card)
+        passed = self.decision is Decision.PASS
+        reason = MatchReason.MATCH if passed else MatchReason.NO_MATCH
+        return MatchResult(
+            self.decision, reason, 0.81234 if passed else 0.1, 0.5, "fake", {"rec": "sface@1"}
+        )
+
+
+class Audit:
+    async def append(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    async def append_fact(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+class Room:
+    """What a session's room gives the verification, and what it gets back."""
+
+    def __init__(self, services: IdentityServices) -> None:
+        self.services = services
+        self.published: list[dict[str, Any]] = []
+        self.verification = self.new()
+
+    def new(self) -> IdentityVerification:
+        """The verification as a (re)created room makes it."""
+
+        async def send(message: dict[str, Any], roles: frozenset[Any]) -> None:
+            pass
+
+        return IdentityVerification(
+            "s1",
+            self.services,
+            send,
+            lambda: None,
+            lambda moment, phase: None,
+            self.published.append,
+        )
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Any]:
+    async with migrated_database(tmp_path / "db.sqlite") as factory:
+        await add_session(factory)
+        yield factory
+
+
+@pytest.fixture
+def config() -> IdentityConfig:
+    return IdentityConfig(
+        challenge_count=(2, 2),
+        liveness_challenges=(Challenge.TURN_LEFT, Challenge.TURN_RIGHT),
+        max_attempts=2,
+        challenge_seconds=2.0,
+    )
+
+
+@pytest.fixture
+def services(db: Any, tmp_path: Path, config: IdentityConfig) -> IdentityServices:
+    return IdentityServices(
+        engines=cast(IdentityEngines, Engines(config)),
+        records=IdentityRecords(db, tmp_path / "keys" / "identity-keyring.json"),
+        store=SessionStore(db),
+        audit=cast(AuditLog, Audit()),
+        today=lambda: TODAY,
+    )
+
+
+def engines_of(services: IdentityServices) -> Engines:
+    return cast(Engines, services.engines)
+
+
+def camera(v: IdentityVerification, monkeypatch: pytest.MonkeyPatch, pictures: int = 40) -> None:
+    """A camera that shows `pictures` pictures per capture, as fast as they are asked for."""
+
+    async def show(seconds: float, max_fps: float) -> AsyncIterator[np.ndarray]:
+        for _ in range(pictures):
+            yield np.zeros((120, 160, 3), np.uint8)
+
+    monkeypatch.setattr(v, "_pictures", show)
+
+
+def following(v: IdentityVerification) -> Callable[[], float]:
+    """A customer who does as asked: two frontal pictures after each prompt, then the turn;
+    facing the camera when nothing is asked."""
+    counts: dict[int, Iterator[int]] = {}
+
+    def pose() -> float:
+        asked = v._challenge
+        if asked is None:
+            return 0.0
+        n = next(counts.setdefault(asked["index"], itertools.count()))
+        if n < 2:
+            return 0.0
+        return TURN if asked["challenge"] == Challenge.TURN_LEFT else -TURN
+
+    return pose
+
+
+def wrong_way_first(v: IdentityVerification) -> Callable[[], float]:
+    """Frontal, the turn the other way, frontal again, then the turn asked for."""
+    counts: dict[int, Iterator[int]] = {}
+
+    def pose() -> float:
+        asked = v._challenge
+        assert asked is not None
+        n = next(counts.setdefault(asked["index"], itertools.count()))
+        way = TURN if asked["challenge"] == Challenge.TURN_LEFT else -TURN
+        return [0.0, 0.0, -way, -way, 0.0, 0.0][n] if n < 6 else way
+
+    return pose
+
+
+async def consented(v: IdentityVerification, granted: bool = True) -> None:
+    await v.start("teller", customer_connected=True)
+    await v.give_consent("customer", granted)
+
+
+async def run(v: IdentityVerification, step: Step) -> None:
+    await v.run_step("teller", step)
+    assert v._task is not None
+    await v._task
+
+
+async def upload(v: IdentityVerification, step: Step) -> None:
+    photo = FRONT_PHOTO if step is Step.CARD_FRONT else BACK_PHOTO
+    await v.upload_card("customer", "front" if step is Step.CARD_FRONT else "back", photo)
+    assert v._task is not None
+    await v._task
+
+
+async def test_liveness_waits_for_the_card_front_and_then_matches_its_photo(
+    services: IdentityServices, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    room = Room(services)
+    v = room.verification
+    camera(v, monkeypatch)
+    engines_of(services).pose = following(v)
+    await consented(v)
+    for step in (Step.LIVENESS, Step.FACE):
+        with pytest.raises(ProtocolError) as refused:
+            await v.run_step("teller", step)
+        # The teller's page shows the server's message for a refused step.
+        assert refused.value.code == "out_of_order" and refused.value.ref == "identity_step"
+        assert "front of the card first" in refused.value.message
+        assert v.steps[step].status == "pending"
+    assert await services.records.attempts("s1", "liveness") == 0
+
+    # A helper does the movements beside the customer's photo: they are not the card's holder.
+    await upload(v, Step.CARD_FRONT)
+    engines_of(services).decision = Decision.FAIL
+    await run(v, Step.LIVENESS)
+    liveness = v.steps[Step.LIVENESS]
+    assert liveness.status == "failed" and liveness.messages[0].reason == "face_changed"
+    assert engines_of(services).matched == [FRONT_PHOTO]
+
+
+async def test_turning_the_other_way_first_fails_the_challenge(
+    services: IdentityServices, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    v = Room(services).verification
+    camera(v, monkeypatch)
+    engines_of(services).pose = wrong_way_first(v)
+    await consented(v)
+    await upload(v, Step.CARD_FRONT)
+    await run(v, Step.LIVENESS)
+    liveness = v.steps[Step.LIVENESS]
+    assert liveness.status == "failed"
+    assert liveness.messages[0].reason == "challenge_not_completed"
+    # The turn asked for came, but after the other one: the first challenge is where it ended.
+    assert len(liveness.manifest["challenges"]) == 1
+
+    engines_of(services).pose = following(v)
+    await run(v, Step.LIVENESS)
+    assert v.steps[Step.LIVENESS].status == "passed"
+
+
+async def test_a_turn_after_the_challenge_time_is_not_counted(
+    db: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = IdentityConfig(
+        challenge_count=(1, 1),
+        liveness_challenges=(Challenge.TURN_LEFT,),
+        challenge_seconds=1.0,
+    )
+    engines = Engines(config)
+    services = IdentityServices(
+        engines=cast(IdentityEngines, engines),
+        records=IdentityRecords(db, tmp_path / "keys" / "identity-keyring.json"),
+        store=SessionStore(db),
+        audit=cast(AuditLog, Audit()),
+        today=lambda: TODAY,
+    )
+    v = Room(services).verification
+    picture = SimpleNamespace(image=np.zeros((120, 160, 3), np.uint8))
+
+    class View:
+        async def next_picture(self, timeout: float) -> SimpleNamespace:
+            await asyncio.sleep(0.02)  # 50 pictures a second
+            return picture
+
+    @contextlib.asynccontextmanager
+    async def view(max_fps: float) -> AsyncIterator[View]:
+        yield View()
+
+    monkeypatch.setattr(v, "_view", view)
+    await consented(v)
+    await upload(v, Step.CARD_FRONT)
+    # Frontal for two seconds, then the turn: too late for a one-second challenge.
+    seen = itertools.count()
+    engines.pose = lambda: TURN if next(seen) >= 100 else 0.0
+    await run(v, Step.LIVENESS)
+    liveness = v.steps[Step.LIVENESS]
+    assert liveness.status == "failed"
+    assert liveness.messages[0].reason == "challenge_not_completed"
+    assert next(seen) < 100  # the view was given up before the turn came
+
+    seen = itertools.count()
+    engines.pose = lambda: TURN if next(seen) >= 5 else 0.0
+    await run(v, Step.LIVENESS)
+    assert v.steps[Step.LIVENESS].status == "passed"
+
+
+async def test_a_restored_room_seals_the_same_manifest(
+    services: IdentityServices, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    room = Room(services)
+    v = room.verification
+    camera(v, monkeypatch)
+    engines_of(services).pose = following(v)
+    await consented(v)
+    engines_of(services).decision = Decision.FAIL
+    await upload(v, Step.CARD_FRONT)
+    await run(v, Step.FACE)  # a first attempt fails: the last one is what counts
+    engines_of(services).decision = Decision.PASS
+    await run(v, Step.FACE)
+    await upload(v, Step.CARD_BACK)
+    await run(v, Step.LIVENESS)
+    assert v.state == "passed"
+    [sealed] = room.published
+
+    restored = room.new()
+    await restored.restore()
+    assert restored.state == "passed" and restored.consent is True
+    assert restored.summary("automatic", None) == sealed
+    steps = sealed["steps"]
+    assert steps["card_front"]["ocr_models"] == {"det": "det@1", "rec": "rec@1"}
+    assert steps["face"] | {"record_id": None, "evidence_sha256": None} == {
+        "outcome": "passed",
+        "attempts": 2,
+        "reason": None,
+        "record_id": None,
+        "evidence_sha256": None,
+        "engine": "fake",
+        "model_versions": {"rec": "sface@1"},
+        "score": "0.8123",
+        "threshold": "0.5000",
+    }
+    assert len(steps["liveness"]["challenges"]) == 2 and steps["liveness"]["mirrored"] is False
+
+
+async def test_a_restart_midway_keeps_the_earlier_steps_in_the_manifest(
+    services: IdentityServices, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    room = Room(services)
+    v = room.verification
+    await consented(v)
+    await upload(v, Step.CARD_FRONT)
+    camera(v, monkeypatch)
+    await run(v, Step.FACE)
+    before = {step: dict(s.manifest) for step, s in v.steps.items()}
+
+    v = room.new()  # the worker restarted
+    await v.restore()
+    assert v.state == "in_progress"
+    assert {step: s.manifest for step, s in v.steps.items()} == before
+    camera(v, monkeypatch)
+    engines_of(services).pose = following(v)
+    await upload(v, Step.CARD_BACK)
+    await run(v, Step.LIVENESS)
+    [sealed] = room.published
+    assert sealed["decision"] == "pass"
+    assert sealed["steps"]["face"]["threshold"] == "0.5000"
+    assert "ocr_models" in sealed["steps"]["card_front"]
+
+
+@pytest.mark.parametrize("decided", [True, False])
+async def test_a_declined_consent_survives_a_restart(
+    services: IdentityServices, decided: bool
+) -> None:
+    room = Room(services)
+    v = room.verification
+    await consented(v, granted=False)
+    if decided:
+        await v.manual("teller", "pass", "核对身份证原件，人证一致")
+        assert room.published[0]["face_recognition_consent"] is False
+
+    restored = room.new()
+    await restored.restore()
+    assert restored.consent is False
+    assert restored.state == ("verified_manually" if decided else "manual_required")
+    if decided:
+        assert restored.summary("manual", None)["face_recognition_consent"] is False
+    else:
+        # The teller decides after the restart: the manifest says the customer declined.
+        await restored.manual("teller", "fail", "客户未携带身份证原件")
+        assert room.published[-1]["face_recognition_consent"] is False
+
+
+async def test_a_room_restored_before_any_answer_starts_over(services: IdentityServices) -> None:
+    v = Room(services).verification
+    await v.start("teller", customer_connected=True)
+    restored = Room(services).new()
+    await restored.restore()
+    assert restored.state == "idle" and restored.consent is None
+
+
+async def test_an_upside_down_card_is_kept_upright(db: Any, tmp_path: Path) -> None:
+    spec = VALID_SPECS[2]  # portrait obama2.jpg; the live face obama.jpg: the same man
+    upright = on_table(render_front(spec))
+    engines = IdentityEngines(IdentityConfig(preload=False))
+    try:
+        services = IdentityServices(
+            engines=engines,
+            records=IdentityRecords(db, tmp_path / "keys" / "identity-keyring.json"),
+            store=SessionStore(db),
+            audit=cast(AuditLog, Audit()),
+            today=lambda: TODAY,
+        )
+        v = Room(services).verification
+        await consented(v)
+        await v.upload_card("customer", "front", cv2.rotate(upright, cv2.ROTATE_180))
+        assert v._task is not None
+        await v._task
+        assert v.steps[Step.CARD_FRONT].status == "passed", v.steps[Step.CARD_FRONT]
+        assert v._front_image is not None and np.array_equal(v._front_image, upright)
+        # The evidence is upright too, and it is what a restored room matches faces against.
+        [row] = await services.records.for_session("s1")
+        kept = decode_image((await services.records.open(row.id)).evidence["card_front.jpg"])
+        live = load_face("obama.jpg")
+        result = await engines.match_async(kept, live)
+        assert result.decision is Decision.PASS, result
+    finally:
+        engines.close()
