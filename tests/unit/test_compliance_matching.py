@@ -8,6 +8,7 @@ from compliance.matching import (
     best_affirmed,
     fold,
     locate,
+    locate_answer,
     negation_count,
     syllable_cost,
     to_syllables,
@@ -166,3 +167,40 @@ def test_segments_are_cut_at_marks_by_their_word_times() -> None:
     assert (moved.start, moved.words[0].start) == (4.0, 4.0)
     plain = Segment(10.0, 24.8, "我同意，是的。")
     assert plain.within(20.0, 30.0) is plain and plain.within(30.0, 40.0) is None
+
+
+@pytest.mark.parametrize(
+    ("answer", "text", "found"),
+    [
+        ("对", "对，是我本人", ("对", False, "")),
+        ("对", "对对对", ("对", False, "")),
+        ("对", "嗯对的", ("对", False, "")),
+        ("同意", "同意录音", ("同意", False, "")),
+        ("是的", "是等。", ("是等", False, "")),
+        # Inside a longer word or sentence: no answer at all.
+        ("对", "对不起，我不是本人", None),
+        ("对", "我反对", None),
+        ("同意", "他同意了", None),
+        # After a negation: the opposite (the clause is the evidence).
+        ("是的", "不是的", ("不是的", True, "")),
+        ("同意", "我不同意", ("我不同意", True, "")),
+        ("同意", "我不是不同意", ("我不是不同意", True, "")),  # no plain yes either
+        ("我同意", "我同意，不是不同意", ("我同意", False, "")),
+        # A negation after it in its clause: no plain yes, but maybe no no.
+        ("明白", "明白不了", ("明白不了", False, "a negation after it")),
+        ("是自愿的", "是自愿的不是被迫的", ("是自愿的不是被迫的", False, "a negation after it")),
+        ("可以", "可以不录吗？", ("可以不录吗", False, "a question")),
+        # Asking back, or a condition.
+        ("可以", "可以吗", ("可以吗", False, "a question")),
+        ("我确认是自愿购买", "我确认是自愿购买？", ("我确认是自愿购买", False, "a question")),
+        ("是的", "是的话我再看看", ("是的话我再看看", False, "a condition")),
+        # Words with a negation character that do not negate.
+        ("好的", "好的没问题", ("好的", False, "")),
+    ],
+)
+def test_an_answer_is_judged_by_its_clause(
+    answer: str, text: str, found: tuple[str, bool, str] | None
+) -> None:
+    matches = locate_answer(answer, to_syllables(text), 0.8)
+    first = (matches[0].excerpt, matches[0].negated, matches[0].doubt) if matches else None
+    assert first == found

