@@ -3,7 +3,7 @@
 If the process dies mid-recording, the segments are in the spool or the archive store, but the
 manifest that lists them was never written. The journal holds everything the manifest needs
 (the wrapped data key, every sealed segment and attachment, marks, presence, tracks, identity,
-transactions), one fsync'ed
+transactions, then the manifest as the recording ended and as signed), one fsync'ed
 JSON line per event, so that on restart the archive is finalized as "interrupted" and still
 verifies. A segment is journaled before it is spooled, so every segment object that can exist
 is in the journal; recovery drops the last ones if they never reached the spool.
@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,8 @@ class JournalState:
     attachments: list[dict[str, Any]] = field(default_factory=list)  # in index order
     last_media_ms: int = 0
     last_wall: str = ""
+    # The manifest's members as the recording ended, before it was signed (the newest holds).
+    ended: dict[str, Any] | None = None
     # The manifest and its signature as signed, once sealing began (the newest one holds).
     signed: tuple[bytes, bytes] | None = None
     sealed: bool = False
@@ -58,6 +61,9 @@ class Journal:
         # False until this object has seen the file end in a newline: a line cut short by a crash
         # or a full disk (here or in an earlier process) must not swallow the next one.
         self._ends_cleanly = False
+        # A transaction binding is journaled while the recording's task worker may be
+        # journaling a segment: one line at a time, or a line could be torn in two.
+        self._lock = threading.Lock()
 
     @classmethod
     def create(cls, directory: Path, archive_id: str, header: dict[str, Any]) -> Journal:
@@ -71,7 +77,7 @@ class Journal:
     def append(self, kind: str, record: dict[str, Any]) -> None:
         """Durable before it returns (called from a thread, never on the event loop)."""
         line = _line(kind, record)
-        with self.path.open("a+b") as fh:
+        with self._lock, self.path.open("a+b") as fh:
             if not self._ends_cleanly and fh.seek(0, os.SEEK_END) > 0:
                 fh.seek(-1, os.SEEK_END)
                 if fh.read(1) != b"\n":
@@ -84,6 +90,9 @@ class Journal:
 
     def read(self) -> JournalState:
         state: JournalState | None = None
+        # By index: a line written again after its fsync failed (the write is retried, and the
+        # first one had reached the file) appears twice, and must be listed once.
+        listed: dict[tuple[str, int], dict[str, Any]] = {}
         with self.path.open("rb") as fh:
             for raw in fh:
                 try:
@@ -96,6 +105,8 @@ class Journal:
                     continue
                 if state is None:
                     raise ValueError(f"{self.path}: no header line")
+                if kind in ("segment", "attachment") and not self._first(listed, kind, record):
+                    continue
                 if kind == "segment":
                     state.segments.append(record["entry"])
                     state.segment_cut_ms.append(record["media_ms"])
@@ -121,6 +132,8 @@ class Journal:
                     state.attachments.append(record["entry"])
                 elif kind == "transaction":
                     state.transactions[record["transaction"]["id"]] = record["transaction"]
+                elif kind == "ended":
+                    state.ended = record["manifest"]
                 elif kind == "signed":
                     state.signed = (
                         base64.b64decode(record["manifest"]),
@@ -137,6 +150,22 @@ class Journal:
         if state is None:
             raise ValueError(f"{self.path}: empty journal")
         return state
+
+    def _first(
+        self, seen: dict[tuple[str, int], dict[str, Any]], kind: str, record: dict[str, Any]
+    ) -> bool:
+        """False for a repeat of a segment or attachment line already read; a different line
+        for the same index cannot be sealed into any manifest that verifies."""
+        index = record["entry"]["index"]
+        earlier = seen.setdefault((kind, index), record)
+        if earlier is record:
+            return True
+        if earlier != record:
+            raise ValueError(
+                f"{self.path}: two different {kind} records for index {index}: {earlier} and "
+                f"{record}; the archive cannot list both, so this journal needs an operator"
+            )
+        return False
 
     def set_aside(self) -> Path:
         """Rename an unusable journal out of the way (kept for an operator, never deleted)."""

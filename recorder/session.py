@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import time
 import uuid
@@ -16,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
@@ -41,7 +42,7 @@ from recorder.seal.sealer import ArchiveSealer
 from recorder.seal.signing import Signer
 from recorder.store.config import RetentionRules
 from recorder.store.retention import Product, ProductKind, retain_until
-from recorder.store.spool import Spool
+from recorder.store.spool import Spool, SpoolEntry
 from server.sfu.encoded import EncodedSource
 
 log = structlog.get_logger(__name__)
@@ -51,6 +52,17 @@ RECORDER_VERSION = f"vteller-recorder {__version__}"
 # an operator frees space; the recording's manifest is sealed only once everything is written.
 STORE_RETRY_FIRST_SECONDS = 0.5
 STORE_RETRY_MAX_SECONDS = 10.0
+# How long sealing waits for the database or the disk before it leaves the rest to the manager,
+# which seals the journal (with the status journaled at the stop) every minute until it can.
+# Sealing holds the room: a database down for an hour must not freeze its members for an hour.
+SEAL_PATIENCE_SECONDS = 30.0
+# Errors that waiting cannot mend (a conflicting chain, a bad record): raised at once.
+_PERMANENT = (ValueError, TypeError, KeyError, RuntimeError)
+# A chain that refuses this many fresh signatures in a row is not being raced: it is broken.
+_MAX_SIGNATURES = 20
+_DISK_FIX = "free space there or fix its permissions"
+
+T = TypeVar("T")
 
 
 def archive_prefix(archive_id: str) -> str:
@@ -83,6 +95,17 @@ class ArchiveListing(Protocol):
     """The names the archive store holds (ArchiveBucket); raises while the store is down."""
 
     async def list(self, prefix: str = "") -> list[str]: ...
+
+
+class Attempt(Protocol):
+    """How a spool, journal or chain write is run: until it succeeds (a live recording, whose
+    teller sees what it waits for) or once (`once`, for recovery, which the manager repeats)."""
+
+    def __call__(self, what: str, fix: str, step: Callable[[], Awaitable[T]]) -> Awaitable[T]: ...
+
+
+async def once(what: str, fix: str, step: Callable[[], Awaitable[T]]) -> T:
+    return await step()
 
 
 @dataclass
@@ -137,7 +160,7 @@ class RecordingSession:
         self._slots = standard_slots()
         self._retain_until = retain
         self._sealer = sealer
-        self._journal = journal
+        self.journal = journal
         self._writer = RecordingWriter(self._sealer, self._slots, self._sealed)
         self._feeds = [
             SlotFeed(self._writer, index, slot.kind, self.media_ms)
@@ -152,8 +175,12 @@ class RecordingSession:
         self._compliance: dict[str, Any] | None = None
         self._transactions: dict[str, dict[str, Any]] = {}
         self._tasks: asyncio.Queue[Callable[[], Awaitable[None]] | None] = asyncio.Queue()
-        # Why the last spool or journal write failed, while it is being retried (None: all well).
+        # Why the last spool, journal or chain write failed, while it is being retried (None: all
+        # well).
         self.last_store_error: str | None = None
+        # Set once stop() or abandon() has ended, however: the journal is then no longer this
+        # object's to write, and the manager seals it if it is not sealed yet.
+        self.stopped = False
         self._worker = asyncio.create_task(self._run_tasks())
         self._cutter = asyncio.create_task(self._cut_regularly())
 
@@ -274,12 +301,15 @@ class RecordingSession:
         self._compliance = context
         self._journal_later("compliance", {"compliance": context})
 
-    def bind_transaction(
+    async def bind_transaction(
         self, transaction_id: str, sha256: str, signature_sha256: str, signature_png: bytes
     ) -> None:
         """A transaction the customer signed now: its hash and the signature image's hash go
         into the manifest, at this media time (a signature given again replaces the earlier),
-        and the image itself into the archive, encrypted, as an attachment."""
+        and the image itself into the archive, encrypted, as an attachment.
+
+        Returns once the binding is journaled: the caller then records in the database that this
+        archive holds it, and an archive recovered after a crash must hold it too."""
         binding = {
             "id": transaction_id,
             "sha256": sha256,
@@ -301,36 +331,80 @@ class RecordingSession:
                 return
             await self._store_object("attachment", {"entry": entry.model_dump()}, ciphertext)
 
+        # Queued before the await below, so that a stop() begun meanwhile still seals the image.
         self._tasks.put_nowait(attach)
-        self._journal_later("transaction", {"transaction": binding})
+        # Journaled here rather than queued: the queue may be held for minutes behind a spool
+        # write being retried, and a binding the database names must not wait there.
+        await self._append_journal("transaction", {"transaction": binding})
 
     @property
     def pending_segments(self) -> int:
         return self._context.spool.pending_count
 
-    async def stop(self, status: str = "complete") -> ArchiveRecord:
-        """Seal: the last segment, the manifest, its signature, the chain link."""
+    async def stop(
+        self, status: str = "complete", *, patience: float = SEAL_PATIENCE_SECONDS
+    ) -> ArchiveRecord:
+        """Seal: the last segment, the manifest, its signature, the chain link. The media is
+        stored whatever it takes; the seal's writes are retried for `patience` seconds, the
+        teller's page saying what they wait for, and then this raises: the recording ended
+        is journaled, and the manager seals it as soon as it can."""
+        try:
+            await self._halt()
+            fields = self._manifest_fields(status)
+            # Journaled before the chain is asked for its head: a worker restarted while the
+            # database is down then seals what the recording ended with (its status too), not
+            # an interrupted reconstruction.
+            await self._append_journal("ended", {"manifest": fields})
+            record = await seal_manifest(
+                self._context,
+                fields,
+                self.journal,
+                self._retain_until,
+                functools.partial(self._until_done, within=patience),
+            )
+        finally:
+            self.stopped = True
+        self.state = "sealed" if status == "complete" else "interrupted"
+        self._on_change()
+        return record
+
+    async def abandon(self, reason: str) -> None:
+        """Stop without sealing, since the archive cannot be sealed now (`reason`, e.g. the
+        database is down): what was recorded stays journaled and spooled, with a gap over it
+        saying why, and the manager seals it as interrupted once it can."""
+        try:
+            end_ms = await self._halt(reason)
+            log.warning(
+                "recording_abandoned", archive_id=self.archive_id, reason=reason, end_ms=end_ms
+            )
+        finally:
+            self.stopped = True
+
+    # -- internals ---------------------------------------------------------------------------
+
+    async def _halt(self, gap_reason: str | None = None) -> int:
+        """End the media (a gap from 0 over all of it with `gap_reason`) and wait until every
+        segment, attachment and journal line it has made is stored; returns its end."""
         self.state = "sealing"
         self._on_change()
         self._cutter.cancel()
         for feed in self._feeds:
             feed.follow(None)
         end_ms = self.media_ms()
-        await self._writer.close(end_ms)
-        for who in self._presence.values():
-            if who.gap_start_ms is not None:
-                self._add_gap(who.gap_start_ms, end_ms, f"{who.role} disconnected")
-                who.gap_start_ms = None
-        await self._tasks.put(None)
-        await self._worker
-        record = await seal_manifest(
-            self._context, self._manifest_fields(status), self._journal, self._retain_until
-        )
-        self.state = "sealed" if status == "complete" else "interrupted"
-        self._on_change()
-        return record
-
-    # -- internals ---------------------------------------------------------------------------
+        try:
+            await self._writer.close(end_ms)
+        finally:
+            # Even when the muxer failed: what is queued is stored, and nothing is still being
+            # written once `stopped` lets the manager seal the journal.
+            for who in self._presence.values():
+                if who.gap_start_ms is not None:
+                    self._add_gap(who.gap_start_ms, end_ms, f"{who.role} disconnected")
+                    who.gap_start_ms = None
+            if gap_reason is not None:
+                self._add_gap(0, end_ms, gap_reason)
+            await self._tasks.put(None)
+            await self._worker
+        return end_ms
 
     def _slot_for(self, participant_id: str, role: str, source: str) -> int | None:
         # A participant keeps its slot group for the whole recording: a rejoin continues it.
@@ -418,37 +492,35 @@ class RecordingSession:
         # the journal does not name would be unlisted forever after a crash, where a journaled
         # object that never reached the spool is dropped by `recover` (docs/architecture.md).
         await self._append_journal(kind, record)
-        spool = self._context.spool
         name = archive_prefix(self.archive_id) + record["entry"]["object"]
-        await self._until_done(
-            "the spool",
-            spool.directory,
-            lambda: spool.add(name, ciphertext, self._retain_until),
-        )
+        await _spooled(self._until_done, self._context.spool, name, ciphertext, self._retain_until)
         self._on_change()
 
     def _journal_later(self, kind: str, record: dict[str, Any]) -> None:
         self._tasks.put_nowait(lambda: self._append_journal(kind, record))
 
     async def _append_journal(self, kind: str, record: dict[str, Any]) -> None:
-        await self._until_done(
-            "the journal",
-            self._journal.path.parent,
-            lambda: asyncio.to_thread(self._journal.append, kind, record),
-        )
+        await _journaled(self._until_done, self.journal, kind, record)
 
     async def _until_done(
-        self, where: str, directory: Path, step: Callable[[], Awaitable[object]]
-    ) -> None:
-        """Run `step` until it succeeds, backing off; meanwhile the teller's page says why."""
+        self, what: str, fix: str, step: Callable[[], Awaitable[T]], within: float | None = None
+    ) -> T:
+        """Run `step` until it succeeds, backing off; meanwhile the teller's page says why.
+        With `within`, give up after that many seconds, or at once on an error that waiting
+        cannot mend, by raising it."""
         delay = STORE_RETRY_FIRST_SECONDS
+        deadline = None if within is None else time.monotonic() + within
         while True:
             try:
-                await step()
+                result = await step()
             except Exception as exc:
+                if deadline is not None and (
+                    isinstance(exc, _PERMANENT) or time.monotonic() + delay > deadline
+                ):
+                    raise
                 self.last_store_error = (
-                    f"cannot write to {where} ({directory}): {exc}; free space there or fix its "
-                    f"permissions (retrying every {STORE_RETRY_MAX_SECONDS:.0f} s at most)"
+                    f"cannot {what}: {exc}; {fix} (retrying every "
+                    f"{STORE_RETRY_MAX_SECONDS:.0f} s at most)"
                 )
                 self._on_change()
                 log.warning(
@@ -464,7 +536,7 @@ class RecordingSession:
             if self.last_store_error is not None:
                 self.last_store_error = None
                 self._on_change()
-            return
+            return result
 
     async def _run_tasks(self) -> None:
         # One at a time, in order: segments reach the spool and the journal in index order, and a
@@ -487,32 +559,73 @@ class RecordingSession:
             feed.request_keyframe()
 
 
+def _journaled(
+    attempt: Attempt, journal: Journal, kind: str, record: dict[str, Any]
+) -> Awaitable[None]:
+    return attempt(
+        f"write to the journal ({journal.path.parent})",
+        _DISK_FIX,
+        lambda: asyncio.to_thread(journal.append, kind, record),
+    )
+
+
+def _spooled(
+    attempt: Attempt, spool: Spool, name: str, data: bytes, retain: datetime
+) -> Awaitable[SpoolEntry]:
+    return attempt(
+        f"write to the spool ({spool.directory})",
+        _DISK_FIX,
+        lambda: spool.add(name, data, retain),
+    )
+
+
+def _chained(attempt: Attempt, step: Callable[[], Awaitable[T]]) -> Awaitable[T]:
+    return attempt(
+        "reach the manifest chain in the database",
+        "check that the database is running and reachable",
+        step,
+    )
+
+
 async def seal_manifest(
     context: RecorderContext,
     fields: dict[str, Any],
     journal: Journal,
     retain: datetime,
+    attempt: Attempt,
     signed: tuple[bytes, bytes] | None = None,
 ) -> ArchiveRecord:
-    """Sign the manifest, chain it to the newest one, spool it, mark the journal sealed.
+    """Sign the manifest, chain it to the newest one, spool it, mark the journal sealed; every
+    one of these writes through `attempt`.
 
     Each signed manifest is journaled before the chain may take it. A process that dies after
     the chain took it, but before it was stored, is finished at recovery with that same manifest
     (`signed`, from the journal): a second manifest for one archive would take a second place
     in the chain and leave the first one's place pointing at a manifest that was never stored.
+    The chain takes it before it is spooled: a manifest spooled first and then refused by the
+    chain (another archive sealed meanwhile) would reach the store under retention, where the
+    one signed again after the new head could never take its name.
     """
     archive_id = journal.path.stem
     record: ArchiveRecord | None = None
     if signed is not None:
         data, signature = signed
-        record = _record_of(parse_manifest(data), data)
-        if not await context.chain.append(record):
+        offered = _record_of(parse_manifest(data), data)
+        if await _chained(attempt, functools.partial(context.chain.append, offered)):
+            record = offered
+        else:
             # Never chained, and another archive has been sealed since: the same content is
             # signed again after the new head.
             fields = json.loads(data)
-            record = None
     finalized_at = datetime.now(UTC)
+    signatures = 0
     while record is None:
+        signatures += 1
+        if signatures > _MAX_SIGNATURES:
+            raise RuntimeError(
+                f"the manifest chain refused {_MAX_SIGNATURES} signatures of archive "
+                f"{archive_id} in a row; check the archives table for a row it conflicts with"
+            )
         manifest = Manifest.model_validate(
             fields
             | {
@@ -521,13 +634,14 @@ async def seal_manifest(
                 "product": None,
                 "recorder_version": RECORDER_VERSION,
                 "finalized_at": format_timestamp(finalized_at),
-                "previous_manifest_sha256": await context.chain.head(),
+                "previous_manifest_sha256": await _chained(attempt, context.chain.head),
                 "signing_key_id": context.signer.key_id,
             }
         )
         data, signature = sign_manifest(manifest, context.signer)
-        await asyncio.to_thread(
-            journal.append,
+        await _journaled(
+            attempt,
+            journal,
             "signed",
             {
                 "manifest": base64.b64encode(data).decode("ascii"),
@@ -535,12 +649,12 @@ async def seal_manifest(
             },
         )
         candidate = _record_of(manifest, data)
-        if await context.chain.append(candidate):
+        if await _chained(attempt, functools.partial(context.chain.append, candidate)):
             record = candidate
     prefix = archive_prefix(archive_id)
-    await context.spool.add(prefix + MANIFEST_OBJECT, data, retain)
-    await context.spool.add(prefix + SIGNATURE_OBJECT, signature, retain)
-    await asyncio.to_thread(journal.append, "sealed", {"manifest_sha256": record.manifest_sha256})
+    await _spooled(attempt, context.spool, prefix + MANIFEST_OBJECT, data, retain)
+    await _spooled(attempt, context.spool, prefix + SIGNATURE_OBJECT, signature, retain)
+    await _journaled(attempt, journal, "sealed", {"manifest_sha256": record.manifest_sha256})
     log.info("archive_sealed", archive_id=archive_id, status=record.status)
     return record
 
@@ -562,18 +676,24 @@ def _record_of(manifest: Manifest, data: bytes) -> ArchiveRecord:
 
 
 async def recover(context: RecorderContext, journal: Journal) -> ArchiveRecord:
-    """Finalize, as interrupted, a recording whose process died: what was stored holds. One
-    that died while sealing is finished with the manifest it had signed."""
+    """Finalize, as interrupted, a recording whose process died (or that was abandoned): what
+    was stored holds. One that died while sealing is finished with the manifest it had signed,
+    or had ended. Each write is tried once: on failure the journal waits for the manager's next
+    pass."""
     state: JournalState = await asyncio.to_thread(journal.read)
     header = state.header
     retain = datetime.fromisoformat(header["retain_until"])
     if state.signed is not None:
         # It died while sealing: the manifest it signed is the archive's (its status included).
-        return await seal_manifest(context, {}, journal, retain, state.signed)
+        return await seal_manifest(context, {}, journal, retain, once, state.signed)
+    if state.ended is not None:
+        # It died before signing, once every object the manifest lists had been stored.
+        return await seal_manifest(context, state.ended, journal, retain, once)
     archive_id = journal.path.stem
     stored = await _stored_count(context, archive_id, state.segments)
     attached = await _stored_count(context, archive_id, state.attachments)
     presence: dict[str, dict[str, Any]] = {}
+    away_since_ms: dict[str, int] = {}  # who was disconnected (not back yet), since when
     for event in state.presence:
         who = presence.setdefault(
             event["participant_id"],
@@ -585,9 +705,13 @@ async def recover(context: RecorderContext, journal: Journal) -> ArchiveRecord:
             },
         )
         if event["event"] in ("joined", "rejoined"):
+            # The recording journaled the gap itself when they came back.
+            away_since_ms.pop(event["participant_id"], None)
             who["presence"].append({"joined_at": event["at"], "left_at": None})
         elif who["presence"] and who["presence"][-1]["left_at"] is None:
             who["presence"][-1]["left_at"] = event["at"]
+        if event["event"] == "disconnected":
+            away_since_ms[event["participant_id"]] = event["media_ms"]
     for who in presence.values():
         if who["presence"] and who["presence"][-1]["left_at"] is None:
             who["presence"][-1]["left_at"] = state.last_wall or header["created_at"]
@@ -602,10 +726,22 @@ async def recover(context: RecorderContext, journal: Journal) -> ArchiveRecord:
         "reason": "recorder stopped; media after the last sealed segment is lost",
     }
     gaps = list(state.gaps)
+    stored_until_ms = state.segment_cut_ms[stored - 1] if stored else 0
+    # Still away when the recorder stopped: their gap runs to the end of the stored media (the
+    # gaps below cover what follows).
+    gaps.extend(
+        {
+            "start_ms": since_ms,
+            "end_ms": stored_until_ms,
+            "reason": f"{presence[participant_id]['role']} disconnected",
+        }
+        for participant_id, since_ms in away_since_ms.items()
+        if since_ms < stored_until_ms
+    )
     if stored < len(state.segments):
         gaps.append(
             {
-                "start_ms": state.segment_cut_ms[stored - 1] if stored else 0,
+                "start_ms": stored_until_ms,
                 "end_ms": state.segment_cut_ms[-1],
                 "reason": f"recorder stopped; segments {state.segments[stored]['index']}-"
                 f"{state.segments[-1]['index']} were sealed but never stored: their media is lost",
@@ -631,7 +767,7 @@ async def recover(context: RecorderContext, journal: Journal) -> ArchiveRecord:
         "transactions": list(state.transactions.values()) or None,
         "attachments": state.attachments[:attached] or None,
     }
-    return await seal_manifest(context, fields, journal, retain)
+    return await seal_manifest(context, fields, journal, retain, once)
 
 
 async def _stored_count(

@@ -39,7 +39,7 @@ from recorder.seal.report import (
 )
 from recorder.seal.signing import SIGNATURE_SIZE, PublicKeyError, public_key_id
 from recorder.seal.signing import verify as verify_signature
-from recorder.seal.stream import SegmentDecryptor, SegmentError, decrypt_segment
+from recorder.seal.stream import KEY_SIZE, SegmentDecryptor, SegmentError, decrypt_segment
 
 _FEED_SIZE = 1024 * 1024
 
@@ -480,10 +480,15 @@ def _note_signatures(manifest: Manifest, report: VerificationReport) -> None:
 
 def _unwrap(manifest: Manifest, keyring: KeyWrapper, report: VerificationReport) -> bytes | None:
     try:
-        return keyring.unwrap(manifest.wrapped_key.to_wrapped(), manifest.archive_uuid)
-    except KeyringError as error:
+        data_key = keyring.unwrap(manifest.wrapped_key.to_wrapped(), manifest.archive_uuid)
+    except (KeyringError, ValueError) as error:  # ValueError: from a key wrapper of a KMS, too
         report.add("manifest", f"data key cannot be unwrapped: {error}")
         return None
+    if len(data_key) != KEY_SIZE:
+        # No segment key can be derived from it: a problem named, not a verifier that crashes.
+        report.add("manifest", f"data key is {len(data_key)} bytes, not {KEY_SIZE}")
+        return None
+    return data_key
 
 
 def _check_plaintext(

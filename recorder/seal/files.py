@@ -45,7 +45,13 @@ def replace_private_file(path: Path, data: bytes) -> None:
     """Atomically replace `path` with `data`: readers see the old or the new file, never a mix."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     create_private_file(temporary, data)
-    os.replace(temporary, path)
+    try:
+        os.replace(temporary, path)
+    except BaseException:
+        # Left behind, it would make every later attempt fail with FileExistsError.
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
     _fsync_dir(path.parent)
 
 

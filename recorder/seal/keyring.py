@@ -30,6 +30,7 @@ from recorder.seal.stream import KEY_SIZE
 
 KEYRING_FORMAT = "vteller-keyring/1"
 WRAP_NONCE_SIZE = 12
+WRAPPED_KEY_SIZE = KEY_SIZE + 16  # the data key and its AES-GCM tag
 
 
 class KeyringError(Exception):

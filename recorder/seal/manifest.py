@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Literal
@@ -28,7 +29,7 @@ from pydantic import (
 
 from recorder.seal.canonical import CanonicalJsonError, canonical_json, parse_json
 from recorder.seal.digest import sha256_hex
-from recorder.seal.keyring import WrappedKey
+from recorder.seal.keyring import WRAP_NONCE_SIZE, WRAPPED_KEY_SIZE, WrappedKey
 from recorder.seal.signing import Signer
 from recorder.seal.stream import (
     ATTACHMENT_KEY_INFO,
@@ -92,6 +93,16 @@ def _check_base64(value: str) -> str:
     if base64.b64encode(decoded).decode("ascii") != value:
         raise ValueError("must be standard base64 with padding")
     return value
+
+
+def _base64_of(size: int) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        decoded = base64.b64decode(_check_base64(value))
+        if len(decoded) != size:
+            raise ValueError(f"must encode {size} bytes, not {len(decoded)}")
+        return value
+
+    return check
 
 
 def _check_json_object(value: dict[str, Any]) -> dict[str, Any]:
@@ -200,8 +211,8 @@ class AttachmentEntry(SealedObject):
 
 class WrappedKeyEntry(_Model):
     key_id: Text
-    nonce: Annotated[str, AfterValidator(_check_base64)]
-    ciphertext: Annotated[str, AfterValidator(_check_base64)]
+    nonce: Annotated[str, AfterValidator(_base64_of(WRAP_NONCE_SIZE))]
+    ciphertext: Annotated[str, AfterValidator(_base64_of(WRAPPED_KEY_SIZE))]
 
     @classmethod
     def from_wrapped(cls, wrapped: WrappedKey) -> WrappedKeyEntry:

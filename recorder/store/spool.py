@@ -36,7 +36,7 @@ from typing import Protocol
 
 import structlog
 
-from recorder.seal.files import create_private_file
+from recorder.seal.files import create_private_file, replace_private_file
 from recorder.store.config import StoreSettings
 from recorder.store.s3 import (
     ArchiveConflictError,
@@ -314,7 +314,9 @@ class Spool:
 
         def move() -> Path:
             target = self._rejected / path.name
-            create_private_file(
+            # The reason first, so that no rejected file is ever without one; replaced, not
+            # created anew, since a move that failed after it (a full disk) is tried again.
+            replace_private_file(
                 self._rejected / f"{path.name}.reason",
                 f"{datetime.now(UTC).isoformat()} {reason}\n".encode(),
             )
@@ -366,12 +368,12 @@ class UploaderStatus:
         return self.running and self.consecutive_failures == 0 and self.rejected_count == 0
 
     def describe(self) -> str:
-        """One English sentence, e.g. '3 segments waiting for the archive store: connection
-        refused; retrying in 8 s'."""
+        """One English sentence, e.g. '3 objects waiting for the archive store: connection
+        refused; retrying in 8 s'. Objects, not segments: a signature attachment waits too."""
         count = self.pending_count
-        noun = "segment" if count == 1 else "segments"
+        noun = "object" if count == 1 else "objects"
         if count == 0:
-            text = "all segments are in the archive store"
+            text = "all objects are in the archive store"
         elif self.consecutive_failures:
             text = f"{count} {noun} waiting for the archive store"
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from pathlib import Path
 
 import structlog
 from sqlalchemy.ext.asyncio import async_sessionmaker
@@ -15,11 +16,16 @@ from recorder.seal.signing import Signer
 from recorder.session import RecorderContext, RecordingSession, recover
 from recorder.store.s3 import ArchiveBucket, ArchiveUnavailableError, StoreConfigError
 from recorder.store.spool import Spool, Uploader, UploaderStatus
+from server.background import cancel_and_wait
 from server.db.engine import DbSession
 from server.recording.chain import DatabaseChain
 from server.settings import Settings
 
 log = structlog.get_logger(__name__)
+
+# How often journals left unsealed (a recovery that failed, a recording whose seal failed or
+# that was abandoned) are tried again: the database or a disk may be back by then.
+FINISH_RETRY_SECONDS = 60.0
 
 
 class _Unconfigured:
@@ -60,6 +66,10 @@ class RecordingManager:
         self.chain = DatabaseChain(db)
         # Who wants to know when an archive is sealed (the compliance analysis).
         self.on_sealed: Callable[[str, str], Awaitable[None]] | None = None
+        # The recordings this process runs, until they stop; then their journal is checked.
+        self._recordings: set[RecordingSession] = set()
+        self._unfinished: dict[Path, Journal] = {}
+        self._retrying: asyncio.Task[None] | None = None
         self.context = RecorderContext(
             keyring=self.keyring,
             signer=self.signer,
@@ -80,16 +90,35 @@ class RecordingManager:
     async def start(self) -> None:
         await self.uploader.start()
         for journal in await asyncio.to_thread(Journal.found, self.context.journal_dir):
-            await self._finish(journal)
+            self._unfinished[journal.path] = journal
+        await self._finish_unfinished()
+        self._retrying = asyncio.create_task(self._finish_regularly())
 
-    async def _finish(self, journal: Journal) -> None:
-        """Seal the recording a crashed process left (as interrupted, or with the manifest it
-        had signed); one bad journal never keeps the worker (and every other recovery) from
-        starting."""
+    async def _finish_regularly(self) -> None:
+        while True:
+            await asyncio.sleep(FINISH_RETRY_SECONDS)
+            try:
+                await self._finish_unfinished()
+            except Exception:
+                # One bad pass must not end the retries for the life of the process.
+                log.exception("recording_retry_pass_failed")
+
+    async def _finish_unfinished(self) -> None:
+        for recording in [r for r in self._recordings if r.stopped]:
+            self._recordings.discard(recording)
+            self._unfinished[recording.journal.path] = recording.journal
+        for path, journal in list(self._unfinished.items()):
+            if await self._finish(journal):
+                del self._unfinished[path]
+
+    async def _finish(self, journal: Journal) -> bool:
+        """Seal the recording a crashed process (or a failed seal) left: as interrupted, or with
+        the manifest it had signed or ended with. One bad journal never keeps the worker (and
+        every other recovery) from starting. False when it is to be tried again."""
         try:
             state = await asyncio.to_thread(journal.read)
             if state.sealed:
-                return
+                return True
             record = await recover(self.context, journal)
         except (KeyError, TypeError, ValueError) as exc:
             # What the journal holds cannot make a manifest (no header, a record that is not
@@ -104,18 +133,24 @@ class RecordingManager:
                 "manifest can be made from this journal; repair it and rename it back to .jsonl "
                 "to have it finished at the next start",
             )
-            return
+            return True
         except Exception:
             # The database, the spool disk, the journal's permissions, an archive store that
             # cannot say which segments it holds: all can be fixed, and the journal is left in
-            # place to be finished at the next start.
+            # place to be tried again.
             log.exception(
                 "recording_recovery_failed",
                 path=str(journal.path),
-                fix="fix the cause named here and restart the worker",
+                fix=f"fix the cause named here; it is tried again every "
+                f"{FINISH_RETRY_SECONDS:.0f} s",
             )
-            return
-        await self.sealed(record.archive_id, record.session_id)
+            return False
+        try:
+            await self.sealed(record.archive_id, record.session_id)
+        except Exception:
+            # Sealed and chained all the same: only its analysis was not queued (the database
+            # away just then); the auditor and `vteller compliance analyze` still reach it.
+            log.exception("recording_sealed_hook_failed", archive_id=record.archive_id)
         log.warning(
             # "complete" when the process died while sealing a recording that had ended.
             "recording_recovered",
@@ -123,15 +158,28 @@ class RecordingManager:
             session_id=record.session_id,
             status=record.status,
         )
+        return True
 
     async def stop(self) -> None:
+        await cancel_and_wait(self._retrying)
         await self.uploader.stop()
 
     async def new_recording(
         self, session_id: str, business: str, on_change: Callable[[], None]
     ) -> RecordingSession:
         recording = await RecordingSession.create(self.context, session_id, business, on_change)
-        await self.chain.started(recording.archive_id, session_id, business)
+        self._recordings.add(recording)
+        try:
+            await self.chain.started(recording.archive_id, session_id, business)
+        except Exception:
+            # The customer consented and the recording has begun: its journal (and perhaps a
+            # segment, soon under retention) exist. Stopped here rather than left running
+            # unowned; sealed as interrupted, saying why, once the database is back.
+            await recording.abandon(
+                "the recording could not be registered in the database, so it stopped at once; "
+                "nothing of the call was recorded"
+            )
+            raise
         return recording
 
     def store_status(self) -> UploaderStatus:

@@ -176,17 +176,22 @@ class RoomRecording:
         if self._recording is not None and self.state == "recording":
             self._recording.set_identity(summary)
 
-    def bind_transaction(
+    async def bind_transaction(
         self, transaction_id: str, sha256: str, signature_sha256: str, signature_png: bytes
     ) -> str | None:
-        """Bind a just-signed transaction into the running recording; its archive id, or None
-        when nothing is being recorded (the approval rules then refuse the transaction)."""
-        if self._recording is None or self.state != "recording":
+        """Bind a just-signed transaction into the running recording; its archive id once the
+        binding is journaled, or None when nothing is being recorded (the approval rules then
+        refuse the transaction)."""
+        recording = self._recording
+        if recording is None or self.state != "recording":
             return None
-        self._recording.bind_transaction(transaction_id, sha256, signature_sha256, signature_png)
-        return self._recording.archive_id
+        await recording.bind_transaction(transaction_id, sha256, signature_sha256, signature_png)
+        return recording.archive_id
 
-    async def stop(self, status: str = "complete") -> None:
+    async def stop(self, status: str = "complete", *, patience: float | None = None) -> None:
+        """Seal the recording; `patience`: how long the seal may wait for the database or the
+        disk (the recorder's default; 0 when the worker is stopping) before the manager is left
+        to finish it."""
         recording = self._recording
         if recording is None or self.state != "recording":
             if self.state == "awaiting_consent":
@@ -202,9 +207,15 @@ class RoomRecording:
                 log.exception("live_checks_stop_failed", archive_id=recording.archive_id)
         await self._announce()
         try:
-            record = await recording.stop(status)
+            record = await (
+                recording.stop(status)
+                if patience is None
+                else recording.stop(status, patience=patience)
+            )
             self.state = "sealed" if status == "complete" else "interrupted"
         except Exception:
+            # The seal could not be finished within its patience (or cannot be at all): the
+            # recorder manager seals the journal later, with the status journaled at the stop.
             log.exception("recording_seal_failed", archive_id=recording.archive_id)
             self.state = "interrupted"
         else:

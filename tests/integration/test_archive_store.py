@@ -346,7 +346,7 @@ async def test_uploads_survive_minio_going_down(
         assert status.last_error == "connection refused"
         assert status.retry_at is not None
         sentence = status.describe()
-        assert "segments waiting for the archive store: connection refused; retrying in" in sentence
+        assert "objects waiting for the archive store: connection refused; retrying in" in sentence
         with pytest.raises(TimeoutError, match="waiting for the archive store"):
             await uploader.flush(0.5)
 

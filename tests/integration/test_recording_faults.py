@@ -8,19 +8,24 @@ import errno
 import json
 import os
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 from sqlalchemy import select
 
+from recorder import journal as journal_module
 from recorder import session as recording_session
 from recorder.journal import Journal, UnknownRecord
 from recorder.playback import MediaInspector
 from recorder.seal.digest import sha256_hex
 from recorder.seal.keyring import LocalKeyring
+from recorder.seal.manifest import MANIFEST_OBJECT, SIGNATURE_OBJECT
 from recorder.seal.signing import Signer, load_public_keys
 from recorder.session import (
     ArchiveRecord,
@@ -34,6 +39,7 @@ from recorder.store.s3 import ArchiveBucket, ArchiveUnavailableError, S3Archive
 from recorder.store.spool import Spool, SpoolEntry
 from recorder.verify import DirectoryArchive, VerificationReport, verify_archive
 from server.db.models import Archive
+from server.recording import manager as manager_module
 from server.recording.chain import ChainConflict, DatabaseChain
 from server.recording.manager import RecordingManager
 from tests.support import server as support
@@ -321,7 +327,7 @@ async def test_a_segment_is_journaled_before_it_is_spooled_and_recovery_drops_th
     _record(recording, 2)
     # The customer signs: the image is sealed into the archive beside the segments.
     image = b"\x89PNG a signature"
-    recording.bind_transaction("t-1", "0" * 64, sha256_hex(image), image)
+    await recording.bind_transaction("t-1", "0" * 64, sha256_hex(image), image)
     async with asyncio.timeout(10):
         while spool.pending_count < 3:  # noqa: ASYNC110 - the recorder fills it
             await asyncio.sleep(0.01)
@@ -442,8 +448,8 @@ async def test_unusable_journals_are_set_aside_and_the_worker_starts(tmp_path: P
         newer.read()
 
 
-class _Killed(Exception):
-    """The process dies here."""
+class _Killed(BaseException):
+    """The process dies here (not an Exception: nothing retries it)."""
 
 
 class _DiesStoringTheManifest(Spool):
@@ -485,3 +491,315 @@ async def test_a_seal_cut_short_after_the_chain_took_it_finishes_with_the_same_m
     report = _verified(restarted, await _archived(restarted, {}, tmp_path / "archive"))
     assert report.ok, report.render()
     assert report.manifest is not None and report.manifest.status == "complete"
+
+
+class _FullForTheSeal(Spool):
+    """A spool whose disk is full once for the manifest and once for its signature."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.failing = {MANIFEST_OBJECT, SIGNATURE_OBJECT}
+
+    async def add(self, name: str, data: bytes, retain_until: datetime) -> SpoolEntry:
+        if (last := name.rsplit("/", 1)[1]) in self.failing:
+            self.failing.discard(last)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return await super().add(name, data, retain_until)
+
+
+class _Hiccups:
+    """A chain whose database fails the first `failures` calls of head and of append."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = {"head": failures, "append": failures}
+        self.chained: list[ArchiveRecord] = []
+
+    def _call(self, what: str) -> None:
+        if self.failures[what]:
+            self.failures[what] -= 1
+            raise ConnectionError("database unavailable")
+
+    async def head(self) -> str | None:
+        self._call("head")
+        return None
+
+    async def append(self, record: ArchiveRecord) -> bool:
+        self._call("append")
+        self.chained.append(record)
+        return True
+
+
+async def test_a_full_disk_or_a_database_hiccup_while_sealing_is_waited_out(
+    tmp_path: Path, quick_retries: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = _FullForTheSeal(tmp_path / "spool")
+    chain = _Hiccups(failures=2)
+    context = dataclasses.replace(_context(tmp_path, spool), chain=chain)
+    failing_kinds = {"ended", "signed", "sealed"}
+    append = Journal.append
+
+    def journal_disk_full_once(journal: Journal, kind: str, record: dict[str, Any]) -> None:
+        if kind in failing_kinds:
+            failing_kinds.discard(kind)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        append(journal, kind, record)
+
+    monkeypatch.setattr(Journal, "append", journal_disk_full_once)
+    shown: list[str | None] = []
+    recording = await RecordingSession.create(
+        context, "s1", "wealth", lambda: shown.append(recording.last_store_error)
+    )
+    _record(recording, 2)
+    record = await recording.stop()
+
+    assert recording.state == "sealed" and recording.stopped
+    assert not failing_kinds and not spool.failing and not any(chain.failures.values())
+    errors = [error for error in shown if error]
+    for waited_for in ("reach the manifest chain in the database", "write to the spool"):
+        assert any(error.startswith(f"cannot {waited_for}") for error in errors), errors
+    assert any("write to the journal" in error for error in errors)
+    assert shown[-1] is None
+    # One manifest, chained once and stored: the chain names nothing the store lacks.
+    assert [chained.manifest_sha256 for chained in chain.chained] == [record.manifest_sha256]
+    assert Journal(context.journal_dir / f"{recording.archive_id}.jsonl").read().sealed
+    report = _verified(context, await _archived(context, {}, tmp_path / "archive"))
+    assert report.ok, report.render()
+    assert report.manifest is not None and report.manifest.status == "complete"
+
+
+async def test_a_seal_the_database_keeps_refusing_is_left_to_the_manager_within_its_patience(
+    tmp_path: Path, quick_retries: None
+) -> None:
+    """Sealing holds the room (its members wait): a database down for long must not hold it for
+    as long. The stop gives up after its patience, and the journal is sealed later, complete."""
+    down = _Hiccups(failures=10**6)
+    context = dataclasses.replace(_context(tmp_path, Spool(tmp_path / "spool")), chain=down)
+    recording = await RecordingSession.create(context, "s1", "wealth", lambda: None)
+    _record(recording, 2)
+    started = time.monotonic()
+    with pytest.raises(ConnectionError):
+        await recording.stop(patience=0.3)
+    assert time.monotonic() - started < 5
+    assert recording.stopped
+    journal = Journal(context.journal_dir / f"{recording.archive_id}.jsonl")
+    assert not journal.read().sealed
+
+    back = dataclasses.replace(context, chain=_OnlyChain())
+    record = await recover(back, journal)
+    assert record.status == "complete"  # what the stop journaled, not "interrupted"
+    report = _verified(back, await _archived(back, {}, tmp_path / "archive"))
+    assert report.ok, report.render()
+    assert report.manifest is not None and report.manifest.gaps == []
+
+
+async def test_a_conflicting_chain_is_not_waited_for(tmp_path: Path, quick_retries: None) -> None:
+    class _Conflict(_OnlyChain):
+        async def head(self) -> str | None:
+            raise RuntimeError("chain conflict: two heads")
+
+    context = dataclasses.replace(_context(tmp_path, Spool(tmp_path / "spool")), chain=_Conflict())
+    recording = await RecordingSession.create(context, "s1", "wealth", lambda: None)
+    _record(recording, 1)
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="two heads"):
+        await recording.stop(patience=30)
+    assert time.monotonic() - started < 5
+
+
+class _DiesAskingTheChain(_OnlyChain):
+    async def head(self) -> str | None:
+        raise _Killed  # the database is down, and the worker is restarted meanwhile
+
+
+async def test_a_worker_restarted_before_signing_seals_what_the_recording_ended_with(
+    tmp_path: Path,
+) -> None:
+    context = dataclasses.replace(
+        _context(tmp_path, Spool(tmp_path / "spool")), chain=_DiesAskingTheChain()
+    )
+    recording = await RecordingSession.create(context, "s1", "wealth", lambda: None)
+    _record(recording, 2)
+    with pytest.raises(_Killed):
+        await recording.stop()
+    journal = Journal(context.journal_dir / f"{recording.archive_id}.jsonl")
+    assert journal.read().signed is None
+
+    restarted = dataclasses.replace(
+        context, spool=Spool(context.spool.directory), chain=_OnlyChain()
+    )
+    record = await recover(restarted, journal)
+
+    assert record.status == "complete"
+    report = _verified(restarted, await _archived(restarted, {}, tmp_path / "archive"))
+    assert report.ok, report.render()
+    assert report.manifest is not None and report.manifest.status == "complete"
+    assert report.manifest.gaps == [] and len(report.manifest.segments) == 3
+
+
+async def test_a_binding_is_journaled_before_its_archive_id_is_given(
+    tmp_path: Path, quick_retries: None
+) -> None:
+    spool = _FullSpool(tmp_path / "spool", failures=10**9)  # full from the first segment on
+    context = _context(tmp_path, spool)
+    recording = await RecordingSession.create(context, "s1", "wealth", lambda: None)
+    journal = Journal(context.journal_dir / f"{recording.archive_id}.jsonl")
+    _record(recording, 1)
+    async with asyncio.timeout(10):
+        while not (await asyncio.to_thread(journal.read)).segments:  # noqa: ASYNC110 - a file
+            await asyncio.sleep(0.01)
+    # Segment 0's spool write is being retried, holding back every task queued behind it.
+    image = b"\x89PNG a signature"
+    async with asyncio.timeout(10):
+        await recording.bind_transaction("t-1", "0" * 64, sha256_hex(image), image)
+    assert list(journal.read().transactions) == ["t-1"]
+
+    # The service records the archive id; the process dies before the spool disk has room.
+    for task in (recording._worker, recording._cutter):
+        task.cancel()
+    await asyncio.gather(recording._worker, recording._cutter, return_exceptions=True)
+    await recording._writer.close(1000)
+    restarted = dataclasses.replace(context, spool=Spool(spool.directory))
+    await recover(restarted, journal)
+    report = _verified(restarted, await _archived(restarted, {}, tmp_path / "archive"))
+    assert report.ok, report.render()
+    assert report.manifest is not None
+    assert [binding.id for binding in report.manifest.transactions or []] == ["t-1"]
+
+
+async def test_a_journal_line_written_again_after_a_failed_fsync_is_listed_once(
+    tmp_path: Path, quick_retries: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    context = _context(tmp_path, Spool(tmp_path / "spool"))
+    recording = await RecordingSession.create(context, "s1", "wealth", lambda: None)
+    fsyncs = 0
+
+    def fsync_fails_once(fd: int) -> None:
+        nonlocal fsyncs
+        fsyncs += 1
+        if fsyncs == 1:  # segment 0's line is in the file; the write is retried
+            raise OSError(errno.EIO, "Input/output error")
+        os.fsync(fd)
+
+    journal_os = SimpleNamespace(SEEK_END=os.SEEK_END, fsync=fsync_fails_once)
+    monkeypatch.setattr(journal_module, "os", journal_os)
+    _record(recording, 3)
+    journal = Journal(context.journal_dir / f"{recording.archive_id}.jsonl")
+    async with asyncio.timeout(10):
+        while len((await asyncio.to_thread(journal.read)).segments) < 3:  # noqa: ASYNC110 - a file
+            await asyncio.sleep(0.01)
+    for task in (recording._worker, recording._cutter):
+        task.cancel()
+    await asyncio.gather(recording._worker, recording._cutter, return_exceptions=True)
+    await recording._writer.close(1000)
+    lines = journal.path.read_text().splitlines()
+    assert sum('"index":0,' in line for line in lines) == 2
+    assert [segment["index"] for segment in journal.read().segments] == [0, 1, 2]
+
+    restarted = dataclasses.replace(context, spool=Spool(context.spool.directory))
+    await recover(restarted, journal)
+    report = _verified(restarted, await _archived(restarted, {}, tmp_path / "archive"))
+    assert report.ok, report.render()
+
+    # Two different lines for one segment cannot both be listed: the journal is refused.
+    other = json.loads(lines[1]) | {"media_ms": 7}
+    with journal.path.open("a") as fh:
+        fh.write(json.dumps(other) + "\n")
+    with pytest.raises(ValueError, match="two different segment records for index 0"):
+        journal.read()
+
+
+async def test_a_participant_away_when_the_recorder_stopped_has_a_gap(tmp_path: Path) -> None:
+    context = _context(tmp_path, Spool(tmp_path / "spool"))
+    recording = await RecordingSession.create(context, "s1", "wealth", lambda: None)
+    recording.presence("c1", "customer", "C", "joined")
+    recording.presence("t1", "teller", "T", "joined")
+    recording.presence("t1", "teller", "T", "disconnected")
+    recording.presence("t1", "teller", "T", "rejoined")  # its gap is journaled at the rejoin
+    await asyncio.sleep(0.2)
+    recording.presence("c1", "customer", "C", "disconnected")
+    _record(recording, 3, start_ms=700)  # the teller's media goes on
+    journal = Journal(context.journal_dir / f"{recording.archive_id}.jsonl")
+    async with asyncio.timeout(10):
+        while len((await asyncio.to_thread(journal.read)).segments) < 3:  # noqa: ASYNC110 - a file
+            await asyncio.sleep(0.01)
+    for task in (recording._worker, recording._cutter):  # killed while the customer is away
+        task.cancel()
+    await asyncio.gather(recording._worker, recording._cutter, return_exceptions=True)
+    await recording._writer.close(2000)
+    state = journal.read()
+    [away_ms] = [p["media_ms"] for p in state.presence if p["participant_id"] == "c1"][1:]
+
+    await recover(dataclasses.replace(context, spool=Spool(context.spool.directory)), journal)
+    report = _verified(context, await _archived(context, {}, tmp_path / "archive"))
+    assert report.ok, report.render()
+    assert report.manifest is not None
+    gaps = [(gap.start_ms, gap.end_ms, gap.reason) for gap in report.manifest.gaps]
+    assert [reason for *_, reason in gaps[:-1]] == ["teller disconnected", "customer disconnected"]
+    assert gaps[1][:2] == (away_ms, state.segment_cut_ms[-1])
+    assert gaps[-1][2].startswith("recorder stopped")
+
+
+class _DatabaseDown(DatabaseChain):
+    down = True
+
+    def _check(self) -> None:
+        if self.down:
+            raise ConnectionError("database unavailable")
+
+    async def started(self, archive_id: str, session_id: str, business: str) -> None:
+        self._check()
+        await super().started(archive_id, session_id, business)
+
+    async def head(self) -> str | None:
+        self._check()
+        return await super().head()
+
+    async def append(self, record: ArchiveRecord) -> bool:
+        self._check()
+        return await super().append(record)
+
+
+async def test_a_recording_the_database_cannot_register_is_stopped_and_sealed_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(manager_module, "FINISH_RETRY_SECONDS", 0.05)
+    # No archive store: what is sealed stays in the spool, where this test reads it.
+    unconfigured = StoreSettings(access_key="", secret_key=SecretStr(""))
+    settings = support.test_settings(tmp_path / "server", store=unconfigured)
+    async with migrated_database(tmp_path / "db.sqlite") as db:
+        await add_session(db)
+        manager = RecordingManager(settings, db)
+        manager.chain = manager.context.chain = chain = _DatabaseDown(db)
+        await manager.start()
+        writers = {t for t in threading.enumerate() if t.name == "recorder"}
+        try:
+            for _ in range(2):  # the customer consents again
+                with pytest.raises(ConnectionError):
+                    await manager.new_recording("s1", "wealth", lambda: None)
+            # Stopped, not left recording unowned.
+            assert {t for t in threading.enumerate() if t.name == "recorder"} <= writers
+            journals = [Journal(p) for p in sorted(manager.context.journal_dir.glob("*.jsonl"))]
+            assert len(journals) == 2
+            await asyncio.sleep(0.2)  # tried again meanwhile, in vain
+            assert not any(journal.read().sealed for journal in journals)
+            chain.down = False
+            async with asyncio.timeout(10):
+                while not all(journal.read().sealed for journal in journals):  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+        finally:
+            await manager.stop()
+        async with db() as session:
+            statuses = (await session.scalars(select(Archive.status))).all()
+
+    assert statuses == ["interrupted", "interrupted"]
+    archive_id = journals[0].path.stem
+    directory = tmp_path / "archive"
+    directory.mkdir()
+    for path in await manager.spool.paths():
+        entry, data = await manager.spool.load(path)
+        if entry.name.startswith(archive_prefix(archive_id)):
+            (directory / entry.name.rsplit("/", 1)[1]).write_bytes(data)
+    report = _verified(manager.context, directory)
+    assert report.ok, report.render()
+    assert report.manifest is not None and report.manifest.status == "interrupted"
+    assert "could not be registered in the database" in report.manifest.gaps[0].reason

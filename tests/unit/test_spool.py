@@ -7,6 +7,7 @@ against the real MinIO in tests/integration/test_archive_store.py.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import signal
 import stat
@@ -232,7 +233,7 @@ async def test_uploader_uploads_in_order_and_retries_with_backoff(tmp_path: Path
         status = uploader.status()
         assert status.pending_count == 5
         assert status.last_error == "archive store unreachable: connection refused"
-        assert status.describe().startswith("5 segments waiting for the archive store: ")
+        assert status.describe().startswith("5 objects waiting for the archive store: ")
         assert target.objects == {}
 
         target.down = False
@@ -242,7 +243,7 @@ async def test_uploader_uploads_in_order_and_retries_with_backoff(tmp_path: Path
         assert status.uploaded_count == 5
         assert status.last_success_at is not None
         assert target.order == [f"a/seg-{index}" for index in range(5)]
-        assert status.describe() == "all segments are in the archive store"
+        assert status.describe() == "all objects are in the archive store"
     finally:
         await uploader.stop()
 
@@ -266,6 +267,37 @@ async def test_conflicting_object_is_set_aside_and_the_rest_goes_through(tmp_pat
     assert len(list((tmp_path / "rejected").glob("*.spool"))) == 1
 
 
+async def test_a_rejection_whose_move_failed_is_done_when_tried_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = Spool(tmp_path)
+    target = MemoryTarget()
+    target.objects["a/seg-0"] = b"something else"
+    rename = os.rename
+
+    def rejected_dir_full_once(source: Path, destination: Path) -> None:
+        if Path(destination).parent.name == "rejected" and not failed:
+            failed.append(destination)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        rename(source, destination)
+
+    failed: list[Path] = []
+    monkeypatch.setattr(os, "rename", rejected_dir_full_once)
+    uploader = Uploader(spool, target, backoff_min_seconds=0.01, backoff_max_seconds=0.02)
+    await uploader.start()
+    try:
+        for index in range(2):
+            await spool.add(f"a/seg-{index}", b"ours", UNTIL)
+        status = await uploader.flush(5)
+    finally:
+        await uploader.stop()
+    assert failed and target.order == ["a/seg-1"]
+    assert status.rejected_count == 1 and status.pending_count == 0
+    [reason] = (tmp_path / "rejected").glob("*.reason")
+    assert "different content" in reason.read_text()
+    assert not list((tmp_path / "rejected").glob(".*"))  # no temporary file left behind
+
+
 async def test_flush_times_out_saying_what_waits(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
     target = MemoryTarget()
@@ -274,7 +306,7 @@ async def test_flush_times_out_saying_what_waits(tmp_path: Path) -> None:
     await uploader.start()
     try:
         await spool.add("a/seg", b"x", UNTIL)
-        with pytest.raises(TimeoutError, match=r"1 segment waiting .*connection refused"):
+        with pytest.raises(TimeoutError, match=r"1 object waiting .*connection refused"):
             await uploader.flush(0.3)
     finally:
         await uploader.stop()
@@ -299,6 +331,6 @@ def test_status_sentence() -> None:
         retry_at=now + timedelta(seconds=8.2),
     )
     assert status.describe() == (
-        "3 segments waiting for the archive store: connection refused; retrying in 8 s"
+        "3 objects waiting for the archive store: connection refused; retrying in 8 s"
     )
     assert not status.healthy

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import subprocess
@@ -13,8 +14,9 @@ from uuid import UUID, uuid4
 import pytest
 
 from recorder.export import ExportError, export_archive
+from recorder.seal.canonical import canonical_json
 from recorder.seal.digest import sha256_hex
-from recorder.seal.keyring import LocalKeyring
+from recorder.seal.keyring import LocalKeyring, WrappedKey
 from recorder.seal.manifest import (
     MANIFEST_OBJECT,
     SIGNATURE_OBJECT,
@@ -248,6 +250,45 @@ def test_wrong_or_unknown_data_key(setup: Setup, tmp_path: Path) -> None:
     [problem] = problems(report)
     assert problem.startswith("manifest: data key cannot be unwrapped: key 'kek-")
     assert "not in the keyring at" in problem
+    assert not report.decrypted
+
+
+def test_wrapped_key_of_the_wrong_size_is_named(setup: Setup, tmp_path: Path) -> None:
+    seal(setup, tmp_path / "a")
+    path = tmp_path / "a" / MANIFEST_OBJECT
+    fields = json.loads(path.read_bytes())
+    fields["wrapped_key"]["nonce"] = base64.b64encode(b"\x01" * 16).decode("ascii")
+    data = canonical_json(fields)  # signed as it is: only the sizes are wrong
+    path.write_bytes(data)
+    (tmp_path / "a" / SIGNATURE_OBJECT).write_bytes(setup.signer.sign(data))
+    [problem] = problems(check(setup, tmp_path / "a"))
+    assert "wrapped_key.nonce" in problem and "must encode 12 bytes, not 16" in problem
+
+
+class _OddKeyWrapper:
+    """A key wrapper (a KMS plug-in) that fails with ValueError, or returns a short key."""
+
+    def __init__(self, error: bool) -> None:
+        self.error = error
+
+    def wrap(self, data_key: bytes, archive_id: UUID) -> WrappedKey:
+        raise NotImplementedError
+
+    def unwrap(self, wrapped: WrappedKey, archive_id: UUID) -> bytes:
+        if self.error:
+            raise ValueError("Invalid key size (128) for AES")
+        return b"\x00" * 16
+
+
+def test_a_key_wrapper_failing_oddly_is_a_problem_not_a_crash(setup: Setup, tmp_path: Path) -> None:
+    seal(setup, tmp_path / "a")
+    archive = DirectoryArchive(tmp_path / "a")
+    report = verify_archive(archive, setup.public_keys, keyring=_OddKeyWrapper(error=True))
+    assert problems(report) == [
+        "manifest: data key cannot be unwrapped: Invalid key size (128) for AES"
+    ]
+    report = verify_archive(archive, setup.public_keys, keyring=_OddKeyWrapper(error=False))
+    assert problems(report) == ["manifest: data key is 16 bytes, not 32"]
     assert not report.decrypted
 
 

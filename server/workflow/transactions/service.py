@@ -64,7 +64,7 @@ SIGNABLE_STATES = ("awaiting_signature", "signed", "awaiting_override")
 SUPERVISOR_STATES = ("awaiting_override", "awaiting_second_approval")
 
 # (session id, transaction id, its sha256, the signature image's sha256, the image) -> archive id
-Bind = Callable[[str, str, str, str, bytes], str | None]
+Bind = Callable[[str, str, str, str, bytes], Awaitable[str | None]]
 Notify = Callable[[str, dict[str, Any], Audience], Awaitable[None]]
 
 
@@ -248,7 +248,7 @@ class Transactions:
             signature_sha256=signature.sha256,
         )
         # Into the running recording's manifest, if one runs: the approval rules need it.
-        archive_id = self._bind(row.session_id, row.id, row.sha256, signature.sha256, png)
+        archive_id = await self._bind(row.session_id, row.id, row.sha256, signature.sha256, png)
         values = {
             "state": "signed",
             "signature_id": signature_id,
