@@ -99,6 +99,8 @@ ACTIONS: dict[str, str] = {
     "id; detail.session_id, reason)",
     "transaction.overridden": "a supervisor overrode failed approval checks with a reason "
     "(target: transaction id; detail.session_id, checks, reason)",
+    "audit.checkpoint_forced": "an operator had the writer sign although checkpoints were "
+    "missing (`vteller audit checkpoint --accept-unsigned`; detail.reason, detail.refused)",
 }
 
 # Detail members that must never be written: credentials and identity document numbers. This is a

@@ -20,6 +20,9 @@ ENTRY_FORMAT = "vteller-audit-entry/1"
 CHECKPOINT_FORMAT = "vteller-audit-checkpoint/1"
 # The first entry's previous hash: there is none, and a fixed value keeps every entry's shape alike.
 GENESIS_HASH = "0" * 64
+# The writer signs each time the log passes a multiple of this (server/audit/log.py), so no whole
+# interval of entries (100..199, 200..299, ...) goes without a checkpoint.
+CHECKPOINT_EVERY = 100
 
 
 def format_time(at: datetime) -> str:
@@ -158,6 +161,53 @@ def checkpoint_signature_problem(
     return None
 
 
+def checkpoint_entry_problem(checkpoint: Checkpoint, entry_hash: str | None) -> str | None:
+    """Whether the entry a checkpoint signed (`entry_hash`, None when it is gone) is still there."""
+    seq = checkpoint.seq
+    if entry_hash is None:
+        return _checkpoint_entry_missing(seq)
+    if entry_hash != checkpoint.entry_hash:
+        return f"checkpoint at {seq}: entry hash does not match entry {seq} (log rewritten?)"
+    return None
+
+
+def _checkpoint_entry_missing(seq: int) -> str:
+    return f"checkpoint at {seq}: entry {seq} is missing (log truncated?)"
+
+
+def _skips_an_interval(signed: int, next_signed: int, every: int) -> bool:
+    """Whether signing `next_signed` after `signed` (0: nothing signed) leaves a whole interval of
+    `every` entries between them without a checkpoint, which the writer never does."""
+    return next_signed // every - signed // every >= 2
+
+
+def unsigned_tail_problem(signed: int, head: int, every: int) -> str | None:
+    """The entries after the newest checkpoint (at `signed`, 0 for none), if they are more than
+    the writer ever leaves unsigned: it signs in every interval the log reaches."""
+    if not _skips_an_interval(signed, head, every):
+        return None
+    return (
+        f"entries {signed + 1}..{head} are not signed, though the writer signs each time the "
+        f"log passes a multiple of {every} (checkpoints deleted?)"
+    )
+
+
+def signed_here_problem(
+    signed_here: tuple[int, str], entry_hash: str | None, newest: int
+) -> str | None:
+    """Whether the log still holds what this machine last signed (its record in the data
+    directory): entry `seq` with that hash (`entry_hash`: the log's, None when it is gone), and a
+    checkpoint at least that far (`newest`: the newest valid checkpoint, 0 for none)."""
+    seq, signed_hash = signed_here
+    if entry_hash is None:
+        return f"entry {seq}, which this machine signed, is missing (log truncated?)"
+    if entry_hash != signed_hash:
+        return f"entry {seq} is not the one this machine signed (log rewritten?)"
+    if newest < seq:
+        return f"the checkpoint at {seq} that this machine signed is missing (checkpoints deleted?)"
+    return None
+
+
 @dataclass
 class Report:
     entries: int = 0
@@ -194,14 +244,28 @@ class Verifier:
     """Checks a whole log: feed every entry in sequence order, then call `finish()`.
 
     Checkpoints are loaded first (there are few) so entries can be streamed: each entry is compared
-    with the checkpoint at its position as it passes.
+    with the checkpoint at its position as it passes. Besides each checkpoint, their spacing is
+    checked: the writer signs in every interval of `checkpoint_every` entries that the log passes,
+    so an interval without a checkpoint means checkpoints were deleted. `signed_here` is what this
+    machine last signed (log.py keeps it in the data directory); the log must still hold it.
     """
 
-    def __init__(self, checkpoints: Iterable[Checkpoint], public_keys: dict[str, bytes]) -> None:
+    def __init__(
+        self,
+        checkpoints: Iterable[Checkpoint],
+        public_keys: dict[str, bytes],
+        *,
+        checkpoint_every: int = CHECKPOINT_EVERY,
+        signed_here: tuple[int, str] | None = None,
+    ) -> None:
         self._walker = ChainWalker()
         self._report = Report()
+        self._every = checkpoint_every
+        self._signed_here = signed_here
+        self._signed_here_hash: str | None = None
         self._checkpoint_problems: dict[int, str] = {}
         self._pending: dict[int, Checkpoint] = {}
+        self._valid: list[int] = []
         for checkpoint in sorted(checkpoints, key=lambda c: c.seq):
             self._report.checkpoints += 1
             self._report.last_checkpoint_seq = checkpoint.seq
@@ -215,12 +279,16 @@ class Verifier:
         if self._report.first_seq is None:
             self._report.first_seq = entry.seq
         self._walker.add(entry)
+        if self._signed_here is not None and entry.seq == self._signed_here[0]:
+            self._signed_here_hash = entry.entry_hash
         checkpoint = self._pending.pop(entry.seq, None)
-        if checkpoint is not None and checkpoint.entry_hash != entry.entry_hash:
-            self._checkpoint_problems[entry.seq] = (
-                f"checkpoint at {entry.seq}: entry hash does not match entry {entry.seq} "
-                "(log rewritten?)"
-            )
+        if checkpoint is None:
+            return
+        problem = checkpoint_entry_problem(checkpoint, entry.entry_hash)
+        if problem is None:
+            self._valid.append(entry.seq)
+        else:
+            self._checkpoint_problems[entry.seq] = problem
 
     def finish(self) -> Report:
         report = self._report
@@ -228,19 +296,37 @@ class Verifier:
         if report.entries:
             report.head_seq, report.head_hash = self._walker.last_seq, self._walker.last_hash
         for seq in self._pending:
-            self._checkpoint_problems[seq] = (
-                f"checkpoint at {seq}: entry {seq} is missing (log truncated?)"
-            )
+            self._checkpoint_problems[seq] = _checkpoint_entry_missing(seq)
         if self._walker.problem is not None:
             report.problems.append(self._walker.problem)
         report.problems.extend(p for _, p in sorted(self._checkpoint_problems.items()))
+        report.problems.extend(self._missing_checkpoint_problems(report.head_seq or 0))
         return report
+
+    def _missing_checkpoint_problems(self, head: int) -> list[str]:
+        # Only the tail counts: entries before a checkpoint that holds are bound by its signed
+        # hash through the chain, however far back the previous checkpoint is (a deleted one in
+        # between, or one the writer missed, hides nothing).
+        problems: list[str] = []
+        signed = max(self._valid, default=0)
+        tail = unsigned_tail_problem(signed, head, self._every)
+        if tail is not None:
+            problems.append(tail)
+        if self._signed_here is not None:
+            here = signed_here_problem(self._signed_here, self._signed_here_hash, signed)
+            if here is not None:
+                problems.append(here)
+        return problems
 
 
 def verify_entries(
-    entries: Iterable[Entry], checkpoints: Iterable[Checkpoint], public_keys: dict[str, bytes]
+    entries: Iterable[Entry],
+    checkpoints: Iterable[Checkpoint],
+    public_keys: dict[str, bytes],
+    *,
+    checkpoint_every: int = CHECKPOINT_EVERY,
 ) -> Report:
-    verifier = Verifier(checkpoints, public_keys)
+    verifier = Verifier(checkpoints, public_keys, checkpoint_every=checkpoint_every)
     for entry in entries:
         verifier.add(entry)
     return verifier.finish()

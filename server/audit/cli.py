@@ -17,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from recorder.seal.signing import PublicKeyError, Signer, SigningKeyError, load_public_keys
 from server.audit.chain import Entry, format_time
-from server.audit.log import AuditChainBroken, AuditLog
+from server.audit.log import AuditLog, CheckpointRefused, SignedHereUnreadable
 from server.commands import Run, database, help_for, run_reporting
 from server.settings import Settings
 
@@ -37,9 +37,11 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "verify",
         help="recompute the whole chain and check every checkpoint signature",
         description="Walk the log from its first entry: recompute every hash, check that the "
-        "sequence has no gaps and each entry names its predecessor's hash, and check every "
-        "checkpoint's signature and entry. Reports the first broken link; exits 0 only when "
-        "everything holds, 1 when something does not, 2 when the log cannot be read.",
+        "sequence has no gaps and each entry names its predecessor's hash, check every "
+        "checkpoint's signature and entry, that no interval of 100 entries went without a "
+        "checkpoint, and that the log still holds the last checkpoint this machine signed. "
+        "Reports the first broken link; exits 0 only when everything holds, 1 when something "
+        "does not, 2 when the log cannot be read.",
     )
     verify.add_argument(
         "--keys", type=Path, help="public key file or directory (default: {data_dir}/keys/public)"
@@ -50,8 +52,18 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     checkpoint = audit_commands.add_parser(
         "checkpoint",
         help="sign the current head of the log now",
-        description="Verify the entries since the last checkpoint and sign the newest one with "
-        "this installation's signing key ({data_dir}/keys/signing-key.pem).",
+        description="Check the newest checkpoint and the entries since, and sign the newest entry "
+        "with this installation's signing key ({data_dir}/keys/signing-key.pem). Refused (exit 1) "
+        "when checkpoints are missing or the log does not verify; `vteller audit verify` names "
+        "what is wrong.",
+    )
+    checkpoint.add_argument(
+        "--accept-unsigned",
+        metavar="REASON",
+        help="sign even though checkpoints are missing (or this machine's record of its last one "
+        "no longer matches), once you know why, e.g. after restoring the database from a backup; "
+        "REASON goes into the log as an audit.checkpoint_forced entry, and `verify` keeps naming "
+        "the unsigned entries. Never signs a log whose entries do not verify.",
     )
     checkpoint.set_defaults(run=_runner(_checkpoint))
 
@@ -67,7 +79,7 @@ def _runner(command: Command) -> Run:
     def run(args: argparse.Namespace, settings: Settings) -> int:
         return run_reporting(
             _with_log(command, args, settings),
-            (SQLAlchemyError, SigningKeyError, PublicKeyError, OSError),
+            (SQLAlchemyError, SigningKeyError, PublicKeyError, SignedHereUnreadable, OSError),
         )
 
     return run
@@ -79,7 +91,7 @@ async def _with_log(command: Command, args: argparse.Namespace, settings: Settin
         signer = None
         if command is _checkpoint:
             signer = Signer.open(settings.data_dir / "keys" / "signing-key.pem")
-        return await command(args, AuditLog(db, signer), settings)
+        return await command(args, AuditLog(db, signer, data_dir=settings.data_dir), settings)
 
 
 async def verify_command(
@@ -106,10 +118,13 @@ async def _verify(args: argparse.Namespace, audit: AuditLog, settings: Settings)
 
 
 async def _checkpoint(args: argparse.Namespace, audit: AuditLog, settings: Settings) -> int:
+    if args.accept_unsigned is not None and not args.accept_unsigned.strip():
+        print("error: --accept-unsigned needs the reason, for the log", file=sys.stderr)
+        return 2
     try:
-        checkpoint = await audit.checkpoint()
-    except AuditChainBroken as exc:
-        print(f"refused: the log does not verify since the last checkpoint: {exc}", file=sys.stderr)
+        checkpoint = await audit.checkpoint(accept_unsigned=args.accept_unsigned)
+    except CheckpointRefused as exc:
+        print(f"refused: {exc}\nrun `vteller audit verify` for the whole picture", file=sys.stderr)
         return 1
     if checkpoint is None:
         print("the audit log is empty; nothing to sign")

@@ -18,12 +18,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from recorder.seal.manifest import parse_manifest
 from server.audit import AuditLog
 from server.audit.cli import verify_command
+from server.audit.log import SIGNED_HERE_FILE, CheckpointRefused
 from server.auth.principal import Role
 from server.db.engine import create_engine, migrate, session_factory
 from server.db.models import AuditCheckpoint, AuditEntry
 from tests.integration.test_call import _teller_and_customer
 from tests.integration.test_recording import _record, _sealed, _stored
-from tests.support.audit import audit_log_away
+from tests.support.audit import audit_log_away, launder
 from tests.support.postgres import database_url
 from tests.support.server import PASSWORD, RunningServer
 
@@ -42,6 +43,22 @@ async def _verify(server: RunningServer) -> tuple[int, str]:
     out = io.StringIO()
     code = await verify_command(server.services.audit, _keys(server), out=out)
     return code, out.getvalue()
+
+
+async def _cli(server: RunningServer, *args: str) -> subprocess.CompletedProcess[str]:
+    """`vteller ARGS`, as an operator runs it on the server's machine."""
+    env = os.environ | {
+        "VTELLER_DATA_DIR": str(server.settings.data_dir),
+        "VTELLER_DATABASE_URL": server.settings.database_url,
+    }
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "server", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 async def _actions(server: RunningServer) -> list[str]:
@@ -130,28 +147,10 @@ async def test_a_call_is_logged_and_the_log_verifies(server: RunningServer) -> N
     assert output.startswith(f"audit log OK: {len(entries)} entries")
 
     # The command line, as an operator runs it, on the same database and keys.
-    env = os.environ | {
-        "VTELLER_DATA_DIR": str(server.settings.data_dir),
-        "VTELLER_DATABASE_URL": server.settings.database_url,
-    }
-    result = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "server", "audit", "verify", "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = await _cli(server, "audit", "verify", "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["ok"] is True
-    tail = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "server", "audit", "tail", "-n", "2"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    tail = await _cli(server, "audit", "tail", "-n", "2")
     assert tail.returncode == 0 and len(tail.stdout.splitlines()) == 2, tail.stderr
 
 
@@ -220,6 +219,54 @@ async def test_tampering_is_found_and_named(
     code, output = await _verify(server)
     assert code == 1
     assert output.splitlines()[0] == expected, output
+
+
+async def test_a_laundered_log_is_reported_and_not_signed(server: RunningServer) -> None:
+    """Edited, re-hashed and stripped of its checkpoints by someone with the database alone."""
+    audit = server.services.audit
+    for n in range(250):
+        await audit.append("session.left", actor=f"p_{n}", actor_role="customer", target="s_x")
+    [head] = await audit.tail(1)
+    assert [c.seq for c in await audit.checkpoints()][:2] == [100, 200]
+    engine = _engine(server)
+    try:
+        await launder(session_factory(engine), 5)
+    finally:
+        await engine.dispose()
+
+    code, output = await _verify(server)
+    assert code == 1
+    assert output.splitlines()[0] == (
+        f"audit log BROKEN: entries 1..{head.seq} are not signed, though the writer signs each "
+        "time the log passes a multiple of 100 (checkpoints deleted?)"
+    )
+    with pytest.raises(CheckpointRefused):
+        await audit.checkpoint()
+    # Still logging, never signing.
+    await audit.append("session.left", actor="p_x", actor_role="customer", target="s_x")
+    assert await audit.checkpoints() == []
+
+
+async def test_the_command_line_checks_what_this_machine_signed(server: RunningServer) -> None:
+    await _some_entries(server)
+    signed = await _cli(server, "audit", "checkpoint")
+    assert signed.returncode == 0, signed.stderr
+    assert (server.settings.data_dir / SIGNED_HERE_FILE).exists()
+    engine = _engine(server)
+    try:
+        # A handful of entries: within the unsigned stretch the spacing allows.
+        await launder(session_factory(engine), 3)
+    finally:
+        await engine.dispose()
+
+    verified = await _cli(server, "audit", "verify")
+    assert verified.returncode == 1
+    assert "is not the one this machine signed (log rewritten?)" in verified.stdout
+    refused = await _cli(server, "audit", "checkpoint")
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("refused: entry ")
+    assert "vteller audit verify" in refused.stderr
+    assert await server.services.audit.checkpoints() == []
 
 
 async def test_without_the_audit_log_actions_are_refused(server: RunningServer) -> None:

@@ -20,8 +20,10 @@ from server.audit.chain import (
     GENESIS_HASH,
     ChainWalker,
     Checkpoint,
+    CheckpointFields,
     Entry,
     EntryFields,
+    Verifier,
     format_time,
     verify_entries,
 )
@@ -157,6 +159,66 @@ def test_truncation_and_bad_checkpoints() -> None:
     report = verify_entries(rewritten, [checkpoint], keys)
     assert report.problems == [
         "checkpoint at 6: entry hash does not match entry 6 (log rewritten?)"
+    ]
+
+
+def _checkpoints_at(*seqs: int) -> tuple[list[Entry], list[Checkpoint], dict[str, bytes]]:
+    entries, checkpoint, signer = build()
+    checkpoints = []
+    for seq in seqs:
+        fields = CheckpointFields(seq, entries[seq - 1].entry_hash, checkpoint.at, signer.key_id)
+        signature = signer.sign(fields.canonical()).hex()
+        checkpoints.append(Checkpoint(**vars(fields), signature=signature))
+    return entries, checkpoints, {signer.key_id: signer.public_key_pem()}
+
+
+def _spacing(*seqs: int, forged: int | None = None) -> list[str]:
+    """The problems of the vector's chain with checkpoints at `seqs`, one every 2 entries due."""
+    entries, checkpoints, keys = _checkpoints_at(*seqs)
+    checkpoints = [
+        dataclasses.replace(c, signature="00" * 64) if c.seq == forged else c for c in checkpoints
+    ]
+    return verify_entries(entries, checkpoints, keys, checkpoint_every=2).problems
+
+
+def test_the_unsigned_tail_is_never_longer_than_the_writer_leaves_it() -> None:
+    assert _spacing(2, 4, 6) == []
+    assert _spacing(3, 5) == []  # the head's interval, and the one before, may be unsigned
+    # Gaps before a checkpoint that holds hide nothing: its signed hash binds every entry before
+    # it (a log written before the spacing rule, or by the command line, has such gaps).
+    assert _spacing(2, 6) == []
+    assert _spacing(6) == []
+    rule = "though the writer signs each time the log passes a multiple of 2 (checkpoints deleted?)"
+    assert _spacing(3) == [f"entries 4..6 are not signed, {rule}"]
+    assert _spacing() == [f"entries 1..6 are not signed, {rule}"]
+    # A checkpoint that does not hold covers nothing.
+    assert _spacing(2, 6, forged=6) == [
+        "checkpoint at 6: signature invalid",
+        f"entries 3..6 are not signed, {rule}",
+    ]
+
+
+def test_the_log_still_holds_what_this_machine_signed() -> None:
+    entries, checkpoints, keys = _checkpoints_at(4, 6)
+    at_4, at_6 = checkpoints
+
+    def problems(
+        log: list[Entry], kept: list[Checkpoint], signed_here: tuple[int, str]
+    ) -> list[str]:
+        verifier = Verifier(kept, keys, signed_here=signed_here)
+        for entry in log:
+            verifier.add(entry)
+        return verifier.finish().problems
+
+    assert problems(entries, [at_4, at_6], (4, entries[3].entry_hash)) == []
+    assert problems(entries, [at_4, at_6], (4, "0" * 64)) == [
+        "entry 4 is not the one this machine signed (log rewritten?)"
+    ]
+    assert problems(entries[:5], [at_4], (6, entries[5].entry_hash)) == [
+        "entry 6, which this machine signed, is missing (log truncated?)"
+    ]
+    assert problems(entries, [at_4], (6, entries[5].entry_hash)) == [
+        "the checkpoint at 6 that this machine signed is missing (checkpoints deleted?)"
     ]
 
 
