@@ -8,8 +8,10 @@ import sys
 import structlog
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 
 from server.api.forwarded import CLIENT_ADDRESS
+from server.api.middleware import logged_path
 
 
 def configure_logging(level: str, fmt: str) -> None:
@@ -22,6 +24,8 @@ def configure_logging(level: str, fmt: str) -> None:
     # aiortc and aioice log every packet, alembic every plugin: quiet unless asked for.
     for noisy in ("aiortc", "aioice", "alembic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    # One filter object: added again when logging is configured again, it is not added twice.
+    logging.getLogger("aiohttp.server").addFilter(_MALFORMED_REQUESTS)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -34,6 +38,20 @@ def configure_logging(level: str, fmt: str) -> None:
         logger_factory=_StderrLoggerFactory(),
         cache_logger_on_first_use=False,
     )
+
+
+class _MalformedRequests(logging.Filter):
+    """Drops aiohttp's report of a request it could not parse.
+
+    The report quotes the request's first line, path and all, and an invitation link's token is
+    in its path; the access log still has the request, with its status.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], HttpProcessingError))
+
+
+_MALFORMED_REQUESTS = _MalformedRequests()
 
 
 class _StderrLogger:
@@ -61,9 +79,9 @@ class AccessLogger(AbstractAccessLogger):
         structlog.get_logger("vteller.access").info(
             "http_request",
             method=request.method,
-            # The path only: query strings may carry tokens (invitation links never do, but
-            # nothing guarantees a future route will not).
-            path=request.path,
+            # Neither the query string nor a route's variables: either may carry a token (an
+            # invitation link's is in its path).
+            path=logged_path(request),
             status=response.status,
             duration_ms=round(time * 1000, 1),
             # Behind a trusted proxy, the client it forwarded for (server/api/forwarded.py).

@@ -138,6 +138,9 @@ class Settings(BaseSettings):
     ws_max_message_bytes: int = Field(64 * 1024, ge=1024, le=1024 * 1024)
     ws_max_messages_per_second: int = Field(50, ge=1)
     ws_heartbeat_seconds: float = Field(10.0, gt=0)
+    # How often a staff member's open WebSocket checks that its login still stands (logout,
+    # account disabled): the connection is closed within this time.
+    ws_login_check_seconds: float = Field(30.0, gt=0)
 
     @property
     def origin(self) -> str:

@@ -32,6 +32,14 @@ async def principals(request: web.Request) -> list[Principal]:
     return found
 
 
+async def staff_login_holds(request: web.Request, staff: Principal) -> bool:
+    """Whether the staff login this request was admitted with still stands: not logged out,
+    the account not disabled. Read afresh, for a connection that outlives its admission."""
+    token = request.cookies.get(STAFF_COOKIE)
+    again = await services(request).auth.staff_principal(token, expired_ok=True) if token else None
+    return again is not None and again.user_id == staff.user_id and again.role == staff.role
+
+
 async def require(request: web.Request, *roles: Role, action: str) -> Principal:
     """The request's principal with one of `roles`, CSRF-checked for state-changing methods."""
     found = await principals(request)

@@ -9,8 +9,9 @@ from server.api.bodies import LoginBody, NewUserBody, parse
 from server.api.cookies import set_credential_cookie
 from server.audit import ANONYMOUS, AuditUnavailable
 from server.auth.principal import STAFF_ROLES, Role
+from server.auth.ratelimit import Throttled
 from server.auth.service import STAFF_COOKIE
-from server.context import services
+from server.context import Services, services
 from server.errors import ApiError
 from server.sessions.views import user_view
 
@@ -25,15 +26,16 @@ async def login(request: web.Request) -> web.Response:
     address = request.remote or "unknown"
     try:
         user, token, csrf = await svc.auth.login(body.username, body.password, address)
-    except ApiError as exc:  # refused, throttled ones too: guessing must show in the log
-        await svc.audit.append(
-            "auth.login_failed",
-            actor=ANONYMOUS,
-            actor_role=ANONYMOUS,
-            target=body.username,
-            detail={"reason": exc.code},
-            address=address,
-        )
+    except Throttled as exc:
+        # No password was checked: once a user or address shows as throttled in the log, more
+        # of the same is noise that anyone could write without limit. A fact, never refused:
+        # the throttle has already marked this window's refusal reported, so an entry the log
+        # cannot take goes to the error log whole rather than nowhere.
+        if exc.first_in_window:
+            await _login_failed(svc, body.username, exc.code, address, fact=True)
+        raise
+    except ApiError as exc:  # a checked guess: every one must show in the log
+        await _login_failed(svc, body.username, exc.code, address)
         raise
     # Before the cookie is handed out: a login the log does not show never takes effect, and
     # its row is revoked (it would count the user as logged in, e.g. on the queue's board).
@@ -54,6 +56,19 @@ async def login(request: web.Request) -> web.Response:
         max_age=int(svc.settings.staff_session_hours * 3600),
     )
     return response
+
+
+async def _login_failed(
+    svc: Services, username: str, reason: str, address: str, *, fact: bool = False
+) -> None:
+    await (svc.audit.append_fact if fact else svc.audit.append)(
+        "auth.login_failed",
+        actor=ANONYMOUS,
+        actor_role=ANONYMOUS,
+        target=username,  # at most 64 characters (LoginBody)
+        detail={"reason": reason},
+        address=address,
+    )
 
 
 @routes.post("/api/v1/auth/logout")

@@ -7,7 +7,7 @@ from aiohttp import web
 from server.api.access import check_origin, require
 from server.api.cookies import set_credential_cookie
 from server.auth.principal import Role
-from server.auth.service import CUSTOMER_COOKIE
+from server.auth.service import CUSTOMER_COOKIE, CUSTOMER_CREDENTIAL_LIFETIME
 from server.context import services
 from server.sessions.views import participant_view, session_view
 
@@ -62,7 +62,7 @@ async def redeem(request: web.Request) -> web.Response:
             CUSTOMER_COOKIE,
             redemption.cookie_token,
             path="/",
-            max_age=24 * 3600,
+            max_age=int(CUSTOMER_CREDENTIAL_LIFETIME.total_seconds()),
         )
     return response
 

@@ -1,7 +1,9 @@
-"""Turns every failure of an API route into the documented JSON error shape."""
+"""Turns every failure of an API route into the documented JSON error shape; the request's path
+as logs may show it."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -11,6 +13,27 @@ from server.errors import ApiError
 
 log = structlog.get_logger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# A path segment long enough to be a credential (tokens are 43 characters, server/auth/tokens.py).
+_LONG_SEGMENT = re.compile(r"(?<=/)[^/]{16,}")
+
+
+def logged_path(request: web.BaseRequest) -> str:
+    """The request's path with its route's variables as their names: `/join/{token}`.
+
+    Some variables are bearer credentials (a customer's invitation link is `/join/{token}`), and
+    logs are read by more people, and kept longer, than a credential may be. A path no route
+    matched has each segment long enough to be a credential replaced: a link pasted under a
+    wrong prefix must not reach the log either.
+    """
+    # Read directly: a request refused before routing (malformed) has none, and `match_info`
+    # asserts that it has.
+    match_info: web.UrlMappingMatchInfo | None = getattr(request, "_match_info", None)
+    resource = match_info.route.resource if match_info is not None else None
+    if isinstance(resource, web.DynamicResource):
+        return resource.canonical
+    if isinstance(resource, web.PlainResource | web.StaticResource):
+        return request.path  # a fixed path, or a file's under /static/
+    return _LONG_SEGMENT.sub("{redacted}", request.path)
 
 
 def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
@@ -35,7 +58,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
         return web.json_response(error_body(code, exc.reason), status=exc.status)
     except Exception:
-        log.exception("request_failed", path=request.path, method=request.method)
+        log.exception("request_failed", path=logged_path(request), method=request.method)
         return web.json_response(
             error_body("internal", "Something went wrong on our side; it has been logged."),
             status=500,

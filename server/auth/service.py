@@ -18,6 +18,9 @@ from server.errors import ApiError
 
 STAFF_COOKIE = "vteller_staff"
 CUSTOMER_COOKIE = "vteller_customer"
+# A customer's credential also ends a day after the link was redeemed, whatever the session's
+# state: a call nobody ended must not leave it able to sign what a teller creates days later.
+CUSTOMER_CREDENTIAL_LIFETIME = timedelta(hours=24)
 
 
 class AuthService:
@@ -56,24 +59,21 @@ class AuthService:
         return user
 
     async def login(self, username: str, password: str, address: str) -> tuple[User, str, str]:
-        """Returns the user, the cookie token and the CSRF token."""
-        wait = await self._throttle.retry_after(username, address)
-        if wait > 0:
-            raise ApiError(
-                429,
-                "rate_limited",
-                f"Too many failed logins. Try again in {int(wait) + 1} seconds.",
-                headers={"Retry-After": str(int(wait) + 1)},
-            )
+        """Returns the user, the cookie token and the CSRF token.
+
+        Over a limit, raises `Throttled` without looking at the password.
+        """
+        # Counted as failed from here until it succeeds: a guess that fails in any way (also
+        # by an error, or the worker stopping) stays counted.
+        attempt = await self._throttle.attempt(username, address)
         async with self._db() as db:
             user = await db.scalar(select(User).where(User.username == username))
         ok = await asyncio.to_thread(
             verify_password, user.password_hash if user else None, password
         )
         if user is None or not ok or not user.active:
-            await self._throttle.failed(username, address)
             raise ApiError(401, "invalid_credentials", "Wrong username or password.")
-        await self._throttle.succeeded(username)
+        await self._throttle.succeeded(attempt)
         token, csrf = new_token(), new_token()
         async with self._db() as db, db.begin():
             db.add(
@@ -94,12 +94,17 @@ class AuthService:
             if login is not None and login.revoked_at is None:
                 login.revoked_at = utcnow()
 
-    async def staff_principal(self, token: str) -> Principal | None:
+    async def staff_principal(self, token: str, *, expired_ok: bool = False) -> Principal | None:
+        """The staff member a login token proves; `expired_ok` for a connection admitted before
+        the login expired (a call is not cut at the hour), never for a logout or a disabled
+        account."""
         async with self._db() as db:
             login = await db.scalar(
                 select(StaffLogin).where(StaffLogin.token_hash == digest(token))
             )
-        if login is None or login.revoked_at is not None or login.expires_at <= utcnow():
+        if login is None or login.revoked_at is not None:
+            return None
+        if login.expires_at <= utcnow() and not expired_ok:
             return None
         user = login.user
         if not user.active:
@@ -113,13 +118,18 @@ class AuthService:
         )
 
     async def customer_principal(self, token: str) -> Principal | None:
-        # A customer's credential is good for one call only: once the session ends it proves
-        # nothing, so nothing can be signed or seen on the customer's behalf after the call.
+        # A customer's credential is good for one call only: once the session ends (or the
+        # credential's lifetime) it proves nothing, so nothing can be signed or seen on the
+        # customer's behalf after the call.
         async with self._db() as db:
             participant = await db.scalar(
                 select(Participant)
                 .join(CallSession, CallSession.id == Participant.session_id)
-                .where(Participant.credential_hash == digest(token), CallSession.state != "ended")
+                .where(
+                    Participant.credential_hash == digest(token),
+                    CallSession.state != "ended",
+                    Participant.created_at > utcnow() - CUSTOMER_CREDENTIAL_LIFETIME,
+                )
             )
         if participant is None or participant.csrf_token is None:
             return None

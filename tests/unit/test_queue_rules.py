@@ -7,8 +7,9 @@ import hashlib
 import hmac
 
 import pytest
+from structlog.testing import capture_logs
 
-from server.auth.ratelimit import SlidingWindow
+from server.auth.ratelimit import SlidingWindow, address_key
 from server.errors import ApiError
 from server.workflow.queue.estimate import HandlingTime, estimate
 from server.workflow.queue.phone import mask, normalize_mobile
@@ -93,7 +94,55 @@ def test_sliding_window_allows_the_limit_then_waits_for_the_oldest_hit() -> None
     assert window.retry_after("b") == 0
     now[0] = 160.0
     assert window.retry_after("a") == 0
-    window.clear("a")
+    now[0] = 170.0  # both hits have expired
     window.hit("a")
     window.hit("a")
-    assert window.retry_after("a") > 0
+    assert window.retry_after("a") == pytest.approx(60.0)
+
+
+@pytest.mark.parametrize(
+    ("address", "key"),
+    [
+        ("192.0.2.7", "192.0.2.7"),
+        ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64"),
+        ("2001:DB8:1:2::ffff", "2001:db8:1:2::/64"),
+        ("fe80::1%eth0", "fe80::/64"),
+        ("::ffff:192.0.2.7", "192.0.2.7"),  # IPv4 through an IPv6 socket
+        ("unknown", "unknown"),
+    ],
+)
+def test_clients_are_counted_by_address_and_ipv6_ones_by_their_64(address: str, key: str) -> None:
+    assert address_key(address) == key
+
+
+def test_keys_that_never_come_back_are_swept() -> None:
+    """One request each from ever new addresses: their expired hits must not pile up."""
+    now = [0.0]
+    window = SlidingWindow(5, 60, clock=lambda: now[0])
+    for n in range(5000):
+        key = f"198.51.{n // 256}.{n % 256}"
+        assert window.retry_after(key) == 0
+        window.hit(key)
+        now[0] += 0.1  # 600 keys per window
+    assert len(window._hits) == 600  # the last minute's
+
+
+def test_a_full_table_refuses_new_keys_for_a_window() -> None:
+    now = [0.0]
+    window = SlidingWindow(5, 60, clock=lambda: now[0], max_keys=100)
+    with capture_logs() as logs:
+        for n in range(100):
+            assert window.retry_after(f"k{n}") == 0
+            window.hit(f"k{n}")
+        # Unknown keys are refused, however many, until the oldest key expires: they cannot be
+        # counted, and must not get through uncounted.
+        for n in range(100, 300):
+            assert window.retry_after(f"k{n}") == 60
+        now[0] = 30.0
+        assert window.retry_after("k7") == 0  # clients already counted go on as before
+        window.hit("k7")
+        now[0] = 60.0  # the hits at 0 expire, and with them every key but k7
+        assert window.retry_after("new") == 0
+    assert [log["event"] for log in logs] == ["rate_limit_table_full"]
+    window.hit("new")
+    assert sorted(window._hits) == ["k7", "new"]

@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from server.audit.actions import SYSTEM
 from server.audit.log import AuditLog
 from server.auth.principal import Principal, Role
-from server.auth.ratelimit import SlidingWindow
+from server.auth.ratelimit import SlidingWindow, address_key
 from server.auth.tokens import digest, new_token
 from server.crypto.rows import RowSealer, SealedRow
 from server.db.engine import DbSession
@@ -129,9 +129,11 @@ class QueueService:
     # -- abuse limits ------------------------------------------------------------------------
 
     def limit(self, address: str, *, new_ticket: bool = False) -> None:
-        """Count one public request from `address`; ApiError 429 when over a limit."""
+        """Count one public request from `address` (an IPv6 one: from its /64); ApiError 429 when
+        over a limit."""
         windows = [self._requests] + ([self._new_tickets] if new_ticket else [])
-        wait = max(window.retry_after(address) for window in windows)
+        key = address_key(address)
+        wait = max(window.retry_after(key) for window in windows)
         if wait > 0:
             seconds = int(wait) + 1
             raise ApiError(
@@ -141,7 +143,7 @@ class QueueService:
                 headers={"Retry-After": str(seconds)},
             )
         for window in windows:
-            window.hit(address)
+            window.hit(key)
 
     # -- the customer's ticket ---------------------------------------------------------------
 
