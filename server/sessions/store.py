@@ -6,6 +6,7 @@ data it is decided by, so the HTTP routes and the WebSocket handler cannot disag
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -370,6 +371,18 @@ class SessionStore:
             if session is not None and session.state in ("waiting", "interrupted"):
                 session.state = "active"
                 session.started_at = session.started_at or utcnow()
+
+    async def hosts(self, session_ids: Collection[str]) -> dict[str, tuple[str, str | None]]:
+        """State and hosting worker of each of these sessions."""
+        if not session_ids:
+            return {}
+        async with self._db() as db:
+            rows = await db.execute(
+                select(CallSession.id, CallSession.state, CallSession.worker_id).where(
+                    CallSession.id.in_(session_ids)
+                )
+            )
+            return {row.id: (row.state, row.worker_id) for row in rows}
 
     async def end(self, session_id: str, by: str | None, reason: str) -> CallSession:
         async with self._db() as db, db.begin():

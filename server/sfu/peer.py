@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
 from aiortc import (
     RTCBundlePolicy,
     RTCConfiguration,
@@ -29,7 +30,13 @@ from server.sfu.forwarding import ForwardedTrack, Publication
 from server.sfu.ice_policy import IcePolicy
 from server.signaling.protocol import IceCandidate, ProtocolError, server_message
 
+log = structlog.get_logger(__name__)
+
 SOURCE_KIND = {"microphone": "audio", "camera": "video", "screen": "video"}
+# A browser trickles a handful (host, server-reflexive and relay, per interface and transport).
+# Each one makes aioice re-sort every candidate pair and aiortc keep another line of SDP, so an
+# unbounded stream of them would eventually occupy the worker's whole event loop.
+MAX_REMOTE_CANDIDATES = 30
 SendMessage = Callable[[dict[str, Any]], Awaitable[None]]
 
 
@@ -83,6 +90,8 @@ class Peer:
         self._lock = asyncio.Lock()
         self._offer_outstanding = False
         self._renegotiate = False
+        self._remote_candidates = 0
+        self._candidates_ended = False
 
     def _prefer_codec(self, transceiver: RTCRtpTransceiver) -> None:
         # Forwarding never transcodes, so every participant of a session must use one codec.
@@ -185,9 +194,14 @@ class Peer:
             await self.negotiate()
 
     async def add_candidate(self, candidate: IceCandidate | None) -> None:
+        """Trickled ICE. Candidates past the cap or after end-of-candidates are ignored
+        (docs/protocol.md 2.2): the connection has what it needs, and aioice refuses them."""
         if self.pc.remoteDescription is None:
             raise ProtocolError("out_of_order", "Send ICE candidates after the answer.", "ice")
+        if self._candidates_ended:
+            return
         if candidate is None:
+            self._candidates_ended = True
             await self.pc.addIceCandidate(None)
             return
         line = candidate.candidate.removeprefix("a=")
@@ -207,6 +221,11 @@ class Peer:
             raise ProtocolError(
                 "invalid_message", "candidate: needs sdpMid or sdpMLineIndex", "ice"
             )
+        self._remote_candidates += 1
+        if self._remote_candidates > MAX_REMOTE_CANDIDATES:
+            if self._remote_candidates == MAX_REMOTE_CANDIDATES + 1:  # once, not per frame
+                log.warning("ice_candidates_capped", participant_id=self.participant_id)
+            return
         await self.pc.addIceCandidate(parsed)
 
     async def close(self) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -49,6 +49,10 @@ PUBLISHES: dict[Role, tuple[str, ...]] = {
 CLOSE_REPLACED = 4409
 CLOSE_ENDED = 4410
 CLOSE_MEDIA_FAILED = 4408
+
+
+class RoomRetired(Exception):
+    """The room emptied (and the registry forgot it) while a join waited for it."""
 
 
 class Connection(Protocol):
@@ -143,50 +147,84 @@ class Room:
         # joining at once, a rejoin while the old connection is torn down) left a peer behind or
         # a grace timer armed on a member who was back.
         self._membership = asyncio.Lock()
+        self._ended = False
+        self.retired = False
 
     # -- membership --------------------------------------------------------------------------
 
     async def join(
         self, participant_id: str, role: Role, display_name: str, connection: Connection
     ) -> None:
+        """Raises RoomRetired when the room emptied while this join waited for it: the
+        registry has forgotten it, so the join belongs in a fresh room."""
         async with self._membership:
-            await self._join(participant_id, role, display_name, connection)
+            if self.retired:
+                raise RoomRetired(self.session_id)
+            try:
+                await self._join(participant_id, role, display_name, connection)
+            finally:
+                # A first join refused (the audit log is down, the session has ended) or undone
+                # must not leave an empty room registered forever.
+                if not self.members:
+                    self._retire()
 
     async def _join(
         self, participant_id: str, role: Role, display_name: str, connection: Connection
     ) -> None:
         if (await self._store.require(self.session_id)).state == "ended":
             # Admitted before the end, joining after it (the room is gone from the registry).
-            if not self.members:
-                self._on_empty(self)
             raise ProtocolError("session_ended", "This session has ended.", "join", fatal=True)
         member = self.members.get(participant_id)
         rejoined = member is not None
         # First, before anything changes: a join the log cannot show is refused.
         await self._log("session.joined", participant_id, role, {"rejoined": rejoined})
-        gap: float | None = None
         if member is None:
             member = Member(participant_id, role, display_name)
             self.members[participant_id] = member
+            try:
+                renegotiate = await self._connect(member, connection, rejoined=False, gap=None)
+            except BaseException:
+                await self._abandon(member)
+                raise
         else:
-            if member.connection is not None:
-                old = member.connection
-                member.connection = None
-                with contextlib.suppress(ConnectionError, RuntimeError):
-                    await old.close(CLOSE_REPLACED, "connected again elsewhere")
-            if member.grace is not None:
-                member.grace.cancel()
-                member.grace = None
-            if member.disconnected_at is not None:
-                gap = time.monotonic() - member.disconnected_at
-                member.disconnected_at = None
-            await self._drop_media(member)
+            renegotiate = await self._rejoin(member, connection)
+        # The member has its `joined` and offer: nothing from here on undoes the join.
+        await self._broadcast(
+            server_message(
+                "participant_joined",
+                participant=member.view | {"state": "connected"},
+                rejoined=rejoined,
+            ),
+            about=member,
+        )
+        await _renegotiate(renegotiate)
 
+    async def _rejoin(self, member: Member, connection: Connection) -> list[Peer]:
+        if member.connection is not None:
+            old = member.connection
+            member.connection = None
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await old.close(CLOSE_REPLACED, "connected again elsewhere")
+        if member.grace is not None:
+            member.grace.cancel()
+            member.grace = None
+        gap: float | None = None
+        if member.disconnected_at is not None:
+            gap = time.monotonic() - member.disconnected_at
+            member.disconnected_at = None
+        await self._drop_media(member)
+        return await self._connect(member, connection, rejoined=True, gap=gap)
+
+    async def _connect(
+        self, member: Member, connection: Connection, *, rejoined: bool, gap: float | None
+    ) -> list[Peer]:
+        """Give the member its connection and peer, record it, and send it `joined` and its
+        offer; returns the others' peers that now forward its media (to renegotiate)."""
         member.connection = connection
         peer = Peer(
             self.observe_delay,
-            participant_id,
-            PUBLISHES[role],
+            member.participant_id,
+            PUBLISHES[member.role],
             connection.send,
             self._settings.ice_servers,
             self._policy,
@@ -194,7 +232,7 @@ class Room:
         )
         member.peer = peer
         self._watch(member, peer)
-        for other in self._others(participant_id):
+        for other in self._others(member.participant_id):
             for source in PUBLISHES[other.role]:
                 peer.forward(
                     other.participant_id,
@@ -203,21 +241,21 @@ class Room:
                 )
         renegotiate: list[Peer] = []
         if not rejoined:
-            for other in self._others(participant_id):
-                if other.peer is not None and PUBLISHES[role]:
-                    for source in PUBLISHES[role]:
-                        other.peer.forward(participant_id, source, None)
+            for other in self._others(member.participant_id):
+                if other.peer is not None and PUBLISHES[member.role]:
+                    for source in PUBLISHES[member.role]:
+                        other.peer.forward(member.participant_id, source, None)
                     renegotiate.append(other.peer)
 
-        await self._store.update_participant(participant_id, "connected", joined=True)
+        await self._store.update_participant(member.participant_id, "connected", joined=True)
         await self._store.record(
             self.session_id,
             "participant_rejoined" if rejoined else "participant_joined",
-            participant_id,
-            {"gap_seconds": round(gap, 3)} if gap is not None else {"role": role.value},
+            member.participant_id,
+            {"gap_seconds": round(gap, 3)} if gap is not None else {"role": member.role.value},
         )
         if (
-            role in (Role.CUSTOMER, Role.TELLER)
+            member.role in (Role.CUSTOMER, Role.TELLER)
             and self._has_connected(Role.CUSTOMER)
             and (self._has_connected(Role.TELLER))
         ):
@@ -232,42 +270,54 @@ class Room:
                 self._audit,
                 self.live,
             )
-        self.recording.presence(_recorded(member), "rejoined" if rejoined else "joined")
         await self.identity.restore()
-        member.view = self._participant(session, participant_id)
+        member.view = self._participant(session, member.participant_id)
         await connection.send(
             server_message(
                 "joined",
-                participant_id=participant_id,
-                role=role.value,
+                participant_id=member.participant_id,
+                role=member.role.value,
                 rejoined=rejoined,
-                session=session_view(session, role),
+                session=session_view(session, member.role),
                 participants=[
                     self._participant(session, o.participant_id) | {"state": self._state(o)}
-                    for o in self._others(participant_id)
-                    if _visible(role, o)
+                    for o in self._others(member.participant_id)
+                    if _visible(member.role, o)
                 ],
                 ice_servers=[s.model_dump(exclude_none=True) for s in self._settings.ice_servers],
                 chat=[chat_view(m) for m in await self._store.chat(self.session_id)],
             )
         )
         await connection.send(self.recording.message())
-        if role is not Role.CUSTOMER and self.live.running:
+        if member.role is not Role.CUSTOMER and self.live.running:
             await connection.send(self.live.message())
-        if role is Role.CUSTOMER:
+        if member.role is Role.CUSTOMER:
             await connection.send(self.identity.public_message())
-        elif role in IDENTITY_STAFF:
+        elif member.role in IDENTITY_STAFF:
             await connection.send(self.identity.staff_message())
         await peer.negotiate()
-        await self._broadcast(
-            server_message(
-                "participant_joined",
-                participant=member.view | {"state": "connected"},
-                rejoined=rejoined,
-            ),
-            about=member,
-        )
-        await _renegotiate(renegotiate)
+        # Only now, when nothing of the join can fail any more (an undone join never happened).
+        self.recording.presence(_recorded(member), "rejoined" if rejoined else "joined")
+        return renegotiate
+
+    def _retire(self) -> None:
+        self.retired = True
+        self._on_empty(self)
+
+    async def _abandon(self, member: Member) -> None:
+        """Undo a first join that failed part-way: the client never got `joined` nor its offer,
+        so its retry must be a first join again, renegotiating the others. Nobody was told of
+        it, and the others' transceivers for it go unused (inactive in their next offer)."""
+        del self.members[member.participant_id]
+        member.connection = None
+        await self._drop_media(member)
+        for other in self.members.values():
+            if other.peer is not None:
+                other.peer.stop_forwarding(member.participant_id)
+        try:
+            await self._store.update_participant(member.participant_id, "disconnected")
+        except Exception:
+            log.warning("join_undo_not_recorded", participant_id=member.participant_id)
 
     def holds(self, participant_id: str, connection: Connection) -> bool:
         """Whether `connection` is the member's current signaling connection."""
@@ -355,15 +405,24 @@ class Room:
                 await self.identity.close()  # a check still running has no one to look at
                 if self.recording is not None:
                     await self.recording.stop("complete")
-                self._on_empty(self)
+                self._retire()
 
     async def end(self, by: str | None) -> CallSession:
         async with self._membership:
             return await self._end(by)
 
-    async def _end(self, by: str | None) -> CallSession:
+    async def ended_elsewhere(self) -> None:
+        """The session was ended through another worker (its HTTP end, logged there): end the
+        call and seal the recording here, where they live, without logging the end twice."""
+        async with self._membership:
+            if not self._ended:
+                await self._end(None, logged=True)
+
+    async def _end(self, by: str | None, *, logged: bool = False) -> CallSession:
         member = self.members.get(by) if by is not None else None
-        await self._log("session.ended", by, member.role if member else None)
+        if not logged:
+            await self._log("session.ended", by, member.role if member else None)
+        self._ended = True
         await self.identity.close()
         if self.recording is not None:
             await self.recording.stop("complete")
@@ -379,7 +438,7 @@ class Room:
             if connection is not None:
                 await connection.close(CLOSE_ENDED, "session ended")
         self.members.clear()
-        self._on_empty(self)
+        self._retire()
         return session
 
     async def shutdown(self) -> None:
@@ -390,7 +449,9 @@ class Room:
     async def _shutdown(self) -> None:
         await self.identity.close()
         if self.recording is not None:
-            await self.recording.stop("interrupted")
+            # The worker is stopping (and is killed if it takes long): one attempt at the seal,
+            # then the journal is the next start's to finish.
+            await self.recording.stop("interrupted", patience=0)
         for member in self.members.values():
             if member.grace is not None:
                 member.grace.cancel()
@@ -401,6 +462,7 @@ class Room:
         for task in list(self._tasks):
             task.cancel()
         self.members.clear()
+        self.retired = True  # the registry forgets it (taken over, or the server stopping)
 
     # -- messages from members ---------------------------------------------------------------
 
@@ -541,6 +603,19 @@ class Room:
     async def identity_step(self, participant_id: str, step: str) -> None:
         self._require_role(participant_id, Role.TELLER, "verify identity", "identity_step")
         await self.identity.run_step(participant_id, Step(step))
+
+    def check_upload(self, participant_id: str, side: Side) -> None:
+        """Whether an announced photo of the card could be used now, before it is decoded;
+        `identity_upload` checks fully (attempts, a running step) once it is."""
+        self._require_role(participant_id, Role.CUSTOMER, "upload the card", "identity_upload")
+        if self.identity.state != "in_progress":
+            raise ProtocolError(
+                "out_of_order", "Identity verification is not taking photos now.", "identity_upload"
+            )
+        if self.identity.steps[Step(f"card_{side}")].status == "passed":
+            raise ProtocolError(
+                "out_of_order", f"card_{side} has already passed.", "identity_upload"
+            )
 
     async def identity_upload(self, participant_id: str, side: Side, image: Any) -> None:
         self._require_role(participant_id, Role.CUSTOMER, "upload the card", "identity_upload")
@@ -753,13 +828,15 @@ class RoomRegistry:
         self._settings = settings
         self._policy = policy
         self._rooms: dict[str, Room] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._reconciling: set[str] = set()
         # Counters of publications that have ended, so totals never go backwards.
         self._retired = [0, 0, 0]
         self.observe_delay: Callable[[float], None] | None = None
 
     def room(self, session_id: str) -> Room:
         room = self._rooms.get(session_id)
-        if room is None:
+        if room is None or room.retired:
             room = Room(
                 session_id,
                 self._store,
@@ -801,7 +878,7 @@ class RoomRegistry:
         if room is not None:
             await room.notify_staff(server_message("analysis", **fields))
 
-    def bind_transaction(
+    async def bind_transaction(
         self,
         session_id: str,
         transaction_id: str,
@@ -813,7 +890,7 @@ class RoomRegistry:
         room = self._rooms.get(session_id)
         if room is None or room.recording is None:
             return None
-        return room.recording.bind_transaction(
+        return await room.recording.bind_transaction(
             transaction_id, sha256, signature_sha256, signature_png
         )
 
@@ -834,6 +911,8 @@ class RoomRegistry:
         )
 
     async def end_session(self, session_id: str, by: str | None) -> CallSession:
+        """End a session. When its room lives on another worker, the session is ended in the
+        database here and that worker's `reconcile` ends the call within a heartbeat."""
         room = self._rooms.get(session_id)
         if room is not None:
             return await room.end(by)
@@ -844,7 +923,42 @@ class RoomRegistry:
         )
         return await self._store.end(session_id, by, "ended_by_participant")
 
+    async def reconcile(self, worker_id: str) -> None:
+        """Heartbeat: end here the rooms whose sessions were ended through another worker, and
+        give up those another worker took over while this one was thought dead (their clients
+        reconnect to it). Ending seals a recording, which may wait for a full disk: in tasks
+        of their own, so that the heartbeat that keeps this worker alive never waits."""
+        for session_id, (state, owner) in (await self._store.hosts(list(self._rooms))).items():
+            room = self._rooms.get(session_id)
+            if room is None or session_id in self._reconciling:
+                continue
+            if state == "ended":
+                self._reconcile(session_id, room.ended_elsewhere())
+            elif owner != worker_id:
+                log.warning("room_taken_over", session_id=session_id, by_worker=owner)
+                self._reconcile(session_id, self._give_up(room))
+
+    async def _give_up(self, room: Room) -> None:
+        await room.shutdown()
+        self._forget(room)
+
+    def _reconcile(self, session_id: str, work: Coroutine[Any, Any, None]) -> None:
+        self._reconciling.add(session_id)
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+
+        def done(task: asyncio.Task[None]) -> None:
+            self._tasks.discard(task)
+            self._reconciling.discard(session_id)
+            if not task.cancelled() and task.exception() is not None:
+                log.error("room_reconcile_failed", session_id=session_id, exc_info=task.exception())
+
+        task.add_done_callback(done)
+
     async def shutdown(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         for room in list(self._rooms.values()):
             await room.shutdown()
         self._rooms.clear()

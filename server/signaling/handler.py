@@ -6,18 +6,21 @@ import asyncio
 import contextlib
 import time
 from collections import deque
+from collections.abc import Awaitable
 from typing import Any
 
 import structlog
 from aiohttp import WSMsgType, web
 
-from server.api.access import check_origin, principals
+from server.api.access import check_origin, principals, staff_login_holds
 from server.auth.principal import Principal, Role
+from server.background import cancel_and_wait
 from server.context import services
 from server.errors import ApiError
 from server.identity.images import ImageInputError, ImageLimits, decode_image
+from server.sessions.store import SessionStore
 from server.settings import Settings
-from server.sfu.rooms import CLOSE_ENDED, Room, RoomRegistry
+from server.sfu.rooms import CLOSE_ENDED, Room, RoomRegistry, RoomRetired
 from server.signaling.protocol import (
     Answer,
     Chat,
@@ -110,22 +113,58 @@ async def signaling(request: web.Request) -> web.WebSocketResponse:
 
     session = _Session(
         svc.rooms,
+        svc.sessions,
         request.match_info["session_id"],
         principal,
         participant_id,
         connection,
         svc.settings,
     )
+    watch = (
+        asyncio.create_task(_watch_staff_login(request, principal, connection))
+        if principal.role is not Role.CUSTOMER
+        else None
+    )
     try:
         async for frame in ws:
             if frame.type == WSMsgType.TEXT:
-                if not await session.handle(frame.data):
-                    break
+                go_on = await session.handle(frame.data)
             elif frame.type == WSMsgType.BINARY:
-                await session.handle_binary(frame.data)
+                go_on = await session.handle_binary(frame.data)
+            else:
+                continue
+            if not go_on:
+                break
     finally:
+        await cancel_and_wait(watch)
         await session.finish()
     return ws
+
+
+async def _watch_staff_login(
+    request: web.Request, staff: Principal, connection: WebSocketConnection
+) -> None:
+    """Close a staff member's connection once their login no longer stands: a logout or a
+    disabled account must end access to the call too, not only to the next HTTP request.
+    (A customer's credential ends with the session, which closes the connection itself.)"""
+    every = services(request).settings.ws_login_check_seconds
+    while True:
+        await asyncio.sleep(every)
+        try:
+            holds = await staff_login_holds(request, staff)
+        except Exception:
+            # The database is away: not a reason to cut a call; the next check decides.
+            log.warning("ws_login_check_failed", user_id=staff.user_id, exc_info=True)
+            continue
+        if not holds:
+            await connection.send(
+                error_message(
+                    "not_authenticated",
+                    "Your login has ended (logged out, or the account was disabled): log in again.",
+                )
+            )
+            await connection.close(4401, "not_authenticated")
+            return
 
 
 async def _admit(request: web.Request) -> tuple[Principal, str]:
@@ -159,6 +198,7 @@ class _Session:
     def __init__(
         self,
         rooms: RoomRegistry,
+        sessions: SessionStore,
         session_id: str,
         principal: Principal,
         participant_id: str,
@@ -166,6 +206,7 @@ class _Session:
         settings: Settings,
     ) -> None:
         self._rooms = rooms
+        self._sessions = sessions
         self._session_id = session_id
         self._principal = principal
         self._participant_id = participant_id
@@ -177,36 +218,49 @@ class _Session:
         self._upload: IdentityUpload | None = None  # announced; its binary frame comes next
         self._joined_room: Room | None = None
 
-    async def handle_binary(self, data: bytes) -> None:
+    async def handle_binary(self, data: bytes) -> bool:
+        """Process one binary frame (the photo announced by identity_upload); False closes the
+        connection."""
         if self._rate.exceeded():
             await self._error(ProtocolError("rate_limited", "Too many messages; slow down."))
-            return
+            return True
         upload, self._upload = self._upload, None
         if upload is None:
             await self._error(ProtocolError("bad_json", "Send text frames with JSON."))
-            return
+            return True
+        return await self._run(self._upload_card(upload, data))
+
+    async def _upload_card(self, upload: IdentityUpload, data: bytes) -> None:
+        if len(data) != upload.bytes:
+            raise ProtocolError(
+                "invalid_message",
+                f"identity_upload announced {upload.bytes} bytes but {len(data)} came.",
+                "identity_upload",
+            )
         try:
-            if len(data) != upload.bytes:
-                raise ProtocolError(
-                    "invalid_message",
-                    f"identity_upload announced {upload.bytes} bytes but {len(data)} came.",
-                    "identity_upload",
-                )
-            try:
-                # Decoding is CPU work on untrusted bytes: off the loop, with caps checked first.
-                image = await asyncio.to_thread(
-                    decode_image, data, ImageLimits(max_bytes=MAX_UPLOAD_BYTES)
-                )
-            except ImageInputError as exc:
-                raise ProtocolError(
-                    "bad_image", f"{exc.code}: {exc.message_en}", "identity_upload"
-                ) from exc
-            await self._room.identity_upload(self._participant_id, upload.side, image)
-        except ProtocolError as exc:
-            await self._error(exc)
+            # Decoding is CPU work on untrusted bytes: off the loop, with caps checked first.
+            image = await asyncio.to_thread(
+                decode_image, data, ImageLimits(max_bytes=MAX_UPLOAD_BYTES)
+            )
+        except ImageInputError as exc:
+            raise ProtocolError(
+                "bad_image", f"{exc.code}: {exc.message_en}", "identity_upload"
+            ) from exc
+        except Exception as exc:
+            # The image libraries raise what they like on corrupt data (PIL: SyntaxError for a
+            # broken EXIF block); to the customer it is a photo that cannot be read.
+            log.info("upload_undecodable", participant_id=self._participant_id, error=repr(exc))
+            raise ProtocolError(
+                "bad_image", "not_an_image: The photo could not be read.", "identity_upload"
+            ) from exc
+        # The verification checks its state again: it may have moved on during the decoding.
+        await self._room.identity_upload(self._participant_id, upload.side, image)
 
     async def handle(self, raw: str) -> bool:
-        """Process one frame; False closes the connection."""
+        """Process one text frame; False closes the connection."""
+        # Binary is accepted only right after identity_upload (protocol 2.1): any other frame in
+        # between, even a refused one, withdraws the announcement.
+        self._upload = None
         # Every frame counts, refused ones too: they are no way around the limit.
         if self._rate.exceeded():
             await self._error(ProtocolError("rate_limited", "Too many messages; slow down."))
@@ -218,9 +272,16 @@ class _Session:
                 )
             )
             return True
+        return await self._run(self._parse_and_dispatch(raw))
+
+    async def _parse_and_dispatch(self, raw: str) -> None:
+        await self._dispatch(parse_client_message(raw))
+
+    async def _run(self, work: Awaitable[None]) -> bool:
+        """Await one frame's work, turning every failure into an `error` for the client: one
+        bad frame never costs the connection, unless the error is fatal. False closes it."""
         try:
-            message = parse_client_message(raw)
-            await self._dispatch(message)
+            await work
         except ProtocolError as exc:
             await self._error(exc)
             if exc.fatal:
@@ -247,6 +308,8 @@ class _Session:
         return room
 
     async def _dispatch(self, message: ClientMessage) -> None:
+        if not self._joined and not isinstance(message, Join):
+            await self._refuse_if_ended(message.type)
         if isinstance(message, Ping):
             await self._connection.send(server_message("pong"))
             return
@@ -254,20 +317,23 @@ class _Session:
             if self._joined:
                 raise ProtocolError("out_of_order", "Already joined.", "join")
             self._joined = True
-            room = self._joined_room = self._rooms.room(self._session_id)
-            try:
-                await room.join(
-                    self._participant_id,
-                    self._principal.role,
-                    self._principal.display_name,
-                    self._connection,
-                )
-            except Exception:
-                # Refused before it took effect (e.g. the audit log is unavailable): the client
-                # may send `join` again on this connection.
-                self._joined = room.holds(self._participant_id, self._connection)
-                raise
-            return
+            while True:
+                room = self._joined_room = self._rooms.room(self._session_id)
+                try:
+                    await room.join(
+                        self._participant_id,
+                        self._principal.role,
+                        self._principal.display_name,
+                        self._connection,
+                    )
+                except RoomRetired:
+                    continue  # the last member left while this join waited: a fresh room
+                except Exception:
+                    # Refused or undone (e.g. the audit log is unavailable): the client may send
+                    # `join` again on this connection.
+                    self._joined = room.holds(self._participant_id, self._connection)
+                    raise
+                return
         if not self._joined:
             raise ProtocolError("out_of_order", "Send join first.", message.type)
         if isinstance(message, Answer):
@@ -299,16 +365,15 @@ class _Session:
         elif isinstance(message, IdentityStep):
             await self._room.identity_step(self._participant_id, message.step)
         elif isinstance(message, IdentityUpload):
-            if self._principal.role is not Role.CUSTOMER:
-                raise ProtocolError(
-                    "forbidden", "Only the customer uploads a card.", "identity_upload"
-                )
             if message.bytes > MAX_UPLOAD_BYTES:
                 raise ProtocolError(
                     "message_too_large",
                     f"Photos may be at most {MAX_UPLOAD_BYTES} bytes; send a smaller one.",
                     "identity_upload",
                 )
+            # Before the photo is decoded (seconds of CPU for a large one): refused now if the
+            # verification could not use it.
+            self._room.check_upload(self._participant_id, message.side)
             self._upload = message
         elif isinstance(message, IdentityManual):
             await self._room.identity_manual(self._participant_id, message.decision, message.reason)
@@ -319,6 +384,13 @@ class _Session:
             # Only once it took effect: a refused end (the audit log is down) leaves the
             # connection open so that the client can try again.
             self._done = True
+
+    async def _refuse_if_ended(self, ref: str) -> None:
+        """Protocol 2.5: after the end, a connection opened before it gets `session_ended` (and
+        4410) for anything it sends, joined or not (a joined one's room is gone: `_room`)."""
+        session = await self._sessions.get(self._session_id)
+        if session is None or session.state == "ended":
+            raise ProtocolError("session_ended", "This session has ended.", ref, fatal=True)
 
     async def _error(self, exc: ProtocolError) -> None:
         with contextlib.suppress(ConnectionError, RuntimeError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 PROTOCOL_VERSION = 1
 MAX_SDP_BYTES = 32 * 1024
@@ -35,6 +35,14 @@ class Join(_Message):
 class Answer(_Message):
     type: Literal["answer"]
     sdp: str = Field(min_length=1, max_length=MAX_SDP_BYTES)
+
+    @field_validator("sdp")
+    @classmethod
+    def _sdp_bytes(cls, sdp: str) -> str:
+        # The limit is in bytes (protocol 2.2); max_length above only counts characters.
+        if len(sdp.encode("utf-8")) > MAX_SDP_BYTES:
+            raise ValueError(f"at most {MAX_SDP_BYTES} bytes")
+        return sdp
 
 
 class IceCandidate(BaseModel):

@@ -14,7 +14,7 @@ import socket
 from datetime import datetime, timedelta
 
 import structlog
-from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy import ColumnElement, delete, exists, func, select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from server.background import cancel_and_wait
@@ -26,6 +26,11 @@ from server.settings import Settings
 from server.sfu.rooms import RoomRegistry
 
 log = structlog.get_logger(__name__)
+
+# The rows of workers gone this long, or stopped, are deleted once no session refers to them.
+# Not as soon as they are taken for dead: one that was only cut off for a while comes back to
+# heartbeat its row, and the sessions it then claims must be able to refer to it.
+FORGET_AFTER = timedelta(hours=1)
 
 
 class WorkerRegistry:
@@ -170,6 +175,7 @@ class WorkerRegistry:
                         )
                     )
                 await self.recover_dead()
+                await self._rooms.reconcile(self.worker_id)
             except Exception:
                 # A database hiccup must not kill the heartbeat; the next beat tries again.
                 log.exception("worker_heartbeat_failed", worker_id=self.worker_id)
@@ -177,11 +183,11 @@ class WorkerRegistry:
 
     async def recover_dead(self) -> int:
         """Move the open sessions of dead workers to live ones; returns how many moved."""
-        async with self._db() as db:
+        async with self._db() as db, db.begin():
             now = await _database_now(db)
-            dead = list(await db.scalars(select(Worker.id).where(~self._live(now))))
-            if not dead:
-                return 0
+            # A subquery, not the ids as parameters: the dead (every worker ever stopped or
+            # restarted) only grow, and a statement's parameters are limited.
+            dead = select(Worker.id).where(~self._live(now))
             orphans = (
                 await db.execute(
                     select(CallSession.id, CallSession.worker_id, CallSession.state).where(
@@ -189,6 +195,12 @@ class WorkerRegistry:
                     )
                 )
             ).all()
+            await db.execute(
+                delete(Worker).where(
+                    Worker.stopped_at.is_not(None) | (Worker.heartbeat_at < now - FORGET_AFTER),
+                    ~exists().where(CallSession.worker_id == Worker.id),
+                )
+            )
         moved = 0
         for session_id, previous, state in orphans:
             target = await self.place()
@@ -216,7 +228,11 @@ class WorkerRegistry:
                 )
                 moved += 1
         if moved:
-            log.warning("sessions_recovered_from_dead_workers", count=moved, workers=dead)
+            log.warning(
+                "sessions_recovered_from_dead_workers",
+                count=moved,
+                workers=sorted({str(previous) for _, previous, _ in orphans}),
+            )
         return moved
 
 

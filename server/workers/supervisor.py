@@ -35,6 +35,8 @@ def run_workers(settings: Settings, count: int) -> int:
     ports = [settings.port + index for index in range(count)]
     workers: dict[int, subprocess.Popen[bytes]] = {}
     stopping = False
+    stop_signal = signal.SIGTERM
+    signalled: set[int] = set()  # pids: a second signal would cut a worker's shutdown short
 
     def spawn(port: int) -> subprocess.Popen[bytes]:
         command = [sys.executable, "-m", "server", "serve", "--workers", "1", "--port", str(port)]
@@ -43,11 +45,16 @@ def run_workers(settings: Settings, count: int) -> int:
         return process
 
     def stop(signum: int, _: FrameType | None) -> None:
-        nonlocal stopping
+        nonlocal stopping, stop_signal
         stopping = True
+        stop_signal = signal.SIGTERM if signum == signal.SIGTERM else signal.SIGINT
         for process in workers.values():
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM if signum == signal.SIGTERM else signal.SIGINT)
+            pass_on(process)
+
+    def pass_on(process: subprocess.Popen[bytes]) -> None:
+        if process.pid not in signalled and process.poll() is None:
+            process.send_signal(stop_signal)
+            signalled.add(process.pid)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
@@ -66,8 +73,12 @@ def run_workers(settings: Settings, count: int) -> int:
                 break
             log.error("worker_died", port=port, pid=process.pid, status=process.returncode)
             time.sleep(RESTART_DELAY_SECONDS)
+            if stopping:
+                break  # stopped during the delay: starting a worker now would only orphan it
             workers[port] = spawn(port)
     for process in workers.values():
+        # One spawned just as the signal came was not among those the handler passed it to.
+        pass_on(process)
         try:
             process.wait(timeout=15)
         except subprocess.TimeoutExpired:

@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -20,6 +21,7 @@ from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCSess
 
 from server.auth.principal import Role
 from server.signaling.handler import HARD_FRAME_LIMIT
+from tests.support import server as support
 from tests.support.audit import audit_log_away
 from tests.support.bot import Bot
 from tests.support.server import ApiClient, RunningServer
@@ -173,6 +175,27 @@ async def test_revoked_staff_login_is_4401(call: Call) -> None:
     raw = await call.connect(call.teller)
     await raw.error("not_authenticated")
     assert await raw.closed() == 4401
+
+
+async def test_an_open_staff_connection_closes_after_a_logout(tmp_path: Path) -> None:
+    """A teller who logs out (or whose account is disabled) keeps no access to the call through
+    a WebSocket opened before."""
+    settings = support.test_settings(tmp_path, ws_login_check_seconds=0.3)
+    async with support.running_server(settings) as server:
+        teller = await staff(server, "teller1")
+        session_id, _customer = await new_session(server, teller)
+        call = Call(server, teller, _customer, session_id, [])
+        try:
+            raw, _ = await call.joined(teller)
+            await asyncio.sleep(1)  # several checks pass while the login stands
+            assert not raw.ws.closed
+            await teller.call("POST", "/api/v1/auth/logout")
+            message = await raw.expect("error", timeout=5)
+            assert message["code"] == "not_authenticated"
+            assert await raw.closed() == 4401
+        finally:
+            for ws in call.sockets:
+                await ws.close()
 
 
 async def test_unknown_session_is_4404(call: Call) -> None:

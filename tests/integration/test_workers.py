@@ -118,6 +118,95 @@ async def test_sessions_are_placed_on_both_workers_and_move_when_one_dies(
     )
 
 
+async def test_a_session_ended_through_another_worker_ends_where_it_is_hosted(
+    cluster: ServerProcess,
+) -> None:
+    """The teller's page falls back to HTTP to end a call while its WebSocket is down, and the
+    load balancer may send that request to any worker: the hosting worker must still end the
+    call, not leave the customer connected with the recording running."""
+    teller = ApiClient(cluster.worker_url(0))
+    customer_http = ApiClient(cluster.url)
+    await teller.login("teller1")
+    created = await teller.call("POST", "/api/v1/invitations", {"business": "general"}, expect=201)
+    ws_url = created["session"]["ws_url"]
+    session_id = created["session"]["id"]
+    hosting = next(
+        i for i in (0, 1) if ws_url.startswith(cluster.worker_url(i).replace("http", "ws", 1))
+    )
+    other = ApiClient(cluster.worker_url(1 - hosting))
+    await customer_http.join_link(created["invitation_url"])
+    staff = Bot(teller, session_id, colour="blue", ws_url=ws_url)
+    customer = Bot(customer_http, session_id, colour="red", ws_url=ws_url)
+    try:
+        await staff.join()
+        await customer.join()
+        await staff.wait_for_media(customer.participant_id, "camera")
+        await other.login("teller1")
+        await other.call("POST", f"/api/v1/sessions/{session_id}/end", {})
+        ended = await customer.expect("session_ended", timeout=10)
+        assert ended["reason"] == "ended_by_participant"
+        assert (await customer.expect("closed", timeout=10))["code"] == 4410
+        detail = await teller.call("GET", f"/api/v1/sessions/{session_id}")
+        assert detail["session"]["state"] == "ended"
+        assert [e["type"] for e in detail["events"]].count("session_ended") == 1
+    finally:
+        await staff.close()
+        await customer.close()
+        await teller.close()
+        await other.close()
+        await customer_http.close()
+
+
+async def test_a_worker_thought_dead_gives_up_the_sessions_taken_over(
+    cluster: ServerProcess, tmp_path: Path
+) -> None:
+    """A worker that stalls (paused, swapping) past the dead-after time has its sessions moved
+    to a live worker; when it comes back it must not go on hosting them beside the new host
+    (a call split over two workers, two recordings): it closes them, and clients reconnect."""
+    teller = ApiClient(cluster.url)
+    customer_http = ApiClient(cluster.url)
+    await teller.login("teller1")
+    second = cluster.worker_url(1).replace("http", "ws", 1)
+    for _ in range(4):  # placement spreads invitations: find one on the second worker
+        created = await teller.call(
+            "POST", "/api/v1/invitations", {"business": "general"}, expect=201
+        )
+        if created["session"]["ws_url"].startswith(second):
+            break
+    else:
+        pytest.fail("no session was placed on the second worker")
+    session_id = created["session"]["id"]
+    await customer_http.join_link(created["invitation_url"])
+    staff = Bot(teller, session_id, colour="blue", ws_url=created["session"]["ws_url"])
+    customer = Bot(customer_http, session_id, colour="red", ws_url=created["session"]["ws_url"])
+    pid = _worker_pid(tmp_path / "vteller.db", cluster.worker_url(1))
+    try:
+        await staff.join()
+        await customer.join()
+        await staff.wait_for_media(customer.participant_id, "camera")
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            async with asyncio.timeout(30):
+                while True:
+                    detail = await teller.call("GET", f"/api/v1/sessions/{session_id}")
+                    if "session_interrupted" in [e["type"] for e in detail["events"]]:
+                        break
+                    await asyncio.sleep(0.3)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert detail["session"]["ws_url"].startswith(
+            cluster.worker_url(0).replace("http", "ws", 1)
+        )
+        # Back from its stall, the second worker closes its stale room: "reconnect".
+        assert (await staff.expect("closed", timeout=15))["code"] == 1012
+        assert (await customer.expect("closed", timeout=15))["code"] == 1012
+    finally:
+        await staff.close()
+        await customer.close()
+        await teller.close()
+        await customer_http.close()
+
+
 async def test_two_machines_share_postgresql_and_take_over_a_dead_machines_sessions(
     machines: tuple[ServerProcess, ServerProcess],
 ) -> None:

@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, insert, select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from server.db.engine import DbSession
@@ -29,6 +29,9 @@ class _EmptyRooms:
 
     def peer_count(self) -> int:
         return 0
+
+    async def reconcile(self, worker_id: str) -> None:
+        pass
 
 
 @pytest.fixture
@@ -144,3 +147,48 @@ async def test_two_workers_claiming_a_session_at_once_one_hosts_it_the_other_poi
         url = {one.worker_id: "http://127.0.0.1:18021", two.worker_id: "http://127.0.0.1:18022"}
         assert sorted(answers, key=lambda answer: answer or "") == [None, url[worker_id]]
         assert events == [("session_moved", {"from": None, "to": worker_id})]
+
+
+async def test_recovery_takes_any_number_of_dead_workers_and_forgets_unused_rows(
+    db: async_sessionmaker[DbSession], tmp_path: Path
+) -> None:
+    # Every stopped or restarted worker stays dead for good. Their ids were once all parameters
+    # of the recovery's query, at every beat, until there were more than a statement may have
+    # (asyncpg: 32,767).
+    parameters: list[int] = []
+
+    def count(conn: Any, cursor: Any, statement: str, params: Any, *args: Any) -> None:
+        parameters.append(len(params))
+
+    silent = utcnow() - timedelta(minutes=10)
+    rows = [
+        {"id": f"w_dead{index}", "url": "http://x", "hostname": "h", "pid": 1}
+        | {"heartbeat_at": silent, "started_at": silent}
+        for index in range(500)
+    ]
+    async with db() as session, session.begin():
+        await session.execute(insert(Worker), rows)
+    stopped = await _add_worker(db, "http://127.0.0.1:18031", heartbeat_age=timedelta())
+    long_gone = await _add_worker(db, "http://127.0.0.1:18032", heartbeat_age=timedelta(hours=2))
+    referenced = await _add_worker(db, "http://127.0.0.1:18033", heartbeat_age=timedelta(days=1))
+    async with db() as session, session.begin():
+        await session.execute(
+            update(Worker).where(Worker.id == stopped).values(stopped_at=utcnow())
+        )
+    await _add_session(db, "old", referenced, "ended")
+    await _add_session(db, "call", "w_dead7", "active")
+    async with _worker(db, tmp_path, 18034) as live:
+        engine = db.kw["bind"].sync_engine
+        event.listen(engine, "before_cursor_execute", count)
+        try:
+            await live.recover_dead()  # its first heartbeat may have done it already
+        finally:
+            event.remove(engine, "before_cursor_execute", count)
+        assert parameters and max(parameters) < 20
+        assert (await _placement(db, "call"))[:2] == (live.worker_id, "interrupted")
+        async with db() as session:
+            left = set(await session.scalars(select(Worker.id)))
+    # Stopped or silent for an hour, and no session refers to them: gone. Workers only
+    # briefly silent may come back; those a session refers to are kept for it.
+    assert stopped not in left and long_gone not in left
+    assert {referenced, live.worker_id, "w_dead7", "w_dead0"} <= left

@@ -1,0 +1,113 @@
+"""Joins that fail part-way or race the room's end (server/sfu/rooms.py, the join in
+server/signaling/handler.py).
+
+A first join that fails is undone completely, so that the client's retry is a first join
+again; a room that empties is retired, so that a join queued behind the last departure (or one
+refused before it took effect) never lands in, or leaves behind, a room the registry forgot.
+The fakes (tests/support/rooms.py) let joins run to the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from server.auth.principal import Role
+from server.sfu.rooms import CLOSE_REPLACED, Member
+from tests.support.rooms import Call, teller_in_call
+
+
+async def test_a_first_join_that_fails_part_way_is_undone_and_can_be_sent_again() -> None:
+    call = Call()
+    try:
+        teller = await teller_in_call(call)
+        offers = teller.types().count("offer")
+        call.store.fail = {"participant_joined"}
+        customer, connection = call.connect("p_c", Role.CUSTOMER)
+        await customer.handle('{"v":1,"type":"join"}')
+        assert connection.errors() == ["internal"] and "joined" not in connection.types()
+        room = call.rooms.get("s_1")
+        assert room is not None and set(room.members) == {"p_t"}
+        assert call.store.states[-1] == ("p_c", "disconnected")
+        # The teller was offered nothing about a customer who never arrived, and its
+        # transceivers for the customer are free again.
+        teller_peer = room.members["p_t"].peer
+        assert teller_peer is not None and teller_peer.forwarded("p_c", "camera") is None
+        assert teller.types().count("offer") == offers
+        assert "participant_joined" not in teller.types()
+
+        # The retry on the same connection is a first join: joined, an offer, and the teller
+        # renegotiated to receive the customer.
+        await customer.handle('{"v":1,"type":"join"}')
+        assert connection.errors() == ["internal"]
+        joined = [m for m in connection.sent if m["type"] == "joined"]
+        assert [m["rejoined"] for m in joined] == [False] and "offer" in connection.types()
+        assert teller.types().count("offer") == offers + 1
+        assert teller_peer.forwarded("p_c", "camera") is not None
+    finally:
+        await call.close()
+
+
+async def test_a_refused_first_join_leaves_no_room_behind() -> None:
+    call = Call()
+    call.audit.down = True
+    customer, connection = call.connect("p_c", Role.CUSTOMER)
+    await customer.handle('{"v":1,"type":"join"}')
+    assert connection.errors() == ["audit_unavailable"]
+    await customer.finish()  # the page gives up
+    assert len(call.rooms) == 0
+
+
+async def test_a_join_queued_behind_the_last_departure_goes_to_a_fresh_room() -> None:
+    call = Call()
+    try:
+        customer, _ = call.connect("p_c", Role.CUSTOMER)
+        assert await customer.handle('{"v":1,"type":"join"}')
+        first = call.rooms.get("s_1")
+        assert first is not None
+        call.store.slow = 0.01  # the departure's writes let the teller's join queue up
+        teller, connection = call.connect("p_t", Role.TELLER)
+
+        async def join_meanwhile() -> None:
+            await asyncio.sleep(0.005)
+            await teller.handle('{"v":1,"type":"join"}')
+
+        await asyncio.gather(customer.handle('{"v":1,"type":"leave"}'), join_meanwhile())
+        room = call.rooms.get("s_1")
+        assert room is not None and room is not first and first.retired
+        assert set(room.members) == {"p_t"} and room.holds("p_t", connection)
+        # The teller's later messages reach the live room, not `session_ended`.
+        assert await teller.handle('{"v":1,"type":"screen_share","active":true}')
+        assert connection.errors() == [] and connection.closed_with is None
+    finally:
+        await call.close()
+
+
+async def test_two_first_joins_at_once_leave_one_member() -> None:
+    call = Call()
+    try:
+        one, first = call.connect("p_c", Role.CUSTOMER)
+        two, second = call.connect("p_c", Role.CUSTOMER)
+        await asyncio.gather(
+            one.handle('{"v":1,"type":"join"}'), two.handle('{"v":1,"type":"join"}')
+        )
+        room = call.rooms.get("s_1")
+        assert room is not None and list(room.members) == ["p_c"]
+        assert room.holds("p_c", second) and first.closed_with == CLOSE_REPLACED
+    finally:
+        await call.close()
+
+
+async def test_a_rejoin_of_a_member_after_a_retired_room_is_a_fresh_join() -> None:
+    # A member object left in a retired room is never reused: the registry hands out a new room.
+    call = Call()
+    try:
+        retired = call.rooms.room("s_1")
+        retired.members["p_c"] = Member("p_c", Role.CUSTOMER, "c")
+        retired.retired = True
+        customer, connection = call.connect("p_c", Role.CUSTOMER)
+        await customer.handle('{"v":1,"type":"join"}')
+        joined = [m for m in connection.sent if m["type"] == "joined"]
+        assert [m["rejoined"] for m in joined] == [False]
+        assert call.rooms.get("s_1") is not retired
+    finally:
+        await call.close()
