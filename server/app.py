@@ -50,6 +50,13 @@ from server.workflow.webhooks.delivery import WebhookDeliveries, webhook_secret
 API_BODY_LIMIT = 64 * 1024
 
 
+async def _revalidate_static(request: web.Request, response: web.StreamResponse) -> None:
+    # Module URLs carry no version: after an upgrade a browser that reused its cached copy would
+    # mix old and new scripts. It asks first (ETag / Last-Modified), mostly answered with a 304.
+    if request.path.startswith("/static/"):
+        response.headers.setdefault("Cache-Control", "no-cache")
+
+
 async def create_app(settings: Settings) -> web.Application:
     # Keys, the database and recordings in transit live here: owner-only.
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -69,7 +76,7 @@ async def create_app(settings: Settings) -> web.Application:
     )
     recorder = RecordingManager(settings, db)
     # Checkpoints are signed with the worker's signing key, published next to the manifests' one.
-    audit = AuditLog(db, recorder.signer)
+    audit = AuditLog(db, recorder.signer, data_dir=settings.data_dir)
     auditor = AuditorPortal(
         settings.auditor,
         db,
@@ -154,6 +161,7 @@ async def create_app(settings: Settings) -> web.Application:
         app.add_routes(module.routes)
     app.router.add_get("/ws/v1/sessions/{session_id}", signaling)
     app.router.add_static("/static/", pages.WEB_DIR, append_version=False)
+    app.on_response_prepare.append(_revalidate_static)
     metrics = Metrics(rooms)
     app.router.add_get(
         "/metrics",

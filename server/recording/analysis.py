@@ -125,7 +125,7 @@ class AnalysisJobs:
                 await self._update(archive_id, state="queued", error=str(exc)[:2000])
             except Exception as exc:
                 log.exception("compliance_analysis_failed", archive_id=archive_id)
-                await self._update(archive_id, state="failed", error=str(exc)[:2000])
+                await self._fail(archive_id, str(exc))
 
     async def _run(self, archive_id: str) -> None:
         async with self._db() as db:
@@ -133,7 +133,7 @@ class AnalysisJobs:
         if job is None or job.state in ("done", "failed"):
             return
         if job.attempts >= MAX_ATTEMPTS:
-            await self._update(archive_id, state="failed", error="gave up after 3 attempts")
+            await self._fail(archive_id, "gave up after 3 attempts")
             return
         await self._update(
             archive_id, state="running", stage="waiting_for_upload", attempts=job.attempts + 1
@@ -435,6 +435,14 @@ class AnalysisJobs:
                 .where(ComplianceReport.archive_id == archive_id)
                 .values(updated_at=utcnow(), **values)
             )
+
+    async def _fail(self, archive_id: str, error: str) -> None:
+        """The job ends without a report: recorded, and the teller's page told, so that it does
+        not show the analysis as running for ever (the recording itself is sealed regardless)."""
+        await self._update(archive_id, state="failed", error=error[:2000])
+        job = await self.job(archive_id)
+        if job is not None:
+            await self._progress(job.session_id, archive_id, "failed", job.progress or 0)
 
     async def _progress(
         self, session_id: str, archive_id: str, stage: str, permille: int, **extra: Any

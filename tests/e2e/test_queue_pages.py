@@ -103,3 +103,17 @@ async def test_supervisor_routes_and_a_customer_asks_for_a_callback(
 
         await expect(board.locator("#queue-callback-rows tr")).to_contain_text("*******8000")
         await expect(board.locator("#queue-tickets-empty")).to_be_visible()
+
+
+async def test_leaving_the_queue_is_asked_first(pw: Playwright, server: RunningServer) -> None:
+    async with participant_page(pw) as customer:
+        await customer.goto(f"{server.url}/visit/")
+        await customer.click(".queue-topic[data-topic='insurance']")
+        await expect(customer.locator("body")).to_have_attribute("data-state", "waiting")
+        await customer.click("#leave")
+        await expect(customer.locator("#confirm-title")).to_have_text("确定要离开排队吗？")
+        await customer.click("#confirm-no")
+        await expect(customer.locator("body")).to_have_attribute("data-state", "waiting")
+        await customer.click("#leave")
+        await customer.click("#confirm-yes")
+        await expect(customer.locator("body")).to_have_attribute("data-state", "left")

@@ -30,6 +30,30 @@ async def draw(page: Page, points: list[tuple[float, float]]) -> None:
     await page.mouse.up()
 
 
+async def ink(page: Page) -> int:
+    """How many of the pad's pixels are drawn on."""
+    return int(
+        await page.locator("#tx-sign-pad").evaluate(
+            """pad => {
+                const data = pad.getContext('2d').getImageData(0, 0, pad.width, pad.height).data;
+                let dark = 0;
+                for (let i = 0; i < data.length; i += 4) if (data[i] < 128) dark += 1;
+                return dark;
+            }"""
+        )
+    )
+
+
+async def create_limit_change(teller: Page) -> None:
+    await teller.select_option("#tx-kind", "service")
+    await teller.select_option("#tx-service", "limit_change")
+    await teller.fill("#tx-account", "6222020200112233445")
+    await teller.click("#tx-create")
+    await expect(teller.locator(".tx-item .tx-state").first).to_have_attribute(
+        "data-state", "awaiting_signature"
+    )
+
+
 async def test_the_customer_signs_on_the_pad_and_the_teller_approves(
     pw: Playwright, server: RunningServer, tmp_path: Path
 ) -> None:
@@ -51,6 +75,26 @@ async def test_the_customer_signs_on_the_pad_and_the_teller_approves(
         await expect(dialog).to_contain_text("调整交易限额")
         await expect(dialog).to_contain_text("****3445")
         await expect(dialog).not_to_contain_text("6222020200112233445")
+
+        # A network blip while signing: the page rejoins and reloads the transactions, and the
+        # half-drawn signature is still there.
+        await draw(customer, [(0.1, 0.7), (0.3, 0.3)])
+        drawn = await ink(customer)
+        room = server.services.rooms.get(call.session_id)
+        assert room is not None
+        member = next(m for m in room.members.values() if m.role is Role.CUSTOMER)
+        assert member.connection is not None
+        async with customer.expect_response(
+            lambda r: r.url.endswith("/transactions") and r.request.method == "GET",
+            timeout=CALL_TIMEOUT_MS,
+        ) as reloaded:
+            await member.connection.close(1012, "restarting")
+        await (await reloaded.value).finished()
+        await customer.wait_for_timeout(500)
+        await expect(dialog).to_be_visible()
+        assert drawn > 0 and await ink(customer) == drawn
+        await customer.click("#tx-sign-clear")
+
         await customer.click("#tx-sign-submit")
         await expect(customer.locator("#tx-sign-error")).to_contain_text("签名区是空的")
         # A dot is not a signature: the server says so, and the pad can be cleared and redone.
@@ -63,6 +107,10 @@ async def test_the_customer_signs_on_the_pad_and_the_teller_approves(
         await draw(customer, [(0.1, 0.7), (0.25, 0.2), (0.4, 0.75), (0.6, 0.25), (0.9, 0.6)])
         await customer.click("#tx-sign-submit")
         await expect(dialog).to_be_hidden()
+        # Signed: the way back to the pad says it is only for when the teller asks.
+        await expect(customer.locator("#tx-sign-open")).to_have_text(
+            "重新签名（仅在客户经理请您重签时）"
+        )
 
         # The teller sees it signed, with the signature, and approves: a service needs no
         # recording, so the teller's approval is final.
@@ -73,6 +121,32 @@ async def test_the_customer_signs_on_the_pad_and_the_teller_approves(
         await item.locator(".tx-approve").click()
         await expect(item.locator(".tx-state")).to_have_attribute("data-state", "approved")
         await expect(item.locator(".tx-delivery")).to_contain_text("审批记录已签名")
+        await expect(customer.locator("#tx-sign-open")).to_be_hidden()
+
+        # The teller rejects the next one with a reason written in the item; the customer's
+        # question goes away.
+        await create_limit_change(teller)
+        await expect(dialog).to_be_visible()
+        second = teller.locator(".tx-item").first
+        await second.locator(".tx-reject").click()
+        await second.locator(".tx-reject-reason").fill("不")
+        await second.locator(".tx-reject-confirm").click()
+        await expect(second.locator(".form-error")).to_contain_text("理由太短")
+        await second.locator(".tx-reject-reason").fill("客户决定暂不调整限额")
+        await second.locator(".tx-reject-confirm").click()
+        await expect(second.locator(".tx-state")).to_have_attribute("data-state", "rejected")
+        await expect(dialog).to_be_hidden()
+
+        # The call ends while the customer is asked to sign: the ended page is not hidden.
+        await create_limit_change(teller)
+        await expect(dialog).to_be_visible()
+        await teller.click("#end-call")
+        await teller.click("#confirm-yes")
+        await expect(customer.locator("body")).to_have_attribute(
+            "data-state", "ended", timeout=CALL_TIMEOUT_MS
+        )
+        await expect(dialog).to_be_hidden()
+        await expect(customer.locator("#ended-title")).to_be_visible()
 
 
 async def test_a_supervisor_overrides_from_the_console_with_a_reason(

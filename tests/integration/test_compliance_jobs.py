@@ -33,7 +33,7 @@ from server.db.models import (
     ComplianceReport,
     ComplianceReview,
 )
-from server.recording.analysis import AnalysisError, AnalysisJobs
+from server.recording.analysis import MAX_ATTEMPTS, AnalysisError, AnalysisJobs
 from tests.integration.test_archive_store import bucket, store_settings
 from tests.integration.test_compliance_analysis import _call, _script
 from tests.integration.test_recording import _vteller
@@ -299,3 +299,22 @@ async def test_a_stopping_worker_leaves_no_analysis_running(
         await running
     # The child went with it: the job is started again with the worker, never twice at once.
     assert started[0].returncode is not None
+
+
+async def test_a_job_that_gives_up_tells_the_teller_it_failed(
+    tmp_path: Path, db: async_sessionmaker[DbSession]
+) -> None:
+    """Without a last message the teller's page would show the analysis running for ever."""
+    jobs = _jobs(tmp_path, db, object())
+    told: list[tuple[str, dict[str, Any]]] = []
+
+    async def notify(session_id: str, fields: dict[str, Any]) -> None:
+        told.append((session_id, fields))
+
+    jobs.notify = notify
+    await jobs.submit(ARCHIVE, "s1")
+    await jobs._update(ARCHIVE, attempts=MAX_ATTEMPTS, progress=400)
+    await jobs._run(ARCHIVE)
+    job = await jobs.job(ARCHIVE)
+    assert job is not None and job.state == "failed" and job.error == "gave up after 3 attempts"
+    assert told == [("s1", {"archive_id": ARCHIVE, "stage": "failed", "progress": 400})]

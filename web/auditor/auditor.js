@@ -112,7 +112,7 @@ async function openArchive(archiveId, target = null) {
   const status = $('verify-status');
   status.className = 'verify-status';
   translate(status, 'auditor.verifying');
-  for (const id of ['chain-status', 'archive-summary', 'identity-summary', 'report-summary', 'play-status', 'target-status']) $(id).textContent = '';
+  for (const id of ['chain-status', 'archive-summary', 'identity-summary', 'report-summary', 'play-status', 'target-status']) clearText($(id));
   $('problems').hidden = true;
   $('timeline').replaceChildren();
   try {
@@ -333,7 +333,7 @@ async function play() {
     };
     for (const event of ['play', 'pause', 'seeked']) main.addEventListener(event, follow);
     $('players').hidden = false;
-    $('play-status').textContent = '';
+    clearText($('play-status'));
     updateWatermark();
     await main.play().catch(() => {});
     const mark = targetMark();

@@ -192,6 +192,8 @@ export class CallSession extends Emitter {
     });
     signaling.on('session_ended', ({ reason, by }) => this.#finish({ reason, by }));
     signaling.on('error', (msg) => {
+      // Not a failure anyone can act on: signaling.js reconnects to the session's worker at once.
+      if (msg.code === 'wrong_worker') return;
       toast(errorText(msg), 'error');
       this.emit('error', msg);
     });

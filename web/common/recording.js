@@ -8,7 +8,7 @@
 // RecordingPanel is the staff view (teller: controls; expert, supervisor: read only);
 // wireCustomerRecording gives the customer the consent step and the "recording" indicator.
 // All text goes through i18n.js and textContent.
-import { t, translate } from './i18n.js';
+import { clearText, has, t, translate } from './i18n.js';
 import { confirmDialog, consentQuestion, toast } from './ui.js';
 
 /** The standard sales script, in order; labels are the i18n keys `moment.<name>`. */
@@ -304,7 +304,7 @@ export class RecordingPanel {
     el.store.hidden = !line;
     el.store.dataset.kind = store.lastError ? 'error' : 'info';
     if (line) translate(el.store, ...line);
-    else el.store.textContent = '';
+    else clearText(el.store);
 
     // A request in flight marks its button aria-disabled rather than disabled, so focus stays put.
     const busy = this.#busy();
@@ -432,10 +432,17 @@ export class RecordingPanel {
       translate(text, `analysis.done.${verdict}`);
       link.href = `/api/v1/archives/${encodeURIComponent(archiveId)}/report.html`;
       link.hidden = false;
+    } else if (stage === 'failed') {
+      status.dataset.kind = 'error';
+      translate(text, 'analysis.failed');
+      link.hidden = true;
     } else {
       status.dataset.kind = 'info';
       const percent = Math.max(0, Math.min(100, Math.round((Number(progress) || 0) / 10)));
-      translate(text, 'analysis.running', { stage: String(stage ?? ''), percent });
+      // Stage ids as the analysis names them (e.g. "transcribing customer"); a newer one is
+      // still "working", never an untranslated id.
+      const key = `analysis.stage.${String(stage ?? '').replace(/\s+/g, '_')}`;
+      translate(text, 'analysis.running', { stage: { t: has(key) ? key : 'analysis.stage.other' }, percent });
       link.hidden = true;
     }
   }
@@ -485,9 +492,9 @@ export class RecordingPanel {
     const teller = moment.lines.find((line) => line.speaker === 'teller');
     const customer = moment.lines.find((line) => line.speaker === 'customer');
     if (teller) translate(el.currentSay, 'script.read', { text: this.#fill(teller.say[0]) });
-    else el.currentSay.textContent = '';
+    else clearText(el.currentSay);
     if (customer) translate(el.currentAnswer, 'script.answer', { answers: customer.say.join(' / ') });
-    else el.currentAnswer.textContent = '';
+    else clearText(el.currentAnswer);
   }
 
   /** A start or stop request is waiting for the server's answer. */

@@ -4,6 +4,8 @@ import { has, t, translate } from './i18n.js';
 
 export const STATES = ['awaiting_signature', 'signed', 'awaiting_override', 'awaiting_second_approval', 'approved', 'rejected'];
 export const SIGNABLE = new Set(['awaiting_signature', 'signed', 'awaiting_override']);
+// The server refuses a shorter rejection reason (RejectBody, server/api/bodies.py) in English.
+export const REJECT_REASON_MIN = 4;
 
 /** {minor: 1234567, currency: 'CNY'} -> "12,345.67 CNY", by integer arithmetic only. */
 export function formatAmount(amount) {

@@ -2,7 +2,14 @@
 import { applyI18n, clearText, has, t, toggleLang, translate } from './i18n.js';
 import { loadPref, savePref } from './prefs.js';
 
-export function initChrome() {
+// Staff can act on the server's own (English) detail of an error the catalog has no message
+// for; a customer cannot, and is told in their language what happened (customerError.*) or
+// that it did not work.
+let customerPage = false;
+
+/** `customer`: the page is read by customers, who never see the server's own error texts. */
+export function initChrome({ customer = false } = {}) {
+  customerPage = customer;
   applyI18n();
   const langToggle = document.getElementById('lang-toggle');
   langToggle?.addEventListener('click', toggleLang);
@@ -20,25 +27,33 @@ export function initChrome() {
   });
 }
 
-/** Human-readable text for an ApiError, a signaling error message or any Error. */
-export function errorText(err) {
+/** The message key for an ApiError, a signaling error message or any Error; null when only the
+ * server's own text says what went wrong (staff pages). */
+function errorKey(err) {
   const code = err?.code;
-  const key = `error.${code}`;
-  if (has(key)) return t(key);
+  if (customerPage && has(`customerError.${code}`)) return `customerError.${code}`;
+  if (has(`error.${code}`)) return `error.${code}`;
   // A proxy's own error page (no JSON): its status line is neither translated nor helpful.
   if (typeof code === 'string' && code.startsWith('http_')) {
-    return t(Number(code.slice(5)) >= 500 ? 'error.internal' : 'error.generic');
+    return Number(code.slice(5)) >= 500 ? 'error.internal' : 'error.generic';
   }
   const message = err?.message;
-  return message && message !== code ? message : t('error.generic');
+  return !customerPage && message && message !== code ? null : 'error.generic';
 }
 
-/** Show an error in `element`: translated (and following a language switch) when its code has
- * a message, otherwise the server's own text, and never an earlier message's key. */
+/** Human-readable text for an ApiError, a signaling error message or any Error. */
+export function errorText(err) {
+  const key = errorKey(err);
+  return key ? t(key) : err.message;
+}
+
+/** Show an error in `element`: translated (and following a language switch) when there is a
+ * message for it, otherwise the server's own text, and never an earlier message's key. The same
+ * error again (a poll failing every few seconds) leaves the alert as it is, not read out anew. */
 export function showErrorText(element, err) {
-  const key = `error.${err?.code}`;
-  if (has(key)) translate(element, key);
-  else clearText(element).textContent = errorText(err);
+  const key = errorKey(err);
+  if (key) translate(element, key);
+  else if (element.dataset.i18n || element.textContent !== err.message) clearText(element).textContent = err.message;
 }
 
 function toastRegion() {
@@ -54,8 +69,11 @@ function toastRegion() {
   return region;
 }
 
+// Errors stay up longer: many customers are elderly and read slowly, and an error needs acting on.
+const ERROR_TOAST_MS = 10000;
+
 /** kind: 'info' | 'success' | 'error'. Text is set with textContent, so any string is safe. */
-export function toast(text, kind = 'info', timeoutMs = 5000) {
+export function toast(text, kind = 'info', timeoutMs = kind === 'error' ? ERROR_TOAST_MS : 5000) {
   const item = document.createElement('div');
   item.className = `toast toast-${kind}`;
   item.textContent = text;

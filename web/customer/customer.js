@@ -152,5 +152,5 @@ function enterLobby(session) {
   call.start();
 }
 
-initChrome();
+initChrome({ customer: true });
 redeemLink();

@@ -85,9 +85,14 @@ export function wireCustomerTransactions(call, sessionId) {
   const submit = $('tx-sign-submit');
   const pending = new Map(); // id -> customer view, while it may be signed
   let current = null;
+  let uploading = false;
+  let over = false;
 
   const open = (view) => {
+    const showing = dialog.open && current?.id === view.id;
     current = view;
+    // Reported again (every reconnect reloads the list): the half-drawn signature stays.
+    if (showing) return;
     showDescription($('tx-sign-summary'), view.transaction);
     translate($('tx-sign-account'), 'txSign.account', { account: view.transaction.account });
     const details = Object.values(view.transaction.details ?? {}).join('；');
@@ -96,7 +101,7 @@ export function wireCustomerTransactions(call, sessionId) {
     $('tx-sign-again').hidden = !view.signed;
     clearText(error);
     pad.clear();
-    submit.disabled = false;
+    submit.disabled = uploading;
     if (!dialog.open) dialog.showModal();
     $('tx-sign-title').focus();
   };
@@ -104,9 +109,19 @@ export function wireCustomerTransactions(call, sessionId) {
     current = null;
     if (dialog.open) dialog.close();
   };
-  const refreshOpenButton = () => { $('tx-sign-open').hidden = pending.size === 0 || dialog.open; };
+  const unsigned = () => [...pending.values()].filter((view) => !view.signed);
+  const refreshOpenButton = () => {
+    const button = $('tx-sign-open');
+    button.hidden = pending.size === 0 || dialog.open;
+    // Once signed, signing again is only for when the teller asks: a quieter button that says so.
+    const needed = unsigned().length > 0;
+    translate(button, needed ? 'txSign.open' : 'txSign.openAgain');
+    button.classList.toggle('btn-primary', needed);
+    button.classList.toggle('btn-secondary', !needed);
+  };
 
   const follow = (view) => {
+    if (over) return;
     if (SIGNABLE.has(view.state)) pending.set(view.id, view);
     else pending.delete(view.id);
     if (view.state === 'awaiting_signature' && !view.signed) open(view);
@@ -123,8 +138,17 @@ export function wireCustomerTransactions(call, sessionId) {
       toast(errorText(err), 'error');
     }
   });
+  // The call is over: nothing can be signed any more, and the page behind must be seen.
+  const finish = () => {
+    over = true;
+    pending.clear();
+    close();
+    refreshOpenButton();
+  };
+  call.on('ended', finish);
+  call.on('fatal', finish);
   $('tx-sign-open').addEventListener('click', () => {
-    const latest = [...pending.values()].at(-1);
+    const latest = unsigned().at(-1) ?? [...pending.values()].at(-1);
     if (latest) open(latest);
     refreshOpenButton();
   });
@@ -138,18 +162,23 @@ export function wireCustomerTransactions(call, sessionId) {
   });
   dialog.addEventListener('cancel', (event) => event.preventDefault());
   submit.addEventListener('click', async () => {
-    if (!current) return;
+    if (!current || uploading) return;
     if (pad.strokes === 0) return translate(error, 'txSign.empty');
+    const { id } = current;
+    uploading = true;
     submit.disabled = true;
     translate(error, 'txSign.sending');
     try {
       const blob = await pad.png();
-      const { transaction } = await postBlob(`/api/v1/transactions/${encodeURIComponent(current.id)}/signature`, blob);
-      pending.set(transaction.id, transaction);
-      close();
+      const { transaction } = await postBlob(`/api/v1/transactions/${encodeURIComponent(id)}/signature`, blob);
+      if (!over) pending.set(transaction.id, transaction);
+      if (current?.id === id) close();
       toast(t('txSign.done'), 'success');
     } catch (err) {
-      showErrorText(error, err);
+      if (current?.id === id) showErrorText(error, err);
+      else if (!over) toast(errorText(err), 'error');
+    } finally {
+      uploading = false;
       submit.disabled = false;
     }
     refreshOpenButton();

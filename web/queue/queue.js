@@ -2,12 +2,14 @@
 // Or leave a callback number, or leave the queue. One screen at a time, big buttons.
 import { get, post } from '/static/common/api.js';
 import { clearText, translate } from '/static/common/i18n.js';
-import { initChrome, showErrorText } from '/static/common/ui.js';
+import { confirmDialog, initChrome, showErrorText } from '/static/common/ui.js';
 
 const $ = (id) => document.getElementById(id);
 const SCREENS = ['loading', 'choose', 'waiting', 'callback', 'callback-done', 'taken', 'left'];
 // The ticket is gone for good: the customer can only queue again.
 const GONE = new Set(['ticket_expired', 'ticket_closed']);
+// Taken by a teller (or a callback asked for elsewhere) just as the customer pressed a button.
+const NOT_WAITING = 'ticket_not_waiting';
 
 let pollTimer = null;
 let pollMs = 3000;
@@ -22,9 +24,9 @@ function show(name) {
   heading?.focus({ preventScroll: true });
 }
 
-function schedulePoll() {
+function schedulePoll(delayMs = pollMs) {
   clearTimeout(pollTimer);
-  pollTimer = setTimeout(poll, pollMs);
+  pollTimer = setTimeout(poll, delayMs);
 }
 
 function stopPolling() {
@@ -82,8 +84,9 @@ async function poll() {
   } catch (err) {
     if (GONE.has(err.code) || err.code === 'ticket_unknown') return showGone(err);
     // A network blip: say so, and keep trying; the place is kept while we ask again in time.
+    // A server that asks us to wait (Retry-After) is asked again no sooner.
     showErrorText($('waiting-error'), err);
-    schedulePoll();
+    schedulePoll(Math.max(pollMs, (err.retryAfter ?? 0) * 1000));
   }
 }
 
@@ -112,8 +115,23 @@ async function join(topic) {
   }
 }
 
+/** The answer to a button pressed as the ticket stopped waiting: say what is happening, and
+ * let the next answer take the page on (into the call, or to the callback). */
+function movedOn(errorLine) {
+  translate(errorLine, 'queue.notWaiting');
+  schedulePoll(0);
+}
+
 async function leave() {
   $('leave').disabled = true;
+  // One tap must not give up a place waited for: ask first, with staying as the safe answer.
+  const confirmed = await confirmDialog({
+    title: 'queue.leaveConfirmTitle', body: 'queue.leaveConfirmBody', confirm: 'queue.leave', cancel: 'queue.stay', danger: true,
+  });
+  if (!confirmed || screen !== 'waiting') {
+    $('leave').disabled = false;
+    return;
+  }
   try {
     await post('/api/v1/queue/ticket/cancel');
     stopPolling();
@@ -121,6 +139,7 @@ async function leave() {
     show('left');
   } catch (err) {
     if (GONE.has(err.code) || err.code === 'ticket_unknown') showGone(err);
+    else if (err.code === NOT_WAITING) movedOn($('waiting-error'));
     else showErrorText($('waiting-error'), err);
   } finally {
     $('leave').disabled = false;
@@ -141,6 +160,7 @@ async function requestCallback(event) {
     render(await post('/api/v1/queue/ticket/callback', { phone }));
   } catch (err) {
     if (GONE.has(err.code) || err.code === 'ticket_unknown') return showGone(err);
+    if (err.code === NOT_WAITING) return movedOn($('callback-error'));
     showErrorText($('callback-error'), err);
     $('phone').focus();
   } finally {
@@ -148,7 +168,7 @@ async function requestCallback(event) {
   }
 }
 
-initChrome();
+initChrome({ customer: true });
 document.querySelectorAll('.queue-topic').forEach((button) => {
   button.addEventListener('click', () => join(button.dataset.topic));
 });

@@ -4,7 +4,7 @@
 import { get, post } from '/static/common/api.js';
 import { clearText, t, translate } from '/static/common/i18n.js';
 import { actionButton as button, formatTime, toast, showErrorText } from '/static/common/ui.js';
-import { renderChecks, showDescription, showState } from '/static/common/transactions.js';
+import { REJECT_REASON_MIN, renderChecks, showDescription, showState } from '/static/common/transactions.js';
 import { poller } from '/static/staff/poller.js';
 
 const $ = (id) => document.getElementById(id);
@@ -14,7 +14,6 @@ const polling = poller({
   load: async () => {
     const { transactions } = await get('/api/v1/transactions');
     render(transactions);
-    clearText($('approvals-error'));
   },
   errorId: 'approvals-error',
   everyMs: REFRESH_MS,
@@ -77,21 +76,28 @@ function item(view) {
   actions.className = 'recording-actions';
   const failing = view.checks.some((c) => !c.passed);
   if (!failing) {
-    actions.append(button('tx.approve', 'btn btn-primary', () => decide(view.id, 'approve', {}, error)));
+    actions.append(button('tx.approve', 'btn btn-primary', () => decide(li, 'approve', {}, error)));
   } else {
-    actions.append(button('tx.override', 'btn btn-primary', () => decide(view.id, 'override', { reason: reason.value.trim() }, error)));
+    actions.append(button('tx.override', 'btn btn-primary', () => decide(li, 'override', { reason: reason.value.trim() }, error)));
   }
-  actions.append(button('tx.reject', 'btn btn-secondary', () => decide(view.id, 'reject', { reason: reason.value.trim() }, error)));
+  actions.append(button('tx.reject', 'btn btn-secondary', () => decide(li, 'reject', { reason: reason.value.trim() }, error)));
   li.append(state, summary, meta, checks, image, label, reason, error, actions);
   return li;
 }
 
-async function decide(id, action, body, error) {
+async function decide(row, action, body, error) {
+  if (action === 'reject' && body.reason.length < REJECT_REASON_MIN) {
+    translate(error, 'error.reason_too_short');
+    return;
+  }
   clearText(error);
   try {
-    await post(`/api/v1/transactions/${encodeURIComponent(id)}/${action}`, body);
+    await post(`/api/v1/transactions/${encodeURIComponent(row.dataset.id)}/${action}`, body);
     toast(t('tx.done'), 'success');
-    for (const field of document.querySelectorAll('.approval-reason')) field.value = '';
+    // Decided, so out of the queue now: a reason typed in another item holds the refresh off,
+    // and stays as it was.
+    row.remove();
+    $('approvals-empty').hidden = $('approvals-list').children.length > 0;
     await refresh();
   } catch (err) {
     showErrorText(error, err);

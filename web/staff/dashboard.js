@@ -1,8 +1,8 @@
 // The supervisor's queue dashboard: waiting customers (reassign), callbacks, tellers (status,
 // skills, current call). Admins get the tellers' skills only: they never see who is waiting.
 import { get, post } from '/static/common/api.js';
-import { clearText, t, translate } from '/static/common/i18n.js';
-import { errorText, toast } from '/static/common/ui.js';
+import { t, translate } from '/static/common/i18n.js';
+import { actionButton, errorText, toast } from '/static/common/ui.js';
 import { poller } from '/static/staff/poller.js';
 
 const $ = (id) => document.getElementById(id);
@@ -39,7 +39,6 @@ async function load() {
   } else {
     renderTellers((await get('/api/v1/queue/tellers')).tellers);
   }
-  clearText($('queue-dashboard-error'));
 }
 
 const minutes = (seconds) => Math.floor(seconds / 60);
@@ -89,11 +88,7 @@ function ticketRow(ticket, tellers) {
     row.append(action);
     return row;
   }
-  const assign = document.createElement('button');
-  assign.type = 'button';
-  assign.className = 'btn btn-secondary btn-small';
-  translate(assign, 'queue.assign');
-  assign.addEventListener('click', async () => {
+  const assign = actionButton('queue.assign', 'btn btn-secondary btn-small', async () => {
     try {
       await post(`/api/v1/queue/tickets/${encodeURIComponent(ticket.id)}/assign`, {
         teller_id: select.value,

@@ -1,6 +1,7 @@
 // The periodic refresh of a staff panel: one request at a time, none while the browser tab is
-// hidden or once the panel is stopped. A failed refresh shows in the panel's error line; `load`
-// clears that line itself where a success should (the teller's panel keeps its actions' errors).
+// hidden or once the panel is stopped. A failed refresh shows in the panel's error line (its own:
+// actions report elsewhere), and the next successful one clears it.
+import { clearText } from '/static/common/i18n.js';
 import { showErrorText } from '/static/common/ui.js';
 
 export function poller({ load, errorId, everyMs, skip = () => false }) {
@@ -12,6 +13,7 @@ export function poller({ load, errorId, everyMs, skip = () => false }) {
     busy = true;
     try {
       await load();
+      clearText(document.getElementById(errorId));
     } catch (err) {
       showErrorText(document.getElementById(errorId), err);
     } finally {

@@ -1,7 +1,7 @@
 // The teller's queue panel: status, what is waiting for their skills, "take next", callbacks.
 import { get, post } from '/static/common/api.js';
 import { clearText, t, translate } from '/static/common/i18n.js';
-import { errorText, toast, showErrorText } from '/static/common/ui.js';
+import { actionButton, errorText, toast, showErrorText } from '/static/common/ui.js';
 import { poller } from '/static/staff/poller.js';
 
 const $ = (id) => document.getElementById(id);
@@ -10,10 +10,13 @@ const REFRESH_MS = 3000;
 let wired = false;
 // Numbers shown after a claim stay on screen across refreshes (never refetched silently).
 const revealed = new Map();
+// Callbacks with a claim or "done" on its way: a refresh meanwhile draws their button disabled.
+const sending = new Set();
 
+// Refreshes report in their own line: #queue-error keeps what the teller's last action said.
 const polling = poller({
   load: async () => render(await get('/api/v1/queue/me')),
-  errorId: 'queue-error',
+  errorId: 'queue-refresh-error',
   everyMs: REFRESH_MS,
 });
 const refresh = polling.refresh;
@@ -90,21 +93,22 @@ function callbackItem(callback) {
   const number = revealed.get(callback.id);
   phone.textContent = number ? t('queue.claimedPhone', { phone: number }) : callback.phone;
   item.append(what, phone);
-  if (number) {
-    const done = button('queue.done', () => finishCallback(callback.id));
-    item.append(done);
-  } else {
-    item.append(button('queue.claim', () => claimCallback(callback.id)));
-  }
+  item.append(number
+    ? callbackButton('queue.done', callback.id, finishCallback)
+    : callbackButton('queue.claim', callback.id, claimCallback));
   return item;
 }
 
-function button(key, onClick) {
-  const el = document.createElement('button');
-  el.type = 'button';
-  el.className = 'btn btn-secondary btn-small';
-  translate(el, key);
-  el.addEventListener('click', onClick);
+function callbackButton(key, id, action) {
+  const el = actionButton(key, 'btn btn-secondary btn-small', async () => {
+    sending.add(id);
+    try {
+      await action(id);
+    } finally {
+      sending.delete(id);
+    }
+  });
+  el.disabled = sending.has(id);
   return el;
 }
 

@@ -19,7 +19,6 @@ const polling = poller({
     const { reviews } = await get('/api/v1/reviews?state=open');
     const moments = await momentsOf(reviews);
     render(reviews, moments);
-    clearText($('reviews-error'));
   },
   errorId: 'reviews-error',
   everyMs: REFRESH_MS,

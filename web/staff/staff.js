@@ -1,7 +1,7 @@
 // Staff console: login, then per role the invitation form and/or the session list.
 import { get, post, clearCsrfToken } from '/static/common/api.js';
 import { clearText, t, translate } from '/static/common/i18n.js';
-import { initChrome, errorText, toast, formatTime, showErrorText } from '/static/common/ui.js';
+import { initChrome, toast, formatTime, showErrorText } from '/static/common/ui.js';
 import * as tellerQueue from '/static/staff/queue.js';
 import * as queueDashboard from '/static/staff/dashboard.js';
 import * as webhookPanel from '/static/staff/webhooks.js';
@@ -26,7 +26,8 @@ let refreshTimer = null;
 let refreshing = false;
 const rows = new Map();
 
-function showLogin(message = '') {
+/** `err`: why the user is asked to log in (none when the session simply ended). */
+function showLogin(err = null) {
   stopRefresh();
   tellerQueue.hide();
   queueDashboard.hide();
@@ -39,7 +40,8 @@ function showLogin(message = '') {
   $('user-info').hidden = true;
   $('logout').hidden = true;
   $('auditor-link').hidden = true;
-  $('login-error').textContent = message;
+  if (err) showErrorText($('login-error'), err);
+  else clearText($('login-error'));
   $('username').focus();
 }
 
@@ -76,7 +78,7 @@ async function resume() {
     const { user } = await get('/api/v1/auth/me');
     showDashboard(user);
   } catch (err) {
-    showLogin(err.code === 'not_authenticated' ? '' : errorText(err));
+    showLogin(err.code === 'not_authenticated' ? null : err);
   }
 }
 
@@ -222,7 +224,7 @@ function createRow(id) {
 
 function updateRow(row, session) {
   const [customer, business, teller, state, presence, created, action] = row.children;
-  if (session.customer_name) customer.textContent = session.customer_name;
+  if (session.customer_name) clearText(customer).textContent = session.customer_name;
   else translate(customer, 'sessions.unnamed');
   translate(business, `business.${session.business}`);
   teller.textContent = session.teller?.display_name ?? '';

@@ -3,8 +3,10 @@
 // checks that fail and what to do — reject, and see the delivery to the core bank.
 import { get, post } from '/static/common/api.js';
 import { clearText, t, translate } from '/static/common/i18n.js';
-import { errorText, formatTime, toast, showErrorText } from '/static/common/ui.js';
-import { SIGNABLE, deliveryText, parseAmount, renderChecks, showDescription, showState } from '/static/common/transactions.js';
+import { actionButton, errorText, formatTime, toast, showErrorText } from '/static/common/ui.js';
+import {
+  REJECT_REASON_MIN, SIGNABLE, deliveryText, parseAmount, renderChecks, showDescription, showState,
+} from '/static/common/transactions.js';
 
 const $ = (id) => document.getElementById(id);
 const OPEN = new Set([...SIGNABLE, 'awaiting_second_approval']);
@@ -110,6 +112,7 @@ export class TransactionPanel {
     const open = OPEN.has(view.state);
     el.querySelector('.tx-approve').hidden = !this.#canControl || !SIGNABLE.has(view.state);
     el.querySelector('.tx-reject').hidden = !this.#canControl || !open;
+    if (!open) el.querySelector('.tx-reject-form').hidden = true;
     if (view.checks) renderChecks(el.querySelector('.tx-checks'), view.checks.filter((c) => !c.passed));
     if (!open) this.#detail(view.id);
   }
@@ -144,22 +147,60 @@ export class TransactionPanel {
       <img class="tx-signature" alt="" hidden>
       <ul class="tx-checks" hidden aria-live="polite"></ul>
       <p class="tx-delivery"></p>
-      <div class="recording-actions">
-        <button type="button" class="btn btn-primary tx-approve" hidden data-i18n="tx.approve"></button>
-        <button type="button" class="btn btn-secondary tx-reject" hidden data-i18n="tx.reject"></button>
-      </div>`;
-    translate(li.querySelector('.tx-approve'), 'tx.approve');
-    translate(li.querySelector('.tx-reject'), 'tx.reject');
+      <div class="recording-actions"></div>`;
     li.querySelector('.tx-signature').setAttribute('alt', t('tx.signaturePreview'));
-    li.querySelector('.tx-approve').addEventListener('click', () => this.#approve(id));
-    li.querySelector('.tx-reject').addEventListener('click', () => this.#reject(id));
+    const approve = actionButton('tx.approve', 'btn btn-primary tx-approve', () => this.#approve(id));
+    const reject = document.createElement('button');
+    reject.type = 'button';
+    reject.className = 'btn btn-secondary tx-reject';
+    translate(reject, 'tx.reject');
+    approve.hidden = true;
+    reject.hidden = true;
+    const form = this.#rejectForm(id);
+    reject.addEventListener('click', () => {
+      form.hidden = false;
+      form.querySelector('textarea').focus();
+    });
+    li.querySelector('.recording-actions').append(approve, reject);
+    li.append(form);
     return li;
   }
 
+  /** The reason asked for before a rejection, in the item itself. */
+  #rejectForm(id) {
+    const form = document.createElement('div');
+    form.className = 'tx-reject-form';
+    form.hidden = true;
+    const label = document.createElement('label');
+    label.htmlFor = `tx-reject-reason-${id}`;
+    translate(label, 'tx.rejectReason');
+    const reason = document.createElement('textarea');
+    reason.id = label.htmlFor;
+    reason.className = 'tx-reject-reason';
+    reason.rows = 2;
+    reason.maxLength = 1000;
+    const error = document.createElement('p');
+    error.className = 'form-error';
+    error.setAttribute('role', 'alert');
+    const actions = document.createElement('div');
+    actions.className = 'recording-actions';
+    const cancel = document.createElement('button');
+    cancel.type = 'button';
+    cancel.className = 'btn btn-secondary';
+    translate(cancel, 'ui.cancel');
+    cancel.addEventListener('click', () => {
+      form.hidden = true;
+      clearText(error);
+    });
+    actions.append(
+      actionButton('tx.rejectConfirm', 'btn btn-danger tx-reject-confirm', () => this.#reject(id, reason, error)),
+      cancel,
+    );
+    form.append(label, reason, error, actions);
+    return form;
+  }
+
   async #approve(id) {
-    const el = this.#items.get(id).element;
-    const button = el.querySelector('.tx-approve');
-    button.disabled = true;
     try {
       const result = await post(`/api/v1/transactions/${encodeURIComponent(id)}/approve`);
       this.#show({ ...result.transaction, checks: result.checks });
@@ -167,8 +208,6 @@ export class TransactionPanel {
       toast(errorText(err), 'error');
       // 409 checks_failed: which checks fail is in the body; the detail has them too.
       if (err.code === 'checks_failed') await this.#failing(id);
-    } finally {
-      button.disabled = false;
     }
   }
 
@@ -177,14 +216,20 @@ export class TransactionPanel {
     this.#show(transaction);
   }
 
-  async #reject(id) {
-    const reason = window.prompt(t('tx.rejectReason'));
-    if (!reason || reason.trim().length < 4) return;
+  async #reject(id, reason, error) {
+    const text = reason.value.trim();
+    if (text.length < REJECT_REASON_MIN) {
+      translate(error, 'error.reason_too_short');
+      reason.focus();
+      return;
+    }
+    clearText(error);
     try {
-      const { transaction } = await post(`/api/v1/transactions/${encodeURIComponent(id)}/reject`, { reason: reason.trim() });
+      const { transaction } = await post(`/api/v1/transactions/${encodeURIComponent(id)}/reject`, { reason: text });
+      reason.value = '';
       this.#show(transaction);
     } catch (err) {
-      toast(errorText(err), 'error');
+      showErrorText(error, err);
     }
   }
 }

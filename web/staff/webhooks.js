@@ -1,7 +1,7 @@
 // The supervisor's view of approved transactions on their way to the core bank: each delivery's
 // state, and "send again" for a failed one (docs/webhooks.md).
 import { get, post } from '/static/common/api.js';
-import { clearText, t, translate } from '/static/common/i18n.js';
+import { t, translate } from '/static/common/i18n.js';
 import { confirmDialog, errorText, formatTime, toast } from '/static/common/ui.js';
 import { poller } from '/static/staff/poller.js';
 
@@ -39,7 +39,6 @@ async function load() {
     $('webhook-rows').replaceChildren(...deliveries.map(deliveryRow));
   }
   $('webhook-empty').hidden = deliveries.length > 0;
-  clearText($('webhook-error'));
 }
 
 function cell(text) {
