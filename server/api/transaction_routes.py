@@ -7,7 +7,6 @@ than a WebSocket message may be. docs/workflow.md has the API.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import structlog
@@ -21,6 +20,7 @@ from server.db.models import CallSession, Transaction
 from server.errors import ApiError, forbidden
 from server.workflow.transactions.service import ChecksFailed, Decided
 from server.workflow.transactions.views import customer_view, staff_view
+from server.workflow.webhooks.records import approval_event
 
 log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()
@@ -62,14 +62,9 @@ async def _delivery(
     if status is None and heal:
         # Approved but never queued (the queueing failed after the approval was stored):
         # queueing is idempotent by transaction id, so it is simply done now.
-        await webhooks.enqueue(row.id, _signed(row))
+        await webhooks.enqueue(row.id, approval_event(row))
         status = await webhooks.status(row.id)
     return status
-
-
-def _signed(row: Transaction) -> dict[str, Any]:
-    assert row.approval_record is not None
-    return {"record": json.loads(row.approval_record), "signature": row.approval_signature}
 
 
 async def _detail(request: web.Request, row: Transaction, principal: Principal) -> dict[str, Any]:
@@ -87,7 +82,7 @@ async def _detail(request: web.Request, row: Transaction, principal: Principal) 
         }
         for d in await transactions.decisions(row.id)
     ]
-    view["approval"] = _signed(row) if row.approval_record is not None else None
+    view["approval"] = approval_event(row) if row.approval_record is not None else None
     view["delivery"] = await _delivery(request, row, heal=principal.role is not Role.AUDITOR)
     return view
 

@@ -5,6 +5,7 @@ an operator; and only supervisors (and, reading, auditors) reach the delivery AP
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -19,7 +20,7 @@ from bench.media import free_port
 from recorder.seal.signing import Signer
 from server.auth.principal import Role
 from server.db.engine import session_factory
-from server.db.models import AuditEntry, WebhookDelivery, utcnow
+from server.db.models import AuditEntry, CallSession, Transaction, WebhookDelivery, utcnow
 from server.workflow.webhooks.config import WebhookConfig
 from server.workflow.webhooks.delivery import WebhookDeliveries
 from server.workflow.webhooks.http import Outcome, Verdict
@@ -133,6 +134,37 @@ async def test_an_approved_transaction_is_delivered_once_and_signed(
         "delivery_id": request.envelope["delivery_id"],
         "attempts": 1,
         "status": 200,
+    }
+
+
+async def test_an_approval_whose_delivery_was_never_queued_is_delivered(
+    server: RunningServer, receiver: Receiver
+) -> None:
+    """The approval and its delivery are stored one after the other: a worker dying in between
+    must not leave the core bank without the transaction (nobody may look at it again)."""
+    teller = await server.user("teller-late", Role.TELLER)
+    async with session_factory(server.services.engine)() as db, db.begin():
+        db.add(CallSession(id="s_late", business="wealth", teller_id=teller))
+        await db.flush()
+        db.add(
+            Transaction(
+                id="t_late",
+                session_id="s_late",
+                kind="service",
+                content="{}",
+                sha256="0" * 64,
+                state="approved",
+                created_by=teller,
+                approval_record=json.dumps({"transaction_id": "t_late"}),
+                approval_signature="ab" * 32,
+            )
+        )
+    await _settled(server, "t_late", ("delivered",))
+    await _barrier(server, receiver, "t_barrier")
+    (request,) = receiver.for_transaction("t_late")
+    assert request.envelope["event"] == {
+        "record": {"transaction_id": "t_late"},
+        "signature": "ab" * 32,
     }
 
 

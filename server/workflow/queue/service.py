@@ -516,11 +516,17 @@ class QueueService:
                 via="queue",
             )
         except BaseException:
-            # The customer keeps their place if the session could not be created.
+            # The customer keeps their place if the session could not be created, provided the
+            # ticket is still this teller's: a take slower than the sweep's grace has been given
+            # back, and may be another teller's by now.
             async with self._db() as db, db.begin():
                 await db.execute(
                     update(QueueTicket)
-                    .where(QueueTicket.id == ticket.id)
+                    .where(
+                        QueueTicket.id == ticket.id,
+                        QueueTicket.state == "taken",
+                        QueueTicket.taken_by == state.user.id,
+                    )
                     .values(state="waiting", taken_by=None, closed_at=None)
                 )
             raise
@@ -633,20 +639,40 @@ class QueueService:
         so that no teller is told another one is calling the customer.
         """
         state = await self.teller(teller.user_id or "")
+        me = state.user.id
+        claimed = ApiError(409, "callback_claimed", "Another teller is calling this customer.")
+        done = ApiError(410, "callback_done", "This callback has been completed.")
         async with self._db() as db, db.begin():
             callback = await self._callback(db, callback_id)
             if callback.business not in state.skills:
                 raise ApiError(
                     403, "forbidden", "This callback is for a business you do not serve."
                 )
-            if callback.state == "claimed" and callback.claimed_by != state.user.id:
-                raise ApiError(409, "callback_claimed", "Another teller is calling this customer.")
+            if callback.state == "claimed" and callback.claimed_by != me:
+                raise claimed
             if callback.state == "done" or callback.sealed is None or callback.key_id is None:
-                raise ApiError(410, "callback_done", "This callback has been completed.")
+                raise done
             newly = callback.state == "open"
-            callback.state = "claimed"
-            callback.claimed_by = state.user.id
-            callback.claimed_at = callback.claimed_at or utcnow()
+            # Compare-and-set on what was just read: two tellers who both read it open must not
+            # both be given the number.
+            moved = await db.execute(
+                update(QueueCallback)
+                .where(
+                    QueueCallback.id == callback_id,
+                    QueueCallback.state == "open"
+                    if newly
+                    else and_(QueueCallback.state == "claimed", QueueCallback.claimed_by == me),
+                )
+                .values(
+                    state="claimed",
+                    claimed_by=me,
+                    claimed_at=func.coalesce(QueueCallback.claimed_at, utcnow()),
+                )
+                .execution_options(synchronize_session=False)
+            )
+            await db.refresh(callback)
+            if moved.rowcount != 1:  # type: ignore[attr-defined]
+                raise done if callback.state == "done" else claimed
         try:
             await log(callback)
         except BaseException:
@@ -654,7 +680,11 @@ class QueueService:
                 async with self._db() as db, db.begin():
                     await db.execute(
                         update(QueueCallback)
-                        .where(QueueCallback.id == callback.id, QueueCallback.state == "claimed")
+                        .where(
+                            QueueCallback.id == callback.id,
+                            QueueCallback.state == "claimed",
+                            QueueCallback.claimed_by == me,
+                        )
                         .values(state="open", claimed_by=None, claimed_at=None)
                     )
             raise

@@ -11,7 +11,9 @@ States (docs/workflow.md, section 2):
 
 Every step is written to the audit log before it takes effect (an action the log cannot show does
 not happen), and state changes are compare-and-set, so two people deciding at once cannot both
-win. The maker (the teller who created it) can never be the checker.
+win. A decision's compare-and-set also names the signature its checks judged: should the customer
+sign again meanwhile, the decision is refused (409 signature_changed) rather than approving a
+signature nobody checked. The maker (the teller who created it) can never be the checker.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +96,15 @@ def _conflict(row: Transaction, what: str) -> ApiError:
     return ApiError(409, "wrong_state", f"The transaction is {row.state}; it cannot {what} now.")
 
 
+def _signature_changed() -> ApiError:
+    return ApiError(
+        409,
+        "signature_changed",
+        "The customer signed again while this request was under way: reload the transaction, "
+        "check its new signature and try again.",
+    )
+
+
 class Transactions:
     def __init__(
         self,
@@ -111,6 +123,10 @@ class Transactions:
         self._sealer = RowSealer(keyring_path)
         self._bind = bind
         self._notify = notify
+        # Per transaction: one signing at a time binds into the recording and writes the row.
+        self._signing: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -239,27 +255,41 @@ class Transactions:
         sealed = await asyncio.to_thread(
             self._sealer.seal, uuid.UUID(signature_id), _aad(signature_id, row.id), png
         )
-        await self._log(
-            "transaction.signed",
-            row,
-            customer.participant_id,
-            customer.role,
-            sha256=row.sha256,
-            signature_sha256=signature.sha256,
-        )
-        # Into the running recording's manifest, if one runs: the approval rules need it.
-        archive_id = await self._bind(row.session_id, row.id, row.sha256, signature.sha256, png)
-        values = {
-            "state": "signed",
-            "signature_id": signature_id,
-            "signature_sha256": signature.sha256,
-            "signature_key_id": sealed.key_id,
-            "signature_wrapped_key": sealed.wrapped_key,
-            "signature_sealed": sealed.sealed,
-            "signed_at": utcnow(),
-            "signed_in_archive_id": archive_id,
-        }
-        fresh = await self._transition(row, SIGNABLE_STATES, values, "be signed")
+        # The manifest keeps the last binding it was given and the row the last write: two
+        # signings interleaved between the two would leave them naming different signatures. Only
+        # the worker hosting the session's room binds, so a lock here orders every signing that
+        # binds; one signing elsewhere (bound to no recording) loses the row's compare-and-set.
+        # A signing that finds the signature changed since its request read the row refuses
+        # before binding, so the loser never replaces the winner's binding.
+        lock = self._signing.setdefault(row.id, asyncio.Lock())
+        async with lock:
+            async with self._db() as db:
+                current = await db.scalar(
+                    select(Transaction.signature_id).where(Transaction.id == row.id)
+                )
+            if current != row.signature_id:
+                raise _signature_changed()
+            await self._log(
+                "transaction.signed",
+                row,
+                customer.participant_id,
+                customer.role,
+                sha256=row.sha256,
+                signature_sha256=signature.sha256,
+            )
+            # Into the running recording's manifest, if one runs: the approval rules need it.
+            archive_id = await self._bind(row.session_id, row.id, row.sha256, signature.sha256, png)
+            values = {
+                "state": "signed",
+                "signature_id": signature_id,
+                "signature_sha256": signature.sha256,
+                "signature_key_id": sealed.key_id,
+                "signature_wrapped_key": sealed.wrapped_key,
+                "signature_sealed": sealed.sealed,
+                "signed_at": utcnow(),
+                "signed_in_archive_id": archive_id,
+            }
+            fresh = await self._transition(row, SIGNABLE_STATES, values, "be signed")
         async with self._db() as db, db.begin():
             # The session's own record shows the signature too (its hash, never the image).
             db.add(
@@ -391,6 +421,8 @@ class Transactions:
             {"state": "rejected", "decided_at": utcnow()},
             "be rejected",
             self._decision(row, principal, "reject", reason, []),
+            # Whichever signature it holds, a rejected transaction is not carried out.
+            same_signature=False,
         )
         await self._announce(fresh)
         return fresh
@@ -512,15 +544,26 @@ class Transactions:
         values: dict[str, Any],
         what: str,
         decision: TransactionDecision | None = None,
+        *,
+        same_signature: bool = True,
     ) -> Transaction:
-        async with self._db() as db, db.begin():
-            result = await db.execute(
-                update(Transaction)
-                .where(Transaction.id == row.id, Transaction.state.in_(states))
-                .values(**values)
+        """Compare-and-set from `states`; with `same_signature`, only while the row still holds
+        the signature `row` held when the caller judged it (None: still unsigned)."""
+        guard = [Transaction.id == row.id, Transaction.state.in_(states)]
+        if same_signature:
+            guard.append(
+                Transaction.signature_id.is_(None)
+                if row.signature_id is None
+                else Transaction.signature_id == row.signature_id
             )
+        async with self._db() as db, db.begin():
+            result = await db.execute(update(Transaction).where(*guard).values(**values))
             if result.rowcount != 1:  # type: ignore[attr-defined]
-                raise _conflict(row, what)
+                now = await db.get(Transaction, row.id, populate_existing=True)
+                assert now is not None
+                if same_signature and now.signature_id != row.signature_id:
+                    raise _signature_changed()
+                raise _conflict(now, what)
             # In the same database transaction: a decision is there exactly when its state
             # change is, so whoever loses a race leaves nothing behind either.
             if decision is not None:

@@ -110,6 +110,7 @@ class WebhookDeliveries(DeliveryRecords):
             # Cleared before looking, so an enqueue during a round makes the next one start at once.
             self._wake.clear()
             try:
+                await self.enqueue_unqueued(BATCH)
                 due = await self.due(BATCH)
                 if due:
                     # All of them finish (or are cancelled with the loop) before the next round.

@@ -9,6 +9,7 @@ recorded by the worker that still holds the claim.
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,7 +23,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from recorder.seal.canonical import canonical_json
 from server.audit import SYSTEM, AuditLog
 from server.db.engine import DbSession
-from server.db.models import WebhookDelivery, new_id, utcnow
+from server.db.models import Transaction, WebhookDelivery, new_id, utcnow
 from server.errors import ApiError
 from server.workflow.webhooks.config import WebhookConfig
 from server.workflow.webhooks.http import Outcome, Verdict
@@ -38,6 +39,12 @@ LEASE_MARGIN_SECONDS = 30.0
 JITTER = 0.1
 MAX_TRANSACTION_ID = 64
 MAX_ERROR_CHARS = 1000
+
+
+def approval_event(row: Transaction) -> dict[str, Any]:
+    """The event the core bank gets for an approved transaction: its signed approval record."""
+    assert row.approval_record is not None
+    return {"record": json.loads(row.approval_record), "signature": row.approval_signature}
 
 
 def _iso(at: datetime | None) -> str | None:
@@ -102,6 +109,29 @@ class DeliveryRecords:
             log.warning(
                 "webhook_enqueue_differs", transaction_id=transaction_id, delivery_id=existing.id
             )
+
+    async def enqueue_unqueued(self, limit: int) -> int:
+        """Queue the approved transactions that have no delivery: the approval and its delivery
+        are stored one after the other, and a worker dying (or the database failing) in between
+        must not leave the core bank without the transaction. Returns how many."""
+        async with self._db() as db:
+            rows = list(
+                await db.scalars(
+                    select(Transaction)
+                    .where(
+                        Transaction.state == "approved",
+                        Transaction.approval_record.is_not(None),
+                        ~select(WebhookDelivery.id)
+                        .where(WebhookDelivery.transaction_id == Transaction.id)
+                        .exists(),
+                    )
+                    .limit(limit)
+                )
+            )
+        for row in rows:
+            log.warning("webhook_enqueued_late", transaction_id=row.id)
+            await self.enqueue(row.id, approval_event(row))
+        return len(rows)
 
     async def status(self, transaction_id: str) -> dict[str, Any] | None:
         async with self._db() as db:

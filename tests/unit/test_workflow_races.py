@@ -1,0 +1,328 @@
+"""Races between a decision and what it judged: approvals against a new signature, overlapping
+signatures, two tellers claiming one callback, a failed take against a ticket given away."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from PIL import Image, ImageDraw
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from recorder.seal.signing import Signer
+from server.auth.principal import Principal, Role
+from server.db.engine import DbSession
+from server.db.models import (
+    Archive,
+    CallSession,
+    ComplianceReport,
+    Participant,
+    QueueCallback,
+    QueueTicket,
+    SessionEvent,
+    StaffLogin,
+    TellerProfile,
+    Transaction,
+    TransactionDecision,
+    User,
+    utcnow,
+)
+from server.errors import ApiError
+from server.workflow.queue.config import QueueConfig
+from server.workflow.queue.service import QueueService
+from server.workflow.transactions.config import WorkflowConfig
+from server.workflow.transactions.request import Purchase
+from server.workflow.transactions.service import Transactions
+from tests.support.database import TELLER_ID, migrated_database
+
+Hook = Callable[[], Awaitable[None]]
+
+TELLER = Principal(role=Role.TELLER, display_name="t", csrf_token="x", user_id=TELLER_ID)
+SUPERVISOR = Principal(role=Role.SUPERVISOR, display_name="s", csrf_token="x", user_id="u_s")
+CUSTOMER = Principal(
+    role=Role.CUSTOMER, display_name="c", csrf_token="x", participant_id="p_c", session_id="s_1"
+)
+
+
+class Audit:
+    """Takes every entry; runs `hooks[action]` once, as that entry is appended."""
+
+    def __init__(self) -> None:
+        self.hooks: dict[str, Hook] = {}
+
+    async def append(self, action: str, **_: Any) -> None:
+        hook = self.hooks.pop(action, None)
+        if hook is not None:
+            await hook()
+
+
+def _png(offset: int = 0) -> bytes:
+    image = Image.new("RGBA", (900, 360), (0, 0, 0, 0))
+    line = [(60, 250), (200, 80 + offset), (330, 260), (520, 90), (800, 240)]
+    ImageDraw.Draw(image).line(line, fill="black", width=8)
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    return out.getvalue()
+
+
+@pytest.fixture
+async def database(tmp_path: Path) -> AsyncIterator[async_sessionmaker[DbSession]]:
+    async with migrated_database(tmp_path / "races.db") as factory:
+        async with factory() as db, db.begin():
+            db.add(
+                User(id="u_s", username="s", display_name="s", role="supervisor", password_hash="x")
+            )
+            db.add(User(id="u_b", username="b", display_name="b", role="teller", password_hash="x"))
+            db.add(CallSession(id="s_1", business="wealth", teller_id=TELLER_ID, state="live"))
+        async with factory() as db, db.begin():
+            db.add(Participant(id="p_c", session_id="s_1", role="customer", display_name="c"))
+            db.add(Archive(id="a_1", session_id="s_1", business="wealth", status="recording"))
+            db.add(
+                SessionEvent(
+                    session_id="s_1",
+                    type="identity_result",
+                    detail={"decision": "pass", "method": "automatic"},
+                )
+            )
+        yield factory
+
+
+class Recording:
+    """The session's recording as `Transactions` binds into it: the manifest's bindings."""
+
+    def __init__(self) -> None:
+        self.archive_id: str | None = "a_1"
+        self.bindings: dict[str, str] = {}
+        self.delays: list[float] = []
+
+    async def bind(self, session_id: str, tid: str, sha: str, sig: str, png: bytes) -> str | None:
+        if self.archive_id is None:
+            return None
+        # As recorder/session.py: the binding is replaced first, then the journal awaited.
+        self.bindings[tid] = sig
+        await asyncio.sleep(self.delays.pop(0) if self.delays else 0)
+        return self.archive_id
+
+
+async def _nobody(*_: Any) -> None:
+    pass
+
+
+def _transactions(
+    db: async_sessionmaker[DbSession], tmp_path: Path, audit: Audit, recording: Recording
+) -> Transactions:
+    signer = Signer(Ed25519PrivateKey.generate())
+    keyring = tmp_path / "keyring.json"
+    return Transactions(
+        db,
+        WorkflowConfig(),
+        signer,
+        audit,  # type: ignore[arg-type]
+        keyring,
+        recording.bind,
+        _nobody,
+    )
+
+
+async def _created(tx: Transactions, db: async_sessionmaker[DbSession]) -> Transaction:
+    async with db() as s:
+        session = await s.get(CallSession, "s_1")
+    assert session is not None
+    request = Purchase.model_validate(
+        {
+            "kind": "purchase",
+            "product_type": "wealth",
+            "product_code": "W1",
+            "amount": {"minor": 100_000, "currency": "CNY"},
+            "account": "6222020200112233445",
+        }
+    )
+    return await tx.create(session, TELLER, request)
+
+
+async def _seal(db: async_sessionmaker[DbSession], compliance: str | None = "pass") -> None:
+    async with db() as s, s.begin():
+        archive = await s.get(Archive, "a_1")
+        assert archive is not None
+        archive.status, archive.manifest_sha256 = "sealed", "ab" * 32
+        if compliance is not None:
+            s.add(
+                ComplianceReport(
+                    archive_id="a_1",
+                    session_id="s_1",
+                    state="done",
+                    stage="done",
+                    decision=compliance,
+                    report_object="r",
+                    report_sha256="cd" * 32,
+                )
+            )
+
+
+async def _decisions(db: async_sessionmaker[DbSession]) -> int:
+    async with db() as s:
+        return await s.scalar(select(func.count()).select_from(TransactionDecision)) or 0
+
+
+async def test_an_approval_is_refused_when_the_customer_signs_again_during_it(
+    database: async_sessionmaker[DbSession], tmp_path: Path
+) -> None:
+    audit, recording = Audit(), Recording()
+    tx = _transactions(database, tmp_path, audit, recording)
+    row = await tx.sign(await _created(tx, database), CUSTOMER, _png())
+    await _seal(database)
+    recording.archive_id = None  # the second signature is bound to no recording
+
+    async def sign_again() -> None:
+        await tx.sign(row, CUSTOMER, _png(40))
+
+    audit.hooks["transaction.approved"] = sign_again
+    with pytest.raises(ApiError) as refused:
+        await tx.approve(row, TELLER)
+    assert (refused.value.status, refused.value.code) == (409, "signature_changed")
+    fresh = await tx.get(row.id)
+    assert fresh.state == "signed" and fresh.approval_record is None
+    assert fresh.signed_in_archive_id is None and await _decisions(database) == 0
+
+
+async def test_an_override_is_refused_when_the_customer_signs_again_during_it(
+    database: async_sessionmaker[DbSession], tmp_path: Path
+) -> None:
+    audit, recording = Audit(), Recording()
+    tx = _transactions(database, tmp_path, audit, recording)
+    row = await tx.sign(await _created(tx, database), CUSTOMER, _png())
+    await _seal(database, compliance="fail")
+    with pytest.raises(ApiError):
+        await tx.approve(row, TELLER)  # compliance fails: on to a supervisor's override
+    row = await tx.get(row.id)
+    assert row.state == "awaiting_override"
+
+    async def sign_again() -> None:
+        await tx.sign(row, CUSTOMER, _png(40))
+
+    audit.hooks["transaction.approved"] = sign_again
+    with pytest.raises(ApiError) as refused:
+        await tx.override(row, SUPERVISOR, "The customer confirmed every answer by phone.")
+    assert (refused.value.status, refused.value.code) == (409, "signature_changed")
+    assert (await tx.get(row.id)).state == "signed"
+    assert await _decisions(database) == 1  # the maker's only
+
+
+@pytest.mark.parametrize("delays", [[0.3, 0.0], [0.0, 0.3]])
+async def test_overlapping_signatures_leave_one_in_both_manifest_and_row(
+    database: async_sessionmaker[DbSession], tmp_path: Path, delays: list[float]
+) -> None:
+    recording = Recording()
+    tx = _transactions(database, tmp_path, Audit(), recording)
+    row = await _created(tx, database)
+    recording.delays = delays
+    results = await asyncio.gather(
+        tx.sign(row, CUSTOMER, _png()), tx.sign(row, CUSTOMER, _png(40)), return_exceptions=True
+    )
+    refused = [r for r in results if isinstance(r, ApiError)]
+    assert len(refused) == 1 and refused[0].code == "signature_changed"
+    fresh = await tx.get(row.id)
+    assert recording.bindings[row.id] == fresh.signature_sha256
+    assert fresh.signed_in_archive_id == "a_1"
+
+
+async def _queue(
+    db: async_sessionmaker[DbSession], tmp_path: Path, audit: Audit, store: Any = None
+) -> QueueService:
+    async with db() as s, s.begin():
+        for user in (TELLER_ID, "u_b"):
+            s.add(TellerProfile(user_id=user, skills=["general"], status="available"))
+            expires = utcnow() + timedelta(hours=1)
+            s.add(
+                StaffLogin(token_hash=user * 32, user_id=user, csrf_token="x", expires_at=expires)
+            )
+    return QueueService(
+        db,
+        store,
+        audit,  # type: ignore[arg-type]
+        QueueConfig(),
+        timedelta(minutes=30),
+        tmp_path / "q.json",
+    )
+
+
+async def test_two_tellers_cannot_both_claim_a_callback(
+    database: async_sessionmaker[DbSession], tmp_path: Path
+) -> None:
+    queue = await _queue(database, tmp_path, Audit())
+    ticket = (await queue.join("other", False)).ticket
+    callback = await queue.request_callback(ticket, "13800138000", _nobody)
+    # Both read it open before either writes.
+    read, both_read = queue._callback, asyncio.Barrier(2)
+
+    async def slow(db: DbSession, callback_id: str) -> QueueCallback:
+        found = await read(db, callback_id)
+        await both_read.wait()
+        return found
+
+    queue._callback = slow  # type: ignore[method-assign]
+    other = Principal(role=Role.TELLER, display_name="b", csrf_token="x", user_id="u_b")
+    results = await asyncio.gather(
+        queue.claim_callback(TELLER, callback.id, _nobody),
+        queue.claim_callback(other, callback.id, _nobody),
+        return_exceptions=True,
+    )
+    won = [r for r in results if isinstance(r, tuple)]
+    lost = [r for r in results if isinstance(r, ApiError)]
+    assert len(won) == 1 and [e.code for e in lost] == ["callback_claimed"]
+    async with database() as s:
+        stored = await s.get(QueueCallback, callback.id)
+    assert stored is not None and stored.claimed_by == won[0][0].claimed_by
+
+
+async def test_a_refused_claim_does_not_release_another_tellers_claim(
+    database: async_sessionmaker[DbSession], tmp_path: Path
+) -> None:
+    queue = await _queue(database, tmp_path, Audit())
+    ticket = (await queue.join("other", False)).ticket
+    callback = await queue.request_callback(ticket, "13800138000", _nobody)
+
+    async def refuse_after_handover(_: QueueCallback) -> None:
+        async with database() as s, s.begin():  # as if released and claimed by u_b meanwhile
+            await s.execute(
+                update(QueueCallback)
+                .where(QueueCallback.id == callback.id)
+                .values(claimed_by="u_b")
+            )
+        raise RuntimeError("the audit log refused")
+
+    with pytest.raises(RuntimeError):
+        await queue.claim_callback(TELLER, callback.id, refuse_after_handover)
+    async with database() as s:
+        stored = await s.get(QueueCallback, callback.id)
+    assert stored is not None and (stored.state, stored.claimed_by) == ("claimed", "u_b")
+
+
+async def test_a_failed_take_does_not_give_back_a_ticket_another_teller_took(
+    database: async_sessionmaker[DbSession], tmp_path: Path
+) -> None:
+    audit = Audit()
+    queue = await _queue(database, tmp_path, audit)
+    ticket = (await queue.join("other", False)).ticket
+
+    async def taken_by_another() -> None:
+        # The sweep gave the slow take's ticket back and another teller took it.
+        async with database() as s, s.begin():
+            await s.execute(
+                update(QueueTicket).where(QueueTicket.id == ticket.id).values(taken_by="u_b")
+            )
+        raise RuntimeError("the audit log refused")
+
+    audit.hooks["queue.taken"] = taken_by_another
+    with pytest.raises(RuntimeError):
+        await queue.take_next(TELLER, None, None)
+    async with database() as s:
+        stored = await s.get(QueueTicket, ticket.id)
+    assert stored is not None and (stored.state, stored.taken_by) == ("taken", "u_b")
