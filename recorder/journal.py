@@ -167,6 +167,11 @@ class Journal:
             )
         return False
 
+    def remove(self) -> None:
+        """Delete the journal of a sealed recording: the manifest holds all it said, and a
+        journal kept would be read again at every start, for ever."""
+        self.path.unlink(missing_ok=True)
+
     def set_aside(self) -> Path:
         """Rename an unusable journal out of the way (kept for an operator, never deleted)."""
         broken = self.path.with_name(self.path.name + BROKEN_SUFFIX)

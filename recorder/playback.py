@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import tempfile
+import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import av
 
@@ -49,10 +50,15 @@ class MediaSummary:
         return lines
 
 
-def summarize(path: Path) -> MediaSummary:
-    """Reads every packet (without decoding) to count them and find each track's time span."""
+def summarize(source: Path | IO[bytes]) -> MediaSummary:
+    """Reads every packet (without decoding) to count them and find each track's time span;
+    `source` a file, or a stream read once from start to end (a pipe)."""
     summary = MediaSummary()
-    with av.open(str(path)) as container:
+    if isinstance(source, Path):
+        opened = av.open(str(source))
+    else:
+        opened = av.open(source, "r", format="matroska")  # a pipe cannot be probed and rewound
+    with opened as container:
         by_index: dict[int, StreamSummary] = {}
         for stream in container.streams:
             entry = StreamSummary(stream.index, stream.type, stream.metadata.get("title", ""))
@@ -71,29 +77,52 @@ def summarize(path: Path) -> MediaSummary:
 
 
 class MediaInspector:
-    """A PlaintextInspector for recorder/verify.py: rebuilds the recording and checks it plays."""
+    """A PlaintextInspector for recorder/verify.py: rebuilds the recording and checks it plays.
+
+    The plaintext is demuxed as it is decrypted, through a pipe to a thread: the decrypted
+    recording is never written to disk (where a crash would leave it) nor held whole in memory.
+    """
 
     def __init__(self) -> None:
-        self._file = tempfile.NamedTemporaryFile(suffix=".webm")  # noqa: SIM115 - lives with us
         self.summary: MediaSummary | None = None
+        self._pipe: IO[bytes] | None = None
+        self._reader: threading.Thread | None = None
+        self._error: Exception | None = None
 
     def begin_segment(self, segment: SegmentEntry) -> None:
         return None
 
     def write(self, plaintext: bytes) -> None:
-        self._file.write(plaintext)
+        if self._pipe is None:
+            read_end, write_end = os.pipe()
+            self._pipe = os.fdopen(write_end, "wb")
+            self._reader = threading.Thread(
+                target=self._demux, args=(os.fdopen(read_end, "rb"),), daemon=True
+            )
+            self._reader.start()
+        self._pipe.write(plaintext)
+
+    def _demux(self, stream: IO[bytes]) -> None:
+        with stream:
+            try:
+                self.summary = summarize(stream)
+            except Exception as exc:  # reported by end_archive, on the verifier's thread
+                self._error = exc
+            # Whatever FFmpeg made of it, the writer must never block on a full pipe.
+            while stream.read(1 << 16):
+                pass
 
     def end_segment(self, segment: SegmentEntry, *, authentic: bool) -> list[str]:
         return []
 
     def end_archive(self, manifest: Manifest) -> list[str]:
-        self._file.flush()
-        try:
-            self.summary = summarize(Path(self._file.name))
-        except (av.error.FFmpegError, ValueError) as exc:
-            return [f"media: the decrypted recording does not open as WebM: {exc}"]
-        finally:
-            self._file.close()
+        if self._pipe is not None and self._reader is not None:
+            self._pipe.close()
+            self._reader.join()
+        if self._error is not None or self.summary is None:
+            reason = self._error or "no media was decrypted"
+            self.summary = None
+            return [f"media: the decrypted recording does not open as WebM: {reason}"]
         problems = []
         declared = len(standard_slots())
         if len(self.summary.streams) != declared:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import unicodedata
 from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes, hmac
@@ -21,7 +22,7 @@ KEY_FILE = "id-index-key.hex"
 KEY_SIZE = 32
 # Domain separation: the same key must never produce a hash that means something else.
 CONTEXT = b"vteller-id-number/1\x00"
-_NUMBER = re.compile(r"\d{17}[\dX]")
+_NUMBER = re.compile(r"[0-9]{17}[0-9X]")
 
 
 class IdNumberError(ValueError):
@@ -29,8 +30,9 @@ class IdNumberError(ValueError):
 
 
 def normalize(raw: str) -> str:
-    """The canonical spelling: no whitespace, upper-case X; refuse anything else."""
-    number = normalize_id_number(raw)
+    """The canonical spelling: no whitespace, ASCII digits, upper-case X; refuse anything else.
+    Chinese input methods often type full-width digits (１２３): the same number (NFKC)."""
+    number = normalize_id_number(unicodedata.normalize("NFKC", raw))
     if not _NUMBER.fullmatch(number):
         raise IdNumberError(
             "an ID number has 17 digits followed by a digit or X (18 characters in all)"

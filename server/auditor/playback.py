@@ -73,7 +73,7 @@ def _view_name(title: str) -> str | None:
     return None
 
 
-def _streams_with_media(recording: bytes) -> set[int]:
+def _streams_with_media(recording: bytes | bytearray) -> set[int]:
     """Indexes of the tracks that hold packets (slots are declared whether used or not)."""
     found: set[int] = set()
     with av.open(io.BytesIO(recording), mode="r", format="matroska") as source:
@@ -84,7 +84,7 @@ def _streams_with_media(recording: bytes) -> set[int]:
     return found
 
 
-def remux_views(recording: bytes) -> list[View]:
+def remux_views(recording: bytes | bytearray) -> list[View]:
     """Split the recording into per-person WebM files with Cues, copying packets (no decoding).
 
     Empty slots are left out: a view holds only tracks with media.

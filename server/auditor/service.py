@@ -191,7 +191,8 @@ class AuditorPortal:
                     "Open it to see the problems found.",
                 )
             try:
-                views = await asyncio.to_thread(remux_views, bytes(collector.data))
+                # The buffer itself: copying hundreds of MB here would stall the event loop.
+                views = await asyncio.to_thread(remux_views, collector.data)
                 prepared = self._playback.put(archive_id, views)
             except PlaybackError as exc:
                 raise PortalError(413, "recording_too_large", str(exc)) from exc

@@ -118,6 +118,7 @@ class RecordingManager:
         try:
             state = await asyncio.to_thread(journal.read)
             if state.sealed:
+                await self._forget(journal)
                 return True
             record = await recover(self.context, journal)
         except (KeyError, TypeError, ValueError) as exc:
@@ -158,7 +159,16 @@ class RecordingManager:
             session_id=record.session_id,
             status=record.status,
         )
+        await self._forget(journal)
         return True
+
+    @staticmethod
+    async def _forget(journal: Journal) -> None:
+        try:
+            await asyncio.to_thread(journal.remove)
+        except OSError as exc:
+            # Harmless: a sealed journal is only read again at the next start, and skipped.
+            log.warning("sealed_journal_not_removed", path=str(journal.path), error=str(exc))
 
     async def stop(self) -> None:
         await cancel_and_wait(self._retrying)

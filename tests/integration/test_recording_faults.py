@@ -287,6 +287,19 @@ def _verified(context: RecorderContext, directory: Path) -> VerificationReport:
     return verify_archive(DirectoryArchive(directory), keys, keyring=context.keyring)
 
 
+async def _dies_once_journaled(
+    recording: RecordingSession, journal: Journal, segments: int, end_ms: int
+) -> None:
+    """The process dies once `segments` are journaled: its tasks stop where they are."""
+    async with asyncio.timeout(10):
+        while len((await asyncio.to_thread(journal.read)).segments) < segments:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    for task in (recording._worker, recording._cutter):
+        task.cancel()
+    await asyncio.gather(recording._worker, recording._cutter, return_exceptions=True)
+    await recording._writer.close(end_ms)
+
+
 async def test_a_recording_does_its_disk_work_off_the_event_loop(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -333,13 +346,7 @@ async def test_a_segment_is_journaled_before_it_is_spooled_and_recovery_drops_th
             await asyncio.sleep(0.01)
     spool.failures = 10**9  # the spool disk fails for good, and the process dies
     _record(recording, 1, start_ms=1000)
-    async with asyncio.timeout(10):
-        while len((await asyncio.to_thread(journal.read)).segments) < 3:  # noqa: ASYNC110 - a file
-            await asyncio.sleep(0.01)
-    for task in (recording._worker, recording._cutter):
-        task.cancel()
-    await asyncio.gather(recording._worker, recording._cutter, return_exceptions=True)
-    await recording._writer.close(2000)
+    await _dies_once_journaled(recording, journal, segments=3, end_ms=2000)
     assert spool.pending_count == 3  # segment 2 journaled, never spooled
 
     # Restarted: the uploader had put segment 0 into the store; segment 1 waits in the spool.
@@ -443,7 +450,8 @@ async def test_unusable_journals_are_set_aside_and_the_worker_starts(tmp_path: P
             left = sorted(p.name for p in directory.iterdir())
         finally:
             await manager.stop()
-    assert left == ["done.jsonl", "empty.jsonl.broken", "headless.jsonl.broken", "newer.jsonl"]
+    # The sealed one is gone: the manifest says all it did, and it would be read at every start.
+    assert left == ["empty.jsonl.broken", "headless.jsonl.broken", "newer.jsonl"]
     with pytest.raises(UnknownRecord, match="'hologram' record"):
         newer.read()
 
@@ -684,13 +692,7 @@ async def test_a_journal_line_written_again_after_a_failed_fsync_is_listed_once(
     monkeypatch.setattr(journal_module, "os", journal_os)
     _record(recording, 3)
     journal = Journal(context.journal_dir / f"{recording.archive_id}.jsonl")
-    async with asyncio.timeout(10):
-        while len((await asyncio.to_thread(journal.read)).segments) < 3:  # noqa: ASYNC110 - a file
-            await asyncio.sleep(0.01)
-    for task in (recording._worker, recording._cutter):
-        task.cancel()
-    await asyncio.gather(recording._worker, recording._cutter, return_exceptions=True)
-    await recording._writer.close(1000)
+    await _dies_once_journaled(recording, journal, segments=3, end_ms=1000)
     lines = journal.path.read_text().splitlines()
     assert sum('"index":0,' in line for line in lines) == 2
     assert [segment["index"] for segment in journal.read().segments] == [0, 1, 2]
@@ -783,8 +785,9 @@ async def test_a_recording_the_database_cannot_register_is_stopped_and_sealed_la
             await asyncio.sleep(0.2)  # tried again meanwhile, in vain
             assert not any(journal.read().sealed for journal in journals)
             chain.down = False
+            # Sealed, then removed: the manifest holds what the journals said.
             async with asyncio.timeout(10):
-                while not all(journal.read().sealed for journal in journals):  # noqa: ASYNC110
+                while any(journal.path.exists() for journal in journals):  # noqa: ASYNC110
                     await asyncio.sleep(0.05)
         finally:
             await manager.stop()
@@ -803,3 +806,30 @@ async def test_a_recording_the_database_cannot_register_is_stopped_and_sealed_la
     assert report.ok, report.render()
     assert report.manifest is not None and report.manifest.status == "interrupted"
     assert "could not be registered in the database" in report.manifest.gaps[0].reason
+
+
+async def test_a_sealed_recordings_journal_is_deleted_by_its_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Journals of sealed recordings would pile up and be read at every start, for ever."""
+    monkeypatch.setattr(manager_module, "FINISH_RETRY_SECONDS", 0.05)
+    unconfigured = StoreSettings(access_key="", secret_key=SecretStr(""))
+    settings = support.test_settings(tmp_path / "server", store=unconfigured)
+    async with migrated_database(tmp_path / "db.sqlite") as db:
+        await add_session(db)
+        manager = RecordingManager(settings, db)
+        await manager.start()
+        try:
+            recording = await manager.new_recording("s1", "wealth", lambda: None)
+            _record(recording, 2)
+            await recording.stop()
+            assert recording.journal.read().sealed
+            async with asyncio.timeout(10):
+                while recording.journal.path.exists():  # noqa: ASYNC110 - the manager's pass
+                    await asyncio.sleep(0.05)
+            assert list(manager.context.journal_dir.iterdir()) == []
+            # What it said is in the spooled manifest.
+            names = [(await manager.spool.load(p))[0].name for p in await manager.spool.paths()]
+            assert any(name.endswith("/" + MANIFEST_OBJECT) for name in names), names
+        finally:
+            await manager.stop()

@@ -45,3 +45,10 @@ def test_the_key_is_made_once_owner_only_and_kept(tmp_path: Path) -> None:
     path.chmod(0o644)
     with pytest.raises(PermissionError):
         IdNumberHasher.open(keys)
+
+
+def test_full_width_digits_are_the_same_number_and_other_digits_refused() -> None:
+    # What a Chinese input method types: refused with a 500 before, the same number now.
+    assert normalize("１１０１０５１９４９１２３１００２Ｘ") == "11010519491231002X"
+    with pytest.raises(IdNumberError):
+        normalize("١١٠١٠٥١٩٤٩١٢٣١٠٠٢X")  # Arabic-Indic digits are no ID number
