@@ -11,8 +11,9 @@ usage() {
 Usage: bash infra/minio.sh COMMAND [OPTIONS]
 
 Commands:
-  install   build MinIO ${MINIO_VERSION} with 'go install' unless \$(go env GOPATH)/bin/minio
-            exists (the first build takes several minutes; later ones reuse Go's caches)
+  install   build MinIO ${MINIO_VERSION} with 'go install' (Go >= 1.24) unless that version is
+            already built in \$(go env GOBIN) or \$(go env GOPATH)/bin (the first build takes
+            several minutes; later ones reuse Go's caches)
   start     start MinIO on 127.0.0.1 in the background and wait until it is healthy;
             does nothing if this data dir's MinIO is already running
   stop      stop the MinIO started for this data dir
@@ -45,16 +46,43 @@ find_go() {
     fi
 }
 
-minio_bin() { echo "$("$(find_go)" env GOPATH)/bin/minio"; }
+# Where `go install` puts it: GOBIN when set, else the first GOPATH entry's bin.
+minio_bin() {
+    local go gobin
+    go="$(find_go)"
+    gobin="$("$go" env GOBIN)"
+    if [[ -n "$gobin" ]]; then
+        echo "$gobin/minio"
+    else
+        echo "$("$go" env GOPATH | cut -d: -f1)/bin/minio"
+    fi
+}
+
+# The module version a Go binary was built from (empty when it cannot be read).
+built_version() { "$1" version -m "$2" 2>/dev/null | awk -v m="$MINIO_MODULE" '$1 == "mod" && $2 == m { print $3 }'; }
+
+check_go_version() {
+    local version minor
+    version="$("$1" env GOVERSION)"   # e.g. go1.24.1
+    minor="$(echo "$version" | sed -E 's/^go1\.([0-9]+).*/\1/')"
+    if ! [[ "$minor" =~ ^[0-9]+$ ]] || ((minor < 24)); then
+        die "$1 is $version; MinIO needs Go >= 1.24: install it into /usr/local/go (https://go.dev/dl/) and put it first on PATH"
+    fi
+}
 
 cmd_install() {
-    local go bin
+    local go bin built
     go="$(find_go)"
     bin="$(minio_bin)"
     if [[ -x "$bin" ]]; then
-        say "already installed: $bin"
-        return 0
+        built="$(built_version "$go" "$bin")"
+        if [[ "$built" == "$MINIO_VERSION" ]]; then
+            say "already installed: $bin ($MINIO_VERSION)"
+            return 0
+        fi
+        say "$bin was built from ${built:-an unknown version}, not the pinned $MINIO_VERSION: rebuilding"
     fi
+    check_go_version "$go"
     say "building ${MINIO_MODULE}@${MINIO_VERSION} from source into $bin"
     say "(first build: several minutes and a few hundred MB of Go modules; later builds are quick)"
     if ! "$go" install "${MINIO_MODULE}@${MINIO_VERSION}"; then
@@ -105,6 +133,10 @@ running_pid() {
 
 healthy() { curl -fs -o /dev/null --max-time 2 "http://127.0.0.1:$1/minio/health/live"; }
 
+need_curl() {
+    command -v curl >/dev/null 2>&1 || die "curl is needed to check MinIO's health: apt-get install curl, then retry"
+}
+
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 random_hex() { od -An -N"$1" -tx1 /dev/urandom | tr -d ' \n'; }
@@ -129,6 +161,7 @@ ensure_credentials() {
 
 cmd_start() {
     parse_options "$@"
+    need_curl
     local bin pid endpoint
     endpoint="http://127.0.0.1:$PORT"
     if pid="$(running_pid)"; then
@@ -235,8 +268,11 @@ cmd_env() {
 }
 
 main() {
-    local cmd="${1:-}"
+    local cmd="${1:-}" arg
     (($#)) && shift
+    for arg in "$@"; do
+        [[ "$arg" == "-h" || "$arg" == "--help" ]] && { usage; exit 0; }
+    done
     case "$cmd" in
         install) (($# == 0)) || die "install takes no options"; cmd_install ;;
         start) cmd_start "$@" ;;

@@ -165,7 +165,10 @@ cmd_env() {
 }
 
 main() {
-    local command="${1:-}"
+    local command="${1:-}" arg
+    for arg in "$@"; do
+        [[ "$arg" == "-h" || "$arg" == "--help" ]] && { usage; exit 0; }
+    done
     case "$command" in
         -h|--help|help|"") usage; [[ -n "$command" ]] ;;
         install) shift; (($# == 0)) || die "install takes no options"; cmd_install ;;

@@ -27,6 +27,7 @@ say() { printf 'run: %s\n' "$*" >&2; }
 
 # shellcheck source=infra/lib.sh
 source infra/lib.sh
+choose_python
 
 pip_install_once "."
 bash infra/minio.sh install

@@ -61,6 +61,7 @@ fi
 # --- 2. Python packages.
 # shellcheck source=infra/lib.sh
 source infra/lib.sh
+choose_python
 pip_install_once ".[test]"
 
 # --- 3. A MinIO of the tests' own, on another port than run.sh's, so that tests never touch
