@@ -10,6 +10,7 @@ import signal
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -186,12 +187,7 @@ async def test_a_worker_thought_dead_gives_up_the_sessions_taken_over(
         await staff.wait_for_media(customer.participant_id, "camera")
         os.kill(pid, signal.SIGSTOP)
         try:
-            async with asyncio.timeout(30):
-                while True:
-                    detail = await teller.call("GET", f"/api/v1/sessions/{session_id}")
-                    if "session_interrupted" in [e["type"] for e in detail["events"]]:
-                        break
-                    await asyncio.sleep(0.3)
+            detail = await _interrupted(teller, session_id)
         finally:
             os.kill(pid, signal.SIGCONT)
         assert detail["session"]["ws_url"].startswith(
@@ -212,6 +208,16 @@ async def test_two_machines_share_postgresql_and_take_over_a_dead_machines_sessi
 ) -> None:
     first, second = machines
     await _placed_on_both_then_moved(first.url, (first.url, second.url), second.kill)
+
+
+async def _interrupted(teller: ApiClient, session_id: str) -> Any:
+    """The session's detail once it is marked interrupted (its worker taken for dead)."""
+    async with asyncio.timeout(30):
+        while True:
+            detail = await teller.call("GET", f"/api/v1/sessions/{session_id}")
+            if "session_interrupted" in [e["type"] for e in detail["events"]]:
+                return detail
+            await asyncio.sleep(0.3)
 
 
 async def _placed_on_both_then_moved(
@@ -248,12 +254,7 @@ async def _placed_on_both_then_moved(
         assert (await staff.expect("closed", timeout=10))["code"] != 4410
 
         # The session is marked interrupted and handed to a live worker; both reconnect there.
-        async with asyncio.timeout(30):
-            while True:
-                detail = await teller.call("GET", f"/api/v1/sessions/{session_id}")
-                if "session_interrupted" in [e["type"] for e in detail["events"]]:
-                    break
-                await asyncio.sleep(0.3)
+        detail = await _interrupted(teller, session_id)
         new_ws = detail["session"]["ws_url"]
         assert new_ws.startswith(worker_urls[0].replace("http", "ws", 1)), new_ws
         await staff.close()

@@ -23,7 +23,7 @@ from server.identity.idcard import (
     parse_printed_birth,
     parse_validity,
 )
-from tests.fixtures.idcards import corrupt_check_digit, make_id_number
+from tests.fixtures.idcards import ANNEX_BACK, ANNEX_FRONT, corrupt_check_digit, make_id_number
 
 # Published examples: GB 11643-1999's own example, and widely used specimen numbers whose check
 # digits follow the standard.
@@ -155,21 +155,7 @@ def test_expiry_is_inclusive_and_long_term_never_expires() -> None:
     assert not is_expired(None, date(2999, 1, 1))
 
 
-FRONT = IdCardFields(
-    name="张伟",
-    sex="女",
-    ethnicity="汉",
-    birth_date=date(1949, 12, 31),
-    address="北京市朝阳区建国路88号",
-    id_number="11010519491231002X",
-)
-BACK = IdCardFields(
-    issuing_authority="北京市公安局朝阳分局",
-    valid_from=date(2010, 5, 1),
-    valid_until=None,
-    valid_long_term=True,
-    validity_text="2010.05.01-长期",
-)
+FRONT, BACK = ANNEX_FRONT, ANNEX_BACK
 TODAY = date(2026, 6, 1)
 
 

@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import itertools
 from collections.abc import AsyncIterator, Callable, Iterator
-from datetime import date
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -21,7 +20,6 @@ from server.audit import AuditLog
 from server.identity.config import IdentityConfig
 from server.identity.engines import FaceObservation, IdentityEngines
 from server.identity.face.match import Decision, MatchReason, MatchResult
-from server.identity.idcard import IdCardFields
 from server.identity.images import decode_image
 from server.identity.liveness import Challenge
 from server.identity.ocr import Side
@@ -30,23 +28,18 @@ from server.identity.records import IdentityRecords
 from server.identity.verification import IdentityServices, IdentityVerification, Step
 from server.sessions.store import SessionStore
 from server.signaling.protocol import ProtocolError
-from tests.fixtures.idcards import TODAY, VALID_SPECS, load_face, on_table, render_front
+from tests.fixtures.idcards import (
+    ANNEX_BACK,
+    ANNEX_FRONT,
+    TODAY,
+    VALID_SPECS,
+    load_face,
+    on_table,
+    render_front,
+)
 from tests.support.database import add_session, migrated_database
 
-FRONT = IdCardFields(
-    name="张伟",
-    sex="女",
-    ethnicity="汉",
-    birth_date=date(1949, 12, 31),
-    address="北京市朝阳区建国路88号",
-    id_number="11010519491231002X",
-)
-BACK = IdCardFields(
-    issuing_authority="北京市公安局朝阳分局",
-    valid_from=date(2010, 5, 1),
-    valid_long_term=True,
-    validity_text="2010.05.01-长期",
-)
+FRONT, BACK = ANNEX_FRONT, ANNEX_BACK
 # The stand-in card photos: the reader below tells the sides apart by their grey level.
 FRONT_PHOTO = np.full((120, 160, 3), 60, np.uint8)
 BACK_PHOTO = np.full((120, 160, 3), 180, np.uint8)
