@@ -406,17 +406,21 @@ def _align(
         heard_text = "".join(s.text for s in transcript.segments if s.start * SAMPLE_RATE < hi)
         prefix = ""
     # The margin weighs the expected text against another reading of the same audio. When the
-    # recogniser heard exactly the expected text there is no other reading: the margin would be
-    # 0 by construction and confirm anything, so the text's own score decides alone.
+    # recogniser, free to write anything, heard exactly the expected text, there is no other
+    # reading (the margin is 0 by construction): that free reading is the confirmation, unless
+    # the text fits the audio hopelessly (a hallucination over noise), which a person weighs.
+    # A one-character answer such as 对 scores poorly without context even when right.
     compared = _spoken(heard_text) != _spoken(expected)
     heard_mean = recognizer.score(window, heard_text, prefix).mean_logprob() if compared else mean
     margin = mean - heard_mean
-    if mean >= thresholds.confirm_logprob or (compared and margin >= thresholds.confirm_margin):
-        state: Literal["confirmed", "uncertain", "contradicted"] = "confirmed"
-    elif mean < thresholds.reject_logprob and (not compared or margin < thresholds.reject_margin):
+    state: Literal["confirmed", "uncertain", "contradicted"] = "uncertain"
+    if not compared:
+        if mean >= thresholds.reject_logprob:
+            state = "confirmed"
+    elif mean >= thresholds.confirm_logprob or margin >= thresholds.confirm_margin:
+        state = "confirmed"
+    elif mean < thresholds.reject_logprob and margin < thresholds.reject_margin:
         state = "contradicted"
-    else:
-        state = "uncertain"
     weakest = aligned.weakest() or ("", 1.0)
     evidence = AlignmentEvidence(
         text=expected,

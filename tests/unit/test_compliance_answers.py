@@ -126,17 +126,18 @@ def test_the_refusing_clause_is_the_evidence() -> None:
     assert (said.heard, said.note) == ("明白不了", "a negation after it")
 
 
-def test_an_exact_transcript_the_audio_does_not_fit_is_not_confirmed() -> None:
-    # Heard exactly as expected: no other reading to compare with, so the margin (0 by
-    # construction) must not confirm it; the text's own poor score decides.
+def test_an_exact_transcript_the_audio_hardly_fits_goes_to_review() -> None:
+    # Heard exactly as expected: the recogniser's own free reading confirms it, unless the text
+    # fits the audio hopelessly (a hallucination over noise): then a person weighs it.
     verdict = _check("voluntary_confirmation", "我确认是自愿购买。", logprob=-5.0)
     assert verdict.alignment is not None
     assert verdict.alignment.text == verdict.alignment.heard_text == "我确认是自愿购买"
-    assert verdict.alignment.verdict == "contradicted"
+    assert verdict.alignment.verdict == "uncertain"
     assert verdict.decision == "needs_review"
+    # A short answer scores poorly without context even when right: confirmed all the same.
     weak = _check("voluntary_confirmation", "我确认是自愿购买。", logprob=-2.0)
-    assert weak.alignment is not None and weak.alignment.verdict == "uncertain"
-    assert weak.decision == "needs_review"
+    assert weak.alignment is not None and weak.alignment.verdict == "confirmed"
+    assert weak.decision == "pass"
 
 
 def test_a_different_reading_still_lets_the_margin_confirm() -> None:
