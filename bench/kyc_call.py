@@ -32,7 +32,7 @@ from server.identity.config import IdentityConfig
 from server.identity.liveness import Challenge
 from server.sfu.ice_policy import IcePolicy
 from tests.fixtures.idcards import VALID_SPECS, load_face, on_table, render_back, render_front
-from tests.fixtures.liveness import turn_sequence
+from tests.fixtures.liveness import left_turn_loop
 from tests.support.bot import Bot, FramesTrack
 from tests.support.server import running_server, test_settings
 
@@ -51,9 +51,10 @@ async def one_run(data_dir: Path) -> dict[str, Any]:
     spec = VALID_SPECS[2]
     front = on_table(render_front(spec), (1280, 720))
     back = on_table(render_back(spec), (1280, 720))
-    face = turn_sequence(load_face("obama.jpg"), 15)
+    face = left_turn_loop(load_face("obama.jpg"), 15)
     # YuNet (the default engine) judges turns; blink and mouth need the licensed 106-point model.
-    identity = IdentityConfig(liveness_challenges=(Challenge.TURN_LEFT, Challenge.TURN_RIGHT))
+    # Left turns only: the looped camera cannot follow the prompts (left_turn_loop).
+    identity = IdentityConfig(liveness_challenges=(Challenge.TURN_LEFT,))
     settings = test_settings(data_dir, identity=identity)
     async with running_server(settings) as server:
         await server.user("teller", Role.TELLER)

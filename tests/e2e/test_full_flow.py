@@ -52,7 +52,7 @@ from tests.e2e.test_whole_sale import (
     still_face,
 )
 from tests.fixtures.idcards import load_face
-from tests.fixtures.liveness import turn_sequence
+from tests.fixtures.liveness import left_turn_loop
 from tests.integration.test_recording import _vteller
 from tests.support import server as support
 from tests.support.webhook_receiver import Receiver, running_receiver
@@ -127,9 +127,8 @@ async def transaction_id(teller: Page) -> str:
 async def test_from_the_queue_to_the_auditor(pw: Playwright, tmp_path: Path) -> None:
     data_dir = tmp_path / "server"
     data_dir.mkdir()
-    identity = IdentityConfig(
-        liveness_challenges=(Challenge.TURN_LEFT, Challenge.TURN_RIGHT), challenge_seconds=10.0
-    )
+    # Left turns only: the looped fake camera cannot follow the prompts (left_turn_loop).
+    identity = IdentityConfig(liveness_challenges=(Challenge.TURN_LEFT,), challenge_seconds=10.0)
     async with running_receiver() as receiver:
         settings = _settings(data_dir, receiver, identity=identity)
         async with support.running_server(settings) as server, AsyncExitStack() as stack:
@@ -143,13 +142,9 @@ async def test_from_the_queue_to_the_auditor(pw: Playwright, tmp_path: Path) -> 
                 "POST", f"/api/v1/queue/tellers/{teller_id}/skills", {"skills": ["wealth"]}
             )
 
-            # The customer's camera: a real face that turns when liveness asks (looped).
+            # The customer's camera: a real face turning left, again and again (looped).
             customer = await speaking_participant(
-                pw,
-                stack,
-                tmp_path,
-                "customer",
-                turn_sequence(load_face("obama.jpg"), FPS, hold_s=1.2),
+                pw, stack, tmp_path, "customer", left_turn_loop(load_face("obama.jpg"), FPS)
             )
             teller = await speaking_participant(
                 pw, stack, tmp_path, "teller", still_face("biden.jpg")

@@ -32,13 +32,7 @@ from tests.fixtures.idcards import (
     render_back,
     render_front,
 )
-from tests.fixtures.liveness import (
-    TURN_DEGREES,
-    static_sequence,
-    turned,
-    webcam_frame,
-    write_liveness_y4m,
-)
+from tests.fixtures.liveness import left_turn_loop, static_sequence, write_liveness_y4m
 from tests.fixtures.media import participant_media
 from tests.support import server as support
 
@@ -155,11 +149,9 @@ RECORD_PROMPTS_JS = """() => {
 async def test_customer_passes_identity_verification_in_chromium(
     pw: Playwright, tmp_path: Path
 ) -> None:
-    # A fake camera cannot follow the prompts, and a turn the other way before the one asked for
-    # fails the challenge: so only left turns are asked, and the camera shows one every 2.2 s
-    # (frontal 1 s, turned 1.2 s), looped by Chromium from wherever it is.
-    frontal = webcam_frame(load_face("obama.jpg"))
-    face = [frontal] * FPS + [turned(frontal, TURN_DEGREES)] * round(1.2 * FPS)
+    # Only left turns are asked (left_turn_loop says why): one every 2.2 s, looped by Chromium
+    # from wherever it is.
+    face = left_turn_loop(load_face("obama.jpg"), FPS)
     async with (
         identity_server(
             tmp_path, challenge_seconds=10.0, liveness_challenges=(Challenge.TURN_LEFT,)
