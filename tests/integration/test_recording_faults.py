@@ -42,6 +42,7 @@ from server.db.models import Archive
 from server.recording import manager as manager_module
 from server.recording.chain import ChainConflict, DatabaseChain
 from server.recording.manager import RecordingManager
+from server.settings import Settings
 from tests.support import server as support
 from tests.support.bot import Bot
 from tests.support.database import add_session, migrated_database
@@ -761,13 +762,18 @@ class _DatabaseDown(DatabaseChain):
         return await super().append(record)
 
 
+def _retrying_often_without_a_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """A worker's settings whose recorder manager retries every 50 ms, with no archive store:
+    what is sealed stays in the spool, where the test reads it."""
+    monkeypatch.setattr(manager_module, "FINISH_RETRY_SECONDS", 0.05)
+    unconfigured = StoreSettings(access_key="", secret_key=SecretStr(""))
+    return support.test_settings(tmp_path / "server", store=unconfigured)
+
+
 async def test_a_recording_the_database_cannot_register_is_stopped_and_sealed_later(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(manager_module, "FINISH_RETRY_SECONDS", 0.05)
-    # No archive store: what is sealed stays in the spool, where this test reads it.
-    unconfigured = StoreSettings(access_key="", secret_key=SecretStr(""))
-    settings = support.test_settings(tmp_path / "server", store=unconfigured)
+    settings = _retrying_often_without_a_store(tmp_path, monkeypatch)
     async with migrated_database(tmp_path / "db.sqlite") as db:
         await add_session(db)
         manager = RecordingManager(settings, db)
@@ -812,9 +818,7 @@ async def test_a_sealed_recordings_journal_is_deleted_by_its_worker(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Journals of sealed recordings would pile up and be read at every start, for ever."""
-    monkeypatch.setattr(manager_module, "FINISH_RETRY_SECONDS", 0.05)
-    unconfigured = StoreSettings(access_key="", secret_key=SecretStr(""))
-    settings = support.test_settings(tmp_path / "server", store=unconfigured)
+    settings = _retrying_often_without_a_store(tmp_path, monkeypatch)
     async with migrated_database(tmp_path / "db.sqlite") as db:
         await add_session(db)
         manager = RecordingManager(settings, db)
