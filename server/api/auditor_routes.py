@@ -182,18 +182,28 @@ async def signature(request: web.Request) -> web.Response:
     )
 
 
-@routes.get("/api/v1/auditor/archives/{archive_id}/export")
+@routes.post("/api/v1/auditor/archives/{archive_id}/export")
 async def export(request: web.Request) -> web.StreamResponse:
     actor = await _actor(request, Role.AUDITOR, action="export archives")
     archive_id = request.match_info["archive_id"]
     try:
-        package = await _portal(request).export(actor, archive_id)
+        async with _portal(request).export(actor, archive_id) as package:
+            return await _stream_zip(request, package, f"vteller-archive-{archive_id}.zip")
     except PortalError as exc:
         raise _api_error(exc) from exc
-    try:
-        return await _stream_zip(request, package, f"vteller-archive-{archive_id}.zip")
-    finally:
-        await asyncio.to_thread(package.path.unlink, missing_ok=True)
+
+
+@routes.get("/api/v1/auditor/archives/{archive_id}/export")
+async def export_by_get(_: web.Request) -> web.Response:
+    # Exporting hands out evidence and is logged: a link or an image on another site could
+    # make an auditor's browser GET it with their cookies, but never send the page's CSRF token.
+    raise ApiError(
+        405,
+        "method_not_allowed",
+        "Exports are POST requests carrying the page's X-CSRF-Token header (the auditor portal "
+        "sends them); a GET exports nothing.",
+        headers={"Allow": "POST"},
+    )
 
 
 async def _stream_zip(

@@ -1,13 +1,20 @@
 """Legal holds on whole archives: every object (segments, attachments, manifest, signature,
 reports) is held in the store through S3 Object Lock, and the state and reason are kept in the
-database."""
+database. Changes of one archive's hold are made one at a time, in every worker (`changing`)."""
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import hashlib
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from recorder.session import archive_prefix
@@ -18,6 +25,8 @@ from server.db.models import LegalHoldRecord, utcnow
 # Object Lock calls are one small request per object; a few at a time keeps a long recording
 # (hundreds of two-second segments) quick without flooding the store.
 PARALLEL_CALLS = 8
+# How often a change looks again whether another worker has let go of the archive (SQLite).
+LOCK_POLL_SECONDS = 0.05
 
 
 class HoldError(Exception):
@@ -37,6 +46,38 @@ class LegalHolds:
     def __init__(self, db: async_sessionmaker[DbSession], bucket: ArchiveBucket) -> None:
         self._db = db
         self._bucket = bucket
+
+    @asynccontextmanager
+    async def changing(self, archive_id: str) -> AsyncIterator[None]:
+        """Hold off every other change of `archive_id`'s hold (set, clear, extend), in every
+        worker on this database, until the block ends: two changes interleaving their calls to
+        the store would leave objects held that the database says are not, or the reverse."""
+        lock_id = hashlib.sha256(f"vteller/legal-hold/{archive_id}".encode()).digest()[:8]
+        async with self._db() as db:
+            engine = db.get_bind().engine
+            if engine.dialect.name == "postgresql":
+                # A signed 64-bit advisory lock key, apart from the others (auth/ratelimit.py).
+                key = int.from_bytes(lock_id, "big", signed=True)
+                async with db.begin():
+                    # Let go with the transaction, or with the connection if the worker dies.
+                    await db.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+                    yield
+                return
+        # SQLite: every worker on the file runs on this machine. SQLite's own write lock, held
+        # for the store calls, would stall every other writer: a file lock next to the database
+        # instead, which the kernel lets go if the worker dies.
+        path = Path(f"{engine.url.database}.holds") / f"{lock_id.hex()}.lock"
+        fd = await asyncio.to_thread(_open_lock, path)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    await asyncio.sleep(LOCK_POLL_SECONDS)
+            yield
+        finally:
+            os.close(fd)
 
     async def state(self, archive_id: str) -> HoldState:
         async with self._db() as db:
@@ -64,16 +105,17 @@ class LegalHolds:
     async def extend(self, archive_id: str, names: list[str]) -> bool:
         """Hold `names` too if their archive is under legal hold: objects added after the hold
         (a later compliance report) are evidence of the same matter. True if it was held."""
-        current = await self.state(archive_id)
-        if not current.held:
-            return False
-        await self.apply(archive_id, names, True, current.reason or "")
-        count = len(await self._bucket.list(archive_prefix(archive_id)))
-        async with self._db() as db, db.begin():
-            row = await db.get(LegalHoldRecord, archive_id)
-            if row is not None and row.held:
-                row.objects = max(row.objects, count)
-        return True
+        async with self.changing(archive_id):
+            current = await self.state(archive_id)
+            if not current.held:
+                return False
+            await self.apply(archive_id, names, True, current.reason or "")
+            count = len(await self._bucket.list(archive_prefix(archive_id)))
+            async with self._db() as db, db.begin():
+                row = await db.get(LegalHoldRecord, archive_id)
+                if row is not None and row.held:
+                    row.objects = max(row.objects, count)
+            return True
 
     async def record(
         self, archive_id: str, held: bool, reason: str, user_id: str, objects: int
@@ -89,3 +131,8 @@ class LegalHolds:
             row.changed_at = utcnow()
             row.objects = objects
         return HoldState(held, reason, user_id, row.changed_at, objects)
+
+
+def _open_lock(path: Path) -> int:
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    return os.open(path, os.O_RDWR | os.O_CREAT, 0o600)

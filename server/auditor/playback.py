@@ -9,7 +9,8 @@ frame: it costs one pass over the bytes (docs/auditor.md section 4 has the measu
 page plays the views side by side on one clock and seeks them together to the manifest's marks.
 
 Decrypted media never touch the disk: the plaintext and the remuxed views live in this process's
-memory, bounded by `playback_cache_mb`, and are dropped after `playback_ttl_minutes`.
+memory, bounded by `playback_cache_mb`, and are dropped after `playback_ttl_minutes`. A viewer
+streams them only within `playback_ttl_minutes` of starting a playback themselves.
 """
 
 from __future__ import annotations
@@ -129,7 +130,9 @@ class Prepared:
     archive_id: str
     views: dict[str, View]
     expires: float
-    viewers: set[str] = field(default_factory=set)  # user ids who started this playback
+    # User id -> when the playback that user started ends (time.monotonic()): each viewer's
+    # access lasts as long as their own start, however long others keep the recording in memory.
+    viewers: dict[str, float] = field(default_factory=dict)
 
     @property
     def size(self) -> int:
@@ -168,5 +171,15 @@ class PlaybackCache:
             self._entries.popitem(last=False)
         return entry
 
-    def refresh(self, entry: Prepared) -> None:
+    def admit(self, entry: Prepared, user_id: str) -> None:
+        """`user_id` started a playback of `entry` (and was logged doing so): they may stream it,
+        and it stays in memory, for the TTL from now."""
         entry.expires = time.monotonic() + self._ttl
+        entry.viewers[user_id] = entry.expires
+
+    def admitted(self, archive_id: str, user_id: str) -> Prepared | None:
+        """The prepared recording, if `user_id` started a playback of it within the TTL."""
+        entry = self.get(archive_id)
+        if entry is None or entry.viewers.get(user_id, 0.0) <= time.monotonic():
+            return None
+        return entry

@@ -7,7 +7,8 @@ media, an export, a hold change), so nothing is seen or changed that the log doe
 from __future__ import annotations
 
 import asyncio
-import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from recorder.store.s3 import ArchiveBucket, ArchiveStoreError, ArchiveUnavailab
 from recorder.verify import ImageUnavailable
 from server.audit.log import AuditLog
 from server.auditor.config import AuditorConfig
-from server.auditor.exporting import PackageZip, write_package_zip
+from server.auditor.exporting import ExportSpool, PackageZip, write_package_zip
 from server.auditor.holds import HoldError, LegalHolds
 from server.auditor.idhash import IdNumberHasher
 from server.auditor.index import ArchiveIndex, SearchPage, SearchQuery
@@ -82,7 +83,7 @@ class AuditorPortal:
         self._bucket = bucket
         self._audit = audit
         self._public_keys = keys / "public"
-        self._exports_dir = data_dir / "exports"
+        self._exports = ExportSpool(data_dir / "exports")
         self._verifier = ArchiveVerifier(db, bucket, keyring, self._public_keys) if bucket else None
         self._holds = LegalHolds(db, bucket) if bucket else None
         self._playback = PlaybackCache(
@@ -91,6 +92,16 @@ class AuditorPortal:
 
     async def start(self) -> None:
         await self.index.catch_up()
+        try:
+            swept = await asyncio.to_thread(self._exports.sweep)
+        except OSError as exc:
+            # Only disk space is at stake: the portal works, and the next start sweeps again.
+            log.warning(
+                "auditor_exports_sweep_failed", directory=str(self._exports.root), error=str(exc)
+            )
+        else:
+            if swept:
+                log.info("auditor_exports_swept", directory=str(self._exports.root), entries=swept)
 
     async def stop(self) -> None:
         await self.index.stop()
@@ -197,14 +208,14 @@ class AuditorPortal:
             except PlaybackError as exc:
                 raise PortalError(413, "recording_too_large", str(exc)) from exc
         await self._log("auditor.played", actor, archive_id, {"views": sorted(prepared.views)})
-        prepared.viewers.add(actor.user_id)
-        self._playback.refresh(prepared)
+        self._playback.admit(prepared, actor.user_id)
         return prepared
 
     def media(self, actor: Actor, archive_id: str, view: str) -> bytes:
-        """One view's bytes, for a viewer who started this playback (and so was logged)."""
-        prepared = self._playback.get(archive_id)
-        if prepared is None or actor.user_id not in prepared.viewers:
+        """One view's bytes, for a viewer who started this playback (and so was logged) within
+        the playback TTL; the route has checked the caller's login and role."""
+        prepared = self._playback.admitted(archive_id, actor.user_id)
+        if prepared is None:
             raise PortalError(
                 409,
                 "playback_not_started",
@@ -245,75 +256,73 @@ class AuditorPortal:
 
     # -- export and legal hold -----------------------------------------------------------------
 
-    async def export(self, actor: Actor, archive_id: str) -> PackageZip:
-        """A ZIP of the verifiable package in a temporary file the caller streams and deletes."""
+    @asynccontextmanager
+    async def export(self, actor: Actor, archive_id: str) -> AsyncIterator[PackageZip]:
+        """A ZIP of the verifiable package, in a spool directory of its own for as long as the
+        caller streams it (deleted afterwards; left by a crash, swept at the next start)."""
         await self._entry(archive_id)
         _, _, bucket = self._store()
-        out = self._exports_dir / f"{uuid.uuid4().hex}.zip"
+        claim = await asyncio.to_thread(self._exports.claim)
         try:
-            package = await asyncio.to_thread(
-                write_package_zip, bucket, archive_id, self._public_keys, out
-            )
+            try:
+                package = await asyncio.to_thread(
+                    write_package_zip,
+                    bucket,
+                    archive_id,
+                    self._public_keys,
+                    claim.path / "package.zip",
+                )
+            except (ExportError, ArchiveStoreError) as exc:
+                raise PortalError(
+                    409, "export_failed", f"The archive cannot be exported: {exc}"
+                ) from exc
             await self._log(
                 "auditor.exported",
                 actor,
                 archive_id,
                 {"bytes": package.size, "sha256": package.sha256},
             )
-        except (ExportError, ArchiveStoreError) as exc:
-            await asyncio.to_thread(out.unlink, missing_ok=True)
-            raise PortalError(
-                409, "export_failed", f"The archive cannot be exported: {exc}"
-            ) from exc
-        except BaseException:
-            await asyncio.to_thread(out.unlink, missing_ok=True)
-            raise
-        return package
+            yield package
+        finally:
+            await asyncio.to_thread(claim.release)
 
     async def set_hold(
         self, actor: Actor, archive_id: str, held: bool, reason: str
     ) -> dict[str, Any]:
         await self._entry(archive_id)
         _, holds, _ = self._store()
-        current = await holds.state(archive_id)
-        try:
-            names = await holds.objects(archive_id)
-        except HoldError as exc:
-            raise PortalError(409, "archive_not_stored", str(exc)) from exc
-        # Setting a hold again is allowed when objects were added since (a later compliance
-        # report): the new ones are held too.
-        if current.held == held and not (held and len(names) > current.objects):
-            raise PortalError(
-                409,
-                "hold_unchanged",
-                "The archive is already under legal hold."
-                if held
-                else "The archive is not under legal hold.",
-            )
-        # Logged first: a hold the log cannot show is not changed.
-        await self._log(
-            "auditor.hold_set" if held else "auditor.hold_cleared",
-            actor,
-            archive_id,
-            {"reason": reason, "objects": len(names)},
-        )
-        try:
-            await holds.apply(archive_id, names, held, reason)
-        except ArchiveStoreError as exc:
-            raise PortalError(
-                503, "store_unavailable", f"The archive store refused the hold: {exc}"
-            ) from exc
-        state = await holds.record(archive_id, held, reason, actor.user_id, len(names))
-        if held:
-            # An object stored while the hold was being set (a report just written) may have
-            # missed both the listing above and the writer's own check: hold it now.
+        # One change at a time: a report written meanwhile is held by its writer's extend, which
+        # waits here too, after the state it reads has been recorded.
+        async with holds.changing(archive_id):
+            current = await holds.state(archive_id)
             try:
-                later = sorted(set(await holds.objects(archive_id)) - set(names))
-                if later and await holds.extend(archive_id, later):
-                    state = await holds.state(archive_id)
+                names = await holds.objects(archive_id)
+            except HoldError as exc:
+                raise PortalError(409, "archive_not_stored", str(exc)) from exc
+            # Setting a hold again is allowed when objects were added since (a later compliance
+            # report): the new ones are held too.
+            if current.held == held and not (held and len(names) > current.objects):
+                raise PortalError(
+                    409,
+                    "hold_unchanged",
+                    "The archive is already under legal hold."
+                    if held
+                    else "The archive is not under legal hold.",
+                )
+            # Logged first: a hold the log cannot show is not changed.
+            await self._log(
+                "auditor.hold_set" if held else "auditor.hold_cleared",
+                actor,
+                archive_id,
+                {"reason": reason, "objects": len(names)},
+            )
+            try:
+                await holds.apply(archive_id, names, held, reason)
             except ArchiveStoreError as exc:
-                # The hold asked for is set; setting it again holds what came in meanwhile.
-                log.warning("legal_hold_late_objects_failed", archive_id=archive_id, error=str(exc))
+                raise PortalError(
+                    503, "store_unavailable", f"The archive store refused the hold: {exc}"
+                ) from exc
+            state = await holds.record(archive_id, held, reason, actor.user_id, len(names))
         return {
             "held": state.held,
             "reason": state.reason,

@@ -79,6 +79,11 @@ async def test_auditor_finds_verifies_plays_seeks_exports_and_holds(
             await page.click("#export")
         download = await download_info.value
         assert download.suggested_filename == f"vteller-archive-{archive_id}.zip"
+        # Downloaded through a POST carrying the page's CSRF token (a link would be a GET).
+        await page.wait_for_selector(
+            "#export-status[data-i18n='auditor.exportDone']", timeout=TIMEOUT_MS
+        )
+        assert download.suggested_filename in await page.inner_text("#export-status")
         saved = tmp_path / "package.zip"
         await download.save_as(saved)
         with zipfile.ZipFile(saved) as package:

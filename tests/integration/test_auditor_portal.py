@@ -1,28 +1,35 @@
 """The auditor portal against a real server and a real MinIO: search by every criterion, verify,
-play (seekable WebM), export and verify offline, legal hold on every object, and refusals."""
+play (seekable WebM), export and verify offline, legal hold on every object, and refusals; who may
+stream a playback, the sweep of crashed exports, hold changes made at once."""
 
 from __future__ import annotations
 
 import asyncio
 import io
 import json
+import sys
+import time
 import zipfile
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import av
 import pytest
 from minio.error import S3Error
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from recorder.store.s3 import ArchiveBucket
+from server.auditor import playback
+from server.auditor.exporting import GUARD, ExportSpool
 from server.auth.principal import Role
-from server.db.models import ArchiveIndexEntry, AuditEntry, ComplianceReport
+from server.db.models import ArchiveIndexEntry, AuditEntry, ComplianceReport, User
 from server.identity.idcard import check_digit
 from tests.integration.test_identity import SPEC, _consented, _in_call, _step
 from tests.integration.test_recording import _recorded, _vteller
+from tests.support import server as support
 from tests.support.bot import Bot
 from tests.support.server import ApiClient, RunningServer
 
@@ -199,14 +206,18 @@ async def test_auditor_finds_verifies_plays_exports_and_holds(
     assert kinds == ["audio", "video"]  # the customer's camera and microphone, nothing else
 
     # -- export: a ZIP that verifies offline -----------------------------------------------------
-    async with auditor.http.get(f"{server.url}/api/v1/auditor/archives/{second}/export") as got:
+    async with auditor.http.post(
+        f"{server.url}/api/v1/auditor/archives/{second}/export",
+        headers={"X-CSRF-Token": auditor.csrf},
+    ) as got:
         assert got.status == 200 and got.content_type == "application/zip"
         package_zip = await got.read()
     zipfile.ZipFile(io.BytesIO(package_zip)).extractall(tmp_path / "unzipped")
     package = tmp_path / "unzipped" / second
     offline = await _vteller(tmp_path / "elsewhere", "verify", str(package))
     assert offline.returncode == 0, offline.stdout + offline.stderr
-    assert not list((server.settings.data_dir / "exports").glob("*")), "temporary ZIP left"
+    exports = server.settings.data_dir / "exports"
+    assert list(exports.iterdir()) == [exports / GUARD], "temporary ZIP left"
 
     # -- legal hold: on every object in MinIO, recorded with the reason --------------------------
     bucket = ArchiveBucket.from_settings(server.settings.store)
@@ -319,7 +330,7 @@ async def test_roles_other_than_auditor_are_refused(server: RunningServer) -> No
         await client.call("GET", base, expect=403)
         await client.call("POST", f"{base}/playback", expect=403)
         await client.call("GET", f"{base}/media/customer.webm", expect=403)
-        await client.call("GET", f"{base}/export", expect=403)
+        await client.call("POST", f"{base}/export", expect=403)
         await client.call("POST", f"{base}/hold", hold, expect=403)
     anonymous = server.client()
     await anonymous.call("POST", "/api/v1/auditor/search", {}, expect=401)
@@ -328,7 +339,7 @@ async def test_roles_other_than_auditor_are_refused(server: RunningServer) -> No
     # Supervisors review moments, so they may find, open and play; not export or hold.
     assert await _found(supervisor, teller="wang") == [archive_id]
     assert (await supervisor.call("GET", base))["verification"]["ok"]
-    await supervisor.call("GET", f"{base}/export", expect=403)
+    await supervisor.call("POST", f"{base}/export", expect=403)
     await supervisor.call("POST", f"{base}/hold", hold, expect=403)
     # Media only for someone who started the playback (and so was logged playing it).
     await supervisor.call("GET", f"{base}/media/customer.webm", expect=409)
@@ -336,9 +347,15 @@ async def test_roles_other_than_auditor_are_refused(server: RunningServer) -> No
     await supervisor.call("GET", f"{base}/media/customer.webm", expect=409)
     await auditor.call("GET", f"{base}/media/nobody.webm", expect=404)
 
-    # CSRF on state-changing requests, and clear errors for bad input.
+    # CSRF on state-changing requests, and clear errors for bad input. An export hands out
+    # evidence: a GET (a link or an image on another site) exports nothing.
+    by_get = await auditor.call("GET", f"{base}/export", expect=405)
+    assert by_get["error"]["code"] == "method_not_allowed"
+    assert "POST" in by_get["error"]["message"] and "X-CSRF-Token" in by_get["error"]["message"]
     token, auditor.csrf = auditor.csrf, ""
     await auditor.call("POST", f"{base}/hold", hold, expect=403)
+    refused = await auditor.call("POST", f"{base}/export", expect=403)
+    assert refused["error"]["code"] == "csrf_failed"
     auditor.csrf = token
     bad = await auditor.call("POST", "/api/v1/auditor/search", {"id_number": "12345"}, expect=400)
     assert "id_number" in bad["error"]["message"]
@@ -353,10 +370,14 @@ async def test_roles_other_than_auditor_are_refused(server: RunningServer) -> No
     unknown = await auditor.call("GET", "/api/v1/auditor/archives/nope", expect=404)
     assert unknown["error"]["code"] == "unknown_archive"
     async with server.services.sessions._db() as db:
-        hold_entries = list(
-            await db.scalars(select(AuditEntry).where(AuditEntry.action == "auditor.hold_set"))
+        refused_entries = list(
+            await db.scalars(
+                select(AuditEntry).where(
+                    AuditEntry.action.in_(("auditor.hold_set", "auditor.exported"))
+                )
+            )
         )
-    assert hold_entries == []
+    assert refused_entries == []
 
 
 async def test_the_card_read_in_the_call_makes_the_archive_findable(server: RunningServer) -> None:
@@ -375,3 +396,149 @@ async def test_the_card_read_in_the_call_makes_the_archive_findable(server: Runn
         rows = list(await db.scalars(select(ArchiveIndexEntry)))
     assert [r.id_hash for r in rows] == [server.services.auditor.index._hasher.hash(SPEC.id_number)]
     assert SPEC.id_number not in json.dumps([r.card_name for r in rows], ensure_ascii=False)
+
+
+async def _audited(server: RunningServer, action: str) -> list[AuditEntry]:
+    async with server.services.sessions._db() as db:
+        query = select(AuditEntry).where(AuditEntry.action == action).order_by(AuditEntry.seq)
+        return list(await db.scalars(query))
+
+
+async def test_media_are_streamed_only_within_the_callers_own_playback_and_login(
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await server.user("wang", Role.TELLER)
+    archive_id, _ = await _call(server, "wang", "李女士", "wealth", 2)
+    base = f"/api/v1/auditor/archives/{archive_id}"
+    media = f"{base}/media/customer.webm"
+    first = await _staff(server, "audit1", Role.AUDITOR)
+    second = await _staff(server, "audit2", Role.AUDITOR)
+    ids = [(await c.call("GET", "/api/v1/auth/me"))["user"]["id"] for c in (first, second)]
+    now = time.monotonic()
+    monkeypatch.setattr(playback, "time", SimpleNamespace(monotonic=lambda: now))
+    ttl = server.settings.auditor.playback_ttl_minutes * 60
+
+    async def streamed(client: ApiClient) -> bool:
+        async with client.http.get(server.url + media) as response:
+            return response.status == 200 and len(await response.read()) > 0
+
+    await first.call("POST", f"{base}/playback")
+    assert await streamed(first)
+    # The other auditor keeps the recording in memory by playing it later...
+    now += 0.75 * ttl
+    await second.call("POST", f"{base}/playback")
+    now += 0.5 * ttl
+    # ...which does not stretch the first auditor's access: their own playback has ended.
+    refused = await first.call("GET", media, expect=409)
+    assert refused["error"]["code"] == "playback_not_started"
+    assert await streamed(second)
+    # Starting again lets them in again, and is logged again.
+    await first.call("POST", f"{base}/playback")
+    assert await streamed(first)
+    # The caller is checked at every request: logged out, or no longer a reader, they get none.
+    await first.call("POST", "/api/v1/auth/logout")
+    await first.call("GET", media, expect=401)
+    async with server.services.sessions._db() as db, db.begin():
+        await db.execute(update(User).where(User.username == "audit2").values(role="admin"))
+    await second.call("GET", media, expect=403)
+    played = [e.actor for e in await _audited(server, "auditor.played")]
+    assert played == [ids[0], ids[1], ids[0]]
+
+
+# A worker that dies while it sends a package: its half-written ZIP stays, its lock goes.
+CRASHING_EXPORT = """
+import sys, time
+from pathlib import Path
+from server.auditor.exporting import ExportSpool
+
+claim = ExportSpool(Path(sys.argv[1])).claim()
+(claim.path / "package.zip").write_bytes(b"half a package")
+print(claim.path, flush=True)
+time.sleep(600)
+"""
+
+
+async def test_a_start_sweeps_what_crashed_exports_left_but_no_export_in_progress(
+    tmp_path: Path,
+) -> None:
+    exports = tmp_path / "exports"
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CRASHING_EXPORT, str(exports), stdout=asyncio.subprocess.PIPE
+    )
+    assert child.stdout is not None
+    crashed = Path((await child.stdout.readline()).decode().strip())
+    child.kill()  # SIGKILL: no clean-up of its own runs
+    await child.wait()
+    assert (crashed / "package.zip").exists()
+    # What the layout before the spool left: a loose ZIP and a staging directory.
+    (exports / "0f1e2d3c.zip").write_bytes(b"PK")
+    (exports / "vteller-export-k3j2").mkdir()
+    (exports / "vteller-export-k3j2" / "seg-000000.bin").write_bytes(b"sealed")
+    # Another worker on the same data directory is sending a package right now.
+    sending = await asyncio.to_thread(ExportSpool(exports).claim)
+    (sending.path / "package.zip").write_bytes(b"being sent")
+    try:
+        async with support.running_server(support.test_settings(tmp_path)):
+            assert sorted(exports.iterdir()) == sorted([exports / GUARD, sending.path])
+            assert (sending.path / "package.zip").read_bytes() == b"being sent"
+    finally:
+        await asyncio.to_thread(sending.release)
+    assert list(exports.iterdir()) == [exports / GUARD]
+
+
+async def test_hold_changes_made_at_once_are_made_in_turn(
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await server.user("wang", Role.TELLER)
+    archive_id, _ = await _call(server, "wang", "李女士", "wealth", 2)
+    hold = f"/api/v1/auditor/archives/{archive_id}/hold"
+    first = await _staff(server, "audit1", Role.AUDITOR)
+    second = await _staff(server, "audit2", Role.AUDITOR)
+    bucket = ArchiveBucket.from_settings(server.settings.store)
+    # Object Lock calls as slow as a distant store's: changes not made in turn would interleave.
+    set_legal_hold = ArchiveBucket.set_legal_hold
+
+    async def slowly(self: ArchiveBucket, name: str, on: bool, reason: str | None = None) -> None:
+        await asyncio.sleep(0.2)
+        await set_legal_hold(self, name, on, reason)
+
+    monkeypatch.setattr(ArchiveBucket, "set_legal_hold", slowly)
+
+    async def agreed() -> bool:
+        """The portal's state, and whether every object in the store is in that state."""
+        opened = await first.call("GET", f"/api/v1/auditor/archives/{archive_id}")
+        state = opened["archive"]["hold"]
+        for name in await bucket.list(f"archives/{archive_id}/"):
+            on_object = await bucket.legal_hold(name)
+            assert on_object.on == state["held"], (name, on_object, state)
+            if state["held"]:
+                assert on_object.reason == state["reason"], (name, on_object, state)
+        return bool(state["held"])
+
+    async def change(client: ApiClient, held: bool, reason: str) -> int:
+        async with client.http.post(
+            server.url + hold,
+            json={"held": held, "reason": reason},
+            headers={"X-CSRF-Token": client.csrf},
+        ) as response:
+            return response.status
+
+    # The same change twice at once: one makes it, the other finds it made.
+    statuses = await asyncio.gather(
+        change(first, True, "监管调查甲"), change(second, True, "诉讼保全乙")
+    )
+    assert sorted(statuses) == [200, 409]
+    assert await agreed()
+    # Clearing while another auditor holds an object added since: in either order, the database
+    # and every object end up agreeing.
+    late = f"archives/{archive_id}/report-001.json"
+    await bucket.put(late, b"{}", datetime.now(UTC) + timedelta(days=1))
+    statuses = await asyncio.gather(
+        change(first, False, "误操作解除"), change(second, True, "补充保全")
+    )
+    assert list(statuses) == [200, 200]
+    await agreed()
+    changes = await _audited(server, "auditor.hold_set") + await _audited(
+        server, "auditor.hold_cleared"
+    )
+    assert len(changes) == 3

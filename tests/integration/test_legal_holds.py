@@ -1,7 +1,9 @@
-"""Legal holds reach objects stored after them (a later compliance report), against real MinIO."""
+"""Legal holds reach objects stored after them (a later compliance report), and changes of one
+archive's hold wait for each other, against real MinIO."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -65,3 +67,29 @@ async def test_an_object_stored_after_the_hold_is_held_with_its_archive(
     await _store(bucket, again)
     assert not await holds.extend(held_archive, [again])
     assert not (await bucket.legal_hold(again)).on
+
+
+async def test_a_report_written_while_the_hold_is_set_waits_for_it_in_another_worker(
+    bucket: ArchiveBucket, db: async_sessionmaker[DbSession], store_settings: StoreSettings
+) -> None:
+    # Two workers' services on the same database: the auditor's, the report writer's.
+    portal, writer = LegalHolds(db, bucket), LegalHolds(db, bucket)
+    names = [f"archives/{HELD}/manifest.json", f"archives/{HELD}/seg-000000.bin"]
+    report = [f"archives/{HELD}/report-001.json"]
+    await _store(bucket, *names)
+    async with portal.changing(HELD):
+        await portal.apply(HELD, names, True, "诉讼保全")
+        # Stored after the hold listed the archive and before it was recorded: the writer
+        # would find no hold yet and leave the report as it is, did it not wait.
+        await _store(bucket, *report)
+        extending = asyncio.create_task(writer.extend(HELD, report))
+        async with asyncio.timeout(5), writer.changing(OTHER):
+            pass  # another archive's hold is not held up
+        await asyncio.sleep(0.5)
+        assert not extending.done()
+        await portal.record(HELD, True, "诉讼保全", "u_auditor", len(names))
+    async with asyncio.timeout(5):
+        assert await extending
+    hold = await bucket.legal_hold(report[0])
+    assert hold.on and hold.reason == "诉讼保全"
+    assert (await portal.state(HELD)).objects == 3

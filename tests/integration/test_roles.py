@@ -64,7 +64,7 @@ async def test_every_role_is_refused_what_it_must_not_do(server: RunningServer) 
     open_archive = ("GET", f"/api/v1/auditor/archives/{ARCHIVE}", None)
     playback: Action = ("POST", f"/api/v1/auditor/archives/{ARCHIVE}/playback", {})
     media = ("GET", f"/api/v1/auditor/archives/{ARCHIVE}/media/customer.webm", None)
-    export = ("GET", f"/api/v1/auditor/archives/{ARCHIVE}/export", None)
+    export: Action = ("POST", f"/api/v1/auditor/archives/{ARCHIVE}/export", {})
     hold = ("POST", f"/api/v1/auditor/archives/{ARCHIVE}/hold", {"held": True, "reason": "调查"})
     report = ("GET", f"/api/v1/archives/{ARCHIVE}/report", None)
     new_user = (

@@ -1,9 +1,13 @@
-"""The playback memory of the auditor portal: bounded in bytes, least recently used out."""
+"""The playback memory of the auditor portal: bounded in bytes, least recently used out; each
+viewer admitted for the TTL from their own start."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
+from server.auditor import playback
 from server.auditor.playback import PlaybackCache, PlaybackError, View
 
 
@@ -29,10 +33,21 @@ def test_a_recording_larger_than_the_memory_is_refused() -> None:
     assert cache.get("a") is not None  # what was there stays
 
 
-def test_viewers_are_remembered_per_recording() -> None:
-    cache = PlaybackCache(capacity_bytes=1000, ttl_seconds=3600)
+def test_each_viewer_is_admitted_for_the_ttl_from_their_own_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = 1000.0
+    monkeypatch.setattr(playback, "time", SimpleNamespace(monotonic=lambda: now))
+    cache = PlaybackCache(capacity_bytes=1000, ttl_seconds=60)
     prepared = cache.put("a", _views(10))
-    prepared.viewers.add("u_1")
-    again = cache.get("a")
-    assert again is not None and again.viewers == {"u_1"}
-    assert set(again.views) == {"customer", "teller"} and again.size == 20
+    assert cache.admitted("a", "u_1") is None  # in memory, but nobody started it yet
+    cache.admit(prepared, "u_1")
+    assert cache.admitted("a", "u_1") is prepared and cache.admitted("a", "u_2") is None
+    assert set(prepared.views) == {"customer", "teller"} and prepared.size == 20
+    now += 50
+    cache.admit(prepared, "u_2")  # keeps the recording in memory until 110...
+    now += 20
+    assert cache.admitted("a", "u_1") is None  # ...but u_1 started it 70 s ago
+    assert cache.admitted("a", "u_2") is prepared
+    now += 45
+    assert cache.get("a") is None and cache.admitted("a", "u_2") is None

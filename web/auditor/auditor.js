@@ -2,7 +2,7 @@
 // watermark over the players, jump to the key moments, export, set or clear a legal hold.
 // `/auditor/?archive=ID&moment=MOMENT` (the supervisor's review queue links here) opens that
 // archive directly, and playback, once started, begins at the moment's start mark.
-import { get, post } from '/static/common/api.js';
+import { get, post, postForFile } from '/static/common/api.js';
 import { clearText, t, translate } from '/static/common/i18n.js';
 import { initChrome, toast, showErrorText } from '/static/common/ui.js';
 
@@ -112,7 +112,7 @@ async function openArchive(archiveId, target = null) {
   const status = $('verify-status');
   status.className = 'verify-status';
   translate(status, 'auditor.verifying');
-  for (const id of ['chain-status', 'archive-summary', 'identity-summary', 'report-summary', 'play-status', 'target-status']) clearText($(id));
+  for (const id of ['chain-status', 'archive-summary', 'identity-summary', 'report-summary', 'play-status', 'target-status', 'export-status']) clearText($(id));
   $('problems').hidden = true;
   $('timeline').replaceChildren();
   try {
@@ -153,7 +153,6 @@ function renderArchive({ archive, verification, manifest }) {
   $('play').disabled = !verification.ok;
   const isAuditor = state.user.role === 'auditor';
   $('auditor-actions').hidden = !isAuditor;
-  $('export').href = `/api/v1/auditor/archives/${encodeURIComponent(archive.archive_id)}/export`;
   renderHold(archive.hold);
   loadReport(archive.archive_id);
 }
@@ -356,6 +355,46 @@ function seek(seconds) {
   for (const video of state.players) video.currentTime = seconds;
 }
 
+/** Save `blob` as `filename` through the browser's own download. */
+function saveFile(blob, filename) {
+  const url = URL.createObjectURL(blob);
+  const link = document.createElement('a');
+  link.href = url;
+  link.download = filename;
+  document.body.append(link);
+  link.click();
+  link.remove();
+  // The download reads the Blob after the click has returned: revoking the URL at once can cut it.
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
+}
+
+/** A POST (with the page's CSRF token), never a link: another site could make the browser follow
+ * a link, and an export hands out evidence. */
+async function exportPackage() {
+  const archiveId = state.archive.archive.archive_id;
+  const status = $('export-status');
+  $('export').disabled = true;
+  translate(status, 'auditor.exporting');
+  let shown = null;
+  const progress = (received, total) => {
+    // Once per percent: the status is a live region, read out at each change.
+    const percent = total ? Math.floor((received / total) * 100) : null;
+    if (percent === null || percent === shown) return;
+    shown = percent;
+    translate(status, 'auditor.exportProgress', { percent, total: (total / 1024 / 1024).toFixed(1) });
+  };
+  try {
+    const { blob, filename } = await postForFile(
+      `/api/v1/auditor/archives/${encodeURIComponent(archiveId)}/export`, progress);
+    saveFile(blob, filename);
+    translate(status, 'auditor.exportDone', { filename });
+  } catch (err) {
+    showErrorText(status, err);
+  } finally {
+    $('export').disabled = false;
+  }
+}
+
 async function changeHold(event) {
   event.preventDefault();
   const reason = $('hold-reason').value.trim();
@@ -421,6 +460,7 @@ $('back').addEventListener('click', () => {
   search(state.page);
 });
 $('play').addEventListener('click', play);
+$('export').addEventListener('click', exportPackage);
 $('hold-form').addEventListener('submit', changeHold);
 setInterval(updateWatermark, 1000);
 start();
