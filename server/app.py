@@ -22,7 +22,7 @@ from server.api import (
     webhook_routes,
 )
 from server.api.forwarded import forwarded_client
-from server.api.middleware import json_errors, security_headers
+from server.api.middleware import json_errors, security_headers, unnameable_paths
 from server.audit.log import AuditLog
 from server.auditor.service import AuditorPortal
 from server.auth.ratelimit import LoginThrottle
@@ -142,7 +142,7 @@ async def create_app(settings: Settings) -> web.Application:
     await check_deployment_keys(db, keys, local_keys)
     await services.workers.check_url()
 
-    middlewares: list[Middleware] = [security_headers, json_errors]
+    middlewares: list[Middleware] = [security_headers, json_errors, unnameable_paths]
     if settings.trusted_proxies:
         middlewares.insert(0, forwarded_client(settings.trusted_proxies))
     app = web.Application(middlewares=middlewares, client_max_size=API_BODY_LIMIT)

@@ -18,12 +18,15 @@ from pydantic import (
 
 from server.auth.principal import Role
 from server.errors import ApiError
+from server.nul import REFUSAL, nul_at
 from server.workflow.transactions.request import TransactionRequest
 
 Body = TypeVar("Body", bound=BaseModel)
 
 
 class _Strict(BaseModel):
+    # Integers and booleans are strict (each field says so): "yes" is not `true` and "5" not 5.
+    # (Not the whole model: strictly, a date or an enum would have to be a Python object.)
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
 
@@ -39,7 +42,7 @@ class LoginBody(_Strict):
 class InvitationBody(_Strict):
     business: Literal["wealth", "insurance", "general"]
     customer_name: str = Field("", max_length=64)
-    ttl_minutes: int | None = Field(None, ge=1, le=1440)
+    ttl_minutes: int | None = Field(None, ge=1, le=1440, strict=True)
 
 
 class ExpertBody(_Strict):
@@ -70,7 +73,7 @@ class ArchiveSearchBody(_Strict):
     product: str = Field("", max_length=64)
     compliance: Literal["", "pass", "fail", "needs_review", "pending"] = ""
     hold: Literal["", "held", "not_held"] = ""
-    page: int = Field(1, ge=1, le=10000)
+    page: int = Field(1, ge=1, le=10000, strict=True)
 
     @model_validator(mode="after")
     def _dates_in_order(self) -> ArchiveSearchBody:
@@ -80,13 +83,13 @@ class ArchiveSearchBody(_Strict):
 
 
 class LegalHoldBody(_Strict):
-    held: bool
+    held: bool = Field(strict=True)
     reason: str = Field(min_length=4, max_length=500)
 
 
 class QueueJoinBody(_Strict):
     topic: Literal["wealth", "insurance", "cards", "other"]
-    elderly: bool = False
+    elderly: bool = Field(False, strict=True)
 
 
 class CallbackBody(_Strict):
@@ -122,7 +125,7 @@ async def parse(request: web.Request, model: type[Body]) -> Body:
     try:
         raw = await request.json()
     except json.JSONDecodeError as exc:
-        raise _bad_json(f"{exc.msg} at line {exc.lineno}, column {exc.colno}") from exc
+        raise _bad_json(_undecodable(exc, request.content_type)) from exc
     except LookupError as exc:
         raise _bad_json(f"the charset {request.charset!r} is unknown; send UTF-8") from exc
     except UnicodeDecodeError as exc:
@@ -133,11 +136,28 @@ async def parse(request: web.Request, model: type[Body]) -> Body:
         # The one ValueError left: an integer longer than Python converts (sys.int_info).
         raise _bad_json("a number has too many digits") from exc
     try:
-        return model.model_validate(raw)
+        body = model.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
-        field = ".".join(str(part) for part in first["loc"]) or "body"
-        raise ApiError(400, "invalid_request", f"{field}: {first['msg']}") from exc
+        raise _invalid(first["loc"], first["msg"]) from exc
+    if (where := nul_at(raw)) is not None:
+        raise _invalid(where, REFUSAL)
+    return body
+
+
+def _invalid(where: tuple[str | int, ...], why: str) -> ApiError:
+    field = ".".join(str(part) for part in where) or "body"
+    return ApiError(400, "invalid_request", f"{field}: {why}")
+
+
+def _undecodable(exc: json.JSONDecodeError, content_type: str) -> str:
+    if not exc.doc.strip():
+        return "it is empty; send a JSON object"
+    why = f"{exc.msg} at line {exc.lineno}, column {exc.colno}"
+    # The Content-Type is not checked, but a form or a file sent by mistake is the likely cause.
+    if content_type != "application/json" and not content_type.endswith("+json"):
+        why += f" (it was sent as {content_type}; send application/json)"
+    return why
 
 
 def _bad_json(why: str) -> ApiError:

@@ -3,6 +3,7 @@ as logs may show it."""
 
 from __future__ import annotations
 
+import errno
 import re
 from collections.abc import Awaitable, Callable
 
@@ -10,6 +11,7 @@ import structlog
 from aiohttp import web
 
 from server.errors import ApiError
+from server.nul import NUL, REFUSAL
 
 log = structlog.get_logger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -63,6 +65,24 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
             error_body("internal", "Something went wrong on our side; it has been logged."),
             status=500,
         )
+
+
+@web.middleware
+async def unnameable_paths(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Path variables that name nothing, whose lookup fails rather than finding nothing: NUL
+    (`%00`), which PostgreSQL refuses in a query, and static file names longer than the file
+    system takes."""
+    for name, value in request.match_info.items():
+        if NUL in value:
+            raise ApiError(400, "invalid_request", f"{name}: {REFUSAL}")
+    try:
+        return await handler(request)
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG and isinstance(
+            request.match_info.route.resource, web.StaticResource
+        ):
+            raise web.HTTPNotFound() from exc
+        raise
 
 
 @web.middleware

@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
+from server.nul import REFUSAL, nul_at
+
 PROTOCOL_VERSION = 1
 MAX_SDP_BYTES = 32 * 1024
 
@@ -202,11 +204,19 @@ def parse_client_message(raw: str) -> ClientMessage:
             "invalid_message", f"Unknown message type {ref!r}; see docs/protocol.md.", ref
         )
     try:
-        return _CLIENT_MESSAGE.validate_python(data)
+        message = _CLIENT_MESSAGE.validate_python(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        field = ".".join(str(part) for part in first["loc"][1:]) or "message"
-        raise ProtocolError("invalid_message", f"{field}: {first['msg']}", ref) from exc
+        # The first part of the location is the message type (the union's tag).
+        raise _invalid(first["loc"][1:], first["msg"], ref) from exc
+    if (where := nul_at(data)) is not None:
+        raise _invalid(where, REFUSAL, ref)
+    return message
+
+
+def _invalid(where: tuple[str | int, ...], why: str, ref: str | None) -> ProtocolError:
+    field = ".".join(str(part) for part in where) or "message"
+    return ProtocolError("invalid_message", f"{field}: {why}", ref)
 
 
 def server_message(message_type: str, **fields: Any) -> dict[str, Any]:
