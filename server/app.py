@@ -44,6 +44,7 @@ from server.sfu.rooms import RoomRegistry
 from server.signaling.handler import signaling
 from server.workers.registry import WorkerRegistry
 from server.workflow.queue.service import QueueService
+from server.workflow.transactions.bindings import RecordedSignatures
 from server.workflow.transactions.service import Transactions
 from server.workflow.webhooks.delivery import WebhookDeliveries, webhook_secret
 
@@ -124,6 +125,7 @@ async def create_app(settings: Settings) -> web.Application:
             settings.data_dir / "keys" / "signature-keyring.json",
             rooms.bind_transaction,
             rooms.notify_session,
+            RecordedSignatures(recorder.bucket).bound,
         ),
         queue=QueueService(
             db,

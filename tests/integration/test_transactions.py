@@ -5,6 +5,7 @@ the signed approval record binds the transaction to the sealed archive."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import json
 from typing import Any
@@ -20,7 +21,14 @@ from recorder.store.s3 import ArchiveBucket, S3Archive
 from recorder.verify import iter_plaintext
 from server.audit.log import AuditUnavailable
 from server.auth.principal import Principal, Role
-from server.db.models import Archive, AuditEntry, ComplianceReport, ComplianceReview, User
+from server.db.models import (
+    Archive,
+    AuditEntry,
+    ComplianceReport,
+    ComplianceReview,
+    Transaction,
+    User,
+)
 from server.errors import ApiError
 from server.workflow.transactions.approvals import verify_approval
 from tests.integration.test_call import _teller_and_customer
@@ -112,6 +120,16 @@ async def _report(
     return [r.id for r in rows]
 
 
+async def _hold_signature(server: RunningServer, transaction_id: str, sha256: str) -> None:
+    """Set the signature hash the row holds, as if it had come apart from the recording's."""
+    async with server.services.sessions._db() as db, db.begin():
+        await db.execute(
+            update(Transaction)
+            .where(Transaction.id == transaction_id)
+            .values(signature_sha256=sha256)
+        )
+
+
 async def _staff(server: RunningServer, username: str, role: Role) -> ApiClient:
     await server.user(username, role)
     client = server.client()
@@ -186,6 +204,16 @@ async def test_signed_in_the_recording_approved_by_rule_by_four_eyes_and_overrid
     finally:
         await customer.close()
         await teller.close()
+
+    # Every decision reads the sealed manifest from the archive store (there by now in service:
+    # the analysis waits for it too); a row holding a signature the manifest does not bind is
+    # refused, whatever the row says.
+    await server.services.rooms._recorder.uploader.flush(timeout=30)
+    await _hold_signature(server, small["id"], "ee" * 32)
+    refused = await _approve(teller_http, small["id"], expect=409)
+    assert refused["error"]["code"] == "signature_not_in_recording"
+    assert archive_id in refused["error"]["message"]
+    await _hold_signature(server, small["id"], hashlib.sha256(signature_png()).hexdigest())
 
     # Sealed, but the analysis has not reported: the compliance check is pending.
     refused = await _approve(teller_http, small["id"], expect=409)
@@ -268,7 +296,6 @@ async def test_signed_in_the_recording_approved_by_rule_by_four_eyes_and_overrid
         raise AssertionError("a changed amount must not verify")
 
     # The manifest carries each transaction's hash and its signature image's hash.
-    await server.services.rooms._recorder.uploader.flush(timeout=30)
     stored = S3Archive(ArchiveBucket.from_settings(server.settings.store), f"archives/{archive_id}")
     manifest = json.loads(await asyncio.to_thread(stored.read, "manifest.json"))
     bound = {t["id"]: t for t in manifest["transactions"]}

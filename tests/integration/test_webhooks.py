@@ -330,6 +330,45 @@ async def test_two_workers_never_hold_the_same_delivery(tmp_path: Path) -> None:
         assert await _audit(server, "webhook.delivered") == []
 
 
+async def test_a_delivery_whose_attempts_keep_killing_workers_fails(tmp_path: Path) -> None:
+    settings = support.test_settings(tmp_path / "server", webhook=_config(""))
+    async with running_server(settings) as server:
+        db = session_factory(server.services.engine)
+        records = DeliveryRecords(
+            _config("http://127.0.0.1:9/unused", max_attempts=3), db, server.services.audit
+        )
+        await records.enqueue("t_poison", _event("t_poison"))
+        (delivery_id,) = await records.due(10)
+        for attempt in (1, 2, 3):
+            claimed = await records.claim(delivery_id, f"killed_{attempt}")
+            assert claimed is not None and claimed.attempts == attempt
+            # Its worker was killed during the attempt: the lease runs out.
+            async with db() as session, session.begin():
+                await session.execute(
+                    update(WebhookDelivery)
+                    .where(WebhookDelivery.id == delivery_id)
+                    .values(lease_until=utcnow() - timedelta(seconds=1))
+                )
+        # Not sent a fourth time: it fails, where supervisors and operators see it.
+        assert await records.claim(delivery_id, "successor") is None
+        status = await records.status("t_poison")
+        assert status is not None and (status["state"], status["attempts"]) == ("failed", 3)
+        assert "never ended" in status["last_error"]
+        assert await records.due(10) == []
+        (failed,) = await _audit(server, "webhook.failed", 1)
+        assert failed.target == "t_poison"
+        assert failed.detail == {
+            "delivery_id": delivery_id,
+            "attempts": 3,
+            "status": None,
+            "reason": "exhausted",
+        }
+        # An operator's retry gives it its attempts again.
+        await records.retry("t_poison", actor="system", actor_role="system", via="cli")
+        again = await records.claim(delivery_id, "successor")
+        assert again is not None and again.attempts == 4
+
+
 async def test_two_sending_workers_deliver_each_transaction_once(
     server: RunningServer, receiver: Receiver
 ) -> None:

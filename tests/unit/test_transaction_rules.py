@@ -1,8 +1,10 @@
-"""Transaction requests, signature images, approval rules and the manifest's transactions."""
+"""Transaction requests, signature images, approval rules and the manifest's transactions (and
+the approval's reading of them from the stored manifest)."""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 import zlib
@@ -14,6 +16,14 @@ from pydantic import TypeAdapter, ValidationError
 
 from recorder.journal import Journal
 from recorder.seal.manifest import ManifestError, is_canonical, parse_manifest
+from recorder.store.s3 import (
+    ArchiveBucket,
+    ArchiveNotFoundError,
+    ArchiveStoreError,
+    ArchiveUnavailableError,
+)
+from server.errors import ApiError
+from server.workflow.transactions.bindings import RecordedSignatures
 from server.workflow.transactions.config import WorkflowConfig
 from server.workflow.transactions.request import Purchase, Service, TransactionRequest
 from server.workflow.transactions.rules import Facts, evaluate
@@ -22,6 +32,7 @@ from tests.vectors.generate_approval_v1 import FACTS
 
 CONFIG = WorkflowConfig()
 PASSING = FACTS
+VECTORS = Path(__file__).parents[1] / "vectors" / "archive-v1"
 
 
 def _png(image: Image.Image) -> bytes:
@@ -109,8 +120,7 @@ def test_the_rules_name_each_failing_check() -> None:
 
 
 def test_transactions_in_the_manifest_keep_older_manifests_canonical() -> None:
-    vectors = Path(__file__).parents[1] / "vectors" / "archive-v1" / "archive"
-    document = json.loads((vectors / "manifest.json").read_bytes())
+    document = json.loads((VECTORS / "archive" / "manifest.json").read_bytes())
     for member in ("transactions", "attachments"):  # a manifest sealed before either existed
         del document[member]
     data = json.dumps(document, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
@@ -148,3 +158,44 @@ def test_a_signature_given_again_replaces_the_earlier_one_in_the_journal(tmp_pat
     journal.append("transaction", {"transaction": first | {"signature_sha256": "c2" * 32}})
     bound = journal.read().transactions
     assert list(bound) == ["t1", "t2"] and bound["t1"]["signature_sha256"] == "c2" * 32
+
+
+class _Store(ArchiveBucket):
+    """An archive store holding `objects`, or failing every read with `error`."""
+
+    def __init__(self, objects: dict[str, bytes], error: ArchiveStoreError | None = None) -> None:
+        self.objects, self.error = objects, error
+
+    async def get(self, name: str, version_id: str | None = None) -> bytes:
+        if self.error is not None:
+            raise self.error
+        if name not in self.objects:
+            raise ArchiveNotFoundError(name)
+        return self.objects[name]
+
+
+async def test_the_approval_reads_the_bound_signature_from_the_sealed_manifest() -> None:
+    data = (VECTORS / "archive" / "manifest.json").read_bytes()
+    archive_id = json.loads(data)["archive_id"]
+    sealed = hashlib.sha256(data).hexdigest()
+    store = RecordedSignatures(_Store({f"archives/{archive_id}/manifest.json": data}))
+    [binding] = json.loads(data)["transactions"]
+    assert await store.bound(archive_id, sealed, "t-vector-1") == binding["signature_sha256"]
+    assert await store.bound(archive_id, sealed, "t_other") is None
+
+    async def refused(signatures: RecordedSignatures, manifest_sha256: str = sealed) -> ApiError:
+        with pytest.raises(ApiError) as caught:
+            await signatures.bound(archive_id, manifest_sha256, "t-vector-1")
+        return caught.value
+
+    # Another manifest than the one the chain recorded at sealing is not read at all.
+    other = await refused(store, "00" * 32)
+    assert (other.status, other.code) == (409, "recording_not_verified")
+    assert "auditor" in other.message
+    missing = await refused(RecordedSignatures(_Store({})))
+    assert (missing.status, missing.code) == (409, "recording_not_stored")
+    down = await refused(RecordedSignatures(_Store({}, ArchiveUnavailableError("reset"))))
+    assert (down.status, down.code) == (503, "archive_unavailable")
+    unconfigured = await refused(RecordedSignatures(None))
+    assert (unconfigured.status, unconfigured.code) == (503, "archive_unavailable")
+    assert "VTELLER_S3_" in unconfigured.message

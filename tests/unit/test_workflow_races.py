@@ -1,5 +1,6 @@
 """Races between a decision and what it judged: approvals against a new signature, overlapping
-signatures, two tellers claiming one callback, a failed take against a ticket given away."""
+signatures, two tellers claiming one callback, a take (failed or not) against a ticket given
+away."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from server.db.models import (
     Archive,
     CallSession,
     ComplianceReport,
+    Invitation,
     Participant,
     QueueCallback,
     QueueTicket,
@@ -35,6 +37,7 @@ from server.db.models import (
     utcnow,
 )
 from server.errors import ApiError
+from server.sessions.store import SessionStore
 from server.workflow.queue.config import QueueConfig
 from server.workflow.queue.service import QueueService
 from server.workflow.transactions.config import WorkflowConfig
@@ -110,6 +113,10 @@ class Recording:
         await asyncio.sleep(self.delays.pop(0) if self.delays else 0)
         return self.archive_id
 
+    async def bound(self, archive_id: str, manifest_sha256: str, tid: str) -> str | None:
+        """What the sealed manifest binds (bindings.RecordedSignatures reads the stored one)."""
+        return self.bindings.get(tid)
+
 
 async def _nobody(*_: Any) -> None:
     pass
@@ -128,6 +135,7 @@ def _transactions(
         keyring,
         recording.bind,
         _nobody,
+        recording.bound,
     )
 
 
@@ -213,6 +221,41 @@ async def test_an_override_is_refused_when_the_customer_signs_again_during_it(
     assert (refused.value.status, refused.value.code) == (409, "signature_changed")
     assert (await tx.get(row.id)).state == "signed"
     assert await _decisions(database) == 1  # the maker's only
+
+
+@pytest.mark.parametrize("recorded", ["ee" * 32, None])
+async def test_no_decision_is_taken_when_the_sealed_manifest_binds_another_signature(
+    database: async_sessionmaker[DbSession], tmp_path: Path, recorded: str | None
+) -> None:
+    recording = Recording()
+    tx = _transactions(database, tmp_path, Audit(), recording)
+    row = await tx.sign(await _created(tx, database), CUSTOMER, _png())
+    await _seal(database)
+    # The manifest kept another signing's binding, or none: the row alone must not be trusted.
+    recording.bindings.pop(row.id)
+    if recorded is not None:
+        recording.bindings[row.id] = recorded
+    with pytest.raises(ApiError) as refused:
+        await tx.approve(row, TELLER)
+    assert (refused.value.status, refused.value.code) == (409, "signature_not_in_recording")
+    assert "sign again during a new dual recording" in refused.value.message
+    # Nor a supervisor's decision on it.
+    async with database() as s, s.begin():
+        await s.execute(
+            update(Transaction)
+            .where(Transaction.id == row.id)
+            .values(state="awaiting_second_approval")
+        )
+    row = await tx.get(row.id)
+    with pytest.raises(ApiError) as refused:
+        await tx.approve(row, SUPERVISOR)
+    assert refused.value.code == "signature_not_in_recording"
+    with pytest.raises(ApiError) as refused:
+        await tx.override(row, SUPERVISOR, "The customer confirmed every answer by phone.")
+    assert refused.value.code == "signature_not_in_recording"
+    fresh = await tx.get(row.id)
+    assert fresh.state == "awaiting_second_approval" and fresh.approval_record is None
+    assert await _decisions(database) == 0
 
 
 @pytest.mark.parametrize("delays", [[0.3, 0.0], [0.0, 0.3]])
@@ -326,3 +369,51 @@ async def test_a_failed_take_does_not_give_back_a_ticket_another_teller_took(
     async with database() as s:
         stored = await s.get(QueueTicket, ticket.id)
     assert stored is not None and (stored.state, stored.taken_by) == ("taken", "u_b")
+
+
+@pytest.mark.parametrize(
+    "meanwhile",
+    [
+        # The sweep gave the slow take's ticket back; it waits again...
+        {"state": "waiting", "taken_by": None, "closed_at": None},
+        # ...and the customer left, or another teller took them.
+        {"state": "cancelled", "taken_by": None},
+        {"state": "taken", "taken_by": "u_b"},
+    ],
+)
+async def test_a_take_whose_ticket_went_elsewhere_meanwhile_undoes_its_session(
+    database: async_sessionmaker[DbSession], tmp_path: Path, meanwhile: dict[str, Any]
+) -> None:
+    store = SessionStore(database)
+    queue = await _queue(database, tmp_path, Audit(), store)
+    ticket = (await queue.join("other", False)).ticket
+    open_session = store.open_session
+
+    async def opened_late(*args: Any, **kwargs: Any) -> CallSession:
+        session = await open_session(*args, **kwargs)
+        async with database() as s, s.begin():
+            await s.execute(
+                update(QueueTicket).where(QueueTicket.id == ticket.id).values(**meanwhile)
+            )
+        return session
+
+    store.open_session = opened_late  # type: ignore[method-assign]
+    with pytest.raises(ApiError) as refused:
+        await queue.take_next(TELLER, None, None)
+    assert (refused.value.status, refused.value.code) == (409, "ticket_lost")
+    async with database() as s:
+        stored = await s.get(QueueTicket, ticket.id)
+        profile = await s.get(TellerProfile, TELLER_ID)
+        [session] = await s.scalars(select(CallSession).where(CallSession.id != "s_1"))
+        links = await s.scalar(select(func.count()).select_from(Invitation))
+    assert stored is not None and stored.session_id is None
+    assert (stored.state, stored.taken_by) == (meanwhile["state"], meanwhile["taken_by"])
+    assert profile is not None and profile.current_session_id is None
+    assert (session.state, session.end_reason) == ("ended", "queue_take_lost")
+    assert links == 0
+    if meanwhile["state"] == "waiting":
+        # The ticket's link is free again: the next take gets the customer.
+        store.open_session = open_session  # type: ignore[method-assign]
+        other = Principal(role=Role.TELLER, display_name="b", csrf_token="x", user_id="u_b")
+        taken = await queue.take_next(other, None, None)
+        assert (taken.ticket.id, taken.ticket.session_id) == (ticket.id, taken.session.id)

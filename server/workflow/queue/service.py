@@ -531,12 +531,42 @@ class QueueService:
                 )
             raise
         async with self._db() as db, db.begin():
-            row = await db.get(QueueTicket, ticket.id)
-            assert row is not None
-            row.session_id = session.id
-            profile = await self._profile(db, state.user.id)
-            profile.current_session_id = session.id
+            # Only while the ticket is still this take's: one slower than the sweep's grace was
+            # given back, and may have been cancelled, expired or taken by another teller since.
+            # (The sweep itself may have named this very session: an interrupted take finished.)
+            named = await db.execute(
+                update(QueueTicket)
+                .where(
+                    QueueTicket.id == ticket.id,
+                    QueueTicket.state == "taken",
+                    QueueTicket.taken_by == state.user.id,
+                    or_(QueueTicket.session_id.is_(None), QueueTicket.session_id == session.id),
+                )
+                .values(session_id=session.id)
+                .execution_options(synchronize_session=False)
+            )
+            lost = named.rowcount != 1  # type: ignore[attr-defined]
+            row = None if lost else await db.get(QueueTicket, ticket.id)
+            if row is not None:
+                profile = await self._profile(db, state.user.id)
+                profile.current_session_id = session.id
+        if row is None:
+            await self._undo_take(session.id)
+            raise ApiError(
+                409,
+                "ticket_lost",
+                "This customer was no longer yours when their call was ready: the take took so "
+                "long that their place went back to the queue, and they may have left or been "
+                "taken by another teller since. Nothing was started; take next again.",
+            )
         return Taken(row, session)
+
+    async def _undo_take(self, session_id: str) -> None:
+        """End the session of a take that lost its ticket, and remove its link: the link is on
+        the ticket's digest, which the ticket's next take must be able to use."""
+        async with self._db() as db, db.begin():
+            await db.execute(delete(Invitation).where(Invitation.session_id == session_id))
+        await self._store.end(session_id, None, "queue_take_lost")
 
     async def _claim(self, teller: TellerState) -> QueueTicket:
         me = teller.user.id

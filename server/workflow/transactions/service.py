@@ -13,7 +13,10 @@ Every step is written to the audit log before it takes effect (an action the log
 not happen), and state changes are compare-and-set, so two people deciding at once cannot both
 win. A decision's compare-and-set also names the signature its checks judged: should the customer
 sign again meanwhile, the decision is refused (409 signature_changed) rather than approving a
-signature nobody checked. The maker (the teller who created it) can never be the checker.
+signature nobody checked. A decision on a transaction signed in a sealed recording also reads
+that recording's stored manifest: it must bind the very signature the row holds (409
+signature_not_in_recording otherwise). The maker (the teller who created it) can never be the
+checker.
 """
 
 from __future__ import annotations
@@ -68,6 +71,9 @@ SUPERVISOR_STATES = ("awaiting_override", "awaiting_second_approval")
 
 # (session id, transaction id, its sha256, the signature image's sha256, the image) -> archive id
 Bind = Callable[[str, str, str, str, bytes], Awaitable[str | None]]
+# (archive id, its sealed manifest's sha256, transaction id) -> the signature's sha256 that manifest
+# binds for the transaction, None if none (bindings.RecordedSignatures.bound)
+Bound = Callable[[str, str, str], Awaitable[str | None]]
 Notify = Callable[[str, dict[str, Any], Audience], Awaitable[None]]
 
 
@@ -115,6 +121,7 @@ class Transactions:
         keyring_path: Path,
         bind: Bind,
         notify: Notify,
+        bound: Bound,
     ) -> None:
         self._db = db
         self.config = config
@@ -123,6 +130,7 @@ class Transactions:
         self._sealer = RowSealer(keyring_path)
         self._bind = bind
         self._notify = notify
+        self._bound = bound
         # Per transaction: one signing at a time binds into the recording and writes the row.
         self._signing: weakref.WeakValueDictionary[str, asyncio.Lock] = (
             weakref.WeakValueDictionary()
@@ -444,7 +452,28 @@ class Transactions:
     async def _judge(self, row: Transaction) -> tuple[Facts, list[CheckResult]]:
         async with self._db() as db:
             facts = await gather_facts(db, row, self.config)
+        if facts.archive_id is not None and facts.manifest_sha256 is not None:
+            await self._same_signature_as_recorded(row, facts.archive_id, facts.manifest_sha256)
         return facts, evaluate(facts)
+
+    async def _same_signature_as_recorded(
+        self, row: Transaction, archive_id: str, manifest_sha256: str
+    ) -> None:
+        """The approval record names the recording's manifest as the proof of what the customer
+        signed: that manifest must bind the signature the row holds (the signing lock keeps the
+        two equal, on the one worker that binds; this does not rely on it)."""
+        recorded = await self._bound(archive_id, manifest_sha256, row.id)
+        if recorded == row.signature_sha256:
+            return
+        raise ApiError(
+            409,
+            "signature_not_in_recording",
+            f"The sealed recording {archive_id} does not bind the signature this transaction "
+            f"holds (it binds {'none' if recorded is None else 'another one'} for it), so it "
+            "does not prove what the customer signed: have the customer sign again during a "
+            "new dual recording and stop it, then approve (a transaction awaiting a second "
+            "approval cannot be signed again: reject it and create it anew).",
+        )
 
     async def _not_the_maker(self, row: Transaction, supervisor: Principal) -> None:
         if supervisor.user_id == row.created_by or any(

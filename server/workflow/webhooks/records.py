@@ -262,18 +262,25 @@ class DeliveryRecords:
         return max((earliest - now).total_seconds(), 0.0)
 
     async def claim(self, delivery_id: str, owner: str) -> WebhookDelivery | None:
-        """Take a due delivery for one attempt (counted now, so a crash mid-attempt counts too)."""
+        """Take a due delivery for one attempt (counted now, so a crash mid-attempt counts too).
+
+        None when another worker has it, or when its attempts are used up (the last ones never
+        ended: their worker stopped or was killed meanwhile): it then fails instead, so that a
+        delivery whose attempts keep killing workers ends like any other.
+        """
         now = utcnow()
         lease = timedelta(seconds=self._config.timeout_seconds + LEASE_MARGIN_SECONDS)
+        due = (
+            WebhookDelivery.id == delivery_id,
+            WebhookDelivery.state == PENDING,
+            WebhookDelivery.next_attempt_at <= now,
+            _lease_free(now),
+        )
+        used = WebhookDelivery.attempts - WebhookDelivery.attempts_at_retry
         async with self._db() as db, db.begin():
             claimed = await db.execute(
                 update(WebhookDelivery)
-                .where(
-                    WebhookDelivery.id == delivery_id,
-                    WebhookDelivery.state == PENDING,
-                    WebhookDelivery.next_attempt_at <= now,
-                    _lease_free(now),
-                )
+                .where(*due, used < self._config.max_attempts)
                 .values(
                     lease_owner=owner,
                     lease_until=now + lease,
@@ -281,9 +288,41 @@ class DeliveryRecords:
                     updated_at=now,
                 )
             )
-            if claimed.rowcount != 1:  # type: ignore[attr-defined]
-                return None
-            return await db.get(WebhookDelivery, delivery_id, populate_existing=True)
+            if claimed.rowcount == 1:  # type: ignore[attr-defined]
+                return await db.get(WebhookDelivery, delivery_id, populate_existing=True)
+            given_up = await db.execute(
+                update(WebhookDelivery)
+                .where(*due, used >= self._config.max_attempts)
+                .values(
+                    state=FAILED,
+                    next_attempt_at=None,
+                    lease_owner=None,
+                    lease_until=None,
+                    last_error="gave up: the last attempt never ended (the worker sending it "
+                    "stopped or was killed during it)",
+                    updated_at=now,
+                )
+            )
+            failed = (
+                await db.get(WebhookDelivery, delivery_id, populate_existing=True)
+                if given_up.rowcount == 1  # type: ignore[attr-defined]
+                else None
+            )
+        if failed is not None:
+            log.error("webhook_failed", delivery_id=failed.id, error=failed.last_error)
+            await self._audit.append_fact(
+                "webhook.failed",
+                actor=SYSTEM,
+                actor_role=SYSTEM,
+                target=failed.transaction_id,
+                detail={
+                    "delivery_id": failed.id,
+                    "attempts": failed.attempts,
+                    "status": None,  # the last attempt got no answer
+                    "reason": "exhausted",
+                },
+            )
+        return None
 
     async def release(self, row: WebhookDelivery, owner: str) -> None:
         """Give an interrupted attempt back (the worker is stopping): due again at once."""
