@@ -92,7 +92,9 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     check.add_argument("--json", action="store_true", help="print the verdict as JSON")
     _scripts_dir_option(check)
-    check.set_defaults(run=run, compliance_tool=_check_audio)
+    # The speech model is reassembled into {data_dir}/compliance/models on first use: `vteller`
+    # runs it only as the data directory's owner (server/commands.py, foreign_data_dir).
+    check.set_defaults(run=run, compliance_tool=_check_audio, writes_data_dir=check.prog)
 
     analyze = tools.add_parser(
         "analyze",
@@ -146,7 +148,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         '({"stage": ..., "fraction": "0.42"}), or none (default: text)',
     )
     _scripts_dir_option(analyze)
-    analyze.set_defaults(run=run, compliance_tool=_analyze)
+    analyze.set_defaults(run=run, compliance_tool=_analyze, writes_data_dir=analyze.prog)
 
     def show_help(_: argparse.Namespace, __: HasDataDir) -> int:
         compliance.print_help()

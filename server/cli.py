@@ -21,7 +21,7 @@ from server import __version__
 from server.audit.cli import add_commands as add_audit_commands
 from server.auth.passwords import MIN_PASSWORD_LENGTH, WeakPasswordError
 from server.auth.principal import STAFF_ROLES, Role
-from server.commands import help_for
+from server.commands import foreign_data_dir, help_for
 from server.errors import ApiError
 from server.identity.cli import add_commands as add_kyc_commands
 from server.logs import AccessLogger, configure_logging
@@ -41,6 +41,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(settings_problems(exc), file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    writer = getattr(args, "writes_data_dir", None)
+    if writer is not None and (refusal := foreign_data_dir(settings.data_dir, writer)):
+        print(f"error: {refusal}", file=sys.stderr)
+        return 2
     if hasattr(args, "tool"):
         return run_archive_tool(args, settings.data_dir, settings.store)
     result: int = args.run(args, settings)
@@ -89,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument(
         "--password-stdin", action="store_true", help="read the password from standard input"
     )
-    create.set_defaults(run=_create_user)
+    create.set_defaults(run=_create_user, writes_data_dir=create.prog)
     admin.set_defaults(run=help_for(admin))
 
     add_archive_commands(commands)
@@ -106,7 +110,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Bring the database (settings.database_url; SQLite under the data directory "
         "by default) to the schema this version needs. `vteller serve` does it at start too.",
     )
-    upgrade.set_defaults(run=_db_upgrade)
+    upgrade.set_defaults(run=_db_upgrade, writes_data_dir=upgrade.prog)
     db.set_defaults(run=help_for(db))
     return parser
 

@@ -24,6 +24,8 @@ ACTIONS: dict[str, str] = {
     "expert.invited": "a teller invited an expert into a session (target: session id; "
     "detail.expert_user_id, detail.participant_id)",
     "session.joined": "a participant joined the call, or rejoined it (detail.rejoined)",
+    "session.join_failed": "the join in the participant's previous session.joined failed part-way "
+    "and was undone (detail.rejoined, detail.error)",
     "session.left": "a participant left the call (detail.reason: left | timeout)",
     "session.ended": "a participant ended the session (target: session id)",
     "recording.requested": "the teller asked the customer for consent to record",

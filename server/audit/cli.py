@@ -47,7 +47,8 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--keys", type=Path, help="public key file or directory (default: {data_dir}/keys/public)"
     )
     verify.add_argument("--json", action="store_true", help="print the result as JSON")
-    verify.set_defaults(run=_runner(_verify))
+    # Even reading: SQLite creates its journal files (or an empty database) next to the log.
+    verify.set_defaults(run=_runner(_verify), writes_data_dir=verify.prog)
 
     checkpoint = audit_commands.add_parser(
         "checkpoint",
@@ -65,12 +66,12 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "REASON goes into the log as an audit.checkpoint_forced entry, and `verify` keeps naming "
         "the unsigned entries. Never signs a log whose entries do not verify.",
     )
-    checkpoint.set_defaults(run=_runner(_checkpoint))
+    checkpoint.set_defaults(run=_runner(_checkpoint), writes_data_dir=checkpoint.prog)
 
     tail = audit_commands.add_parser("tail", help="print the newest entries")
     tail.add_argument("-n", type=int, default=20, help="how many (default 20)")
     tail.add_argument("--json", action="store_true", help="one JSON object per line")
-    tail.set_defaults(run=_runner(_tail))
+    tail.set_defaults(run=_runner(_tail), writes_data_dir=tail.prog)
 
     audit.set_defaults(run=help_for(audit))
 

@@ -178,16 +178,23 @@ class Room:
         rejoined = member is not None
         # First, before anything changes: a join the log cannot show is refused.
         await self._log("session.joined", participant_id, role, {"rejoined": rejoined})
-        if member is None:
-            member = Member(participant_id, role, display_name)
-            self.members[participant_id] = member
-            try:
-                renegotiate = await self._connect(member, connection, rejoined=False, gap=None)
-            except BaseException:
-                await self._abandon(member)
-                raise
-        else:
-            renegotiate = await self._rejoin(member, connection)
+        try:
+            if member is None:
+                member = Member(participant_id, role, display_name)
+                renegotiate = await self._first_join(member, connection)
+            else:
+                renegotiate = await self._rejoin(member, connection)
+        except BaseException as exc:
+            # Undone by the two above. The log is append-only: this entry is what keeps it from
+            # saying that the participant joined.
+            await self._audit.append_fact(
+                "session.join_failed",
+                actor=participant_id,
+                actor_role=role.value,
+                target=self.session_id,
+                detail={"rejoined": rejoined, "error": type(exc).__name__},
+            )
+            raise
         # The member has its `joined` and offer: nothing from here on undoes the join.
         await self._broadcast(
             server_message(
@@ -199,21 +206,35 @@ class Room:
         )
         await _renegotiate(renegotiate)
 
+    async def _first_join(self, member: Member, connection: Connection) -> list[Peer]:
+        self.members[member.participant_id] = member
+        try:
+            return await self._connect(member, connection, rejoined=False, gap=None)
+        except BaseException:
+            await self._abandon(member)
+            raise
+
     async def _rejoin(self, member: Member, connection: Connection) -> list[Peer]:
-        if member.connection is not None:
-            old = member.connection
+        replaced = member.connection
+        if replaced is not None:
             member.connection = None
             with contextlib.suppress(ConnectionError, RuntimeError):
-                await old.close(CLOSE_REPLACED, "connected again elsewhere")
-        if member.grace is not None:
-            member.grace.cancel()
-            member.grace = None
+                await replaced.close(CLOSE_REPLACED, "connected again elsewhere")
         gap: float | None = None
         if member.disconnected_at is not None:
             gap = time.monotonic() - member.disconnected_at
-            member.disconnected_at = None
-        await self._drop_media(member)
-        return await self._connect(member, connection, rejoined=True, gap=gap)
+        try:
+            await self._drop_media(member)
+            renegotiate = await self._connect(member, connection, rejoined=True, gap=gap)
+        except BaseException:
+            await self._undo_rejoin(member, connection, replaced)
+            raise
+        # Only once back: a failed rejoin leaves the member dropped, with the grace of its drop.
+        if member.grace is not None:
+            member.grace.cancel()
+            member.grace = None
+        member.disconnected_at = None
+        return renegotiate
 
     async def _connect(
         self, member: Member, connection: Connection, *, rejoined: bool, gap: float | None
@@ -309,11 +330,31 @@ class Room:
         so its retry must be a first join again, renegotiating the others. Nobody was told of
         it, and the others' transceivers for it go unused (inactive in their next offer)."""
         del self.members[member.participant_id]
-        member.connection = None
-        await self._drop_media(member)
         for other in self.members.values():
             if other.peer is not None:
                 other.peer.stop_forwarding(member.participant_id)
+        await self._unconnect(member)
+
+    async def _undo_rejoin(
+        self, member: Member, connection: Connection, replaced: Connection | None
+    ) -> None:
+        """Undo a rejoin that failed part-way: the member is left dropped, within its grace, so
+        that the client's retry is a rejoin again. A member whose connection the rejoin replaced
+        (a second tab) was live: losing it is a drop like any other, which the others are told."""
+        if replaced is None:
+            await self._unconnect(member)
+            return
+        member.connection = connection
+        try:
+            await self._disconnected(member.participant_id, connection)
+        except Exception:
+            # The database's part: the member is dropped here all the same (grace armed first).
+            log.warning("join_undo_not_recorded", participant_id=member.participant_id)
+
+    async def _unconnect(self, member: Member) -> None:
+        """Take back the connection and peer a failed join gave the member."""
+        member.connection = None
+        await self._drop_media(member)
         try:
             await self._store.update_participant(member.participant_id, "disconnected")
         except Exception:

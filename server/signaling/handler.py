@@ -328,11 +328,19 @@ class _Session:
                     )
                 except RoomRetired:
                     continue  # the last member left while this join waited: a fresh room
-                except Exception:
+                except Exception as exc:
                     # Refused or undone (e.g. the audit log is unavailable): the client may send
                     # `join` again on this connection.
                     self._joined = room.holds(self._participant_id, self._connection)
-                    raise
+                    if self._joined or isinstance(exc, (ProtocolError, ApiError)):
+                        raise
+                    log.exception("join_failed", participant_id=self._participant_id)
+                    raise ProtocolError(
+                        "internal",
+                        "Joining failed on our side (it has been logged) and took no effect: "
+                        "send join again.",
+                        "join",
+                    ) from exc
                 return
         if not self._joined:
             raise ProtocolError("out_of_order", "Send join first.", message.type)

@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import os
+import pwd
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
@@ -267,6 +268,29 @@ async def test_the_command_line_checks_what_this_machine_signed(server: RunningS
     assert refused.stderr.startswith("refused: entry ")
     assert "vteller audit verify" in refused.stderr
     assert await server.services.audit.checkpoints() == []
+
+
+async def test_the_command_line_signs_only_as_the_owner_of_the_data_directory(
+    server: RunningServer,
+) -> None:
+    # `sudo vteller audit checkpoint` left audit-signed.json root's (0600): a server running as
+    # the directory's owner could not read it, and refused every checkpoint from then on.
+    await _some_entries(server)
+    data_dir = server.settings.data_dir
+    signed_here = (data_dir / SIGNED_HERE_FILE).read_text()
+    checkpoints = await server.services.audit.checkpoints()
+    owner = data_dir.stat()
+    nobody = pwd.getpwnam("nobody")
+    os.chown(data_dir, nobody.pw_uid, nobody.pw_gid)
+    try:
+        refused = await _cli(server, "audit", "checkpoint")
+    finally:
+        os.chown(data_dir, owner.st_uid, owner.st_gid)
+    assert refused.returncode == 2
+    assert f"error: {data_dir} belongs to nobody" in refused.stderr
+    assert "`sudo -E -u nobody vteller audit checkpoint ...`" in refused.stderr
+    assert (data_dir / SIGNED_HERE_FILE).read_text() == signed_here
+    assert await server.services.audit.checkpoints() == checkpoints
 
 
 async def test_without_the_audit_log_actions_are_refused(server: RunningServer) -> None:

@@ -4,6 +4,7 @@ checks: joins run to the end, and each test makes the part it needs fail."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import json
 import types
@@ -81,14 +82,17 @@ class Store:
 class Audit:
     def __init__(self) -> None:
         self.down = False
+        self.entries: list[tuple[str, str, dict[str, Any]]] = []  # action, actor, detail
 
-    async def append(self, *args: Any, **kwargs: Any) -> None:
+    async def append(self, action: str, *, actor: str, **kwargs: Any) -> None:
         await asyncio.sleep(0)
         if self.down:
             raise AuditUnavailable()
+        self.entries.append((action, actor, kwargs.get("detail") or {}))
 
-    async def append_fact(self, *args: Any, **kwargs: Any) -> None:
-        return None
+    async def append_fact(self, action: str, *, actor: str, **kwargs: Any) -> None:
+        with contextlib.suppress(AuditUnavailable):
+            await self.append(action, actor=actor, **kwargs)
 
 
 class _Manager:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import pwd
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,35 @@ def test_create_user_says_when_the_database_cannot_be_used(
     assert code == 2
     err = capsys.readouterr().err
     assert "error: the database cannot be used" in err and "VTELLER_DATABASE_URL" in err
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["admin", "create-user", "--username", "wang", "--role", "teller", "--password-stdin"],
+        ["db", "upgrade"],
+        ["audit", "tail"],
+        ["webhooks", "secret"],
+        ["webhooks", "retry", "wh_1"],
+        ["compliance", "analyze", "recording.mkv"],
+    ],
+)
+def test_a_command_that_writes_into_the_data_dir_runs_only_as_its_owner(
+    clean_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    command: list[str],
+) -> None:
+    # Run as root on the server's directory, they left files there that the server could not use.
+    data = clean_env / "data"
+    nobody = pwd.getpwnam("nobody")
+    os.chown(data, nobody.pw_uid, nobody.pw_gid)
+    monkeypatch.setattr("sys.stdin", io.StringIO("a long enough password\n"))
+    assert vteller(command) == 2
+    err = capsys.readouterr().err
+    assert f"error: {data} belongs to nobody" in err
+    assert f"`sudo -E -u nobody vteller {' '.join(command[:2])} ...`" in err
+    assert [path.relative_to(data) for path in sorted(data.rglob("*"))] == [
+        Path("keys"),
+        Path("keys/public"),
+    ]

@@ -4,9 +4,9 @@ server/recording/room.py).
 Every step of a join, a disconnection or a consent awaits something (the audit log, the
 database, closing a peer), so two of them can interleave: two tabs joining at once, a rejoin
 while the dropped connection is being torn down, the call ending while the archive of a just
-consented recording is being registered. The fakes below make those awaits real and stop a
-join once the member has its connection and peer (the database's turn), which is all these
-races need.
+consented recording is being registered. The joins run to the end on the fakes of
+tests/support/rooms.py, with their database writes made slow enough to interleave; the fakes
+below make the other awaits real.
 """
 
 from __future__ import annotations
@@ -25,10 +25,7 @@ from server.sfu.forwarding import ForwardedTrack
 from server.sfu.ice_policy import IcePolicy
 from server.sfu.rooms import CLOSE_REPLACED, Member, Room
 from server.signaling.protocol import ProtocolError
-
-
-class _StopHere(Exception):
-    """Raised where the database would take over: the join has done its membership part."""
+from tests.support.rooms import Call, Connection
 
 
 class _Audit:
@@ -50,8 +47,6 @@ class _Store:
     async def update_participant(self, participant_id: str, state: str, **kwargs: Any) -> None:
         if self.down:
             raise ConnectionError("database unavailable")
-        if state == "connected":
-            raise _StopHere
 
     async def record(self, *args: Any, **kwargs: Any) -> None:
         return None
@@ -96,46 +91,51 @@ def _room(store: _Store, settings: Settings | None = None) -> tuple[Room, list[R
     return room, emptied
 
 
-async def _join(room: Room, connection: _Connection) -> None:
-    with pytest.raises(_StopHere):
-        await room.join("p_1", Role.CUSTOMER, "李女士", connection)
-
-
 async def test_two_joins_at_once_leave_one_connection_and_one_peer() -> None:
-    room, _ = _room(_Store())
-    # Joins that stop at the database are undone when first (test_rooms_join.py): two tabs
-    # of a member already in the call.
-    room.members["p_1"] = Member("p_1", Role.CUSTOMER, "李女士")
-    first, second = _Connection(), _Connection()
-    await asyncio.gather(_join(room, first), _join(room, second))
-    member = room.members["p_1"]
-    # The later join replaced the earlier one the usual way: its socket told, its peer closed.
-    assert member.connection is second
-    assert first.closed_with == CLOSE_REPLACED
-    assert room.holds("p_1", second) and not room.holds("p_1", first)
-    assert member.peer is not None
-    await member.peer.close()
+    call = Call()
+    call.store.slow = 0.01
+    try:
+        room = call.rooms.room("s_1")
+        # Two tabs of a member already in the call.
+        room.members["p_c"] = Member("p_c", Role.CUSTOMER, "李女士")
+        first, second = Connection(), Connection()
+        await asyncio.gather(
+            room.join("p_c", Role.CUSTOMER, "李女士", first),
+            room.join("p_c", Role.CUSTOMER, "李女士", second),
+        )
+        member = room.members["p_c"]
+        # The later join replaced the earlier one the usual way: its socket told, its peer closed.
+        assert member.connection is second
+        assert first.closed_with == CLOSE_REPLACED
+        assert room.holds("p_c", second) and not room.holds("p_c", first)
+        assert member.peer is not None
+    finally:
+        await call.close()
 
 
 async def test_a_rejoin_during_the_teardown_of_the_drop_keeps_the_member() -> None:
-    room, _ = _room(_Store(), Settings.model_validate({"rejoin_grace_seconds": 0.2}))
-    dropped, back = _Connection(), _Connection()
-    slow = _SlowPeer()
-    member = Member("p_1", Role.CUSTOMER, "李女士", connection=dropped, peer=slow)  # type: ignore[arg-type]
-    room.members["p_1"] = member
+    call = Call()
+    call.settings.rejoin_grace_seconds = 0.2
+    try:
+        room = call.rooms.room("s_1")
+        dropped, back = Connection(), Connection()
+        slow = _SlowPeer()
+        member = Member("p_c", Role.CUSTOMER, "李女士", connection=dropped, peer=slow)  # type: ignore[arg-type]
+        room.members["p_c"] = member
 
-    async def rejoin() -> None:
-        await asyncio.sleep(0.01)  # while the dropped peer is still closing
-        await _join(room, back)
+        async def rejoin() -> None:
+            await asyncio.sleep(0.01)  # while the dropped peer is still closing
+            await room.join("p_c", Role.CUSTOMER, "李女士", back)
 
-    await asyncio.gather(room.disconnected("p_1", dropped), rejoin())
-    assert slow.closed
-    assert member.connection is back
-    assert member.grace is None  # the rejoin cancelled the grace the drop had armed
-    await asyncio.sleep(0.3)  # longer than the grace
-    assert room.members.get("p_1") is member
-    assert member.peer is not None
-    await member.peer.close()
+        await asyncio.gather(room.disconnected("p_c", dropped), rejoin())
+        assert slow.closed
+        assert member.connection is back
+        assert member.grace is None  # the rejoin cancelled the grace the drop had armed
+        await asyncio.sleep(0.3)  # longer than the grace
+        assert room.members.get("p_c") is member
+        assert member.peer is not None
+    finally:
+        await call.close()
 
 
 async def test_a_grace_that_fires_as_the_member_returns_does_not_remove_it() -> None:

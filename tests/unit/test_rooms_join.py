@@ -2,8 +2,10 @@
 server/signaling/handler.py).
 
 A first join that fails is undone completely, so that the client's retry is a first join
-again; a room that empties is retired, so that a join queued behind the last departure (or one
-refused before it took effect) never lands in, or leaves behind, a room the registry forgot.
+again; a rejoin that fails leaves the member dropped within its grace, so that the retry is a
+rejoin again; either way the audit log says that the join it recorded failed. A room that
+empties is retired, so that a join queued behind the last departure (or one refused before it
+took effect) never lands in, or leaves behind, a room the registry forgot.
 The fakes (tests/support/rooms.py) let joins run to the end.
 """
 
@@ -43,6 +45,89 @@ async def test_a_first_join_that_fails_part_way_is_undone_and_can_be_sent_again(
         assert [m["rejoined"] for m in joined] == [False] and "offer" in connection.types()
         assert teller.types().count("offer") == offers + 1
         assert teller_peer.forwarded("p_c", "camera") is not None
+    finally:
+        await call.close()
+
+
+async def test_a_rejoin_that_fails_part_way_leaves_the_member_dropped_and_can_retry() -> None:
+    call = Call()
+    try:
+        teller = await teller_in_call(call)
+        dropped, _ = call.connect("p_c", Role.CUSTOMER)
+        assert await dropped.handle('{"v":1,"type":"join"}')
+        await dropped.finish()  # the customer's WebSocket drops
+        room = call.rooms.get("s_1")
+        assert room is not None
+        member = room.members["p_c"]
+        grace = member.grace
+        assert grace is not None
+        told = teller.types()
+        call.store.fail = {"participant_rejoined"}
+        customer, connection = call.connect("p_c", Role.CUSTOMER)
+        await customer.handle('{"v":1,"type":"join"}')
+        assert connection.errors() == ["internal"] and "joined" not in connection.types()
+        assert "send join again" in connection.sent[-1]["message"]
+        # As before the attempt: dropped, with the grace the drop started, and no half-built
+        # peer; the teller was told nothing more.
+        assert room.members["p_c"] is member and not room.holds("p_c", connection)
+        assert member.peer is None and member.grace is grace and not grace.cancelled()
+        assert call.store.states[-1] == ("p_c", "disconnected")
+        assert teller.types() == told
+
+        # The retry on the same connection is a rejoin, and ends the grace.
+        await customer.handle('{"v":1,"type":"join"}')
+        assert connection.errors() == ["internal"]
+        joined = [m for m in connection.sent if m["type"] == "joined"]
+        assert [m["rejoined"] for m in joined] == [True] and room.holds("p_c", connection)
+        assert member.grace is None and grace.cancelled()
+    finally:
+        await call.close()
+
+
+async def test_a_second_tab_whose_join_fails_leaves_the_member_dropped() -> None:
+    # The first tab's connection is already replaced (4409): to the others that is a drop.
+    call = Call()
+    try:
+        teller = await teller_in_call(call)
+        first_tab, first = call.connect("p_c", Role.CUSTOMER)
+        assert await first_tab.handle('{"v":1,"type":"join"}')
+        call.store.fail = {"participant_rejoined"}
+        second_tab, second = call.connect("p_c", Role.CUSTOMER)
+        await second_tab.handle('{"v":1,"type":"join"}')
+        assert first.closed_with == CLOSE_REPLACED and second.errors() == ["internal"]
+        room = call.rooms.get("s_1")
+        assert room is not None
+        member = room.members["p_c"]
+        assert member.connection is None and member.peer is None and member.grace is not None
+        left = [m for m in teller.sent if m["type"] == "participant_left"]
+        assert [(m["participant_id"], m["reason"]) for m in left] == [("p_c", "disconnected")]
+        await second_tab.handle('{"v":1,"type":"join"}')
+        assert room.holds("p_c", second) and member.grace is None
+    finally:
+        await call.close()
+
+
+async def test_the_audit_log_says_when_a_join_it_recorded_was_undone() -> None:
+    call = Call()
+    try:
+        await teller_in_call(call)
+        call.store.fail = {"participant_joined"}
+        customer, _ = call.connect("p_c", Role.CUSTOMER)
+        await customer.handle('{"v":1,"type":"join"}')
+        await customer.finish()
+        call.store.fail = {"participant_rejoined"}
+        second_tab, _ = call.connect("p_t", Role.TELLER)
+        await second_tab.handle('{"v":1,"type":"join"}')
+        customer_entries = [(a, d) for a, actor, d in call.audit.entries if actor == "p_c"]
+        assert customer_entries == [
+            ("session.joined", {"rejoined": False}),
+            ("session.join_failed", {"rejoined": False, "error": "ConnectionError"}),
+        ]
+        teller_entries = [(a, d) for a, actor, d in call.audit.entries if actor == "p_t"][-2:]
+        assert teller_entries == [
+            ("session.joined", {"rejoined": True}),
+            ("session.join_failed", {"rejoined": True, "error": "ConnectionError"}),
+        ]
     finally:
         await call.close()
 

@@ -40,7 +40,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         f"if set, otherwise {{data_dir}}/keys/{SECRET_FILE}, generated now if there is none "
         "(0600). Give it to the core bank's team over a channel fit for secrets.",
     )
-    secret.set_defaults(run=_secret)
+    secret.set_defaults(run=_secret, writes_data_dir=secret.prog)
 
     listing = webhook_commands.add_parser(
         "list",
@@ -51,7 +51,8 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     listing.add_argument("--state", choices=[*STATES, "all"], default="all")
     listing.add_argument("-n", type=int, default=50, help="how many (default 50)")
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
-    listing.set_defaults(run=_runner(_list))
+    # Also `list`: it brings the database's schema up to date first.
+    listing.set_defaults(run=_runner(_list), writes_data_dir=listing.prog)
 
     retry = webhook_commands.add_parser(
         "retry",
@@ -61,7 +62,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "as webhook.retried by `system`.",
     )
     retry.add_argument("key", help="the transaction id, or the delivery id (wh_...)")
-    retry.set_defaults(run=_runner(_retry))
+    retry.set_defaults(run=_runner(_retry), writes_data_dir=retry.prog)
 
     webhooks.set_defaults(run=help_for(webhooks))
 
