@@ -99,7 +99,7 @@ async def one_run(data_dir: Path) -> dict[str, Any]:
 
 
 async def run(runs: int, progress: bool) -> dict[str, Any]:
-    IcePolicy(["127.0.0.1"]).install()
+    IcePolicy.loopback().install()
     results = []
     for i in range(runs):
         with TemporaryDirectory(prefix="vteller-kyc-call-") as tmp:

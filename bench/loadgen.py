@@ -649,7 +649,7 @@ async def run() -> None:
     # blamed on the server.
     os.nice(int(config.get("nice", 0)))
     # Same loopback-only rule as the servers: nothing in the benchmark leaves 127.0.0.1.
-    IcePolicy(["127.0.0.1"]).install()
+    IcePolicy.loopback().install()
     generator = LoadGenerator(config)
     lag = asyncio.create_task(generator.measure_loop_lag())
     try:

@@ -161,6 +161,7 @@ class Server:
         return dict(os.environ) | {
             "VTELLER_DATA_DIR": str(self.dir / "data"),
             "VTELLER_ICE_HOST_ADDRESSES": json.dumps(["127.0.0.1"]),
+            "VTELLER_ICE_PEER_NETWORKS": json.dumps(["127.0.0.1/32"]),
             "VTELLER_LOG_LEVEL": "INFO",
             **self.store_env,
             **self.spec.env,

@@ -210,7 +210,7 @@ async def healthz(_: web.Request) -> web.Response:
 
 
 def make_app() -> web.Application:
-    policy = IcePolicy(["127.0.0.1"])
+    policy = IcePolicy.loopback()
     policy.install()
     relay = NaiveRelay(policy)
     app = web.Application()

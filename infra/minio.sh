@@ -33,6 +33,8 @@ EOF
 }
 
 say() { printf 'minio: %s\n' "$*" >&2; }
+# shellcheck source=infra/daemon.sh
+source "$(dirname "${BASH_SOURCE[0]}")/daemon.sh"
 die() { printf 'minio: error: %s\n' "$*" >&2; exit 1; }
 
 find_go() {
@@ -117,19 +119,7 @@ parse_options() {
     LOG_FILE="$DATA_DIR/minio.log"
 }
 
-# Prints the pid if this data dir's MinIO is alive; a stale pid file is removed.
-running_pid() {
-    local pid
-    [[ -f "$PID_FILE" ]] || return 1
-    pid="$(<"$PID_FILE")"
-    # Check the name too: after a reboot the pid may belong to something else.
-    if [[ "$pid" =~ ^[0-9]+$ ]] && [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == minio ]]; then
-        echo "$pid"
-        return 0
-    fi
-    rm -f "$PID_FILE"
-    return 1
-}
+running_pid() { live_pid "$PID_FILE" minio; }
 
 healthy() { curl -fs -o /dev/null --max-time 2 "http://127.0.0.1:$1/minio/health/live"; }
 
@@ -219,15 +209,7 @@ cmd_start() {
 cmd_stop_quiet() {
     local pid
     pid="$(running_pid)" || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 100); do
-        [[ -d "/proc/$pid" ]] || break
-        sleep 0.1
-    done
-    if [[ -d "/proc/$pid" ]]; then
-        say "MinIO (pid $pid) ignored SIGTERM for 10 s; killing it"
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
+    terminate MinIO "$pid"
     rm -f "$PID_FILE" "$ENDPOINT_FILE"
 }
 

@@ -41,6 +41,7 @@ from server.sessions.store import SessionStore
 from server.settings import Settings
 from server.sfu.ice_policy import IcePolicy
 from server.sfu.rooms import RoomRegistry
+from server.sfu.turn import BrowserIce, turn_secret
 from server.signaling.handler import signaling
 from server.workers.registry import WorkerRegistry
 from server.workflow.queue.service import QueueService
@@ -67,7 +68,7 @@ async def create_app(settings: Settings) -> web.Application:
     db = session_factory(engine)
     store = SessionStore(db)
 
-    policy = IcePolicy(settings.ice_host_addresses)
+    policy = IcePolicy(settings.ice_host_addresses, map(str, settings.ice_peer_networks))
     policy.install()
     throttle = LoginThrottle(
         db,
@@ -94,7 +95,15 @@ async def create_app(settings: Settings) -> web.Application:
         on_card_read=auditor.index.record_card,
     )
     listener = WhisperListener(model_cache_dir(settings.data_dir)) if settings.live_speech else None
-    rooms = RoomRegistry(store, settings, policy, recorder, audit, identity, listener)
+    turn_key = (
+        await asyncio.to_thread(turn_secret, settings.turn, settings.data_dir)
+        if settings.turn.enabled
+        else None
+    )
+    browser_ice = BrowserIce(
+        [s.model_dump(exclude_none=True) for s in settings.ice_servers], settings.turn, turn_key
+    )
+    rooms = RoomRegistry(store, settings, policy, browser_ice, recorder, audit, identity, listener)
     analysis = AnalysisJobs(settings, db, recorder.signer, recorder.bucket, audit)
 
     async def sealed(archive_id: str, session_id: str) -> None:
@@ -140,7 +149,9 @@ async def create_app(settings: Settings) -> web.Application:
     # Every key file exists by now (created at first start): compare them with the other
     # machines' before anything is written with them.
     keys = settings.data_dir / "keys"
-    local_keys = await asyncio.to_thread(local_check_values, keys, recorder.signer.key_id, secret)
+    local_keys = await asyncio.to_thread(
+        local_check_values, keys, recorder.signer.key_id, secret, turn_key
+    )
     await check_deployment_keys(db, keys, local_keys)
     await services.workers.check_url()
 

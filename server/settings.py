@@ -17,6 +17,7 @@ from pydantic_settings import (
 from recorder.store.config import StoreSettings
 from server.auditor.config import AuditorConfig
 from server.identity.config import IdentityConfig
+from server.sfu.turn import TurnConfig
 from server.workflow.queue.config import QueueConfig
 from server.workflow.transactions.config import WorkflowConfig
 from server.workflow.webhooks.config import WebhookConfig
@@ -74,10 +75,20 @@ class Settings(BaseSettings):
         "", description="bearer token for /metrics; empty: generated into {data_dir}/metrics.token"
     )
     ice_servers: list[IceServer] = Field(default_factory=list)
+    turn: TurnConfig = Field(
+        default_factory=TurnConfig,
+        description="TURN relay for browsers without a direct path to the SFU, with short-lived "
+        "credentials per participant (docs/deployment.md, TURN)",
+    )
     ice_host_addresses: list[str] = Field(
         default_factory=list,
-        description="Restrict the SFU's ICE host candidates (and the peers it answers) to these "
-        "addresses; empty means every interface",
+        description="Offer the SFU's ICE host candidates only on these local addresses; empty "
+        "means every interface",
+    )
+    ice_peer_networks: list[IPvAnyNetwork] = Field(
+        default_factory=list,
+        description="Accept remote ICE candidates and connectivity checks only from these "
+        "networks; empty (production) means from anywhere: customers and TURN relays",
     )
     video_codec: Literal["VP8", "H264"] = Field(
         "VP8", description="the one video codec every participant uses (media is never transcoded)"

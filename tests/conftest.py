@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -10,9 +10,10 @@ import pytest
 from server.sfu.ice_policy import IcePolicy
 from tests.support.postgres import database_url
 from tests.support.server import RunningServer, running_server, test_settings
+from tests.support.turn import PrivateTurn
 
 # Nothing in the tests may send beyond loopback, including in-process aiortc clients.
-IcePolicy(["127.0.0.1"]).install()
+IcePolicy.loopback().install()
 
 
 @pytest.fixture
@@ -29,3 +30,14 @@ async def server(tmp_path: Path, database: str) -> AsyncIterator[RunningServer]:
         running_server(test_settings(tmp_path, database_url=url)) as running,
     ):
         yield running
+
+
+@pytest.fixture(scope="module")
+def turn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateTurn]:
+    """A real coturn on loopback (infra/turn.sh), relaying to the SFU on 127.0.0.1 only."""
+    relay = PrivateTurn(tmp_path_factory.mktemp("turn"))
+    relay.start()
+    try:
+        yield relay
+    finally:
+        relay.stop()

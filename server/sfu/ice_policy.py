@@ -1,10 +1,17 @@
 """Which network addresses the SFU's ICE agent may use (aioice 0.13.0).
 
-Servers with several interfaces (and the tests, which must send nothing beyond loopback) restrict
-ICE to chosen addresses. aioice has no option for this, so the policy is installed into it once per
-process: host candidates come only from the allowed addresses, connectivity checks arriving from
-other addresses are ignored (answering them would make aioice send there), and remote candidates on
-other addresses are dropped before aiortc sees them.
+Two separate restrictions, because they serve different people:
+
+- **addresses**: the local addresses the SFU offers host candidates on (a server with several
+  interfaces offers only the one customers can reach). It says nothing about the peers: customers
+  and TURN relays come from anywhere.
+- **peers**: the networks remote candidates and connectivity checks may come from. Empty (any) in
+  production; the tests and benchmarks, which must send nothing beyond loopback, set it to
+  127.0.0.1/32 (`IcePolicy.loopback()`): connectivity checks from elsewhere are ignored (answering
+  them would make aioice send there), and remote candidates elsewhere are dropped before aiortc
+  sees them.
+
+aioice has no option for either, so the policy is installed into it once per process.
 """
 
 from __future__ import annotations
@@ -20,28 +27,36 @@ _INSTALLED = "_vteller_ice_policy"
 
 
 class IcePolicy:
-    def __init__(self, addresses: Iterable[str]) -> None:
+    def __init__(self, addresses: Iterable[str], peers: Iterable[str] = ()) -> None:
         self.addresses = [str(ipaddress.ip_address(a)) for a in addresses]
+        self.peers = [ipaddress.ip_network(n) for n in peers]
+
+    @classmethod
+    def loopback(cls) -> IcePolicy:
+        """Nothing offered, checked or sent beyond 127.0.0.1 (tests and benchmarks)."""
+        return cls(["127.0.0.1"], ["127.0.0.1/32"])
 
     @property
     def restricted(self) -> bool:
-        return bool(self.addresses)
+        return bool(self.addresses or self.peers)
 
-    def allows(self, host: str) -> bool:
-        if not self.restricted:
+    def allows_peer(self, host: str) -> bool:
+        if not self.peers:
             return True
         try:
-            return str(ipaddress.ip_address(host)) in self.addresses
+            address = ipaddress.ip_address(host)
         except ValueError:  # mDNS (.local) or other names cannot be checked: refuse them
             return False
+        return any(address in network for network in self.peers)
 
     def allows_candidate_line(self, candidate: str) -> bool:
         """`candidate:...` as in SDP or trickle ICE; the address is the fifth field."""
         fields = candidate.split()
-        return len(fields) >= 8 and self.allows(fields[4])
+        return len(fields) >= 8 and self.allows_peer(fields[4])
 
     def filter_sdp(self, sdp: str) -> str:
-        if not self.restricted:
+        """The remote description without the candidates of peers this policy refuses."""
+        if not self.peers:
             return sdp
         kept = [
             line
@@ -63,19 +78,22 @@ class IcePolicy:
             )
         previous: IcePolicy | None = getattr(aioice.ice, _INSTALLED, None)
         if previous is not None:
-            if previous.addresses != self.addresses:
+            if (previous.addresses, previous.peers) != (self.addresses, self.peers):
                 raise RuntimeError("a different ICE address policy is already installed")
             return
         setattr(aioice.ice, _INSTALLED, self)
-        addresses = list(self.addresses)
-        aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: list(addresses)
+        if self.addresses:
+            addresses = list(self.addresses)
+            aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: list(addresses)
+        if not self.peers:
+            return
         original: Callable[..., Any] = aioice.ice.Connection.request_received
         policy = self
 
         def request_received(
             connection: Any, message: Any, addr: tuple[str, int], protocol: Any
         ) -> None:
-            if policy.allows(addr[0]):
+            if policy.allows_peer(addr[0]):
                 original(connection, message, addr, protocol)
 
         aioice.ice.Connection.request_received = request_received  # type: ignore[method-assign,assignment]

@@ -35,6 +35,7 @@ from server.sfu.encoded import EncodedSource
 from server.sfu.forwarding import Publication
 from server.sfu.ice_policy import IcePolicy
 from server.sfu.peer import Peer
+from server.sfu.turn import BrowserIce
 from server.signaling.protocol import IceCandidate, ProtocolError, server_message
 
 log = structlog.get_logger(__name__)
@@ -105,6 +106,7 @@ class Room:
         store: SessionStore,
         settings: Settings,
         policy: IcePolicy,
+        browser_ice: BrowserIce,
         on_empty: Callable[[Room], None],
         on_retire: Callable[[Publication], None],
         recorder: RecordingManager,
@@ -113,6 +115,7 @@ class Room:
         listener: SpeechListener | None = None,
     ) -> None:
         self.session_id = session_id
+        self._browser_ice = browser_ice
         self._on_retire = on_retire
         self._recorder = recorder
         self._audit = audit
@@ -305,7 +308,8 @@ class Room:
                     for o in self._others(member.participant_id)
                     if _visible(member.role, o)
                 ],
-                ice_servers=[s.model_dump(exclude_none=True) for s in self._settings.ice_servers],
+                ice_servers=self._browser_ice.servers(member.participant_id, time.time()),
+                ice_transport_policy=self._browser_ice.transport_policy,
                 chat=[chat_view(m) for m in await self._store.chat(self.session_id)],
             )
         )
@@ -856,6 +860,7 @@ class RoomRegistry:
         store: SessionStore,
         settings: Settings,
         policy: IcePolicy,
+        browser_ice: BrowserIce,
         recorder: RecordingManager,
         audit: AuditLog,
         identity: IdentityServices,
@@ -868,6 +873,7 @@ class RoomRegistry:
         self._identity = identity
         self._settings = settings
         self._policy = policy
+        self._browser_ice = browser_ice
         self._rooms: dict[str, Room] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._reconciling: set[str] = set()
@@ -883,6 +889,7 @@ class RoomRegistry:
                 self._store,
                 self._settings,
                 self._policy,
+                self._browser_ice,
                 self._forget,
                 self._retire,
                 self._recorder,

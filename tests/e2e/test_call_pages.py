@@ -13,9 +13,11 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 from playwright.async_api import Page, Playwright, expect
+from pydantic import SecretStr
 
 from server.auth.principal import Role
 from server.sfu.decoded import DecodedView
+from server.sfu.turn import TurnConfig
 from tests.e2e.browser import (
     audio_frequency,
     participant_page,
@@ -23,7 +25,9 @@ from tests.e2e.browser import (
     wait_frames_advance,
 )
 from tests.fixtures.media import ParticipantMedia, nearest_role, participant_media
+from tests.support import server as support
 from tests.support.server import PASSWORD, RunningServer
+from tests.support.turn import PrivateTurn
 
 TILE = ".tile[data-role='{role}'][data-source='{source}'] video"
 CALL_TIMEOUT_MS = 30_000
@@ -115,8 +119,13 @@ class Call:
 
 @asynccontextmanager
 async def teller_and_customer(
-    pw: Playwright, server: RunningServer, media_dir: Path, stack: AsyncExitStack
+    pw: Playwright,
+    server: RunningServer,
+    media_dir: Path,
+    stack: AsyncExitStack,
+    init_script: str = "",
 ) -> AsyncIterator[Call]:
+    """`init_script`: run in both pages before their own scripts (test instrumentation)."""
     await server.user("wang", Role.TELLER, "王柜员")
     teller = await stack.enter_async_context(
         participant_page(pw, participant_media(media_dir, "teller"))
@@ -124,6 +133,9 @@ async def teller_and_customer(
     customer = await stack.enter_async_context(
         participant_page(pw, participant_media(media_dir, "customer"))
     )
+    if init_script:
+        for page in (teller, customer):
+            await page.add_init_script(init_script)
     await staff_login(teller, server, "wang")
     url, session_id = await create_invitation(teller)
     await customer.goto(url)
@@ -163,6 +175,55 @@ async def test_customer_and_teller_see_and_hear_each_other(
     assert session.state == "ended"
     chat = await server.services.sessions.chat(call.session_id)
     assert [m.text for m in chat] == ["您好，我想咨询理财产品"]
+
+
+# The pages' RTCPeerConnections, kept for getStats(): wrapped before any page script runs.
+CAPTURE_PEER_CONNECTIONS = """
+(() => {
+  const Native = window.RTCPeerConnection;
+  window.__vtellerPeerConnections = [];
+  window.RTCPeerConnection = class extends Native {
+    constructor(...args) {
+      super(...args);
+      window.__vtellerPeerConnections.push(this);
+    }
+  };
+})();
+"""
+
+# The ICE transport policy of the page's current connection, and the type of the local candidate
+# its media flows through.
+MEDIA_PATH = """
+async () => {
+  const pc = window.__vtellerPeerConnections.at(-1);
+  const stats = await pc.getStats();
+  let local = null;
+  stats.forEach((s) => {
+    if (s.type === 'transport' && s.selectedCandidatePairId) {
+      local = stats.get(stats.get(s.selectedCandidatePairId).localCandidateId).candidateType;
+    }
+  });
+  return { policy: pc.getConfiguration().iceTransportPolicy, local };
+}
+"""
+
+
+async def test_a_bank_that_relays_every_call_sends_the_pages_through_turn(
+    pw: Playwright, tmp_path: Path, turn: PrivateTurn
+) -> None:
+    relay_only = TurnConfig(urls=[turn.url], secret=SecretStr(turn.secret), relay_only=True)
+    async with (
+        support.running_server(support.test_settings(tmp_path, turn=relay_only)) as server,
+        AsyncExitStack() as stack,
+        teller_and_customer(pw, server, tmp_path, stack, CAPTURE_PEER_CONNECTIONS) as call,
+    ):
+        await assert_sees(call.teller, "customer")
+        await assert_sees(call.customer, "teller")
+        await assert_hears(call.teller, "customer", participant_media(tmp_path, "customer"))
+        for page in (call.teller, call.customer):
+            assert await page.evaluate(MEDIA_PATH) == {"policy": "relay", "local": "relay"}
+    log = turn.log.read_text()
+    assert log.count("ALLOCATE processed, success") >= 2
 
 
 async def test_expert_joins_and_all_three_see_each_other(

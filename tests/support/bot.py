@@ -26,10 +26,12 @@ from aiortc import (
     MediaStreamTrack,
     RTCBundlePolicy,
     RTCConfiguration,
+    RTCIceServer,
     RTCPeerConnection,
     RTCSessionDescription,
 )
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, VideoStreamTrack
+from aiortc.rtcconfiguration import RTCIceTransportPolicy
 from av import AudioFrame, AudioResampler, VideoFrame
 
 from tests.support.server import ApiClient
@@ -255,6 +257,9 @@ class Bot:
     ws_url: str = ""  # the session's signaling URL (its worker's); default: the client's server
     ws: aiohttp.ClientWebSocketResponse | None = None
     pc: RTCPeerConnection | None = None
+    # As a browser configures its RTCPeerConnection: from the last `joined`.
+    ice_servers: list[dict[str, Any]] = field(default_factory=list)
+    ice_transport_policy: str = "all"
     _tracks_by_mid: dict[str, dict[str, Any]] = field(default_factory=dict)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -268,6 +273,8 @@ class Bot:
         await self.send({"type": "join"})
         joined = await self.expect("joined")
         self.participant_id = joined["participant_id"]
+        self.ice_servers = joined["ice_servers"]
+        self.ice_transport_policy = joined.get("ice_transport_policy", "all")
         return joined
 
     async def send(self, message: dict[str, Any]) -> None:
@@ -301,7 +308,11 @@ class Bot:
     async def _answer(self, offer: dict[str, Any]) -> None:
         if self.pc is None:
             self.pc = RTCPeerConnection(
-                RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+                RTCConfiguration(
+                    iceServers=[RTCIceServer(**server) for server in self.ice_servers],
+                    iceTransportPolicy=RTCIceTransportPolicy(self.ice_transport_policy),
+                    bundlePolicy=RTCBundlePolicy.MAX_BUNDLE,
+                )
             )
             self.pc.on("track", self._on_track)
         pc = self.pc

@@ -36,6 +36,7 @@ class ServerProcess:
             | {
                 "VTELLER_DATA_DIR": str(data_dir),
                 "VTELLER_ICE_HOST_ADDRESSES": json.dumps(["127.0.0.1"]),
+                "VTELLER_ICE_PEER_NETWORKS": json.dumps(["127.0.0.1/32"]),
                 "VTELLER_LOG_LEVEL": "WARNING",
                 # As in tests/support/server.py: no model preloading or after-call analysis
                 # competing for the 2 cores with what the test measures, unless it asks.

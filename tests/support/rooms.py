@@ -19,6 +19,7 @@ from server.identity.verification import Step, StepState
 from server.settings import Settings
 from server.sfu.ice_policy import IcePolicy
 from server.sfu.rooms import RoomRegistry
+from server.sfu.turn import BrowserIce, TurnConfig
 from server.signaling.handler import _Session
 
 _NOW = datetime.datetime.now(datetime.UTC)
@@ -154,6 +155,7 @@ class Call:
             self.store,  # type: ignore[arg-type]
             self.settings,
             IcePolicy([]),
+            BrowserIce([], TurnConfig(), None),
             _Manager(),  # type: ignore[arg-type]
             self.audit,  # type: ignore[arg-type]
             types.SimpleNamespace(engines=types.SimpleNamespace(config=None)),  # type: ignore[arg-type]

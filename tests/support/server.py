@@ -29,6 +29,7 @@ def test_settings(data_dir: Path, **overrides: Any) -> Settings:
         "port": port,
         "data_dir": data_dir,
         "ice_host_addresses": ["127.0.0.1"],
+        "ice_peer_networks": ["127.0.0.1/32"],
         "log_format": "console",
         "log_level": "WARNING",
         # Hundreds of short-lived servers: models load when a test uses them, not at each start.

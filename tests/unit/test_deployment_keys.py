@@ -27,11 +27,16 @@ def test_check_values_are_equal_for_equal_keys_and_reveal_nothing() -> None:
     assert len(key_check_value(key)) == 16 and key.hex()[:16] not in key_check_value(key)
 
 
-def test_a_data_directorys_keys_are_read_from_its_files(tmp_path: Path) -> None:
+def _key_files(keys_dir: Path) -> LocalKeyring:
+    """A data directory's key files, as a first start makes them; returns the queue keyring."""
     for name in ("keyring.json", "identity-keyring.json", "signature-keyring.json"):
-        LocalKeyring.open(tmp_path / name, create=True)
-    queue = LocalKeyring.open(tmp_path / "queue-keyring.json", create=True)
-    (tmp_path / "id-index-key.hex").write_text("ab" * 32 + "\n")
+        LocalKeyring.open(keys_dir / name, create=True)
+    (keys_dir / "id-index-key.hex").write_text("ab" * 32 + "\n")
+    return LocalKeyring.open(keys_dir / "queue-keyring.json", create=True)
+
+
+def test_a_data_directorys_keys_are_read_from_its_files(tmp_path: Path) -> None:
+    queue = _key_files(tmp_path)
     values = local_check_values(tmp_path, "signer-1", "webhook secret")
     assert (
         values[("queue-keyring.json", queue.current_key_id)]
@@ -92,3 +97,21 @@ async def test_a_rotated_keyring_adds_its_new_key(tmp_path: Path) -> None:
         await check_deployment_keys(db, KEYS, after)
         with pytest.raises(DeploymentKeysDiffer, match="kek-2 is missing here"):
             await check_deployment_keys(db, KEYS, before)  # a machine not given the new key
+
+
+async def test_the_turn_secret_is_compared_only_by_machines_that_relay(tmp_path: Path) -> None:
+    keys = {("signing-key.pem", ""): "signer-1"}
+    turn = key_check_value(b"turn secret")
+    async with migrated_database(tmp_path / "db.sqlite") as db:
+        await check_deployment_keys(db, KEYS, keys | {("turn-secret", ""): turn})
+        # A machine without TURN configured holds no TURN secret: nothing to compare.
+        await check_deployment_keys(db, KEYS, dict(keys))
+        await check_deployment_keys(db, KEYS, keys | {("turn-secret", ""): turn})
+        # One that relays with another secret hands out credentials coturn refuses.
+        with pytest.raises(DeploymentKeysDiffer, match="turn-secret is another key here"):
+            await check_deployment_keys(
+                db, KEYS, keys | {("turn-secret", ""): key_check_value(b"another")}
+            )
+    _key_files(tmp_path)
+    values = local_check_values(tmp_path, "signer-1", "webhook secret", "turn secret")
+    assert values[("turn-secret", "")] == turn

@@ -24,6 +24,7 @@ from server.settings import Settings
 from server.sfu.forwarding import ForwardedTrack
 from server.sfu.ice_policy import IcePolicy
 from server.sfu.rooms import CLOSE_REPLACED, Member, Room
+from server.sfu.turn import BrowserIce, TurnConfig
 from server.signaling.protocol import ProtocolError
 from tests.support.rooms import Call, Connection
 
@@ -82,6 +83,7 @@ def _room(store: _Store, settings: Settings | None = None) -> tuple[Room, list[R
         store,  # type: ignore[arg-type]
         settings or Settings.model_validate({}),
         IcePolicy([]),
+        BrowserIce([], TurnConfig(), None),
         emptied.append,
         lambda publication: None,
         None,  # type: ignore[arg-type]

@@ -15,6 +15,7 @@ export class CallClient extends Emitter {
   #screenTrack = null;
   #pc = null;
   #iceServers = [];
+  #iceTransportPolicy = 'all';
   #publish = [];
   #tracks = [];
   #answered = false;
@@ -27,6 +28,8 @@ export class CallClient extends Emitter {
     this.#localStream = localStream;
     signaling.on('joined', (msg) => {
       this.#iceServers = msg.ice_servers ?? [];
+      // 'relay' when the bank sends every call through its TURN server (docs/deployment.md).
+      this.#iceTransportPolicy = msg.ice_transport_policy ?? 'all';
       this.#newPeer();
     });
     signaling.on('offer', (msg) => {
@@ -87,7 +90,10 @@ export class CallClient extends Emitter {
 
   #newPeer() {
     this.#pc?.close();
-    const pc = new RTCPeerConnection({ iceServers: this.#iceServers });
+    const pc = new RTCPeerConnection({
+      iceServers: this.#iceServers,
+      iceTransportPolicy: this.#iceTransportPolicy,
+    });
     this.#pc = pc;
     this.#publish = [];
     this.#tracks = [];

@@ -1,0 +1,260 @@
+#!/usr/bin/env bash
+# Configure, start, stop and describe a TURN server (coturn) that relays browsers to vteller's SFU.
+set -euo pipefail
+
+usage() {
+    cat <<'EOF'
+Usage: bash infra/turn.sh COMMAND [OPTIONS]
+
+A TURN server relays the media of browsers that have no direct UDP path to the SFU (mobile
+networks, hotel Wi-Fi, corporate proxies). This runs Debian's coturn, configured so that:
+  - it accepts only vteller's short-lived per-participant credentials (use-auth-secret: the
+    secret in keys/turn-secret, shared with vteller; see docs/deployment.md, "TURN");
+  - it relays only to the SFU's addresses (--peer), never to anything else: a credential copied
+    out of a page cannot turn it into an open relay into the bank's network or the internet;
+  - UDP relays only (the SFU speaks UDP), no CLI, no version in its answers.
+
+Commands:
+  install   apt-get install coturn (as root, or through sudo) unless turnserver is there
+  start     write the configuration (mode 0600: it holds the secret) and start coturn in the
+            background; does nothing if this directory's coturn is already running
+  stop      stop the coturn started for this directory
+  status    say whether it runs (exit status 0 if it does, 3 if not)
+  config    print the configuration 'start' would write, with the secret elided
+
+Options (start, stop, status, config):
+  --dir DIR            default ${VTELLER_TURN_DIR:-${VTELLER_DATA_DIR:-./var}/turn}: holds
+                       turnserver.conf, turnserver.pid, turnserver.log
+  --secret-file FILE   default ${VTELLER_DATA_DIR:-./var}/keys/turn-secret, the file vteller
+                       reads (generated here, 0600, if neither has made it yet; copy it to a TURN
+                       host of its own, or set the same value in VTELLER_TURN__SECRET)
+  --listen ADDR        address to listen on, default 127.0.0.1 (a server: its public address)
+  --port N             listening port (UDP and TCP), default 3478
+  --relay-ip ADDR      address relayed media leaves from, default the --listen address
+  --external-ip ADDR   public address when the TURN host is behind 1:1 NAT ('PUBLIC/PRIVATE')
+  --peer ADDR          an SFU address the relay may send to; repeat for each; default the
+                       --listen address (same machine)
+  --min-port N, --max-port N
+                       UDP relay port range, default 49160-49359 (open it in the firewall)
+  --realm NAME         default vteller
+  --max-bps N          bytes per second per relay (default 375000: 3 Mbit/s, a call's camera,
+                       microphone and screen)
+
+Then tell vteller where it is, e.g. for a machine whose browsers reach it at turn.bank.example:
+  VTELLER_TURN__URLS='["turn:turn.bank.example:3478?transport=udp"]' bash infra/run.sh
+EOF
+}
+
+say() { printf 'turn: %s\n' "$*" >&2; }
+die() { printf 'turn: error: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=infra/daemon.sh
+source "$(dirname "${BASH_SOURCE[0]}")/daemon.sh"
+
+parse_options() {
+    local data_dir="${VTELLER_DATA_DIR:-./var}"
+    DIR="${VTELLER_TURN_DIR:-$data_dir/turn}"
+    SECRET_FILE="$data_dir/keys/turn-secret"
+    LISTEN=127.0.0.1 PORT=3478 RELAY_IP="" EXTERNAL_IP="" REALM=vteller
+    MIN_PORT=49160 MAX_PORT=49359 MAX_BPS=375000
+    PEERS=()
+    while (($#)); do
+        case "$1" in
+            --dir) DIR="${2:?--dir needs a value}"; shift 2 ;;
+            --secret-file) SECRET_FILE="${2:?--secret-file needs a value}"; shift 2 ;;
+            --listen) LISTEN="${2:?--listen needs an address}"; shift 2 ;;
+            --port) PORT="${2:?--port needs a value}"; shift 2 ;;
+            --relay-ip) RELAY_IP="${2:?--relay-ip needs an address}"; shift 2 ;;
+            --external-ip) EXTERNAL_IP="${2:?--external-ip needs an address}"; shift 2 ;;
+            --peer) PEERS+=("${2:?--peer needs an address}"); shift 2 ;;
+            --min-port) MIN_PORT="${2:?--min-port needs a value}"; shift 2 ;;
+            --max-port) MAX_PORT="${2:?--max-port needs a value}"; shift 2 ;;
+            --realm) REALM="${2:?--realm needs a value}"; shift 2 ;;
+            --max-bps) MAX_BPS="${2:?--max-bps needs a value}"; shift 2 ;;
+            -h | --help) usage; exit 0 ;;
+            *) die "unknown option '$1' (see: bash infra/turn.sh --help)" ;;
+        esac
+    done
+    local n
+    for n in "$PORT" "$MIN_PORT" "$MAX_PORT" "$MAX_BPS"; do
+        [[ "$n" =~ ^[0-9]+$ ]] || die "ports and --max-bps are numbers, got '$n'"
+    done
+    ((MIN_PORT < MAX_PORT)) || die "--min-port ($MIN_PORT) must be below --max-port ($MAX_PORT)"
+    RELAY_IP="${RELAY_IP:-$LISTEN}"
+    ((${#PEERS[@]})) || PEERS=("$LISTEN")
+    DIR="$(realpath -m -- "$DIR")"
+    SECRET_FILE="$(realpath -m -- "$SECRET_FILE")"
+    CONF="$DIR/turnserver.conf"
+    PID_FILE="$DIR/turnserver.pid"
+    LOG_FILE="$DIR/turnserver.log"
+}
+
+need_coturn() {
+    command -v turnserver >/dev/null 2>&1 ||
+        die "coturn is not installed: run 'bash infra/turn.sh install' (or apt-get install coturn)"
+}
+
+cmd_install() {
+    [[ "${1:-}" == -h || "${1:-}" == --help ]] && { usage; exit 0; }
+    if command -v turnserver >/dev/null 2>&1; then
+        say "coturn is installed ($(command -v turnserver))"
+        return 0
+    fi
+    local sudo=()
+    ((EUID == 0)) || sudo=(sudo)
+    say "installing coturn with apt-get"
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends coturn
+}
+
+# Same text as vteller's own generated secret: whichever of the two comes first makes it,
+# and the link fails rather than replace one the other made meanwhile.
+ensure_secret() {
+    [[ -s "$SECRET_FILE" ]] && return 0
+    say "generating the TURN secret in $SECRET_FILE (mode 0600)"
+    mkdir -p "$(dirname "$SECRET_FILE")"
+    chmod 700 "$(dirname "$SECRET_FILE")" 2>/dev/null || true
+    (
+        umask 077
+        od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$SECRET_FILE.$$"
+        ln "$SECRET_FILE.$$" "$SECRET_FILE" 2>/dev/null || true
+        rm -f "$SECRET_FILE.$$"
+    )
+}
+
+is_loopback() { [[ "$1" == 127.* || "$1" == ::1 ]]; }
+
+# The whole configuration but the secret, which cmd_start appends.
+config_text() {
+    local peer loopback=""
+    cat <<EOF
+# Written by infra/turn.sh: edit its options, not this file (it is rewritten at each start).
+listening-ip=$LISTEN
+listening-port=$PORT
+relay-ip=$RELAY_IP
+min-port=$MIN_PORT
+max-port=$MAX_PORT
+realm=$REALM
+use-auth-secret
+fingerprint
+no-cli
+no-tls
+no-dtls
+no-tcp-relay
+no-multicast-peers
+no-software-attribute
+stale-nonce=600
+max-bps=$MAX_BPS
+user-quota=8
+pidfile=$PID_FILE
+userdb=$DIR/turndb
+log-file=$LOG_FILE
+simple-log
+# Each allocation with its user (expiry:participant id): which participant a relay served.
+verbose
+no-stdout-log
+# Relay to vteller's SFU only: everything is denied, the SFU's addresses allowed (allowed wins).
+denied-peer-ip=0.0.0.0-255.255.255.255
+denied-peer-ip=::-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff
+EOF
+    [[ -n "$EXTERNAL_IP" ]] && echo "external-ip=$EXTERNAL_IP"
+    for peer in "${PEERS[@]}"; do
+        echo "allowed-peer-ip=$peer"
+        is_loopback "$peer" && loopback=1
+    done
+    # coturn refuses loopback peers unless told: only a TURN server on the SFU's own machine
+    # relaying to it over 127.0.0.1 (development, the tests) needs them.
+    [[ -n "$loopback" ]] && echo "allow-loopback-peers"
+    return 0
+}
+
+running_pid() { live_pid "$PID_FILE" turnserver; }
+
+# A STUN binding request; it waits forever for an answer that a not yet bound port never sends.
+answers() { timeout 2 turnutils_stunclient -p "$PORT" "$LISTEN" >/dev/null 2>&1; }
+
+cmd_start() {
+    parse_options "$@"
+    need_coturn
+    local pid
+    if pid="$(running_pid)"; then
+        say "already running (pid $pid) on $LISTEN:$PORT, config $CONF"
+        return 0
+    fi
+    if ss -Hlun "sport = :$PORT" | grep -q .; then
+        die "UDP port $PORT is taken by another program (another TURN server?): stop it, or pass --port"
+    fi
+    ensure_secret
+    mkdir -p "$DIR"
+    chmod 700 "$DIR"
+    (
+        umask 077
+        {
+            config_text
+            printf 'static-auth-secret=%s\n' "$(tr -d '\n' <"$SECRET_FILE")"
+        } >"$CONF.tmp"
+    )
+    mv "$CONF.tmp" "$CONF"
+    rm -f "$PID_FILE"
+    say "starting coturn on $LISTEN:$PORT (relays $RELAY_IP:$MIN_PORT-$MAX_PORT to ${PEERS[*]}), log $LOG_FILE"
+    # setsid: coturn outlives this script; the secret travels in the 0600 file, not on the
+    # command line (where 'ps' would show it).
+    setsid turnserver -c "$CONF" </dev/null >>"$LOG_FILE" 2>&1 &
+    local started=$! deadline=$((SECONDS + 20))
+    until answers; do
+        if ((SECONDS >= deadline)) || ! kill -0 "$started" 2>/dev/null; then
+            kill -TERM "$started" 2>/dev/null || true
+            tail -n 20 "$LOG_FILE" >&2 || true
+            die "coturn did not answer on $LISTEN:$PORT within 20 s (log above, full log in $LOG_FILE)"
+        fi
+        sleep 0.2
+    done
+    # coturn writes its pid file itself, a moment after it binds.
+    [[ -s "$PID_FILE" ]] || echo "$started" >"$PID_FILE"
+    say "ready (pid $(<"$PID_FILE")): turn:$LISTEN:$PORT?transport=udp"
+}
+
+cmd_stop() {
+    parse_options "$@"
+    local pid
+    if ! pid="$(running_pid)"; then
+        say "not running (dir $DIR)"
+        return 0
+    fi
+    say "stopping coturn (pid $pid)"
+    terminate coturn "$pid"
+    rm -f "$PID_FILE"
+    say "stopped"
+}
+
+cmd_status() {
+    parse_options "$@"
+    local pid
+    if pid="$(running_pid)"; then
+        say "running (pid $pid), config $CONF"
+    else
+        say "not running (dir $DIR)"
+        return 3
+    fi
+}
+
+cmd_config() {
+    parse_options "$@"
+    config_text
+    echo "static-auth-secret=(the contents of $SECRET_FILE)"
+}
+
+main() {
+    local command="${1:-}"
+    (($#)) && shift
+    case "$command" in
+        install) cmd_install "$@" ;;
+        start) cmd_start "$@" ;;
+        stop) cmd_stop "$@" ;;
+        status) cmd_status "$@" ;;
+        config) cmd_config "$@" ;;
+        -h | --help | help) usage ;;
+        "") usage >&2; exit 2 ;;
+        *) die "unknown command '$command' (see: bash infra/turn.sh --help)" ;;
+    esac
+}
+
+main "$@"

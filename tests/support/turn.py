@@ -1,0 +1,56 @@
+"""A private coturn for one test module (infra/turn.sh): a real TURN server on loopback."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from bench.media import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class PrivateTurn:
+    """coturn on 127.0.0.1, relaying from 127.0.0.1 to the SFU on 127.0.0.1 only."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.secret_file = directory / "keys" / "turn-secret"
+        self.log = directory / "turn" / "turnserver.log"
+        # The relay ports a test's allocations take; coturn skips those in use.
+        relay = free_port()
+        self._options = [
+            "--dir",
+            str(directory / "turn"),
+            "--secret-file",
+            str(self.secret_file),
+            "--port",
+            str(self.port),
+            "--min-port",
+            str(relay),
+            "--max-port",
+            str(relay + 40),
+        ]
+
+    @property
+    def url(self) -> str:
+        return f"turn:127.0.0.1:{self.port}?transport=udp"
+
+    @property
+    def secret(self) -> str:
+        return self.secret_file.read_text().strip()
+
+    def _run(self, command: str) -> None:
+        subprocess.run(
+            ["bash", str(REPO / "infra" / "turn.sh"), command, *self._options],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=REPO,
+        )
+
+    def start(self) -> None:
+        self._run("start")
+
+    def stop(self) -> None:
+        self._run("stop")
