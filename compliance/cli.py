@@ -93,7 +93,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     check.add_argument("--json", action="store_true", help="print the verdict as JSON")
     _scripts_dir_option(check)
     # The speech model is reassembled into {data_dir}/compliance/models on first use: `vteller`
-    # runs it only as the data directory's owner (server/commands.py, foreign_data_dir).
+    # runs it only as the data directory's owner (server/commands.py, writes_data_dir).
     check.set_defaults(run=run, compliance_tool=_check_audio, writes_data_dir=check.prog)
 
     analyze = tools.add_parser(

@@ -21,7 +21,13 @@ from server import __version__
 from server.audit.cli import add_commands as add_audit_commands
 from server.auth.passwords import MIN_PASSWORD_LENGTH, WeakPasswordError
 from server.auth.principal import STAFF_ROLES, Role
-from server.commands import foreign_data_dir, help_for
+from server.commands import (
+    data_dir_refusal,
+    foreign_data_dir,
+    help_for,
+    sqlite_in_data_dir,
+    writes_data_dir,
+)
 from server.errors import ApiError
 from server.identity.cli import add_commands as add_kyc_commands
 from server.logs import AccessLogger, configure_logging
@@ -41,8 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(settings_problems(exc), file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
-    writer = getattr(args, "writes_data_dir", None)
-    if writer is not None and (refusal := foreign_data_dir(settings.data_dir, writer)):
+    if refusal := data_dir_refusal(args, settings):
         print(f"error: {refusal}", file=sys.stderr)
         return 2
     if hasattr(args, "tool"):
@@ -93,7 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument(
         "--password-stdin", action="store_true", help="read the password from standard input"
     )
-    create.set_defaults(run=_create_user, writes_data_dir=create.prog)
+    create.set_defaults(run=_create_user)
+    writes_data_dir(create, when=sqlite_in_data_dir)
     admin.set_defaults(run=help_for(admin))
 
     add_archive_commands(commands)
@@ -110,7 +116,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Bring the database (settings.database_url; SQLite under the data directory "
         "by default) to the schema this version needs. `vteller serve` does it at start too.",
     )
-    upgrade.set_defaults(run=_db_upgrade, writes_data_dir=upgrade.prog)
+    upgrade.set_defaults(run=_db_upgrade)
+    writes_data_dir(upgrade, when=sqlite_in_data_dir)
     db.set_defaults(run=help_for(db))
     return parser
 
@@ -126,6 +133,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     if args.workers < 1:
         print("error: --workers must be at least 1", file=sys.stderr)
         return 2
+    _warn_if_foreign(settings)
     if args.workers > 1:
         from server.workers.supervisor import run_workers
 
@@ -160,6 +168,14 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     return 0
+
+
+def _warn_if_foreign(settings: Settings) -> None:
+    # Not refused like the commands (data_dir_refusal): a server run as another user than the
+    # directory's owner (root in a container, say) can use what it writes itself. Only a later
+    # switch to the owner finds keys and tokens it cannot read, so say so while it can be fixed.
+    if reason := foreign_data_dir(settings.data_dir, "vteller serve"):
+        print(f"warning: {reason}", file=sys.stderr)
 
 
 def _one_opencv_thread() -> None:

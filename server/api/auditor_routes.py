@@ -16,7 +16,7 @@ from aiohttp import web
 from recorder.seal.manifest import Manifest
 from server.api.access import require
 from server.api.bodies import ArchiveSearchBody, LegalHoldBody, parse
-from server.auditor.exporting import PackageZip
+from server.auditor.exporting import DOWNLOAD_SECONDS, PackageZip
 from server.auditor.idhash import IdNumberError
 from server.auditor.index import SearchQuery
 from server.auditor.service import Actor, AuditorPortal, PortalError
@@ -183,12 +183,35 @@ async def signature(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/v1/auditor/archives/{archive_id}/export")
-async def export(request: web.Request) -> web.StreamResponse:
+async def export(request: web.Request) -> web.Response:
     actor = await _actor(request, Role.AUDITOR, action="export archives")
     archive_id = request.match_info["archive_id"]
     try:
-        async with _portal(request).export(actor, archive_id) as package:
-            return await _stream_zip(request, package, f"vteller-archive-{archive_id}.zip")
+        token, package = await _portal(request).export(actor, archive_id)
+    except PortalError as exc:
+        raise _api_error(exc) from exc
+    return web.json_response(
+        {
+            "download": {
+                "url": f"/api/v1/auditor/downloads/{token}",
+                "filename": _package_filename(archive_id),
+                "bytes": package.size,
+                "sha256": package.sha256,
+                "expires_in": DOWNLOAD_SECONDS,
+            }
+        }
+    )
+
+
+@routes.get("/api/v1/auditor/downloads/{token}")
+async def download(request: web.Request) -> web.StreamResponse:
+    # A GET the browser saves to disk itself, however large the package. Following the link
+    # needs its token, which only the CSRF-checked export handed to this login's page: another
+    # site can make the browser GET this URL, but cannot know it.
+    actor = await _actor(request, Role.AUDITOR, action="export archives")
+    try:
+        async with _portal(request).download(actor, request.match_info["token"]) as found:
+            return await _stream_zip(request, found.package, _package_filename(found.archive_id))
     except PortalError as exc:
         raise _api_error(exc) from exc
 
@@ -201,9 +224,13 @@ async def export_by_get(_: web.Request) -> web.Response:
         405,
         "method_not_allowed",
         "Exports are POST requests carrying the page's X-CSRF-Token header (the auditor portal "
-        "sends them); a GET exports nothing.",
+        "sends them), answered with a single-use download link; a GET exports nothing.",
         headers={"Allow": "POST"},
     )
+
+
+def _package_filename(archive_id: str) -> str:
+    return f"vteller-archive-{archive_id}.zip"
 
 
 async def _stream_zip(

@@ -78,6 +78,8 @@ ACTIONS: dict[str, str] = {
     "ticket id; target: callback id; detail.business; never the number)",
     "queue.taken": "a teller took a customer from the queue (target: ticket id; "
     "detail.session_id, business, elderly, assigned, waited_seconds)",
+    "queue.take_lost": "a take logged in queue.taken lost its ticket before the customer got "
+    "the call, and its session was ended (target: ticket id; detail.session_id, undone)",
     "queue.reassigned": "a supervisor routed a waiting ticket to a teller (target: ticket id; "
     "detail.teller_id, previous)",
     "queue.callback_claimed": "a teller claimed a callback and was shown its number (target: "

@@ -18,7 +18,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from recorder.seal.signing import PublicKeyError, Signer, SigningKeyError, load_public_keys
 from server.audit.chain import Entry, format_time
 from server.audit.log import AuditLog, CheckpointRefused, SignedHereUnreadable
-from server.commands import Run, database, help_for, run_reporting
+from server.commands import (
+    Run,
+    database,
+    help_for,
+    run_reporting,
+    sqlite_in_data_dir,
+    writes_data_dir,
+)
 from server.settings import Settings
 
 Command = Callable[[argparse.Namespace, AuditLog, Settings], Awaitable[int]]
@@ -47,8 +54,9 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--keys", type=Path, help="public key file or directory (default: {data_dir}/keys/public)"
     )
     verify.add_argument("--json", action="store_true", help="print the result as JSON")
-    # Even reading: SQLite creates its journal files (or an empty database) next to the log.
-    verify.set_defaults(run=_runner(_verify), writes_data_dir=verify.prog)
+    verify.set_defaults(run=_runner(_verify))
+    # Only reads, but SQLite creates its journal files (or an empty database) next to the log.
+    writes_data_dir(verify, when=sqlite_in_data_dir)
 
     checkpoint = audit_commands.add_parser(
         "checkpoint",
@@ -66,12 +74,14 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "REASON goes into the log as an audit.checkpoint_forced entry, and `verify` keeps naming "
         "the unsigned entries. Never signs a log whose entries do not verify.",
     )
-    checkpoint.set_defaults(run=_runner(_checkpoint), writes_data_dir=checkpoint.prog)
+    checkpoint.set_defaults(run=_runner(_checkpoint))
+    writes_data_dir(checkpoint)  # audit-signed.json, whatever the database
 
     tail = audit_commands.add_parser("tail", help="print the newest entries")
     tail.add_argument("-n", type=int, default=20, help="how many (default 20)")
     tail.add_argument("--json", action="store_true", help="one JSON object per line")
-    tail.set_defaults(run=_runner(_tail), writes_data_dir=tail.prog)
+    tail.set_defaults(run=_runner(_tail))
+    writes_data_dir(tail, when=sqlite_in_data_dir)
 
     audit.set_defaults(run=help_for(audit))
 

@@ -1,8 +1,10 @@
-"""The verifiable export package of an archive (recorder/export.py) as one ZIP download, and the
-spool directory packages are written to on their way out."""
+"""The verifiable export package of an archive (recorder/export.py) as one ZIP download, the
+spool directory packages are written to on their way out, and the single-use links they are
+downloaded through."""
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import hashlib
 import os
@@ -14,10 +16,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import structlog
+
 from recorder.export import export_archive
 from recorder.seal.signing import load_public_keys
 from recorder.session import archive_prefix
 from recorder.store.s3 import ArchiveBucket, S3Archive
+from server.auth.tokens import new_token, same
+
+log = structlog.get_logger(__name__)
+
+# How long a written package waits for its download to begin: the page that asked for it starts
+# the download as soon as it has the link.
+DOWNLOAD_SECONDS = 60
 
 # Taken by a claim while it creates and locks its directory, and by the sweep: a directory
 # created but not yet locked must not look abandoned.
@@ -79,27 +90,95 @@ class ExportSpool:
         """Delete what crashed exports left behind; returns how many entries went (blocking).
 
         Anything but a locked directory is left over, including the loose ZIPs and staging
-        directories of the layout before the spool's."""
+        directories of the layout before the spool's. An entry that cannot be deleted is
+        logged and left for the next start: the others go all the same."""
         swept = 0
         with self._guarded():
             for entry in self.root.iterdir():
                 if entry.name == GUARD:
                     continue
-                if entry.is_symlink() or not entry.is_dir():
-                    entry.unlink()
-                    swept += 1
-                    continue
-                fd = os.open(entry, os.O_RDONLY | os.O_DIRECTORY)
                 try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue  # an export in progress
-                else:
-                    shutil.rmtree(entry)
-                    swept += 1
-                finally:
-                    os.close(fd)
+                    swept += _sweep_entry(entry)
+                except FileNotFoundError:
+                    pass  # gone meanwhile: an export that ended, released outside the guard
+                except OSError as exc:
+                    log.warning("auditor_exports_entry_not_swept", entry=str(entry), error=str(exc))
         return swept
+
+
+def _sweep_entry(entry: Path) -> int:
+    """Delete `entry` unless an export holds it; 1 if it went."""
+    if entry.is_symlink() or not entry.is_dir():
+        entry.unlink()
+        return 1
+    fd = os.open(entry, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return 0  # an export in progress
+    else:
+        shutil.rmtree(entry)
+        return 1
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class PackageDownload:
+    """A written package waiting for its one download by the login that asked for it."""
+
+    archive_id: str
+    user_id: str
+    # The CSRF token is one login's own: the link works in that login only, not in another
+    # browser of the same user, nor after a logout.
+    login_csrf: str
+    claim: SpoolClaim
+    package: PackageZip
+
+
+class PackageDownloads:
+    """Single-use download links of written packages (in this worker's memory, as playbacks are:
+    a browser's requests go to one worker). A link is taken by its first download, and one not
+    taken within `ttl_seconds` goes, with its package."""
+
+    def __init__(self, ttl_seconds: float = DOWNLOAD_SECONDS) -> None:
+        self._ttl = ttl_seconds
+        self._waiting: dict[str, tuple[PackageDownload, asyncio.TimerHandle]] = {}
+        self._releasing: set[asyncio.Task[None]] = set()
+
+    def offer(self, download: PackageDownload) -> str:
+        """The token of a new link to `download`."""
+        token = new_token()
+        timer = asyncio.get_running_loop().call_later(self._ttl, self._expire, token)
+        self._waiting[token] = (download, timer)
+        return token
+
+    def take(self, token: str, user_id: str, login_csrf: str) -> PackageDownload | None:
+        """The download behind `token`, for its own login only, once; the caller releases its
+        claim when sent."""
+        waiting = self._waiting.get(token)
+        if waiting is None:
+            return None
+        download, timer = waiting
+        if download.user_id != user_id or not same(download.login_csrf, login_csrf):
+            return None  # left in place: someone else's request does not spend the link
+        del self._waiting[token]
+        timer.cancel()
+        return download
+
+    def _expire(self, token: str) -> None:
+        download, _ = self._waiting.pop(token)
+        task = asyncio.create_task(asyncio.to_thread(download.claim.release))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
+
+    async def close(self) -> None:
+        """Delete every package still waiting (the worker stops)."""
+        waiting, self._waiting = list(self._waiting.values()), {}
+        for download, timer in waiting:
+            timer.cancel()
+            await asyncio.to_thread(download.claim.release)
+        await asyncio.gather(*self._releasing)
 
 
 def write_package_zip(

@@ -25,7 +25,7 @@ from server.db.models import LegalHoldRecord, utcnow
 # Object Lock calls are one small request per object; a few at a time keeps a long recording
 # (hundreds of two-second segments) quick without flooding the store.
 PARALLEL_CALLS = 8
-# How often a change looks again whether another worker has let go of the archive (SQLite).
+# How often a change looks again whether another change has let go of the archive.
 LOCK_POLL_SECONDS = 0.05
 
 
@@ -55,18 +55,17 @@ class LegalHolds:
         lock_id = hashlib.sha256(f"vteller/legal-hold/{archive_id}".encode()).digest()[:8]
         async with self._db() as db:
             engine = db.get_bind().engine
-            if engine.dialect.name == "postgresql":
-                # A signed 64-bit advisory lock key, apart from the others (auth/ratelimit.py).
-                key = int.from_bytes(lock_id, "big", signed=True)
-                async with db.begin():
-                    # Let go with the transaction, or with the connection if the worker dies.
-                    await db.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
-                    yield
-                return
+        if engine.dialect.name == "postgresql":
+            # A signed 64-bit advisory lock key, apart from the others (auth/ratelimit.py).
+            async with self._advisory_lock(int.from_bytes(lock_id, "big", signed=True)):
+                yield
+            return
         # SQLite: every worker on the file runs on this machine. SQLite's own write lock, held
         # for the store calls, would stall every other writer: a file lock next to the database
-        # instead, which the kernel lets go if the worker dies.
-        path = Path(f"{engine.url.database}.holds") / f"{lock_id.hex()}.lock"
+        # instead, which the kernel lets go if the worker dies. Archives share 256 files by the
+        # key's first byte: one file per archive would pile up forever (every report extends),
+        # and two archives on one file merely wait for each other's change.
+        path = Path(f"{engine.url.database}.holds") / f"{lock_id[0]:02x}.lock"
         fd = await asyncio.to_thread(_open_lock, path)
         try:
             while True:
@@ -78,6 +77,26 @@ class LegalHolds:
             yield
         finally:
             os.close(fd)
+
+    @asynccontextmanager
+    async def _advisory_lock(self, key: int) -> AsyncIterator[None]:
+        """PostgreSQL: a transaction-scoped advisory lock, let go with the transaction, or with
+        the connection if the worker dies."""
+        while True:
+            async with self._db() as db, db.begin():
+                # The transaction stays idle while the store is called, for as long as a long
+                # recording's objects take: a DBA's idle_in_transaction_session_timeout would
+                # end it, and with it the lock, in the middle of the change.
+                await db.execute(text("SET LOCAL idle_in_transaction_session_timeout = 0"))
+                taken = await db.scalar(
+                    text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": key}
+                )
+                if taken:
+                    yield
+                    return
+            # Polled like the SQLite lock, not waited for in pg_advisory_xact_lock: a waiter
+            # would hold a pooled connection (and a server's connection slot) all along.
+            await asyncio.sleep(LOCK_POLL_SECONDS)
 
     async def state(self, archive_id: str) -> HoldState:
         async with self._db() as db:

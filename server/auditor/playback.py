@@ -160,22 +160,33 @@ class PlaybackCache:
         return entry
 
     def put(self, archive_id: str, views: list[View]) -> Prepared:
+        """Keep the views of `archive_id`, prepared for nobody yet; an entry already kept stays
+        (with its viewers), so a viewer admitted to it keeps streaming."""
         entry = Prepared(archive_id, {v.name: v for v in views}, time.monotonic() + self._ttl)
         if entry.size > self._capacity:
             raise PlaybackError(
                 "this recording is larger than the playback memory of the server "
                 "(auditor.playback_cache_mb); export it instead"
             )
-        self._entries[archive_id] = entry
+        return self.get(archive_id) or self._keep(entry)
+
+    def _keep(self, entry: Prepared) -> Prepared:
+        """Add `entry` (of a recording not kept) as the most recently used, making room for it."""
+        self._entries[entry.archive_id] = entry
+        # `entry` fits on its own (put checked), so it is never the one that goes.
         while sum(e.size for e in self._entries.values()) > self._capacity:
             self._entries.popitem(last=False)
         return entry
 
-    def admit(self, entry: Prepared, user_id: str) -> None:
+    def admit(self, entry: Prepared, user_id: str) -> Prepared:
         """`user_id` started a playback of `entry` (and was logged doing so): they may stream it,
-        and it stays in memory, for the TTL from now."""
-        entry.expires = time.monotonic() + self._ttl
-        entry.viewers[user_id] = entry.expires
+        and it stays in memory, for the TTL from now. Returns the entry they stream: `entry`,
+        kept again if it went meanwhile (expired, or made room for another), or the one kept
+        for the same recording since."""
+        kept = self.get(entry.archive_id) or self._keep(entry)
+        kept.expires = time.monotonic() + self._ttl
+        kept.viewers[user_id] = kept.expires
+        return kept
 
     def admitted(self, archive_id: str, user_id: str) -> Prepared | None:
         """The prepared recording, if `user_id` started a playback of it within the TTL."""

@@ -7,6 +7,7 @@ media, an export, a hold change), so nothing is seen or changed that the log doe
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -22,7 +23,14 @@ from recorder.store.s3 import ArchiveBucket, ArchiveStoreError, ArchiveUnavailab
 from recorder.verify import ImageUnavailable
 from server.audit.log import AuditLog
 from server.auditor.config import AuditorConfig
-from server.auditor.exporting import ExportSpool, PackageZip, write_package_zip
+from server.auditor.exporting import (
+    DOWNLOAD_SECONDS,
+    ExportSpool,
+    PackageDownload,
+    PackageDownloads,
+    PackageZip,
+    write_package_zip,
+)
 from server.auditor.holds import HoldError, LegalHolds
 from server.auditor.idhash import IdNumberHasher
 from server.auditor.index import ArchiveIndex, SearchPage, SearchQuery
@@ -84,11 +92,13 @@ class AuditorPortal:
         self._audit = audit
         self._public_keys = keys / "public"
         self._exports = ExportSpool(data_dir / "exports")
+        self._downloads = PackageDownloads()
         self._verifier = ArchiveVerifier(db, bucket, keyring, self._public_keys) if bucket else None
         self._holds = LegalHolds(db, bucket) if bucket else None
         self._playback = PlaybackCache(
             config.playback_cache_mb * MB, config.playback_ttl_minutes * 60.0
         )
+        self._preparing: dict[str, asyncio.Task[Prepared]] = {}
 
     async def start(self) -> None:
         await self.index.catch_up()
@@ -105,6 +115,7 @@ class AuditorPortal:
 
     async def stop(self) -> None:
         await self.index.stop()
+        await self._downloads.close()
 
     def _store(self) -> tuple[ArchiveVerifier, LegalHolds, ArchiveBucket]:
         if self._verifier is None or self._holds is None or self._bucket is None:
@@ -184,32 +195,49 @@ class AuditorPortal:
         verifier, _, _ = self._store()
         prepared = self._playback.get(archive_id)
         if prepared is None:
-            # A recording that cannot fit in the playback memory is not decrypted any further.
-            collector = PlaintextCollector(self.config.playback_cache_mb * MB)
-            verified = await self._verify(verifier, archive_id, collector)
-            if collector.too_large:
-                raise PortalError(
-                    413,
-                    "recording_too_large",
-                    "This recording is larger than the playback memory of the server "
-                    "(auditor.playback_cache_mb); export it instead.",
-                )
-            if not verified.ok or verified.report.manifest is None:
-                raise PortalError(
-                    409,
-                    "verification_failed",
-                    "This archive does not verify, so its media are not shown as evidence. "
-                    "Open it to see the problems found.",
-                )
-            try:
-                # The buffer itself: copying hundreds of MB here would stall the event loop.
-                views = await asyncio.to_thread(remux_views, collector.data)
-                prepared = self._playback.put(archive_id, views)
-            except PlaybackError as exc:
-                raise PortalError(413, "recording_too_large", str(exc)) from exc
+            # Viewers starting the same recording at once wait for one preparation: each one's
+            # own would hold another plaintext in memory, for nothing.
+            preparing = self._preparing.get(archive_id)
+            if preparing is None:
+                preparing = asyncio.create_task(self._prepare(verifier, archive_id))
+                self._preparing[archive_id] = preparing
+                preparing.add_done_callback(functools.partial(self._prepared, archive_id))
+            # Shielded: a viewer who leaves does not cancel the preparation the others wait for.
+            prepared = await asyncio.shield(preparing)
         await self._log("auditor.played", actor, archive_id, {"views": sorted(prepared.views)})
-        self._playback.admit(prepared, actor.user_id)
-        return prepared
+        return self._playback.admit(prepared, actor.user_id)
+
+    def _prepared(self, archive_id: str, preparing: asyncio.Task[Prepared]) -> None:
+        del self._preparing[archive_id]
+        # Read here too: when every viewer waiting for it has left, nobody else reads a failure,
+        # and asyncio would report it as never retrieved.
+        if not preparing.cancelled():
+            preparing.exception()
+
+    async def _prepare(self, verifier: ArchiveVerifier, archive_id: str) -> Prepared:
+        # A recording that cannot fit in the playback memory is not decrypted any further.
+        collector = PlaintextCollector(self.config.playback_cache_mb * MB)
+        verified = await self._verify(verifier, archive_id, collector)
+        if collector.too_large:
+            raise PortalError(
+                413,
+                "recording_too_large",
+                "This recording is larger than the playback memory of the server "
+                "(auditor.playback_cache_mb); export it instead.",
+            )
+        if not verified.ok or verified.report.manifest is None:
+            raise PortalError(
+                409,
+                "verification_failed",
+                "This archive does not verify, so its media are not shown as evidence. "
+                "Open it to see the problems found.",
+            )
+        try:
+            # The buffer itself: copying hundreds of MB here would stall the event loop.
+            views = await asyncio.to_thread(remux_views, collector.data)
+            return self._playback.put(archive_id, views)
+        except PlaybackError as exc:
+            raise PortalError(413, "recording_too_large", str(exc)) from exc
 
     def media(self, actor: Actor, archive_id: str, view: str) -> bytes:
         """One view's bytes, for a viewer who started this playback (and so was logged) within
@@ -256,10 +284,12 @@ class AuditorPortal:
 
     # -- export and legal hold -----------------------------------------------------------------
 
-    @asynccontextmanager
-    async def export(self, actor: Actor, archive_id: str) -> AsyncIterator[PackageZip]:
-        """A ZIP of the verifiable package, in a spool directory of its own for as long as the
-        caller streams it (deleted afterwards; left by a crash, swept at the next start)."""
+    async def export(self, actor: Actor, archive_id: str) -> tuple[str, PackageZip]:
+        """Write a ZIP of the verifiable package, in a spool directory of its own, for one
+        download by this login (`download`); returns the link's token and the package.
+
+        Written before it is downloaded, not while: the browser saves the download to disk
+        itself, however large, and the page learns of a failure before anything is saved."""
         await self._entry(archive_id)
         _, _, bucket = self._store()
         claim = await asyncio.to_thread(self._exports.claim)
@@ -276,15 +306,37 @@ class AuditorPortal:
                 raise PortalError(
                     409, "export_failed", f"The archive cannot be exported: {exc}"
                 ) from exc
+        except BaseException:
+            await asyncio.to_thread(claim.release)
+            raise
+        offered = PackageDownload(
+            archive_id, actor.user_id, actor.principal.csrf_token, claim, package
+        )
+        return self._downloads.offer(offered), package
+
+    @asynccontextmanager
+    async def download(self, actor: Actor, token: str) -> AsyncIterator[PackageDownload]:
+        """The package behind a link `export` gave this login, logged as exported before it is
+        handed out; deleted once the caller has streamed it."""
+        found = self._downloads.take(token, actor.user_id, actor.principal.csrf_token)
+        if found is None:
+            raise PortalError(
+                404,
+                "unknown_download",
+                "This download link was used already, has expired (a link works once, within "
+                f"{DOWNLOAD_SECONDS} s, in the login that exported), or is not yours: "
+                "export the package again.",
+            )
+        try:
             await self._log(
                 "auditor.exported",
                 actor,
-                archive_id,
-                {"bytes": package.size, "sha256": package.sha256},
+                found.archive_id,
+                {"bytes": found.package.size, "sha256": found.package.sha256},
             )
-            yield package
+            yield found
         finally:
-            await asyncio.to_thread(claim.release)
+            await asyncio.to_thread(found.claim.release)
 
     async def set_hold(
         self, actor: Actor, archive_id: str, held: bool, reason: str

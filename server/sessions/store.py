@@ -384,8 +384,15 @@ class SessionStore:
             )
             return {row.id: (row.state, row.worker_id) for row in rows}
 
-    async def end(self, session_id: str, by: str | None, reason: str) -> CallSession:
+    async def end(
+        self, session_id: str, by: str | None, reason: str, *, unlink: bool = False
+    ) -> CallSession:
+        """End the session; with `unlink`, also delete its customer links, in the same database
+        transaction: a queue take that lost its ticket must free the ticket's link digest
+        (unique) exactly when it ends the session nobody will join."""
         async with self._db() as db, db.begin():
+            if unlink:
+                await db.execute(delete(Invitation).where(Invitation.session_id == session_id))
             session = await db.get(CallSession, session_id)
             if session is None:
                 raise ApiError(404, "unknown_session", "There is no such session.")

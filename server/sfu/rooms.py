@@ -219,14 +219,16 @@ class Room:
 
     async def _rejoin(self, member: Member, connection: Connection) -> list[Peer]:
         replaced = member.connection
-        if replaced is not None:
-            member.connection = None
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                await replaced.close(CLOSE_REPLACED, "connected again elsewhere")
         gap: float | None = None
         if member.disconnected_at is not None:
             gap = time.monotonic() - member.disconnected_at
         try:
+            # Inside the undo: closing can be cancelled (a shutdown), and the member whose
+            # connection is gone must still be dropped, its old peer closed and its grace armed.
+            if replaced is not None:
+                member.connection = None
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await replaced.close(CLOSE_REPLACED, "connected again elsewhere")
             await self._drop_media(member)
             renegotiate = await self._connect(member, connection, rejoined=True, gap=gap)
         except BaseException:
@@ -387,14 +389,18 @@ class Room:
             self._settings.rejoin_grace_seconds,
             lambda: self._spawn(self._expire(participant_id, member)),
         )
-        await self._store.update_participant(participant_id, "disconnected")
-        await self._store.record(self.session_id, "participant_disconnected", participant_id)
-        await self._broadcast(
-            server_message(
-                "participant_left", participant_id=participant_id, reason="disconnected"
-            ),
-            about=member,
-        )
+        try:
+            await self._store.update_participant(participant_id, "disconnected")
+            await self._store.record(self.session_id, "participant_disconnected", participant_id)
+        finally:
+            # Dropped here whether or not the database could record it: the others must not go
+            # on showing the member as there.
+            await self._broadcast(
+                server_message(
+                    "participant_left", participant_id=participant_id, reason="disconnected"
+                ),
+                about=member,
+            )
 
     async def _expire(self, participant_id: str, member: Member) -> None:
         """The rejoin grace ran out: gone, unless the member came back meanwhile."""

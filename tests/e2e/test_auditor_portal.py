@@ -4,6 +4,7 @@ offline) and sets a legal hold."""
 
 from __future__ import annotations
 
+import hashlib
 import zipfile
 from pathlib import Path
 
@@ -79,13 +80,16 @@ async def test_auditor_finds_verifies_plays_seeks_exports_and_holds(
             await page.click("#export")
         download = await download_info.value
         assert download.suggested_filename == f"vteller-archive-{archive_id}.zip"
-        # Downloaded through a POST carrying the page's CSRF token (a link would be a GET).
+        # The browser saves it itself, from the single-use link the CSRF-checked POST handed
+        # out; the page says so, with the package's name and SHA-256.
         await page.wait_for_selector(
             "#export-status[data-i18n='auditor.exportDone']", timeout=TIMEOUT_MS
         )
-        assert download.suggested_filename in await page.inner_text("#export-status")
+        status_text = await page.inner_text("#export-status")
+        assert download.suggested_filename in status_text
         saved = tmp_path / "package.zip"
         await download.save_as(saved)
+        assert hashlib.sha256(saved.read_bytes()).hexdigest() in status_text
         with zipfile.ZipFile(saved) as package:
             package.extractall(tmp_path / "package")
         offline = await _vteller(

@@ -5,6 +5,7 @@ stream a playback, the sweep of crashed exports, hold changes made at once."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import json
 import sys
@@ -22,7 +23,7 @@ from minio.error import S3Error
 from sqlalchemy import select, update
 
 from recorder.store.s3 import ArchiveBucket
-from server.auditor import playback
+from server.auditor import playback, service
 from server.auditor.exporting import GUARD, ExportSpool
 from server.auth.principal import Role
 from server.db.models import ArchiveIndexEntry, AuditEntry, ComplianceReport, User
@@ -205,13 +206,24 @@ async def test_auditor_finds_verifies_plays_exports_and_holds(
         kinds = sorted(s.type for s in container.streams)
     assert kinds == ["audio", "video"]  # the customer's camera and microphone, nothing else
 
-    # -- export: a ZIP that verifies offline -----------------------------------------------------
-    async with auditor.http.post(
-        f"{server.url}/api/v1/auditor/archives/{second}/export",
-        headers={"X-CSRF-Token": auditor.csrf},
-    ) as got:
+    # -- export: a ZIP, downloaded once through its link, that verifies offline -----------------
+    exported = await auditor.call("POST", f"/api/v1/auditor/archives/{second}/export")
+    download = exported["download"]
+    assert download["filename"] == f"vteller-archive-{second}.zip"
+    assert download["expires_in"] == 60
+    # The link is bound to the login that exported: another auditor's request does not spend it.
+    colleague = await _staff(server, "audit2", Role.AUDITOR)
+    refused = await colleague.call("GET", download["url"], expect=404)
+    assert refused["error"]["code"] == "unknown_download"
+    assert "export the package again" in refused["error"]["message"]
+    async with auditor.http.get(server.url + download["url"]) as got:
         assert got.status == 200 and got.content_type == "application/zip"
+        assert got.headers["Content-Length"] == str(download["bytes"])
+        assert f'filename="{download["filename"]}"' in got.headers["Content-Disposition"]
+        assert got.headers["X-Content-SHA256"] == download["sha256"]
         package_zip = await got.read()
+    assert hashlib.sha256(package_zip).hexdigest() == download["sha256"]
+    await auditor.call("GET", download["url"], expect=404)  # once only
     zipfile.ZipFile(io.BytesIO(package_zip)).extractall(tmp_path / "unzipped")
     package = tmp_path / "unzipped" / second
     offline = await _vteller(tmp_path / "elsewhere", "verify", str(package))
@@ -279,6 +291,8 @@ async def test_auditor_finds_verifies_plays_exports_and_holds(
     }
     auditor_id = (await auditor.call("GET", "/api/v1/auth/me"))["user"]["id"]
     assert all(e.actor == auditor_id and e.actor_role == "auditor" for e in entries)
+    (exported_entry,) = [e for e in entries if e.action == "auditor.exported"]
+    assert exported_entry.detail == {"bytes": len(package_zip), "sha256": download["sha256"]}
     searches = [e for e in entries if e.action == "auditor.search"]
     assert any(e.detail["criteria"] == ["id_number"] for e in searches)
     hasher_hash = server.services.auditor.index._hasher.hash(ID_NUMBER)
@@ -331,6 +345,7 @@ async def test_roles_other_than_auditor_are_refused(server: RunningServer) -> No
         await client.call("POST", f"{base}/playback", expect=403)
         await client.call("GET", f"{base}/media/customer.webm", expect=403)
         await client.call("POST", f"{base}/export", expect=403)
+        await client.call("GET", "/api/v1/auditor/downloads/x", expect=403)
         await client.call("POST", f"{base}/hold", hold, expect=403)
     anonymous = server.client()
     await anonymous.call("POST", "/api/v1/auditor/search", {}, expect=401)
@@ -340,6 +355,7 @@ async def test_roles_other_than_auditor_are_refused(server: RunningServer) -> No
     assert await _found(supervisor, teller="wang") == [archive_id]
     assert (await supervisor.call("GET", base))["verification"]["ok"]
     await supervisor.call("POST", f"{base}/export", expect=403)
+    await supervisor.call("GET", "/api/v1/auditor/downloads/x", expect=403)
     await supervisor.call("POST", f"{base}/hold", hold, expect=403)
     # Media only for someone who started the playback (and so was logged playing it).
     await supervisor.call("GET", f"{base}/media/customer.webm", expect=409)
@@ -443,6 +459,31 @@ async def test_media_are_streamed_only_within_the_callers_own_playback_and_login
     await second.call("GET", media, expect=403)
     played = [e.actor for e in await _audited(server, "auditor.played")]
     assert played == [ids[0], ids[1], ids[0]]
+
+
+async def test_viewers_starting_a_recording_at_once_share_one_preparation(
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await server.user("wang", Role.TELLER)
+    archive_id, _ = await _call(server, "wang", "李女士", "wealth", 2)
+    base = f"/api/v1/auditor/archives/{archive_id}"
+    viewers = [await _staff(server, f"audit{n}", Role.AUDITOR) for n in (1, 2)]
+    remuxes = 0
+
+    def counted(recording: bytes | bytearray) -> list[playback.View]:
+        nonlocal remuxes
+        remuxes += 1
+        return playback.remux_views(recording)
+
+    monkeypatch.setattr(service, "remux_views", counted)
+    await asyncio.gather(*(v.call("POST", f"{base}/playback") for v in viewers))
+    # Each one's next request streams: a second preparation replacing the first would have
+    # dropped the admission of whichever viewer it was made for.
+    for viewer in viewers:
+        async with viewer.http.get(f"{server.url}{base}/media/customer.webm") as response:
+            assert response.status == 200, await response.text()
+    assert remuxes == 1
+    assert len(await _audited(server, "auditor.played")) == 2
 
 
 # A worker that dies while it sends a package: its half-written ZIP stays, its lock goes.

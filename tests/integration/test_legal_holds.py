@@ -1,5 +1,5 @@
 """Legal holds reach objects stored after them (a later compliance report), and changes of one
-archive's hold wait for each other, against real MinIO."""
+archive's hold wait for each other (on SQLite and PostgreSQL), against real MinIO."""
 
 from __future__ import annotations
 
@@ -8,14 +8,17 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from recorder.store.config import StoreSettings
 from recorder.store.s3 import ArchiveBucket
 from server.auditor.holds import LegalHolds
-from server.db.engine import DbSession
+from server.db.engine import DbSession, migrate, session_factory
 from tests.integration.test_archive_store import bucket, retain_for, store_settings
 from tests.support.database import add_session, migrated_database
+from tests.support.postgres import fresh_database
 
 __all__ = ["bucket", "store_settings"]  # fixtures
 
@@ -93,3 +96,66 @@ async def test_a_report_written_while_the_hold_is_set_waits_for_it_in_another_wo
     hold = await bucket.legal_hold(report[0])
     assert hold.on and hold.reason == "诉讼保全"
     assert (await portal.state(HELD)).objects == 3
+
+
+async def test_archives_share_a_fixed_set_of_lock_files(
+    bucket: ArchiveBucket, db: async_sessionmaker[DbSession], tmp_path: Path
+) -> None:
+    holds = LegalHolds(db, bucket)
+    for n in range(300):  # every report of every archive extends: one file each would pile up
+        async with holds.changing(f"0190d1e8-0000-7000-8000-{n:012d}"):
+            pass
+    files = list((tmp_path / "db.sqlite.holds").iterdir())
+    assert 0 < len(files) <= 256
+
+
+@pytest.fixture
+async def pg_db() -> AsyncIterator[tuple[async_sessionmaker[DbSession], str]]:
+    """A migrated PostgreSQL database (and its name) on a pool of two connections: what two
+    changes of one archive at once need, if the one that waits holds none."""
+    async with fresh_database() as url:
+        engine = create_async_engine(url, pool_size=2, max_overflow=0, pool_timeout=10)
+        try:
+            await migrate(engine)
+            yield session_factory(engine), make_url(url).database or ""
+        finally:
+            await engine.dispose()
+
+
+async def test_a_change_outlives_the_servers_idle_transaction_timeout_on_postgres(
+    bucket: ArchiveBucket, pg_db: tuple[async_sessionmaker[DbSession], str]
+) -> None:
+    factory, name = pg_db
+    # A DBA's setting for every session: transactions idle longer than this are ended.
+    async with factory() as session, session.begin():
+        await session.execute(
+            text(f"ALTER DATABASE \"{name}\" SET idle_in_transaction_session_timeout = '300ms'")
+        )
+    engine = factory.kw["bind"]
+    await engine.dispose()  # new connections, which take the setting
+    holds = LegalHolds(factory, bucket)
+    async with holds.changing(HELD):
+        await asyncio.sleep(1.0)  # the Object Lock calls of a long recording
+    async with holds.changing(HELD):  # let go at the end, not at the timeout
+        pass
+
+
+async def test_a_change_waiting_on_postgres_holds_no_connection(
+    bucket: ArchiveBucket, pg_db: tuple[async_sessionmaker[DbSession], str]
+) -> None:
+    factory, _ = pg_db
+    first, second = LegalHolds(factory, bucket), LegalHolds(factory, bucket)
+    async with first.changing(HELD):  # one of the pool's two connections
+        waiting = asyncio.create_task(_changed(second, HELD))
+        await asyncio.sleep(0.5)
+        assert not waiting.done()
+        # The pool's other connection is free for everything else the worker does.
+        async with asyncio.timeout(5):
+            assert not (await first.state(OTHER)).held
+    async with asyncio.timeout(5):
+        await waiting
+
+
+async def _changed(holds: LegalHolds, archive_id: str) -> None:
+    async with holds.changing(archive_id):
+        pass

@@ -130,6 +130,13 @@ async def _hold_signature(server: RunningServer, transaction_id: str, sha256: st
         )
 
 
+async def _recording_signature(client: ApiClient, transaction_id: str) -> tuple[bool, str]:
+    """(passed, reason) of the detail's recording_signature check."""
+    detail = await client.call("GET", f"/api/v1/transactions/{transaction_id}")
+    [check] = [c for c in detail["transaction"]["checks"] if c["check"] == "recording_signature"]
+    return check["passed"], check["reason"]
+
+
 async def _staff(server: RunningServer, username: str, role: Role) -> ApiClient:
     await server.user(username, role)
     client = server.client()
@@ -209,10 +216,14 @@ async def test_signed_in_the_recording_approved_by_rule_by_four_eyes_and_overrid
     # the analysis waits for it too); a row holding a signature the manifest does not bind is
     # refused, whatever the row says.
     await server.services.rooms._recorder.uploader.flush(timeout=30)
+    assert await _recording_signature(teller_http, small["id"]) == (True, "bound")
     await _hold_signature(server, small["id"], "ee" * 32)
     refused = await _approve(teller_http, small["id"], expect=409)
     assert refused["error"]["code"] == "signature_not_in_recording"
     assert archive_id in refused["error"]["message"]
+    # The page's checks preview shows it before anyone presses approve.
+    preview = await _recording_signature(teller_http, small["id"])
+    assert preview == (False, "signature_not_in_recording")
     await _hold_signature(server, small["id"], hashlib.sha256(signature_png()).hexdigest())
 
     # Sealed, but the analysis has not reported: the compliance check is pending.

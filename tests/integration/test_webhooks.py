@@ -15,11 +15,12 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from bench.media import free_port
 from recorder.seal.signing import Signer
 from server.auth.principal import Role
-from server.db.engine import session_factory
+from server.db.engine import DbSession, session_factory
 from server.db.models import AuditEntry, CallSession, Transaction, WebhookDelivery, utcnow
 from server.workflow.webhooks.config import WebhookConfig
 from server.workflow.webhooks.delivery import WebhookDeliveries
@@ -290,10 +291,13 @@ async def test_a_stopped_server_resumes_its_deliveries(tmp_path: Path) -> None:
         ) as server:
             first = await _settled(server, "t_waits", ("delivered",))
             later = await _settled(server, "t_later", ("delivered",))
-        assert first["attempts"] == 2 and later["attempts"] == 1
+        # Sent twice, counted once: the attempt a stopping worker gave back takes none of the
+        # delivery's allowance, and the next one carries its number again.
+        assert first["attempts"] == 1 and later["attempts"] == 1
         sent = receiver.for_transaction("t_waits")
         assert len(sent) == 2 and sent[0].body == sent[1].body
         assert [r.headers["Idempotency-Key"] for r in sent] == ["t_waits", "t_waits"]
+        assert [r.headers["Vteller-Attempt"] for r in sent] == ["1", "1"]
         assert receiver.rejected == []
 
 
@@ -353,7 +357,7 @@ async def test_a_delivery_whose_attempts_keep_killing_workers_fails(tmp_path: Pa
         assert await records.claim(delivery_id, "successor") is None
         status = await records.status("t_poison")
         assert status is not None and (status["state"], status["attempts"]) == ("failed", 3)
-        assert "never ended" in status["last_error"]
+        assert status["last_error"] == "gave up after 3 attempts; none of them recorded an outcome"
         assert await records.due(10) == []
         (failed,) = await _audit(server, "webhook.failed", 1)
         assert failed.target == "t_poison"
@@ -367,6 +371,70 @@ async def test_a_delivery_whose_attempts_keep_killing_workers_fails(tmp_path: Pa
         await records.retry("t_poison", actor="system", actor_role="system", via="cli")
         again = await records.claim(delivery_id, "successor")
         assert again is not None and again.attempts == 4
+
+
+async def _due_now(db: async_sessionmaker[DbSession], delivery_id: str) -> None:
+    """Skip the backoff: the retry is due at once."""
+    async with db() as session, session.begin():
+        await session.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.id == delivery_id)
+            .values(next_attempt_at=utcnow())
+        )
+
+
+async def test_a_stopping_worker_gives_its_attempt_back(tmp_path: Path) -> None:
+    settings = support.test_settings(tmp_path / "server", webhook=_config(""))
+    async with running_server(settings) as server:
+        db = session_factory(server.services.engine)
+        records = DeliveryRecords(
+            _config("http://127.0.0.1:9/unused", max_attempts=2), db, server.services.audit
+        )
+        await records.enqueue("t_restart", _event("t_restart"))
+        (delivery_id,) = await records.due(10)
+        first = await records.claim(delivery_id, "w1")
+        assert first is not None
+        busy = "the webhook answered HTTP 503: busy"
+        await records.settle(first, "w1", Outcome(Verdict.RETRY, 503, busy))
+        await _due_now(db, delivery_id)
+        # The last attempt is under way when its worker stops (a rolling restart): released...
+        last = await records.claim(delivery_id, "w2")
+        assert last is not None and last.attempts == 2
+        await records.release(last, "w2")
+        status = await records.status("t_restart")
+        assert status is not None and (status["state"], status["attempts"]) == ("pending", 1)
+        assert status["last_error"] == busy
+        # ...it is still sent: the stop did not use it up.
+        again = await records.claim(delivery_id, "w3")
+        assert again is not None and again.attempts == 2
+        # This worker is killed: nothing is left, and the failure keeps what the bank answered.
+        async with db() as session, session.begin():
+            await session.execute(
+                update(WebhookDelivery)
+                .where(WebhookDelivery.id == delivery_id)
+                .values(lease_until=utcnow() - timedelta(seconds=1))
+            )
+        assert await records.claim(delivery_id, "w4") is None
+        status = await records.status("t_restart")
+        assert status is not None and (status["state"], status["attempts"]) == ("failed", 2)
+        assert status["last_error"] == f"gave up after 2 attempts; before: {busy}"
+        (failed,) = await _audit(server, "webhook.failed", 1)
+        assert failed.detail is not None and failed.detail["reason"] == "exhausted"
+
+        # Fewer attempts configured than one already used: given up without blaming a crash.
+        await records.enqueue("t_lowered", _event("t_lowered"))
+        (lowered_id,) = await records.due(10)
+        claimed = await records.claim(lowered_id, "w1")
+        assert claimed is not None
+        await records.settle(claimed, "w1", Outcome(Verdict.RETRY, 503, busy))
+        await _due_now(db, lowered_id)
+        fewer = DeliveryRecords(
+            _config("http://127.0.0.1:9/unused", max_attempts=1), db, server.services.audit
+        )
+        assert await fewer.claim(lowered_id, "w2") is None
+        status = await fewer.status("t_lowered")
+        assert status is not None and status["state"] == "failed"
+        assert status["last_error"] == f"gave up after 1 attempts; before: {busy}"
 
 
 async def test_two_sending_workers_deliver_each_transaction_once(

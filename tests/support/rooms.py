@@ -105,11 +105,14 @@ class Connection:
     def __init__(self) -> None:
         self.sent: list[dict[str, Any]] = []
         self.closed_with: int | None = None
+        self.close_error: BaseException | None = None  # raised by close, e.g. at a shutdown
 
     async def send(self, message: dict[str, Any]) -> None:
         self.sent.append(message)
 
     async def close(self, code: int, reason: str) -> None:
+        if self.close_error is not None:
+            raise self.close_error
         self.closed_with = code
 
     def types(self) -> list[str]:

@@ -51,3 +51,26 @@ def test_each_viewer_is_admitted_for_the_ttl_from_their_own_start(
     assert cache.admitted("a", "u_2") is prepared
     now += 45
     assert cache.get("a") is None and cache.admitted("a", "u_2") is None
+
+
+def test_a_second_preparation_keeps_the_entry_its_viewers_stream() -> None:
+    cache = PlaybackCache(capacity_bytes=1000, ttl_seconds=3600)
+    first = cache.put("a", _views(10))
+    cache.admit(first, "u_1")
+    # Prepared again meanwhile (another viewer's start): the first viewer keeps streaming.
+    again = cache.put("a", _views(10))
+    assert again is first
+    assert cache.admit(again, "u_2") is first
+    assert cache.admitted("a", "u_1") is first and cache.admitted("a", "u_2") is first
+
+
+def test_a_start_keeps_the_recording_that_went_to_make_room_meanwhile() -> None:
+    cache = PlaybackCache(capacity_bytes=1000, ttl_seconds=3600)
+    prepared = cache.put("a", _views(200))
+    # While "a"'s start is being logged, two other recordings push it out of the memory.
+    cache.put("b", _views(200))
+    cache.put("c", _views(200))
+    assert cache.get("a") is None
+    assert cache.admit(prepared, "u_1") is prepared
+    assert cache.admitted("a", "u_1") is prepared
+    assert cache.get("b") is None and cache.get("c") is not None  # room made again, LRU first

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from server.auth.principal import Role
 from server.sfu.rooms import CLOSE_REPLACED, Member
 from tests.support.rooms import Call, teller_in_call
@@ -103,6 +105,56 @@ async def test_a_second_tab_whose_join_fails_leaves_the_member_dropped() -> None
         assert [(m["participant_id"], m["reason"]) for m in left] == [("p_c", "disconnected")]
         await second_tab.handle('{"v":1,"type":"join"}')
         assert room.holds("p_c", second) and member.grace is None
+    finally:
+        await call.close()
+
+
+async def test_a_second_tab_cancelled_while_closing_the_first_leaves_the_member_dropped() -> None:
+    # A shutdown cancels the join while it closes the replaced connection: the member must not
+    # be left with no connection, the first tab's peer open and no grace timer to end it.
+    call = Call()
+    try:
+        teller = await teller_in_call(call)
+        first_tab, first = call.connect("p_c", Role.CUSTOMER)
+        assert await first_tab.handle('{"v":1,"type":"join"}')
+        room = call.rooms.get("s_1")
+        assert room is not None
+        member = room.members["p_c"]
+        first_peer = member.peer
+        assert first_peer is not None
+        first.close_error = asyncio.CancelledError()
+        second_tab, _ = call.connect("p_c", Role.CUSTOMER)
+        with pytest.raises(asyncio.CancelledError):
+            await second_tab.handle('{"v":1,"type":"join"}')
+        assert member.connection is None and member.peer is None and member.grace is not None
+        assert first_peer.pc.connectionState == "closed"
+        left = [m for m in teller.sent if m["type"] == "participant_left"]
+        assert [(m["participant_id"], m["reason"]) for m in left] == [("p_c", "disconnected")]
+        assert call.audit.entries[-1] == (
+            "session.join_failed",
+            "p_c",
+            {"rejoined": True, "error": "CancelledError"},
+        )
+    finally:
+        await call.close()
+
+
+async def test_the_others_are_told_of_an_undone_rejoin_the_database_cannot_record() -> None:
+    call = Call()
+    try:
+        teller = await teller_in_call(call)
+        first_tab, _ = call.connect("p_c", Role.CUSTOMER)
+        assert await first_tab.handle('{"v":1,"type":"join"}')
+        call.store.fail = {"participant_rejoined", "update_participant:disconnected"}
+        second_tab, second = call.connect("p_c", Role.CUSTOMER)
+        await second_tab.handle('{"v":1,"type":"join"}')
+        assert second.errors() == ["internal"] and call.store.fail == set()
+        room = call.rooms.get("s_1")
+        assert room is not None
+        member = room.members["p_c"]
+        assert member.connection is None and member.peer is None and member.grace is not None
+        left = [m for m in teller.sent if m["type"] == "participant_left"]
+        assert [(m["participant_id"], m["reason"]) for m in left] == [("p_c", "disconnected")]
     finally:
         await call.close()
 

@@ -13,14 +13,17 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 from pydantic import TypeAdapter, ValidationError
+from structlog.testing import capture_logs
 
 from recorder.journal import Journal
 from recorder.seal.manifest import ManifestError, is_canonical, parse_manifest
 from recorder.store.s3 import (
     ArchiveBucket,
+    ArchiveIntegrityError,
     ArchiveNotFoundError,
     ArchiveStoreError,
     ArchiveUnavailableError,
+    StoreConfigError,
 )
 from server.errors import ApiError
 from server.workflow.transactions.bindings import RecordedSignatures
@@ -165,13 +168,35 @@ class _Store(ArchiveBucket):
 
     def __init__(self, objects: dict[str, bytes], error: ArchiveStoreError | None = None) -> None:
         self.objects, self.error = objects, error
+        self.reads = 0
 
     async def get(self, name: str, version_id: str | None = None) -> bytes:
+        self.reads += 1
         if self.error is not None:
             raise self.error
         if name not in self.objects:
             raise ArchiveNotFoundError(name)
         return self.objects[name]
+
+
+async def test_a_sealed_manifest_is_read_once_and_a_failed_read_is_tried_again() -> None:
+    # The supervisors' queue shows the check for every open transaction at each refresh.
+    data = (VECTORS / "archive" / "manifest.json").read_bytes()
+    archive_id = json.loads(data)["archive_id"]
+    sealed = hashlib.sha256(data).hexdigest()
+    objects = {f"archives/{archive_id}/manifest.json": data}
+    store = _Store(objects, ArchiveUnavailableError("reset"))
+    signatures = RecordedSignatures(store)
+    with pytest.raises(ApiError):
+        await signatures.bound(archive_id, sealed, "t-vector-1")
+    store.error = None
+    for transaction_id in ("t-vector-1", "t_other", "t-vector-1"):
+        await signatures.bound(archive_id, sealed, transaction_id)
+    assert store.reads == 2
+    # Another hash is another manifest: read (and refused) on its own.
+    with pytest.raises(ApiError):
+        await signatures.bound(archive_id, "00" * 32, "t-vector-1")
+    assert store.reads == 3
 
 
 async def test_the_approval_reads_the_bound_signature_from_the_sealed_manifest() -> None:
@@ -199,3 +224,44 @@ async def test_the_approval_reads_the_bound_signature_from_the_sealed_manifest()
     unconfigured = await refused(RecordedSignatures(None))
     assert (unconfigured.status, unconfigured.code) == (503, "archive_unavailable")
     assert "VTELLER_S3_" in unconfigured.message
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ArchiveUnavailableError("archive store unreachable: connection reset"),
+        StoreConfigError("bucket vteller-archive does not exist (ensure_bucket() creates it)"),
+        ArchiveStoreError("AccessDenied: Access Denied (bucket vteller-archive)"),
+        ArchiveStoreError("SlowDown: Please reduce your request rate (bucket vteller-archive)"),
+    ],
+)
+async def test_a_store_failure_says_try_again_and_keeps_its_details_in_the_log(
+    error: ArchiveStoreError,
+) -> None:
+    # The store failing says nothing about the evidence: not "not the one sealed".
+    signatures = RecordedSignatures(_Store({}, error))
+    with capture_logs() as logs, pytest.raises(ApiError) as caught:
+        await signatures.bound("a_1", "00" * 32, "t1")
+    assert (caught.value.status, caught.value.code) == (503, "archive_unavailable")
+    assert "try again" in caught.value.message and "operator" in caught.value.message
+    assert str(error) not in caught.value.message and "vteller-archive" not in caught.value.message
+    assert [(e["event"], e["error"]) for e in logs] == [
+        ("recorded_manifest_unreadable", str(error))
+    ]
+
+
+async def test_a_manifest_damaged_in_the_store_or_unparseable_is_not_verified() -> None:
+    error = ArchiveIntegrityError(
+        "archives/a_1/manifest.json in vteller-archive: content does not match its recorded sha256"
+    )
+    with capture_logs() as logs, pytest.raises(ApiError) as caught:
+        await RecordedSignatures(_Store({}, error)).bound("a_1", "00" * 32, "t1")
+    assert (caught.value.status, caught.value.code) == (409, "recording_not_verified")
+    assert "auditor" in caught.value.message and "vteller-archive" not in caught.value.message
+    assert [(e["event"], e["error"]) for e in logs] == [("recorded_manifest_corrupt", str(error))]
+    # The very bytes the chain recorded at sealing, but no manifest.
+    garbage = b"{not a manifest"
+    store = _Store({"archives/a_1/manifest.json": garbage})
+    with pytest.raises(ApiError) as caught:
+        await RecordedSignatures(store).bound("a_1", hashlib.sha256(garbage).hexdigest(), "t1")
+    assert (caught.value.status, caught.value.code) == (409, "recording_not_verified")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from PIL import Image, ImageDraw
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
+from structlog.testing import capture_logs
 
 from recorder.seal.signing import Signer
 from server.auth.principal import Principal, Role
@@ -59,11 +60,17 @@ class Audit:
 
     def __init__(self) -> None:
         self.hooks: dict[str, Hook] = {}
+        self.facts: list[tuple[str, str, dict[str, Any]]] = []
 
     async def append(self, action: str, **_: Any) -> None:
         hook = self.hooks.pop(action, None)
         if hook is not None:
             await hook()
+
+    async def append_fact(
+        self, action: str, *, target: str = "", detail: dict[str, Any] | None = None, **_: Any
+    ) -> None:
+        self.facts.append((action, target, detail or {}))
 
 
 def _png(offset: int = 0) -> bytes:
@@ -231,10 +238,15 @@ async def test_no_decision_is_taken_when_the_sealed_manifest_binds_another_signa
     tx = _transactions(database, tmp_path, Audit(), recording)
     row = await tx.sign(await _created(tx, database), CUSTOMER, _png())
     await _seal(database)
+    [bound] = [c for c in await tx.checks(row) if c.check == "recording_signature"]
+    assert (bound.passed, bound.reason) == (True, "bound")
     # The manifest kept another signing's binding, or none: the row alone must not be trusted.
     recording.bindings.pop(row.id)
     if recorded is not None:
         recording.bindings[row.id] = recorded
+    # The page's preview of the checks says so too, rather than every check passing.
+    [preview] = [c for c in await tx.checks(row) if c.check == "recording_signature"]
+    assert (preview.passed, preview.reason) == (False, "signature_not_in_recording")
     with pytest.raises(ApiError) as refused:
         await tx.approve(row, TELLER)
     assert (refused.value.status, refused.value.code) == (409, "signature_not_in_recording")
@@ -371,6 +383,28 @@ async def test_a_failed_take_does_not_give_back_a_ticket_another_teller_took(
     assert stored is not None and (stored.state, stored.taken_by) == ("taken", "u_b")
 
 
+def _opened_late(
+    store: SessionStore,
+    database: async_sessionmaker[DbSession],
+    ticket_id: str,
+    meanwhile: dict[str, Any],
+) -> Callable[..., Coroutine[Any, Any, CallSession]]:
+    """Make `store` open sessions so slowly that the ticket changes by `meanwhile` first; returns
+    the store's own `open_session`."""
+    open_session = store.open_session
+
+    async def opened_late(*args: Any, **kwargs: Any) -> CallSession:
+        session = await open_session(*args, **kwargs)
+        async with database() as s, s.begin():
+            await s.execute(
+                update(QueueTicket).where(QueueTicket.id == ticket_id).values(**meanwhile)
+            )
+        return session
+
+    store.open_session = opened_late  # type: ignore[method-assign]
+    return open_session
+
+
 @pytest.mark.parametrize(
     "meanwhile",
     [
@@ -385,19 +419,10 @@ async def test_a_take_whose_ticket_went_elsewhere_meanwhile_undoes_its_session(
     database: async_sessionmaker[DbSession], tmp_path: Path, meanwhile: dict[str, Any]
 ) -> None:
     store = SessionStore(database)
-    queue = await _queue(database, tmp_path, Audit(), store)
+    audit = Audit()
+    queue = await _queue(database, tmp_path, audit, store)
     ticket = (await queue.join("other", False)).ticket
-    open_session = store.open_session
-
-    async def opened_late(*args: Any, **kwargs: Any) -> CallSession:
-        session = await open_session(*args, **kwargs)
-        async with database() as s, s.begin():
-            await s.execute(
-                update(QueueTicket).where(QueueTicket.id == ticket.id).values(**meanwhile)
-            )
-        return session
-
-    store.open_session = opened_late  # type: ignore[method-assign]
+    open_session = _opened_late(store, database, ticket.id, meanwhile)
     with pytest.raises(ApiError) as refused:
         await queue.take_next(TELLER, None, None)
     assert (refused.value.status, refused.value.code) == (409, "ticket_lost")
@@ -411,9 +436,113 @@ async def test_a_take_whose_ticket_went_elsewhere_meanwhile_undoes_its_session(
     assert profile is not None and profile.current_session_id is None
     assert (session.state, session.end_reason) == ("ended", "queue_take_lost")
     assert links == 0
+    # The log's queue.taken is followed by what became of the take.
+    assert audit.facts == [
+        ("queue.take_lost", ticket.id, {"session_id": session.id, "undone": True})
+    ]
     if meanwhile["state"] == "waiting":
         # The ticket's link is free again: the next take gets the customer.
         store.open_session = open_session  # type: ignore[method-assign]
         other = Principal(role=Role.TELLER, display_name="b", csrf_token="x", user_id="u_b")
         taken = await queue.take_next(other, None, None)
         assert (taken.ticket.id, taken.ticket.session_id) == (ticket.id, taken.session.id)
+
+
+async def test_a_lost_take_whose_undo_fails_still_answers_ticket_lost(
+    database: async_sessionmaker[DbSession], tmp_path: Path
+) -> None:
+    store = SessionStore(database)
+    audit = Audit()
+    queue = await _queue(database, tmp_path, audit, store)
+    ticket = (await queue.join("other", False)).ticket
+    given_back = {"state": "waiting", "taken_by": None, "closed_at": None}
+    open_session = _opened_late(store, database, ticket.id, given_back)
+    end = store.end
+
+    async def database_hiccup(*args: Any, **kwargs: Any) -> CallSession:
+        raise ConnectionError("connection to the database lost")
+
+    store.end = database_hiccup  # type: ignore[method-assign]
+    with capture_logs() as logs, pytest.raises(ApiError) as refused:
+        await queue.take_next(TELLER, None, None)
+    assert (refused.value.status, refused.value.code) == (409, "ticket_lost")
+    assert [e["event"] for e in logs] == ["queue_take_undo_failed"]
+    async with database() as s:
+        [session] = await s.scalars(select(CallSession).where(CallSession.id != "s_1"))
+    assert audit.facts == [
+        ("queue.take_lost", ticket.id, {"session_id": session.id, "undone": False})
+    ]
+    # The database is back. The link left on the ticket's digest is freed by the sweep once it
+    # is older than any take, and the customer can be taken again.
+    store.end, store.open_session = end, open_session  # type: ignore[method-assign]
+    await queue.sweep()
+    async with database() as s:
+        assert await s.scalar(select(func.count()).select_from(Invitation)) == 1
+        await s.execute(update(Invitation).values(created_at=utcnow() - timedelta(seconds=61)))
+        await s.commit()
+    await queue.sweep()
+    async with database() as s:
+        ended = await s.get(CallSession, session.id, populate_existing=True)
+        assert await s.scalar(select(func.count()).select_from(Invitation)) == 0
+    assert ended is not None and (ended.state, ended.end_reason) == ("ended", "queue_take_lost")
+    other = Principal(role=Role.TELLER, display_name="b", csrf_token="x", user_id="u_b")
+    taken = await queue.take_next(other, None, None)
+    assert (taken.ticket.id, taken.ticket.session_id) == (ticket.id, taken.session.id)
+
+
+async def test_ending_a_lost_take_and_freeing_its_link_is_one_transaction(
+    database: async_sessionmaker[DbSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = SessionStore(database)
+    async with database() as s, s.begin():
+        s.add(
+            Invitation(
+                session_id="s_1",
+                token_hash="ab" * 32,
+                created_by=TELLER_ID,
+                expires_at=utcnow() + timedelta(hours=1),
+            )
+        )
+
+    def failing(**_: Any) -> SessionEvent:
+        raise ConnectionError("connection to the database lost")
+
+    # The session's end fails after its link was deleted in the same transaction.
+    monkeypatch.setattr("server.sessions.store.SessionEvent", failing)
+    with pytest.raises(ConnectionError):
+        await store.end("s_1", None, "queue_take_lost", unlink=True)
+    async with database() as s:
+        session = await s.get(CallSession, "s_1")
+        links = await s.scalar(select(func.count()).select_from(Invitation))
+    assert session is not None and session.state == "live" and links == 1
+    monkeypatch.undo()
+    await store.end("s_1", None, "queue_take_lost", unlink=True)
+    async with database() as s:
+        session = await s.get(CallSession, "s_1")
+        links = await s.scalar(select(func.count()).select_from(Invitation))
+    assert session is not None and session.state == "ended" and links == 0
+
+
+async def test_a_failed_take_does_not_give_back_a_ticket_another_take_named(
+    database: async_sessionmaker[DbSession], tmp_path: Path
+) -> None:
+    store = SessionStore(database)
+    queue = await _queue(database, tmp_path, Audit(), store)
+    ticket = (await queue.join("other", False)).ticket
+
+    async def fails_after_another_take(*_: Any, **__: Any) -> CallSession:
+        # The sweep gave the slow take's ticket back, and this teller's next take (another
+        # request) took it again and named its session.
+        async with database() as s, s.begin():
+            await s.execute(
+                update(QueueTicket).where(QueueTicket.id == ticket.id).values(session_id="s_1")
+            )
+        raise ConnectionError("connection to the database lost")
+
+    store.open_session = fails_after_another_take  # type: ignore[method-assign]
+    with pytest.raises(ConnectionError):
+        await queue.take_next(TELLER, None, None)
+    async with database() as s:
+        stored = await s.get(QueueTicket, ticket.id)
+    assert stored is not None
+    assert (stored.state, stored.taken_by, stored.session_id) == ("taken", TELLER_ID, "s_1")

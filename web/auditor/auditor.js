@@ -2,12 +2,17 @@
 // watermark over the players, jump to the key moments, export, set or clear a legal hold.
 // `/auditor/?archive=ID&moment=MOMENT` (the supervisor's review queue links here) opens that
 // archive directly, and playback, once started, begins at the moment's start mark.
-import { get, post, postForFile } from '/static/common/api.js';
+import { get, post } from '/static/common/api.js';
 import { clearText, t, translate } from '/static/common/i18n.js';
-import { initChrome, toast, showErrorText } from '/static/common/ui.js';
+import { errorText, initChrome, toast, showErrorText } from '/static/common/ui.js';
 
 const $ = (id) => document.getElementById(id);
-const state = { user: null, query: {}, page: 1, pages: 1, archive: null, players: [], target: null };
+// `opened`: the archive shown (or being loaded), set before `archive` arrives; `exporting`: the
+// archives whose packages the server is writing for this page.
+const state = {
+  user: null, query: {}, page: 1, pages: 1, opened: null, archive: null, players: [], target: null,
+  exporting: new Set(),
+};
 
 function show(view) {
   document.body.dataset.view = view;
@@ -105,6 +110,7 @@ function stopPlayers() {
 
 /** `target`: the moment (script id) whose start playback begins at, from a deep link. */
 async function openArchive(archiveId, target = null) {
+  state.opened = archiveId;
   state.target = target;
   stopPlayers();
   show('archive');
@@ -115,6 +121,7 @@ async function openArchive(archiveId, target = null) {
   for (const id of ['chain-status', 'archive-summary', 'identity-summary', 'report-summary', 'play-status', 'target-status', 'export-status']) clearText($(id));
   $('problems').hidden = true;
   $('timeline').replaceChildren();
+  showExporting(archiveId);
   try {
     const opened = await get(`/api/v1/auditor/archives/${encodeURIComponent(archiveId)}`);
     state.archive = opened;
@@ -355,43 +362,52 @@ function seek(seconds) {
   for (const video of state.players) video.currentTime = seconds;
 }
 
-/** Save `blob` as `filename` through the browser's own download. */
-function saveFile(blob, filename) {
-  const url = URL.createObjectURL(blob);
-  const link = document.createElement('a');
-  link.href = url;
-  link.download = filename;
-  document.body.append(link);
-  link.click();
-  link.remove();
-  // The download reads the Blob after the click has returned: revoking the URL at once can cut it.
-  setTimeout(() => URL.revokeObjectURL(url), 60_000);
+/** The export button and status of `archiveId`, now open: busy while its package is written. */
+function showExporting(archiveId) {
+  const busy = state.exporting.has(archiveId);
+  $('export').disabled = busy;
+  if (busy) translate($('export-status'), 'auditor.exporting');
 }
 
-/** A POST (with the page's CSRF token), never a link: another site could make the browser follow
- * a link, and an export hands out evidence. */
+/** Report how `archiveId`'s export `ended` (an Error, or the `key` and `params` of the status)
+ * next to the button, or, if the auditor has gone on to another archive (or the search)
+ * meanwhile, in a toast that names it. */
+function exportEnded(archiveId, ended) {
+  const failed = ended instanceof Error;
+  if (state.opened === archiveId) {
+    if (failed) showErrorText($('export-status'), ended);
+    else translate($('export-status'), ended.key, ended.params);
+    return;
+  }
+  const text = failed ? errorText(ended) : t(ended.key, ended.params);
+  toast(`${t('auditor.archiveTitle', { id: archiveId })}: ${text}`, failed ? 'error' : 'success');
+}
+
+/** The server writes the package, then hands out a single-use link (for this login, valid a
+ * minute) that the browser downloads to disk itself, with its own progress: the page never holds
+ * the package, which can be gigabytes. The export is a POST with the page's CSRF token, never a
+ * plain link: another site could make the browser follow one, and an export hands out evidence. */
 async function exportPackage() {
-  const archiveId = state.archive.archive.archive_id;
-  const status = $('export-status');
-  $('export').disabled = true;
-  translate(status, 'auditor.exporting');
-  let shown = null;
-  const progress = (received, total) => {
-    // Once per percent: the status is a live region, read out at each change.
-    const percent = total ? Math.floor((received / total) * 100) : null;
-    if (percent === null || percent === shown) return;
-    shown = percent;
-    translate(status, 'auditor.exportProgress', { percent, total: (total / 1024 / 1024).toFixed(1) });
-  };
+  const archiveId = state.opened;
+  state.exporting.add(archiveId);
+  showExporting(archiveId);
   try {
-    const { blob, filename } = await postForFile(
-      `/api/v1/auditor/archives/${encodeURIComponent(archiveId)}/export`, progress);
-    saveFile(blob, filename);
-    translate(status, 'auditor.exportDone', { filename });
+    const { download } = await post(`/api/v1/auditor/archives/${encodeURIComponent(archiveId)}/export`);
+    const link = document.createElement('a');
+    link.href = download.url;
+    link.download = download.filename;
+    document.body.append(link);
+    link.click();
+    link.remove();
+    exportEnded(archiveId, {
+      key: 'auditor.exportDone',
+      params: { filename: download.filename, size: (download.bytes / 1024 / 1024).toFixed(1), sha256: download.sha256 },
+    });
   } catch (err) {
-    showErrorText(status, err);
+    exportEnded(archiveId, err);
   } finally {
-    $('export').disabled = false;
+    state.exporting.delete(archiveId);
+    if (state.opened === archiveId) $('export').disabled = false;
   }
 }
 
@@ -455,6 +471,7 @@ $('back').addEventListener('click', () => {
   // Back to searching: a reload shows the search, not the linked archive again.
   if (window.location.search) window.history.replaceState(null, '', window.location.pathname);
   state.target = null;
+  state.opened = null;
   stopPlayers();
   show('search');
   search(state.page);

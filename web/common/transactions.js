@@ -44,10 +44,12 @@ export function showState(element, state) {
   translate(element, `tx.state.${state}`);
 }
 
-/** A check's explanation in the page's language (the server's English text as a fallback). */
+/** A check's explanation in the page's language (the server's English text as a fallback). A
+ * failing recording_signature check's reason is the code approval would be refused with, so its
+ * text is that error's. */
 export function checkText(check) {
-  const key = `tx.reason.${check.reason}`;
-  return has(key) ? t(key) : check.message;
+  const key = [`tx.reason.${check.reason}`, `error.${check.reason}`].find((candidate) => has(candidate));
+  return key ? t(key) : check.message;
 }
 
 /** <ul> of the checks, failing ones first, each marked passed or failed. */

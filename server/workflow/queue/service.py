@@ -26,6 +26,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
+import structlog
 from sqlalchemy import and_, case, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
@@ -67,6 +68,8 @@ _CANDIDATES = 8
 _CLAIM_ROUNDS = 5
 # Far longer than creating a session takes: a ticket taken this long ago without one was orphaned.
 _TAKE_GRACE = timedelta(seconds=60)
+
+log = structlog.get_logger(__name__)
 
 
 def invitation_token(ticket_token: str) -> str:
@@ -327,6 +330,22 @@ class QueueService:
                 .values(state="waiting", taken_by=None, closed_at=None)
                 .execution_options(synchronize_session=False)
             )
+        # A take that lost its ticket and could not undo its session then (the database failed)
+        # left the ticket's link behind, and the ticket's next take would collide with it. A
+        # waiting ticket's link older than a take lasts is such a leftover, never a live take's.
+        async with self._db() as db:
+            leftovers = list(
+                await db.scalars(
+                    select(Invitation.session_id)
+                    .join(QueueTicket, QueueTicket.invitation_hash == Invitation.token_hash)
+                    .where(
+                        QueueTicket.state == "waiting", Invitation.created_at < now - _TAKE_GRACE
+                    )
+                )
+            )
+        for session_id in leftovers:
+            log.warning("queue_take_undone_late", session_id=session_id)
+            await self._undo_take(session_id)
         too_old = now - timedelta(minutes=self.config.max_wait_minutes)
         for ticket_id, created_at in rows:
             reason = "expired" if created_at < too_old else "abandoned"
@@ -517,8 +536,9 @@ class QueueService:
             )
         except BaseException:
             # The customer keeps their place if the session could not be created, provided the
-            # ticket is still this teller's: a take slower than the sweep's grace has been given
-            # back, and may be another teller's by now.
+            # ticket is still this teller's and names no session: a take slower than the sweep's
+            # grace has been given back, and may be another teller's by now, or this teller's
+            # again through another take that has named its own session.
             async with self._db() as db, db.begin():
                 await db.execute(
                     update(QueueTicket)
@@ -526,6 +546,7 @@ class QueueService:
                         QueueTicket.id == ticket.id,
                         QueueTicket.state == "taken",
                         QueueTicket.taken_by == state.user.id,
+                        QueueTicket.session_id.is_(None),
                     )
                     .values(state="waiting", taken_by=None, closed_at=None)
                 )
@@ -551,7 +572,7 @@ class QueueService:
                 profile = await self._profile(db, state.user.id)
                 profile.current_session_id = session.id
         if row is None:
-            await self._undo_take(session.id)
+            await self._take_lost(teller, ticket.id, session.id, address)
             raise ApiError(
                 409,
                 "ticket_lost",
@@ -561,12 +582,32 @@ class QueueService:
             )
         return Taken(row, session)
 
+    async def _take_lost(
+        self, teller: Principal, ticket_id: str, session_id: str, address: str | None
+    ) -> None:
+        """Undo a take that lost its ticket, and follow its `queue.taken` entry with the fact.
+
+        The teller hears `ticket_lost` even if the undo fails (the database failed): the ticket
+        is not theirs either way. The link it leaves behind is freed by the sweep."""
+        try:
+            await self._undo_take(session_id)
+            undone = True
+        except Exception:
+            log.exception("queue_take_undo_failed", ticket_id=ticket_id, session_id=session_id)
+            undone = False
+        await self._audit.append_fact(
+            "queue.take_lost",
+            actor=teller.user_id or "",
+            actor_role=teller.role.value,
+            target=ticket_id,
+            detail={"session_id": session_id, "undone": undone},
+            address=address,
+        )
+
     async def _undo_take(self, session_id: str) -> None:
-        """End the session of a take that lost its ticket, and remove its link: the link is on
-        the ticket's digest, which the ticket's next take must be able to use."""
-        async with self._db() as db, db.begin():
-            await db.execute(delete(Invitation).where(Invitation.session_id == session_id))
-        await self._store.end(session_id, None, "queue_take_lost")
+        """End the session of a take that lost its ticket and remove its link, together: the
+        link is on the ticket's digest, which the ticket's next take must be able to use."""
+        await self._store.end(session_id, None, "queue_take_lost", unlink=True)
 
     async def _claim(self, teller: TellerState) -> QueueTicket:
         me = teller.user.id

@@ -8,6 +8,7 @@ and that recording's compliance report with its review items. docs/workflow.md, 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -43,9 +44,15 @@ class Facts:
     rejected_reviews: int
 
 
+# Not a rule (a decision refuses it before evaluating them, and it is never overridden): the
+# preview of a transaction's checks shows it among them, so that a page never shows every check
+# passing while approval is refused (Transactions.checks).
+RecordingSignature = Literal["recording_signature"]
+
+
 @dataclass(frozen=True)
 class CheckResult:
-    check: Check
+    check: Check | RecordingSignature
     passed: bool
     reason: str  # stable code
     message: str  # what to do (shown to the teller and the supervisor)

@@ -163,8 +163,21 @@ class Transactions:
             return list(await db.scalars(query.order_by(TransactionDecision.id)))
 
     async def checks(self, row: Transaction) -> list[CheckResult]:
+        """The checks as a decision would judge them now, for the pages. While a decision is
+        still possible, that includes whether the sealed recording binds the signature: a
+        decision refuses before its checks otherwise, and the page must not show all passing."""
         async with self._db() as db:
-            return evaluate(await gather_facts(db, row, self.config))
+            facts = await gather_facts(db, row, self.config)
+        results = evaluate(facts)
+        if row.state in OPEN_STATES and facts.archive_id and facts.manifest_sha256:
+            try:
+                await self._same_signature_as_recorded(row, facts.archive_id, facts.manifest_sha256)
+            except ApiError as exc:
+                results.append(CheckResult("recording_signature", False, exc.code, exc.message))
+            else:
+                message = "The sealed recording binds this very signature."
+                results.append(CheckResult("recording_signature", True, "bound", message))
+        return results
 
     async def signature_png(self, row: Transaction) -> bytes:
         if (

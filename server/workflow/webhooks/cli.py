@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -15,10 +16,17 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from server.audit import SYSTEM, AuditLog
-from server.commands import Run, database, help_for, run_reporting
+from server.commands import (
+    Run,
+    database,
+    help_for,
+    run_reporting,
+    sqlite_in_data_dir,
+    writes_data_dir,
+)
 from server.errors import ApiError
 from server.settings import Settings
-from server.workflow.webhooks.delivery import SECRET_FILE, webhook_secret
+from server.workflow.webhooks.delivery import SECRET_FILE, secret_file, webhook_secret
 from server.workflow.webhooks.records import STATES, DeliveryRecords
 
 Command = Callable[[argparse.Namespace, DeliveryRecords], Awaitable[int]]
@@ -40,7 +48,8 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         f"if set, otherwise {{data_dir}}/keys/{SECRET_FILE}, generated now if there is none "
         "(0600). Give it to the core bank's team over a channel fit for secrets.",
     )
-    secret.set_defaults(run=_secret, writes_data_dir=secret.prog)
+    secret.set_defaults(run=_secret)
+    writes_data_dir(secret, when=_generates_secret)
 
     listing = webhook_commands.add_parser(
         "list",
@@ -51,8 +60,9 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     listing.add_argument("--state", choices=[*STATES, "all"], default="all")
     listing.add_argument("-n", type=int, default=50, help="how many (default 50)")
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    listing.set_defaults(run=_runner(_list))
     # Also `list`: it brings the database's schema up to date first.
-    listing.set_defaults(run=_runner(_list), writes_data_dir=listing.prog)
+    writes_data_dir(listing, when=sqlite_in_data_dir)
 
     retry = webhook_commands.add_parser(
         "retry",
@@ -62,9 +72,18 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "as webhook.retried by `system`.",
     )
     retry.add_argument("key", help="the transaction id, or the delivery id (wh_...)")
-    retry.set_defaults(run=_runner(_retry), writes_data_dir=retry.prog)
+    retry.set_defaults(run=_runner(_retry))
+    writes_data_dir(retry, when=sqlite_in_data_dir)
 
     webhooks.set_defaults(run=help_for(webhooks))
+
+
+def _generates_secret(settings: Settings) -> bool:
+    # A configured secret, or one generated before, is only read. os.path.exists: a keys
+    # directory this account cannot look into counts as no secret yet, refused with its owner.
+    return not settings.webhook.secret.get_secret_value() and not os.path.exists(
+        secret_file(settings.data_dir)
+    )
 
 
 def _secret(_: argparse.Namespace, settings: Settings) -> int:

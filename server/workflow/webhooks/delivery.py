@@ -42,10 +42,14 @@ MIN_PAUSE_SECONDS = 0.05
 SECRET_FILE = "webhook-secret"
 
 
+def secret_file(data_dir: Path) -> Path:
+    return data_dir / "keys" / SECRET_FILE
+
+
 def webhook_secret(config: WebhookConfig, data_dir: Path) -> str:
     """The HMAC key: configured, or generated once into {data_dir}/keys/webhook-secret (0600)."""
     configured = config.secret.get_secret_value()
-    return configured or generated_secret(data_dir / "keys" / SECRET_FILE)
+    return configured or generated_secret(secret_file(data_dir))
 
 
 class WebhookDeliveries(DeliveryRecords):
@@ -142,7 +146,7 @@ class WebhookDeliveries(DeliveryRecords):
     async def _deliver(self, delivery_id: str) -> None:
         row = await self.claim(delivery_id, self._owner)
         if row is None:
-            return  # another worker has it
+            return  # another worker has it, or its attempts were spent and it failed
         assert self._http is not None
         body = row.body.encode("utf-8")
         headers = request_headers(

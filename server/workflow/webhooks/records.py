@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import String, case, cast, func, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
@@ -53,6 +53,18 @@ def _iso(at: datetime | None) -> str | None:
 
 def _lease_free(now: datetime) -> ColumnElement[bool]:
     return or_(WebhookDelivery.lease_until.is_(None), WebhookDelivery.lease_until < now)
+
+
+def _gave_up(used: ColumnElement[int]) -> ColumnElement[str]:
+    """`last_error` of a delivery whose attempts are used up when it is claimed: computed in the
+    UPDATE that fails it, from the row as it is then. Neutral about why (killed workers, or a
+    lowered `max_attempts`), and keeping what the core bank last answered."""
+    prefix = literal("gave up after ", String) + cast(used, String) + literal(" attempts", String)
+    before = case(
+        (WebhookDelivery.last_error.is_(None), literal("; none of them recorded an outcome")),
+        else_=literal("; before: ", String) + WebhookDelivery.last_error,
+    )
+    return func.substr(prefix + before, 1, MAX_ERROR_CHARS)
 
 
 class DeliveryRecords:
@@ -264,9 +276,10 @@ class DeliveryRecords:
     async def claim(self, delivery_id: str, owner: str) -> WebhookDelivery | None:
         """Take a due delivery for one attempt (counted now, so a crash mid-attempt counts too).
 
-        None when another worker has it, or when its attempts are used up (the last ones never
-        ended: their worker stopped or was killed meanwhile): it then fails instead, so that a
-        delivery whose attempts keep killing workers ends like any other.
+        None when another worker has it, or when its attempts are used up without an outcome
+        that settled it (their workers were killed during them, or `max_attempts` was lowered
+        since): it then fails instead, so that a delivery whose attempts keep killing workers
+        ends like any other.
         """
         now = utcnow()
         lease = timedelta(seconds=self._config.timeout_seconds + LEASE_MARGIN_SECONDS)
@@ -298,8 +311,7 @@ class DeliveryRecords:
                     next_attempt_at=None,
                     lease_owner=None,
                     lease_until=None,
-                    last_error="gave up: the last attempt never ended (the worker sending it "
-                    "stopped or was killed during it)",
+                    last_error=_gave_up(used),
                     updated_at=now,
                 )
             )
@@ -318,18 +330,19 @@ class DeliveryRecords:
                 detail={
                     "delivery_id": failed.id,
                     "attempts": failed.attempts,
-                    "status": None,  # the last attempt got no answer
+                    "status": None,  # no answer ended it: it was given up when claimed
                     "reason": "exhausted",
                 },
             )
         return None
 
     async def release(self, row: WebhookDelivery, owner: str) -> None:
-        """Give an interrupted attempt back (the worker is stopping): due again at once."""
-        now = utcnow()
-        await self._settle_row(
-            row, owner, {"next_attempt_at": now, "last_error": "interrupted: the worker stopped"}
-        )
+        """Give an interrupted attempt back (the worker is stopping): due again at once, and not
+        counted, so that a rolling restart cannot use up a delivery's attempts. Its `last_error`
+        stays the last counted attempt's: the stop says nothing about the core bank."""
+        values = {"next_attempt_at": utcnow(), "attempts": WebhookDelivery.attempts - 1}
+        if await self._settle_row(row, owner, values):
+            log.info("webhook_attempt_released", delivery_id=row.id, attempt=row.attempts)
 
     async def settle(self, row: WebhookDelivery, owner: str, outcome: Outcome) -> None:
         """Record an attempt's outcome: delivered, failed, or when to try again."""
