@@ -449,8 +449,16 @@ def _judge_visibility(
         problems: list[tuple[int, str]] = []  # (cell, problem)
         histogram: dict[str, int] = {}
         run = longest_run = 0  # samples in a row with too many faces
+        frozen = 0
         for cell in cells:
             count = seen[cell][1] if cell in seen else None
+            if count is None and cell - 1 in seen and cell + 1 in seen:
+                # One second without a new frame between two with one: the picture froze (a
+                # browser pauses its camera for a moment when its bandwidth estimate dips, as
+                # when a screen share starts), and a player shows the last frame meanwhile.
+                # Longer gaps stay "no video".
+                count = seen[cell - 1][1]
+                frozen += 1
             run = run + 1 if who == "customer" and count is not None and count > need else 0
             longest_run = max(longest_run, run)
             if count is None:
@@ -470,6 +478,7 @@ def _judge_visibility(
             "violations": len(problems),
             "violation_percent": decimal(100 * len(problems) / len(cells), 1) if cells else "0.0",
             "faces": dict(sorted(histogram.items())),
+            "frozen": frozen,
         }
         if not cells:
             decision: Decision = "needs_review"

@@ -102,6 +102,7 @@ DURATION_MS = 18000
 
 # Camera colours (BGR) the fake face counter reads as a number of faces.
 ONE_FACE, TWO_FACES, NOBODY = (0, 0, 200), (200, 0, 0), (0, 0, 0)
+NO_FRAMES = (-1, -1, -1)  # the camera sends nothing (paused, frozen, off)
 
 
 # -- spans -----------------------------------------------------------------------------------
@@ -198,6 +199,8 @@ def _write_webm(path: Path, customer_camera: Camera, screen: tuple[int, int] | N
                 lo, hi = screen
             for ms in range(lo, hi, 200):
                 schedule = customer_camera if title == "customer camera" else []
+                if colour_at(ms, schedule) == NO_FRAMES:
+                    continue
                 image = np.full((120, 160, 3), colour_at(ms, schedule), dtype=np.uint8)
                 picture = av.VideoFrame.from_ndarray(image, format="bgr24")
                 picture.pts, picture.time_base = ms // 200, fractions.Fraction(1, 5)
@@ -393,6 +396,27 @@ def test_faces_missing_or_too_many_are_located(tmp_path: Path, scripts_dir: Path
     assert consent["decision"] == "fail"
     assert consent["violations"][0]["problem"] == "2 faces"
     assert any("more than 1 face" in r for r in moments["consent"]["reasons"])
+
+
+def test_a_one_second_freeze_shows_the_frame_before_and_a_longer_gap_is_no_video(
+    tmp_path: Path, scripts_dir: Path
+) -> None:
+    # The risk disclosure's 11 samples (8-19 s): the camera sends nothing at 10-11 s (one
+    # sample, a freeze) and again at 13-16 s (three samples in a row: a gap).
+    camera = [(10000, 11000, NO_FRAMES), (13000, 16000, NO_FRAMES)]
+    document = _analyze(_recording(tmp_path, customer_camera=camera), scripts_dir)
+    risk = _moments(document)["risk_disclosure"]["visibility"]
+    customer = next(c for c in risk["checks"] if c["who"] == "customer")
+    assert customer["frozen"] == 1 and customer["faces"] == {"1": 8}
+    assert risk["violations"] == [
+        {"who": "customer", "problem": "no video", "start_ms": 13000, "end_ms": 16000}
+    ]
+    assert risk["decision"] == "fail"  # 3 of 11 samples (27 %)
+    # A freeze alone is not a violation: the consent's single frozen second passes.
+    frozen = _analyze(_recording(tmp_path, customer_camera=[(3000, 4000, NO_FRAMES)]), scripts_dir)
+    consent = _moments(frozen)["consent"]["visibility"]
+    assert consent["decision"] == "pass" and consent["violations"] == []
+    assert next(c for c in consent["checks"] if c["who"] == "customer")["frozen"] == 1
 
 
 def test_one_crowded_sample_counts_only_towards_the_tolerance(
