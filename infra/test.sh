@@ -7,8 +7,8 @@ usage() {
     cat <<'EOF'
 Usage: bash infra/test.sh [PYTEST ARGS...]
 
-1. apt-get installs chromium, fonts-noto-cjk, ffmpeg, openssl, postgresql and coturn if any is
-   missing (root or sudo)
+1. apt-get installs chromium, fonts-noto-cjk, ffmpeg, openssl, postgresql, coturn and nginx-light
+   if any is missing (root or sudo)
 2. pip install -e '.[test]' (skipped while pyproject.toml is unchanged)
 3. builds MinIO if needed and starts a test instance on 127.0.0.1:9100, data in
    ${VTELLER_DATA_DIR:-./var}/test-minio (wiped at each start), and exports
@@ -37,7 +37,8 @@ say() { printf 'test: %s\n' "$*" >&2; }
 
 # --- 1. system packages: Chromium for the end-to-end tests, CJK fonts so Chinese UI text renders,
 # ffmpeg to inspect recordings, openssl to verify an export package without vteller, postgresql
-# for the database that workers on several machines share, coturn for the TURN relay. dpkg-query,
+# for the database that workers on several machines share, coturn for the TURN relay, nginx for
+# the TLS front (infra/proxy.sh). dpkg-query,
 # not dpkg -s: a removed package whose configuration files remain is "known" to dpkg -s but not
 # installed.
 installed() { [[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" == "install ok installed" ]]; }
@@ -45,6 +46,8 @@ missing=()
 for pkg in chromium fonts-noto-cjk ffmpeg openssl postgresql coturn; do
     installed "$pkg" || missing+=("$pkg")
 done
+# Any of Debian's nginx packages will do; nginx-light is the smallest.
+[[ -x /usr/sbin/nginx ]] || command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)
 if ((${#missing[@]})); then
     sudo=()
     if ((EUID != 0)); then
@@ -55,7 +58,7 @@ if ((${#missing[@]})); then
     "${sudo[@]}" apt-get update -q
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
 else
-    say "system packages already installed (chromium, fonts-noto-cjk, ffmpeg, openssl, postgresql, coturn)"
+    say "system packages already installed (chromium, fonts-noto-cjk, ffmpeg, openssl, postgresql, coturn, nginx-light)"
 fi
 
 # --- 2. Python packages.

@@ -10,14 +10,17 @@ A TURN server relays the media of browsers that have no direct UDP path to the S
 networks, hotel Wi-Fi, corporate proxies). This runs Debian's coturn, configured so that:
   - it accepts only vteller's short-lived per-participant credentials (use-auth-secret: the
     secret in keys/turn-secret, shared with vteller; see docs/deployment.md, "TURN");
-  - it relays only to the SFU's addresses (--peer), never to anything else: a credential copied
-    out of a page cannot turn it into an open relay into the bank's network or the internet;
-  - UDP relays only (the SFU speaks UDP), no CLI, no version in its answers.
+  - it relays only to the SFUs' addresses (--peer), never to anything else: a credential copied
+    out of a page cannot make it an open relay into the bank's network or the internet (it
+    reaches every UDP port of those addresses, though: firewall the SFU hosts to accept only the
+    SFU's ports from the relay address);
+  - UDP relays only (the SFU speaks UDP), no CLI, no version in its answers, no old STUN.
 
 Commands:
   install   apt-get install coturn (as root, or through sudo) unless turnserver is there
   start     write the configuration (mode 0600: it holds the secret) and start coturn in the
-            background; does nothing if this directory's coturn is already running
+            background; if this directory's coturn already runs, say whether its configuration
+            differs (a restart drops the calls it relays)
   stop      stop the coturn started for this directory
   status    say whether it runs (exit status 0 if it does, 3 if not)
   config    print the configuration 'start' would write, with the secret elided
@@ -26,22 +29,28 @@ Options (start, stop, status, config):
   --dir DIR            default ${VTELLER_TURN_DIR:-${VTELLER_DATA_DIR:-./var}/turn}: holds
                        turnserver.conf, turnserver.pid, turnserver.log
   --secret-file FILE   default ${VTELLER_DATA_DIR:-./var}/keys/turn-secret, the file vteller
-                       reads (generated here, 0600, if neither has made it yet; copy it to a TURN
-                       host of its own, or set the same value in VTELLER_TURN__SECRET)
-  --listen ADDR        address to listen on, default 127.0.0.1 (a server: its public address)
-  --port N             listening port (UDP and TCP), default 3478
-  --relay-ip ADDR      address relayed media leaves from, default the --listen address
-  --external-ip ADDR   public address when the TURN host is behind 1:1 NAT ('PUBLIC/PRIVATE')
-  --peer ADDR          an SFU address the relay may send to; repeat for each; default the
-                       --listen address (same machine)
+                       reads; generated (0600) if missing on the vteller machine itself. A TURN
+                       host of its own gets a copy of that file, or the value of
+                       VTELLER_TURN__SECRET, which this script uses when it is set
+  --listen ADDR        IP address browsers reach (UDP and TCP), default 127.0.0.1
+  --port N             listening port, default 3478
+  --relay-ip ADDR      IP address the relay sends to the SFUs from, default the --listen address:
+                       on a TURN host in front of the SFUs' network, its address on that network
+  --external-ip ADDR   the public address, when the TURN host is behind 1:1 NAT (PUBLIC/PRIVATE)
+  --peer ADDR          an address the SFU offers media on (a machine's ice_host_addresses);
+                       repeat for each machine; default the --listen address (same machine)
   --min-port N, --max-port N
                        UDP relay port range, default 49160-49359 (open it in the firewall)
   --realm NAME         default vteller
-  --max-bps N          bytes per second per relay (default 375000: 3 Mbit/s, a call's camera,
-                       microphone and screen)
+  --max-bps N          bytes per second per relay and direction (default 1250000, 10 Mbit/s:
+                       a three-party call with a shared screen)
+  --total-quota N      relays at once, all users together (default 0: no limit; each
+                       participant may hold 8)
 
-Then tell vteller where it is, e.g. for a machine whose browsers reach it at turn.bank.example:
-  VTELLER_TURN__URLS='["turn:turn.bank.example:3478?transport=udp"]' bash infra/run.sh
+Then tell vteller where it is, e.g. for browsers that reach it at turn.bank.example:
+  VTELLER_TURN__URLS='["turn:turn.bank.example:3478?transport=udp",
+                       "turn:turn.bank.example:3478?transport=tcp"]' bash infra/run.sh
+vteller checks at start that the server relays with its credentials (turn_check_failed in its log).
 EOF
 }
 
@@ -55,7 +64,7 @@ parse_options() {
     DIR="${VTELLER_TURN_DIR:-$data_dir/turn}"
     SECRET_FILE="$data_dir/keys/turn-secret"
     LISTEN=127.0.0.1 PORT=3478 RELAY_IP="" EXTERNAL_IP="" REALM=vteller
-    MIN_PORT=49160 MAX_PORT=49359 MAX_BPS=375000
+    MIN_PORT=49160 MAX_PORT=49359 MAX_BPS=1250000 TOTAL_QUOTA=0
     PEERS=()
     while (($#)); do
         case "$1" in
@@ -70,23 +79,34 @@ parse_options() {
             --max-port) MAX_PORT="${2:?--max-port needs a value}"; shift 2 ;;
             --realm) REALM="${2:?--realm needs a value}"; shift 2 ;;
             --max-bps) MAX_BPS="${2:?--max-bps needs a value}"; shift 2 ;;
+            --total-quota) TOTAL_QUOTA="${2:?--total-quota needs a value}"; shift 2 ;;
             -h | --help) usage; exit 0 ;;
             *) die "unknown option '$1' (see: bash infra/turn.sh --help)" ;;
         esac
     done
-    local n
-    for n in "$PORT" "$MIN_PORT" "$MAX_PORT" "$MAX_BPS"; do
-        [[ "$n" =~ ^[0-9]+$ ]] || die "ports and --max-bps are numbers, got '$n'"
+    local n address
+    for n in "$PORT" "$MIN_PORT" "$MAX_PORT" "$MAX_BPS" "$TOTAL_QUOTA"; do
+        [[ "$n" =~ ^[0-9]+$ ]] || die "ports, --max-bps and --total-quota are numbers, got '$n'"
     done
     ((MIN_PORT < MAX_PORT)) || die "--min-port ($MIN_PORT) must be below --max-port ($MAX_PORT)"
     RELAY_IP="${RELAY_IP:-$LISTEN}"
     ((${#PEERS[@]})) || PEERS=("$LISTEN")
+    for address in "$LISTEN" "$RELAY_IP" "${PEERS[@]}"; do
+        is_ip "$address" || die "'$address' is not an IP address: coturn takes addresses, not names or networks"
+    done
+    [[ -z "$EXTERNAL_IP" ]] || [[ "$EXTERNAL_IP" =~ ^[0-9A-Fa-f:.]+(/[0-9A-Fa-f:.]+)?$ ]] ||
+        die "--external-ip takes PUBLIC or PUBLIC/PRIVATE addresses, got '$EXTERNAL_IP'"
+    if [[ "$RELAY_IP" == 0.0.0.0 || "$RELAY_IP" == :: ]]; then
+        die "relayed media needs one source address: pass --relay-ip (the address the SFUs see)"
+    fi
     DIR="$(realpath -m -- "$DIR")"
     SECRET_FILE="$(realpath -m -- "$SECRET_FILE")"
     CONF="$DIR/turnserver.conf"
     PID_FILE="$DIR/turnserver.pid"
     LOG_FILE="$DIR/turnserver.log"
 }
+
+is_ip() { [[ "$1" =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}$ || ( "$1" =~ ^[0-9A-Fa-f:]+$ && "$1" == *:* ) ]]; }
 
 need_coturn() {
     command -v turnserver >/dev/null 2>&1 ||
@@ -105,19 +125,32 @@ cmd_install() {
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends coturn
 }
 
-# Same text as vteller's own generated secret: whichever of the two comes first makes it,
-# and the link fails rather than replace one the other made meanwhile.
-ensure_secret() {
-    [[ -s "$SECRET_FILE" ]] && return 0
-    say "generating the TURN secret in $SECRET_FILE (mode 0600)"
-    mkdir -p "$(dirname "$SECRET_FILE")"
-    chmod 700 "$(dirname "$SECRET_FILE")" 2>/dev/null || true
-    (
-        umask 077
-        od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$SECRET_FILE.$$"
-        ln "$SECRET_FILE.$$" "$SECRET_FILE" 2>/dev/null || true
-        rm -f "$SECRET_FILE.$$"
-    )
+# The secret vteller uses: VTELLER_TURN__SECRET when set, else the file vteller reads, made
+# here if neither exists yet (vteller makes it too, whichever starts first; the link fails rather
+# than replace one the other made meanwhile). Prints it.
+secret_text() {
+    if [[ -n "${VTELLER_TURN__SECRET:-}" ]]; then
+        printf '%s' "$VTELLER_TURN__SECRET"
+        return 0
+    fi
+    if [[ ! -s "$SECRET_FILE" ]]; then
+        local keys owner
+        keys="$(dirname "$SECRET_FILE")"
+        say "generating the TURN secret in $SECRET_FILE (mode 0600)"
+        (
+            umask 077
+            mkdir -p "$keys"
+            od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$SECRET_FILE.$$"
+            ln "$SECRET_FILE.$$" "$SECRET_FILE" 2>/dev/null || true
+            rm -f "$SECRET_FILE.$$"
+        )
+        # Run as root for a vteller running as its own user: the file must stay vteller's.
+        owner="$(stat -c %u:%g "$(dirname "$keys")")"
+        chown "$owner" "$keys" "$SECRET_FILE" 2>/dev/null || true
+    fi
+    [[ "$(stat -c %a "$SECRET_FILE")" == *00 ]] ||
+        die "$SECRET_FILE is readable by others: chmod 600 it (vteller refuses it too)"
+    tr -d '\n' <"$SECRET_FILE"
 }
 
 is_loopback() { [[ "$1" == 127.* || "$1" == ::1 ]]; }
@@ -141,14 +174,22 @@ no-dtls
 no-tcp-relay
 no-multicast-peers
 no-software-attribute
+no-dynamic-ip-list
+no-dynamic-realms
+no-rfc5780
+no-stun-backward-compatibility
+response-origin-only-with-rfc5780
 stale-nonce=600
 max-bps=$MAX_BPS
 user-quota=8
+total-quota=$TOTAL_QUOTA
 pidfile=$PID_FILE
 userdb=$DIR/turndb
 log-file=$LOG_FILE
 simple-log
-# Each allocation with its user (expiry:participant id): which participant a relay served.
+# Each allocation with its user (expiry:participant id) and the browser's address: which
+# participant a relay served. Rotate it (logrotate, copytruncate) and keep it as long as the bank
+# keeps connection logs.
 verbose
 no-stdout-log
 # Relay to vteller's SFU only: everything is denied, the SFU's addresses allowed (allowed wins).
@@ -174,23 +215,26 @@ answers() { timeout 2 turnutils_stunclient -p "$PORT" "$LISTEN" >/dev/null 2>&1;
 cmd_start() {
     parse_options "$@"
     need_coturn
-    local pid
+    local pid secret wanted
+    secret="$(secret_text)"
+    wanted="$(config_text; printf 'static-auth-secret=%s\n' "$secret")"
     if pid="$(running_pid)"; then
-        say "already running (pid $pid) on $LISTEN:$PORT, config $CONF"
+        if [[ "$wanted" == "$(cat "$CONF" 2>/dev/null)" ]]; then
+            say "already running (pid $pid) on $LISTEN:$PORT, config $CONF"
+        else
+            say "already running (pid $pid) with another configuration than these options:" \
+                "stop and start it to apply them (the calls it relays drop; do it off hours)"
+        fi
         return 0
     fi
     if ss -Hlun "sport = :$PORT" | grep -q .; then
         die "UDP port $PORT is taken by another program (another TURN server?): stop it, or pass --port"
     fi
-    ensure_secret
     mkdir -p "$DIR"
     chmod 700 "$DIR"
     (
         umask 077
-        {
-            config_text
-            printf 'static-auth-secret=%s\n' "$(tr -d '\n' <"$SECRET_FILE")"
-        } >"$CONF.tmp"
+        printf '%s\n' "$wanted" >"$CONF.tmp"
     )
     mv "$CONF.tmp" "$CONF"
     rm -f "$PID_FILE"
@@ -239,7 +283,7 @@ cmd_status() {
 cmd_config() {
     parse_options "$@"
     config_text
-    echo "static-auth-secret=(the contents of $SECRET_FILE)"
+    echo "static-auth-secret=(VTELLER_TURN__SECRET, or the contents of $SECRET_FILE)"
 }
 
 main() {

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from datetime import timedelta
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -181,13 +183,19 @@ async def create_app(settings: Settings) -> web.Application:
         metrics_handler(metrics, metrics_token(settings.metrics_token, settings.data_dir)),
     )
 
-    preloading: set[asyncio.Task[None]] = set()
+    # Started with the worker, not waited for: they only warm up or check, and log what they find.
+    side_tasks: set[asyncio.Task[Any]] = set()
+
+    def on_the_side(job: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.create_task(job)
+        side_tasks.add(task)
+        task.add_done_callback(side_tasks.discard)
 
     async def start_worker(_: web.Application) -> None:
         if settings.identity.preload:
-            task = asyncio.create_task(identity.engines.preload_async())
-            preloading.add(task)
-            task.add_done_callback(preloading.discard)
+            on_the_side(identity.engines.preload_async())
+        if settings.turn.enabled:
+            on_the_side(browser_ice.check())
         metrics.start()
         await recorder.start()
         await analysis.start()

@@ -8,22 +8,33 @@ REST API" form that coturn checks with a secret shared with vteller (`use-auth-s
     username   = "<expiry, Unix seconds>:<participant id>"
     credential = base64(HMAC-SHA1(secret, username))
 
-A credential copied out of a page stops working when it expires and names whose it was; a rejoin
-gets a fresh one. Test vector: docs/deployment.md, "TURN".
+coturn checks a credential when a relay is allocated (and keeps a relay allocated before the expiry
+alive while the browser refreshes it): it needs to live only until the browser has gathered its
+candidates, and every (re)join gets a fresh one. A credential copied out of a page stops opening
+relays when it expires, and names whose it was. Test vector: docs/deployment.md, "TURN".
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import time
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import parse_qs
 
+import structlog
+from aioice import stun
+from aioice.turn import TurnClientUdpProtocol
 from cryptography.hazmat.primitives import hashes, hmac
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from recorder.seal.files import generated_secret
 
+log = structlog.get_logger(__name__)
+
 SECRET_FILE = "turn-secret"
+CHECK_SECONDS = 10.0
 
 
 class TurnConfig(BaseModel):
@@ -41,11 +52,11 @@ class TurnConfig(BaseModel):
         "into {data_dir}/keys/turn-secret",
     )
     credential_minutes: int = Field(
-        default=480,
+        default=60,
         ge=5,
         le=24 * 60,
-        description="how long a participant's TURN credential is valid: the longest call, since "
-        "an expired credential ends the relay (a rejoin gets a fresh one)",
+        description="how long a participant's TURN credential opens relays; a relay opened "
+        "before it expires lasts the call, and a rejoin gets a fresh credential",
     )
     relay_only: bool = Field(
         default=False,
@@ -106,3 +117,74 @@ class BrowserIce:
             "credential": turn_credential(self._secret, username),
         }
         return [*self._servers, relay]
+
+    async def check(self) -> list[str]:
+        """Open a relay once on each UDP TURN URL with a fresh credential and give it back.
+
+        A TURN server holding another secret refuses every participant's credential, and one that
+        cannot be reached relays nobody; either shows only as customers who cannot connect. Run
+        at start, the problems are in the log (and returned) with what to do about them."""
+        if not self._turn.enabled or self._secret is None:
+            return []
+        problems = []
+        for url in self._turn.urls:
+            target = udp_target(url)
+            if target is None:
+                continue  # turns: or TCP: the browser's path, which this check cannot take
+            relay = self.servers("vteller-start-check", time.time())[-1]
+            problem = await _allocation_problem(target, relay["username"], relay["credential"])
+            if problem is None:
+                log.info("turn_check_passed", url=url)
+            else:
+                log.error("turn_check_failed", url=url, problem=problem)
+                problems.append(f"{url}: {problem}")
+        return problems
+
+
+def udp_target(url: str) -> tuple[str, int] | None:
+    """(host, port) of a `turn:` URI over UDP (RFC 7065), None for turns: or TCP."""
+    scheme, _, rest = url.partition(":")
+    address, _, query = rest.partition("?")
+    transport = parse_qs(query).get("transport", ["udp"])[0]
+    if scheme != "turn" or transport != "udp":
+        return None
+    if address.startswith("["):  # an IPv6 literal
+        host, _, port = address[1:].partition("]:")
+    else:
+        host, _, port = address.rpartition(":") if ":" in address else (address, "", "")
+    return host, int(port) if port else 3478
+
+
+async def _allocation_problem(target: tuple[str, int], username: str, password: str) -> str | None:
+    loop = asyncio.get_running_loop()
+    try:
+        transport, protocol = await loop.create_datagram_endpoint(
+            lambda: TurnClientUdpProtocol(
+                target, username=username, password=password, lifetime=60, channel_refresh_time=60
+            ),
+            remote_addr=target,
+        )
+    except OSError as exc:
+        return f"cannot reach {target[0]}:{target[1]} ({exc}): check the host name and the network"
+    try:
+        async with asyncio.timeout(CHECK_SECONDS):
+            await protocol.connect()
+            await protocol.delete()
+    except stun.TransactionFailed as exc:
+        if exc.response.error_code == 401:
+            return (
+                "it refuses vteller's credentials: it holds another secret. Give it the contents "
+                "of {data_dir}/keys/turn-secret (bash infra/turn.sh --secret-file), or set "
+                "turn.secret to its static-auth-secret"
+            )
+        return f"it refused a relay: {exc}"
+    except (TimeoutError, stun.TransactionTimeout, ConnectionError, OSError):
+        return (
+            f"no answer from {target[0]}:{target[1]} within {CHECK_SECONDS:.0f} s: is coturn "
+            "running (bash infra/turn.sh status), and UDP open to it?"
+        )
+    finally:
+        if protocol.refresh_task is not None:
+            protocol.refresh_task.cancel()
+        transport.close()
+    return None

@@ -18,7 +18,9 @@ from aioice import stun
 from aioice.turn import TurnClientUdpProtocol
 from pydantic import SecretStr
 
+from bench.media import free_port
 from server.auth.principal import Role
+from server.sfu import turn as turn_module
 from server.sfu.turn import BrowserIce, TurnConfig, turn_credential
 from tests.support import server as support
 from tests.support.bot import Bot, dominant
@@ -103,6 +105,19 @@ async def test_expired_or_forged_credentials_are_refused(turn: PrivateTurn) -> N
             assert refused.value.response.error_code == 401
 
 
+async def test_a_turn_server_that_would_refuse_or_ignore_participants_is_reported_at_start(
+    turn: PrivateTurn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(turn_module, "CHECK_SECONDS", 2.0)
+    reachable = TurnConfig(urls=[turn.url, "turns:turn.bank.example:5349?transport=tcp"])
+    assert await BrowserIce([], reachable, turn.secret).check() == []
+    [refused] = await BrowserIce([], reachable, "not the shared secret").check()
+    assert refused.startswith(turn.url) and "another secret" in refused
+    nobody = TurnConfig(urls=[f"turn:127.0.0.1:{free_port()}?transport=udp"])
+    [unanswered] = await BrowserIce([], nobody, turn.secret).check()
+    assert "no answer" in unanswered and "infra/turn.sh status" in unanswered
+
+
 async def test_a_call_goes_through_turn_when_every_call_must(
     tmp_path: Path, turn: PrivateTurn
 ) -> None:
@@ -130,7 +145,7 @@ async def test_a_call_goes_through_turn_when_every_call_must(
             assert relay["urls"] == [turn.url]
             expiry, _, whose = relay["username"].partition(":")
             assert whose == customer.participant_id
-            assert abs(int(expiry) - (time.time() + 480 * 60)) < 60
+            assert abs(int(expiry) - (time.time() + 60 * 60)) < 60
             assert relay["credential"] == turn_credential(turn.secret, relay["username"])
             assert teller.ice_servers[0]["username"] != relay["username"]  # one each
 

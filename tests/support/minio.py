@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 from bench.media import free_port
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.infra import infra
 
 
 class PrivateMinio:
@@ -15,15 +13,8 @@ class PrivateMinio:
         self.port = free_port(consecutive=2)  # S3 and console
         self._options = ["--data-dir", str(data_dir), "--port", str(self.port)]
 
-    def _run(self, *command: str) -> str:
-        done = subprocess.run(
-            ["bash", str(REPO / "infra" / "minio.sh"), *command, *self._options],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=REPO,
-        )
-        return done.stdout
+    def _run(self, command: str) -> str:
+        return infra("minio.sh", command, *self._options)
 
     def start(self) -> None:
         self._run("start")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -92,11 +93,14 @@ async def running_server(settings: Settings) -> AsyncIterator[RunningServer]:
 class ApiClient:
     """A browser-like HTTP client: its own cookie jar, the CSRF token it was given, our Origin."""
 
-    def __init__(self, base: str) -> None:
+    def __init__(self, base: str, tls: ssl.SSLContext | None = None) -> None:
+        """`tls`: the CA to trust for an https:// `base` (the system's by default)."""
         self.base = base
         self.csrf = ""
         self.http = aiohttp.ClientSession(
-            cookie_jar=aiohttp.CookieJar(unsafe=True), headers={"Origin": base}
+            cookie_jar=aiohttp.CookieJar(unsafe=True),
+            headers={"Origin": base},
+            connector=aiohttp.TCPConnector(ssl=tls if tls is not None else True),
         )
 
     async def call(

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 from bench.media import free_port
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.infra import infra
 
 
 class PrivateTurn:
@@ -17,8 +15,9 @@ class PrivateTurn:
         self.port = free_port()
         self.secret_file = directory / "keys" / "turn-secret"
         self.log = directory / "turn" / "turnserver.log"
-        # The relay ports a test's allocations take; coturn skips those in use.
-        relay = free_port()
+        # The relay ports a test's allocations take (free when probed: coturn skips any taken
+        # since), apart from the listening port.
+        relay = free_port(consecutive=41)
         self._options = [
             "--dir",
             str(directory / "turn"),
@@ -40,17 +39,8 @@ class PrivateTurn:
     def secret(self) -> str:
         return self.secret_file.read_text().strip()
 
-    def _run(self, command: str) -> None:
-        subprocess.run(
-            ["bash", str(REPO / "infra" / "turn.sh"), command, *self._options],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=REPO,
-        )
-
     def start(self) -> None:
-        self._run("start")
+        infra("turn.sh", "start", *self._options)
 
     def stop(self) -> None:
-        self._run("stop")
+        infra("turn.sh", "stop", *self._options)
