@@ -7,11 +7,13 @@ usage() {
 Usage: bash infra/proxy.sh COMMAND [OPTIONS]
 
 nginx in front of vteller, on one HTTPS port:
-  - the public origin (pages, API, invitation links) spread over every worker (least connections);
+  - the public origin (pages, API, invitation links) spread over every worker, each member of
+    staff kept on one (their playback and export downloads live in that worker's memory);
   - each worker's signaling WebSocket under /w/HOST/PORT/, so that a session's browsers reach the
     worker the session lives on (vteller names it in Session.ws_url) through the same port;
   - TLS 1.2/1.3 only, HSTS, no version in answers; the client's address appended to
-    X-Forwarded-For; timeouts and body sizes that fit calls, uploads, playback and exports.
+    X-Forwarded-For; timeouts and body sizes that fit calls, uploads, playback and exports;
+    an access log naming the worker of each request, with invitation and download tokens elided.
 
 Commands:
   install   apt-get install nginx-light (as root, or through sudo) unless nginx is there
@@ -121,7 +123,15 @@ error_log $DIR/error.log warn;
 events { worker_connections 4096; }
 
 http {
-    access_log $DIR/access.log;
+    # Invitation links and download links are bearer credentials: never in the log.
+    map \$uri \$vteller_logged_path {
+        ~^(?<vteller_route>/join/|/api/v1/join/|/api/v1/auditor/downloads/) "\${vteller_route}{token}";
+        default \$uri;
+    }
+    # Which worker served each request: where a session, a playback or a download lived.
+    log_format vteller '\$remote_addr [\$time_local] "\$request_method \$vteller_logged_path" '
+                       '\$status \$body_bytes_sent \$request_time -> \$upstream_addr';
+    access_log $DIR/access.log vteller;
     client_body_temp_path $DIR/tmp/body;
     proxy_temp_path $DIR/tmp/proxy;
     fastcgi_temp_path $DIR/tmp/fastcgi;
@@ -134,8 +144,15 @@ http {
         '' close;
     }
 
+    # A logged-in member of staff stays on one worker (an auditor's playback and export download
+    # live in the memory of the worker that prepared them); everyone else by address.
+    map \$cookie_vteller_staff \$vteller_affinity {
+        "" \$remote_addr;
+        default \$cookie_vteller_staff;
+    }
+
     upstream vteller {
-        least_conn;
+        hash \$vteller_affinity consistent;
 EOF
     for backend in "${BACKENDS[@]}"; do
         echo "        server $backend;"

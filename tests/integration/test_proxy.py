@@ -23,6 +23,7 @@ from tests.support.tls import loopback_tls
 
 @pytest.fixture
 async def behind_proxy(tmp_path: Path) -> AsyncIterator[tuple[ServerProcess, str, ssl.SSLContext]]:
+    """vteller (two workers) behind nginx; the access log is `tmp_path/proxy/access.log`."""
     ca_file, _ = loopback_tls(tmp_path / "tls")
     origin = f"https://127.0.0.1:{free_port()}"
     server = ServerProcess(
@@ -60,7 +61,7 @@ async def behind_proxy(tmp_path: Path) -> AsyncIterator[tuple[ServerProcess, str
 
 
 async def test_a_call_through_the_tls_front(
-    behind_proxy: tuple[ServerProcess, str, ssl.SSLContext],
+    behind_proxy: tuple[ServerProcess, str, ssl.SSLContext], tmp_path: Path
 ) -> None:
     server, origin, tls = behind_proxy
     teller_http, customer_http = ApiClient(origin, tls), ApiClient(origin, tls)
@@ -94,6 +95,16 @@ async def test_a_call_through_the_tls_front(
             for port in (server.port, server.port + 1)
         }
         await customer_http.join_link(created["invitation_url"])
+        # The teller's requests after login all went to one worker (an auditor's playback and
+        # export download live there); no bearer token reached the log.
+        for _ in range(6):
+            await teller_http.call("GET", "/api/v1/sessions")
+        log = (tmp_path / "proxy" / "access.log").read_text()
+        listed = [line for line in log.splitlines() if '"GET /api/v1/sessions"' in line]
+        served = {line.rsplit("-> ", 1)[1] for line in listed}
+        assert len(listed) == 6 and len(served) == 1, served
+        token = created["invitation_url"].rsplit("/", 1)[1]
+        assert token not in log and "POST /api/v1/join/{token}" in log
 
         teller = Bot(teller_http, session["id"], colour="blue", ws_url=session["ws_url"])
         customer = Bot(customer_http, session["id"], colour="red", ws_url=session["ws_url"])
