@@ -1,6 +1,6 @@
 # shellcheck shell=bash
-# Shared by infra/minio.sh and infra/turn.sh (sourced, not run): a program in the background with
-# a pid file. Expects say().
+# Shared by infra/minio.sh, turn.sh and proxy.sh (sourced, not run): a program in the background
+# with a pid file. Expects say().
 
 # Prints the pid in pid file $1 if that process is alive and named $2 (after a reboot the pid may
 # belong to something else); a stale pid file is removed.
@@ -26,4 +26,31 @@ terminate() {
     done
     say "$name (pid $pid) ignored SIGTERM for 10 s; killing it"
     kill -KILL "$pid" 2>/dev/null || true
+}
+
+# `stop` and `status` of a script whose parse_options sets DIR, CONF and PID_FILE and which has
+# running_pid. $1: the program's name in what is said.
+stop_command() {
+    local name="$1" pid
+    shift
+    parse_options "$@"
+    if ! pid="$(running_pid)"; then
+        say "not running (dir $DIR)"
+        return 0
+    fi
+    say "stopping $name (pid $pid)"
+    terminate "$name" "$pid"
+    rm -f "$PID_FILE"
+    say "stopped"
+}
+
+status_command() {
+    parse_options "$@"
+    local pid
+    if pid="$(running_pid)"; then
+        say "running (pid $pid), config $CONF"
+    else
+        say "not running (dir $DIR)"
+        return 3
+    fi
 }

@@ -228,30 +228,6 @@ cmd_start() {
     say "ready (pid $pid): https://$SERVER_NAME (${LISTEN})"
 }
 
-cmd_stop() {
-    parse_options "$@"
-    local pid
-    if ! pid="$(running_pid)"; then
-        say "not running (dir $DIR)"
-        return 0
-    fi
-    say "stopping nginx (pid $pid)"
-    terminate nginx "$pid"
-    rm -f "$PID_FILE"
-    say "stopped"
-}
-
-cmd_status() {
-    parse_options "$@"
-    local pid
-    if pid="$(running_pid)"; then
-        say "running (pid $pid), config $CONF"
-    else
-        say "not running (dir $DIR)"
-        return 3
-    fi
-}
-
 main() {
     local command="${1:-}"
     (($#)) && shift
@@ -259,8 +235,8 @@ main() {
         install) cmd_install ;;
         config) cmd_config "$@" ;;
         start) cmd_start "$@" ;;
-        stop) cmd_stop "$@" ;;
-        status) cmd_status "$@" ;;
+        stop) stop_command nginx "$@" ;;
+        status) status_command "$@" ;;
         -h | --help | help) usage ;;
         "") usage >&2; exit 2 ;;
         *) die "unknown command '$command' (see: bash infra/proxy.sh --help)" ;;

@@ -256,30 +256,6 @@ cmd_start() {
     say "ready (pid $(<"$PID_FILE")): turn:$LISTEN:$PORT?transport=udp"
 }
 
-cmd_stop() {
-    parse_options "$@"
-    local pid
-    if ! pid="$(running_pid)"; then
-        say "not running (dir $DIR)"
-        return 0
-    fi
-    say "stopping coturn (pid $pid)"
-    terminate coturn "$pid"
-    rm -f "$PID_FILE"
-    say "stopped"
-}
-
-cmd_status() {
-    parse_options "$@"
-    local pid
-    if pid="$(running_pid)"; then
-        say "running (pid $pid), config $CONF"
-    else
-        say "not running (dir $DIR)"
-        return 3
-    fi
-}
-
 cmd_config() {
     parse_options "$@"
     config_text
@@ -292,8 +268,8 @@ main() {
     case "$command" in
         install) cmd_install "$@" ;;
         start) cmd_start "$@" ;;
-        stop) cmd_stop "$@" ;;
-        status) cmd_status "$@" ;;
+        stop) stop_command coturn "$@" ;;
+        status) status_command "$@" ;;
         config) cmd_config "$@" ;;
         -h | --help | help) usage ;;
         "") usage >&2; exit 2 ;;
