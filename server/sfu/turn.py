@@ -18,14 +18,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import socket
+import ssl
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import parse_qs
 
 import structlog
 from aioice import stun
-from aioice.turn import TurnClientUdpProtocol
+from aioice.turn import TurnClientProtocol, TurnClientTcpProtocol, TurnClientUdpProtocol
 from cryptography.hazmat.primitives import hashes, hmac
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
@@ -35,6 +39,9 @@ log = structlog.get_logger(__name__)
 
 SECRET_FILE = "turn-secret"
 CHECK_SECONDS = 10.0
+# The shortest asked for (coturn grants at least 10 minutes): a relay the check fails to give
+# back expires soon.
+ALLOCATION_SECONDS = 60
 
 
 class TurnConfig(BaseModel):
@@ -68,11 +75,7 @@ class TurnConfig(BaseModel):
     @classmethod
     def _turn_uris(cls, urls: list[str]) -> list[str]:
         for url in urls:
-            if not url.startswith(("turn:", "turns:")):
-                raise ValueError(
-                    f"turn.urls takes turn: or turns: URIs (RFC 7065), not {url!r}; "
-                    "STUN servers go into ice_servers"
-                )
+            turn_server(url)
         return urls
 
     @property
@@ -119,57 +122,131 @@ class BrowserIce:
         return [*self._servers, relay]
 
     async def check(self) -> list[str]:
-        """Open a relay once on each UDP TURN URL with a fresh credential and give it back.
+        """Open a relay once on each TURN URL, the way the URL says (UDP, TCP or TLS), with a
+        fresh credential and give it back.
 
-        A TURN server holding another secret refuses every participant's credential, and one that
-        cannot be reached relays nobody; either shows only as customers who cannot connect. Run
-        at start, the problems are in the log (and returned) with what to do about them."""
+        A TURN server holding another secret refuses every participant's credential, one that
+        cannot be reached relays nobody, and a TLS certificate browsers do not trust keeps out the
+        very customers who have only TLS; each shows only as customers who cannot connect. Run at
+        start, the problems are in the log (and returned) with what to do about them."""
         if not self._turn.enabled or self._secret is None:
             return []
         problems = []
         for url in self._turn.urls:
-            target = udp_target(url)
-            if target is None:
-                continue  # turns: or TCP: the browser's path, which this check cannot take
+            server = turn_server(url)
             relay = self.servers("vteller-start-check", time.time())[-1]
-            problem = await _allocation_problem(target, relay["username"], relay["credential"])
+            problem = await _allocation_problem(server, relay["username"], relay["credential"])
             if problem is None:
-                log.info("turn_check_passed", url=url)
+                log.info("turn_check_passed", url=url, over=server.over)
             else:
-                log.error("turn_check_failed", url=url, problem=problem)
+                log.error("turn_check_failed", url=url, over=server.over, problem=problem)
                 problems.append(f"{url}: {problem}")
         return problems
 
 
-def udp_target(url: str) -> tuple[str, int] | None:
-    """(host, port) of a `turn:` URI over UDP (RFC 7065), None for turns: or TCP."""
+@dataclass(frozen=True)
+class TurnServer:
+    """Where a `turn:`/`turns:` URI (RFC 7065) sends a client, and how."""
+
+    host: str
+    port: int
+    transport: Literal["udp", "tcp"]
+    tls: bool
+
+    @property
+    def over(self) -> str:
+        return "tls" if self.tls else self.transport
+
+
+def turn_server(url: str) -> TurnServer:
+    """Parse a `turn:`/`turns:` URI (RFC 7065); ValueError naming the fix for one that browsers
+    refuse (Chrome's RTCPeerConnection throws on it: no call would start) or that cannot work."""
     scheme, _, rest = url.partition(":")
-    address, _, query = rest.partition("?")
-    transport = parse_qs(query).get("transport", ["udp"])[0]
-    if scheme != "turn" or transport != "udp":
-        return None
-    if address.startswith("["):  # an IPv6 literal
-        host, _, port = address[1:].partition("]:")
-    else:
-        host, _, port = address.rpartition(":") if ":" in address else (address, "", "")
-    return host, int(port) if port else 3478
-
-
-async def _allocation_problem(target: tuple[str, int], username: str, password: str) -> str | None:
-    loop = asyncio.get_running_loop()
-    try:
-        transport, protocol = await loop.create_datagram_endpoint(
-            lambda: TurnClientUdpProtocol(
-                target, username=username, password=password, lifetime=60, channel_refresh_time=60
-            ),
-            remote_addr=target,
+    if scheme not in ("turn", "turns"):
+        raise ValueError(
+            f"turn.urls takes turn: or turns: URIs (RFC 7065), not {url!r}; "
+            "STUN servers go into ice_servers"
         )
-    except OSError as exc:
-        return f"cannot reach {target[0]}:{target[1]} ({exc}): check the host name and the network"
+    address, _, query = rest.partition("?")
+    transports: dict[str, Literal["udp", "tcp"]] = {
+        "": "tcp" if scheme == "turns" else "udp",
+        "transport=udp": "udp",
+        "transport=tcp": "tcp",
+    }
+    transport = transports.get(query)
+    if transport is None:
+        raise ValueError(
+            f"{url!r}: a TURN URI ends in nothing, ?transport=udp or ?transport=tcp (RFC 7065)"
+        )
+    if scheme == "turns" and transport == "udp":
+        raise ValueError(
+            f"{url!r}: turns: is TURN over TLS, which runs over TCP: write ?transport=tcp "
+            "(or turn:...?transport=udp for plain UDP)"
+        )
+    if address.startswith("["):  # an IPv6 literal
+        host, _, port = address[1:].partition("]")
+        port = port.removeprefix(":")
+    else:
+        host, _, port = address.partition(":")
+    if not host or not (port == "" or (port.isdigit() and 0 < int(port) < 65536)):
+        raise ValueError(f"{url!r}: a TURN URI is turn:HOST, turn:HOST:PORT or turn:[IPV6]:PORT")
+    default_port = 5349 if scheme == "turns" else 3478  # RFC 7065
+    return TurnServer(host, int(port) if port else default_port, transport, scheme == "turns")
+
+
+@asynccontextmanager
+async def turn_client(
+    server: TurnServer, username: str, password: str, tls: ssl.SSLContext | None = None
+) -> AsyncIterator[TurnClientProtocol]:
+    """aioice's TURN client (as the SFU's and aiortc clients' ICE use it) connected to `server`,
+    no relay allocated yet. Over TLS, `tls` or the system's trust store checks the certificate."""
+    loop = asyncio.get_running_loop()
+    address = (server.host, server.port)
+    transport: asyncio.BaseTransport
+    client: TurnClientProtocol
+    if server.transport == "udp":
+        transport, client = await loop.create_datagram_endpoint(
+            lambda: TurnClientUdpProtocol(
+                address,
+                username=username,
+                password=password,
+                lifetime=ALLOCATION_SECONDS,
+                channel_refresh_time=ALLOCATION_SECONDS,
+            ),
+            remote_addr=address,
+        )
+    else:
+        if server.tls and tls is None:
+            tls = await asyncio.to_thread(ssl.create_default_context)  # reads the trust store
+        transport, client = await loop.create_connection(
+            lambda: TurnClientTcpProtocol(
+                address,
+                username=username,
+                password=password,
+                lifetime=ALLOCATION_SECONDS,
+                channel_refresh_time=ALLOCATION_SECONDS,
+            ),
+            server.host,
+            server.port,
+            ssl=tls if server.tls else None,
+        )
     try:
-        async with asyncio.timeout(CHECK_SECONDS):
-            await protocol.connect()
-            await protocol.delete()
+        yield client
+    finally:
+        if client.refresh_task is not None:
+            client.refresh_task.cancel()
+        transport.close()
+
+
+async def _allocation_problem(server: TurnServer, username: str, password: str) -> str | None:
+    where = f"{server.host}:{server.port}"
+    try:
+        async with (
+            asyncio.timeout(CHECK_SECONDS),
+            turn_client(server, username, password) as client,
+        ):
+            await client.connect()
+            await client.delete()
     except stun.TransactionFailed as exc:
         if exc.response.error_code == 401:
             return (
@@ -178,13 +255,23 @@ async def _allocation_problem(target: tuple[str, int], username: str, password: 
                 "turn.secret to its static-auth-secret"
             )
         return f"it refused a relay: {exc}"
-    except (TimeoutError, stun.TransactionTimeout, ConnectionError, OSError):
+    except ssl.SSLCertVerificationError as exc:
         return (
-            f"no answer from {target[0]}:{target[1]} within {CHECK_SECONDS:.0f} s: is coturn "
-            "running (bash infra/turn.sh status), and UDP open to it?"
+            f"its TLS certificate is not trusted ({exc.verify_message}): give coturn the chain "
+            f"for {server.host} from a CA customers' browsers trust (bash infra/turn.sh --cert); "
+            "this machine checks it against its own trust store (or SSL_CERT_FILE)"
         )
-    finally:
-        if protocol.refresh_task is not None:
-            protocol.refresh_task.cancel()
-        transport.close()
+    except ssl.SSLError as exc:
+        return (
+            f"no TLS at {where} ({exc.reason}): is that coturn's --tls-port "
+            "(bash infra/turn.sh config)? A turns: URL needs it"
+        )
+    except socket.gaierror as exc:
+        return f"cannot reach {where} ({exc}): check the host name and the network"
+    except (TimeoutError, stun.TransactionTimeout, OSError):
+        return (
+            f"no answer from {where} over {server.over.upper()} within {CHECK_SECONDS:.0f} s: is "
+            f"coturn running (bash infra/turn.sh status), and {server.transport.upper()} port "
+            f"{server.port} open to it?"
+        )
     return None
