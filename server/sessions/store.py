@@ -14,6 +14,7 @@ from typing import Any, Literal
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from recorder.container import EXPERT_SLOTS
 from server.auth.principal import Principal, Role
 from server.auth.tokens import digest, new_token
 from server.db.engine import DbSession
@@ -324,6 +325,16 @@ class SessionStore:
             raise ApiError(404, "unknown_user", f"There is no active expert {username!r}.")
         if any(p.user_id == expert.id for p in session.participants):
             raise ApiError(409, "already_invited", f"{expert.display_name} is already invited.")
+        # The recording declares a track group per expert before the call starts
+        # (recorder/container.py): a further expert would be seen and heard by everyone but
+        # missing from the dual recording.
+        if sum(p.role == Role.EXPERT.value for p in session.participants) >= EXPERT_SLOTS:
+            raise ApiError(
+                409,
+                "too_many_experts",
+                f"A session can have at most {EXPERT_SLOTS} experts (each one is recorded); "
+                "start a new session to consult another.",
+            )
         return Participant(
             id=new_id("p"),
             session_id=session.id,

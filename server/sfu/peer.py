@@ -23,7 +23,7 @@ from aiortc import (
     RTCRtpTransceiver,
     RTCSessionDescription,
 )
-from aiortc.sdp import candidate_from_sdp
+from aiortc.sdp import SessionDescription, candidate_from_sdp
 
 from server.settings import IceServer
 from server.sfu.forwarding import ForwardedTrack, Publication
@@ -38,12 +38,29 @@ SOURCE_KIND = {"microphone": "audio", "camera": "video", "screen": "video"}
 # unbounded stream of them would eventually occupy the worker's whole event loop.
 MAX_REMOTE_CANDIDATES = 30
 SendMessage = Callable[[dict[str, Any]], Awaitable[None]]
+# What an answer may say for each direction the server offered (RFC 3264 6.1): the client sends
+# only where the server receives. aiortc applies whatever the answer says, and media sent on a
+# consumer's m-line would get a receiver that decodes it into a queue nobody reads.
+_ANSWERABLE = {
+    "sendonly": ("recvonly", "inactive"),
+    "recvonly": ("sendonly", "inactive"),
+    "inactive": ("inactive",),
+    "sendrecv": ("sendrecv", "sendonly", "recvonly", "inactive"),
+}
 
 
 @dataclass
 class _Outgoing:
     transceiver: RTCRtpTransceiver
-    track: ForwardedTrack | None  # None: free for reuse (inactive)
+    # What the sender reads for as long as the peer lives, whoever it carries: stopping it
+    # would end the sender's RTP loop for good (aiortc 1.16 exits it on MediaStreamError and
+    # never restarts it), and whoever reused the slot would reach nobody.
+    sending: ForwardedTrack
+    in_use: bool = True  # False: free for reuse (inactive)
+
+    @property
+    def track(self) -> ForwardedTrack | None:
+        return self.sending if self.in_use else None
 
 
 class Peer:
@@ -91,6 +108,7 @@ class Peer:
         self._offer_outstanding = False
         self._renegotiate = False
         self._remote_candidates = 0
+        self._answered_candidates: set[tuple[str, ...]] = set()
         self._candidates_ended = False
 
     def _prefer_codec(self, transceiver: RTCRtpTransceiver) -> None:
@@ -113,15 +131,16 @@ class Peer:
             existing.attach(publication)
             return existing
         kind = SOURCE_KIND[source]
+        for slot in self._outgoing:
+            if not slot.in_use and slot.transceiver.kind == kind:
+                track = slot.sending
+                track.participant_id, track.source_name = participant_id, source
+                track.attach(publication)
+                slot.transceiver.direction = "sendonly"
+                slot.in_use = True
+                return track
         track = ForwardedTrack(kind, participant_id, source, self._observe_delay)
         track.attach(publication)
-        for slot in self._outgoing:
-            if slot.track is None and slot.transceiver.kind == kind:
-                slot.transceiver.sender.replaceTrack(track)
-                slot.transceiver.direction = "sendonly"
-                slot.track = track
-                track.bind(slot.transceiver.sender)
-                return track
         transceiver = self.pc.addTransceiver(track, direction="sendonly")
         self._prefer_codec(transceiver)
         track.bind(transceiver.sender)
@@ -142,10 +161,9 @@ class Peer:
         changed = False
         for slot in self._outgoing:
             if slot.track and slot.track.participant_id == participant_id:
-                slot.track.stop()
-                slot.transceiver.sender.replaceTrack(None)
+                slot.sending.attach(None)  # paused, not stopped: see _Outgoing
                 slot.transceiver.direction = "inactive"
-                slot.track = None
+                slot.in_use = False
                 changed = True
         return changed
 
@@ -181,8 +199,13 @@ class Peer:
             if not self._offer_outstanding:
                 raise ProtocolError("out_of_order", "There is no offer to answer.", "answer")
             try:
+                offer = self.pc.localDescription
+                assert offer is not None  # an offer is outstanding
+                _check_directions(offer.sdp, sdp)
                 await self.pc.setRemoteDescription(
-                    RTCSessionDescription(sdp=self._policy.filter_sdp(sdp), type="answer")
+                    RTCSessionDescription(
+                        sdp=self._cap_candidates(self._policy.filter_sdp(sdp)), type="answer"
+                    )
                 )
             except Exception as exc:
                 raise ProtocolError(
@@ -192,6 +215,31 @@ class Peer:
             again = self._renegotiate
         if again:
             await self.negotiate()
+
+    def _cap_candidates(self, sdp: str) -> str:
+        """The answer without the candidates beyond the cap: those in answers count against it
+        like trickled ones (a 32 KiB answer holds some 600). One candidate repeated on every
+        bundled m-line, as aiortc clients write it, counts once."""
+        kept: list[str] = []
+        dropped = 0
+        for line in sdp.splitlines():
+            fields = line.split()
+            if line.startswith("a=candidate:") and len(fields) >= 8:
+                # Another path for ICE to check only with another component, transport, address
+                # or port (aioice ignores a repeated one).
+                key = (fields[1], fields[2].lower(), fields[4], fields[5])
+                if key not in self._answered_candidates:
+                    if self._remote_candidates >= MAX_REMOTE_CANDIDATES:
+                        dropped += 1
+                        continue
+                    self._answered_candidates.add(key)
+                    self._remote_candidates += 1
+            kept.append(line)
+        if dropped:
+            log.warning(
+                "answer_candidates_capped", participant_id=self.participant_id, dropped=dropped
+            )
+        return "\r\n".join(kept) + "\r\n"
 
     async def add_candidate(self, candidate: IceCandidate | None) -> None:
         """Trickled ICE. Candidates past the cap or after end-of-candidates are ignored
@@ -230,6 +278,20 @@ class Peer:
 
     async def close(self) -> None:
         for slot in self._outgoing:
-            if slot.track is not None:
-                slot.track.stop()
+            slot.sending.stop()
         await self.pc.close()
+
+
+def _check_directions(offer: str, answer: str) -> None:
+    """Raise ValueError unless every m-line of `answer` sends at most where `offer` receives."""
+    pairs = zip(
+        SessionDescription.parse(offer).media, SessionDescription.parse(answer).media, strict=False
+    )
+    for offered, answered in pairs:
+        # An m-line without a direction attribute is sendrecv (RFC 4566 6).
+        allowed = _ANSWERABLE[offered.direction or "sendrecv"]
+        if (answered.direction or "sendrecv") not in allowed:
+            raise ValueError(
+                f"m-line {answered.rtp.muxId}: the server offered {offered.direction}, so the "
+                f"answer may only be {' or '.join(allowed)}, not {answered.direction or 'sendrecv'}"
+            )

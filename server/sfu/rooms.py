@@ -408,9 +408,12 @@ class Room:
             if self.members.get(participant_id) is member and member.connection is None:
                 await self._leave(participant_id, "timeout")
 
-    async def leave(self, participant_id: str, reason: str) -> None:
+    async def leave(self, participant_id: str, reason: str, connection: Connection) -> None:
+        """A goodbye on `connection`; none from a connection that another one of the member
+        replaced while this waited for the room (it would remove the member who is back)."""
         async with self._membership:
-            await self._leave(participant_id, reason)
+            if self.holds(participant_id, connection):
+                await self._leave(participant_id, reason)
 
     async def _leave(self, participant_id: str, reason: str) -> None:
         member = self.members.pop(participant_id, None)

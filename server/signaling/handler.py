@@ -254,7 +254,9 @@ class _Session:
                 "bad_image", "not_an_image: The photo could not be read.", "identity_upload"
             ) from exc
         # The verification checks its state again: it may have moved on during the decoding.
-        await self._room.identity_upload(self._participant_id, upload.side, image)
+        await self._room("identity_upload").identity_upload(
+            self._participant_id, upload.side, image
+        )
 
     async def handle(self, raw: str) -> bool:
         """Process one text frame; False closes the connection."""
@@ -298,13 +300,21 @@ class _Session:
             )
         return not self._done
 
-    @property
-    def _room(self) -> Room:
-        """The room this connection joined; refused once the session is over (ended or left
-        empty), so that a late frame never brings a finished session's room back."""
+    def _room(self, ref: str) -> Room:
+        """The room this connection joined, to act in as its participant. Refused once the
+        session is over (ended or left empty), so that a late frame never brings a finished
+        session's room back, and once another connection of the participant replaced this one
+        (4409): a frame the old tab sent just before would act on the new tab's peer (answer
+        its offer) or membership."""
         room = self._rooms.get(self._session_id)
         if room is None or room is not self._joined_room:
-            raise ProtocolError("session_ended", "This session has ended.", fatal=True)
+            raise ProtocolError("session_ended", "This session has ended.", ref, fatal=True)
+        if not room.holds(self._participant_id, self._connection):
+            raise ProtocolError(
+                "out_of_order",
+                "This connection was replaced by a newer one of yours (or lost): continue there.",
+                ref,
+            )
         return room
 
     async def _dispatch(self, message: ClientMessage) -> None:
@@ -344,34 +354,33 @@ class _Session:
                 return
         if not self._joined:
             raise ProtocolError("out_of_order", "Send join first.", message.type)
+        room = self._room(message.type)
         if isinstance(message, Answer):
-            await self._room.answer(self._participant_id, message.sdp)
+            await room.answer(self._participant_id, message.sdp)
         elif isinstance(message, Ice):
-            await self._room.ice(self._participant_id, message.candidate)
+            await room.ice(self._participant_id, message.candidate)
         elif isinstance(message, Chat):
-            await self._room.chat(self._participant_id, message.text)
+            await room.chat(self._participant_id, message.text)
         elif isinstance(message, ScreenShare):
-            await self._room.screen_share(self._participant_id, message.active)
+            await room.screen_share(self._participant_id, message.active)
         elif isinstance(message, Leave):
-            await self._room.leave(self._participant_id, "left")
+            await room.leave(self._participant_id, "left", self._connection)
             # Only once it took effect: a refused leave keeps the rejoin grace of a drop.
             self._done = True
         elif isinstance(message, RecordingStart):
-            await self._room.recording_start(
-                self._participant_id, message.script, dict(message.values)
-            )
+            await room.recording_start(self._participant_id, message.script, dict(message.values))
         elif isinstance(message, Consent):
-            await self._room.consent(self._participant_id, message.granted)
+            await room.consent(self._participant_id, message.granted)
         elif isinstance(message, Mark):
-            await self._room.mark(self._participant_id, message.moment, message.phase)
+            await room.mark(self._participant_id, message.moment, message.phase)
         elif isinstance(message, RecordingStop):
-            await self._room.recording_stop(self._participant_id)
+            await room.recording_stop(self._participant_id)
         elif isinstance(message, IdentityStart):
-            await self._room.identity_start(self._participant_id)
+            await room.identity_start(self._participant_id)
         elif isinstance(message, IdentityConsent):
-            await self._room.identity_consent(self._participant_id, message.granted)
+            await room.identity_consent(self._participant_id, message.granted)
         elif isinstance(message, IdentityStep):
-            await self._room.identity_step(self._participant_id, message.step)
+            await room.identity_step(self._participant_id, message.step)
         elif isinstance(message, IdentityUpload):
             if message.bytes > MAX_UPLOAD_BYTES:
                 raise ProtocolError(
@@ -381,14 +390,14 @@ class _Session:
                 )
             # Before the photo is decoded (seconds of CPU for a large one): refused now if the
             # verification could not use it.
-            self._room.check_upload(self._participant_id, message.side)
+            room.check_upload(self._participant_id, message.side)
             self._upload = message
         elif isinstance(message, IdentityManual):
-            await self._room.identity_manual(self._participant_id, message.decision, message.reason)
+            await room.identity_manual(self._participant_id, message.decision, message.reason)
         elif isinstance(message, End):
             if self._principal.role not in (Role.TELLER, Role.CUSTOMER):
                 raise ProtocolError("forbidden", "Only the teller or the customer can end.", "end")
-            await self._room.end(self._participant_id)
+            await room.end(self._participant_id)
             # Only once it took effect: a refused end (the audit log is down) leaves the
             # connection open so that the client can try again.
             self._done = True

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from server.sfu.ice_policy import IcePolicy
 from server.sfu.peer import MAX_REMOTE_CANDIDATES, Peer
@@ -73,3 +73,33 @@ async def test_candidates_after_end_of_candidates_are_ignored(answered: Peer) ->
     await answered.add_candidate(_candidate(2))
     await answered.add_candidate(None)
     assert _remote(answered)[0] == in_ice + 1
+
+
+async def test_candidates_in_the_answer_count_against_the_cap() -> None:
+    # A 32 KiB answer holds some 600 candidates, each a path ICE would check (STUN sent to an
+    # address the client chose). aiortc clients repeat each one on every bundled m-line.
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    peer = Peer(None, "p_c", ("microphone", "camera"), send, [], IcePolicy([]), "VP8")
+    client = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        await peer.negotiate()
+        await client.setRemoteDescription(RTCSessionDescription(sent[-1]["sdp"], "offer"))
+        await client.setLocalDescription(await client.createAnswer())
+        many = [f"a=candidate:{i} 1 udp 1 127.0.1.{i} 9 typ host" for i in range(1, 101)]
+        lines: list[str] = []
+        for line in client.localDescription.sdp.splitlines():
+            if not line.startswith(("a=candidate", "a=end-of-candidates")):
+                lines.append(line)
+                if line.startswith("a=mid:"):
+                    lines += many
+        await peer.accept_answer("\r\n".join(lines) + "\r\n")
+        assert _remote(peer)[0] == MAX_REMOTE_CANDIDATES
+        await peer.add_candidate(_candidate(1))  # the trickle has no room left either
+        assert _remote(peer)[0] == MAX_REMOTE_CANDIDATES
+    finally:
+        await client.close()
+        await peer.close()

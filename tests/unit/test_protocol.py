@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from server.audit.log import AuditUnavailable
 from server.signaling.protocol import (
+    CLIENT_TYPES,
     MAX_SDP_BYTES,
     PROTOCOL_VERSION,
     Answer,
@@ -303,3 +307,31 @@ def test_errors_round_trip_into_error_messages() -> None:
         "invalid_message",
         "chat",
     )
+
+
+def _doc_section(heading: str) -> str:
+    doc = (Path(__file__).parents[2] / "docs" / "protocol.md").read_text("utf-8")
+    start = doc.index(f"\n### {heading}")
+    return doc[start : doc.index("\n### ", start + 1)]
+
+
+def _first_column(section: str) -> set[str]:
+    return set(re.findall(r"^\| `([a-z_]+)` \|", section, re.MULTILINE))
+
+
+def test_the_document_lists_exactly_the_client_messages() -> None:
+    assert _first_column(_doc_section("2.2 Client to server")) == set(CLIENT_TYPES)
+
+
+def test_the_document_lists_every_error_code_the_socket_sends() -> None:
+    """Every code a ProtocolError is raised with in the server (and the audit log's refusal,
+    which reaches the socket as an ApiError) is in docs/protocol.md 2.7."""
+    server = Path(__file__).parents[2] / "server"
+    raised = {
+        code
+        for source in server.rglob("*.py")
+        for code in re.findall(r'ProtocolError\(\s*"([a-z_]+)"', source.read_text("utf-8"))
+    }
+    assert {"out_of_order", "bad_json", "internal"} <= raised  # the scan finds them
+    documented = _first_column(_doc_section("2.7 Error codes"))
+    assert raised | {AuditUnavailable().code, "wrong_worker"} <= documented

@@ -167,11 +167,12 @@ async def test_a_join_after_the_end_is_refused_and_brings_no_room_back() -> None
 
 async def test_the_last_one_out_seals_the_recording_even_if_the_database_fails() -> None:
     room, emptied = _room(_Store(down=True))
-    room.members["p_1"] = Member("p_1", Role.CUSTOMER, "李女士", connection=_Connection())
+    connection = _Connection()
+    room.members["p_1"] = Member("p_1", Role.CUSTOMER, "李女士", connection=connection)
     recording = _Recording()
     room.recording = recording  # type: ignore[assignment]
     with pytest.raises(ConnectionError):
-        await room.leave("p_1", "left")
+        await room.leave("p_1", "left", connection)
     assert room.members == {}
     assert recording.stopped == "complete"
     assert emptied == [room]

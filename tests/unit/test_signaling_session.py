@@ -3,16 +3,19 @@ uploaded photo, a late frame or an oversized answer gets, and that none of it co
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from typing import Any
 
 import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from PIL import Image
 
 from server.auth.principal import Role
 from server.errors import ApiError
 from server.identity.verification import Step
+from server.sfu.rooms import CLOSE_REPLACED
 from server.signaling import handler
 from server.signaling.protocol import MAX_SDP_BYTES, ProtocolError, parse_client_message
 from tests.support.rooms import Call
@@ -136,3 +139,44 @@ def test_the_answer_limit_is_in_bytes() -> None:
     with pytest.raises(ProtocolError) as refused:
         parse_client_message(_frame(type="answer", sdp=fits + "é"))
     assert refused.value.code == "invalid_message" and "bytes" in refused.value.message
+
+
+async def test_a_leave_from_a_replaced_tab_does_not_remove_the_member_who_is_back(
+    call: Call,
+) -> None:
+    old, old_connection = await _customer(call)
+    new, new_connection = call.connect("p_c", Role.CUSTOMER)
+    call.store.slow = 0.02  # the second tab's join awaits the database
+    joining = asyncio.create_task(new.handle(_frame(type="join")))
+    await asyncio.sleep(0)  # it holds the room now
+    # The first tab's goodbye, sent before it learnt that it was replaced, waits for the room.
+    leaving = asyncio.create_task(old.handle(_frame(type="leave")))
+    assert await joining
+    await leaving
+    room = call.rooms.get("s_1")
+    assert room is not None and room.holds("p_c", new_connection)
+    assert old_connection.closed_with == CLOSE_REPLACED
+    assert new_connection.closed_with is None
+    assert call.store.states[-1] == ("p_c", "connected")
+
+
+async def test_an_answer_from_a_replaced_tab_does_not_answer_the_new_tabs_offer(
+    call: Call,
+) -> None:
+    old, old_connection = call.connect("p_c", Role.CUSTOMER)
+    assert await old.handle(_frame(type="join"))
+    offer = next(m for m in old_connection.sent if m["type"] == "offer")
+    client = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    call.clients.append(client)
+    await client.setRemoteDescription(RTCSessionDescription(offer["sdp"], "offer"))
+    await client.setLocalDescription(await client.createAnswer())
+    new, new_connection = call.connect("p_c", Role.CUSTOMER)
+    assert await new.handle(_frame(type="join"))
+    # The old tab's answer to its own offer was on its way when the new tab joined.
+    assert await old.handle(_frame(type="answer", sdp=client.localDescription.sdp))
+    assert old_connection.errors() == ["out_of_order"]
+    room = call.rooms.get("s_1")
+    assert room is not None
+    peer = room.members["p_c"].peer
+    assert peer is not None and peer.pc.signalingState == "have-local-offer"
+    assert new_connection.errors() == []
