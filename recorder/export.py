@@ -121,6 +121,10 @@ Contents
   seg-NNNNNN.bin    the encrypted media segments, exactly as stored
   att-NNNNNN.bin    the encrypted attachments (the customer's signature image for each signed
                     transaction), listed in manifest.json like the segments
+  report-NNN.json   compliance reports added after sealing, if any (the highest NNN is the
+                    current one): canonical JSON naming this archive and the SHA-256 of
+                    manifest.json, and the key that signed it (signing_key_id)
+  report-NNN.sig    Ed25519 signature over the exact bytes of report-NNN.json (64 raw bytes)
   keys/{key}.pem  the public key that signed manifest.json
 
 First, make sure the public key is really the bank's: compare the key id {key} with the
@@ -131,11 +135,11 @@ Verify with vteller
 
   vteller verify --keys THE_BANKS_PUBLIC_KEY.pem THIS_DIRECTORY
 
-It checks the signature, that manifest.json is in canonical form, and that every segment and
+It checks the signature, that manifest.json is in canonical form, that every segment and
 attachment is present, has the listed size and SHA-256, and that none is missing or added, and
-prints
-the id of the key that signed. Without --keys it uses keys/ of this directory and says so: then
-compare the key id it prints with the bank's.
+every report's signature and link to this manifest, and prints the id of the key that signed.
+Without --keys it uses keys/ of this directory and says so: then compare the key id it prints
+with the bank's.
 
 Verify without vteller (OpenSSL 3, coreutils, jq), from inside this directory
 
@@ -153,6 +157,12 @@ Verify without vteller (OpenSSL 3, coreutils, jq), from inside this directory
          | sha256sum -c -
   4. no extra segment: ls seg-*.bin | wc -l  equals  jq '.segments | length' manifest.json
      (and ls att-*.bin | wc -l  equals  jq '.attachments | length' manifest.json)
+  5. every report, if there are any, e.g. report-001:
+       openssl pkeyutl -verify -pubin -inkey keys/$(jq -r .signing_key_id report-001.json).pem \\
+         -rawin -in report-001.json -sigfile report-001.sig
+     prints "Signature Verified Successfully", and
+       jq -r .manifest_sha256 report-001.json; sha256sum manifest.json | cut -c1-64
+     prints the same hash twice: the report is about this manifest
 
 The complete format (canonical JSON, key derivation, chunk format, test vectors) is specified in
 docs/archive-format.md of the vteller source code (open source), so you can also write your own

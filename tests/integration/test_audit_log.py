@@ -11,12 +11,14 @@ import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from recorder.seal.manifest import parse_manifest
+from recorder.seal.signing import Signer
 from server.audit import AuditLog
 from server.audit.cli import verify_command
 from server.audit.log import SIGNED_HERE_FILE, CheckpointRefused
@@ -25,8 +27,13 @@ from server.db.engine import create_engine, migrate, session_factory
 from server.db.models import AuditCheckpoint, AuditEntry
 from tests.integration.test_call import _teller_and_customer
 from tests.integration.test_recording import _record, _sealed, _stored
-from tests.support.audit import audit_log_away, launder
-from tests.support.postgres import database_url
+from tests.support.audit import (
+    audit_log_away,
+    documented_audit_check,
+    documented_export_commands,
+    launder,
+)
+from tests.support.postgres import database_url, libpq_dsn
 from tests.support.server import PASSWORD, RunningServer
 
 pytestmark = pytest.mark.usefixtures("cheap_password_hashing")
@@ -387,4 +394,50 @@ async def _three_writers(url: str) -> None:
         assert (report.entries, report.head_seq) == (75, 75)
     finally:
         for engine in engines:
+            await engine.dispose()
+
+
+async def test_the_documented_independent_check_reads_a_real_export(
+    tmp_path: Path, database: str
+) -> None:
+    """docs/audit-log.md 6.1 end to end: a log the server wrote, exported with the documented
+    `sqlite3`/`psql` commands, checked by the documented Python, and a tampered row found."""
+    async with database_url(database) as url:
+        engine = create_engine(url or f"sqlite+aiosqlite:///{tmp_path / 'vteller.db'}")
+        signer = Signer.from_seed(bytes(range(0xA0, 0xC0)))
+        try:
+            await migrate(engine)
+            log = AuditLog(session_factory(engine), signer)
+            await log.append(
+                "recording.marked",
+                actor="p_1",
+                actor_role="teller",
+                target="s_1",
+                detail={"moment": "风险揭示", "phase": "start", "media_ms": 61250},
+                address="192.0.2.10",
+            )
+            await log.append("session.left", actor="p_1", actor_role="teller", target="s_1")
+            assert await log.checkpoint() is not None
+            check = documented_audit_check()
+
+            def export() -> tuple[Any, Any]:
+                env = os.environ | {"DATABASE_URL": libpq_dsn(url)} if url else None
+                for command in documented_export_commands(database):
+                    subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, check=True)
+                return (
+                    json.loads((tmp_path / "entries.json").read_text("utf-8")),
+                    json.loads((tmp_path / "checkpoints.json").read_text("utf-8")),
+                )
+
+            entries, checkpoints = await asyncio.to_thread(export)
+            assert [e["action"] for e in entries] == ["recording.marked", "session.left"]
+            assert check(entries, checkpoints, [signer.public_key_pem()]) == []
+
+            async with engine.begin() as db:
+                await db.execute(update(AuditEntry).where(AuditEntry.seq == 1).values(target="x"))
+            entries, checkpoints = await asyncio.to_thread(export)
+            assert check(entries, checkpoints, [signer.public_key_pem()]) == [
+                "entry 1: hash does not match its content (edited?)"
+            ]
+        finally:
             await engine.dispose()

@@ -3,8 +3,11 @@ or make it unwritable for a while (actions that must be logged are then refused)
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
 
 from sqlalchemy import delete, select, text
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
@@ -13,6 +16,31 @@ from server.audit.chain import EntryFields
 from server.db.engine import DbSession
 from server.db.models import AuditCheckpoint, AuditEntry
 from tests.support.server import RunningServer
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "audit-log.md"
+
+
+def _doc_blocks(language: str) -> list[str]:
+    # The blocks of section 6.1 are indented as part of a list item.
+    blocks = re.findall(rf"^( *)```{language}\n(.*?)^\1```", DOC.read_text("utf-8"), re.M | re.S)
+    return [re.sub(rf"^{indent}", "", code, flags=re.M) for indent, code in blocks]
+
+
+def documented_audit_check() -> Callable[..., list[str]]:
+    """`check_audit_log` of docs/audit-log.md section 6.1, the check without vteller."""
+    (code,) = [block for block in _doc_blocks("python") if "def check_audit_log" in block]
+    namespace: dict[str, Any] = {"__name__": "audit_log_doc"}
+    exec(compile(code, str(DOC), "exec"), namespace)
+    check: Callable[..., list[str]] = namespace["check_audit_log"]
+    return check
+
+
+def documented_export_commands(database: str) -> list[str]:
+    """The export commands of docs/audit-log.md section 6.1 for "sqlite" (`sqlite3`) or
+    "postgresql" (`psql`): run from the directory of `vteller.db`, or with `DATABASE_URL` set."""
+    client = {"sqlite": "sqlite3 ", "postgresql": "psql "}[database]
+    (code,) = [block for block in _doc_blocks("bash") if "> entries.json" in block]
+    return [line for line in code.splitlines() if line.startswith(client)]
 
 
 async def launder(

@@ -28,6 +28,7 @@ from server.audit.chain import (
     verify_entries,
 )
 from server.audit.log import _check_detail
+from tests.support.audit import documented_audit_check
 from tests.vectors.generate_audit_v1 import OUT_FILE, build, render
 
 
@@ -259,3 +260,57 @@ def test_the_document_matches_the_vector_and_the_vocabulary(vector: dict[str, An
     assert vector["checkpoint"]["signature"] in doc
     documented = set(re.findall(r"^\| `([a-z_]+\.[a-z_]+)` \|", doc, re.MULTILINE))
     assert documented == set(ACTIONS)
+
+
+def _exported_by_sqlite(vector: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The vector as `sqlite3 -json` gives it (docs/audit-log.md 6.1): times without an offset,
+    `detail` as the JSON text SQLAlchemy stored (non-ASCII escaped)."""
+
+    def sqlite_time(at: str) -> str:
+        return at.replace("T", " ").removesuffix("Z")
+
+    rows = [
+        {k: v for k, v in entry.items() if k not in ("format", "canonical")}
+        | {"at": sqlite_time(entry["at"]), "detail": json.dumps(entry["detail"])}
+        for entry in vector["entries"]
+    ]
+    checkpoint = {k: v for k, v in vector["checkpoint"].items() if k != "canonical"}
+    return rows, checkpoint | {"at": sqlite_time(checkpoint["at"])}
+
+
+def test_the_documented_independent_check_accepts_the_vector(vector: dict[str, Any]) -> None:
+    check = documented_audit_check()
+    keys = [vector["public_key_pem"].encode()]
+    rows, checkpoint = _exported_by_sqlite(vector)
+    assert "\\u98ce" in rows[-1]["detail"]  # what makes a hash of the text itself go wrong
+    assert check(rows, [checkpoint], keys) == []
+    # PostgreSQL's json_agg: detail as an object, times with an offset and a trimmed fraction.
+    postgres = [
+        row | {"detail": entry["detail"], "at": entry["at"].replace("000Z", "+00:00")}
+        for row, entry in zip(rows, vector["entries"], strict=True)
+    ]
+    assert postgres[0]["at"] == "2026-11-27T10:00:01.001+00:00"
+    eight_hours_east = checkpoint | {"at": "2026-11-27T18:15:00+08:00"}
+    assert check(postgres, [eight_hours_east], keys) == []
+
+
+def test_the_documented_independent_check_names_breaks(vector: dict[str, Any]) -> None:
+    check = documented_audit_check()
+    keys = [vector["public_key_pem"].encode()]
+    rows, checkpoint = _exported_by_sqlite(vector)
+    edited = [*rows[:2], rows[2] | {"target": "FORGED"}, *rows[3:]]
+    assert check(edited, [checkpoint], keys) == [
+        "entry 3: hash does not match its content (edited?)"
+    ]
+    assert check([*rows[:3], *rows[4:]], [checkpoint], keys)[0] == (
+        "entry 4 missing (sequence jumps to 5)"
+    )
+    assert check(rows, [checkpoint | {"entry_hash": rows[4]["entry_hash"]}], keys) == [
+        "checkpoint at 6: signature invalid"
+    ]
+    assert check(rows, [checkpoint], []) == [
+        f"checkpoint at 6: signed by unknown key {checkpoint['key_id']}"
+    ]
+    assert check(rows[:5], [checkpoint], keys) == [
+        "checkpoint at 6: entry 6 is missing (log truncated?)"
+    ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 from typing import Any
 
 import pytest
@@ -78,6 +79,8 @@ def test_the_document_quotes_the_vector(vector: dict[str, Any]) -> None:
         assert f"| `{name}` | `{vector['headers'][name]}` |" in text
     assert f"| `Vteller-Ed25519-Signature` | `{vector['ed25519_signature']}` |" in text
     assert f"`{vector['secret']}`" in text
+    (begins, ends) = re.findall(r"The body begins `(.+?)` and ends `(.+?)`\.", text)[0]
+    assert vector["body"].startswith(begins) and vector["body"].endswith(ends)
 
 
 def test_documented_check_accepts_the_vector(vector: dict[str, Any], doc: dict[str, Any]) -> None:

@@ -1,6 +1,6 @@
 """Generate the archive format v1 test vectors (docs/archive-format.md, section 9).
 
-    python tests/vectors/generate_archive_v1.py [OUT_DIR]
+    python -m tests.vectors.generate_archive_v1 [OUT_DIR]
 
 writes OUT_DIR (default: tests/vectors/archive-v1/) with `vectors.json` and `archive/`, a complete
 sealed archive with its public key. Every input is fixed, so the output is identical on every run;
@@ -22,6 +22,7 @@ from recorder.seal.canonical import canonical_json, parse_json
 from recorder.seal.digest import sha256_hex
 from recorder.seal.keyring import WrappedKey, unwrap_data_key, wrap_data_key
 from recorder.seal.manifest import MANIFEST_OBJECT, SIGNATURE_OBJECT, manifest_sha256
+from recorder.seal.report import REPORT_FORMAT_PREFIX, report_object_names, sign_report
 from recorder.seal.sealer import ArchiveSealer
 from recorder.seal.signing import Signer, load_public_key
 from recorder.seal.stream import (
@@ -186,6 +187,20 @@ def generate(out_dir: Path) -> None:
     (archive_dir / MANIFEST_OBJECT).write_bytes(sealed.data)
     (archive_dir / SIGNATURE_OBJECT).write_bytes(sealed.signature)
     (archive_dir / "keys" / f"{signer.key_id}.pem").write_bytes(signer.public_key_pem())
+    # A signed report added after sealing (section 11), with only the members the archive format
+    # requires of it besides a decision: the compliance report's own schema is docs/compliance.md.
+    report_name, report_signature_name = report_object_names(1)
+    report_data, report_signature = sign_report(
+        {
+            "format": f"{REPORT_FORMAT_PREFIX}1",
+            "archive_id": str(ARCHIVE_ID),
+            "manifest_sha256": sha256_hex(sealed.data),
+            "decision": "pass",
+        },
+        signer,
+    )
+    (archive_dir / report_signature_name).write_bytes(report_signature)
+    (archive_dir / report_name).write_bytes(report_data)
 
     large = large_plaintext()
     large_ciphertext, large_digest = encrypt_segment(DATA_KEY, ARCHIVE_ID, 0, large)
@@ -233,6 +248,12 @@ def generate(out_dir: Path) -> None:
             "canonical": sealed.data.decode("utf-8"),
             "sha256": sha256_hex(sealed.data),
             "signature": sealed.signature.hex(),
+        },
+        "report": {
+            "object": report_name,
+            "canonical": report_data.decode("utf-8"),
+            "signature_object": report_signature_name,
+            "signature": report_signature.hex(),
         },
     }
     for case in vectors["canonical_json"]:  # type: ignore[attr-defined]
