@@ -9,13 +9,19 @@ from pathlib import Path
 import pytest
 
 I18N = Path(__file__).parents[2] / "web" / "common" / "i18n.js"
-KEY = re.compile(r"^  '([\w.]+)':", re.MULTILINE)
+# A text: '...' with \' escapes, or "..." (one line each).
+TEXT = re.compile(
+    r"""^  '([\w.]+)': (?:'((?:[^'\\]|\\.)*)'|"((?:[^"\\]|\\.)*)"),?$""", re.MULTILINE
+)
 
 
-def _dictionaries() -> dict[str, set[str]]:
+def _texts() -> dict[str, dict[str, str]]:
     text = I18N.read_text("utf-8")
     zh, en = text.split("\nconst en = {", 1)
-    return {"zh-CN": set(KEY.findall(zh)), "en": set(KEY.findall(en))}
+    return {
+        lang: {key: single or double for key, single, double in TEXT.findall(part)}
+        for lang, part in (("zh-CN", zh), ("en", en))
+    }
 
 
 @pytest.mark.parametrize(
@@ -33,5 +39,39 @@ def _dictionaries() -> dict[str, set[str]]:
     ],
 )
 def test_the_workflow_answers_are_worded_in_both_languages(key: str) -> None:
-    for lang, keys in _dictionaries().items():
-        assert key in keys, f"{key} is missing from the {lang} texts of {I18N}"
+    for lang, texts in _texts().items():
+        assert key in texts, f"{key} is missing from the {lang} texts of {I18N}"
+
+
+def _customer_text(texts: dict[str, str], code: str) -> str:
+    """What the customer's pages show for an error code (errorKey in web/common/ui.js)."""
+    for key in (f"customerError.{code}", f"error.{code}"):
+        if key in texts:
+            return texts[key]
+    return texts["error.generic"]
+
+
+def test_both_languages_have_the_same_texts() -> None:
+    keys = {lang: set(texts) for lang, texts in _texts().items()}
+    assert keys["zh-CN"] == keys["en"], keys["zh-CN"] ^ keys["en"]
+
+
+@pytest.mark.parametrize(
+    ("code", "not_said"),
+    [
+        # The customer's credential (a day long) ran out, e.g. on a page left open overnight:
+        # customers never log in, a new link is what helps.
+        ("not_authenticated", ("登录", "log in", "login", "sign in")),
+        # The teller decided the transaction while the customer signed it: reloading the call
+        # page helps nothing (and the lobby asks them not to), nothing is left for them to do.
+        ("wrong_state", ("刷新", "reload")),
+    ],
+)
+def test_customers_are_not_told_what_only_staff_can_do(
+    code: str, not_said: tuple[str, ...]
+) -> None:
+    for lang, texts in _texts().items():
+        shown = _customer_text(texts, code)
+        assert shown != texts["error.generic"], f"{code}: no words of its own in {lang}"
+        for words in not_said:
+            assert words not in shown.lower(), f"{code} tells the customer {shown!r} ({lang})"

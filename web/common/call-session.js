@@ -50,6 +50,8 @@ export class CallSession extends Emitter {
   #statusLine;
   #peerState = 'new';
   #over = false;
+  // Aborted when the call is over: withdraws a question about it still on screen.
+  #ended = new AbortController();
 
   /** Uses the page's standard call elements (ids shared by the customer and staff pages). */
   /** `locate` resolves to the session's current `ws_url` (see Signaling). */
@@ -126,6 +128,7 @@ export class CallSession extends Emitter {
   async endWithConfirmation() {
     const confirmed = await confirmDialog({
       title: 'call.endConfirmTitle', body: 'call.endConfirmBody', confirm: 'call.end', danger: true,
+      signal: this.#ended.signal,
     });
     if (!confirmed) return;
     try {
@@ -244,6 +247,7 @@ export class CallSession extends Emitter {
     this.#over = true;
     this.#signaling.close();
     this.#client.close();
+    this.#ended.abort();
     this.emit('ended', detail);
   }
 
@@ -251,6 +255,7 @@ export class CallSession extends Emitter {
     if (this.#over) return;
     this.#over = true;
     this.#client.close();
+    this.#ended.abort();
     this.emit('fatal', code);
   }
 }

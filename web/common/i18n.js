@@ -215,12 +215,15 @@ const zhCN = {
   'error.invalid_credentials': '用户名或密码错误。',
   'error.unknown_user': '找不到该用户。',
   'error.already_invited': '该专家已被邀请。',
+  'error.too_many_experts': '一次通话最多邀请两位专家（每位专家都要录入双录）。如需咨询其他专家，请另开一次通话。',
   'error.session_ended': '本次通话已结束。',
   'error.unknown_session': '找不到该通话。',
   'error.internal': '服务器出现问题，请稍后重试。',
   'error.unsupported_version': '本页面版本已过期，请刷新页面。',
   'error.message_too_large': '内容太长，未能发送，请缩短后再试。',
   'customerError.out_of_order': '现在还不能进行这一步，请稍候，或按客户经理的提示操作。',
+  'customerError.not_authenticated': '您的视频服务链接已失效，请联系您的客户经理获取新链接。',
+  'customerError.wrong_state': '客户经理已处理这笔交易，现在不需要您签名。请按客户经理的提示操作。',
 
   'staff.pageTitle': 'vteller 员工工作台',
   'staff.brand': 'vteller 员工工作台',
@@ -613,6 +616,10 @@ const zhCN = {
   'tx.badAmount': '请输入正确的金额，例如 50000 或 50000.00。',
   'tx.none': '本次会话还没有交易。',
   'tx.describePurchase': '购买{type}「{name}」，金额 {amount}',
+  'tx.amount.CNY': '人民币 {number} 元',
+  'tx.amount.USD': '{number} 美元',
+  'tx.amount.HKD': '{number} 港元',
+  'tx.amount.EUR': '{number} 欧元',
   'tx.state.awaiting_signature': '等待客户签名',
   'tx.state.signed': '客户已签名',
   'tx.state.awaiting_override': '检查未通过，等待主管处理',
@@ -898,12 +905,15 @@ const en = {
   'error.invalid_credentials': 'Wrong username or password.',
   'error.unknown_user': 'No such user.',
   'error.already_invited': 'This expert has already been invited.',
+  'error.too_many_experts': 'A call can have at most two experts (each one is recorded). To consult another expert, start a new call.',
   'error.session_ended': 'This call has ended.',
   'error.unknown_session': 'This call could not be found.',
   'error.internal': 'A server problem occurred. Please try again later.',
   'error.unsupported_version': 'This page is out of date. Please reload it.',
   'error.message_too_large': 'That was too long to send. Please shorten it and try again.',
   'customerError.out_of_order': 'This step cannot be done right now. Please wait, or follow your account manager’s instructions.',
+  'customerError.not_authenticated': 'Your video appointment link is no longer valid. Please ask your relationship manager for a new link.',
+  'customerError.wrong_state': 'Your relationship manager has already dealt with this transaction: no signature is needed now. Please follow their instructions.',
 
   'staff.pageTitle': 'vteller staff console',
   'staff.brand': 'vteller staff console',
@@ -1296,6 +1306,10 @@ const en = {
   'tx.badAmount': 'Enter a valid amount, e.g. 50000 or 50000.00.',
   'tx.none': 'No transactions in this session yet.',
   'tx.describePurchase': 'Buy {type} "{name}" for {amount}',
+  'tx.amount.CNY': '{number} CNY',
+  'tx.amount.USD': '{number} USD',
+  'tx.amount.HKD': '{number} HKD',
+  'tx.amount.EUR': '{number} EUR',
   'tx.state.awaiting_signature': 'Waiting for the customer\'s signature',
   'tx.state.signed': 'Signed by the customer',
   'tx.state.awaiting_override': 'Checks failed: waiting for a supervisor',
@@ -1379,13 +1393,14 @@ export function has(key) {
   return key in DICTIONARIES[lang] || key in DICTIONARIES[DEFAULT_LANG];
 }
 
-/** args values are strings/numbers, or {t: key} to be translated themselves (e.g. a role). */
+/** args values are strings/numbers, or {t: key, args?} to be translated themselves (e.g. a role,
+ * an amount in words). */
 export function t(key, args = {}) {
   const template = DICTIONARIES[lang][key] ?? DICTIONARIES[DEFAULT_LANG][key] ?? key;
   return template.replace(/\{(\w+)\}/g, (match, name) => {
     const value = args[name];
     if (value === undefined || value === null) return match;
-    return typeof value === 'object' ? t(value.t) : String(value);
+    return typeof value === 'object' ? t(value.t, value.args) : String(value);
   });
 }
 
@@ -1408,8 +1423,15 @@ export function clearText(element) {
   return element;
 }
 
+const otherLang = () => (lang === DEFAULT_LANG ? 'en' : DEFAULT_LANG);
+/** The language switches: the top bar's and those of full-screen questions (ui.js). */
+export const LANG_SWITCHES = '#lang-toggle, [data-chrome="lang"]';
+
 export function applyI18n() {
   document.documentElement.lang = lang;
+  // A switch names the other language in that language ("English", "中文"): a screen reader
+  // reads it with that language's voice only when told.
+  for (const toggle of document.querySelectorAll(LANG_SWITCHES)) toggle.setAttribute('lang', otherLang());
   for (const element of document.querySelectorAll('[data-i18n]')) {
     const args = element.dataset.i18nArgs ? JSON.parse(element.dataset.i18nArgs) : undefined;
     element.textContent = t(element.dataset.i18n, args);
@@ -1430,5 +1452,5 @@ function setLang(next) {
 }
 
 export function toggleLang() {
-  setLang(lang === DEFAULT_LANG ? 'en' : DEFAULT_LANG);
+  setLang(otherLang());
 }

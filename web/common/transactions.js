@@ -7,12 +7,15 @@ export const SIGNABLE = new Set(['awaiting_signature', 'signed', 'awaiting_overr
 // The server refuses a shorter rejection reason (RejectBody, server/api/bodies.py) in English.
 export const REJECT_REASON_MIN = 4;
 
-/** {minor: 1234567, currency: 'CNY'} -> "12,345.67 CNY", by integer arithmetic only. */
-export function formatAmount(amount) {
+/** {minor: 1234567, currency: 'CNY'} -> the amount as the reader says it, for t()'s args:
+ * "人民币 12,345.67 元", "12,345.67 CNY" (a currency without words: its code), by integer
+ * arithmetic only. A customer signs for this line: no currency code among Chinese words. */
+function amountInWords(amount) {
   if (!amount || !Number.isSafeInteger(amount.minor)) return '';
   const whole = Math.floor(amount.minor / 100).toLocaleString('en-US');
-  const cents = String(amount.minor % 100).padStart(2, '0');
-  return `${whole}.${cents} ${amount.currency}`;
+  const number = `${whole}.${String(amount.minor % 100).padStart(2, '0')}`;
+  const key = `tx.amount.${amount.currency}`;
+  return has(key) ? { t: key, args: { number } } : `${number} ${amount.currency}`;
 }
 
 /**
@@ -33,7 +36,7 @@ export function showDescription(element, transaction) {
     return translate(element, 'tx.describePurchase', {
       type: { t: `tx.productType.${transaction.product_type}` },
       name: transaction.product_name || transaction.product_code,
-      amount: formatAmount(transaction.amount),
+      amount: amountInWords(transaction.amount),
     });
   }
   return translate(element, `tx.service.${transaction.service}`);

@@ -1,5 +1,5 @@
 // Page chrome shared by every page: language and large-text toggles, toasts, confirm dialogs.
-import { applyI18n, clearText, has, t, toggleLang, translate } from './i18n.js';
+import { LANG_SWITCHES, applyI18n, clearText, has, t, toggleLang, translate } from './i18n.js';
 import { loadPref, savePref } from './prefs.js';
 
 // Staff can act on the server's own (English) detail of an error the catalog has no message
@@ -7,24 +7,47 @@ import { loadPref, savePref } from './prefs.js';
 // that it did not work.
 let customerPage = false;
 
+// The large-text switches: the top bar's and those of full-screen questions.
+const LARGE_TEXT_SWITCHES = '#large-text-toggle, [data-chrome="large-text"]';
+
 /** `customer`: the page is read by customers, who never see the server's own error texts. */
 export function initChrome({ customer = false } = {}) {
   customerPage = customer;
+  // A full-screen question (the customer's consents, the signature) covers the page and makes it
+  // inert, top bar included: it gets switches of its own, or its text could not be read in the
+  // other language or made larger while it asks.
+  for (const dialog of document.querySelectorAll('dialog.consent')) dialog.prepend(dialogSwitches());
   applyI18n();
-  const langToggle = document.getElementById('lang-toggle');
-  langToggle?.addEventListener('click', toggleLang);
+  for (const toggle of document.querySelectorAll(LANG_SWITCHES)) toggle.addEventListener('click', toggleLang);
 
-  const largeToggle = document.getElementById('large-text-toggle');
+  const largeToggles = document.querySelectorAll(LARGE_TEXT_SWITCHES);
   const applyLarge = (on) => {
     document.documentElement.classList.toggle('large-text', on);
-    largeToggle?.setAttribute('aria-pressed', String(on));
+    for (const toggle of largeToggles) toggle.setAttribute('aria-pressed', String(on));
   };
   applyLarge(loadPref('largeText') === '1');
-  largeToggle?.addEventListener('click', () => {
-    const on = !document.documentElement.classList.contains('large-text');
-    applyLarge(on);
-    savePref('largeText', on ? '1' : '0');
-  });
+  for (const toggle of largeToggles) {
+    toggle.addEventListener('click', () => {
+      const on = !document.documentElement.classList.contains('large-text');
+      applyLarge(on);
+      savePref('largeText', on ? '1' : '0');
+    });
+  }
+}
+
+/** The large-text and language switches of a full-screen question. */
+function dialogSwitches() {
+  const bar = document.createElement('div');
+  bar.className = 'dialog-chrome';
+  const large = button('', 'btn btn-secondary');
+  large.dataset.chrome = 'large-text';
+  translate(large, 'ui.largeText');
+  const lang = button('', 'btn btn-secondary');
+  lang.dataset.chrome = 'lang';
+  lang.dataset.i18nAriaLabel = 'ui.switchLangLabel';
+  translate(lang, 'ui.switchLang');
+  bar.append(large, lang);
+  return bar;
 }
 
 /** The message key for an ApiError, a signaling error message or any Error; null when only the
@@ -81,8 +104,10 @@ export function toast(text, kind = 'info', timeoutMs = kind === 'error' ? ERROR_
   setTimeout(() => item.remove(), timeoutMs);
 }
 
-/** Modal yes/no question; resolves true when confirmed. Arguments are i18n keys. */
-export function confirmDialog({ title, body, confirm, cancel = 'ui.cancel', danger = false }) {
+/** Modal yes/no question; resolves true when confirmed. Arguments are i18n keys; `signal` (an
+ * AbortSignal) withdraws the question, answered "no", once it no longer applies. */
+export function confirmDialog({ title, body, confirm, cancel = 'ui.cancel', danger = false, signal = null }) {
+  if (signal?.aborted) return Promise.resolve(false);
   const dialog = document.createElement('dialog');
   dialog.className = 'dialog';
   dialog.setAttribute('aria-labelledby', 'confirm-title');
@@ -102,11 +127,14 @@ export function confirmDialog({ title, body, confirm, cancel = 'ui.cancel', dang
   document.body.append(dialog);
 
   return new Promise((resolve) => {
+    const withdraw = () => finish(false);
     const finish = (result) => {
+      signal?.removeEventListener('abort', withdraw);
       dialog.close();
       dialog.remove();
       resolve(result);
     };
+    signal?.addEventListener('abort', withdraw);
     no.addEventListener('click', () => finish(false));
     yes.addEventListener('click', () => finish(true));
     dialog.addEventListener('cancel', (event) => {
