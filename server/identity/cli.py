@@ -124,19 +124,20 @@ def _ocr(args: argparse.Namespace, engines: Any) -> int:
     today = args.today or card_today()
     first = engines.read_card(_load(args.image))
     second = engines.read_card(_load(args.back)) if args.back else None
-    readings = [r for r in (first, second) if r is not None]
-    front = next((r for r in readings if r.side == "front"), None)
-    back = next((r for r in readings if r.side == "back"), None)
-    if front is not None and second is not None:
-        problems = assess(front, back, today).problems
+    if second is not None:
+        # The two photos must be the two sides, in either order: two of one side are checked as
+        # front and back, so the customer is told which side is missing.
+        if first.side == "back" or second.side == "front":
+            first, second = second, first
+        readings = [first, second]
+        problems = assess(first, second, today).problems
     else:
-        problems = []
-        for r in readings:
-            problems += reading_problems(r, r.side or "front")
-            if r.side == "front":
-                problems += check_front(r.fields, today)
-            elif r.side == "back":
-                problems += check_back(r.fields, today)
+        readings = [first]
+        problems = reading_problems(first, first.side or "front")
+        if first.side == "front":
+            problems += check_front(first.fields, today)
+        elif first.side == "back":
+            problems += check_back(first.fields, today)
     fields: dict[str, object] = {}
     for r in readings:
         for k, v in r.fields.to_dict().items():

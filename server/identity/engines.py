@@ -27,7 +27,7 @@ import numpy as np
 from server.identity.config import FaceEngineName, IdentityConfig
 from server.identity.face import DenseLandmarks, FaceEngine
 from server.identity.face.match import MatchResult, live_faces, match
-from server.identity.liveness import Challenge
+from server.identity.liveness import Box, Challenge
 from server.identity.ocr import OcrEngine, Side
 from server.identity.ocr.reader import CardCheck, CardReading, assess, read_card
 
@@ -41,6 +41,11 @@ class FaceObservation:
     faces: int  # the faces that count (server.identity.face.match.live_faces)
     landmarks: np.ndarray | None  # of the largest face: 106 x 2 or 5 x 2
     width: float  # of the largest face, pixels
+    box: Box | None = None  # of the largest face
+    # Asked for by the liveness check, which follows one face from picture to picture: the
+    # embedding of the one face, and its similarity to the face of the picture before.
+    embedding: np.ndarray | None = None
+    similarity: float | None = None
 
 
 class IdentityEngines:
@@ -135,9 +140,13 @@ class IdentityEngines:
         with self._lock_for(f"face:{face.name}"):
             return match(id_photo_image, live_image, face, threshold)
 
-    def observe_face(self, image: np.ndarray) -> FaceObservation:
+    def observe_face(
+        self, image: np.ndarray, previous: np.ndarray | None = None, *, embed: bool = False
+    ) -> FaceObservation:
         """The faces that count in a live frame and the landmarks of the largest: 106 points
-        when the engine has a landmark model (blink and mouth challenges need them), else 5."""
+        when the engine has a landmark model (blink and mouth challenges need them), else 5.
+        With `embed`, when exactly one face counts: its embedding, and its similarity to
+        `previous` (the embedding of the face in the picture before) when given."""
         face = self.face()
         with self._lock_for(f"face:{face.name}"):
             faces = live_faces(face.detect(image))
@@ -147,7 +156,15 @@ class IdentityEngines:
             landmarks = main.landmarks
             if isinstance(face, DenseLandmarks) and face.has_landmarks106:
                 landmarks = face.landmarks106(image, main)
-            return FaceObservation(len(faces), np.asarray(landmarks), main.width)
+            embedding = face.embed(image, main) if embed and len(faces) == 1 else None
+            similarity = (
+                face.compare(previous, embedding)
+                if embedding is not None and previous is not None
+                else None
+            )
+            return FaceObservation(
+                len(faces), np.asarray(landmarks), main.width, main.box, embedding, similarity
+            )
 
     def supported_challenges(self) -> set[Challenge]:
         face = self.face()
@@ -157,8 +174,10 @@ class IdentityEngines:
 
     # --- async wrappers: never run inference on the event loop ---
 
-    async def observe_face_async(self, image: np.ndarray) -> FaceObservation:
-        return await self._run(self.observe_face, image)
+    async def observe_face_async(
+        self, image: np.ndarray, previous: np.ndarray | None = None, *, embed: bool = False
+    ) -> FaceObservation:
+        return await self._run(self.observe_face, image, previous, embed=embed)
 
     async def _run(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
         loop = asyncio.get_running_loop()

@@ -12,6 +12,7 @@ county list changes every year and old numbers stay valid after a county is rena
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from datetime import date, datetime
 from enum import StrEnum
@@ -157,14 +158,18 @@ def check_digit(first17: str) -> str:
 
 
 def normalize_id_number(raw: str) -> str:
-    """Upper-case, drop spaces; OCR often reads the check 'X' as 'x' or '×'."""
-    return re.sub(r"\s+", "", raw).replace("×", "X").replace("x", "X")
+    """Upper-case, drop spaces; OCR often reads the check 'X' as 'x' or '×'. Full-width
+    characters (１２３Ｘ, from OCR or a Chinese input method) become ASCII (NFKC), so the
+    number recorded is the one canonical spelling."""
+    text = unicodedata.normalize("NFKC", raw)
+    return re.sub(r"\s+", "", text).replace("×", "X").replace("x", "X")
 
 
 def parse_id_number(raw: str) -> IdNumber:
     """Parse and validate an 18-character number; raise IdNumberError saying why not."""
     number = normalize_id_number(raw)
-    if not re.fullmatch(r"\d{17}[\dX]", number):
+    # [0-9], not \d: \d also matches other scripts' digits, which int() reads as 0-9.
+    if not re.fullmatch(r"[0-9]{17}[0-9X]", number):
         raise IdNumberError(Reason.INVALID_NUMBER, "need 17 digits and a digit or X")
     if check_digit(number[:17]) != number[17]:
         raise IdNumberError(Reason.CHECKSUM, "check digit does not match")
@@ -329,8 +334,9 @@ def check_front(front: IdCardFields, today: date) -> list[Problem]:
             _problem(
                 Reason.BIRTH_MISMATCH,
                 "birth_date",
-                "出生日期与身份证号码不一致",
-                "the printed birth date does not match the ID number",
+                "出生日期与身份证号码不一致，请重新拍摄身份证人像面，或使用本人有效证件",
+                "the printed birth date does not match the ID number; retake the photo side of "
+                "the card, or use your own valid card",
             )
         )
     if front.sex in (Sex.MALE.value, Sex.FEMALE.value):
@@ -339,8 +345,9 @@ def check_front(front: IdCardFields, today: date) -> list[Problem]:
                 _problem(
                     Reason.SEX_MISMATCH,
                     "sex",
-                    "性别与身份证号码不一致",
-                    "the printed sex does not match the ID number",
+                    "性别与身份证号码不一致，请重新拍摄身份证人像面，或使用本人有效证件",
+                    "the printed sex does not match the ID number; retake the photo side of "
+                    "the card, or use your own valid card",
                 )
             )
     elif front.sex:

@@ -19,8 +19,10 @@ MAX_BYTES = 10 * 1024 * 1024
 MAX_PIXELS = 25_000_000
 MIN_SIDE = 64
 # Formats a phone camera or browser canvas produces; anything else is refused rather than handed
-# to a less exercised decoder.
-ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP"})
+# to a less exercised decoder. Pillow names a JPEG that carries more than one picture "MPO":
+# Android's Ultra HDR photos (a gain map after the picture) and many phones' depth or
+# multi-frame shots are such JPEGs; only the first, primary picture is decoded.
+ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP"})
 
 
 class ImageInputError(ValueError):
@@ -86,7 +88,12 @@ def decode_image(data: bytes, limits: ImageLimits | None = None) -> np.ndarray:
                         f"the image is {width}x{height}; move closer and retake it",
                     )
                 img.load()
-                rgb = ImageOps.exif_transpose(img).convert("RGB")
+                upright = ImageOps.exif_transpose(img)
+                if upright.mode in ("I", "I;16", "I;16L", "I;16B"):
+                    # 16-bit greyscale (scanners save it): convert() would clip every value
+                    # above 255, turning the whole card white. Scale 0-65535 to 0-255 instead.
+                    upright = upright.convert("I").point(lambda v: v / 257).convert("L")
+                rgb = upright.convert("RGB")
     except ImageInputError:
         raise
     except Image.DecompressionBombError as exc:

@@ -9,7 +9,8 @@ Directions are the customer's own: "left" is the customer's left, which in a cam
 not mirrored is the image's right. Pass `mirrored=True` for selfie-style (mirrored) frames.
 
 These primitives defeat a printed photo held still; they do not defeat a replayed video or a
-mask. Anti-spoofing models are a separate layer (docs/identity.md).
+mask. Anti-spoofing models are a separate layer (docs/identity.md). `continuity_break` ties the
+movements to one person: the face in each sampled picture must be the face in the one before.
 """
 
 from __future__ import annotations
@@ -42,11 +43,33 @@ MOUTH_OPEN = 0.3
 MIN_FRAMES = 2
 
 
+# Identity continuity between consecutive sampled pictures of a liveness sequence. Consecutive
+# pictures differ by a small pose change, so the same person scores far above a stranger; the
+# embedding threshold per engine and the measurements behind it are in docs/identity.md
+# ("Liveness in the call"). A move of the face box further than MAX_SHIFT face widths, or a size
+# change beyond MAX_SCALE, between two pictures is a different face put in front of the camera.
+CONTINUITY_THRESHOLDS: dict[str, float] = {"insightface": 0.25, "yunet": 0.25}
+MAX_SHIFT = 0.5
+MAX_SCALE = 1.5
+
+
 class Challenge(StrEnum):
     TURN_LEFT = "turn_left"
     TURN_RIGHT = "turn_right"
     BLINK = "blink"
     OPEN_MOUTH = "open_mouth"
+
+
+class Break(StrEnum):
+    """Why a liveness sequence stopped following one face."""
+
+    NO_FACE = "no_face"
+    SEVERAL_FACES = "several_faces"
+    OTHER_FACE = "other_face"
+    JUMP = "jump"
+
+
+Box = tuple[float, float, float, float]
 
 
 class LivenessInputError(ValueError):
@@ -166,3 +189,38 @@ def judge(
                 return any(opened[i + 1 :])
         return False
     raise ValueError(challenge)
+
+
+def box_change(previous: Box, current: Box) -> tuple[float, float]:
+    """How far the face box moved, in the previous box's widths, and how much its width changed
+    (a ratio >= 1, growing or shrinking alike)."""
+    pw, cw = previous[2] - previous[0], current[2] - current[0]
+    if pw <= 0 or cw <= 0:
+        return float("inf"), float("inf")
+    dx = (current[0] + current[2] - previous[0] - previous[2]) / 2
+    dy = (current[1] + current[3] - previous[1] - previous[3]) / 2
+    return float(np.hypot(dx, dy) / pw), max(pw / cw, cw / pw)
+
+
+def continuity_break(
+    faces: int,
+    box: Box | None,
+    previous_box: Box | None,
+    similarity: float | None,
+    threshold: float,
+) -> Break | None:
+    """Whether one sampled picture breaks the sequence: it must show exactly one face that
+    counts and, after the first, the same person as the picture before (`similarity` of their
+    embeddings at least `threshold`) where that face was (no jump of the box)."""
+    if faces == 0:
+        return Break.NO_FACE
+    if faces > 1:
+        return Break.SEVERAL_FACES
+    if previous_box is None:
+        return None
+    if box is None or similarity is None or similarity < threshold:
+        return Break.OTHER_FACE
+    shift, scale = box_change(previous_box, box)
+    if shift > MAX_SHIFT or scale > MAX_SCALE:
+        return Break.JUMP
+    return None

@@ -130,3 +130,10 @@ def verify_file(path: Path, expected_sha256: str) -> Path:
 
 def verified(model: PinnedModel) -> Path:
     return verify_file(model.path(), model.sha256)
+
+
+def provisioned_version(path: Path, sha256: str) -> str:
+    """The version recorded with each decision for a provisioned (not pinned) model file: its
+    name and digest prefix. Provisioned packs keep the upstream file names (w600k_mbf.onnx), so
+    the name alone would not tell two different models apart in the records."""
+    return f"{path.stem}@{sha256.lower()[:12]}"

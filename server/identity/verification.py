@@ -33,15 +33,19 @@ import structlog
 
 from server.audit import SYSTEM, AuditLog
 from server.auth.principal import Role
-from server.identity.engines import IdentityEngines
-from server.identity.face.match import Decision, MatchResult
+from server.identity.engines import FaceObservation, IdentityEngines
+from server.identity.face.match import MESSAGES, Decision, MatchReason, MatchResult
 from server.identity.idcard import Problem, card_today, check_back, check_front
 from server.identity.images import decode_image
 from server.identity.liveness import (
+    CONTINUITY_THRESHOLDS,
     MIN_FRAMES,
     YAW_FRONTAL,
+    Break,
     Challenge,
     LivenessInputError,
+    box_change,
+    continuity_break,
     judge,
     yaw_ratio,
 )
@@ -114,11 +118,34 @@ SEVERAL_FACES = Message(
     "检测到多张人脸，请确保画面中只有您本人",
     "several faces found; make sure only you are in the picture",
 )
+NO_PORTRAIT = Message(MatchReason.NO_FACE_ON_ID.value, *MESSAGES[MatchReason.NO_FACE_ON_ID])
+NO_FACE = Message(MatchReason.NO_FACE_LIVE.value, *MESSAGES[MatchReason.NO_FACE_LIVE])
 FACE_CHANGED = Message(
     "face_changed",
-    "动作检测中的人脸与身份证照片不一致",
-    "the face during the liveness check does not match the ID card",
+    "动作检测中的人脸与身份证照片不一致。请持证人本人正对摄像头完成动作，画面中不要有其他人或照片",
+    "the face during the liveness check does not match the ID card; the card holder must do "
+    "the movements, facing the camera, with no one else and no photo in view",
 )
+
+FACE_CONTINUITY = Message(
+    "face_continuity",
+    "动作过程中画面里的人脸发生了变化。请同一人全程正对摄像头完成动作，不要切换画面",
+    "the face in the picture changed during the movements; please complete every step "
+    "yourself, facing the camera the whole time, without switching the picture",
+)
+FACE_LOST = Message(
+    "face_lost",
+    "动作过程中您的脸离开了画面。请全程保持脸在画面中，转头幅度不要过大，然后重试",
+    "the face left the picture during the movements; keep your face in the picture the whole "
+    "time, turn your head only a little, and try again",
+)
+# What the customer is told when the liveness sequence stops following one face.
+BREAK_MESSAGES = {
+    Break.NO_FACE: FACE_LOST,
+    Break.SEVERAL_FACES: SEVERAL_FACES,
+    Break.OTHER_FACE: FACE_CONTINUITY,
+    Break.JUMP: FACE_CONTINUITY,
+}
 
 
 @dataclass
@@ -160,6 +187,12 @@ def _jpeg(image: np.ndarray) -> bytes:
     if not ok:
         raise ValueError("could not encode evidence image")
     return bytes(data)
+
+
+async def _evidence(name: str, image: np.ndarray) -> Evidence:
+    # Encoding is CPU work (an uploaded card photo may have 25 megapixels): off the event loop,
+    # which forwards every room's media.
+    return Evidence(name, await asyncio.to_thread(_jpeg, image))
 
 
 def _decimal(value: float) -> str:
@@ -217,6 +250,11 @@ class IdentityVerification:
         self._challenge: dict[str, Any] | None = None
         self._task: asyncio.Task[None] | None = None
         self._working: Step | None = None
+        # Starting a step (the teller's, or the customer's upload on another connection) and the
+        # manual decision check the state, await the database, then change it: one at a time,
+        # or two steps started at once would both run (past the attempt limit at the last
+        # attempt), and a step started during the manual decision could conclude over it.
+        self._changing = asyncio.Lock()
         self._restored = False
 
     # -- messages ------------------------------------------------------------------------------
@@ -326,24 +364,30 @@ class IdentityVerification:
 
     async def run_step(self, teller_id: str, step: Step) -> None:
         """Start one automatic step in the background; its result is announced when done."""
-        await self._check_can_run(step, "identity_step")
-        await self._log("identity.step_started", teller_id, Role.TELLER, {"step": step.value})
-        self._begin(step)
-        self._task = asyncio.ensure_future(self._run(step, None, teller_id))
+        async with self._changing:
+            await self._check_can_run(step, "identity_step")
+            await self._log("identity.step_started", teller_id, Role.TELLER, {"step": step.value})
+            self._begin(step)
+            self._task = asyncio.ensure_future(self._run(step, None, teller_id))
 
     async def upload_card(self, customer_id: str, side: Side, image: np.ndarray) -> None:
         """The customer's page sent a photo of the card: it replaces a running camera capture
         of the same side (which then does not count as an attempt)."""
         step = Step(f"card_{side}")
-        if self._working is step and self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self._check_can_run(step, "identity_upload")
-        self._begin(step)
-        self._task = asyncio.ensure_future(self._run(step, image, customer_id))
+        async with self._changing:
+            if self._working is step and self._task is not None:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+            await self._check_can_run(step, "identity_upload")
+            self._begin(step)
+            self._task = asyncio.ensure_future(self._run(step, image, customer_id))
 
     async def manual(self, teller_id: str, decision: str, reason: str) -> None:
+        async with self._changing:
+            await self._decide(teller_id, decision, reason)
+
+    async def _decide(self, teller_id: str, decision: str, reason: str) -> None:
         if self.state in ("idle", "awaiting_consent") or self._working is not None:
             raise ProtocolError(
                 "out_of_order",
@@ -594,20 +638,30 @@ class IdentityVerification:
             if v not in (None, False) and k in (_FRONT_KEYS if side == "front" else _BACK_KEYS)
         }
         self._fields[side] = fields
-        passed = not problems
+        messages = [Message.of(p) for p in problems]
+        # The face and liveness steps compare with the portrait, and a passed front cannot be
+        # taken again: a front whose portrait no detector finds (glare on it, a finger over it)
+        # fails now, while the customer can still retake it.
+        if (
+            side == "front"
+            and not problems
+            and (await engines.observe_face_async(reading.image)).faces == 0
+        ):
+            messages.append(NO_PORTRAIT)
+        passed = not messages
         # The picture as it was read, upright: a card held upside down has its portrait upside
         # down too, where no face is found to match.
         if passed and side == "front":
             self._front_image = reading.image
         return Outcome(
             passed,
-            [Message.of(p) for p in problems],
+            messages,
             {
                 "fields": fields,
                 "problems": [p.to_dict() for p in problems],
                 "ocr_models": engines.ocr().model_versions,
             },
-            [Evidence(f"card_{side}.jpg", _jpeg(reading.image))],
+            [await _evidence(f"card_{side}.jpg", reading.image)],
         )
 
     async def _face(self) -> Outcome:
@@ -637,16 +691,21 @@ class IdentityVerification:
             result.decision is Decision.PASS,
             [] if result.decision is Decision.PASS else [_match_message(result)],
             result.audit_dict(),
-            [Evidence("face_live.jpg", _jpeg(chosen))],
+            [await _evidence("face_live.jpg", chosen)],
         )
 
     async def _liveness(self) -> Outcome:
         engines = self._svc.engines
         pool = set(self._config.liveness_challenges) & engines.supported_challenges()
         challenges = choose_challenges(pool, self._config.challenge_count)
+        threshold = CONTINUITY_THRESHOLDS[self._config.face_engine]
         evidence: list[Evidence] = []
         judged: list[dict[str, Any]] = []
         frontal: tuple[float, np.ndarray] | None = None
+        # The face followed from picture to picture, across the challenges, and its picture: the
+        # face that moves must be the face matched with the card, not a photo of the holder
+        # held up for the frontal pose and someone else doing the turns.
+        followed: tuple[FaceObservation, np.ndarray] | None = None
         for index, challenge in enumerate(challenges):
             self._challenge = {
                 "challenge": challenge.value,
@@ -656,17 +715,30 @@ class IdentityVerification:
             }
             await self.announce()
             frames: list[np.ndarray] = []
-            done = several = False
+            done = got_video = False
+            broken: tuple[Break, FaceObservation, np.ndarray] | None = None
             started = time.monotonic()
             # Only pictures from the prompt on, for `challenge_seconds`: the movement must answer
             # this prompt, not be something the camera showed before it or long after.
             async for image in self._pictures(self._config.challenge_seconds, ANALYSIS_FPS):
-                seen = await engines.observe_face_async(image)
-                if seen.faces > 1:
-                    several = True
+                got_video = True
+                seen = await engines.observe_face_async(
+                    image, None if followed is None else followed[0].embedding, embed=True
+                )
+                if followed is None and seen.faces == 0:
+                    continue  # nobody in view yet: the sequence starts at the first face
+                kind = continuity_break(
+                    seen.faces,
+                    seen.box,
+                    None if followed is None else followed[0].box,
+                    seen.similarity,
+                    threshold,
+                )
+                if kind is not None:
+                    broken = (kind, seen, image)
                     break
-                if seen.landmarks is None:
-                    continue
+                followed = (seen, image)
+                assert seen.landmarks is not None  # one face was seen
                 # Turned faces match poorly: the identity check uses the most frontal frame.
                 yaw = abs(yaw_ratio(seen.landmarks))
                 if frontal is None or yaw < frontal[0]:
@@ -678,7 +750,7 @@ class IdentityVerification:
                     done = False
                 if done:
                     evidence.append(
-                        Evidence(f"liveness_{index}_{challenge.value}.jpg", _jpeg(image))
+                        await _evidence(f"liveness_{index}_{challenge.value}.jpg", image)
                     )
                     break
             judged.append(
@@ -689,22 +761,50 @@ class IdentityVerification:
                     "ms": int((time.monotonic() - started) * 1000),
                 }
             )
-            if several:
-                return _liveness_failed(SEVERAL_FACES, judged, evidence)
-            if not frames and not done:
+            if broken is not None:
+                return await self._broken(broken, followed, threshold, judged, evidence)
+            if not got_video:
                 raise Unavailable
+            if not frames:
+                # The camera works but nobody is in view: "turn the camera on" would mislead.
+                return _liveness_failed(NO_FACE, judged, evidence)
             if not done:
                 return _liveness_failed(CHALLENGE_MISSED, judged, evidence)
-        # The person who moved must be the person on the card, not a helper beside a photo:
-        # `_check_can_run` guarantees the card photo, and every passed challenge saw a face.
+        # The person who moved must be the person on the card: `_check_can_run` guarantees the
+        # card photo, every passed challenge saw a face, and every picture from the first face
+        # on showed the same one, so the most frontal of them stands for the face that moved.
         assert self._front_image is not None and frontal is not None
         same = await engines.match_async(self._front_image, frontal[1])
-        evidence.insert(0, Evidence("liveness_frontal.jpg", _jpeg(frontal[1])))
+        evidence.insert(0, await _evidence("liveness_frontal.jpg", frontal[1]))
         if same.decision is not Decision.PASS:
             outcome = _liveness_failed(FACE_CHANGED, judged, evidence)
             outcome.detail["match"] = same.audit_dict()
             return outcome
         return Outcome(True, [], {"challenges": judged}, evidence)
+
+    async def _broken(
+        self,
+        broken: tuple[Break, FaceObservation, np.ndarray],
+        followed: tuple[FaceObservation, np.ndarray] | None,
+        threshold: float,
+        judged: list[dict[str, Any]],
+        evidence: list[Evidence],
+    ) -> Outcome:
+        """The liveness attempt that stopped following one face: the customer is told what to
+        do; the record keeps why, with the numbers, and the pictures before and at the break."""
+        kind, seen, image = broken
+        continuity: dict[str, Any] = {"break": kind.value, "threshold": threshold}
+        if seen.similarity is not None:
+            continuity["similarity"] = round(seen.similarity, 4)
+        if followed is not None and followed[0].box is not None and seen.box is not None:
+            shift, scale = box_change(followed[0].box, seen.box)
+            continuity |= {"shift": round(shift, 4), "scale": round(scale, 4)}
+        if followed is not None:
+            evidence.append(await _evidence("liveness_before_break.jpg", followed[1]))
+        evidence.append(await _evidence("liveness_break.jpg", image))
+        outcome = _liveness_failed(BREAK_MESSAGES[kind], judged, evidence)
+        outcome.detail["continuity"] = continuity
+        return outcome
 
     async def _log(
         self, action: str, actor: str, role: Role, detail: dict[str, Any] | None = None

@@ -28,6 +28,7 @@ from tests.fixtures.idcards import (
     on_table,
     render_back,
     render_front,
+    vectron_image,
 )
 from tests.fixtures.liveness import (
     TURN_DEGREES,
@@ -54,20 +55,24 @@ def _face() -> list[np.ndarray]:
     return turn_sequence(load_face("obama.jpg"), FPS, hold_s=1.2)
 
 
-def _answers() -> dict[str, list[np.ndarray]]:
+def _answers(turning: np.ndarray | None = None) -> dict[str, list[np.ndarray]]:
     """What the customer shows for each challenge: facing the camera, then the turn asked for,
-    held (looped: a customer who is slow to turn is seen turning again the same way)."""
+    held (looped: a customer who is slow to turn is seen turning again the same way). With
+    `turning`, the frontal face is the holder's photo and that other face does the turns."""
     frontal = webcam_frame(load_face("obama.jpg"))
+    mover = frontal if turning is None else webcam_frame(turning)
     return {
-        challenge: [frontal] * FPS + [turned(frontal, degrees)] * round(1.2 * FPS)
+        challenge: [frontal] * FPS + [turned(mover, degrees)] * round(1.2 * FPS)
         for challenge, degrees in (("turn_left", TURN_DEGREES), ("turn_right", -TURN_DEGREES))
     }
 
 
-async def _follow_prompts(customer: Bot, camera: FramesTrack) -> tuple[list[str], dict[str, Any]]:
+async def _follow_prompts(
+    customer: Bot, camera: FramesTrack, answers: dict[str, list[np.ndarray]] | None = None
+) -> tuple[list[str], dict[str, Any]]:
     """The customer turns as each liveness challenge asks, until the step ends: the challenges
     asked and the customer's `identity` message with the result."""
-    answers = _answers()
+    answers = answers or _answers()
     asked: list[str] = []
     while True:
         message = await customer.expect("identity", timeout=60)
@@ -276,6 +281,40 @@ async def test_a_photo_replay_fails_liveness_then_the_teller_decides_manually(
     assert manual and manual[0].detail["reason"] == "核对身份证原件，人证一致"
     rows = await server.services.identity.records.for_session(session_id)
     assert [r.step for r in rows] == ["card_front", "liveness", "liveness", "manual"]
+
+
+async def test_a_photo_of_the_holder_then_a_helper_turning_fails_liveness(
+    idserver: support.RunningServer,
+) -> None:
+    # The card holder's photo held up for the frontal pose (the picture matched with the card),
+    # then somebody else doing the turns: the face that moved is not the face that matched.
+    server = idserver
+    teller, customer, camera, session_id = await _in_call(server)
+    try:
+        await _consented(teller, customer)
+        front = await _step(teller, "card_front")
+        assert front["steps"]["card_front"]["status"] == "passed", front
+        follow = asyncio.ensure_future(
+            _follow_prompts(customer, camera, _answers(turning=vectron_image("yaoming.jpg")))
+        )
+        await teller.send({"type": "identity_step", "step": "liveness"})
+        failed = await _identity(teller, step="liveness")
+        _, seen = await follow
+    finally:
+        await customer.close()
+        await teller.close()
+    liveness = failed["steps"]["liveness"]
+    assert liveness["status"] == "failed" and liveness["attempts"] == 1, failed
+    assert liveness["messages"][0]["reason"] == "face_continuity"
+    assert "请同一人全程正对摄像头完成动作" in liveness["messages"][0]["message_zh"]
+    assert seen["steps"]["liveness"]["messages"] == liveness["messages"]
+    assert "similarity" not in json.dumps(seen) and "similarity" not in json.dumps(failed)
+    row = (await server.services.identity.records.for_session(session_id))[-1]
+    assert row.step == "liveness" and row.reason == "face_continuity"
+    opened = await server.services.identity.records.open(row.id)
+    assert opened.detail["continuity"]["break"] == "other_face"
+    checked = [e.detail for e in await _audit(server) if e.action == "identity.checked"]
+    assert checked[-1]["step"] == "liveness" and checked[-1]["reason"] == "face_continuity"
 
 
 async def test_declined_consent_leaves_only_the_manual_check(

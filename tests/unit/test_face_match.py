@@ -13,9 +13,16 @@ from server.identity.config import IdentityConfig
 from server.identity.engines import IdentityEngines
 from server.identity.face import Face, FaceEngine
 from server.identity.face.insight import InsightFaceEngine, pack_from_vectron_wheel
-from server.identity.face.match import THRESHOLDS, Decision, MatchReason, match
+from server.identity.face.match import MESSAGES, THRESHOLDS, Decision, MatchReason, match
 from server.identity.face.yunet import YuNetSFaceEngine
-from server.identity.models import ModelError
+from server.identity.models import (
+    INSIGHTFACE_ARCFACE,
+    INSIGHTFACE_LANDMARK106,
+    INSIGHTFACE_SCRFD,
+    SFACE,
+    YUNET,
+    ModelError,
+)
 from tests.fixtures.idcards import (
     VALID_SPECS,
     YAO_IN_PLAYERS,
@@ -94,6 +101,13 @@ def test_score_is_not_in_public_view(engine: FaceEngine) -> None:
     assert audit["score"] is not None and audit["model_versions"]
 
 
+def test_every_failure_says_what_to_do() -> None:
+    # A genuine customer refused by the match must hear what to change, in plain words.
+    for reason, (zh, en) in MESSAGES.items():
+        if reason is not MatchReason.MATCH:
+            assert "请" in zh and ";" in en, reason
+
+
 def test_detect_gives_five_landmarks_inside_the_box(engine: FaceEngine) -> None:
     faces = engine.detect(load_face("obama.jpg"))
     assert len(faces) == 1
@@ -110,9 +124,24 @@ def test_insightface_pack_checks(tmp_path: Path) -> None:
         InsightFaceEngine(tmp_path, {**digests, "w600k_mbf.onnx": "0" * 64})
     with pytest.raises(ModelError, match="does not exist"):
         InsightFaceEngine(tmp_path / "missing", digests)
+    # Provisioned packs keep InsightFace's file names: the records name each file by digest.
+    versions = InsightFaceEngine(tmp_path, digests).model_versions
+    assert versions == {
+        "detector": f"det_500m@{INSIGHTFACE_SCRFD.sha256[:12]}",
+        "recognizer": f"w600k_mbf@{INSIGHTFACE_ARCFACE.sha256[:12]}",
+        "landmarks": f"2d106det@{INSIGHTFACE_LANDMARK106.sha256[:12]}",
+    }
     (tmp_path / "w600k_mbf.onnx").unlink()
     with pytest.raises(ModelError, match="recogniser"):
         InsightFaceEngine(tmp_path, digests)
+
+
+def test_provisioned_yunet_files_are_named_by_digest() -> None:
+    engine = YuNetSFaceEngine(YUNET.path(), SFACE.path(), (YUNET.sha256, SFACE.sha256))
+    assert engine.model_versions == {
+        "detector": f"face_detection_yunet_2023mar_int8bq@{YUNET.sha256[:12]}",
+        "recognizer": f"face_recognition_sface_2021dec_int8bq@{SFACE.sha256[:12]}",
+    }
 
 
 @pytest.fixture

@@ -101,6 +101,28 @@ def test_parse_parts() -> None:
     assert parse_id_number("440524188001010014").sex is Sex.MALE
 
 
+def full_width(text: str) -> str:
+    return "".join(chr(ord(c) + 0xFEE0) if c.isascii() and c.isalnum() else c for c in text)
+
+
+def test_full_width_number_is_recorded_in_ascii() -> None:
+    # OCR and Chinese input methods produce full-width digits: the same number, one spelling.
+    for raw in ("11" + full_width("010519491231002X"), full_width("11010519491231002x")):
+        p = parse_id_number(raw)
+        assert p.number == "11010519491231002X"
+        assert p.birth_date == date(1949, 12, 31)
+
+
+def test_other_scripts_digits_are_refused() -> None:
+    # int() reads Arabic-Indic and Devanagari digits as 0-9; they are no ID number.
+    arabic = "".join(chr(0x0660 + int(c)) for c in "010519491231002")
+    devanagari = "".join(chr(0x0966 + int(c)) for c in "010519491231002")
+    for raw in ("11" + arabic + "X", "11" + devanagari + "X"):
+        with pytest.raises(IdNumberError) as err:
+            parse_id_number(raw)
+        assert err.value.reason is Reason.INVALID_NUMBER
+
+
 def test_invalid_birth_date_and_region_with_valid_checksum() -> None:
     bad_date = "1101051990023" + "0123"  # 1990-02-30
     bad_date = bad_date[:17] + check_digit(bad_date[:17])
@@ -175,6 +197,13 @@ def test_checksum_problem() -> None:
 def test_birth_and_sex_mismatch() -> None:
     front = replace(FRONT, birth_date=date(1949, 12, 30), sex="男")
     assert sorted(reasons(check_front(front, TODAY))) == ["birth_mismatch", "sex_mismatch"]
+
+
+def test_mismatch_messages_say_what_to_do() -> None:
+    # An elderly customer told only that two things disagree does not know what to do next.
+    front = replace(FRONT, birth_date=date(1949, 12, 30), sex="男")
+    for problem in check_front(front, TODAY):
+        assert "请" in problem.message_zh and "retake" in problem.message_en, problem
 
 
 def test_unreadable_sex() -> None:

@@ -11,9 +11,11 @@ import pytest
 from server.cli import main as vteller
 from tests.fixtures.idcards import (
     INVALID_CHECKSUM_SPEC,
+    TODAY,
     VALID_SPECS,
     load_face,
     on_table,
+    render_back,
     render_front,
 )
 
@@ -62,3 +64,26 @@ def test_ocr_reports_checksum(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert out["sides"] == ["front"]
     assert out["fields"]["name"] == INVALID_CHECKSUM_SPEC.name
     assert [p["reason"] for p in out["problems"]] == ["checksum"]
+
+
+def test_ocr_of_both_sides_needs_one_of_each(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = VALID_SPECS[0]
+    front, back = tmp_path / "front.png", tmp_path / "back.png"
+    cv2.imwrite(str(front), on_table(render_front(spec)))
+    cv2.imwrite(str(back), on_table(render_back(spec)))
+    today = ["--today", TODAY.isoformat(), "--json"]
+    # In either order, a front and a back are one card.
+    for first, second in ((front, back), (back, front)):
+        assert run(["kyc", "ocr", str(first), "--back", str(second), *today]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["sides"] == ["front", "back"] and out["accepted"] is True
+    # Two photos of one side used to be accepted: the missing side is named.
+    assert run(["kyc", "ocr", str(back), "--back", str(back), *today]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert out["accepted"] is False
+    assert any("photograph the front" in p["message_en"] for p in out["problems"])
+    assert run(["kyc", "ocr", str(front), "--back", str(front), *today]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert any("photograph the back" in p["message_en"] for p in out["problems"])

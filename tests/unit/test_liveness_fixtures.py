@@ -4,16 +4,28 @@ recognised, and the fake-camera file holds the frames."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from server.identity.face.match import Decision, match
+from server.identity.face.match import Decision, live_faces, match
 from server.identity.face.yunet import YuNetSFaceEngine
-from server.identity.liveness import YAW_FRONTAL, YAW_TURNED, Challenge, judge, yaw_ratio
-from tests.fixtures.idcards import load_face
+from server.identity.liveness import (
+    CONTINUITY_THRESHOLDS,
+    MAX_SCALE,
+    MAX_SHIFT,
+    YAW_FRONTAL,
+    YAW_TURNED,
+    Box,
+    Challenge,
+    box_change,
+    judge,
+    yaw_ratio,
+)
+from tests.fixtures.idcards import load_face, vectron_image
 from tests.fixtures.liveness import (
     FRAME_SIZE,
     TURN_DEGREES,
@@ -98,6 +110,33 @@ def test_frontal_frame_matches_another_photo(
     # check proper, not a photo compared with its own copy.
     assert match(load_face("obama2.jpg"), turn_frames[0], engine).decision is Decision.PASS
     assert match(load_face("biden.jpg"), turn_frames[0], engine).decision is Decision.FAIL
+
+
+def test_continuity_limits_have_margin_on_the_fixtures(
+    engine: YuNetSFaceEngine, turn_frames: list[np.ndarray]
+) -> None:
+    # The measurements behind the limits (docs/identity.md, "Liveness in the call"): the same
+    # person in consecutive pictures at the analysis rate (every other frame: 7.5 a second)
+    # against the holder's frontal picture, a photo held up, followed by somebody else.
+    threshold = CONTINUITY_THRESHOLDS[engine.name]
+
+    def faces(frames: list[np.ndarray]) -> list[tuple[Box, np.ndarray]]:
+        out = []
+        for frame in frames:
+            [face] = live_faces(engine.detect(frame))
+            out.append((face.box, engine.embed(frame, face)))
+        return out
+
+    holder = faces(turn_frames[::STEP])
+    pairs = list(itertools.pairwise(holder))
+    same = [engine.compare(a[1], b[1]) for a, b in pairs]
+    assert min(same) > threshold + 0.4  # measured 0.80
+    moves = [box_change(a[0], b[0]) for a, b in pairs]
+    assert max(shift for shift, _ in moves) < MAX_SHIFT / 4  # measured 0.07
+    assert max(scale for _, scale in moves) < 1 + (MAX_SCALE - 1) / 3  # measured 1.12
+    stranger = faces(turn_sequence(vectron_image("yaoming.jpg"), FPS)[::STEP])
+    photo = holder[0][1]
+    assert max(engine.compare(photo, b) for _, b in stranger) < threshold - 0.1  # measured 0.09
 
 
 def test_y4m_holds_the_frames(tmp_path: Path, turn_frames: list[np.ndarray]) -> None:

@@ -68,6 +68,30 @@ def test_rejects_gif_and_tiny() -> None:
     assert err.value.code == "too_small"
 
 
+def test_decodes_multi_picture_jpeg() -> None:
+    """Android's Ultra HDR photos and many phones' depth shots are JPEGs with a second picture
+    (Pillow calls them MPO): the customer uploaded a JPEG, and its primary picture is read."""
+    buf = io.BytesIO()
+    primary = Image.new("RGB", (120, 90), (200, 10, 10))
+    primary.save(buf, "MPO", save_all=True, append_images=[Image.new("RGB", (60, 45))])
+    assert Image.open(io.BytesIO(buf.getvalue())).format == "MPO"
+    arr = decode_image(buf.getvalue())
+    assert arr.shape == (90, 120, 3)
+    assert abs(int(arr[45, 60, 2]) - 200) < 8 and int(arr[45, 60, 0]) < 30  # red, in BGR
+
+
+def test_decodes_16_bit_greyscale() -> None:
+    """A scanner's 16-bit greyscale PNG keeps its tones instead of turning white."""
+    ramp = np.tile(np.linspace(0, 65535, 100).astype(np.uint16), (80, 1))
+    buf = io.BytesIO()
+    Image.fromarray(ramp).save(buf, "PNG")
+    arr = decode_image(buf.getvalue())
+    assert arr.shape == (80, 100, 3)
+    assert tuple(arr[0, 0]) == (0, 0, 0)
+    assert 120 <= int(arr[0, 50, 0]) <= 135 and arr[0, 50, 0] == arr[0, 50, 2]
+    assert int(arr[0, 99, 0]) == 255
+
+
 def _bomb_png(w: int, h: int) -> bytes:
     """A valid PNG header claiming w x h, with a tiny (truncated) body: a decode bomb is
     refused from its header alone, before any pixel is decoded."""
@@ -158,6 +182,13 @@ def test_parse_front_merged_labels_and_tilt() -> None:
     assert (f.name, f.sex, f.ethnicity) == ("张伟", "男", "汉")
     assert f.address == "北京市朝阳区建国路88号院3号楼2单元1101号"
     assert f.id_number == "110105198507121231"
+
+
+def test_parse_front_full_width_number() -> None:
+    # The recogniser may return full-width digits and Ｘ: the field holds the ASCII number.
+    number = "".join(chr(ord(c) + 0xFEE0) for c in "11010519491231002X")
+    lines = [L(number, 459, 694, 896, 739) if ln is FRONT_LINES[1] else ln for ln in FRONT_LINES]
+    assert parse_front(lines).id_number == "11010519491231002X"
 
 
 def test_rows_group_same_line() -> None:

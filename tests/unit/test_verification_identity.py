@@ -1,13 +1,16 @@
 """The in-call verification's own rules, with stand-in engines and video: which step may run
 when, liveness answering each prompt in time, the card photo kept upright, and a room restored
-from the records sealing the same manifest as the room that ran the steps."""
+from the records sealing the same manifest as the room that ran the steps; and, with the real
+face engines on the liveness fixtures, that the face that moves is the face that matched."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import itertools
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -21,11 +24,23 @@ from server.identity.config import IdentityConfig
 from server.identity.engines import FaceObservation, IdentityEngines
 from server.identity.face.match import Decision, MatchReason, MatchResult
 from server.identity.images import decode_image
-from server.identity.liveness import Challenge
+from server.identity.liveness import MAX_SHIFT, Challenge
 from server.identity.ocr import Side
 from server.identity.ocr.reader import CardReading
 from server.identity.records import IdentityRecords
-from server.identity.verification import IdentityServices, IdentityVerification, Step
+from server.identity.verification import (
+    CHALLENGE_MISSED,
+    FACE_CHANGED,
+    FACE_CONTINUITY,
+    FACE_LOST,
+    NO_CARD,
+    NO_FACE,
+    NO_VIDEO,
+    SEVERAL_FACES,
+    IdentityServices,
+    IdentityVerification,
+    Step,
+)
 from server.sessions.store import SessionStore
 from server.signaling.protocol import ProtocolError
 from tests.fixtures.idcards import (
@@ -36,7 +51,9 @@ from tests.fixtures.idcards import (
     load_face,
     on_table,
     render_front,
+    vectron_image,
 )
+from tests.fixtures.liveness import FACE_WIDTH, TURN_DEGREES, turned, webcam_frame
 from tests.support.database import add_session, migrated_database
 
 FRONT, BACK = ANNEX_FRONT, ANNEX_BACK
@@ -61,6 +78,7 @@ class Engines:
         self.config = config
         self.decision = decision
         self.pose: Callable[[], float] = lambda: 0.0
+        self.in_view = True  # False: the camera shows nobody
         self.matched: list[np.ndarray] = []  # the card photos faces were compared with
 
     def supported_challenges(self) -> set[Challenge]:
@@ -73,8 +91,17 @@ class Engines:
         side: Side = "front" if image[0, 0, 0] == FRONT_PHOTO[0, 0, 0] else "back"
         return CardReading(side, FRONT if side == "front" else BACK, [], False, [], image)
 
-    async def observe_face_async(self, image: np.ndarray) -> FaceObservation:
-        return FaceObservation(1, five(self.pose()), 120.0)
+    async def observe_face_async(
+        self, image: np.ndarray, previous: np.ndarray | None = None, *, embed: bool = False
+    ) -> FaceObservation:
+        if not self.in_view:
+            return FaceObservation(0, None, 0.0)
+        # One person throughout: the embedding of the same face each time.
+        embedding = np.ones(4) if embed else None
+        similarity = 1.0 if embed and previous is not None else None
+        return FaceObservation(
+            1, five(self.pose()), 120.0, (90.0, 80.0, 210.0, 230.0), embedding, similarity
+        )
 
     async def match_async(self, card: np.ndarray, live: np.ndarray) -> MatchResult:
         self.matched.append(card)
@@ -86,11 +113,14 @@ class Engines:
 
 
 class Audit:
+    def __init__(self) -> None:
+        self.facts: list[tuple[str, dict[str, Any]]] = []
+
     async def append(self, *args: Any, **kwargs: Any) -> None:
         pass
 
-    async def append_fact(self, *args: Any, **kwargs: Any) -> None:
-        pass
+    async def append_fact(self, action: str, **kwargs: Any) -> None:
+        self.facts.append((action, kwargs.get("detail") or {}))
 
 
 class Room:
@@ -177,12 +207,14 @@ def following(v: IdentityVerification) -> Callable[[], float]:
 
 
 def wrong_way_first(v: IdentityVerification) -> Callable[[], float]:
-    """Frontal, the turn the other way, frontal again, then the turn asked for."""
+    """Frontal, the turn the other way, frontal again, then the turn asked for; facing the
+    camera when nothing is asked (the card's portrait is looked at too)."""
     counts: dict[int, Iterator[int]] = {}
 
     def pose() -> float:
         asked = v._challenge
-        assert asked is not None
+        if asked is None:
+            return 0.0
         n = next(counts.setdefault(asked["index"], itertools.count()))
         way = TURN if asked["challenge"] == Challenge.TURN_LEFT else -TURN
         return [0.0, 0.0, -way, -way, 0.0, 0.0][n] if n < 6 else way
@@ -421,3 +453,345 @@ async def test_an_upside_down_card_is_kept_upright(db: Any, tmp_path: Path) -> N
         assert result.decision is Decision.PASS, result
     finally:
         engines.close()
+
+
+async def test_evidence_is_encoded_off_the_event_loop(
+    services: IdentityServices, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An uploaded card photo may have 25 megapixels: encoding its evidence JPEG on the loop
+    # would stall the media forwarding of every room in the process.
+    loop_thread = threading.get_ident()
+    threads: list[int] = []
+    encode = cv2.imencode
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        threads.append(threading.get_ident())
+        return encode(*args, **kwargs)
+
+    monkeypatch.setattr(cv2, "imencode", recording)
+    v = Room(services).verification
+    camera(v, monkeypatch)
+    engines_of(services).pose = following(v)
+    await consented(v)
+    await upload(v, Step.CARD_FRONT)
+    await run(v, Step.FACE)
+    await run(v, Step.LIVENESS)
+    assert v.steps[Step.LIVENESS].status == "passed"
+    # The card, the live face, the frontal liveness picture and one per challenge.
+    assert len(threads) == 5
+    assert loop_thread not in threads
+
+
+def test_every_refusal_says_what_to_do() -> None:
+    # Elderly customers read the zh message: each one must say what to do next.
+    for message in (
+        NO_VIDEO,
+        NO_CARD,
+        NO_FACE,
+        CHALLENGE_MISSED,
+        SEVERAL_FACES,
+        FACE_CHANGED,
+        FACE_CONTINUITY,
+        FACE_LOST,
+    ):
+        assert "请" in message.message_zh and ";" in message.message_en, message
+
+
+async def test_two_steps_started_at_once_do_not_both_run(
+    services: IdentityServices, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The teller's step and the customer's upload arrive on two connections at the same time:
+    # one runs, the other is refused as busy, or the two would run side by side (and a step
+    # started twice at its last attempt would get attempts beyond the limit).
+    v = Room(services).verification
+    camera(v, monkeypatch)
+    engines_of(services).pose = following(v)
+    await consented(v)
+    await upload(v, Step.CARD_FRONT)
+    results = await asyncio.gather(
+        v.run_step("teller", Step.FACE),
+        v.upload_card("customer", "back", BACK_PHOTO),
+        return_exceptions=True,
+    )
+    refused = [r for r in results if isinstance(r, ProtocolError)]
+    assert len(refused) == 1 and refused[0].code == "busy", results
+    assert v._task is not None
+    await v._task
+    ran = [step for step in (Step.FACE, Step.CARD_BACK) if v.steps[step].status != "pending"]
+    assert len(ran) == 1
+    assert await services.records.attempts("s1", ran[0].value) == 1
+
+
+async def test_a_step_cannot_start_during_the_manual_decision(
+    services: IdentityServices, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The teller fails the customer manually while the customer's upload of the last missing
+    # side arrives: the upload must not run and then conclude "pass" over the decision.
+    room = Room(services)
+    v = room.verification
+    camera(v, monkeypatch)
+    engines_of(services).pose = following(v)
+    await consented(v)
+    await upload(v, Step.CARD_FRONT)
+    await run(v, Step.FACE)
+    await run(v, Step.LIVENESS)
+    results = await asyncio.gather(
+        v.manual("teller", "fail", "证件照片与本人不符，人工核验不通过"),
+        v.upload_card("customer", "back", BACK_PHOTO),
+        return_exceptions=True,
+    )
+    if v._task is not None:
+        await v._task
+    assert [type(r) for r in results] == [type(None), ProtocolError], results
+    assert v.state == "verified_manually"
+    assert [p["decision"] for p in room.published] == ["fail"]
+
+
+async def test_nobody_in_view_is_not_reported_as_no_video(
+    services: IdentityServices, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The camera works but the customer has stepped out of the picture: telling them to turn
+    # the camera on sends them looking for the wrong thing.
+    v = Room(services).verification
+    camera(v, monkeypatch)
+    await consented(v)
+    await upload(v, Step.CARD_FRONT)
+    engines_of(services).in_view = False
+    await run(v, Step.LIVENESS)
+    liveness = v.steps[Step.LIVENESS]
+    assert liveness.status == "failed"
+    assert liveness.messages[0].reason == "no_face_live"
+    assert "正对摄像头" in liveness.messages[0].message_zh
+
+    camera(v, monkeypatch, pictures=0)  # and with no pictures at all: no_video
+    await run(v, Step.LIVENESS)
+    assert v.steps[Step.LIVENESS].messages[0].reason == "no_video"
+
+
+async def test_a_front_without_a_findable_portrait_can_be_retaken(
+    services: IdentityServices, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The face step would tell the customer to retake the photo side, which a passed front
+    # refuses: the portrait is looked for while the front can still be taken again.
+    v = Room(services).verification
+    camera(v, monkeypatch)
+    await consented(v)
+    engines_of(services).in_view = False  # glare over the portrait: no face on the card
+    await upload(v, Step.CARD_FRONT)
+    front = v.steps[Step.CARD_FRONT]
+    assert front.status == "failed" and front.messages[0].reason == "no_face_on_id"
+    assert "重新拍摄身份证人像面" in front.messages[0].message_zh
+    assert v._front_image is None
+    engines_of(services).in_view = True
+    await upload(v, Step.CARD_FRONT)
+    assert v.steps[Step.CARD_FRONT].status == "passed"
+    await run(v, Step.FACE)
+    assert v.steps[Step.FACE].status == "passed"
+
+
+# -- the face that moves is the face that matched: the real YuNet + SFace on the liveness fixtures
+
+
+class FacesOnly(IdentityEngines):
+    """The real face engine; the card reader reads the photo it is given as a valid front (OCR
+    is tested elsewhere; the portrait is all the liveness step compares with)."""
+
+    def ocr(self) -> Any:
+        return SimpleNamespace(model_versions={"det": "det@1", "rec": "rec@1"})
+
+    async def read_card_async(self, image: np.ndarray, side: Side | None = None) -> CardReading:
+        return CardReading("front", FRONT, [], False, [], image)
+
+
+@pytest.fixture(scope="module", params=["yunet", "insightface"])
+def faces_only(request: pytest.FixtureRequest) -> Iterator[FacesOnly]:
+    # Both engines: each has its own continuity threshold, and the production one is
+    # InsightFace with 106-point landmarks.
+    engines = FacesOnly(
+        IdentityConfig(
+            face_engine=request.param,
+            preload=False,
+            challenge_count=(2, 2),
+            liveness_challenges=(Challenge.TURN_LEFT, Challenge.TURN_RIGHT),
+            max_attempts=2,
+        )
+    )
+    yield engines
+    engines.close()
+
+
+@dataclass(frozen=True)
+class Scenes:
+    """Camera pictures of the card holder (obama.jpg; the card's portrait is obama2.jpg, another
+    photo of him) and of somebody else (yaoming.jpg), framed alike: frontal, and turned toward
+    each side in the steps a head takes between two pictures at the analysis rate."""
+
+    holder: np.ndarray
+    stranger: np.ndarray
+    holder_turns: dict[Challenge, list[np.ndarray]]
+    stranger_turns: dict[Challenge, list[np.ndarray]]
+    two_faces: np.ndarray
+    nobody: np.ndarray
+
+
+@pytest.fixture(scope="module")
+def scenes() -> Scenes:
+    holder = webcam_frame(load_face("obama.jpg"))
+    stranger = webcam_frame(vectron_image("yaoming.jpg"))
+
+    def turns(frontal: np.ndarray) -> dict[Challenge, list[np.ndarray]]:
+        # Positive degrees are the customer's left (tests/fixtures/liveness.py).
+        return {
+            challenge: [turned(frontal, sign * d) for d in (12, 24, TURN_DEGREES, TURN_DEGREES)]
+            for challenge, sign in ((Challenge.TURN_LEFT, 1), (Challenge.TURN_RIGHT, -1))
+        }
+
+    # Both side by side, half size: two faces of the same size, both count.
+    two = np.full_like(holder, 110)
+    half = (holder.shape[1] // 2, holder.shape[0] // 2)
+    top = holder.shape[0] // 4
+    two[top : top + half[1], : half[0]] = cv2.resize(holder, half, interpolation=cv2.INTER_AREA)
+    two[top : top + half[1], half[0] :] = cv2.resize(stranger, half, interpolation=cv2.INTER_AREA)
+    nobody = np.full_like(holder, 110)  # the customer leaned out of the picture
+    return Scenes(holder, stranger, turns(holder), turns(stranger), two, nobody)
+
+
+def scripted(
+    v: IdentityVerification,
+    monkeypatch: pytest.MonkeyPatch,
+    answer: Callable[[Challenge], list[np.ndarray]],
+) -> None:
+    """A camera that shows, for each challenge, the pictures `answer` gives for it."""
+
+    async def show(seconds: float, max_fps: float) -> AsyncIterator[np.ndarray]:
+        assert v._challenge is not None
+        for image in answer(Challenge(v._challenge["challenge"])):
+            yield image
+
+    monkeypatch.setattr(v, "_pictures", show)
+
+
+async def liveness_with(
+    db: Any,
+    tmp_path: Path,
+    engines: FacesOnly,
+    monkeypatch: pytest.MonkeyPatch,
+    answer: Callable[[Challenge], list[np.ndarray]],
+) -> tuple[IdentityVerification, IdentityServices]:
+    services = IdentityServices(
+        engines=engines,
+        records=IdentityRecords(db, tmp_path / "keys" / "identity-keyring.json"),
+        store=SessionStore(db),
+        audit=cast(AuditLog, Audit()),
+        today=lambda: TODAY,
+    )
+    v = Room(services).verification
+    await consented(v)
+    await v.upload_card("customer", "front", load_face("obama2.jpg"))
+    assert v._task is not None
+    await v._task
+    assert v.steps[Step.CARD_FRONT].status == "passed"
+    scripted(v, monkeypatch, answer)
+    await run(v, Step.LIVENESS)
+    return v, services
+
+
+async def test_the_holder_turning_passes_with_the_real_engine(
+    db: Any, tmp_path: Path, faces_only: FacesOnly, scenes: Scenes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    v, _ = await liveness_with(
+        db,
+        tmp_path,
+        faces_only,
+        monkeypatch,
+        lambda asked: [scenes.holder] * 3 + scenes.holder_turns[asked],
+    )
+    assert v.steps[Step.LIVENESS].status == "passed", v.steps[Step.LIVENESS]
+
+
+async def test_a_photo_of_the_holder_then_somebody_else_turning_fails(
+    db: Any, tmp_path: Path, faces_only: FacesOnly, scenes: Scenes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The holder's photo held up gives the frontal pose (and the picture matched with the
+    # card); a helper, lowered into the same place, does the turns.
+    v, services = await liveness_with(
+        db,
+        tmp_path,
+        faces_only,
+        monkeypatch,
+        lambda asked: [scenes.holder] * 3 + scenes.stranger_turns[asked],
+    )
+    liveness = v.steps[Step.LIVENESS]
+    assert liveness.status == "failed" and liveness.messages == [FACE_CONTINUITY]
+    assert liveness.attempts == 1  # an attempt like any other failure
+    assert "请同一人全程正对摄像头完成动作" in FACE_CONTINUITY.message_zh
+    # The client is told what to do, never the similarity.
+    public = str(v.public_message()) + str(v.staff_message())
+    assert "similarity" not in public and "threshold" not in public
+    [row] = [r for r in await services.records.for_session("s1") if r.step == "liveness"]
+    assert row.outcome == "fail" and row.reason == "face_continuity"
+    opened = await services.records.open(row.id)
+    continuity = opened.detail["continuity"]
+    assert continuity["break"] == "other_face"
+    assert continuity["similarity"] < continuity["threshold"]
+    # What the face was and what it became are kept as evidence for the teller's review.
+    assert {"liveness_before_break.jpg", "liveness_break.jpg"} <= set(opened.evidence)
+    audit = cast(Audit, services.audit)
+    assert ("identity.checked", "face_continuity") in [
+        (action, detail.get("reason")) for action, detail in audit.facts
+    ]
+
+
+async def test_two_faces_mid_challenge_fail(
+    db: Any, tmp_path: Path, faces_only: FacesOnly, scenes: Scenes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def answer(asked: Challenge) -> list[np.ndarray]:
+        turns = scenes.holder_turns[asked]
+        return [scenes.holder] * 3 + turns[:1] + [scenes.two_faces] + turns[1:]
+
+    v, _ = await liveness_with(db, tmp_path, faces_only, monkeypatch, answer)
+    liveness = v.steps[Step.LIVENESS]
+    assert liveness.status == "failed" and liveness.messages == [SEVERAL_FACES]
+
+
+async def test_the_face_leaving_the_picture_mid_challenge_fails_the_attempt(
+    db: Any, tmp_path: Path, faces_only: FacesOnly, scenes: Scenes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One picture without a face, and whoever comes back is not followed from the face before:
+    # a swap could hide in it. The attempt fails with what to do; the teller starts another.
+    def answer(asked: Challenge) -> list[np.ndarray]:
+        turns = scenes.holder_turns[asked]
+        return [scenes.holder] * 3 + turns[:1] + [scenes.nobody] + turns[1:]
+
+    v, services = await liveness_with(db, tmp_path, faces_only, monkeypatch, answer)
+    liveness = v.steps[Step.LIVENESS]
+    assert liveness.status == "failed" and liveness.messages == [FACE_LOST]
+    assert liveness.attempts == 1 and v.state == "in_progress"
+    [row] = [r for r in await services.records.for_session("s1") if r.step == "liveness"]
+    assert row.reason == "face_lost"
+    assert (await services.records.open(row.id)).detail["continuity"]["break"] == "no_face"
+
+
+async def test_a_face_that_jumps_across_the_picture_fails(
+    db: Any, tmp_path: Path, faces_only: FacesOnly, scenes: Scenes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The same person, but the face moves further between two pictures (an eighth of a second
+    # apart) than a head does: the picture was switched.
+    dx = 1.5 * MAX_SHIFT * FACE_WIDTH
+    shift = np.array([[1.0, 0.0, dx], [0.0, 1.0, 0.0]])
+
+    def moved(image: np.ndarray) -> np.ndarray:
+        size = (image.shape[1], image.shape[0])
+        return cv2.warpAffine(image, shift, size, borderMode=cv2.BORDER_REPLICATE)
+
+    v, services = await liveness_with(
+        db,
+        tmp_path,
+        faces_only,
+        monkeypatch,
+        lambda asked: [scenes.holder] * 3 + [moved(i) for i in scenes.holder_turns[asked]],
+    )
+    liveness = v.steps[Step.LIVENESS]
+    assert liveness.status == "failed" and liveness.messages == [FACE_CONTINUITY]
+    [row] = [r for r in await services.records.for_session("s1") if r.step == "liveness"]
+    assert (await services.records.open(row.id)).detail["continuity"]["break"] == "jump"

@@ -25,6 +25,7 @@ from server.identity.models import (
     INSIGHTFACE_LANDMARK106,
     INSIGHTFACE_SCRFD,
     ModelError,
+    provisioned_version,
     verify_file,
 )
 
@@ -131,9 +132,12 @@ class InsightFaceEngine:
         self._rec = _session(rec, threads)
         self._lmk = _session(lmk, threads) if lmk is not None else None
         self._threshold = score_threshold
-        self._versions = {"detector": det.stem, "recognizer": rec.stem}
+        self._versions = {
+            "detector": provisioned_version(det, digests[det.name]),
+            "recognizer": provisioned_version(rec, digests[rec.name]),
+        }
         if lmk is not None:
-            self._versions["landmarks"] = lmk.stem
+            self._versions["landmarks"] = provisioned_version(lmk, digests[lmk.name])
 
     @property
     def model_versions(self) -> dict[str, str]:

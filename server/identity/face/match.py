@@ -42,8 +42,9 @@ class MatchReason(StrEnum):
 MESSAGES: dict[MatchReason, tuple[str, str]] = {
     MatchReason.MATCH: ("人脸比对通过", "the face matches the ID card"),
     MatchReason.NO_MATCH: (
-        "人脸与身份证照片不一致",
-        "the face does not match the ID card photo",
+        "人脸与身份证照片不一致。请摘下帽子、口罩和眼镜，在明亮处正对摄像头再试一次",
+        "the face does not match the ID card photo; take off any hat, mask or glasses, face "
+        "the camera in good light and try again",
     ),
     MatchReason.NO_FACE_ON_ID: (
         "身份证照片中未检测到人脸，请重新拍摄身份证人像面",

@@ -13,7 +13,7 @@ import numpy as np
 
 from server.identity.face import Face, cosine
 from server.identity.images import check_array
-from server.identity.models import SFACE, YUNET, verified, verify_file
+from server.identity.models import SFACE, YUNET, provisioned_version, verified, verify_file
 
 
 class YuNetSFaceEngine:
@@ -34,7 +34,10 @@ class YuNetSFaceEngine:
                 raise ValueError("give the SHA-256 of both model files")
             verify_file(detector, digests[0])
             verify_file(recognizer, digests[1])
-            self._versions = {"detector": detector.name, "recognizer": recognizer.name}
+            self._versions = {
+                "detector": provisioned_version(detector, digests[0]),
+                "recognizer": provisioned_version(recognizer, digests[1]),
+            }
         # Input size is set per image in detect(); 320x320 is only the initial allocation.
         self._det = cv2.FaceDetectorYN.create(str(detector), "", (320, 320), score_threshold, 0.3)
         self._rec = cv2.FaceRecognizerSF.create(str(recognizer), "")

@@ -76,7 +76,7 @@ ETHNIC_GROUPS = frozenset(
         "基诺",
     ]
 )
-_ID_RE = re.compile(r"\d{17}[\dXx×]")
+_ID_RE = re.compile(r"\d{17}[\dXx×Ｘｘ]")
 _DATE_RE = re.compile(r"(\d{4})\D{0,3}?(\d{1,2})\D{1,3}?(\d{1,2})")
 
 
