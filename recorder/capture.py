@@ -75,13 +75,33 @@ class RecordingWriter:
         self._slots = slots
         self._on_segment = on_segment
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        # Paused, media is dropped, not muxed. Resumed, each slot starts again at its next
+        # keyframe (every audio frame is one), which a decoder can start from. Both are touched
+        # on the event loop only, like `packet`.
+        self._awaiting_keyframe: set[int] = set()
+        self._paused = False
         self._loop = asyncio.get_running_loop()
         self._done: asyncio.Future[None] = self._loop.create_future()
         self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
         self._thread.start()
 
     def packet(self, slot: int, data: bytes, pts_ms: int, keyframe: bool) -> None:
+        if self._paused:
+            return
+        if self._awaiting_keyframe:
+            if slot in self._awaiting_keyframe and not keyframe:
+                return
+            self._awaiting_keyframe.discard(slot)
         self._queue.put(("packet", slot, data, pts_ms, keyframe))
+
+    def pause(self) -> None:
+        """Drop the media from now on (the recording's segments cannot be stored for now)."""
+        self._paused = True
+
+    def resume(self) -> None:
+        """Mux the media again, each slot from its next keyframe."""
+        self._paused = False
+        self._awaiting_keyframe = set(range(len(self._slots)))
 
     def cut(self, media_ms: int) -> None:
         self._queue.put(("cut", media_ms))

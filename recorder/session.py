@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -61,6 +61,11 @@ _PERMANENT = (ValueError, TypeError, KeyError, RuntimeError)
 # A chain that refuses this many fresh signatures in a row is not being raced: it is broken.
 _MAX_SIGNATURES = 20
 _DISK_FIX = "free space there or fix its permissions"
+# Sealed segments wait in memory while the spool cannot take them. Beyond this many bytes (about
+# 8 minutes of a two-person call) the recording pauses: memory stays bounded however long the
+# disk is full, and the pause is a gap in the manifest. It resumes once half has been spooled.
+MAX_BACKLOG_BYTES = 64 * 1024 * 1024
+_PAUSED_REASON = "recording paused: the recorder's spool or journal disk could not be written"
 
 T = TypeVar("T")
 
@@ -178,6 +183,10 @@ class RecordingSession:
         # Why the last spool, journal or chain write failed, while it is being retried (None: all
         # well).
         self.last_store_error: str | None = None
+        # Bytes of sealed segments not yet spooled, and since when (media ms) the media has been
+        # dropped because they grew beyond MAX_BACKLOG_BYTES (None: recording).
+        self._backlog_bytes = 0
+        self._paused_since_ms: int | None = None
         # Set once stop() or abandon() has ended, however: the journal is then no longer this
         # object's to write, and the manager seals it if it is not sealed yet.
         self.stopped = False
@@ -233,6 +242,12 @@ class RecordingSession:
     def media_ms(self) -> int:
         return int(self.media_ms_at(time.monotonic()))
 
+    def wall_now(self) -> datetime:
+        """The wall time on the recording's own clock: its start plus the monotonic time since.
+        An NTP step during the call (backwards too) moves no moment of the manifest out of order
+        or away from its media time."""
+        return self.started_at + timedelta(seconds=time.monotonic() - self._t0)
+
     def media_ms_at(self, monotonic: float) -> float:
         return (monotonic - self._t0) * 1000
 
@@ -250,7 +265,7 @@ class RecordingSession:
 
     def presence(self, participant_id: str, role: str, display_name: str, event: str) -> None:
         """`event`: "joined", "rejoined", "disconnected" or "left"."""
-        now = format_timestamp(datetime.now(UTC))
+        now = format_timestamp(self.wall_now())
         who = self._presence.setdefault(participant_id, _Presence(role, display_name))
         if event in ("joined", "rejoined"):
             if who.gap_start_ms is not None:
@@ -281,7 +296,7 @@ class RecordingSession:
         record = {
             "name": f"{moment}.{phase}",
             "media_ms": media_ms,
-            "wall_time": format_timestamp(datetime.now(UTC)),
+            "wall_time": format_timestamp(self.wall_now()),
         }
         self._marks.append(record)
         self._journal_later("mark", record)
@@ -314,7 +329,7 @@ class RecordingSession:
             "id": transaction_id,
             "sha256": sha256,
             "signature_sha256": signature_sha256,
-            "signed_at": format_timestamp(datetime.now(UTC)),
+            "signed_at": format_timestamp(self.wall_now()),
             "media_ms": self.media_ms(),
         }
         self._transactions[transaction_id] = binding
@@ -361,6 +376,7 @@ class RecordingSession:
                 self.journal,
                 self._retain_until,
                 functools.partial(self._until_done, within=patience),
+                finalized_at=self.wall_now(),
             )
         finally:
             self.stopped = True
@@ -400,6 +416,9 @@ class RecordingSession:
                 if who.gap_start_ms is not None:
                     self._add_gap(who.gap_start_ms, end_ms, f"{who.role} disconnected")
                     who.gap_start_ms = None
+            if self._paused_since_ms is not None:
+                self._add_gap(self._paused_since_ms, end_ms, _PAUSED_REASON)
+                self._paused_since_ms = None
             if gap_reason is not None:
                 self._add_gap(0, end_ms, gap_reason)
             await self._tasks.put(None)
@@ -481,9 +500,37 @@ class RecordingSession:
         record = {
             "entry": segment.entry.model_dump(),
             "media_ms": segment.media_ms,
-            "wall": format_timestamp(datetime.now(UTC)),
+            "wall": format_timestamp(self.wall_now()),
         }
-        self._tasks.put_nowait(lambda: self._store_object("segment", record, segment.ciphertext))
+        size = len(segment.ciphertext)
+        self._backlog_bytes += size
+        if self._backlog_bytes > MAX_BACKLOG_BYTES and self._paused_since_ms is None:
+            self._paused_since_ms = self.media_ms()
+            self._writer.pause()
+            log.error(
+                "recording_paused_store_backlog",
+                archive_id=self.archive_id,
+                backlog_bytes=self._backlog_bytes,
+                error=self.last_store_error,
+            )
+            self._on_change()
+
+        async def store() -> None:
+            await self._store_object("segment", record, segment.ciphertext)
+            self._backlog_bytes -= size
+            if (
+                self._paused_since_ms is not None
+                and self._backlog_bytes <= MAX_BACKLOG_BYTES // 2
+                and self.state == "recording"
+            ):
+                self._add_gap(self._paused_since_ms, self.media_ms(), _PAUSED_REASON)
+                self._paused_since_ms = None
+                self._writer.resume()
+                self._request_keyframes()
+                log.warning("recording_resumed", archive_id=self.archive_id)
+                self._on_change()
+
+        self._tasks.put_nowait(store)
 
     async def _store_object(self, kind: str, record: dict[str, Any], ciphertext: bytes) -> None:
         # The sealer has already listed this object for the manifest: it must reach the journal
@@ -522,6 +569,11 @@ class RecordingSession:
                     f"cannot {what}: {exc}; {fix} (retrying every "
                     f"{STORE_RETRY_MAX_SECONDS:.0f} s at most)"
                 )
+                if self._paused_since_ms is not None:
+                    self.last_store_error += (
+                        "; the recording is paused meanwhile (nothing is recorded until then, "
+                        "and the manifest says so)"
+                    )
                 self._on_change()
                 log.warning(
                     "recording_store_failed_will_retry",
@@ -594,6 +646,7 @@ async def seal_manifest(
     retain: datetime,
     attempt: Attempt,
     signed: tuple[bytes, bytes] | None = None,
+    finalized_at: datetime | None = None,
 ) -> ArchiveRecord:
     """Sign the manifest, chain it to the newest one, spool it, mark the journal sealed; every
     one of these writes through `attempt`.
@@ -617,7 +670,11 @@ async def seal_manifest(
             # Never chained, and another archive has been sealed since: the same content is
             # signed again after the new head.
             fields = json.loads(data)
-    finalized_at = datetime.now(UTC)
+    if finalized_at is None:
+        finalized_at = datetime.now(UTC)
+    if record is None:
+        # Never before the recording began, whatever the wall clock did since.
+        finalized_at = max(finalized_at, _moment(fields["created_at"]))
     signatures = 0
     while record is None:
         signatures += 1
@@ -659,10 +716,11 @@ async def seal_manifest(
     return record
 
 
-def _record_of(manifest: Manifest, data: bytes) -> ArchiveRecord:
-    def moment(text: str) -> datetime:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+def _moment(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
+
+def _record_of(manifest: Manifest, data: bytes) -> ArchiveRecord:
     return ArchiveRecord(
         archive_id=manifest.archive_id,
         session_id=manifest.session_id,
@@ -670,8 +728,8 @@ def _record_of(manifest: Manifest, data: bytes) -> ArchiveRecord:
         status=manifest.status,
         manifest_sha256=manifest_sha256(data),
         previous_sha256=manifest.previous_manifest_sha256,
-        created_at=moment(manifest.created_at),
-        finalized_at=moment(manifest.finalized_at),
+        created_at=_moment(manifest.created_at),
+        finalized_at=_moment(manifest.finalized_at),
     )
 
 
@@ -712,13 +770,14 @@ async def recover(context: RecorderContext, journal: Journal) -> ArchiveRecord:
             who["presence"][-1]["left_at"] = event["at"]
         if event["event"] == "disconnected":
             away_since_ms[event["participant_id"]] = event["media_ms"]
+    last_wall = _moment(state.last_wall or header["created_at"])
     for who in presence.values():
-        if who["presence"] and who["presence"][-1]["left_at"] is None:
-            who["presence"][-1]["left_at"] = state.last_wall or header["created_at"]
+        span = who["presence"][-1] if who["presence"] else None
+        if span is not None and span["left_at"] is None:
+            # Still there when the last segment was stored, or joined after it: never a stay
+            # that ends before it began.
+            span["left_at"] = format_timestamp(max(last_wall, _moment(span["joined_at"])))
     stopped = datetime.now(UTC)
-    last_wall = datetime.fromisoformat(
-        (state.last_wall or header["created_at"]).replace("Z", "+00:00")
-    )
     lost_ms = max(0, int((stopped - last_wall).total_seconds() * 1000))
     lost = {
         "start_ms": state.last_media_ms,
@@ -767,7 +826,9 @@ async def recover(context: RecorderContext, journal: Journal) -> ArchiveRecord:
         "transactions": list(state.transactions.values()) or None,
         "attachments": state.attachments[:attached] or None,
     }
-    return await seal_manifest(context, fields, journal, retain, once)
+    return await seal_manifest(
+        context, fields, journal, retain, once, finalized_at=max(stopped, last_wall)
+    )
 
 
 async def _stored_count(

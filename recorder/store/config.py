@@ -103,6 +103,13 @@ class StoreSettings(BaseModel):
     spool_dir: Path | None = Field(
         default=None, description="Local spool for uploads; empty means {data_dir}/archive-spool"
     )
+    min_free_mb: int = Field(
+        default=1024,
+        ge=0,
+        le=10**9,
+        description="A recording is refused to start while the spool's or the journals' disk "
+        "has less free space than this (a two-person call spools about 0.5 GB an hour)",
+    )
     retry_backoff_min_seconds: float = Field(default=1.0, gt=0, le=3600)
     retry_backoff_max_seconds: float = Field(default=60.0, gt=0, le=3600)
     connect_timeout_seconds: float = Field(default=5.0, gt=0, le=300)

@@ -50,6 +50,9 @@ _TAG_TIME = "%Y-%m-%dT%H:%M:%SZ"
 # Retention dates are compared with this slack: stores keep them with second or millisecond
 # precision, and a date that is a fraction of a second shorter is not worth a failed upload.
 _RETENTION_SLACK = timedelta(seconds=1)
+# How a store refuses retention on a bucket without Object Lock: MinIO says "Bucket is missing
+# ObjectLockConfiguration", AWS "Bucket is missing Object Lock Configuration".
+_LOCK_MISSING = re.compile(r"object\s*lock", re.IGNORECASE)
 
 _T = TypeVar("_T")
 
@@ -123,6 +126,8 @@ def describe_error(exc: BaseException) -> str:
     urllib3 wraps the socket error several levels deep (MaxRetryError → NewConnectionError →
     ConnectionRefusedError); the innermost OS error says what an operator needs to know.
     """
+    if isinstance(exc, StoreConfigError):
+        return str(exc)  # written for the operator: it names the fix, where the S3 code does not
     chain: builtins.list[BaseException] = []
     current: BaseException | None = exc
     while current is not None and all(current is not seen for seen in chain):
@@ -297,6 +302,10 @@ class ArchiveBucket:
                 raise StoreConfigError(
                     f"bucket {self._bucket} does not exist (ensure_bucket() creates it)"
                 ) from exc
+            if exc.code == "InvalidRequest" and _LOCK_MISSING.search(exc.message or ""):
+                # The bucket was made again without Object Lock since it was checked: the store
+                # refused the retention, and saying so names the fix.
+                raise self._object_lock_missing() from exc
             raise ArchiveStoreError(describe_error(exc)) from exc
         except Exception as exc:
             if _is_unavailable(exc):
@@ -304,6 +313,14 @@ class ArchiveBucket:
                     f"archive store unreachable: {describe_error(exc)}"
                 ) from exc
             raise
+
+    def _object_lock_missing(self) -> ObjectLockMissingError:
+        return ObjectLockMissingError(
+            f"bucket {self._bucket} exists but has no Object Lock, so recordings in it "
+            "could be deleted. Object Lock can only be enabled when a bucket is created: "
+            "configure another bucket name (VTELLER_STORE__BUCKET) and let vteller "
+            "create it, or create it yourself with Object Lock enabled."
+        )
 
     def _ensure_bucket_sync(self) -> None:
         if not self._client.bucket_exists(self._bucket):
@@ -317,12 +334,7 @@ class ArchiveBucket:
             config = self._client.get_object_lock_config(self._bucket)
         except S3Error as exc:
             if exc.code in ("ObjectLockConfigurationNotFoundError", "InvalidRequest"):
-                raise ObjectLockMissingError(
-                    f"bucket {self._bucket} exists but has no Object Lock, so recordings in it "
-                    "could be deleted. Object Lock can only be enabled when a bucket is created: "
-                    "configure another bucket name (VTELLER_STORE__BUCKET) and let vteller "
-                    "create it, or create it yourself with Object Lock enabled."
-                ) from exc
+                raise self._object_lock_missing() from exc
             raise
         del config  # Its presence is the check; vteller sets retention per object, not by default.
 

@@ -41,6 +41,7 @@ from recorder.store.config import StoreSettings
 from recorder.store.s3 import (
     ArchiveConflictError,
     ArchiveStoreError,
+    StoreConfigError,
     check_object_name,
     describe_error,
 )
@@ -535,6 +536,11 @@ class Uploader:
             except Exception as exc:
                 # Anything but a refusal of one object (handled in _upload) is retried: the store
                 # down or misconfigured, a full disk. Recordings stay safe in the spool meanwhile.
+                if isinstance(exc, StoreConfigError):
+                    # The bucket is gone or changed since it was checked (a store restored empty,
+                    # a bucket made again by hand): checked again before the next upload, so it
+                    # is made again with Object Lock, or refused by name if it has none.
+                    bucket_ready = False
                 await self._back_off(exc)
                 continue
             if self._failures:
@@ -581,7 +587,9 @@ class Uploader:
         self._last_error, self._last_error_at = describe_error(exc), now
         self._retry_at = now + timedelta(seconds=delay)
         self._progress.set()
-        log.warning(
+        # A bucket without Object Lock (or none) waits for an operator, not for the network.
+        report = log.error if isinstance(exc, StoreConfigError) else log.warning
+        report(
             "archive upload failed; will retry",
             error=self._last_error,
             pending=self._spool.pending_count,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
@@ -26,6 +27,20 @@ log = structlog.get_logger(__name__)
 # How often journals left unsealed (a recovery that failed, a recording whose seal failed or
 # that was abandoned) are tried again: the database or a disk may be back by then.
 FINISH_RETRY_SECONDS = 60.0
+_MB = 1024 * 1024
+
+
+class StorageUnavailable(Exception):
+    """A recording cannot start: the spool's or the journals' disk is full or not writable.
+    The message names the directory and the fix."""
+
+
+def _free_bytes(directory: Path) -> int:
+    # The directory may not exist before the first recording: its nearest existing parent is
+    # on the disk it will be made on.
+    while not directory.exists() and directory != directory.parent:
+        directory = directory.parent
+    return shutil.disk_usage(directory).free
 
 
 class _Unconfigured:
@@ -70,6 +85,10 @@ class RecordingManager:
         self._recordings: set[RecordingSession] = set()
         self._unfinished: dict[Path, Journal] = {}
         self._retrying: asyncio.Task[None] | None = None
+        self._min_free_bytes = settings.store.min_free_mb * _MB
+        # The least free space of the spool's and the journals' disks when last measured (at
+        # each recording start and every minute), for the metrics.
+        self.free_bytes: int | None = None
         self.context = RecorderContext(
             keyring=self.keyring,
             signer=self.signer,
@@ -98,6 +117,7 @@ class RecordingManager:
         while True:
             await asyncio.sleep(FINISH_RETRY_SECONDS)
             try:
+                await self.storage_problem()  # keeps the free-space metric current
                 await self._finish_unfinished()
             except Exception:
                 # One bad pass must not end the retries for the life of the process.
@@ -174,10 +194,52 @@ class RecordingManager:
         await cancel_and_wait(self._retrying)
         await self.uploader.stop()
 
+    async def storage_problem(self) -> str | None:
+        """Why no recording may start now (too little free space where it would be spooled or
+        journaled; logged as an error for the operator), or None."""
+        directories = (self.spool.directory, self.context.journal_dir)
+        free = await asyncio.to_thread(lambda: [_free_bytes(d) for d in directories])
+        self.free_bytes = min(free)
+        short = [(d, f) for d, f in zip(directories, free, strict=True) if f < self._min_free_bytes]
+        if not short:
+            return None
+        where = ", ".join(f"{f // _MB} MB on {d}" for d, f in short)
+        problem = (
+            f"a recording cannot start: only {where} free, and at least "
+            f"{self._min_free_bytes // _MB} MB are needed (store.min_free_mb); free space there"
+        )
+        log.error("recording_refused_disk_full", error=problem)
+        return problem
+
+    @property
+    def unsealed_count(self) -> int:
+        """Recordings stopped or recovered but not sealed yet (the manager retries them)."""
+        return len(self._unfinished) + sum(1 for r in self._recordings if r.stopped)
+
+    @property
+    def retrying_count(self) -> int:
+        """Live recordings whose spool, journal or chain write is being retried (a full disk,
+        the database away): they hold back their media until it succeeds."""
+        return sum(1 for r in self._recordings if r.last_store_error is not None)
+
     async def new_recording(
         self, session_id: str, business: str, on_change: Callable[[], None]
     ) -> RecordingSession:
-        recording = await RecordingSession.create(self.context, session_id, business, on_change)
+        """StorageUnavailable when the disk it would be written to is too full or not
+        writable: nothing has been recorded then."""
+        problem = await self.storage_problem()
+        if problem is not None:
+            raise StorageUnavailable(problem)
+        try:
+            recording = await RecordingSession.create(self.context, session_id, business, on_change)
+        except OSError as exc:
+            # Most likely its journal (exc.filename says which file, a key's too).
+            problem = (
+                f"a recording cannot start: {exc.filename or self.context.journal_dir}: "
+                f"{exc.strerror or exc}; free space there or fix its permissions"
+            )
+            log.error("recording_refused_journal_unwritable", error=problem)
+            raise StorageUnavailable(problem) from exc
         self._recordings.add(recording)
         try:
             await self.chain.started(recording.archive_id, session_id, business)

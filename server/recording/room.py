@@ -21,9 +21,9 @@ from server.audit.actions import SYSTEM
 from server.audit.log import AuditLog
 from server.auth.principal import Role
 from server.recording.live_checks import LiveChecks
-from server.recording.manager import RecordingManager
+from server.recording.manager import RecordingManager, StorageUnavailable
 from server.sfu.encoded import EncodedSource
-from server.signaling.protocol import ProtocolError, server_message
+from server.signaling.protocol import ProtocolError, error_message, server_message
 
 log = structlog.get_logger(__name__)
 
@@ -93,6 +93,11 @@ class RoomRecording:
         rules: Script | None = None,
     ) -> None:
         """`script`: the manifest's compliance context; `rules`: the script it names."""
+        # Refused before the customer is asked: a consent to a recording that cannot be written
+        # would be asked for nothing. Before the state is checked and set, with no await between.
+        problem = await self._manager.storage_problem()
+        if problem is not None:
+            raise ProtocolError("storage_unavailable", problem, "recording_start")
         if self.state in ("awaiting_consent", "recording", "sealing"):
             raise ProtocolError(
                 "out_of_order", "A recording is already running.", "recording_start"
@@ -117,9 +122,26 @@ class RoomRecording:
             self.state = "declined"
             await self._announce()
             return
-        recording = await self._manager.new_recording(
-            self._session_id, self._business, self._changed
-        )
+        try:
+            recording = await self._manager.new_recording(
+                self._session_id, self._business, self._changed
+            )
+        except StorageUnavailable as exc:
+            # The disk filled (or was made unwritable) since the customer was asked: nothing is
+            # recorded; the teller is told why and may ask again once the operator freed it.
+            if self.state == "awaiting_consent":
+                self.state = "idle"
+            await self._broadcast(
+                error_message("storage_unavailable", str(exc), "recording_start"), "staff"
+            )
+            await self._announce()
+            # The customer is not given the server's directories.
+            raise ProtocolError(
+                "storage_unavailable",
+                "The recording cannot start just now; nothing was recorded. Please wait for "
+                "your relationship manager.",
+                "consent",
+            ) from exc
         if self.state != "awaiting_consent":
             # Withdrawn (the call ended, the teller stopped) or answered twice while the
             # archive was being registered: nothing may keep recording unattended. Sealed as

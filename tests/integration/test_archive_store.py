@@ -12,6 +12,7 @@ import asyncio
 import io
 import os
 import secrets
+import shutil
 import signal
 import sys
 import textwrap
@@ -364,6 +365,46 @@ async def test_uploads_survive_minio_going_down(
         assert await bucket.retention(name) == until
         assert len(versions(bucket, name)) == 1
     assert list((tmp_path / "spool" / "pending").iterdir()) == []
+
+
+async def test_a_store_back_without_its_bucket_gets_it_again_with_object_lock(
+    store_settings: StoreSettings, private_minio: list[str], tmp_path: Path
+) -> None:
+    # MinIO restored empty (a new disk, a rebuilt deployment): the bucket the uploader checked at
+    # its start is gone. It must be made again with Object Lock, not waited for forever; and one
+    # made again by hand without Object Lock must be refused by name, nothing stored unlocked.
+    settings = settings_for(private_minio)
+    bucket = ArchiveBucket.from_settings(settings)
+    spool = Spool(tmp_path / "spool")
+    uploader = Uploader.from_settings(spool, bucket, settings)
+    await uploader.start()
+    until = retain_for(1)
+    try:
+        await spool.add("archives/w/segment-000000", b"before", until)
+        await uploader.flush(15)
+
+        await minio_sh("stop", *private_minio)
+        shutil.rmtree(Path(private_minio[1]) / "data")
+        await minio_sh("start", *private_minio)
+        await spool.add("archives/w/segment-000001", b"after", until)
+        await uploader.flush(30)
+        assert await bucket.list("archives/w/") == ["archives/w/segment-000001"]
+        assert await bucket.retention("archives/w/segment-000001") == until
+
+        await minio_sh("stop", *private_minio)
+        shutil.rmtree(Path(private_minio[1]) / "data")
+        await minio_sh("start", *private_minio)
+        await asyncio.to_thread(bucket.client.make_bucket, bucket.name)  # no Object Lock
+        await spool.add("archives/w/segment-000002", b"unlocked?", until)
+        await wait_until(
+            lambda: "has no Object Lock" in (uploader.status().last_error or ""),
+            30,
+            "the bucket without Object Lock to be refused by name",
+        )
+        assert uploader.status().pending_count == 1
+        assert await bucket.list("archives/w/") == []
+    finally:
+        await uploader.stop()
 
 
 async def test_a_killed_process_loses_nothing(bucket: ArchiveBucket, tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime
+from datetime import datetime, timedelta, tzinfo
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -25,7 +25,7 @@ from recorder.journal import Journal, UnknownRecord
 from recorder.playback import MediaInspector
 from recorder.seal.digest import sha256_hex
 from recorder.seal.keyring import LocalKeyring
-from recorder.seal.manifest import MANIFEST_OBJECT, SIGNATURE_OBJECT
+from recorder.seal.manifest import MANIFEST_OBJECT, SIGNATURE_OBJECT, Manifest, parse_manifest
 from recorder.seal.signing import Signer, load_public_keys
 from recorder.session import (
     ArchiveRecord,
@@ -837,3 +837,175 @@ async def test_a_sealed_recordings_journal_is_deleted_by_its_worker(
             assert any(name.endswith("/" + MANIFEST_OBJECT) for name in names), names
         finally:
             await manager.stop()
+
+
+async def _metrics(server: support.RunningServer) -> dict[str, float]:
+    token = (server.settings.data_dir / "metrics.token").read_text().strip()
+    response = await server.client().http.get(
+        server.url + "/metrics", headers={"Authorization": f"Bearer {token}"}
+    )
+    return {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in (await response.text()).splitlines()
+        if line and not line.startswith("#")
+    }
+
+
+async def test_a_recording_is_refused_before_the_customer_is_asked_when_its_disk_is_nearly_full(
+    tmp_path: Path,
+) -> None:
+    from tests.integration.test_call import _teller_and_customer
+
+    # More free space than any disk has: the disk counts as nearly full.
+    store = StoreSettings(min_free_mb=10**9)
+    async with support.running_server(support.test_settings(tmp_path, store=store)) as server:
+        teller, customer, _ = await _teller_and_customer(server)
+        try:
+            await teller.join()
+            await customer.join()
+            await teller.send({"type": "recording_start"})
+            refused = await teller.expect("error")
+            assert (refused["code"], refused["ref"]) == ("storage_unavailable", "recording_start")
+            spool = server.services.rooms._recorder.spool
+            assert str(spool.directory) in refused["message"], refused
+            assert "store.min_free_mb" in refused["message"], refused
+            await customer.send({"type": "ping"})
+            await customer.expect("pong")
+            assert "consent_request" not in customer.history
+            # The operator can alert on it.
+            free = (await _metrics(server))["vteller_recording_disk_free_bytes"]
+            assert 0 < free < 10**9 * 2**20
+        finally:
+            await customer.close()
+            await teller.close()
+
+
+async def test_a_journal_disk_that_fails_once_the_customer_was_asked_records_nothing_and_says_so(
+    tmp_path: Path,
+) -> None:
+    from tests.integration.test_call import _teller_and_customer
+
+    async with support.running_server(support.test_settings(tmp_path)) as server:
+        teller, customer, _ = await _teller_and_customer(server)
+        try:
+            await teller.join()
+            await customer.join()
+            await teller.send({"type": "recording_start"})
+            await customer.expect("consent_request")
+            # A file where the journals' directory goes: unwritable, even for root.
+            journal_dir = server.services.rooms._recorder.context.journal_dir
+            journal_dir.parent.mkdir(parents=True, exist_ok=True)
+            journal_dir.write_bytes(b"")
+            await customer.send({"type": "consent", "granted": True})
+            answered = await customer.expect("error")
+            assert answered["code"] == "storage_unavailable", answered
+            assert str(journal_dir) not in answered["message"]  # the server's, not the customer's
+            told = await teller.expect("error")
+            assert told["code"] == "storage_unavailable", told
+            assert str(journal_dir) in told["message"] and "permissions" in told["message"]
+            while (await teller.expect("recording"))["state"] != "idle":
+                pass
+            # Once the operator fixed it, the teller asks again and it records.
+            journal_dir.unlink()
+            await teller.send({"type": "recording_start"})
+            await customer.expect("consent_request")
+            await customer.send({"type": "consent", "granted": True})
+            while (await teller.expect("recording"))["state"] != "recording":
+                pass
+        finally:
+            await customer.close()
+            await teller.close()
+
+
+def _in_order(manifest: Manifest) -> None:
+    """Every wall time of `manifest` between its creation and its finalization, stays in order."""
+    times = [manifest.created_at]
+    times += [m.wall_time for m in manifest.marks]
+    for participant in manifest.participants:
+        for span in participant.presence:
+            times += [span.joined_at] + ([span.left_at] if span.left_at else [])
+            assert span.joined_at <= (span.left_at or span.joined_at), span
+    assert all(manifest.created_at <= t <= manifest.finalized_at for t in times), (
+        manifest.created_at,
+        times,
+        manifest.finalized_at,
+    )
+
+
+async def test_an_ntp_step_backwards_during_a_call_leaves_the_manifests_times_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Stepped(datetime):
+        """The system's wall clock, which NTP may step back by `back`."""
+
+        back = timedelta(0)
+
+        @classmethod
+        def now(cls, tz: tzinfo | None = None) -> Stepped:
+            return cls.fromtimestamp((datetime.now(tz) - cls.back).timestamp(), tz)
+
+    monkeypatch.setattr(recording_session, "datetime", Stepped)
+    context = _context(tmp_path, Spool(tmp_path / "spool"))
+
+    # A recording sealed at its end.
+    recording = await RecordingSession.create(context, "s1", "wealth", lambda: None)
+    recording.presence("p1", "customer", "李女士", "joined")
+    _record(recording, 1)
+    Stepped.back = timedelta(hours=1)
+    recording.mark("risk", "start")
+    recording.presence("p1", "customer", "李女士", "left")
+    _record(recording, 1, start_ms=100)
+    await recording.stop()
+    signed = recording.journal.read().signed
+    assert signed is not None
+    _in_order(parse_manifest(signed[0]))
+    report = _verified(context, await _archived(context, {}, tmp_path / "archive"))
+    assert report.ok, report.render()
+
+    # A recording whose worker died, recovered after the clock was stepped back again.
+    Stepped.back = timedelta(0)
+    recording = await RecordingSession.create(context, "s2", "wealth", lambda: None)
+    recording.presence("p1", "customer", "李女士", "joined")
+    _record(recording, 1)
+    await _dies_once_journaled(recording, recording.journal, 1, 100)
+    Stepped.back = timedelta(hours=1)
+    await recover(context, recording.journal)
+    signed = recording.journal.read().signed
+    assert signed is not None
+    _in_order(parse_manifest(signed[0]))
+
+
+async def test_a_long_full_disk_pauses_the_recording_so_its_memory_stays_bounded(
+    tmp_path: Path, quick_retries: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(recording_session, "MAX_BACKLOG_BYTES", 4000, raising=False)
+    spool = _FullSpool(tmp_path / "spool", failures=10**9)  # full until an operator frees it
+    context = _context(tmp_path, spool)
+    recording = await RecordingSession.create(context, "s1", "wealth", lambda: None)
+
+    async def speak(segments: int, start_ms: int) -> None:
+        for index in range(segments):
+            at = start_ms + index * 100
+            recording._writer.packet(0, bytes(800), at, True)
+            recording._writer.cut(at + 50)
+            await asyncio.sleep(0.02)  # each segment is handed over before the next is spoken
+
+    await speak(40, 0)
+    # Held in memory: about the bound, not the 40 segments of the call so far.
+    assert len(recording._sealer.segments) < 10
+    assert recording._backlog_bytes < 4000 + 2000
+    assert recording.last_store_error is not None and "paused" in recording.last_store_error
+
+    spool.failures = 0  # space freed
+    async with asyncio.timeout(10):
+        while recording._paused_since_ms is not None:  # noqa: ASYNC110 - the retries drain it
+            await asyncio.sleep(0.02)
+    await speak(3, 10_000)
+    record = await recording.stop()
+    assert record.status == "complete"
+    state = recording.journal.read()
+    assert state.signed is not None
+    gaps = parse_manifest(state.signed[0]).gaps
+    assert [g.reason for g in gaps] == [recording_session._PAUSED_REASON], gaps
+    report = _verified(context, await _archived(context, {}, tmp_path / "archive"))
+    assert report.ok, report.render()

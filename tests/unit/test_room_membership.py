@@ -208,6 +208,9 @@ class _Manager:
     def store_status(self) -> Any:
         return types.SimpleNamespace(pending_count=0, last_error=None, consecutive_failures=0)
 
+    async def storage_problem(self) -> str | None:
+        return None
+
 
 async def test_consent_that_arrives_as_the_request_is_withdrawn_records_nothing() -> None:
     manager = _Manager()
