@@ -39,6 +39,7 @@ from server.metrics import Metrics, metrics_handler, metrics_token
 from server.recording.analysis import AnalysisJobs
 from server.recording.live_speech import WhisperListener
 from server.recording.manager import RecordingManager
+from server.recording.metrics import RecordingCollector
 from server.sessions.store import SessionStore
 from server.settings import Settings
 from server.sfu.ice_policy import IcePolicy
@@ -157,7 +158,7 @@ async def create_app(settings: Settings) -> web.Application:
     await check_deployment_keys(db, keys, local_keys)
     await services.workers.check_url()
 
-    middlewares: list[Middleware] = [security_headers, json_errors, unnameable_paths]
+    middlewares: list[Middleware] = [json_errors, unnameable_paths]
     if settings.trusted_proxies:
         middlewares.insert(0, forwarded_client(settings.trusted_proxies))
     app = web.Application(middlewares=middlewares, client_max_size=API_BODY_LIMIT)
@@ -177,7 +178,9 @@ async def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/ws/v1/sessions/{session_id}", signaling)
     app.router.add_static("/static/", pages.WEB_DIR, append_version=False)
     app.on_response_prepare.append(_revalidate_static)
-    metrics = Metrics(rooms)
+    app.on_response_prepare.append(security_headers)
+    metrics = Metrics(rooms, services.workers)
+    metrics.registry.register(RecordingCollector(recorder))
     app.router.add_get(
         "/metrics",
         metrics_handler(metrics, metrics_token(settings.metrics_token, settings.data_dir)),

@@ -15,6 +15,7 @@ from recorder.seal.files import generated_secret
 from server.auth.tokens import same
 from server.background import cancel_and_wait
 from server.sfu.rooms import RoomRegistry
+from server.workers.registry import WorkerRegistry
 
 LOOP_LAG_INTERVAL_SECONDS = 0.5
 
@@ -40,10 +41,31 @@ class _RoomCollector(Collector):
         )
 
 
+class _CapacityCollector(Collector):
+    """The worker's headroom: what placement counts against its capacity, and the capacity."""
+
+    def __init__(self, workers: WorkerRegistry) -> None:
+        self._workers = workers
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(
+            "vteller_worker_max_sessions",
+            "Open sessions this worker may be given (worker_max_sessions; 0: no limit)",
+            self._workers.max_sessions,
+        )
+        yield GaugeMetricFamily(
+            "vteller_worker_open_sessions",
+            "Open sessions (invited, in a call or interrupted) placed on this worker, counted "
+            "against its capacity; as of its last heartbeat",
+            self._workers.open_sessions,
+        )
+
+
 class Metrics:
-    def __init__(self, rooms: RoomRegistry) -> None:
+    def __init__(self, rooms: RoomRegistry, workers: WorkerRegistry) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_RoomCollector(rooms))
+        self.registry.register(_CapacityCollector(workers))
         self.forwarding_delay = Histogram(
             "vteller_forwarding_delay_seconds",
             "Time from a frame's arrival at the SFU to its hand-over to a consumer's sender",

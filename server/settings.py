@@ -52,6 +52,13 @@ class Settings(BaseSettings):
     )
     worker_heartbeat_seconds: float = Field(2.0, gt=0, le=60)
     worker_dead_after_heartbeats: int = Field(3, ge=2)
+    worker_max_sessions: int = Field(
+        10,
+        ge=0,
+        description="open sessions (invited, in a call or interrupted) a worker may be given; "
+        "past what a core carries every call on it loses frames at once (docs/benchmarks.md, "
+        "docs/deployment.md); 0 means no limit",
+    )
     data_dir: Path = Path("var")
     database_url: str = Field(
         "", description="SQLAlchemy async URL; empty means SQLite in {data_dir}/vteller.db"

@@ -10,7 +10,7 @@ from server.api.cookies import set_credential_cookie
 from server.audit import ANONYMOUS, AuditUnavailable
 from server.auth.principal import STAFF_ROLES, Role
 from server.auth.ratelimit import Throttled
-from server.auth.service import STAFF_COOKIE
+from server.auth.service import DEVICE_COOKIE, DEVICE_COOKIE_PATH, DEVICE_LIFETIME, STAFF_COOKIE
 from server.context import Services, services
 from server.errors import ApiError
 from server.sessions.views import user_view
@@ -25,7 +25,9 @@ async def login(request: web.Request) -> web.Response:
     svc = services(request)
     address = request.remote or "unknown"
     try:
-        user, token, csrf = await svc.auth.login(body.username, body.password, address)
+        done = await svc.auth.login(
+            body.username, body.password, address, request.cookies.get(DEVICE_COOKIE)
+        )
     except Throttled as exc:
         # No password was checked: once a user or address shows as throttled in the log, more
         # of the same is noise that anyone could write without limit. A fact, never refused:
@@ -39,22 +41,37 @@ async def login(request: web.Request) -> web.Response:
         raise
     # Before the cookie is handed out: a login the log does not show never takes effect, and
     # its row is revoked (it would count the user as logged in, e.g. on the queue's board).
+    user = done.user
     try:
         await svc.audit.append(
-            "auth.login", actor=user.id, actor_role=user.role, target=user.username, address=address
+            "auth.login",
+            actor=user.id,
+            actor_role=user.role,
+            target=user.username,
+            detail={"device": "new" if done.device else "known"},
+            address=address,
         )
     except AuditUnavailable:
-        await svc.auth.logout(token)
+        await svc.auth.logout(done.token)
         raise
-    response = web.json_response({"user": user_view(user), "csrf_token": csrf})
+    response = web.json_response({"user": user_view(user), "csrf_token": done.csrf})
     set_credential_cookie(
         response,
         svc.settings,
         STAFF_COOKIE,
-        token,
+        done.token,
         path="/",
         max_age=int(svc.settings.staff_session_hours * 3600),
     )
+    if done.device is not None:
+        set_credential_cookie(
+            response,
+            svc.settings,
+            DEVICE_COOKIE,
+            done.device,
+            path=DEVICE_COOKIE_PATH,
+            max_age=int(DEVICE_LIFETIME.total_seconds()),
+        )
     return response
 
 

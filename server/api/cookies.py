@@ -16,13 +16,15 @@ def set_credential_cookie(
     path: str,
     max_age: int,
 ) -> None:
-    """Never readable by scripts nor sent by other sites; over HTTPS only unless configured off."""
+    """Never readable by scripts nor sent by other sites; over HTTPS only behind TLS."""
     response.set_cookie(
         name,
         token,
         httponly=True,
         samesite="Strict",
-        secure=settings.cookie_secure,
+        # Browsers reach an https:// public_url over TLS whatever vteller itself speaks: a
+        # forgotten cookie_secure must not let a credential travel over plain HTTP.
+        secure=settings.cookie_secure or settings.origin.startswith("https://"),
         path=path,
         max_age=max_age,
     )

@@ -85,9 +85,10 @@ async def unnameable_paths(request: web.Request, handler: Handler) -> web.Stream
         raise
 
 
-@web.middleware
-async def security_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
-    response = await handler(request)
+async def security_headers(_: web.Request, response: web.StreamResponse) -> None:
+    """On every response as it is prepared, not in a middleware: answers no middleware returns
+    (an HTTPException on a page or /metrics, a 404 of no route, a download streamed from its
+    handler) must carry them too."""
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Referrer-Policy", "no-referrer")
     response.headers.setdefault("X-Frame-Options", "DENY")
@@ -99,4 +100,3 @@ async def security_headers(request: web.Request, handler: Handler) -> web.Stream
     response.headers.setdefault(
         "Permissions-Policy", "camera=(self), microphone=(self), display-capture=(self)"
     )
-    return response

@@ -226,7 +226,7 @@ async def set_status(request: web.Request) -> web.Response:
 async def take_next(request: web.Request) -> web.Response:
     teller = await require(request, Role.TELLER, action="take customers from the queue")
     svc = services(request)
-    taken = await svc.queue.take_next(teller, await svc.workers.place(), request.remote)
+    taken = await svc.queue.take_next(teller, svc.workers, request.remote)
     return web.json_response(
         {
             "session": session_view(taken.session, teller.role),

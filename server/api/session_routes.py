@@ -33,6 +33,7 @@ async def create_invitation(request: web.Request) -> web.Response:
     svc = services(request)
     ttl = timedelta(minutes=body.ttl_minutes or svc.settings.invitation_ttl_minutes)
     session_id, expires_at = new_id("s"), utcnow() + ttl
+    await svc.workers.check_room()  # every worker full: refused before anything is logged
     # Logged first: a session created and then refused by the log would stay in the list.
     await svc.audit.append(
         "invitation.created",
@@ -43,7 +44,7 @@ async def create_invitation(request: web.Request) -> web.Response:
         address=request.remote,
     )
     created = await svc.sessions.create_invitation(
-        teller, body.business, body.customer_name, expires_at, await svc.workers.place(), session_id
+        teller, body.business, body.customer_name, expires_at, svc.workers, session_id
     )
     return web.json_response(
         {

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import time
 from collections import OrderedDict, deque
@@ -10,10 +9,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import structlog
-from sqlalchemy import and_, delete, or_, select, text
+from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from server.db.engine import DbSession
+from server.db.engine import DbSession, exclusive
 from server.db.models import LoginFailure
 from server.errors import ApiError
 
@@ -22,9 +21,10 @@ log = structlog.get_logger(__name__)
 # Addresses (or /64s) a `SlidingWindow` tracks at most: bounds a worker's memory when requests
 # come from ever new addresses. Far more than one worker's customers in a window.
 MAX_KEYS = 10_000
-# LoginFailure kinds: a failure counted against a user or an address, and the note that a
-# refusal of one of those keys was reported (key "user:alice", "address:192.0.2.7").
-_USER, _ADDRESS, _REPORTED = "user", "address", "refused"
+# LoginFailure kinds: a failure counted against a user, an address or a known device (the
+# digest of its token), and the note that a refusal of one of those keys was reported (key
+# "user:alice", "address:192.0.2.7").
+_USER, _ADDRESS, _DEVICE, _REPORTED = "user", "address", "device", "refused"
 
 
 def address_key(address: str) -> str:
@@ -127,7 +127,7 @@ class Attempt:
     """A login the throttle let through, already counted as failed (`LoginThrottle.succeeded`
     takes it back)."""
 
-    user_key: str
+    reset: tuple[str, str]  # the (kind, key) whose count starts again if it succeeds
     failures: tuple[int, ...]  # its LoginFailure rows
 
 
@@ -147,6 +147,12 @@ class LoginThrottle:
     worker's attempts on the same user or address take: concurrent guesses each see the ones
     before them, so no more than the limit are ever checked. A login that succeeds takes its
     count back.
+
+    An attempt from a browser the user has logged in with before (`device`) is counted against
+    that device alone, with the per-user limit, and not against the user or the address:
+    anyone can send a user's name with wrong passwords, which blocks the user's other attempts,
+    but never the user's own browser (OWASP's "device cookies"). Devices are only ever handed
+    out by a successful login.
     """
 
     def __init__(
@@ -158,13 +164,20 @@ class LoginThrottle:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._db = db
-        self._limits = {_USER: max_per_user, _ADDRESS: max_per_address}
+        self._limits = {_USER: max_per_user, _ADDRESS: max_per_address, _DEVICE: max_per_user}
         self._window = window_seconds
         self._clock = clock
 
-    async def attempt(self, username: str, address: str) -> Attempt:
-        """Count a login attempt as failed, or raise `Throttled` if that is over a limit."""
-        keys = {_USER: username.lower(), _ADDRESS: address_key(address)}
+    async def attempt(self, username: str, address: str, device: str | None = None) -> Attempt:
+        """Count a login attempt as failed, or raise `Throttled` if that is over a limit.
+
+        `device`: the digest of a device token already found to be this user's.
+        """
+        keys = (
+            {_DEVICE: device}
+            if device is not None
+            else {_USER: username.lower(), _ADDRESS: address_key(address)}
+        )
         # Most refusals are decided here, without the lock: a flood of refused guesses must not
         # queue the service's other writes (SQLite has one writer) behind it.
         async with self._db() as db:
@@ -197,17 +210,21 @@ class LoginThrottle:
                 )
         if refusal is not None:
             raise Throttled(refusal.wait, first_in_window=bool(refusal.unreported))
-        return Attempt(keys[_USER], tuple(row.id for row in counted))
+        kind = _DEVICE if device is not None else _USER
+        return Attempt((kind, keys[kind]), tuple(row.id for row in counted))
 
     async def succeeded(self, attempt: Attempt) -> None:
-        """The user's count starts again; its address's loses only this attempt (other users
-        may have failed there)."""
+        """The user's (or the device's) count starts again; the address's loses only this
+        attempt (other users may have failed there)."""
         async with self._db() as db, db.begin():
             await db.execute(
                 delete(LoginFailure).where(
                     or_(
                         LoginFailure.id.in_(attempt.failures),
-                        and_(LoginFailure.kind == _USER, LoginFailure.key == attempt.user_key),
+                        and_(
+                            LoginFailure.kind == attempt.reset[0],
+                            LoginFailure.key == attempt.reset[1],
+                        ),
                     )
                 )
             )
@@ -248,18 +265,4 @@ class LoginThrottle:
 
 async def _lock(db: DbSession, keys: Iterable[tuple[str, str]]) -> None:
     """Hold off every other worker's attempts on these keys until this transaction ends."""
-    if db.get_bind().dialect.name == "postgresql":
-        # In one order: two attempts that share both keys never each hold the other's.
-        for lock in sorted(_lock_id(kind, key) for kind, key in keys):
-            await db.execute(text("SELECT pg_advisory_xact_lock(:lock)"), {"lock": lock})
-    else:
-        # SQLite has one writer at a time: taking the write lock before reading the counts
-        # (rather than at its first write) makes reading them and adding to them one step
-        # for every process on the file.
-        await db.execute(text("BEGIN IMMEDIATE"))
-
-
-def _lock_id(kind: str, key: str) -> int:
-    # A signed 64-bit advisory lock key; the migration lock (server/db/engine.py) is one more.
-    hashed = hashlib.sha256(f"vteller/login-throttle/{kind}/{key}".encode()).digest()
-    return int.from_bytes(hashed[:8], "big", signed=True)
+    await exclusive(db, *(f"vteller/login-throttle/{kind}/{key}" for kind, key in keys))

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from server.auth.passwords import hash_password, verify_password
@@ -13,7 +14,15 @@ from server.auth.principal import STAFF_ROLES, Principal, Role
 from server.auth.ratelimit import LoginThrottle
 from server.auth.tokens import digest, new_token
 from server.db.engine import DbSession
-from server.db.models import CallSession, Participant, StaffLogin, User, new_id, utcnow
+from server.db.models import (
+    CallSession,
+    Participant,
+    StaffDevice,
+    StaffLogin,
+    User,
+    new_id,
+    utcnow,
+)
 from server.errors import ApiError
 
 STAFF_COOKIE = "vteller_staff"
@@ -21,6 +30,20 @@ CUSTOMER_COOKIE = "vteller_customer"
 # A customer's credential also ends a day after the link was redeemed, whatever the session's
 # state: a call nobody ended must not leave it able to sign what a teller creates days later.
 CUSTOMER_CREDENTIAL_LIFETIME = timedelta(hours=24)
+# The browser a staff member logged in with: its attempts are throttled apart from everyone
+# else's on the account (LoginThrottle). Sent to the login only.
+DEVICE_COOKIE = "vteller_device"
+DEVICE_COOKIE_PATH = "/api/v1/auth/login"
+# Long enough to span holidays; a device unused that long is throttled as any other browser.
+DEVICE_LIFETIME = timedelta(days=90)
+
+
+@dataclass(frozen=True)
+class Login:
+    user: User
+    token: str  # the staff cookie
+    csrf: str
+    device: str | None  # a new device cookie; None when the login came from a known device
 
 
 class AuthService:
@@ -58,14 +81,17 @@ class AuthService:
             db.add(user)
         return user
 
-    async def login(self, username: str, password: str, address: str) -> tuple[User, str, str]:
-        """Returns the user, the cookie token and the CSRF token.
+    async def login(
+        self, username: str, password: str, address: str, device: str | None = None
+    ) -> Login:
+        """`device`: the device cookie the browser sent, if any.
 
         Over a limit, raises `Throttled` without looking at the password.
         """
+        known = await self._known_device(username, device) if device else None
         # Counted as failed from here until it succeeds: a guess that fails in any way (also
         # by an error, or the worker stopping) stays counted.
-        attempt = await self._throttle.attempt(username, address)
+        attempt = await self._throttle.attempt(username, address, known)
         async with self._db() as db:
             user = await db.scalar(select(User).where(User.username == username))
         ok = await asyncio.to_thread(
@@ -75,6 +101,7 @@ class AuthService:
             raise ApiError(401, "invalid_credentials", "Wrong username or password.")
         await self._throttle.succeeded(attempt)
         token, csrf = new_token(), new_token()
+        new_device = None if known else new_token()
         async with self._db() as db, db.begin():
             db.add(
                 StaffLogin(
@@ -84,7 +111,37 @@ class AuthService:
                     expires_at=utcnow() + self._session_lifetime,
                 )
             )
-        return user, token, csrf
+            if new_device is not None:
+                # Each new browser adds one: the user's expired ones go at the same time.
+                await db.execute(
+                    delete(StaffDevice).where(
+                        StaffDevice.user_id == user.id, StaffDevice.expires_at <= utcnow()
+                    )
+                )
+                db.add(
+                    StaffDevice(
+                        token_hash=digest(new_device),
+                        user_id=user.id,
+                        expires_at=utcnow() + DEVICE_LIFETIME,
+                    )
+                )
+        return Login(user, token, csrf, new_device)
+
+    async def _known_device(self, username: str, device: str) -> str | None:
+        """The digest of `device` if it is a live device of the user `username`, else None (a
+        device of another user, e.g. a colleague's on a shared computer, counts as unknown)."""
+        hashed = digest(device)
+        async with self._db() as db:
+            found = await db.scalar(
+                select(StaffDevice.token_hash)
+                .join(User, User.id == StaffDevice.user_id)
+                .where(
+                    StaffDevice.token_hash == hashed,
+                    StaffDevice.expires_at > utcnow(),
+                    User.username == username,
+                )
+            )
+        return found
 
     async def logout(self, token: str) -> None:
         async with self._db() as db, db.begin():

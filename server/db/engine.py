@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from alembic import command
@@ -14,7 +15,7 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # The advisory lock that serialises migrations on PostgreSQL ("vteller" in ASCII).
 _LOCK = 0x76_74_65_6C_6C_65_72
 
-__all__ = ["DbSession", "create_engine", "migrate", "session_factory"]
+__all__ = ["DbSession", "create_engine", "exclusive", "migrate", "session_factory"]
 
 
 def create_engine(url: str) -> AsyncEngine:
@@ -67,3 +68,23 @@ async def migrate(engine: AsyncEngine) -> None:
             # its commit and then find nothing left to do (the lock ends with the transaction).
             await connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK})
         await connection.run_sync(upgrade)
+
+
+async def exclusive(db: DbSession, *names: str) -> None:
+    """Hold off every other transaction that takes any of `names`, in every worker on this
+    database, until this one ends: reading counts and writing by them becomes one step.
+
+    Must be the transaction's first statement on SQLite, which has one writer at a time: taking
+    its write lock before the reads (rather than at the first write) is the exclusion there.
+    """
+    if db.get_bind().dialect.name == "postgresql":
+        # In one order: two transactions that share two names never each hold the other's.
+        for lock in sorted(_lock_id(name) for name in names):
+            await db.execute(text("SELECT pg_advisory_xact_lock(:lock)"), {"lock": lock})
+    else:
+        await db.execute(text("BEGIN IMMEDIATE"))
+
+
+def _lock_id(name: str) -> int:
+    # A signed 64-bit advisory lock key; the migration lock above is one more.
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)

@@ -84,6 +84,18 @@ class StaffLogin(Base):
     user: Mapped[User] = relationship(lazy="joined")
 
 
+class StaffDevice(Base):
+    """A browser a staff member has logged in with (the vteller_device cookie). Its login
+    attempts are throttled on their own, not with everyone else's on the account: guesses from
+    elsewhere cannot keep the member out of their own browser (server/auth/ratelimit.py)."""
+
+    __tablename__ = "staff_devices"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 class Worker(Base):
     """A server process that hosts live sessions; it heartbeats while it is alive."""
 
@@ -98,6 +110,9 @@ class Worker(Base):
     stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     sessions: Mapped[int] = mapped_column(Integer, default=0)
     peers: Mapped[int] = mapped_column(Integer, default=0)
+    # The open sessions it may be given (worker_max_sessions of its own settings; 0: no limit):
+    # in its row, since the worker that places a session may run on another machine.
+    max_sessions: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class DeploymentKey(Base):

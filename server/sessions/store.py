@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
@@ -33,6 +33,17 @@ from server.errors import ApiError, forbidden
 BUSINESSES = ("wealth", "insurance", "general")
 OPEN_STATES = ("waiting", "active", "interrupted")
 InvitationStatus = Literal["valid", "expired", "used", "unknown"]
+
+
+class Placement(Protocol):
+    """Where new sessions go (server/workers/registry.py)."""
+
+    async def check_room(self) -> None:
+        """Raise capacity_full if no worker has room (a hint: before anything is logged)."""
+
+    async def admit(self, db: DbSession) -> str:
+        """A worker with room, chosen as the first step of `db`'s transaction, which inserts
+        the session: the room it saw is still there at the insert."""
 
 
 @dataclass(frozen=True)
@@ -62,12 +73,12 @@ class SessionStore:
         business: str,
         customer_name: str,
         expires_at: datetime,
-        worker_id: str | None,
+        workers: Placement | None,
         session_id: str,
     ) -> NewInvitation:
         token = new_token()
         session = await self.open_session(
-            teller, business, customer_name, expires_at, worker_id, digest(token), session_id
+            teller, business, customer_name, expires_at, workers, digest(token), session_id
         )
         return NewInvitation(session, token, expires_at)
 
@@ -77,7 +88,7 @@ class SessionStore:
         business: str,
         customer_name: str,
         expires_at: datetime,
-        worker_id: str | None,
+        workers: Placement | None,
         token_hash: str,
         session_id: str,
         via: str = "invitation",
@@ -89,6 +100,7 @@ class SessionStore:
         session opened and then refused by the audit log would be left behind. The queue passes
         the digest of a link only the waiting customer can compute
         (server/workflow/queue/service.py), so the link itself never exists on the server.
+        `workers` chooses its worker (None: none yet, the first one asked claims it).
         """
         if teller.role is not Role.TELLER or teller.user_id is None:
             raise forbidden("invite customers")
@@ -98,7 +110,7 @@ class SessionStore:
                 business=business,
                 teller_id=teller.user_id,
                 customer_name=customer_name,
-                worker_id=worker_id,
+                worker_id=None if workers is None else await workers.admit(db),
             )
             db.add(session)
             await db.flush()

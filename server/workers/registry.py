@@ -1,9 +1,11 @@
 """Workers: the processes (on one or many machines) that host live sessions.
 
-Each worker registers itself with the URL browsers reach it at, and heartbeats its load into the
-shared database. A new session is placed on the least-loaded live worker; a session lives on that
-worker while it is alive. When a worker stops heartbeating, any live worker moves its open sessions
-to the least-loaded live worker and marks them interrupted, so their participants reconnect there.
+Each worker registers itself with the URL browsers reach it at and the open sessions it may be
+given, and heartbeats its load into the shared database. A new session is placed on the
+least-loaded live worker with room for it, or refused (503 capacity_full) when every one is
+full; a session lives on that worker while it is alive. When a worker stops heartbeating, any
+live worker moves its open sessions to the least-loaded live worker and marks them interrupted,
+so their participants reconnect there.
 """
 
 from __future__ import annotations
@@ -14,13 +16,13 @@ import socket
 from datetime import datetime, timedelta
 
 import structlog
-from sqlalchemy import ColumnElement, delete, exists, func, select, update
+from sqlalchemy import ColumnElement, Select, case, delete, exists, func, select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from server.background import cancel_and_wait
-from server.db.engine import DbSession
+from server.db.engine import DbSession, exclusive
 from server.db.models import CallSession, SessionEvent, Worker, utcnow
-from server.errors import StartRefused
+from server.errors import ApiError, StartRefused
 from server.sessions.store import OPEN_STATES
 from server.settings import Settings
 from server.sfu.rooms import RoomRegistry
@@ -31,6 +33,23 @@ log = structlog.get_logger(__name__)
 # Not as soon as they are taken for dead: one that was only cut off for a while comes back to
 # heartbeat its row, and the sessions it then claims must be able to refer to it.
 FORGET_AFTER = timedelta(hours=1)
+# Every placement, on every worker and machine, takes this lock for its transaction.
+PLACEMENT_LOCK = "vteller/worker-placement"
+# A slot frees when a call ends: calls last minutes, so a retry within seconds would only be
+# refused again.
+RETRY_AFTER_SECONDS = 30
+
+
+def capacity_full() -> ApiError:
+    return ApiError(
+        503,
+        "capacity_full",
+        "Every worker already carries as many sessions as it may, so nothing was started: try "
+        "again when a call ends. Operators: add workers or machines, or raise "
+        "VTELLER_WORKER_MAX_SESSIONS if the media benchmark shows this machine carries more "
+        "(docs/deployment.md, Capacity).",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
 
 
 class WorkerRegistry:
@@ -45,6 +64,9 @@ class WorkerRegistry:
         )
         self._url = settings.worker_url
         self.worker_id = ""
+        self.max_sessions = settings.worker_max_sessions
+        # Open sessions the database places on this worker, as of its last heartbeat (/metrics).
+        self.open_sessions = 0
         self._task: asyncio.Task[None] | None = None
 
     async def check_url(self) -> None:
@@ -84,6 +106,7 @@ class WorkerRegistry:
                 pid=os.getpid(),
                 started_at=now,
                 heartbeat_at=now,
+                max_sessions=self.max_sessions,
             )
             db.add(worker)
         self.worker_id = worker.id
@@ -98,25 +121,51 @@ class WorkerRegistry:
             )
 
     async def place(self) -> str:
-        """The live worker with the fewest open sessions (this one when it is the only one)."""
+        """The live worker with the fewest open sessions, one with room first (this one when it
+        is the only one). Sessions of a dead worker are moved this way even when every worker is
+        full: they are calls in progress, and a worker that is gone would host them nowhere."""
         async with self._db() as db:
-            now = await _database_now(db)
-            load = (
-                select(CallSession.worker_id, func.count().label("open"))
-                .where(CallSession.state.in_(OPEN_STATES))
-                .group_by(CallSession.worker_id)
-                .subquery()
-            )
-            query = (
-                select(Worker.id)
-                .outerjoin(load, load.c.worker_id == Worker.id)
-                .where(self._live(now))
-                # Random among equals: invitations created at the same moment see the same load.
-                .order_by(func.coalesce(load.c.open, 0), Worker.peers, func.random())
-                .limit(1)
-            )
-            chosen = await db.scalar(query)
+            chosen = await db.scalar(self._least_loaded(await _database_now(db)))
         return chosen or self.worker_id
+
+    async def check_room(self) -> None:
+        """Refuse (capacity_full) when every live worker is full, before the caller logs or
+        takes anything; `admit` decides, this only spares the common case the work."""
+        async with self._db() as db:
+            if await db.scalar(self._least_loaded(await _database_now(db), room_only=True)) is None:
+                raise capacity_full()
+
+    async def admit(self, db: DbSession) -> str:
+        """The least-loaded live worker with room for one more session, chosen as the first
+        step of the caller's transaction, which records the session there.
+
+        The choice and the session's insert are one step for every worker on the database: two
+        placements at the same moment see each other's sessions, so they never both take a
+        worker's last slot. Raises capacity_full when every live worker is full.
+        """
+        await exclusive(db, PLACEMENT_LOCK)
+        chosen = await db.scalar(self._least_loaded(await _database_now(db), room_only=True))
+        if chosen is None:
+            raise capacity_full()
+        return chosen
+
+    def _least_loaded(self, now: datetime, *, room_only: bool = False) -> Select[str]:
+        load = (
+            select(CallSession.worker_id, func.count().label("open"))
+            .where(CallSession.state.in_(OPEN_STATES))
+            .group_by(CallSession.worker_id)
+            .subquery()
+        )
+        open_sessions = func.coalesce(load.c.open, 0)
+        room = (Worker.max_sessions == 0) | (open_sessions < Worker.max_sessions)
+        return (
+            select(Worker.id)
+            .outerjoin(load, load.c.worker_id == Worker.id)
+            .where(self._live(now) & room if room_only else self._live(now))
+            # Random among equals: invitations created at the same moment see the same load.
+            .order_by(case((room, 0), else_=1), open_sessions, Worker.peers, func.random())
+            .limit(1)
+        )
 
     async def claim(self, session_id: str) -> str | None:
         """Host `session_id` here unless a live worker has it; returns that worker's URL then."""
@@ -173,6 +222,15 @@ class WorkerRegistry:
                             sessions=len(self._rooms),
                             peers=self._rooms.peer_count(),
                         )
+                    )
+                    self.open_sessions = (
+                        await db.scalar(
+                            select(func.count()).where(
+                                CallSession.worker_id == self.worker_id,
+                                CallSession.state.in_(OPEN_STATES),
+                            )
+                        )
+                        or 0
                     )
                 await self.recover_dead()
                 await self._rooms.reconcile(self.worker_id)

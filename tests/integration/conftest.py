@@ -10,7 +10,7 @@ from server.auth import passwords
 # Modules whose tests run twice, on SQLite and on a PostgreSQL database of their own (those that
 # use the `server` fixture): the behaviour that rests on the database, i.e. single-use and
 # compare-and-set claims, uniqueness, ordering and paging, search, time windows, and the text
-# each database refuses.
+# each database refuses, and the capacity a placement checks.
 BOTH_DATABASES = frozenset(
     {
         "test_http_api",
@@ -21,6 +21,7 @@ BOTH_DATABASES = frozenset(
         "test_audit_log",
         "test_audit_refusals",
         "test_bad_input",
+        "test_worker_capacity",
     }
 )
 

@@ -221,6 +221,9 @@ async def test_auditor_finds_verifies_plays_exports_and_holds(
         assert got.headers["Content-Length"] == str(download["bytes"])
         assert f'filename="{download["filename"]}"' in got.headers["Content-Disposition"]
         assert got.headers["X-Content-SHA256"] == download["sha256"]
+        # Streamed from its handler, it carries the security headers all the same.
+        assert got.headers["X-Content-Type-Options"] == "nosniff"
+        assert "frame-ancestors 'none'" in got.headers["Content-Security-Policy"]
         package_zip = await got.read()
     assert hashlib.sha256(package_zip).hexdigest() == download["sha256"]
     await auditor.call("GET", download["url"], expect=404)  # once only

@@ -132,11 +132,16 @@ ABSURD_QUERIES = [
 @pytest.fixture
 async def server(tmp_path: Path, database: str) -> AsyncIterator[RunningServer]:
     # Every route's principals include a queue ticket from 127.0.0.1: more than the public
-    # queue's per-address limits allow; the signaling part sends over 50 messages a second.
+    # queue's per-address limits allow; the signaling part sends over 50 messages a second, and
+    # the sweep opens more sessions than a worker carries calls (worker_max_sessions).
     queue = QueueConfig(tickets_per_address=10_000, requests_per_address=100_000)
     async with database_url(database) as url:
         settings = support.test_settings(
-            tmp_path, database_url=url, queue=queue, ws_max_messages_per_second=10_000
+            tmp_path,
+            database_url=url,
+            queue=queue,
+            ws_max_messages_per_second=10_000,
+            worker_max_sessions=0,
         )
         async with running_server(settings) as running:
             yield running

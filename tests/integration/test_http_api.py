@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from http.cookies import SimpleCookie
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -17,9 +18,11 @@ from yarl import URL
 
 from server import __version__
 from server.auth.principal import Role
-from server.auth.service import CUSTOMER_COOKIE, STAFF_COOKIE
-from server.db.models import Invitation, User, utcnow
-from tests.support.server import PASSWORD, ApiClient, RunningServer
+from server.auth.service import CUSTOMER_COOKIE, DEVICE_COOKIE, STAFF_COOKIE
+from server.db.engine import session_factory
+from server.db.models import AuditEntry, Invitation, User, utcnow
+from tests.support import server as support
+from tests.support.server import PASSWORD, ApiClient, RunningServer, running_server
 
 EVIL = "https://evil.example"
 
@@ -166,7 +169,16 @@ async def test_login_sets_an_httponly_strict_cookie(server: RunningServer) -> No
     assert len(reply.body["csrf_token"]) >= 43
 
     cookies = reply.set_cookies()
-    assert set(cookies) == {STAFF_COOKIE}
+    assert set(cookies) == {STAFF_COOKIE, DEVICE_COOKIE}
+    # The browser's device cookie: sent to the login only, never readable by scripts.
+    device = cookies[DEVICE_COOKIE]
+    assert (device["httponly"], device["samesite"], device["path"]) == (
+        True,
+        "Strict",
+        "/api/v1/auth/login",
+    )
+    assert int(device["max-age"]) == 90 * 24 * 3600
+    assert len(device.value) >= 43 and device.value != cookies[STAFF_COOKIE].value
     cookie = cookies[STAFF_COOKIE]
     assert cookie["httponly"] is True
     assert cookie["samesite"] == "Strict"
@@ -224,6 +236,93 @@ async def test_login_is_throttled_after_five_failures(server: RunningServer) -> 
         client, "POST", "/api/v1/auth/login", {"username": "teller2", "password": PASSWORD}
     )
     assert other.status == 200
+
+
+async def test_cookies_are_secure_when_the_public_url_is_https(tmp_path: Path) -> None:
+    """Browsers reach an https:// public URL through TLS: the credentials must never be sent
+    over plain HTTP, even where cookie_secure was forgotten."""
+    settings = support.test_settings(tmp_path, public_url="https://video.bank.example")
+    assert not settings.cookie_secure
+    async with running_server(settings) as server:
+        await server.user("teller1", Role.TELLER)
+        # Through the loopback port (no TLS there): the proxy in front is left out.
+        loopback = f"http://{settings.host}:{settings.port}"
+        client, customer = ApiClient(loopback), ApiClient(loopback)
+        server.clients += [client, customer]
+        right = {"username": "teller1", "password": PASSWORD}
+        login = await send(client, "POST", "/api/v1/auth/login", right)
+        assert login.status == 200, login
+        # A Secure cookie is not sent over http://, by aiohttp as by browsers: sent by hand.
+        staff_cookie = f"{STAFF_COOKIE}={login.set_cookies()[STAFF_COOKIE].value}"
+        created = await send(
+            client,
+            "POST",
+            "/api/v1/invitations",
+            {"business": "wealth"},
+            csrf=login.body["csrf_token"],
+            headers={"Cookie": staff_cookie},
+        )
+        assert created.status == 201, created
+        token = created.body["invitation_url"].rsplit("/", 1)[1]
+        joined = await send(customer, "POST", f"/api/v1/join/{token}")
+        assert joined.status == 200, joined
+        cookies = login.set_cookies() | joined.set_cookies()
+    assert set(cookies) == {STAFF_COOKIE, DEVICE_COOKIE, CUSTOMER_COOKIE}
+    assert all(cookie["secure"] for cookie in cookies.values()), cookies
+
+
+async def test_guesses_from_elsewhere_never_lock_a_teller_out_of_their_own_browser(
+    server: RunningServer,
+) -> None:
+    """Anyone can send a teller's name with wrong passwords until the account is throttled,
+    and go on doing so; the browser the teller logged in with before is throttled apart."""
+    await server.user("teller1", Role.TELLER)
+    await server.user("teller2", Role.TELLER)
+    right = {"username": "teller1", "password": PASSWORD}
+    browser = server.client()
+    first = await send(browser, "POST", "/api/v1/auth/login", right)
+    assert first.status == 200 and DEVICE_COOKIE in first.set_cookies()
+    out = await send(browser, "POST", "/api/v1/auth/logout", csrf=first.body["csrf_token"])
+    assert out.status == 200  # a logout leaves the device cookie: it is no login
+
+    attacker = server.client()
+    wrong = {"username": "teller1", "password": "wrong-password-123"}
+    for _ in range(5):
+        assert_error(
+            await send(attacker, "POST", "/api/v1/auth/login", wrong), 401, "invalid_credentials"
+        )
+    assert_error(await send(attacker, "POST", "/api/v1/auth/login", right), 429, "rate_limited")
+    # Neither a made-up device cookie nor a colleague's (a shared computer) is a way around it.
+    forged = server.client()
+    forged.http.cookie_jar.update_cookies(
+        {DEVICE_COOKIE: "x" * 43}, URL(server.url + "/api/v1/auth/login")
+    )
+    assert_error(await send(forged, "POST", "/api/v1/auth/login", right), 429, "rate_limited")
+    colleague = server.client()
+    theirs = {"username": "teller2", "password": PASSWORD}
+    assert (await send(colleague, "POST", "/api/v1/auth/login", theirs)).status == 200
+    assert_error(await send(colleague, "POST", "/api/v1/auth/login", right), 429, "rate_limited")
+
+    # The teller's own browser still logs in, keeps its device cookie, and is audited so.
+    again = await send(browser, "POST", "/api/v1/auth/login", right)
+    assert again.status == 200, again
+    assert DEVICE_COOKIE not in again.set_cookies()
+    async with session_factory(server.services.engine)() as db:
+        logins = await db.scalars(
+            select(AuditEntry.detail)
+            .where(AuditEntry.action == "auth.login", AuditEntry.target == "teller1")
+            .order_by(AuditEntry.seq)
+        )
+        assert list(logins) == [{"device": "new"}, {"device": "known"}]
+    # ...without lifting the lock on everyone else.
+    assert_error(await send(attacker, "POST", "/api/v1/auth/login", right), 429, "rate_limited")
+
+    # The device's own guesses are limited like the account's.
+    for _ in range(5):
+        assert_error(
+            await send(browser, "POST", "/api/v1/auth/login", wrong), 401, "invalid_credentials"
+        )
+    assert_error(await send(browser, "POST", "/api/v1/auth/login", right), 429, "rate_limited")
 
 
 async def test_passwords_are_taken_verbatim(server: RunningServer) -> None:

@@ -1,4 +1,5 @@
-"""A migrated SQLite database of vteller's schema, for tests of one service against it."""
+"""A migrated database of vteller's schema (SQLite, or a PostgreSQL one given), for tests of one
+service against it."""
 
 from __future__ import annotations
 
@@ -15,9 +16,12 @@ TELLER_ID = "u1"
 
 
 @asynccontextmanager
-async def migrated_database(path: Path) -> AsyncIterator[async_sessionmaker[DbSession]]:
-    """The database at `path`, migrated, with one teller (`TELLER_ID`) that sessions can name."""
-    engine = create_engine(f"sqlite+aiosqlite:///{path}")
+async def migrated_database(
+    path: Path, url: str = ""
+) -> AsyncIterator[async_sessionmaker[DbSession]]:
+    """The database at `url`, else SQLite at `path`, migrated, with one teller (`TELLER_ID`)
+    that sessions can name."""
+    engine = create_engine(url or f"sqlite+aiosqlite:///{path}")
     await migrate(engine)
     factory = session_factory(engine)
     async with factory() as session, session.begin():

@@ -232,6 +232,26 @@ async def test_success_resets_the_user_and_takes_back_its_own_attempt(
     await limiter.attempt("alice", "10.0.0.2")
 
 
+async def test_a_known_device_is_counted_apart_from_its_user_and_address(
+    database: async_sessionmaker[DbSession],
+) -> None:
+    clock = FakeClock()
+    limiter = throttle(database, clock, per_user=3, per_address=2)
+    for n in range(3):
+        await limiter.attempt("alice", f"203.0.113.{n}")
+    await refused(limiter, "alice", "10.0.0.1")  # anyone else is blocked...
+    # ...but not alice's own browser, and its success leaves the others' lock standing.
+    await limiter.succeeded(await limiter.attempt("alice", "10.0.0.1", device="d1"))
+    await refused(limiter, "alice", "10.0.0.2")
+    # Its failures do not count against the address either; its own limit is the user's.
+    for _ in range(3):
+        await limiter.attempt("alice", "203.0.113.0", device="d1")
+    with pytest.raises(Throttled):
+        await limiter.attempt("alice", "10.0.0.1", device="d1")
+    await limiter.attempt("bob", "203.0.113.0")  # the address's 2nd failure, not its 5th
+    await limiter.attempt("alice", "10.0.0.1", device="d2")
+
+
 async def test_retry_after_is_the_longest_of_both_limits(
     database: async_sessionmaker[DbSession],
 ) -> None:

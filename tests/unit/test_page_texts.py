@@ -28,6 +28,7 @@ def _texts() -> dict[str, dict[str, str]]:
     "key",
     [
         "error.ticket_lost",
+        "error.capacity_full",
         "error.signature_not_in_recording",
         "error.recording_not_stored",
         "error.recording_not_verified",

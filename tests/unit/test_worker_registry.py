@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 from sqlalchemy import event, insert, select, update
@@ -15,23 +15,10 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from server.db.engine import DbSession
 from server.db.models import CallSession, SessionEvent, Worker, utcnow
-from server.sfu.rooms import RoomRegistry
 from server.workers.registry import WorkerRegistry
 from tests.support import server as support
 from tests.support.database import TELLER_ID, migrated_database
-
-
-class _EmptyRooms:
-    """What the heartbeat reads of a worker's rooms; these tests host no media."""
-
-    def __len__(self) -> int:
-        return 0
-
-    def peer_count(self) -> int:
-        return 0
-
-    async def reconcile(self, worker_id: str) -> None:
-        pass
+from tests.support.workers import registered_worker
 
 
 @pytest.fixture
@@ -45,12 +32,8 @@ async def _worker(
     db: async_sessionmaker[DbSession], tmp_path: Path, port: int
 ) -> AsyncIterator[WorkerRegistry]:
     settings = support.test_settings(tmp_path, port=port, worker_heartbeat_seconds=60)
-    registry = WorkerRegistry(db, settings, cast(RoomRegistry, _EmptyRooms()))
-    await registry.start()
-    try:
+    async with registered_worker(db, settings) as registry:
         yield registry
-    finally:
-        await registry.stop()
 
 
 async def _add_session(

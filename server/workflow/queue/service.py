@@ -49,7 +49,7 @@ from server.db.models import (
     utcnow,
 )
 from server.errors import ApiError
-from server.sessions.store import SessionStore
+from server.sessions.store import Placement, SessionStore
 from server.workflow.queue.config import QueueConfig
 from server.workflow.queue.estimate import Estimate, HandlingTime, estimate, handling_time
 from server.workflow.queue.phone import normalize_mobile
@@ -488,7 +488,7 @@ class QueueService:
     # -- taking and routing ------------------------------------------------------------------
 
     async def take_next(
-        self, teller: Principal, worker_id: str | None, address: str | None
+        self, teller: Principal, workers: Placement | None, address: str | None
     ) -> Taken:
         state = await self.teller(teller.user_id or "")
         if state.status == "in_call":
@@ -509,6 +509,9 @@ class QueueService:
         ticket = await self._claim(state)
         session_id, expires_at = new_id("s"), utcnow() + self._invitation_ttl
         try:
+            if workers is not None:
+                # Every worker full: the customer keeps their place (below), nothing is logged.
+                await workers.check_room()
             # Logged before the session exists: a session opened first and then refused would
             # stay behind holding the ticket's link, and every later take of the ticket fail.
             await self._log(
@@ -529,7 +532,7 @@ class QueueService:
                 ticket.business,
                 "",
                 expires_at,
-                worker_id,
+                workers,
                 ticket.invitation_hash,
                 session_id,
                 via="queue",
