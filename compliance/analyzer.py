@@ -35,6 +35,7 @@ from compliance.matching import (
     best_affirmed,
     locate,
     locate_answer,
+    sounds,
     to_syllables,
 )
 from compliance.sales_script import Script, ScriptError, Speaker, render
@@ -406,11 +407,12 @@ def _align(
         heard_text = "".join(s.text for s in transcript.segments if s.start * SAMPLE_RATE < hi)
         prefix = ""
     # The margin weighs the expected text against another reading of the same audio. When the
-    # recogniser, free to write anything, heard exactly the expected text, there is no other
-    # reading (the margin is 0 by construction): that free reading is the confirmation, unless
-    # the text fits the audio hopelessly (a hallucination over noise), which a person weighs.
-    # A one-character answer such as 对 scores poorly without context even when right.
-    compared = _spoken(heard_text) != _spoken(expected)
+    # recogniser, free to write anything, heard the expected text's very sounds, there is no
+    # other reading: that free reading is the confirmation, unless the text fits the audio
+    # hopelessly (a hallucination over noise), which a person weighs. The same sounds, not the
+    # same characters: Whisper now and then writes Traditional characters despite its prompt,
+    # and a one-character 对 scores poorly against the 對 it wrote, even when right.
+    compared = sounds(heard_text) != sounds(expected)
     heard_mean = recognizer.score(window, heard_text, prefix).mean_logprob() if compared else mean
     margin = mean - heard_mean
     state: Literal["confirmed", "uncertain", "contradicted"] = "uncertain"

@@ -164,6 +164,15 @@ def to_syllables(text: str) -> Syllables:
     return Syllables(text, tuple(syllables), tuple(positions), tuple(clauses))
 
 
+@lru_cache(maxsize=4096)
+def sounds(text: str) -> tuple[str, ...]:
+    """Toned pinyin of a text's letters and digits, punctuation dropped: the same for one word in
+    Traditional and Simplified characters (對/对) and for exact homophones, different for what the
+    ear tells apart (被 bèi / 本 běn, 买 mǎi / 卖 mài)."""
+    spoken = "".join(c for c in text if c.isalnum())
+    return tuple(reading.lower() for reading in lazy_pinyin(spoken, style=Style.TONE3))
+
+
 # Initials after fold(): zh/ch/sh are already z/c/s.
 _INITIALS = (
     "b",

@@ -204,28 +204,21 @@ async def turn_client(
     address = (server.host, server.port)
     transport: asyncio.BaseTransport
     client: TurnClientProtocol
+    credentials: dict[str, Any] = {
+        "username": username,
+        "password": password,
+        "lifetime": ALLOCATION_SECONDS,
+        "channel_refresh_time": ALLOCATION_SECONDS,
+    }
     if server.transport == "udp":
         transport, client = await loop.create_datagram_endpoint(
-            lambda: TurnClientUdpProtocol(
-                address,
-                username=username,
-                password=password,
-                lifetime=ALLOCATION_SECONDS,
-                channel_refresh_time=ALLOCATION_SECONDS,
-            ),
-            remote_addr=address,
+            lambda: TurnClientUdpProtocol(address, **credentials), remote_addr=address
         )
     else:
         if server.tls and tls is None:
             tls = await asyncio.to_thread(ssl.create_default_context)  # reads the trust store
         transport, client = await loop.create_connection(
-            lambda: TurnClientTcpProtocol(
-                address,
-                username=username,
-                password=password,
-                lifetime=ALLOCATION_SECONDS,
-                channel_refresh_time=ALLOCATION_SECONDS,
-            ),
+            lambda: TurnClientTcpProtocol(address, **credentials),
             server.host,
             server.port,
             ssl=tls if server.tls else None,

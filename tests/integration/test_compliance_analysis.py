@@ -191,7 +191,10 @@ async def test_a_call_read_as_scripted_passes_its_marked_moments(
     assert _heard(moments["consent"], "customer")
     start, end = moments["risk_disclosure"]["span_ms"]
     teller_line = moments["risk_disclosure"]["lines"][0]
-    assert all(start <= s["start_ms"] and s["end_ms"] <= end for s in teller_line["transcript"])
+    # A moment keeps the words centred in its span (compliance/asr.py, Segment.within): a word
+    # under its end mark may reach past it by up to half its length.
+    assert teller_line["transcript"]
+    assert all(start <= (s["start_ms"] + s["end_ms"]) / 2 < end for s in teller_line["transcript"])
     assert teller_line["speech_ms"] >= teller_line["min_ms"] == 6000
     # Both faces on camera throughout.
     for moment in ("consent", "risk_disclosure"):

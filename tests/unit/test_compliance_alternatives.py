@@ -6,6 +6,7 @@ import numpy as np
 
 from compliance.analyzer import check_line
 from compliance.asr import SAMPLE_RATE, Alignment, Audio, Segment, TokenScore
+from compliance.matching import sounds
 from compliance.sales_script import load_script
 
 
@@ -54,3 +55,13 @@ def test_no_answer_the_audio_confirms_still_needs_review() -> None:
     assert decision == "needs_review"
     assert reasons == ("the audio fits the expected text only weakly",)
     assert aligned == "是我本人"  # the report shows the first choice's evidence
+
+
+def test_an_answer_heard_in_traditional_characters_is_the_same_answer() -> None:
+    # Whisper wrote the whole call in Traditional characters (a CI run of the Chromium whole
+    # sale): 是我本人 heard as 是我被人 fits weakly, and 对 was scored against the 對 it wrote.
+    recognizer = _Recognizer("對，是我被人。")
+    decision, reasons, aligned = _check(recognizer)
+    assert (decision, reasons, aligned) == ("pass", (), "对")
+    # Other sounds stay another reading: 被 is not 本.
+    assert sounds("對，是我被人。") == sounds("对是我被人") != sounds("对，是我本人")
