@@ -134,6 +134,9 @@ class CallSession(Base):
     """One video session between a teller and a customer (and possibly experts, observers)."""
 
     __tablename__ = "sessions"
+    # Placement and every worker's heartbeat count the open sessions per worker; ended ones
+    # accumulate for years.
+    __table_args__ = (Index("ix_sessions_state_worker", "state", "worker_id"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: new_id("s"))
     business: Mapped[str] = mapped_column(String(16))
