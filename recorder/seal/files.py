@@ -18,26 +18,35 @@ def ensure_private_dir(path: Path) -> None:
 
 
 def create_private_file(path: Path, data: bytes) -> None:
-    """Write a new 0600 file; fail with FileExistsError rather than replace an existing one.
-
-    O_EXCL makes "never overwrite" hold even when two processes race to create the same key.
-    """
+    """Write a new 0600 file; fail with FileExistsError rather than replace an existing one."""
     ensure_private_dir(path.parent)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
+    create_file(path, data, PRIVATE_FILE_MODE)
+
+
+def create_file(path: Path, data: bytes, mode: int) -> None:
+    """Write a new file with exactly `mode`; FileExistsError rather than replace an existing one.
+
+    The file appears whole or not at all: written aside, then linked into place, which fails if
+    the name exists. Workers start together, and one that found the name taken reads the file at
+    once: created in place, it could read a key half written.
+    """
+    staging = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
-        # The umask may have removed bits, never added them; fchmod makes the mode exact anyway.
-        os.fchmod(fd, PRIVATE_FILE_MODE)
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
+        try:
+            # The umask may have removed bits, never added them; fchmod makes the mode exact.
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.link(staging, path)
+    finally:
         with contextlib.suppress(OSError):
-            path.unlink()
-        raise
-    os.close(fd)
+            staging.unlink()
     _fsync_dir(path.parent)
 
 
@@ -62,15 +71,12 @@ def _new_token() -> str:
 def generated_secret(path: Path, generate: Callable[[], str] = _new_token) -> str:
     """The secret text in `path`, generated there (0600) by `generate` first if there is none.
 
-    Workers start together: the file appears atomically (written aside, then linked into place,
-    which fails if another worker got there first), so all of them read the same secret.
+    Workers start together: the file appears whole (create_file), and a worker that finds it
+    made by another reads theirs, so all of them read the same secret.
     """
     if not path.exists():
-        staging = path.with_name(f".{path.name}.{os.getpid()}")
-        create_private_file(staging, generate().encode())
         with contextlib.suppress(FileExistsError):
-            os.link(staging, path)
-        staging.unlink()
+            create_private_file(path, generate().encode())
     if not is_private(path):
         raise PermissionError(f"{path} is readable by others; chmod 600 it")
     token = path.read_text().strip()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from contextlib import suppress
 from pathlib import Path
 
@@ -11,7 +10,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from recorder.seal.digest import sha256_hex
-from recorder.seal.files import create_private_file, is_private
+from recorder.seal.files import create_file, create_private_file, is_private
 
 SIGNATURE_SIZE = 64
 KEY_ID_HEX_CHARS = 16
@@ -123,11 +122,8 @@ def write_public_key(directory: Path, public_key_pem: bytes) -> Path:
     path = directory / f"{public_key_id(public_key_pem)}.pem"
     directory.mkdir(parents=True, exist_ok=True)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        create_file(path, public_key_pem, 0o644)  # public: anyone may verify with it
     except FileExistsError:
         if path.read_bytes() != public_key_pem:
             raise FileExistsError(f"{path} exists and holds a different key") from None
-        return path
-    with os.fdopen(fd, "wb") as file:
-        file.write(public_key_pem)
     return path
