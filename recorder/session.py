@@ -182,7 +182,10 @@ class RecordingSession:
         self._tasks: asyncio.Queue[Callable[[], Awaitable[None]] | None] = asyncio.Queue()
         # Why the last spool, journal or chain write failed, while it is being retried (None: all
         # well).
-        self.last_store_error: str | None = None
+        self._store_error: str | None = None
+        # Set while one of the recording's own writes (not the seal's, which has its patience)
+        # is being retried: a stop then waits for an operator, and its caller need not.
+        self._held_back = asyncio.Event()
         # Bytes of sealed segments not yet spooled, and since when (media ms) the media has been
         # dropped because they grew beyond MAX_BACKLOG_BYTES (None: recording).
         self._backlog_bytes = 0
@@ -355,6 +358,31 @@ class RecordingSession:
     @property
     def pending_segments(self) -> int:
         return self._context.spool.pending_count
+
+    @property
+    def last_store_error(self) -> str | None:
+        """Why a spool, journal or chain write is being retried, for the teller (None: all well)."""
+        error = self._store_error
+        if error is None:
+            return None
+        if self.state == "sealing":
+            # Stopped: the teller needs to know that it is safe, and what it waits for.
+            return (
+                f"{error}; the recording has stopped and is kept on this server meanwhile: it "
+                "is sealed and archived as soon as this succeeds"
+            )
+        if self._paused_since_ms is not None:
+            return (
+                f"{error}; the recording is paused meanwhile (nothing is recorded until then, "
+                "and the manifest says so)"
+            )
+        return error
+
+    async def held_back(self) -> None:
+        """Return once a spool or journal write of the recording is being retried (at once if
+        one is): a `stop()` begun meanwhile finishes only when it succeeds, however long the
+        disk stays full, and the caller may leave it to finish on its own."""
+        await self._held_back.wait()
 
     async def stop(
         self, status: str = "complete", *, patience: float = SEAL_PATIENCE_SECONDS
@@ -565,15 +593,12 @@ class RecordingSession:
                     isinstance(exc, _PERMANENT) or time.monotonic() + delay > deadline
                 ):
                     raise
-                self.last_store_error = (
+                self._store_error = (
                     f"cannot {what}: {exc}; {fix} (retrying every "
                     f"{STORE_RETRY_MAX_SECONDS:.0f} s at most)"
                 )
-                if self._paused_since_ms is not None:
-                    self.last_store_error += (
-                        "; the recording is paused meanwhile (nothing is recorded until then, "
-                        "and the manifest says so)"
-                    )
+                if within is None:
+                    self._held_back.set()
                 self._on_change()
                 log.warning(
                     "recording_store_failed_will_retry",
@@ -585,8 +610,10 @@ class RecordingSession:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, STORE_RETRY_MAX_SECONDS)
                 continue
-            if self.last_store_error is not None:
-                self.last_store_error = None
+            if within is None:
+                self._held_back.clear()
+            if self._store_error is not None:
+                self._store_error = None
                 self._on_change()
             return result
 

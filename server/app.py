@@ -23,8 +23,10 @@ from server.api import (
     transaction_routes,
     webhook_routes,
 )
+from server.api.access import refusals_noted
 from server.api.forwarded import forwarded_client
 from server.api.middleware import json_errors, security_headers, unnameable_paths
+from server.audit.denials import Denials
 from server.audit.log import AuditLog
 from server.auditor.service import AuditorPortal
 from server.auth.ratelimit import LoginThrottle
@@ -67,7 +69,7 @@ async def create_app(settings: Settings) -> web.Application:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     settings.data_dir.chmod(0o700)
     engine = create_engine(settings.effective_database_url)
-    await migrate(engine)
+    await migrate(engine, settings.data_dir / "keys")
     db = session_factory(engine)
     store = SessionStore(db)
 
@@ -125,6 +127,7 @@ async def create_app(settings: Settings) -> web.Application:
         rooms=rooms,
         workers=WorkerRegistry(db, settings, rooms),
         audit=audit,
+        denials=Denials(audit),
         identity=identity,
         analysis=analysis,
         auditor=auditor,
@@ -158,7 +161,7 @@ async def create_app(settings: Settings) -> web.Application:
     await check_deployment_keys(db, keys, local_keys)
     await services.workers.check_url()
 
-    middlewares: list[Middleware] = [json_errors, unnameable_paths]
+    middlewares: list[Middleware] = [json_errors, refusals_noted, unnameable_paths]
     if settings.trusted_proxies:
         middlewares.insert(0, forwarded_client(settings.trusted_proxies))
     app = web.Application(middlewares=middlewares, client_max_size=API_BODY_LIMIT)
@@ -181,6 +184,7 @@ async def create_app(settings: Settings) -> web.Application:
     app.on_response_prepare.append(security_headers)
     metrics = Metrics(rooms, services.workers)
     metrics.registry.register(RecordingCollector(recorder))
+    metrics.registry.register(services.denials)
     app.router.add_get(
         "/metrics",
         metrics_handler(metrics, metrics_token(settings.metrics_token, settings.data_dir)),

@@ -9,6 +9,7 @@ import asyncio
 import os
 import pwd
 import shlex
+import socket
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from server.settings import Settings
 
 Run = Callable[[argparse.Namespace, "Settings"], int]
+AUDIT_ACTOR_LENGTH = 64  # audit_log.actor
 
 
 def help_for(parser: argparse.ArgumentParser) -> Run:
@@ -105,6 +107,18 @@ def _user_name(uid: int) -> str:
         return f"#{uid}"  # no name: sudo -u takes the number in this form (quoted: # is a comment)
 
 
+def operator() -> str:
+    """Who runs this command, as the audit log's actor: `os:USER@HOST`, USER being the account
+    that ran sudo, if the command was run through it, followed by ` as ACCOUNT` it ran as (the
+    data directory's owner, usually, whose name alone would not say who it was). Attribution
+    for honest operators: whoever can reach the database could write any name."""
+    account = _user_name(os.geteuid())
+    sudo = os.environ.get("SUDO_USER")
+    who, suffix = (sudo, f" as {account}") if sudo and sudo != account else (account, "")
+    room = AUDIT_ACTOR_LENGTH - len(f"os:{who}@{suffix}")
+    return f"os:{who}@{socket.gethostname()[: max(room, 1)]}{suffix}"[:AUDIT_ACTOR_LENGTH]
+
+
 def run_reporting(body: Coroutine[Any, Any, int], errors: tuple[type[Exception], ...]) -> int:
     """Run `body`; an error of `errors` (an unreadable database, a missing key) exits 2."""
     try:
@@ -122,7 +136,7 @@ async def database(
     engine = create_engine(settings.effective_database_url)
     try:
         if migrated:
-            await migrate(engine)
+            await migrate(engine, settings.data_dir / "keys")
         yield session_factory(engine)
     finally:
         await engine.dispose()

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from server.audit.denials import Denials
 from server.audit.log import AuditLog
 from server.auditor.service import AuditorPortal
 from server.auth.service import AuthService
@@ -30,6 +31,7 @@ class Services:
     rooms: RoomRegistry
     workers: WorkerRegistry
     audit: AuditLog
+    denials: Denials
     identity: IdentityServices
     analysis: AnalysisJobs
     auditor: AuditorPortal

@@ -7,11 +7,12 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Histogram, Info, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from recorder.seal.files import generated_secret
+from server import __version__
 from server.auth.tokens import same
 from server.background import cancel_and_wait
 from server.sfu.rooms import RoomRegistry
@@ -66,6 +67,10 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_RoomCollector(rooms))
         self.registry.register(_CapacityCollector(workers))
+        # Here, behind the scrape token, rather than on the public /healthz.
+        Info("vteller_build", "The software this worker runs", registry=self.registry).info(
+            {"version": __version__}
+        )
         self.forwarding_delay = Histogram(
             "vteller_forwarding_delay_seconds",
             "Time from a frame's arrival at the SFU to its hand-over to a consumer's sender",

@@ -69,6 +69,12 @@ class ObjectLockMissingError(StoreConfigError):
     """The bucket exists but was created without Object Lock, so nothing in it can be retained."""
 
 
+class RetentionNotVerifiedError(StoreConfigError):
+    """An object was stored, but its retention read back is not the COMPLIANCE retention asked
+    for (a store that ignores the header, a proxy that strips it, an object already there under
+    GOVERNANCE): it could be deleted, so it does not count as archived."""
+
+
 class ArchiveUnavailableError(ArchiveStoreError):
     """The store could not be reached or answered with a server error: worth retrying later."""
 
@@ -94,8 +100,11 @@ class PutResult:
     sha256: str
     size: int
     retain_until: datetime
+    """The retain-until date read back from the store after the upload (not just the one asked
+    for): at least that date, in `retention_mode`."""
     created: bool
     """False when identical bytes were already there (a re-upload after a crash)."""
+    retention_mode: str = COMPLIANCE
 
 
 @dataclass(frozen=True)
@@ -249,7 +258,8 @@ class ArchiveBucket:
 
         Idempotent: if the same bytes are already there (a re-upload after a crash), nothing is
         written, and the existing retention is extended if it was shorter. Different bytes under
-        the same name raise `ArchiveConflictError`.
+        the same name raise `ArchiveConflictError`. Either way the retention is read back, and
+        anything but COMPLIANCE until at least `retain_until` raises `RetentionNotVerifiedError`.
         """
         return await self._run(lambda: self.put_sync(name, data, retain_until))
 
@@ -391,7 +401,11 @@ class ArchiveBucket:
             metadata={SHA256_METADATA: digest},
             retention=Retention(COMPLIANCE, retain_until),
         )
-        return PutResult(name, result.version_id, digest, len(data), retain_until, created=True)
+        # Read back, not trusted: a store that ignores the header, a proxy that strips it or a
+        # bucket default applied instead would leave a deletable object reported as archived.
+        # One more small request per object (about 1 ms against MinIO on loopback).
+        until = self._verified_retention(name, result.version_id, retain_until)
+        return PutResult(name, result.version_id, digest, len(data), until, created=True)
 
     def _existing_put_result(
         self, name: str, data: bytes, digest: str, retain_until: datetime, existing: Object
@@ -408,15 +422,45 @@ class ArchiveBucket:
                 f"{name} is already archived in {self._bucket} with different content "
                 f"(sha256 {stored_digest or 'unknown'}, ours {digest}); nothing was overwritten"
             )
-        current = self._retention_sync(name, version_id)
-        if current is None or current + _RETENTION_SLACK < retain_until:
+        mode, current = self._retention_state_sync(name, version_id)
+        refusal = None
+        if mode != COMPLIANCE or current is None or current + _RETENTION_SLACK < retain_until:
             # COMPLIANCE retention may be extended, never shortened: the first upload may have
-            # been made with an earlier date (or, outside vteller, without retention).
-            self._client.set_object_retention(
-                self._bucket, name, Retention(COMPLIANCE, retain_until), version_id=version_id
-            )
-            current = retain_until
+            # been made with an earlier date (or, outside vteller, without retention, or under
+            # GOVERNANCE, which the store may refuse to turn into COMPLIANCE without a bypass).
+            wanted = max(retain_until, current) if current is not None else retain_until
+            try:
+                self._client.set_object_retention(
+                    self._bucket, name, Retention(COMPLIANCE, wanted), version_id=version_id
+                )
+            except S3Error as exc:
+                refusal = f"{exc.code}: {exc.message}"
+        current = self._verified_retention(name, version_id, retain_until, refusal)
         return PutResult(name, version_id, digest, len(data), current, created=False)
+
+    def _verified_retention(
+        self,
+        name: str,
+        version_id: str | None,
+        retain_until: datetime,
+        refusal: str | None = None,
+    ) -> datetime:
+        """The retain-until date the store holds for `name`, if it is COMPLIANCE retention at
+        least until `retain_until`; RetentionNotVerifiedError, naming the fix, otherwise."""
+        mode, until = self._retention_state_sync(name, version_id)
+        if mode == COMPLIANCE and until is not None and until + _RETENTION_SLACK >= retain_until:
+            return until
+        found = "no retention" if until is None else f"{mode} retention until {until:{_TAG_TIME}}"
+        changing = f" (the store refused to change it: {refusal})" if refusal else ""
+        raise RetentionNotVerifiedError(
+            f"{name} reached bucket {self._bucket}, but its retention read back is {found}"
+            f"{changing} where COMPLIANCE until {retain_until:{_TAG_TIME}} was asked for, so it "
+            "could be deleted; it stays in the spool and is tried again. Check the bucket's "
+            "default retention (mc retention info --default), that the store keeps the Object "
+            "Lock headers of an upload and that no proxy in front of it strips them; an object "
+            "already under GOVERNANCE needs COMPLIANCE retention set on it by an account allowed "
+            "to bypass governance (mc retention set --bypass compliance; docs/deployment.md)."
+        )
 
     def get_sync(self, name: str, version_id: str | None = None) -> bytes:
         """Blocking `get`; call it from a thread."""
@@ -457,22 +501,35 @@ class ArchiveBucket:
         )
 
     def _retention_sync(self, name: str, version_id: str | None) -> datetime | None:
+        return self._retention_state_sync(name, version_id)[1]
+
+    def _retention_state_sync(
+        self, name: str, version_id: str | None
+    ) -> tuple[str | None, datetime | None]:
+        """(mode, retain-until) of one object version; (None, None) when it has no retention."""
         try:
             retention = self._client.get_object_retention(self._bucket, name, version_id=version_id)
         except S3Error as exc:
             if exc.code == "NoSuchObjectLockConfiguration":
-                return None
+                return None, None
             raise
         if retention is None or retention.retain_until_date is None:
-            return None
+            return None, None
         until: datetime = retention.retain_until_date
-        return until if until.tzinfo else until.replace(tzinfo=UTC)
+        return retention.mode, until if until.tzinfo else until.replace(tzinfo=UTC)
 
     def _set_legal_hold_sync(
         self, name: str, on: bool, reason: str | None, version_id: str | None
     ) -> None:
         if on:
             self._client.enable_object_legal_hold(self._bucket, name, version_id=version_id)
+            # Read back like retention: a hold the store did not keep must not be reported set.
+            if not self._client.is_object_legal_hold_enabled(self._bucket, name, version_id):
+                raise RetentionNotVerifiedError(
+                    f"the legal hold of {name} in bucket {self._bucket} reads back as off after "
+                    "it was set: check that the store keeps Object Lock legal holds and that no "
+                    "proxy in front of it drops the request"
+                )
         else:
             self._client.disable_object_legal_hold(self._bucket, name, version_id=version_id)
         # Keep other tags; record the reason of the hold that is now in force (none when cleared).

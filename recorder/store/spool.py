@@ -41,6 +41,7 @@ from recorder.store.config import StoreSettings
 from recorder.store.s3 import (
     ArchiveConflictError,
     ArchiveStoreError,
+    RetentionNotVerifiedError,
     StoreConfigError,
     check_object_name,
     describe_error,
@@ -357,6 +358,9 @@ class UploaderStatus:
     last_success_at: datetime | None
     retry_at: datetime | None
     """When the next attempt is due, while waiting after a failure."""
+    retention_mismatches: int = 0
+    """Uploads whose retention read back was not the COMPLIANCE retention asked for, since the
+    uploader started (each kept in the spool)."""
 
     @property
     def retry_in_seconds(self) -> float | None:
@@ -428,6 +432,7 @@ class Uploader:
         self._last_error_at: datetime | None = None
         self._last_success_at: datetime | None = None
         self._retry_at: datetime | None = None
+        self._retention_mismatches = 0
 
     @classmethod
     def from_settings(cls, spool: Spool, bucket: UploadTarget, settings: StoreSettings) -> Uploader:
@@ -516,6 +521,7 @@ class Uploader:
             last_error_at=self._last_error_at,
             last_success_at=self._last_success_at,
             retry_at=self._retry_at,
+            retention_mismatches=self._retention_mismatches,
         )
 
     # --- the task ------------------------------------------------------------------------------
@@ -536,6 +542,8 @@ class Uploader:
             except Exception as exc:
                 # Anything but a refusal of one object (handled in _upload) is retried: the store
                 # down or misconfigured, a full disk. Recordings stay safe in the spool meanwhile.
+                if isinstance(exc, RetentionNotVerifiedError):
+                    self._retention_mismatches += 1
                 if isinstance(exc, StoreConfigError):
                     # The bucket is gone or changed since it was checked (a store restored empty,
                     # a bucket made again by hand): checked again before the next upload, so it

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from server.api.middleware import Handler, logged_path
 from server.auth.principal import Principal, Role
 from server.auth.service import CUSTOMER_COOKIE, STAFF_COOKIE
 from server.auth.tokens import same
@@ -69,3 +70,44 @@ def check_origin(request: web.Request) -> None:
     allowed = {services(request).settings.origin, f"{request.scheme}://{request.host}"}
     if origin is not None and origin.rstrip("/") not in allowed:
         raise ApiError(403, "bad_origin", "Requests must come from this service's own pages.")
+
+
+async def note_refusal(
+    request: web.Request,
+    status: int,
+    code: str,
+    reason: str,
+    *,
+    method: str | None = None,
+    principal: Principal | None = None,
+) -> None:
+    """Count a 401 or 403, and audit an authorization refusal of a principal (access.denied).
+    `method`: the request's, or the type of a message refused inside a call; `principal`: the
+    one refused, when the request proves several and one was admitted (a call's).
+
+    Refused CSRF tokens and origins are counted, not audited: a page on another site can make a
+    logged-in browser send them, so they are not the principal's doing.
+    """
+    denials = services(request).denials
+    # Only principals already looked up: a refusal must not wait for (or fail on) the database.
+    found = [principal] if principal is not None else request.get(_PRINCIPALS)
+    if status == 403 and code == "forbidden" and found:
+        await denials.refused(
+            found[0],  # staff first: a staff login is what a probe of staff routes uses
+            method=method or request.method,
+            route=logged_path(request),
+            path_ids=request.match_info,
+            reason=reason,
+            address=request.remote,
+        )
+    elif status in (401, 403):
+        denials.count(status, code)
+
+
+@web.middleware
+async def refusals_noted(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        await note_refusal(request, exc.status, exc.code, exc.message)
+        raise

@@ -17,7 +17,7 @@ from recorder.seal.manifest import Manifest
 from server.api.access import require
 from server.api.bodies import ArchiveSearchBody, LegalHoldBody, parse
 from server.auditor.exporting import DOWNLOAD_SECONDS, PackageZip
-from server.auditor.idhash import IdNumberError
+from server.auditor.idhash import CardNameError, IdNumberError
 from server.auditor.index import SearchQuery
 from server.auditor.service import Actor, AuditorPortal, PortalError
 from server.auth.principal import Role
@@ -84,6 +84,8 @@ async def search(request: web.Request) -> web.Response:
         found = await _portal(request).search(actor, query)
     except IdNumberError as exc:
         raise ApiError(400, "invalid_request", f"id_number: {exc}") from exc
+    except CardNameError as exc:
+        raise ApiError(400, "invalid_request", f"customer_name: {exc}") from exc
     return web.json_response(
         {
             "archives": found.items,

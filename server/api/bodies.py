@@ -16,6 +16,7 @@ from pydantic import (
     model_validator,
 )
 
+from server.auth.passwords import MIN_PASSWORD_LENGTH
 from server.auth.principal import Role
 from server.errors import ApiError
 from server.nul import REFUSAL, nul_at
@@ -32,6 +33,9 @@ class _Strict(BaseModel):
 
 # Passwords are taken verbatim: whitespace is part of them (the CLI stores them as typed).
 _Password = Annotated[str, StringConstraints(strip_whitespace=False)]
+# A password an account is given (by the admin page, `vteller admin create-user` and
+# `reset-password`): what hash_password accepts, and not so long that hashing it is a burden.
+_NewPassword = Annotated[_Password, Field(min_length=MIN_PASSWORD_LENGTH, max_length=256)]
 
 
 class LoginBody(_Strict):
@@ -56,9 +60,13 @@ class ReviewBody(_Strict):
 
 class NewUserBody(_Strict):
     username: str = Field(min_length=2, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
-    password: _Password = Field(min_length=12, max_length=256)
+    password: _NewPassword
     display_name: str = Field("", max_length=64)
     role: Role
+
+
+class NewPasswordBody(_Strict):
+    password: _NewPassword
 
 
 class ArchiveSearchBody(_Strict):

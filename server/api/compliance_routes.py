@@ -9,6 +9,7 @@ from aiohttp import web
 from compliance.report import render_html
 from server.api.access import require
 from server.api.bodies import ReviewBody, parse
+from server.api.middleware import SELF_CONTAINED_POLICY
 from server.auth.principal import Principal, Role
 from server.context import services
 from server.db.models import ComplianceReport, ComplianceReview
@@ -103,7 +104,11 @@ async def report_json(request: web.Request) -> web.Response:
 
 @routes.get("/api/v1/archives/{archive_id}/report.html")
 async def report_html(request: web.Request) -> web.Response:
-    return web.Response(text=render_html(await _report(request)), content_type="text/html")
+    return web.Response(
+        text=render_html(await _report(request)),
+        content_type="text/html",
+        headers={"Content-Security-Policy": SELF_CONTAINED_POLICY},
+    )
 
 
 @routes.get("/api/v1/reviews")

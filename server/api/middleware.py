@@ -85,6 +85,24 @@ async def unnameable_paths(request: web.Request, handler: Handler) -> web.Stream
         raise
 
 
+# Styles come from the pages' CSS files only (style attributes and <style> blocks are refused);
+# scripts set styles through element.style, which a policy does not govern. connect-src allows
+# any ws:/wss: origin because a session's signaling may be on another worker's origin (ws_url),
+# and a page cannot learn of a worker added after it loaded: a call moved there by a failover,
+# the usual case when machines are replaced one by one, would be refused its reconnection.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; "
+    "connect-src 'self' ws: wss:; style-src 'self'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
+# A self-contained page made on the server (the compliance report): its own inline styles, and
+# nothing else at all, no scripts in particular.
+SELF_CONTAINED_POLICY = (
+    "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'"
+)
+
+
 async def security_headers(_: web.Request, response: web.StreamResponse) -> None:
     """On every response as it is prepared, not in a middleware: answers no middleware returns
     (an HTTPException on a page or /metrics, a 404 of no route, a download streamed from its
@@ -92,11 +110,7 @@ async def security_headers(_: web.Request, response: web.StreamResponse) -> None
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Referrer-Policy", "no-referrer")
     response.headers.setdefault("X-Frame-Options", "DENY")
-    response.headers.setdefault(
-        "Content-Security-Policy",
-        "default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; "
-        "connect-src 'self' ws: wss:; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
-    )
+    response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
     response.headers.setdefault(
         "Permissions-Policy", "camera=(self), microphone=(self), display-capture=(self)"
     )

@@ -7,7 +7,6 @@ from pathlib import Path
 from aiohttp import web
 from sqlalchemy import text
 
-from server import __version__
 from server.context import services
 
 WEB_DIR = Path(__file__).resolve().parents[2] / "web"
@@ -53,6 +52,8 @@ async def queue_entry(_: web.Request) -> web.FileResponse:
 
 @routes.get("/healthz")
 async def health(request: web.Request) -> web.Response:
+    """For load balancers, so without a login: whether this worker and its database answer.
+    Never the version, which would tell anyone which exploits to try (it is on /metrics)."""
     try:
         async with services(request).engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
@@ -61,6 +62,6 @@ async def health(request: web.Request) -> web.Response:
         database = f"error: {type(exc).__name__}"
     healthy = database == "ok"
     return web.json_response(
-        {"status": "ok" if healthy else "degraded", "version": __version__, "database": database},
+        {"status": "ok" if healthy else "degraded", "database": database},
         status=200 if healthy else 503,
     )

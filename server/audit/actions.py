@@ -16,8 +16,20 @@ ACTIONS: dict[str, str] = {
     "auth.login_failed": "a login was refused: wrong credentials or throttled (target: username "
     "as typed; detail.reason)",
     "auth.logout": "a staff member logged out (actor: user id)",
+    "access.denied": "a logged-in staff member or customer was refused a route, or a message in "
+    "a call, by their role or by the object it names (target: the route's pattern; "
+    "detail.method (or the message's type), ids, reason, suppressed); at most one a minute per "
+    "principal, method and route on each worker",
     "admin.user_created": "a staff account was created (target: username; detail.user_id, "
     "detail.role, detail.via = api | cli)",
+    "admin.user_disabled": "an operator disabled a staff account and ended its logins (actor: "
+    "os:USER@HOST; target: username; detail.user_id, reason, logins_ended)",
+    "admin.user_enabled": "an operator let a disabled staff account log in again (target: "
+    "username; detail.user_id, disabled_reason)",
+    "admin.user_unlocked": "an operator cleared a staff account's login lock-out (target: "
+    "username; detail.user_id)",
+    "admin.password_reset": "an operator set a new password for a staff account, ending its "
+    "logins (target: username; detail.user_id)",
     "invitation.created": "a teller created a session and its customer link (target: session id)",
     "invitation.redeemed": "a customer opened the link and got their credential (actor: "
     "participant id; target: session id)",

@@ -1,9 +1,11 @@
-"""Keyed hashes of resident ID numbers, the only form in which the search index holds them.
+"""Keyed hashes of what the ID card says: the only form in which the search index can be
+searched by the customer's ID number or name.
 
 HMAC-SHA256 under a 32-byte key generated at first run into {data_dir}/keys/ (0600): without
-the key, a copy of the index can neither be searched for a number nor brute-forced (the space of
-valid numbers is small enough to enumerate for a plain hash). Format: docs/auditor.md section 2,
-test vector tests/vectors/auditor-idhash-v1.json.
+the key, a copy of the index can neither be searched for a number or name nor brute-forced (the
+space of valid numbers is small enough to enumerate for a plain hash, and so is a list of common
+names). Each kind has a context of its own. Format: docs/auditor.md section 2, test vector
+tests/vectors/auditor-idhash-v1.json.
 """
 
 from __future__ import annotations
@@ -22,11 +24,16 @@ KEY_FILE = "id-index-key.hex"
 KEY_SIZE = 32
 # Domain separation: the same key must never produce a hash that means something else.
 CONTEXT = b"vteller-id-number/1\x00"
+NAME_CONTEXT = b"vteller-card-name/1\x00"
 _NUMBER = re.compile(r"[0-9]{17}[0-9X]")
 
 
 class IdNumberError(ValueError):
     """Not something an 18-character resident ID number can be."""
+
+
+class CardNameError(ValueError):
+    """Nothing left of a name once its whitespace is removed."""
 
 
 def normalize(raw: str) -> str:
@@ -38,6 +45,16 @@ def normalize(raw: str) -> str:
             "an ID number has 17 digits followed by a digit or X (18 characters in all)"
         )
     return number
+
+
+def normalize_name(raw: str) -> str:
+    """The form a name is hashed in: NFKC (full-width letters), no whitespace, case-folded
+    (Latin names are printed in capitals on some cards). Traditional and Simplified characters
+    stay distinct: an exact name is what is searched, as the card spells it."""
+    name = "".join(unicodedata.normalize("NFKC", raw).split()).casefold()
+    if not name:
+        raise CardNameError("a name needs at least one character that is not a space")
+    return name
 
 
 def _new_key() -> str:
@@ -62,6 +79,13 @@ class IdNumberHasher:
             raise ValueError(f"{path} does not hold a {KEY_SIZE}-byte hex key") from exc
 
     def hash(self, raw: str) -> str:
+        return self._mac(CONTEXT + normalize(raw).encode("ascii"))
+
+    def hash_name(self, raw: str) -> str:
+        """The blind index of a name: equal for equal names (normalize_name), nothing more."""
+        return self._mac(NAME_CONTEXT + normalize_name(raw).encode("utf-8"))
+
+    def _mac(self, message: bytes) -> str:
         mac = hmac.HMAC(self._key, hashes.SHA256())
-        mac.update(CONTEXT + normalize(raw).encode("ascii"))
+        mac.update(message)
         return mac.finalize().hex()

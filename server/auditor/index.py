@@ -2,8 +2,9 @@
 
 Most of it is already in the database (archives, sessions, tellers, compliance reports, holds);
 this module adds the two things that are not: the customer's name and ID number as read from the
-ID card (the number only as a keyed hash, idhash.py), and the product (compliance script) from
-the archive's signed manifest, read from the store once the archive is there.
+ID card (the number only as a keyed hash, idhash.py; the name sealed and keyed-hashed, names.py),
+and the product (compliance script) from the archive's signed manifest, read from the store once
+the archive is there.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from recorder.seal.manifest import MANIFEST_OBJECT, ManifestError, parse_manifes
 from recorder.session import archive_prefix
 from recorder.store.s3 import ArchiveBucket, ArchiveStoreError
 from server.auditor.idhash import IdNumberHasher
+from server.auditor.names import CardNames, SealedName
 from server.background import cancel_and_wait
+from server.crypto.rows import SealedRow
 from server.db.engine import DbSession
 from server.db.models import (
     Archive,
@@ -95,6 +98,7 @@ class ArchiveIndex:
         self,
         db: async_sessionmaker[DbSession],
         hasher: IdNumberHasher,
+        names: CardNames,
         bucket: ArchiveBucket | None,
         *,
         page_size: int,
@@ -102,6 +106,7 @@ class ArchiveIndex:
     ) -> None:
         self._db = db
         self._hasher = hasher
+        self._names = names
         self._bucket = bucket  # None: the store is not configured, products stay unknown
         self._page_size = page_size
         self._wait_seconds = wait_seconds
@@ -110,16 +115,24 @@ class ArchiveIndex:
     # -- writing -------------------------------------------------------------------------------
 
     async def record_card(self, session_id: str, fields: dict[str, Any]) -> None:
-        """The front of the customer's ID card passed: index their name and (hashed) number."""
+        """The front of the customer's ID card passed: index their name (sealed and hashed) and
+        number (hashed)."""
         number = fields.get("id_number")
         name = fields.get("name")
         id_hash = self._hasher.hash(str(number)) if number else None
+        sealed: SealedName | None = None
+        if name:
+            sealed = await asyncio.to_thread(self._names.seal, session_id, str(name))
         async with self._db() as db, db.begin():
             entry = await db.get(ArchiveIndexEntry, session_id)
             if entry is None:
                 entry = ArchiveIndexEntry(session_id=session_id)
                 db.add(entry)
-            entry.card_name = str(name)[:64] if name else entry.card_name
+            if sealed is not None:
+                entry.name_hash = sealed.hash
+                entry.name_key_id = sealed.row.key_id
+                entry.name_wrapped_key = sealed.row.wrapped_key
+                entry.name_sealed = sealed.row.sealed
             entry.id_hash = id_hash or entry.id_hash
             entry.updated_at = utcnow()
 
@@ -202,8 +215,13 @@ class ArchiveIndex:
                 )
             )
         if query.customer_name:
-            names = (CallSession.customer_name, ArchiveIndexEntry.card_name)
-            conditions.append(or_(*_containing(query.customer_name, *names)))
+            # Exact names only: the card's is only in the index as a keyed hash (names.py).
+            conditions.append(
+                or_(
+                    CallSession.customer_name == query.customer_name.strip(),
+                    ArchiveIndexEntry.name_hash == self._names.hash(query.customer_name),
+                )
+            )
         if query.id_number:
             conditions.append(ArchiveIndexEntry.id_hash == self._hasher.hash(query.id_number))
         if query.business:
@@ -240,14 +258,34 @@ class ArchiveIndex:
                     .limit(self._page_size)
                 )
             ).all()
-        return SearchPage([_row_view(*row) for row in rows], total, query.page, self._page_size)
+        names = await asyncio.to_thread(self._open_names, [row[4] for row in rows])
+        items = [_row_view(*row, card_name=name) for row, name in zip(rows, names, strict=True)]
+        return SearchPage(items, total, query.page, self._page_size)
 
     async def entry(self, archive_id: str) -> dict[str, Any] | None:
         """One archive as the search shows it, or None if it is unknown or not sealed."""
         statement = self._query(SearchQuery()).where(Archive.id == archive_id)
         async with self._db() as db:
             row = (await db.execute(statement)).first()
-        return _row_view(*row) if row is not None else None
+        if row is None:
+            return None
+        [name] = await asyncio.to_thread(self._open_names, [row[4]])
+        return _row_view(*row, card_name=name)
+
+    def _open_names(self, entries: list[ArchiveIndexEntry | None]) -> list[str | None]:
+        """The card names of these rows, decrypted (CPU work and key file reads: in a thread)."""
+        return [
+            self._names.open(
+                entry.session_id,
+                SealedRow(entry.name_key_id, entry.name_wrapped_key, entry.name_sealed),
+            )
+            if entry is not None
+            and entry.name_key_id is not None
+            and entry.name_wrapped_key is not None
+            and entry.name_sealed is not None
+            else None
+            for entry in entries
+        ]
 
 
 def _row_view(
@@ -258,6 +296,8 @@ def _row_view(
     index: ArchiveIndexEntry | None,
     product: str | None,
     held: bool | None,
+    *,
+    card_name: str | None,
 ) -> dict[str, Any]:
     if report is None:
         compliance = "none"
@@ -275,7 +315,7 @@ def _row_view(
         "finalized_at": archive.finalized_at.isoformat() if archive.finalized_at else None,
         "teller": {"id": teller.id, "username": teller.username, "name": teller.display_name},
         "customer_name": session.customer_name,
-        "card_name": index.card_name if index is not None else None,
+        "card_name": card_name,
         "id_number_indexed": bool(index is not None and index.id_hash),
         "compliance": compliance,
         "legal_hold": bool(held),

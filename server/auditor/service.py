@@ -34,6 +34,7 @@ from server.auditor.exporting import (
 from server.auditor.holds import HoldError, LegalHolds
 from server.auditor.idhash import IdNumberHasher
 from server.auditor.index import ArchiveIndex, SearchPage, SearchQuery
+from server.auditor.names import CardNames
 from server.auditor.playback import (
     MB,
     PlaintextCollector,
@@ -81,9 +82,11 @@ class AuditorPortal:
     ) -> None:
         keys = data_dir / "keys"
         self.config = config
+        hasher = IdNumberHasher.open(keys)
         self.index = ArchiveIndex(
             db,
-            IdNumberHasher.open(keys),
+            hasher,
+            CardNames(keys, hasher),
             bucket,
             page_size=config.page_size,
             wait_seconds=config.index_wait_seconds,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 import structlog
@@ -228,6 +228,35 @@ class LoginThrottle:
                     )
                 )
             )
+
+    async def lockout(self, username: str, devices: Collection[str]) -> float:
+        """Seconds until the account `username`, or the slowest of its `devices` (digests of
+        their tokens), may try again; 0 when none of them is locked out."""
+        keys = [(_USER, username.lower()), *((_DEVICE, device) for device in devices)]
+        now = self._clock()
+        async with self._db() as db:
+            return max([await self._wait(db, kind, key, now) for kind, key in keys])
+
+    async def forget(self, username: str, devices: Collection[str]) -> int:
+        """An operator's unlock: the failures counted against the account `username` and its
+        `devices` are cleared, and so are the notes that their refusals were reported (a new
+        lock-out is logged again). The addresses' counts stay: everyone behind an address
+        shares them. Returns how many failures were cleared."""
+        keys = [(_USER, username.lower()), *((_DEVICE, device) for device in devices)]
+        async with self._db() as db, db.begin():
+            await _lock(db, keys)
+            cleared = await db.execute(
+                delete(LoginFailure).where(
+                    or_(*(and_(LoginFailure.kind == k, LoginFailure.key == v) for k, v in keys))
+                )
+            )
+            await db.execute(
+                delete(LoginFailure).where(
+                    LoginFailure.kind == _REPORTED,
+                    LoginFailure.key.in_([f"{k}:{v}" for k, v in keys]),
+                )
+            )
+        return int(cleared.rowcount)  # type: ignore[attr-defined]
 
     async def _refusal(self, db: DbSession, keys: Mapping[str, str], now: float) -> _Refusal | None:
         waits = {kind: await self._wait(db, kind, key, now) for kind, key in keys.items()}

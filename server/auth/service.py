@@ -97,8 +97,17 @@ class AuthService:
         ok = await asyncio.to_thread(
             verify_password, user.password_hash if user else None, password
         )
-        if user is None or not ok or not user.active:
+        if user is None or not ok:
             raise ApiError(401, "invalid_credentials", "Wrong username or password.")
+        if not user.active:
+            # Said only to someone who knows the password: a leaver, or a colleague whose
+            # account was disabled by mistake, learns whom to ask; a guesser learns nothing.
+            raise ApiError(
+                403,
+                "account_disabled",
+                "This account has been disabled. If you should still have access, ask your "
+                "administrator to enable it.",
+            )
         await self._throttle.succeeded(attempt)
         token, csrf = new_token(), new_token()
         new_device = None if known else new_token()

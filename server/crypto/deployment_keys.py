@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
+from typing import Protocol
 
 import structlog
 from sqlalchemy import select
@@ -30,7 +33,8 @@ log = structlog.get_logger(__name__)
 # The keyrings (one key per id) and single secrets that the service's data depends on. The
 # signing key is compared by its public key id: the manifests of every machine must verify with
 # the keys the auditors were given.
-KEYRINGS = ("keyring.json", "identity-keyring.json", "signature-keyring.json", "queue-keyring.json")
+IDENTITY_KEYRING = "identity-keyring.json"
+KEYRINGS = ("keyring.json", IDENTITY_KEYRING, "signature-keyring.json", "queue-keyring.json")
 SIGNING_KEY = "signing-key.pem"
 WEBHOOK_SECRET = "webhook-secret"
 # Held only by machines that relay browsers through TURN; one without TURN has nothing to compare.
@@ -43,19 +47,43 @@ class DeploymentKeysDiffer(StartRefused):
     """This machine's keys are not the deployment's; the message names the fix."""
 
 
+class RecordedKey(Protocol):
+    """A row of deployment_keys (the model, or a migration's plain row)."""
+
+    @property
+    def file(self) -> str: ...
+    @property
+    def key_id(self) -> str: ...
+    @property
+    def check_value(self) -> str: ...
+    @property
+    def hostname(self) -> str: ...
+    @property
+    def recorded_at(self) -> datetime: ...
+
+
+def keyring_check_values(keys_dir: Path, name: str) -> dict[KeyName, str]:
+    """The check values of the keyring file `name` (reads it: call off the event loop)."""
+    keyring = LocalKeyring.open(keys_dir / name)
+    return {(name, key_id): value for key_id, value in keyring.check_values().items()}
+
+
+def id_index_check_value(keys_dir: Path) -> dict[KeyName, str]:
+    index_key = (keys_dir / ID_INDEX_KEY_FILE).read_text(encoding="ascii").strip()
+    return {(ID_INDEX_KEY_FILE, ""): key_check_value(bytes.fromhex(index_key))}
+
+
 def local_check_values(
     keys_dir: Path, signing_key_id: str, webhook_secret: str, turn_secret: str | None = None
 ) -> dict[KeyName, str]:
     """The check values of the keys this worker uses (reads files: call off the event loop)."""
     values: dict[KeyName, str] = {}
     for name in KEYRINGS:
-        for key_id, value in LocalKeyring.open(keys_dir / name).check_values().items():
-            values[(name, key_id)] = value
+        values |= keyring_check_values(keys_dir, name)
     values[(SIGNING_KEY, "")] = signing_key_id
     # The secret actually used: a configured webhook secret rather than the generated file.
     values[(WEBHOOK_SECRET, "")] = key_check_value(webhook_secret.encode())
-    index_key = (keys_dir / ID_INDEX_KEY_FILE).read_text(encoding="ascii").strip()
-    values[(ID_INDEX_KEY_FILE, "")] = key_check_value(bytes.fromhex(index_key))
+    values |= id_index_check_value(keys_dir)
     if turn_secret is not None:
         values[(TURN_SECRET, "")] = key_check_value(turn_secret.encode())
     return values
@@ -70,14 +98,7 @@ async def check_deployment_keys(
     for _ in range(3):
         async with db() as session:
             recorded = list(await session.scalars(select(DeploymentKey)))
-        problems = [
-            _problem(row, local.get((row.file, row.key_id)))
-            for row in recorded
-            if local.get((row.file, row.key_id)) != row.check_value
-            and not (row.file == TURN_SECRET and (row.file, row.key_id) not in local)
-        ]
-        if problems:
-            raise DeploymentKeysDiffer(_message(keys_dir, problems, recorded))
+        refuse_other_keys(keys_dir, recorded, local)
         known = {(row.file, row.key_id) for row in recorded}
         new = [name for name in local if name not in known]
         if not new:
@@ -104,14 +125,28 @@ async def check_deployment_keys(
     )
 
 
-def _problem(row: DeploymentKey, mine: str | None) -> str:
+def refuse_other_keys(
+    keys_dir: Path, recorded: Sequence[RecordedKey], local: dict[KeyName, str]
+) -> None:
+    """Raise DeploymentKeysDiffer if a key of `recorded` is another one, or missing, in `local`."""
+    problems = [
+        _problem(row, local.get((row.file, row.key_id)))
+        for row in recorded
+        if local.get((row.file, row.key_id)) != row.check_value
+        and not (row.file == TURN_SECRET and (row.file, row.key_id) not in local)
+    ]
+    if problems:
+        raise DeploymentKeysDiffer(_message(keys_dir, problems, recorded))
+
+
+def _problem(row: RecordedKey, mine: str | None) -> str:
     what = f"{row.file} key {row.key_id}" if row.key_id else row.file
     if mine is None:
         return f"{what} is missing here"
     return f"{what} is another key here than on {row.hostname}"
 
 
-def _message(keys_dir: Path, problems: list[str], recorded: list[DeploymentKey]) -> str:
+def _message(keys_dir: Path, problems: list[str], recorded: Sequence[RecordedKey]) -> str:
     first = min(recorded, key=lambda row: row.recorded_at).hostname
     return (
         f"this machine's keys in {keys_dir} are not the deployment's ({'; '.join(problems)}). "

@@ -30,9 +30,10 @@ class SealedRow:
 
 
 class RowSealer:
-    def __init__(self, keyring_path: Path) -> None:
-        # Created at first run (0600), never overwritten: see LocalKeyring.open.
-        self._keyring = LocalKeyring.open(keyring_path, create=True)
+    def __init__(self, keyring_path: Path, *, create: bool = True) -> None:
+        # Created at first run (0600), never overwritten: see LocalKeyring.open. Without
+        # `create`, a missing keyring raises KeyringMissing.
+        self._keyring = LocalKeyring.open(keyring_path, create=create)
 
     def seal(self, row_id: uuid.UUID, aad: bytes, plaintext: bytes) -> SealedRow:
         """CPU work: call it from a thread."""

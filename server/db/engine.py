@@ -54,12 +54,16 @@ def alembic_config(url: str) -> Config:
     return config
 
 
-async def migrate(engine: AsyncEngine) -> None:
-    """Bring the schema to the newest revision (idempotent)."""
+async def migrate(engine: AsyncEngine, keys_dir: Path | None = None) -> None:
+    """Bring the schema to the newest revision (idempotent).
+
+    `keys_dir` is the deployment's keys directory, for migrations that seal data in clear until
+    then (0015); without it such a migration refuses, naming the fix, if there is any to seal."""
 
     def upgrade(sync_connection: object) -> None:
         config = alembic_config(str(engine.url))
         config.attributes["connection"] = sync_connection
+        config.attributes["keys_dir"] = keys_dir
         command.upgrade(config, "head")
 
     async with engine.begin() as connection:

@@ -66,6 +66,10 @@ class User(Base):
     password_hash: Mapped[str] = mapped_column(String(255))
     active: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Why and when an operator disabled the account (`vteller admin disable-user`), while it is;
+    # the audit log keeps every disable and enable.
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    disabled_reason: Mapped[str | None] = mapped_column(String(500), nullable=True)
 
 
 class StaffLogin(Base):
@@ -354,16 +358,21 @@ class AuditCheckpoint(Base):
 class ArchiveIndexEntry(Base):
     """What the auditor portal searches an archive by, beyond the archives/sessions tables.
 
-    The customer's ID number is only here as a keyed hash (HMAC-SHA256 under a key in
-    {data_dir}/keys/, server/auditor/idhash.py): a copy of the database cannot be searched for, or
-    reverse-searched into, ID numbers without that key. `card_name` is the name read from the ID
-    card (the invitation's customer_name is what the teller typed).
+    The customer's ID number and name as read from the ID card are only here as keyed hashes
+    (HMAC-SHA256 under a key in {data_dir}/keys/, server/auditor/idhash.py): a copy of the
+    database cannot be searched for, or reverse-searched into, numbers or names without that key.
+    The name is also sealed (`name_*`, per-row key wrapped by the identity keyring,
+    server/auditor/names.py) for the portal to show; the invitation's customer_name is what the
+    teller typed, in clear, to greet the customer.
     """
 
     __tablename__ = "archive_index"
 
     session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id"), primary_key=True)
-    card_name: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    name_hash: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    name_key_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    name_wrapped_key: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    name_sealed: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     id_hash: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 

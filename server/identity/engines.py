@@ -18,7 +18,6 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import date
 from pathlib import Path
 from typing import TypeVar
 
@@ -29,7 +28,7 @@ from server.identity.face import DenseLandmarks, FaceEngine
 from server.identity.face.match import MatchResult, live_faces, match
 from server.identity.liveness import Box, Challenge
 from server.identity.ocr import OcrEngine, Side
-from server.identity.ocr.reader import CardCheck, CardReading, assess, read_card
+from server.identity.ocr.reader import CardReading, read_card
 
 T = TypeVar("T")
 
@@ -194,13 +193,6 @@ class IdentityEngines:
         threshold: float | None = None,
     ) -> MatchResult:
         return await self._run(self.match, id_photo_image, live_image, engine, threshold)
-
-    async def check_card_async(
-        self, front: np.ndarray, back: np.ndarray | None, today: date
-    ) -> CardCheck:
-        f = await self.read_card_async(front, "front")
-        b = await self.read_card_async(back, "back") if back is not None else None
-        return assess(f, b, today)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)

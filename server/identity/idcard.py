@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
@@ -64,6 +64,7 @@ class Reason(StrEnum):
     EXPIRED = "expired"
     NOT_YET_VALID = "not_yet_valid"
     INVALID_VALIDITY = "invalid_validity"
+    SIDES_MISMATCH = "sides_mismatch"
     MISSING_FIELD = "missing_field"
     UNREADABLE = "unreadable"
 
@@ -196,6 +197,47 @@ def is_valid_id_number(raw: str) -> bool:
     return True
 
 
+def mask_id_number(number: str) -> str:
+    """What staff screens show of a number: the region (first 6) and the last 4, the common
+    practice of Chinese banks (110105********123X). The hidden middle of an 18-character
+    number is exactly the birth date, so screens that show this must not show the full birth
+    date beside it (`staff_card_fields`). A misread too short to hide anything between those
+    ends is hidden whole."""
+    if len(number) <= 10:
+        return "*" * len(number)
+    return number[:6] + "*" * (len(number) - 10) + number[-4:]
+
+
+# The administrative divisions an address starts with (province, city, county or district);
+# the street, building and room after them are hidden on staff screens.
+_ADDRESS_REGION_RE = re.compile(r"^.{1,12}?[区县旗]")
+_ADDRESS_SHOWN = 6
+
+
+def mask_address(address: str) -> str:
+    """北京市朝阳区建国路88号院3号楼 -> 北京市朝阳区****: up to the first county-level
+    division when it comes within 13 characters, else the first 6 characters, and never more
+    than half of what was read."""
+    region = _ADDRESS_REGION_RE.match(address)
+    shown = len(region[0]) if region else _ADDRESS_SHOWN
+    return address[: min(shown, len(address) // 2)] + "****"
+
+
+def staff_card_fields(fields: dict[str, str | bool]) -> dict[str, str | bool]:
+    """A card side's fields as staff screens get them: enough to compare the card in the
+    customer's hand with the customer (name, sex, birth year, validity), not to copy the
+    number or the home address. The full fields stay in the encrypted record, the auditor's
+    index and the auditor portal."""
+    shown = dict(fields)
+    if isinstance(number := fields.get("id_number"), str):
+        shown["id_number"] = mask_id_number(number)
+    if isinstance(address := fields.get("address"), str):
+        shown["address"] = mask_address(address)
+    if isinstance(birth := fields.get("birth_date"), str):
+        shown["birth_date"] = birth[:4]  # ISO date: the year
+    return shown
+
+
 def parse_printed_birth(text: str) -> date | None:
     """'1990年1月5日' -> date; None when it is not such a date."""
     m = _PRINTED_BIRTH_RE.match(text)
@@ -233,6 +275,41 @@ def _anniversaries(d: date, years: int) -> set[date]:
         return {d.replace(year=d.year + years)}
     except ValueError:  # 29 February in a common year
         return {d.replace(year=d.year + years, day=28), date(d.year + years, 3, 1)}
+
+
+# Resident ID Card Law art. 5: the term a card is issued for follows the holder's age in whole
+# years (周岁) on applying: 5 years under 16, 10 from 16 to 25, 20 from 26 to 45, 长期 from 46.
+# Term -> (from age, up to but not including age).
+_TERM_AGES: dict[int | str, tuple[int, int | None]] = {
+    5: (0, 16),
+    10: (16, 26),
+    20: (26, 46),
+    LONG_TERM: (46, None),
+}
+# The age is taken on applying, the printed period starts on the issue date, which art. 12 puts
+# within 60 days of the application (90 where travel is hard). Someone who applies just before
+# the birthday that moves them up keeps the younger term on a card issued after that birthday;
+# half a year is twice the statutory delay, room for offices that are late (docs/identity.md).
+ISSUE_DELAY_TOLERANCE = timedelta(days=183)
+# Hong Kong, Macao and Taiwan residents' residence permits (港澳台居民居住证) share the number
+# format but are issued for 5 years at any age: art. 5 does not apply to them.
+_PERMIT_PROVINCES = frozenset({"81", "82", "83"})
+
+
+def _term_years(start: date, end: date) -> int | None:
+    """The statutory term (5, 10 or 20 years) of a period; None when it is none of them."""
+    terms = (n for n in _TERM_AGES if isinstance(n, int))
+    return next((n for n in terms if end in _anniversaries(start, n)), None)
+
+
+def _issued_at_age(birth: date, start: date, from_age: int, to_age: int | None) -> bool:
+    """Whether a card starting on `start` can have been applied for by someone born on `birth`
+    at an age in [from_age, to_age). For a 29 February birth the birthday of a common year is
+    28 February or 1 March depending on who counts: the earlier one opens an age and the later
+    one closes it, so neither reckoning refuses a genuine card."""
+    if start < min(_anniversaries(birth, from_age)):
+        return False
+    return to_age is None or start <= max(_anniversaries(birth, to_age)) + ISSUE_DELAY_TOLERANCE
 
 
 def is_expired(valid_until: date | None, today: date) -> bool:
@@ -276,6 +353,7 @@ def check_card(front: IdCardFields, back: IdCardFields | None, today: date) -> l
         )
         return problems
     problems.extend(check_back(back, today))
+    problems.extend(check_sides(front, back))
     return problems
 
 
@@ -399,7 +477,7 @@ def check_back(back: IdCardFields, today: date) -> list[Problem]:
     end = back.valid_until
     # Cards are issued for 5, 10 or 20 years (Resident ID Card Law, art. 5) and end on the same
     # month and day; anything else is a misread or a forgery.
-    if end is not None and not any(end in _anniversaries(start, n) for n in (5, 10, 20)):
+    if end is not None and _term_years(start, end) is None:
         problems.append(
             _problem(
                 Reason.INVALID_VALIDITY,
@@ -427,3 +505,36 @@ def check_back(back: IdCardFields, today: date) -> list[Problem]:
             )
         )
     return problems
+
+
+def check_sides(front: IdCardFields, back: IdCardFields) -> list[Problem]:
+    """Whether the back's validity period can have been issued to the front's holder: the
+    term follows the holder's age (`_TERM_AGES`), so a back whose term does not fit the birth
+    date in the front's number belongs to another card, or was misread. Silent when either
+    side lacks what it needs: `check_front` and `check_back` report that."""
+    start = back.valid_from
+    if start is None or not front.id_number:
+        return []
+    try:
+        holder = parse_id_number(front.id_number)
+    except IdNumberError:
+        return []
+    if holder.province in _PERMIT_PROVINCES:
+        return []
+    term: int | str | None
+    if back.valid_until is not None:
+        term = _term_years(start, back.valid_until)
+    elif back.valid_long_term:
+        term = LONG_TERM
+    else:
+        return []
+    if term is None or _issued_at_age(holder.birth_date, start, *_TERM_AGES[term]):
+        return []
+    return [
+        _problem(
+            Reason.SIDES_MISMATCH,
+            "validity",
+            "国徽面与人像面不属于同一张身份证，请拍摄同一张身份证的两面",
+            "the two sides do not belong to one card; photograph both sides of the same card",
+        )
+    ]

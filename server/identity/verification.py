@@ -35,7 +35,15 @@ from server.audit import SYSTEM, AuditLog
 from server.auth.principal import Role
 from server.identity.engines import FaceObservation, IdentityEngines
 from server.identity.face.match import MESSAGES, Decision, MatchReason, MatchResult
-from server.identity.idcard import Problem, card_today, check_back, check_front
+from server.identity.idcard import (
+    IdCardFields,
+    Problem,
+    card_today,
+    check_back,
+    check_front,
+    check_sides,
+    staff_card_fields,
+)
 from server.identity.images import decode_image
 from server.identity.liveness import (
     CONTINUITY_THRESHOLDS,
@@ -274,7 +282,7 @@ class IdentityVerification:
         message.update(
             consent=self.consent,
             max_attempts=self._config.max_attempts,
-            fields=self._fields,
+            fields={side: staff_card_fields(f) for side, f in self._fields.items()},
             manual=self._manual,
         )
         return message
@@ -439,6 +447,13 @@ class IdentityVerification:
         if step in (Step.FACE, Step.LIVENESS) and self._front_image is None:
             raise ProtocolError(
                 "out_of_order", "Capture the front of the card first: its photo is needed.", ref
+            )
+        # The back's validity term must fit the holder's age, read from the front's number.
+        if step is Step.CARD_BACK and self.steps[Step.CARD_FRONT].status != "passed":
+            raise ProtocolError(
+                "out_of_order",
+                "Capture the front of the card first: the back is checked against it.",
+                ref,
             )
         used = await self._svc.records.attempts(self._session_id, step.value)
         if used >= self._config.max_attempts:
@@ -627,11 +642,12 @@ class IdentityVerification:
         if reading is None:
             return Outcome(False, [NO_CARD], {"error": NO_CARD.reason}, [])
         problems = reading_problems(reading, side)
-        problems += (
-            check_front(reading.fields, self._svc.today())
-            if side == "front"
-            else check_back(reading.fields, self._svc.today())
-        )
+        if side == "front":
+            problems += check_front(reading.fields, self._svc.today())
+        else:
+            problems += check_back(reading.fields, self._svc.today())
+            front = IdCardFields(id_number=self._fields["front"].get("id_number"))
+            problems += check_sides(front, reading.fields)
         fields = {
             k: v
             for k, v in reading.fields.to_dict().items()

@@ -213,8 +213,9 @@ class RecordingManager:
 
     @property
     def unsealed_count(self) -> int:
-        """Recordings stopped or recovered but not sealed yet (the manager retries them)."""
-        return len(self._unfinished) + sum(1 for r in self._recordings if r.stopped)
+        """Recordings stopped or recovered but not sealed yet: those the manager retries, and
+        those whose stop still waits for their disk (or is sealing just now)."""
+        return len(self._unfinished) + sum(1 for r in self._recordings if r.state == "sealing")
 
     @property
     def retrying_count(self) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from server.recording.manager import RecordingManager
@@ -18,7 +18,7 @@ class RecordingCollector(Collector):
     def __init__(self, recorder: RecordingManager) -> None:
         self._recorder = recorder
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         status = self._recorder.store_status()
         yield GaugeMetricFamily(
             "vteller_archive_pending_objects",
@@ -40,6 +40,12 @@ class RecordingCollector(Collector):
             "Objects the archive store refused for good, kept in the spool's rejected/ directory",
             status.rejected_count,
         )
+        yield CounterMetricFamily(
+            "vteller_archive_retention_mismatches",
+            "Uploads whose retention read back from the store was not the COMPLIANCE retention "
+            "asked for (kept in the spool; the bucket's configuration needs fixing)",
+            status.retention_mismatches,
+        )
         yield GaugeMetricFamily(
             "vteller_recordings_retrying_writes",
             "Live recordings whose spool, journal or chain write is being retried",
@@ -47,7 +53,8 @@ class RecordingCollector(Collector):
         )
         yield GaugeMetricFamily(
             "vteller_recordings_unsealed",
-            "Stopped or recovered recordings not sealed yet (retried every minute)",
+            "Stopped or recovered recordings not sealed yet (retried every minute), those whose "
+            "stop waits for their disk included",
             self._recorder.unsealed_count,
         )
         if self._recorder.free_bytes is not None:

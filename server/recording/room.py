@@ -213,7 +213,11 @@ class RoomRecording:
     async def stop(self, status: str = "complete", *, patience: float | None = None) -> None:
         """Seal the recording; `patience`: how long the seal may wait for the database or the
         disk (the recorder's default; 0 when the worker is stopping) before the manager is left
-        to finish it."""
+        to finish it.
+
+        Returns as soon as the recording is held back by its disk (full, or not writable): the
+        seal then goes on by itself once the disk takes the writes, while the teller, the call's
+        end and the room go on meanwhile, the state saying what it waits for."""
         recording = self._recording
         if recording is None or self.state != "recording":
             if self.state == "awaiting_consent":
@@ -228,6 +232,28 @@ class RoomRecording:
             except Exception:
                 log.exception("live_checks_stop_failed", archive_id=recording.archive_id)
         await self._announce()
+        sealing = asyncio.create_task(self._seal(recording, status, patience))
+        self._tasks.add(sealing)
+        sealing.add_done_callback(self._tasks.discard)
+        held_back = asyncio.ensure_future(recording.held_back())
+        try:
+            await asyncio.wait((sealing, held_back), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            held_back.cancel()
+        if sealing.done():
+            await sealing
+        else:
+            log.warning(
+                "recording_stop_waits_for_storage",
+                archive_id=recording.archive_id,
+                error=recording.last_store_error,
+            )
+            # Nobody awaits it now: a failure after the seal (the sealed hook, the audit entry)
+            # would otherwise only surface as asyncio's "exception was never retrieved".
+            sealing.add_done_callback(_log_background_failure)
+            await self._announce()
+
+    async def _seal(self, recording: RecordingSession, status: str, patience: float | None) -> None:
         try:
             record = await (
                 recording.stop(status)
@@ -290,3 +316,8 @@ class RoomRecording:
     async def _announce(self) -> None:
         # Everyone, the customer too: they see that they are being recorded.
         await self._broadcast(self.message(), "everyone")
+
+
+def _log_background_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.error("recording_background_seal_failed", exc_info=error)

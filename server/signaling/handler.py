@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections import deque
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from aiohttp import WSMsgType, web
 
-from server.api.access import check_origin, principals, staff_login_holds
+from server.api.access import check_origin, note_refusal, principals, staff_login_holds
 from server.auth.principal import Principal, Role
 from server.background import cancel_and_wait
 from server.context import services
@@ -56,6 +57,12 @@ CLOSE_CODES = {401: 4401, 403: 4403, 404: 4404, 410: 4410}
 CLOSE_WRONG_WORKER = 4421
 
 
+class Refused(Protocol):
+    async def __call__(
+        self, status: int, code: str, reason: str, *, method: str | None = None
+    ) -> None: ...
+
+
 class WebSocketConnection:
     def __init__(self, ws: web.WebSocketResponse) -> None:
         self._ws = ws
@@ -93,6 +100,7 @@ async def signaling(request: web.Request) -> web.WebSocketResponse:
         check_origin(request)
         principal, participant_id = await _admit(request)
     except ApiError as exc:
+        await note_refusal(request, exc.status, exc.code, exc.message)
         await connection.send(error_message(exc.code, exc.message))
         await connection.close(CLOSE_CODES.get(exc.status, 4400), exc.code)
         return ws
@@ -119,6 +127,7 @@ async def signaling(request: web.Request) -> web.WebSocketResponse:
         participant_id,
         connection,
         svc.settings,
+        functools.partial(note_refusal, request, principal=principal),
     )
     watch = (
         asyncio.create_task(_watch_staff_login(request, principal, connection))
@@ -204,6 +213,7 @@ class _Session:
         participant_id: str,
         connection: WebSocketConnection,
         settings: Settings,
+        refused: Refused,
     ) -> None:
         self._rooms = rooms
         self._sessions = sessions
@@ -211,6 +221,7 @@ class _Session:
         self._principal = principal
         self._participant_id = participant_id
         self._connection = connection
+        self._refused = refused  # the audit's: a message this principal's role may not send
         self._max_bytes: int = settings.ws_max_message_bytes
         self._rate = _RateLimit(settings.ws_max_messages_per_second)
         self._joined = False
@@ -285,6 +296,8 @@ class _Session:
         try:
             await work
         except ProtocolError as exc:
+            if exc.code == "forbidden":
+                await self._refused(403, exc.code, exc.message, method=exc.ref or "message")
             await self._error(exc)
             if exc.fatal:
                 # 4410 tells the page the call is over (not a protocol fault to report).
@@ -292,6 +305,7 @@ class _Session:
                 await self._connection.close(code, exc.code)
                 return False
         except ApiError as exc:
+            await self._refused(exc.status, exc.code, exc.message, method="message")
             await self._error(ProtocolError(exc.code, exc.message))
         except Exception:
             log.exception("signaling_failed", participant_id=self._participant_id)

@@ -139,8 +139,12 @@ async def participant_page(
         try:
             page = await context.new_page()
 
+            refused: list[str] = []
+
             def on_console(msg: ConsoleMessage) -> None:
                 log.info("[%s console.%s] %s", name, msg.type, msg.text)
+                if "Content Security Policy" in msg.text:
+                    refused.append(msg.text)
 
             def on_error(exc: Exception) -> None:
                 log.warning("[%s pageerror] %s", name, exc)
@@ -161,6 +165,9 @@ async def participant_page(
             page.on("pageerror", on_error)
             page.on("websocket", on_websocket)
             yield page
+            # The pages must work within the server's policy: what it refuses (an inline style,
+            # a connection to an origin it does not name) the page silently lacks.
+            assert not refused, f"{name}: the Content-Security-Policy refused: {refused}"
         finally:
             await context.close()
 

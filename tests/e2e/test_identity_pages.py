@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from playwright.async_api import Locator, Page, Playwright, expect
+from playwright.async_api import Locator, Page, Playwright, WebSocket, expect
 
 from server.auth.principal import Role
 from server.identity.config import IdentityConfig
+from server.identity.idcard import mask_id_number
 from server.identity.liveness import Challenge
 from tests.e2e.browser import participant_page, wait_frames_advance
 from tests.e2e.test_call_pages import create_invitation, in_call, staff_login
@@ -60,6 +61,19 @@ class Call:
         self.teller = teller
         self.customer = customer
         self.session_id = session_id
+        # Every WebSocket frame the teller's page got and sent.
+        self.teller_received: list[str | bytes] = []
+        self.teller_sent: list[str | bytes] = []
+
+    def record_teller_frames(self, ws: WebSocket) -> None:
+        ws.on("framereceived", self._teller_received)
+        ws.on("framesent", self._teller_sent)
+
+    def _teller_received(self, payload: str | bytes) -> None:
+        self.teller_received.append(payload)
+
+    def _teller_sent(self, payload: str | bytes) -> None:
+        self.teller_sent.append(payload)
 
 
 @asynccontextmanager
@@ -84,10 +98,12 @@ async def call_with_camera(
     await customer.goto(url)
     await customer.click("#enter-btn")
     await expect(customer.locator("body")).to_have_attribute("data-state", "lobby")
+    call = Call(teller, customer, session_id)
+    teller.on("websocket", call.record_teller_frames)
     await teller.goto(f"{server.url}/staff/call.html?session={session_id}")
     await in_call(teller)
     await in_call(customer)
-    yield Call(teller, customer, session_id)
+    yield call
 
 
 def card_photo(tmp_path: Path, side: str) -> Path:
@@ -165,8 +181,22 @@ async def test_customer_passes_identity_verification_in_chromium(
         await upload_card(call, tmp_path, "front")
         fields = teller.locator("#identity-fields")
         await expect(fields).to_be_visible()
-        await expect(fields.locator("dd[data-field='id_number']")).to_have_text(SPEC.id_number)
+        # Masked by the server: the full number is not in the page, nor in what it received.
+        await expect(fields.locator("dd[data-field='id_number']")).to_have_text(
+            mask_id_number(SPEC.id_number)
+        )
+        await expect(fields.locator("dd[data-field='id_number']")).to_have_text(
+            re.compile(r"^\d{6}\*{8}\d{3}[\dX]$")
+        )
+        await expect(fields.locator("dd[data-field='address']")).to_have_text(
+            "广东省深圳市南山区****"
+        )
         await expect(fields.locator("dd[data-field='name']")).to_have_text(SPEC.name)
+        assert SPEC.id_number not in await teller.content()
+        assert SPEC.address not in await teller.content()
+        received = [f for f in call.teller_received if isinstance(f, str)]
+        assert any(mask_id_number(SPEC.id_number) in f for f in received)
+        assert not any(SPEC.id_number in f or SPEC.address in f for f in received)
 
         await upload_card(call, tmp_path, "back")
         await expect(fields.locator("dd[data-field='issuing_authority']")).to_have_text(
@@ -254,3 +284,38 @@ async def test_a_photo_replay_as_the_camera_fails_liveness(pw: Playwright, tmp_p
             ("card_front", "pass", "passed"),
             ("liveness", "fail", "challenge_not_completed"),
         ]
+
+
+async def test_a_double_click_starts_identity_verification_once(
+    pw: Playwright, tmp_path: Path
+) -> None:
+    # A teller with a customer waiting clicks twice: the second click sent identity_start again,
+    # and its refusal came up as the server's English text on a Chinese page.
+    face = static_sequence(load_face("obama.jpg"), FPS, 1.0)
+    async with (
+        identity_server(tmp_path) as server,
+        AsyncExitStack() as stack,
+        call_with_camera(pw, server, tmp_path, face, stack) as call,
+    ):
+        teller = call.teller
+        start = teller.locator("#identity-start")
+        await expect(start).to_be_enabled()
+        await start.dblclick()
+        await expect(call.customer.locator("dialog#identity-consent")).to_be_visible()
+        await expect(teller.locator("#identity-state")).to_have_attribute(
+            "data-state", "awaiting_consent"
+        )
+        starts = [f for f in call.teller_sent if isinstance(f, str) and "identity_start" in f]
+        assert len(starts) == 1, starts
+        await call.customer.click("#identity-consent-yes")
+        await expect(teller.locator("#identity-state")).to_have_attribute(
+            "data-state", "in_progress"
+        )
+        await expect(teller.locator(".toast-error")).to_have_count(0)
+        # A refusal all the same (the customer left in between) is worded for that request.
+        shown = await teller.evaluate(
+            """async () => (await import('/static/common/ui.js')).errorText({
+                code: 'out_of_order', ref: 'identity_start',
+                message: 'The customer must be in the call.'})"""
+        )
+        assert shown.startswith("身份核验现在不能开始"), shown

@@ -3,11 +3,12 @@ both land in the new session's call; a supervisor routes from the dashboard; a c
 
 from __future__ import annotations
 
+import asyncio
 import re
 from contextlib import AsyncExitStack
 from pathlib import Path
 
-from playwright.async_api import Page, Playwright, expect
+from playwright.async_api import Page, Playwright, Route, expect
 
 from server.auth.principal import Role
 from tests.e2e.browser import participant_page
@@ -117,3 +118,33 @@ async def test_leaving_the_queue_is_asked_first(pw: Playwright, server: RunningS
         await customer.click("#leave")
         await customer.click("#confirm-yes")
         await expect(customer.locator("body")).to_have_attribute("data-state", "left")
+
+
+async def test_take_next_stays_disabled_until_the_server_answers(
+    pw: Playwright, server: RunningServer
+) -> None:
+    # The panel refreshes every 3 s; one that landed while "take next" was on its way enabled
+    # the button again, and a second click asked for another customer (refused: "you are still
+    # in a call", shown as the page left for the call).
+    await server.user("wang", Role.TELLER, "王柜员")
+    async with participant_page(pw) as customer, participant_page(pw) as teller:
+        await queue_as_customer(customer, server, "cards")
+        await staff_login(teller, server, "wang")
+        await teller.click("#queue-available")
+        take = teller.locator("#queue-take")
+        await expect(take).to_be_enabled()
+
+        held = asyncio.Event()
+
+        async def hold(route: Route) -> None:
+            await held.wait()
+            await route.continue_()
+
+        await teller.route("**/api/v1/queue/take", hold)
+        await take.click()
+        for _ in range(2):  # the second refresh's answer: the first one has been drawn
+            async with teller.expect_response(lambda r: r.url.endswith("/api/v1/queue/me")):
+                pass
+        await expect(take).to_be_disabled()
+        held.set()
+        await expect(teller).to_have_url(re.compile(r"/staff/call\.html\?session=s_"))

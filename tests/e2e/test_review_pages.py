@@ -5,11 +5,12 @@ starts at the moment), comes back, is told a too-short note is not enough, and a
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Page, Playwright, expect
+from playwright.async_api import Page, Playwright, Route, expect
 from sqlalchemy import select
 
 from server.auth.principal import Role
@@ -126,7 +127,18 @@ async def test_supervisor_reviews_a_moment_with_its_playback(
 
         note = "已回看录像：产品说明书已口头说明，同意通过"
         await item.locator(".review-note").fill(note)
+        # While the approval is on its way, "reject" cannot be sent too.
+        held = asyncio.Event()
+
+        async def hold(route: Route) -> None:
+            await held.wait()
+            await route.continue_()
+
+        await page.route(f"**/api/v1/reviews/{review.id}", hold)
         await item.locator("button.review-approve").click()
+        await expect(item.locator("button.review-reject")).to_be_disabled()
+        await expect(item.locator("button.review-approve")).to_be_disabled()
+        held.set()
         await expect(item).to_have_count(0, timeout=TIMEOUT_MS)
         await expect(unmarked).to_be_visible()
 

@@ -4,10 +4,11 @@ and approves. tests/integration/test_transactions.py covers the approval rules w
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import AsyncExitStack
 from pathlib import Path
 
-from playwright.async_api import Page, Playwright, expect
+from playwright.async_api import Page, Playwright, Route, expect
 
 from server.auth.principal import Role
 from server.workflow.transactions.config import WorkflowConfig
@@ -188,7 +189,19 @@ async def test_a_supervisor_overrides_from_the_console_with_a_reason(
         await item.locator(".approval-reason").fill(
             "客户为本行长期客户，主管已电话回访核实身份与意愿"
         )
+        # While the override is on its way, neither it nor "reject" can be sent again: the
+        # item's buttons are disabled until the server answers.
+        held = asyncio.Event()
+
+        async def hold(route: Route) -> None:
+            await held.wait()
+            await route.continue_()
+
+        await page.route(f"**/api/v1/transactions/{tid}/override", hold)
         await item.get_by_role("button", name="越权批准").click()
+        await expect(item.get_by_role("button", name="拒绝")).to_be_disabled()
+        await expect(item.get_by_role("button", name="越权批准")).to_be_disabled()
+        held.set()
         await expect(page.locator("#approvals-empty")).to_be_visible()
         detail = await teller.call("GET", f"/api/v1/transactions/{tid}")
         assert detail["transaction"]["state"] == "approved"

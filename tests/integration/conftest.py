@@ -22,6 +22,7 @@ BOTH_DATABASES = frozenset(
         "test_audit_refusals",
         "test_bad_input",
         "test_worker_capacity",
+        "test_account_admin",
     }
 )
 

@@ -13,17 +13,21 @@ test_roles.py tries each role's forbidden actions with real objects in more deta
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import pytest
+from sqlalchemy import select
 from yarl import URL
 
 from server.api.queue_routes import QUEUE_COOKIE
-from server.auth.principal import Role
+from server.audit.denials import OTHER, Denials
+from server.auth.principal import Principal, Role
 from server.auth.service import CUSTOMER_COOKIE, DEVICE_COOKIE, STAFF_COOKIE
+from server.db.models import AuditEntry
 from server.workflow.queue.config import QueueConfig
 from tests.integration.test_bad_input import VALID_BODIES, routes, variables
 from tests.integration.test_http_api import Reply
@@ -56,6 +60,17 @@ ORDER = (
     TELLER,
 )
 STAFF = frozenset({TELLER, OTHER_TELLER, EXPERT, OTHER_EXPERT, SUPERVISOR, AUDITOR, ADMIN})
+ROLES = {
+    CUSTOMER: "customer",
+    OTHER_CUSTOMER: "customer",
+    TELLER: "teller",
+    OTHER_TELLER: "teller",
+    EXPERT: "expert",
+    OTHER_EXPERT: "expert",
+    SUPERVISOR: "supervisor",
+    AUDITOR: "auditor",
+    ADMIN: "admin",
+}
 EVERYONE = frozenset(ORDER)
 TELLERS = frozenset({TELLER, OTHER_TELLER})
 
@@ -283,6 +298,12 @@ async def websocket(client: ApiClient, path: str) -> int | None:
             return ws.close_code
 
 
+async def denied_entries(server: RunningServer) -> list[AuditEntry]:
+    query = select(AuditEntry).where(AuditEntry.action == "access.denied")
+    async with server.services.sessions._db() as db:
+        return list(await db.scalars(query.order_by(AuditEntry.seq)))
+
+
 def refusal(decision: Decision, name: str) -> tuple[int, str]:
     if decision.refusal is not None:
         return decision.refusal
@@ -297,8 +318,11 @@ def wrong_http(decision: Decision, name: str, method: str, path: str, reply: Rep
         for header, value in SECURITY_HEADERS.items()
         if reply.headers.get(header) != value
     ]
-    if "frame-ancestors 'none'" not in reply.headers.get("Content-Security-Policy", ""):
+    policy = reply.headers.get("Content-Security-Policy", "")
+    if "frame-ancestors 'none'" not in policy:
         wrong.append(f"{what}: no Content-Security-Policy with frame-ancestors 'none'")
+    if "'unsafe-inline'" in policy:
+        wrong.append(f"{what}: the Content-Security-Policy allows inline styles or scripts")
     if reply.status >= 500:
         return [*wrong, what]
     if name in decision.allowed:
@@ -320,12 +344,15 @@ async def test_every_route_answers_each_principal_as_the_matrix_says(
         f"decisions without a route: {sorted(set(MATRIX) - found)}"
     )
     wrong: list[str] = []
+    forbidden: Counter[tuple[str, str, str]] = Counter()
     for n, (method, canonical) in enumerate(sorted(found)):
         decision = MATRIX[method, canonical]
         here = await world(server, n)
         path = here.path(canonical)
         for name in ORDER:
             client = here.clients[name]
+            if name not in decision.allowed and refusal(decision, name) == (403, "forbidden"):
+                forbidden[ROLES[name], method, canonical] += 1
             if canonical.startswith("/ws/"):
                 code = await websocket(client, path)
                 expected = (
@@ -342,6 +369,15 @@ async def test_every_route_answers_each_principal_as_the_matrix_says(
         PUBLIC, ANON, "GET", "/nowhere", await http(server.client(), "GET", "/nowhere", "/nowhere")
     )
     assert not wrong, "\n".join(wrong)
+    # Each principal tried each route once: every authorization refusal is in the audit log,
+    # under the route's pattern, and nothing else is (no 401: anyone can make those).
+    audited = Counter(
+        (e.actor_role, e.detail["method"], e.target) for e in await denied_entries(server)
+    )
+    assert audited == forbidden, (
+        f"refused, not audited: {sorted(forbidden - audited)}; "
+        f"audited, not refused: {sorted(audited - forbidden)}"
+    )
 
 
 async def test_no_credential_stands_in_for_another_kind(server: RunningServer) -> None:
@@ -378,3 +414,89 @@ async def test_no_credential_stands_in_for_another_kind(server: RunningServer) -
                 if reply.status != 401:
                     wrong.append(f"{kind} as {cookie}: {reply.status}")
     assert not wrong, wrong
+
+
+async def test_a_flood_of_refusals_leaves_one_entry_per_route_and_is_counted(
+    server: RunningServer,
+) -> None:
+    """A teller probing the auditor's API and another teller's session, over HTTP and the
+    WebSocket: one entry per route, naming the object asked for; every refusal on /metrics.
+    Refusals without a credential are counted, never logged."""
+    prober = await staff(server, "prober", Role.TELLER)
+    session_id, _ = await new_session(server, await staff(server, "owner", Role.TELLER))
+    session = f"/api/v1/sessions/{session_id}"
+    for _ in range(20):
+        await prober.call("GET", "/api/v1/reviews", expect=403)
+        await prober.call("GET", session, expect=403)
+    for _ in range(3):
+        assert await websocket(prober, f"/ws/v1/sessions/{session_id}") == WS_CLOSE[403]
+    for _ in range(5):
+        await server.client().call("GET", "/api/v1/reviews", expect=401)
+
+    me = (await prober.call("GET", "/api/v1/auth/me"))["user"]["id"]
+    entries = await denied_entries(server)
+    assert [(e.actor, e.actor_role, e.target, e.address) for e in entries] == [
+        (me, "teller", "/api/v1/reviews", "127.0.0.1"),
+        (me, "teller", "/api/v1/sessions/{session_id}", "127.0.0.1"),
+        (me, "teller", "/ws/v1/sessions/{session_id}", "127.0.0.1"),
+    ]
+    assert [e.detail["ids"] for e in entries] == [{}, *[{"session_id": session_id}] * 2]
+    assert all(e.detail["method"] == "GET" and e.detail["suppressed"] == 0 for e in entries)
+    assert all(e.detail["reason"] for e in entries)
+
+    token = (server.settings.data_dir / "metrics.token").read_text().strip()
+    async with prober.http.get(
+        server.url + "/metrics", headers={"Authorization": f"Bearer {token}"}
+    ) as response:
+        scraped = await response.text()
+    assert 'vteller_access_refused_total{audited="true",code="forbidden",status="403"} 3.0' in (
+        scraped
+    )
+    assert 'vteller_access_refused_total{audited="false",code="forbidden",status="403"} 40.0' in (
+        scraped
+    )
+    assert (
+        'vteller_access_refused_total{audited="false",code="not_authenticated",status="401"} 5.0'
+        in scraped
+    )
+
+
+async def test_the_entry_after_a_quiet_minute_counts_the_refusals_left_out(
+    server: RunningServer,
+) -> None:
+    now = 0.0
+    denials = Denials(server.services.audit, clock=lambda: now)
+    teller = Principal(Role.TELLER, "Teller", "csrf", user_id="u_1", username="teller")
+
+    async def refuse(ids: dict[str, str]) -> None:
+        await denials.refused(
+            teller,
+            method="GET",
+            route="/api/v1/sessions/{session_id}",
+            path_ids=ids,
+            reason="Your role may not view this session.",
+            address=None,
+        )
+
+    for _ in range(5):
+        await refuse({"session_id": "s_1"})
+    now = 59.0
+    await refuse({"session_id": "s_2"})
+    now = 60.0
+    # Text that is not an id is not written into the log, nor a path variable other than an id.
+    await refuse({"session_id": "s_3 <script>", "token": "an-invitation-link"})
+    entries = await denied_entries(server)
+    assert [e.detail for e in entries] == [
+        {
+            "method": "GET",
+            "ids": {"session_id": "s_1"},
+            "reason": "Your role may not view this session.",
+            "suppressed": 0,
+        },
+        {
+            "method": "GET",
+            "ids": {"session_id": OTHER},
+            "reason": "Your role may not view this session.",
+            "suppressed": 5,
+        },
+    ]

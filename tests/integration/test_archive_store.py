@@ -9,6 +9,7 @@ the outage test starts a second, private MinIO that it can stop and start.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import os
 import secrets
@@ -23,7 +24,10 @@ from pathlib import Path
 import pytest
 from minio.commonconfig import COMPLIANCE, GOVERNANCE
 from minio.error import S3Error
+from minio.helpers import md5sum_hash
+from minio.objectlockconfig import DAYS, ObjectLockConfig
 from minio.retention import Retention
+from minio.xml import marshal
 from pydantic import SecretStr
 
 from bench.media import free_port
@@ -36,8 +40,10 @@ from recorder.store.s3 import (
     ObjectLockMissingError,
     S3Archive,
 )
-from recorder.store.spool import Spool, Uploader
+from recorder.store.spool import Spool
 from recorder.verify import ArchiveReader
+from tests.support.archive import running_uploader
+from tests.support.s3_gateway import StrippingS3Gateway
 
 REPO = Path(__file__).resolve().parents[2]
 MINIO_SH = REPO / "infra" / "minio.sh"
@@ -104,6 +110,8 @@ async def test_put_get_under_compliance_retention(bucket: ArchiveBucket) -> None
     result = await bucket.put("archives/a1/segment-000001", data, until)
     assert result.created
     assert result.version_id
+    # What the store holds, read back after the upload.
+    assert (result.retention_mode, result.retain_until) == (COMPLIANCE, until)
     await bucket.put("archives/a1/manifest.json", b"{}", until)
     await bucket.put("archives/a2/segment-000001", b"other archive", until)
 
@@ -314,14 +322,12 @@ async def test_uploads_survive_minio_going_down(
     settings = settings_for(private_minio)
     bucket = ArchiveBucket.from_settings(settings)
     spool = Spool(tmp_path / "spool")
-    uploader = Uploader.from_settings(spool, bucket, settings)
-    await uploader.start()
     until = retain_for(1)
     payloads = {
         f"archives/x/segment-{index:06d}": secrets.token_bytes(200_000) for index in range(12)
     }
     names = list(payloads)
-    try:
+    async with running_uploader(spool, bucket) as uploader:
         for name in names[:3]:
             await spool.add(name, payloads[name], until)
         await uploader.flush(15)
@@ -356,8 +362,6 @@ async def test_uploads_survive_minio_going_down(
         assert status.pending_count == 0
         assert status.consecutive_failures == 0
         assert status.rejected_count == 0
-    finally:
-        await uploader.stop()
 
     assert await bucket.list("archives/x/") == names
     for name, data in payloads.items():
@@ -376,10 +380,8 @@ async def test_a_store_back_without_its_bucket_gets_it_again_with_object_lock(
     settings = settings_for(private_minio)
     bucket = ArchiveBucket.from_settings(settings)
     spool = Spool(tmp_path / "spool")
-    uploader = Uploader.from_settings(spool, bucket, settings)
-    await uploader.start()
     until = retain_for(1)
-    try:
+    async with running_uploader(spool, bucket) as uploader:
         await spool.add("archives/w/segment-000000", b"before", until)
         await uploader.flush(15)
 
@@ -403,8 +405,6 @@ async def test_a_store_back_without_its_bucket_gets_it_again_with_object_lock(
         )
         assert uploader.status().pending_count == 1
         assert await bucket.list("archives/w/") == []
-    finally:
-        await uploader.stop()
 
 
 async def test_a_killed_process_loses_nothing(bucket: ArchiveBucket, tmp_path: Path) -> None:
@@ -471,13 +471,8 @@ async def test_a_killed_process_loses_nothing(bucket: ArchiveBucket, tmp_path: P
     left = list((spool_dir / "pending").iterdir())
     assert 0 < len(left) < count, "the kill should land while uploads are in progress"
 
-    spool = Spool(spool_dir)
-    uploader = Uploader(spool, bucket, backoff_min_seconds=0.05, backoff_max_seconds=0.5)
-    await uploader.start()
-    try:
+    async with running_uploader(Spool(spool_dir), bucket) as uploader:
         status = await uploader.flush(20)
-    finally:
-        await uploader.stop()
     assert status.pending_count == 0
     assert status.rejected_count == 0
     names = [f"archives/k/segment-{index:06d}" for index in range(count)]
@@ -486,3 +481,99 @@ async def test_a_killed_process_loses_nothing(bucket: ArchiveBucket, tmp_path: P
         assert await bucket.get(name) == bytes([index]) * 100_000
         assert await bucket.retention(name) == until
         assert len(versions(bucket, name)) == 1
+
+
+def set_compliance_bypassing_governance(bucket: ArchiveBucket, name: str, until: datetime) -> None:
+    """What an operator allowed to bypass governance does (`mc retention set --bypass`); the SDK
+    has no call for the bypass header."""
+    body = marshal(Retention(COMPLIANCE, until))
+    bucket.client._execute(
+        "PUT",
+        bucket.name,
+        name,
+        body=body,
+        headers={
+            "Content-MD5": str(md5sum_hash(body)),
+            "x-amz-bypass-governance-retention": "true",
+        },
+        query_params={"retention": ""},
+    )
+
+
+async def test_an_object_the_store_holds_under_governance_is_not_counted_as_archived(
+    bucket: ArchiveBucket, tmp_path: Path
+) -> None:
+    # The same bytes already in the bucket under GOVERNANCE retention (a bucket default applied
+    # to an upload whose headers a proxy stripped, a restore by mirroring): deletable by anyone
+    # allowed to bypass governance, whatever the date. A re-upload after a crash finds them.
+    longer, shorter, until = retain_for(30), retain_for(0.5), retain_for(2)
+    placed = {"archives/g/segment-000000": longer, "archives/g/segment-000001": shorter}
+    for name, governance_until in placed.items():
+        data = name.encode()
+        await asyncio.to_thread(
+            bucket.client.put_object,
+            bucket.name,
+            name,
+            io.BytesIO(data),
+            len(data),
+            metadata={"sha256": hashlib.sha256(data).hexdigest()},
+            retention=Retention(GOVERNANCE, governance_until),
+        )
+    spool = Spool(tmp_path / "spool")
+    async with running_uploader(spool, bucket) as uploader:
+        for name in placed:
+            await spool.add(name, name.encode(), until)
+        await wait_until(
+            lambda: uploader.status().consecutive_failures >= 2, 20, "the uploads to fail"
+        )
+        status = uploader.status()
+        # Kept in the spool, nothing reported archived, and the fix named.
+        assert status.pending_count == 2 and status.uploaded_count == 0
+        assert status.retention_mismatches >= 2
+        error = status.last_error or ""
+        assert "GOVERNANCE retention until" in error and "COMPLIANCE until" in error, error
+        assert "could be deleted" in error and "mc retention set --bypass" in error, error
+        assert not status.healthy
+
+        for name in placed:
+            await asyncio.to_thread(set_compliance_bypassing_governance, bucket, name, until)
+        status = await uploader.flush(20)
+    assert status.pending_count == 0 and status.uploaded_count == 2
+    for name in placed:
+        retention = await asyncio.to_thread(bucket.client.get_object_retention, bucket.name, name)
+        assert retention is not None and retention.mode == COMPLIANCE
+        assert retention.retain_until_date == until
+        assert len(versions(bucket, name)) == 1
+
+
+async def test_an_upload_whose_retention_a_proxy_strips_is_kept_in_the_spool(
+    store_settings: StoreSettings, tmp_path: Path
+) -> None:
+    direct = ArchiveBucket.from_settings(store_settings)
+    await direct.ensure_bucket()
+    # What an upload without Object Lock headers gets in this bucket: a day of GOVERNANCE.
+    await asyncio.to_thread(
+        direct.client.set_object_lock_config, direct.name, ObjectLockConfig(GOVERNANCE, 1, DAYS)
+    )
+    name = "archives/p/segment-000000"
+    secret = store_settings.secret_key.get_secret_value()
+    with StrippingS3Gateway(store_settings.endpoint, store_settings.access_key, secret) as gateway:
+        proxied = ArchiveBucket.from_settings(
+            store_settings.model_copy(update={"endpoint": gateway.url})
+        )
+        spool = Spool(tmp_path / "spool")
+        async with running_uploader(spool, proxied) as uploader:
+            await spool.add(name, b"through the proxy", retain_for(30))
+            await wait_until(
+                lambda: uploader.status().consecutive_failures >= 2 or spool.pending_count == 0,
+                20,
+                "the upload to be done or refused",
+            )
+            status = uploader.status()
+    # Not reported archived: the store holds it deletable (GOVERNANCE, a day), not as asked.
+    assert status.pending_count == 1 and status.uploaded_count == 0
+    assert status.retention_mismatches >= 2
+    error = status.last_error or ""
+    assert "GOVERNANCE retention until" in error and "no proxy in front of it strips" in error
+    retention = await asyncio.to_thread(direct.client.get_object_retention, direct.name, name)
+    assert retention is not None and retention.mode == GOVERNANCE

@@ -109,6 +109,8 @@ async def test_a_sealed_recording_is_analysed_signed_and_reviewed(
     assert report["signing_key_id"]
     html = await teller.http.get(f"{server.url}/api/v1/archives/{archive_id}/report.html")
     assert html.status == 200 and "录音录像告知与同意" in await html.text()
+    # The report's own inline styles are allowed on it alone, and nothing else is: no script.
+    assert html.headers["Content-Security-Policy"].startswith("default-src 'none'; style-src")
     customer = server.clients[1]
     refused = await customer.http.get(f"{server.url}/api/v1/archives/{archive_id}/report")
     assert refused.status in (401, 403)

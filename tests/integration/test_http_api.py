@@ -124,10 +124,21 @@ async def expire(server: RunningServer, session_id: str) -> None:
 # -- health and error shape ------------------------------------------------------------------
 
 
-async def test_healthz(server: RunningServer) -> None:
+async def test_healthz_tells_load_balancers_the_state_and_nobody_the_version(
+    server: RunningServer,
+) -> None:
     reply = await send(server.client(), "GET", "/healthz")
     assert reply.status == 200
-    assert reply.body == {"status": "ok", "version": __version__, "database": "ok"}
+    assert reply.body == {"status": "ok", "database": "ok"}
+    # The version is for the operator's monitoring, behind the scrape token.
+    token = (server.settings.data_dir / "metrics.token").read_text().strip()
+    http = server.client().http
+    async with http.get(server.url + "/metrics") as anonymous:
+        assert anonymous.status == 401 and __version__ not in await anonymous.text()
+    async with http.get(
+        server.url + "/metrics", headers={"Authorization": f"Bearer {token}"}
+    ) as scraped:
+        assert f'vteller_build_info{{version="{__version__}"}} 1.0' in await scraped.text()
 
 
 async def test_healthz_reports_a_dead_database(server: RunningServer, tmp_path: Any) -> None:

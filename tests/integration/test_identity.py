@@ -18,8 +18,10 @@ import pytest
 from sqlalchemy import select
 
 from recorder.store.s3 import ArchiveBucket, S3Archive
+from server.auth.principal import Role
 from server.db.models import Archive, AuditEntry
 from server.identity.config import IdentityConfig
+from server.identity.idcard import mask_id_number
 from server.identity.liveness import Challenge
 from tests.fixtures.idcards import (
     VALID_SPECS,
@@ -163,7 +165,7 @@ async def test_automatic_verification_passes_and_reaches_the_archive(
 
         front = await _step(teller, "card_front")
         assert front["steps"]["card_front"]["status"] == "passed", front
-        assert front["fields"]["front"]["id_number"] == SPEC.id_number
+        assert front["fields"]["front"]["id_number"] == mask_id_number(SPEC.id_number)
         assert front["fields"]["front"]["name"] == SPEC.name
 
         camera.show([_card("back")])
@@ -377,7 +379,7 @@ async def test_card_upload_bad_images_and_a_different_face(
         await customer.ws.send_bytes(photo)
         front = await _identity(teller, step="card_front")
         assert front["steps"]["card_front"]["status"] == "passed", front
-        assert front["fields"]["front"]["id_number"] == other.id_number
+        assert front["fields"]["front"]["id_number"] == mask_id_number(other.id_number)
 
         mismatch = await _step(teller, "face")
         assert mismatch["steps"]["face"]["status"] == "failed"
@@ -388,6 +390,58 @@ async def test_card_upload_bad_images_and_a_different_face(
     rows = await server.services.identity.records.for_session(session_id)
     opened = await server.services.identity.records.open(rows[0].id)
     assert opened.detail["source"] == "upload"
+
+
+async def _identity_messages(bot: Bot, step: str) -> list[dict[str, Any]]:
+    """Every `identity` message `bot` gets until `step` has finished."""
+    seen: list[dict[str, Any]] = []
+    while not seen or seen[-1]["steps"][step]["status"] not in ("passed", "failed"):
+        seen.append(await bot.expect("identity", timeout=60))
+    return seen
+
+
+async def test_staff_get_the_card_number_and_address_masked(
+    idserver: support.RunningServer,
+) -> None:
+    # PIPL's minimum necessary: the teller and a supervisor compare the card with the customer,
+    # they do not copy its number. What reaches their browsers (and its network log) is masked;
+    # the encrypted record keeps the card as read (and the auditor's index is given it:
+    # tests/integration/test_auditor_portal.py).
+    server = idserver
+    teller, customer, _camera, session_id = await _in_call(server)
+    await server.user("super1", Role.SUPERVISOR, "陈主管")
+    supervisor_http = server.client()
+    await supervisor_http.login("super1")
+    supervisor = Bot(supervisor_http, session_id, publish=False)
+    try:
+        await supervisor.join()
+        await _consented(teller, customer)
+        await _identity(supervisor, until={"in_progress"})
+        photo = encode_jpeg(on_table(render_front(SPEC)))
+        await customer.send({"type": "identity_upload", "side": "front", "bytes": len(photo)})
+        assert customer.ws is not None
+        await customer.ws.send_bytes(photo)
+        for bot in (teller, supervisor):
+            seen = await _identity_messages(bot, "card_front")
+            assert seen[-1]["steps"]["card_front"]["status"] == "passed", seen[-1]
+            shown = seen[-1]["fields"]["front"]
+            assert shown["id_number"] == SPEC.id_number[:6] + "********" + SPEC.id_number[-4:]
+            assert shown["address"] == "广东省深圳市南山区****"
+            # The hidden middle of the number is the birth date: only its year is shown.
+            assert shown["birth_date"] == str(SPEC.birth.year)
+            assert shown["name"] == SPEC.name
+            sent = json.dumps(seen, ensure_ascii=False)
+            assert SPEC.id_number not in sent and SPEC.id_number[6:14] not in sent
+            assert SPEC.address not in sent and "科技园" not in sent
+            assert SPEC.birth.isoformat() not in sent
+    finally:
+        await supervisor.close()
+        await customer.close()
+        await teller.close()
+    rows = await server.services.identity.records.for_session(session_id)
+    opened = await server.services.identity.records.open(rows[0].id)
+    assert opened.detail["fields"]["id_number"] == SPEC.id_number
+    assert opened.detail["fields"]["address"] == SPEC.address
 
 
 async def test_no_camera_is_reported_not_waited_for(idserver: support.RunningServer) -> None:
@@ -430,7 +484,7 @@ async def test_a_restarted_room_resumes_the_verification(idserver: support.Runni
         resumed = await teller.expect("identity")
         assert resumed["state"] == "in_progress" and resumed["consent"] is True
         assert resumed["steps"]["card_front"] == {"status": "passed", "messages": [], "attempts": 1}
-        assert resumed["fields"]["front"]["id_number"] == SPEC.id_number
+        assert resumed["fields"]["front"]["id_number"] == mask_id_number(SPEC.id_number)
         await customer.join()
         await teller.wait_for_media(customer.participant_id, "camera")
         # The card's photo came back from the encrypted record, upright: the face can be matched.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import errno
 import json
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from recorder import journal as journal_module
 from recorder import session as recording_session
@@ -38,11 +40,13 @@ from recorder.store.config import RetentionRules, StoreSettings
 from recorder.store.s3 import ArchiveBucket, ArchiveUnavailableError, S3Archive
 from recorder.store.spool import Spool, SpoolEntry
 from recorder.verify import DirectoryArchive, VerificationReport, verify_archive
+from server.db.engine import DbSession
 from server.db.models import Archive
 from server.recording import manager as manager_module
 from server.recording.chain import ChainConflict, DatabaseChain
 from server.recording.manager import RecordingManager
-from server.settings import Settings
+from server.recording.metrics import RecordingCollector
+from server.recording.room import RoomRecording
 from tests.support import server as support
 from tests.support.bot import Bot
 from tests.support.database import add_session, migrated_database
@@ -762,41 +766,45 @@ class _DatabaseDown(DatabaseChain):
         return await super().append(record)
 
 
-def _retrying_often_without_a_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    """A worker's settings whose recorder manager retries every 50 ms, with no archive store:
-    what is sealed stays in the spool, where the test reads it."""
+@contextlib.asynccontextmanager
+async def _worker_recorder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[RecordingManager, async_sessionmaker[DbSession]]]:
+    """A worker's recorder manager, started, on a database holding session s1; it retries every
+    50 ms, with no archive store: what is sealed stays in the spool, where the test reads it."""
     monkeypatch.setattr(manager_module, "FINISH_RETRY_SECONDS", 0.05)
     unconfigured = StoreSettings(access_key="", secret_key=SecretStr(""))
-    return support.test_settings(tmp_path / "server", store=unconfigured)
+    settings = support.test_settings(tmp_path / "server", store=unconfigured)
+    async with migrated_database(tmp_path / "db.sqlite") as db:
+        await add_session(db)
+        manager = RecordingManager(settings, db)
+        await manager.start()
+        try:
+            yield manager, db
+        finally:
+            await manager.stop()
 
 
 async def test_a_recording_the_database_cannot_register_is_stopped_and_sealed_later(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = _retrying_often_without_a_store(tmp_path, monkeypatch)
-    async with migrated_database(tmp_path / "db.sqlite") as db:
-        await add_session(db)
-        manager = RecordingManager(settings, db)
+    async with _worker_recorder(tmp_path, monkeypatch) as (manager, db):
         manager.chain = manager.context.chain = chain = _DatabaseDown(db)
-        await manager.start()
         writers = {t for t in threading.enumerate() if t.name == "recorder"}
-        try:
-            for _ in range(2):  # the customer consents again
-                with pytest.raises(ConnectionError):
-                    await manager.new_recording("s1", "wealth", lambda: None)
-            # Stopped, not left recording unowned.
-            assert {t for t in threading.enumerate() if t.name == "recorder"} <= writers
-            journals = [Journal(p) for p in sorted(manager.context.journal_dir.glob("*.jsonl"))]
-            assert len(journals) == 2
-            await asyncio.sleep(0.2)  # tried again meanwhile, in vain
-            assert not any(journal.read().sealed for journal in journals)
-            chain.down = False
-            # Sealed, then removed: the manifest holds what the journals said.
-            async with asyncio.timeout(10):
-                while any(journal.path.exists() for journal in journals):  # noqa: ASYNC110
-                    await asyncio.sleep(0.05)
-        finally:
-            await manager.stop()
+        for _ in range(2):  # the customer consents again
+            with pytest.raises(ConnectionError):
+                await manager.new_recording("s1", "wealth", lambda: None)
+        # Stopped, not left recording unowned.
+        assert {t for t in threading.enumerate() if t.name == "recorder"} <= writers
+        journals = [Journal(p) for p in sorted(manager.context.journal_dir.glob("*.jsonl"))]
+        assert len(journals) == 2
+        await asyncio.sleep(0.2)  # tried again meanwhile, in vain
+        assert not any(journal.read().sealed for journal in journals)
+        chain.down = False
+        # Sealed, then removed: the manifest holds what the journals said.
+        async with asyncio.timeout(10):
+            while any(journal.path.exists() for journal in journals):  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
         async with db() as session:
             statuses = (await session.scalars(select(Archive.status))).all()
 
@@ -818,25 +826,18 @@ async def test_a_sealed_recordings_journal_is_deleted_by_its_worker(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Journals of sealed recordings would pile up and be read at every start, for ever."""
-    settings = _retrying_often_without_a_store(tmp_path, monkeypatch)
-    async with migrated_database(tmp_path / "db.sqlite") as db:
-        await add_session(db)
-        manager = RecordingManager(settings, db)
-        await manager.start()
-        try:
-            recording = await manager.new_recording("s1", "wealth", lambda: None)
-            _record(recording, 2)
-            await recording.stop()
-            assert recording.journal.read().sealed
-            async with asyncio.timeout(10):
-                while recording.journal.path.exists():  # noqa: ASYNC110 - the manager's pass
-                    await asyncio.sleep(0.05)
-            assert list(manager.context.journal_dir.iterdir()) == []
-            # What it said is in the spooled manifest.
-            names = [(await manager.spool.load(p))[0].name for p in await manager.spool.paths()]
-            assert any(name.endswith("/" + MANIFEST_OBJECT) for name in names), names
-        finally:
-            await manager.stop()
+    async with _worker_recorder(tmp_path, monkeypatch) as (manager, _):
+        recording = await manager.new_recording("s1", "wealth", lambda: None)
+        _record(recording, 2)
+        await recording.stop()
+        assert recording.journal.read().sealed
+        async with asyncio.timeout(10):
+            while recording.journal.path.exists():  # noqa: ASYNC110 - the manager's pass
+                await asyncio.sleep(0.05)
+        assert list(manager.context.journal_dir.iterdir()) == []
+        # What it said is in the spooled manifest.
+        names = [(await manager.spool.load(p))[0].name for p in await manager.spool.paths()]
+        assert any(name.endswith("/" + MANIFEST_OBJECT) for name in names), names
 
 
 async def _metrics(server: support.RunningServer) -> dict[str, float]:
@@ -1009,3 +1010,56 @@ async def test_a_long_full_disk_pauses_the_recording_so_its_memory_stays_bounded
     assert [g.reason for g in gaps] == [recording_session._PAUSED_REASON], gaps
     report = _verified(context, await _archived(context, {}, tmp_path / "archive"))
     assert report.ok, report.render()
+
+
+async def test_a_recording_stopped_while_its_disk_is_full_stops_at_once_and_is_sealed_later(
+    tmp_path: Path, quick_retries: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shown: list[dict[str, Any]] = []
+    sealed: list[str] = []
+
+    async def broadcast(message: dict[str, Any], audience: str) -> None:
+        shown.append(message)
+
+    async def on_sealed(archive_id: str, session_id: str) -> None:
+        sealed.append(archive_id)
+
+    async with _worker_recorder(tmp_path, monkeypatch) as (manager, _):
+        spool = _FullSpool(manager.spool.directory, failures=0)
+        manager.spool = manager.context.spool = spool
+        manager.on_sealed = on_sealed
+        room = RoomRecording(manager, "s1", "wealth", broadcast)
+        await room.request_consent(customer_connected=True)
+        await room.consent(True)
+        recording = room._recording
+        assert recording is not None
+        spool.failures = 10**9  # the disk fills during the call
+        _record(recording, 3)
+        async with asyncio.timeout(10):
+            while recording.last_store_error is None:  # noqa: ASYNC110 - the retries set it
+                await asyncio.sleep(0.01)
+
+        # The teller stops (or the call ends): answered at once, not when the disk has room.
+        async with asyncio.timeout(5):
+            await room.stop()
+        assert room.state == "sealing"
+        told = shown[-1]["store"]["last_error"]
+        assert told.startswith("cannot write to the spool") and "free space" in told, told
+        assert "No space left on device" in told and "stopped and is kept on this server" in told
+        assert manager.unsealed_count == 1
+        metrics = {m.name: m.samples[0].value for m in RecordingCollector(manager).collect()}
+        assert metrics["vteller_recordings_unsealed"] == 1
+        assert not sealed
+
+        spool.failures = 0  # an operator freed space: sealed as the teller ended it
+        async with asyncio.timeout(10):
+            while room.state == "sealing":  # noqa: ASYNC110 - the seal finishes by itself
+                await asyncio.sleep(0.02)
+        assert room.state == "sealed" and sealed == [recording.archive_id]
+        assert shown[-1]["state"] == "sealed" and recording.last_store_error is None
+        assert manager.unsealed_count == 0
+
+    report = _verified(manager.context, await _archived(manager.context, {}, tmp_path / "archive"))
+    assert report.ok, report.render()
+    assert report.manifest is not None and report.manifest.status == "complete"
+    assert len(report.manifest.segments) >= 3 and report.manifest.gaps == []

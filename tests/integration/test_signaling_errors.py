@@ -422,6 +422,21 @@ async def test_answers_ice_and_invalid_sdp(call: Call) -> None:
         await pc.close()
 
 
+async def test_a_message_the_role_may_not_send_is_audited_once_a_minute(call: Call) -> None:
+    """A customer's page sending what only staff may (a crafted page probing the call) is an
+    incident for the audit log (access.denied), written once however often it is tried."""
+    await call.joined(call.teller)
+    customer, joined = await call.joined(call.customer)
+    for _ in range(3):
+        await customer.send(type="screen_share", active=True)
+        await customer.error("forbidden", "screen_share")
+    entries = [e for e in await call.server.services.audit.tail(50) if e.action == "access.denied"]
+    assert [(e.actor, e.actor_role, e.target, e.detail["method"]) for e in entries] == [
+        (joined["participant_id"], "customer", "/ws/v1/sessions/{session_id}", "screen_share")
+    ]
+    assert entries[0].detail["ids"] == {"session_id": call.session_id}
+
+
 async def test_customer_may_not_share_a_screen(call: Call) -> None:
     teller, _ = await call.joined(call.teller)
     customer, _ = await call.joined(call.customer)

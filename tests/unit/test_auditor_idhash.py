@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from server.auditor.idhash import KEY_FILE, IdNumberError, IdNumberHasher, normalize
+from server.auditor.idhash import (
+    KEY_FILE,
+    CardNameError,
+    IdNumberError,
+    IdNumberHasher,
+    normalize,
+    normalize_name,
+)
 from tests.vectors.generate_auditor_idhash_v1 import OUT_FILE, vector
 
 
@@ -52,3 +59,19 @@ def test_full_width_digits_are_the_same_number_and_other_digits_refused() -> Non
     assert normalize("１１０１０５１９４９１２３１００２Ｘ") == "11010519491231002X"
     with pytest.raises(IdNumberError):
         normalize("١١٠١٠٥١٩٤٩١٢٣١٠٠٢X")  # Arabic-Indic digits are no ID number
+
+
+def test_names_hash_alike_only_when_they_are_the_same_name(tmp_path: Path) -> None:
+    hasher = IdNumberHasher.open(tmp_path)
+    key = bytes.fromhex((tmp_path / KEY_FILE).read_text())
+    assert normalize_name(" 李 秀英\u3000") == "李秀英"
+    assert normalize_name("ＺＨＡＮＧ Wei") == "zhangwei"  # full-width, and printed in capitals
+    expected = hmac.new(key, b"vteller-card-name/1\x00" + "李秀英".encode(), hashlib.sha256)
+    assert hasher.hash_name("李 秀 英") == expected.hexdigest()
+    assert hasher.hash_name("李秀") != hasher.hash_name("李秀英")
+    assert hasher.hash_name("陈") != hasher.hash_name("陳")  # no Traditional/Simplified folding
+    # Its own context: a name never hashes like an ID number.
+    number = "11010519491231002X"
+    assert hasher.hash_name(number) != hasher.hash(number)
+    with pytest.raises(CardNameError):
+        normalize_name(" \u3000\t")

@@ -19,9 +19,12 @@ from server.identity.idcard import (
     check_front,
     is_expired,
     is_valid_id_number,
+    mask_address,
+    mask_id_number,
     parse_id_number,
     parse_printed_birth,
     parse_validity,
+    staff_card_fields,
 )
 from tests.fixtures.idcards import ANNEX_BACK, ANNEX_FRONT, corrupt_check_digit, make_id_number
 
@@ -279,3 +282,39 @@ def test_card_dates_are_china_dates() -> None:
     assert card_today() == datetime.now(CARD_TIMEZONE).date()
     default = {f.name: f.default for f in dataclass_fields(IdentityServices)}["today"]
     assert default is card_today
+
+
+def test_staff_screens_get_the_number_masked_as_banks_do() -> None:
+    assert mask_id_number("11010519491231002X") == "110105********002X"
+    assert mask_id_number("110105491231002") == "110105*****1002"  # first generation, 15
+    assert mask_id_number("12345678901") == "123456*8901"
+    # A misread too short to hide anything between the ends is hidden whole.
+    assert mask_id_number("1101052") == "*******"
+    assert mask_id_number("") == ""
+
+
+def test_staff_screens_get_the_address_down_to_its_district() -> None:
+    assert mask_address("北京市朝阳区建国路88号院3号楼2单元1101号") == "北京市朝阳区****"
+    assert mask_address("广东省深圳市南山区科技园南区高新南七道18号") == "广东省深圳市南山区****"
+    assert mask_address("新疆维吾尔自治区乌鲁木齐市天山区解放南路1号") == "新疆维吾尔自治区****"
+    assert mask_address("江苏省昆山市玉山镇人民路100号") == "江苏省昆山市****"  # no district
+    assert mask_address("北京市朝阳区") == "北京市****"  # never more than half of what was read
+    assert mask_address("") == "****"
+
+
+def test_the_fields_staff_get_do_not_add_up_to_the_number() -> None:
+    # The masked middle of the number is the birth date: showing the date beside it would
+    # give the whole number back. Staff get the year.
+    front = {k: v for k, v in ANNEX_FRONT.to_dict().items() if v not in (None, False)}
+    shown = staff_card_fields(front)
+    assert shown == {
+        "name": "张伟",
+        "sex": "女",
+        "ethnicity": "汉",
+        "birth_date": "1949",
+        "address": "北京市朝阳区****",
+        "id_number": "110105********002X",
+    }
+    assert "19491231" not in str(shown) and "建国路" not in str(shown)
+    back = {k: v for k, v in ANNEX_BACK.to_dict().items() if v not in (None, False)}
+    assert staff_card_fields(back) == back  # nothing personal on the back

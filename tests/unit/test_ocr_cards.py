@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from tests.fixtures.idcards import (
     VALID_SPECS,
     CardSpec,
     degrade,
+    make_id_number,
     on_table,
     render_back,
     render_front,
@@ -126,6 +128,38 @@ def test_invalid_checksum_never_accepted(engine: RapidOcrEngine) -> None:
 def test_expired_card_refused(engine: RapidOcrEngine) -> None:
     r = read_card(on_table(render_back(EXPIRED_SPEC)), engine)
     assert [p.reason.value for p in check_back(r.fields, date(2026, 6, 1))] == ["expired"]
+
+
+def test_back_of_another_card_refused(engine: RapidOcrEngine) -> None:
+    # Each side reads exactly and passes its own checks, but the 长期 back is that of a woman
+    # born in 1962 and the front a man born in 1999.
+    front = read_card(on_table(render_front(VALID_SPECS[2])), engine)
+    other = read_card(on_table(render_back(VALID_SPECS[1])), engine)
+    own = read_card(on_table(render_back(VALID_SPECS[2])), engine)
+    assert [p.reason.value for p in assess(front, other, TODAY).problems] == ["sides_mismatch"]
+    assert assess(front, own, TODAY).problems == []
+
+
+def test_term_boundary_read_from_the_card(engine: RapidOcrEngine) -> None:
+    # Born on 29 February 2000, 26 in the common year 2026: a 10-year card applied for at 25
+    # and issued after that birthday is genuine; a 20-year card cannot start before it (28
+    # February at the earliest reckoning).
+    leap = date(2000, 2, 29)
+    holder = replace(VALID_SPECS[2], birth=leap, id_number=make_id_number("440305", leap, 57))
+    front = read_card(on_table(render_front(holder)), engine)
+    assert front.fields.birth_date == leap
+    for start, years, accepted in (
+        (date(2026, 5, 20), 10, True),
+        (date(2026, 2, 28), 20, True),
+        (date(2026, 2, 27), 20, False),
+    ):
+        end = start.replace(year=start.year + years)
+        back = read_card(
+            on_table(render_back(replace(holder, valid_from=start, valid_until=end))), engine
+        )
+        assert back.fields.valid_from == start and back.fields.valid_until == end
+        problems = [p.reason.value for p in assess(front, back, TODAY).problems]
+        assert problems == ([] if accepted else ["sides_mismatch"]), (start, years)
 
 
 def test_heavy_blur_says_hold_still(engine: RapidOcrEngine) -> None:

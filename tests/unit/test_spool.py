@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from recorder.store.s3 import ArchiveConflictError, ArchiveUnavailableError
-from recorder.store.spool import Spool, SpoolCorruptError, Uploader, UploaderStatus
+from recorder.store.spool import Spool, SpoolCorruptError, UploaderStatus
+from tests.support.archive import running_uploader
 
 UNTIL = datetime.now(UTC) + timedelta(days=30)
 REPO = Path(__file__).resolve().parents[2]
@@ -221,9 +222,9 @@ async def test_uploader_uploads_in_order_and_retries_with_backoff(tmp_path: Path
     spool = Spool(tmp_path)
     target = MemoryTarget()
     target.down = True
-    uploader = Uploader(spool, target, backoff_min_seconds=0.02, backoff_max_seconds=0.08)
-    await uploader.start()
-    try:
+    async with running_uploader(
+        spool, target, backoff_min_seconds=0.02, backoff_max_seconds=0.08
+    ) as uploader:
         for index in range(5):
             await spool.add(f"a/seg-{index}", bytes([index]) * 10, UNTIL)
         for _ in range(200):
@@ -244,22 +245,18 @@ async def test_uploader_uploads_in_order_and_retries_with_backoff(tmp_path: Path
         assert status.last_success_at is not None
         assert target.order == [f"a/seg-{index}" for index in range(5)]
         assert status.describe() == "all objects are in the archive store"
-    finally:
-        await uploader.stop()
 
 
 async def test_conflicting_object_is_set_aside_and_the_rest_goes_through(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
     target = MemoryTarget()
     target.objects["a/seg-1"] = b"something else"
-    uploader = Uploader(spool, target, backoff_min_seconds=0.02, backoff_max_seconds=0.08)
-    await uploader.start()
-    try:
+    async with running_uploader(
+        spool, target, backoff_min_seconds=0.02, backoff_max_seconds=0.08
+    ) as uploader:
         for index in range(3):
             await spool.add(f"a/seg-{index}", b"ours", UNTIL)
         status = await uploader.flush(5)
-    finally:
-        await uploader.stop()
     assert target.order == ["a/seg-0", "a/seg-2"]
     assert status.rejected_count == 1
     assert "different content" in (status.last_error or "")
@@ -283,14 +280,12 @@ async def test_a_rejection_whose_move_failed_is_done_when_tried_again(
 
     failed: list[Path] = []
     monkeypatch.setattr(os, "rename", rejected_dir_full_once)
-    uploader = Uploader(spool, target, backoff_min_seconds=0.01, backoff_max_seconds=0.02)
-    await uploader.start()
-    try:
+    async with running_uploader(
+        spool, target, backoff_min_seconds=0.01, backoff_max_seconds=0.02
+    ) as uploader:
         for index in range(2):
             await spool.add(f"a/seg-{index}", b"ours", UNTIL)
         status = await uploader.flush(5)
-    finally:
-        await uploader.stop()
     assert failed and target.order == ["a/seg-1"]
     assert status.rejected_count == 1 and status.pending_count == 0
     [reason] = (tmp_path / "rejected").glob("*.reason")
@@ -302,14 +297,12 @@ async def test_flush_times_out_saying_what_waits(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
     target = MemoryTarget()
     target.down = True
-    uploader = Uploader(spool, target, backoff_min_seconds=0.05, backoff_max_seconds=0.05)
-    await uploader.start()
-    try:
+    async with running_uploader(
+        spool, target, backoff_min_seconds=0.05, backoff_max_seconds=0.05
+    ) as uploader:
         await spool.add("a/seg", b"x", UNTIL)
         with pytest.raises(TimeoutError, match=r"1 object waiting .*connection refused"):
             await uploader.flush(0.3)
-    finally:
-        await uploader.stop()
     assert spool.pending_count == 1  # still safe on disk
     with pytest.raises(RuntimeError, match="not running"):
         await uploader.flush(1)

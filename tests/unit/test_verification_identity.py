@@ -9,8 +9,9 @@ import asyncio
 import contextlib
 import itertools
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, replace
+from datetime import date
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -39,6 +40,7 @@ from server.identity.verification import (
     SEVERAL_FACES,
     IdentityServices,
     IdentityVerification,
+    Message,
     Step,
 )
 from server.sessions.store import SessionStore
@@ -164,15 +166,20 @@ def config() -> IdentityConfig:
     )
 
 
-@pytest.fixture
-def services(db: Any, tmp_path: Path, config: IdentityConfig) -> IdentityServices:
+def services_with(db: Any, tmp_path: Path, engines: IdentityEngines | Engines) -> IdentityServices:
+    """The verification's services around `engines`, on the test's database, on TODAY."""
     return IdentityServices(
-        engines=cast(IdentityEngines, Engines(config)),
+        engines=cast(IdentityEngines, engines),
         records=IdentityRecords(db, tmp_path / "keys" / "identity-keyring.json"),
         store=SessionStore(db),
         audit=cast(AuditLog, Audit()),
         today=lambda: TODAY,
     )
+
+
+@pytest.fixture
+def services(db: Any, tmp_path: Path, config: IdentityConfig) -> IdentityServices:
+    return services_with(db, tmp_path, Engines(config))
 
 
 def engines_of(services: IdentityServices) -> Engines:
@@ -189,9 +196,12 @@ def camera(v: IdentityVerification, monkeypatch: pytest.MonkeyPatch, pictures: i
     monkeypatch.setattr(v, "_pictures", show)
 
 
-def following(v: IdentityVerification) -> Callable[[], float]:
-    """A customer who does as asked: two frontal pictures after each prompt, then the turn;
-    facing the camera when nothing is asked."""
+def answering(
+    v: IdentityVerification, before: Callable[[float], list[float]]
+) -> Callable[[], float]:
+    """A customer who, after each prompt, takes the poses `before(turn)` gives (`turn`: the
+    yaw of the turn asked for), then holds the turn asked for; facing the camera when nothing
+    is asked (the card's portrait is looked at too)."""
     counts: dict[int, Iterator[int]] = {}
 
     def pose() -> float:
@@ -199,32 +209,40 @@ def following(v: IdentityVerification) -> Callable[[], float]:
         if asked is None:
             return 0.0
         n = next(counts.setdefault(asked["index"], itertools.count()))
-        if n < 2:
-            return 0.0
-        return TURN if asked["challenge"] == Challenge.TURN_LEFT else -TURN
+        turn = TURN if asked["challenge"] == Challenge.TURN_LEFT else -TURN
+        first = before(turn)
+        return first[n] if n < len(first) else turn
 
     return pose
+
+
+def following(v: IdentityVerification) -> Callable[[], float]:
+    """A customer who does as asked: two frontal pictures after each prompt, then the turn."""
+    return answering(v, lambda turn: [0.0, 0.0])
 
 
 def wrong_way_first(v: IdentityVerification) -> Callable[[], float]:
-    """Frontal, the turn the other way, frontal again, then the turn asked for; facing the
-    camera when nothing is asked (the card's portrait is looked at too)."""
-    counts: dict[int, Iterator[int]] = {}
-
-    def pose() -> float:
-        asked = v._challenge
-        if asked is None:
-            return 0.0
-        n = next(counts.setdefault(asked["index"], itertools.count()))
-        way = TURN if asked["challenge"] == Challenge.TURN_LEFT else -TURN
-        return [0.0, 0.0, -way, -way, 0.0, 0.0][n] if n < 6 else way
-
-    return pose
+    """Frontal, the turn the other way, frontal again, then the turn asked for."""
+    return answering(v, lambda turn: [0.0, 0.0, -turn, -turn, 0.0, 0.0])
 
 
 async def consented(v: IdentityVerification, granted: bool = True) -> None:
     await v.start("teller", customer_connected=True)
     await v.give_consent("customer", granted)
+
+
+async def consenting_customer(
+    services: IdentityServices,
+    monkeypatch: pytest.MonkeyPatch,
+    pose: Callable[[IdentityVerification], Callable[[], float]] = following,
+) -> Room:
+    """A room whose customer has consented and is in front of the camera, moving as `pose`
+    says (by default doing as asked)."""
+    room = Room(services)
+    camera(room.verification, monkeypatch)
+    engines_of(services).pose = pose(room.verification)
+    await consented(room.verification)
+    return room
 
 
 async def run(v: IdentityVerification, step: Step) -> None:
@@ -233,9 +251,12 @@ async def run(v: IdentityVerification, step: Step) -> None:
     await v._task
 
 
-async def upload(v: IdentityVerification, step: Step) -> None:
-    photo = FRONT_PHOTO if step is Step.CARD_FRONT else BACK_PHOTO
-    await v.upload_card("customer", "front" if step is Step.CARD_FRONT else "back", photo)
+async def upload(v: IdentityVerification, step: Step, photo: np.ndarray | None = None) -> None:
+    """The customer uploads a photo of that side (the stand-in card photo by default)."""
+    front = step is Step.CARD_FRONT
+    if photo is None:
+        photo = FRONT_PHOTO if front else BACK_PHOTO
+    await v.upload_card("customer", "front" if front else "back", photo)
     assert v._task is not None
     await v._task
 
@@ -243,11 +264,7 @@ async def upload(v: IdentityVerification, step: Step) -> None:
 async def test_liveness_waits_for_the_card_front_and_then_matches_its_photo(
     services: IdentityServices, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    room = Room(services)
-    v = room.verification
-    camera(v, monkeypatch)
-    engines_of(services).pose = following(v)
-    await consented(v)
+    v = (await consenting_customer(services, monkeypatch)).verification
     for step in (Step.LIVENESS, Step.FACE):
         with pytest.raises(ProtocolError) as refused:
             await v.run_step("teller", step)
@@ -269,10 +286,7 @@ async def test_liveness_waits_for_the_card_front_and_then_matches_its_photo(
 async def test_turning_the_other_way_first_fails_the_challenge(
     services: IdentityServices, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    v = Room(services).verification
-    camera(v, monkeypatch)
-    engines_of(services).pose = wrong_way_first(v)
-    await consented(v)
+    v = (await consenting_customer(services, monkeypatch, wrong_way_first)).verification
     await upload(v, Step.CARD_FRONT)
     await run(v, Step.LIVENESS)
     liveness = v.steps[Step.LIVENESS]
@@ -295,13 +309,7 @@ async def test_a_turn_after_the_challenge_time_is_not_counted(
         challenge_seconds=1.0,
     )
     engines = Engines(config)
-    services = IdentityServices(
-        engines=cast(IdentityEngines, engines),
-        records=IdentityRecords(db, tmp_path / "keys" / "identity-keyring.json"),
-        store=SessionStore(db),
-        audit=cast(AuditLog, Audit()),
-        today=lambda: TODAY,
-    )
+    services = services_with(db, tmp_path, engines)
     v = Room(services).verification
     picture = SimpleNamespace(image=np.zeros((120, 160, 3), np.uint8))
 
@@ -335,11 +343,8 @@ async def test_a_turn_after_the_challenge_time_is_not_counted(
 async def test_a_restored_room_seals_the_same_manifest(
     services: IdentityServices, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    room = Room(services)
+    room = await consenting_customer(services, monkeypatch)
     v = room.verification
-    camera(v, monkeypatch)
-    engines_of(services).pose = following(v)
-    await consented(v)
     engines_of(services).decision = Decision.FAIL
     await upload(v, Step.CARD_FRONT)
     await run(v, Step.FACE)  # a first attempt fails: the last one is what counts
@@ -431,18 +436,10 @@ async def test_an_upside_down_card_is_kept_upright(db: Any, tmp_path: Path) -> N
     upright = on_table(render_front(spec))
     engines = IdentityEngines(IdentityConfig(preload=False))
     try:
-        services = IdentityServices(
-            engines=engines,
-            records=IdentityRecords(db, tmp_path / "keys" / "identity-keyring.json"),
-            store=SessionStore(db),
-            audit=cast(AuditLog, Audit()),
-            today=lambda: TODAY,
-        )
+        services = services_with(db, tmp_path, engines)
         v = Room(services).verification
         await consented(v)
-        await v.upload_card("customer", "front", cv2.rotate(upright, cv2.ROTATE_180))
-        assert v._task is not None
-        await v._task
+        await upload(v, Step.CARD_FRONT, cv2.rotate(upright, cv2.ROTATE_180))
         assert v.steps[Step.CARD_FRONT].status == "passed", v.steps[Step.CARD_FRONT]
         assert v._front_image is not None and np.array_equal(v._front_image, upright)
         # The evidence is upright too, and it is what a restored room matches faces against.
@@ -469,10 +466,7 @@ async def test_evidence_is_encoded_off_the_event_loop(
         return encode(*args, **kwargs)
 
     monkeypatch.setattr(cv2, "imencode", recording)
-    v = Room(services).verification
-    camera(v, monkeypatch)
-    engines_of(services).pose = following(v)
-    await consented(v)
+    v = (await consenting_customer(services, monkeypatch)).verification
     await upload(v, Step.CARD_FRONT)
     await run(v, Step.FACE)
     await run(v, Step.LIVENESS)
@@ -503,10 +497,7 @@ async def test_two_steps_started_at_once_do_not_both_run(
     # The teller's step and the customer's upload arrive on two connections at the same time:
     # one runs, the other is refused as busy, or the two would run side by side (and a step
     # started twice at its last attempt would get attempts beyond the limit).
-    v = Room(services).verification
-    camera(v, monkeypatch)
-    engines_of(services).pose = following(v)
-    await consented(v)
+    v = (await consenting_customer(services, monkeypatch)).verification
     await upload(v, Step.CARD_FRONT)
     results = await asyncio.gather(
         v.run_step("teller", Step.FACE),
@@ -527,11 +518,8 @@ async def test_a_step_cannot_start_during_the_manual_decision(
 ) -> None:
     # The teller fails the customer manually while the customer's upload of the last missing
     # side arrives: the upload must not run and then conclude "pass" over the decision.
-    room = Room(services)
+    room = await consenting_customer(services, monkeypatch)
     v = room.verification
-    camera(v, monkeypatch)
-    engines_of(services).pose = following(v)
-    await consented(v)
     await upload(v, Step.CARD_FRONT)
     await run(v, Step.FACE)
     await run(v, Step.LIVENESS)
@@ -552,9 +540,7 @@ async def test_nobody_in_view_is_not_reported_as_no_video(
 ) -> None:
     # The camera works but the customer has stepped out of the picture: telling them to turn
     # the camera on sends them looking for the wrong thing.
-    v = Room(services).verification
-    camera(v, monkeypatch)
-    await consented(v)
+    v = (await consenting_customer(services, monkeypatch)).verification
     await upload(v, Step.CARD_FRONT)
     engines_of(services).in_view = False
     await run(v, Step.LIVENESS)
@@ -573,9 +559,7 @@ async def test_a_front_without_a_findable_portrait_can_be_retaken(
 ) -> None:
     # The face step would tell the customer to retake the photo side, which a passed front
     # refuses: the portrait is looked for while the front can still be taken again.
-    v = Room(services).verification
-    camera(v, monkeypatch)
-    await consented(v)
+    v = (await consenting_customer(services, monkeypatch)).verification
     engines_of(services).in_view = False  # glare over the portrait: no face on the card
     await upload(v, Step.CARD_FRONT)
     front = v.steps[Step.CARD_FRONT]
@@ -587,6 +571,39 @@ async def test_a_front_without_a_findable_portrait_can_be_retaken(
     assert v.steps[Step.CARD_FRONT].status == "passed"
     await run(v, Step.FACE)
     assert v.steps[Step.FACE].status == "passed"
+
+
+async def test_a_back_from_another_card_fails_and_waits_for_the_front(
+    services: IdentityServices, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The back's validity term follows the holder's age, read from the front's number: the back
+    # is checked against a passed front, so it cannot be taken first.
+    v = (await consenting_customer(services, monkeypatch)).verification
+    with pytest.raises(ProtocolError, match="front of the card first"):
+        await v.run_step("teller", Step.CARD_BACK)
+    await upload(v, Step.CARD_FRONT)
+    # A 20-year card issued in 2016: its holder was 26-45 then; the front's was born in 1949.
+    other = replace(
+        BACK,
+        valid_from=date(2016, 5, 1),
+        valid_until=date(2036, 5, 1),
+        valid_long_term=False,
+        validity_text="2016.05.01-2036.05.01",
+    )
+    engines = engines_of(services)
+
+    async def read_other(image: np.ndarray) -> CardReading:
+        return CardReading("back", other, [], False, [], image)
+
+    monkeypatch.setattr(engines, "read_card_async", read_other)
+    await upload(v, Step.CARD_BACK)
+    back = v.steps[Step.CARD_BACK]
+    assert back.status == "failed"
+    assert [m.reason for m in back.messages] == ["sides_mismatch"]
+    assert "同一张身份证的两面" in back.messages[0].message_zh
+    monkeypatch.setattr(engines, "read_card_async", Engines.read_card_async.__get__(engines))
+    await upload(v, Step.CARD_BACK)
+    assert v.steps[Step.CARD_BACK].status == "passed"
 
 
 # -- the face that moves is the face that matched: the real YuNet + SFace on the liveness fixtures
@@ -656,10 +673,14 @@ def scenes() -> Scenes:
     return Scenes(holder, stranger, turns(holder), turns(stranger), two, nobody)
 
 
+# What the camera shows for a challenge.
+Answer = Callable[[Challenge], list[np.ndarray]]
+
+
 def scripted(
     v: IdentityVerification,
     monkeypatch: pytest.MonkeyPatch,
-    answer: Callable[[Challenge], list[np.ndarray]],
+    answer: Answer,
 ) -> None:
     """A camera that shows, for each challenge, the pictures `answer` gives for it."""
 
@@ -671,55 +692,48 @@ def scripted(
     monkeypatch.setattr(v, "_pictures", show)
 
 
-async def liveness_with(
-    db: Any,
-    tmp_path: Path,
-    engines: FacesOnly,
-    monkeypatch: pytest.MonkeyPatch,
-    answer: Callable[[Challenge], list[np.ndarray]],
-) -> tuple[IdentityVerification, IdentityServices]:
-    services = IdentityServices(
-        engines=engines,
-        records=IdentityRecords(db, tmp_path / "keys" / "identity-keyring.json"),
-        store=SessionStore(db),
-        audit=cast(AuditLog, Audit()),
-        today=lambda: TODAY,
-    )
-    v = Room(services).verification
-    await consented(v)
-    await v.upload_card("customer", "front", load_face("obama2.jpg"))
-    assert v._task is not None
-    await v._task
-    assert v.steps[Step.CARD_FRONT].status == "passed"
-    scripted(v, monkeypatch, answer)
-    await run(v, Step.LIVENESS)
-    return v, services
+LivenessWith = Callable[[Answer], Awaitable[tuple[IdentityVerification, IdentityServices]]]
+
+
+@pytest.fixture
+def liveness_with(
+    db: Any, tmp_path: Path, faces_only: FacesOnly, monkeypatch: pytest.MonkeyPatch
+) -> LivenessWith:
+    """Runs the liveness step with the real face engine, after a front whose portrait is the
+    holder's, on a camera that shows what `answer` gives for each challenge."""
+
+    async def with_answer(answer: Answer) -> tuple[IdentityVerification, IdentityServices]:
+        services = services_with(db, tmp_path, faces_only)
+        v = Room(services).verification
+        await consented(v)
+        await upload(v, Step.CARD_FRONT, load_face("obama2.jpg"))
+        assert v.steps[Step.CARD_FRONT].status == "passed"
+        scripted(v, monkeypatch, answer)
+        await run(v, Step.LIVENESS)
+        return v, services
+
+    return with_answer
+
+
+async def liveness_record(services: IdentityServices) -> Any:
+    [row] = [r for r in await services.records.for_session("s1") if r.step == "liveness"]
+    return row
 
 
 async def test_the_holder_turning_passes_with_the_real_engine(
-    db: Any, tmp_path: Path, faces_only: FacesOnly, scenes: Scenes, monkeypatch: pytest.MonkeyPatch
+    liveness_with: LivenessWith, scenes: Scenes
 ) -> None:
-    v, _ = await liveness_with(
-        db,
-        tmp_path,
-        faces_only,
-        monkeypatch,
-        lambda asked: [scenes.holder] * 3 + scenes.holder_turns[asked],
-    )
+    v, _ = await liveness_with(lambda asked: [scenes.holder] * 3 + scenes.holder_turns[asked])
     assert v.steps[Step.LIVENESS].status == "passed", v.steps[Step.LIVENESS]
 
 
 async def test_a_photo_of_the_holder_then_somebody_else_turning_fails(
-    db: Any, tmp_path: Path, faces_only: FacesOnly, scenes: Scenes, monkeypatch: pytest.MonkeyPatch
+    liveness_with: LivenessWith, scenes: Scenes
 ) -> None:
     # The holder's photo held up gives the frontal pose (and the picture matched with the
     # card); a helper, lowered into the same place, does the turns.
     v, services = await liveness_with(
-        db,
-        tmp_path,
-        faces_only,
-        monkeypatch,
-        lambda asked: [scenes.holder] * 3 + scenes.stranger_turns[asked],
+        lambda asked: [scenes.holder] * 3 + scenes.stranger_turns[asked]
     )
     liveness = v.steps[Step.LIVENESS]
     assert liveness.status == "failed" and liveness.messages == [FACE_CONTINUITY]
@@ -728,7 +742,7 @@ async def test_a_photo_of_the_holder_then_somebody_else_turning_fails(
     # The client is told what to do, never the similarity.
     public = str(v.public_message()) + str(v.staff_message())
     assert "similarity" not in public and "threshold" not in public
-    [row] = [r for r in await services.records.for_session("s1") if r.step == "liveness"]
+    row = await liveness_record(services)
     assert row.outcome == "fail" and row.reason == "face_continuity"
     opened = await services.records.open(row.id)
     continuity = opened.detail["continuity"]
@@ -742,38 +756,39 @@ async def test_a_photo_of_the_holder_then_somebody_else_turning_fails(
     ]
 
 
-async def test_two_faces_mid_challenge_fail(
-    db: Any, tmp_path: Path, faces_only: FacesOnly, scenes: Scenes, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("picture", "message", "reason", "kind"),
+    [
+        ("two_faces", SEVERAL_FACES, "several_faces_live", "several_faces"),
+        ("nobody", FACE_LOST, "face_lost", "no_face"),
+    ],
+)
+async def test_one_picture_without_the_one_face_mid_challenge_fails_the_attempt(
+    liveness_with: LivenessWith,
+    scenes: Scenes,
+    picture: str,
+    message: Message,
+    reason: str,
+    kind: str,
 ) -> None:
+    # A second face, or one picture without a face: whoever comes back is not followed from
+    # the face before, a swap could hide in it. The attempt fails with what to do; the teller
+    # starts another.
     def answer(asked: Challenge) -> list[np.ndarray]:
         turns = scenes.holder_turns[asked]
-        return [scenes.holder] * 3 + turns[:1] + [scenes.two_faces] + turns[1:]
+        return [scenes.holder] * 3 + turns[:1] + [getattr(scenes, picture)] + turns[1:]
 
-    v, _ = await liveness_with(db, tmp_path, faces_only, monkeypatch, answer)
+    v, services = await liveness_with(answer)
     liveness = v.steps[Step.LIVENESS]
-    assert liveness.status == "failed" and liveness.messages == [SEVERAL_FACES]
-
-
-async def test_the_face_leaving_the_picture_mid_challenge_fails_the_attempt(
-    db: Any, tmp_path: Path, faces_only: FacesOnly, scenes: Scenes, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # One picture without a face, and whoever comes back is not followed from the face before:
-    # a swap could hide in it. The attempt fails with what to do; the teller starts another.
-    def answer(asked: Challenge) -> list[np.ndarray]:
-        turns = scenes.holder_turns[asked]
-        return [scenes.holder] * 3 + turns[:1] + [scenes.nobody] + turns[1:]
-
-    v, services = await liveness_with(db, tmp_path, faces_only, monkeypatch, answer)
-    liveness = v.steps[Step.LIVENESS]
-    assert liveness.status == "failed" and liveness.messages == [FACE_LOST]
+    assert liveness.status == "failed" and liveness.messages == [message]
     assert liveness.attempts == 1 and v.state == "in_progress"
-    [row] = [r for r in await services.records.for_session("s1") if r.step == "liveness"]
-    assert row.reason == "face_lost"
-    assert (await services.records.open(row.id)).detail["continuity"]["break"] == "no_face"
+    row = await liveness_record(services)
+    assert row.reason == reason
+    assert (await services.records.open(row.id)).detail["continuity"]["break"] == kind
 
 
 async def test_a_face_that_jumps_across_the_picture_fails(
-    db: Any, tmp_path: Path, faces_only: FacesOnly, scenes: Scenes, monkeypatch: pytest.MonkeyPatch
+    liveness_with: LivenessWith, scenes: Scenes
 ) -> None:
     # The same person, but the face moves further between two pictures (an eighth of a second
     # apart) than a head does: the picture was switched.
@@ -785,13 +800,9 @@ async def test_a_face_that_jumps_across_the_picture_fails(
         return cv2.warpAffine(image, shift, size, borderMode=cv2.BORDER_REPLICATE)
 
     v, services = await liveness_with(
-        db,
-        tmp_path,
-        faces_only,
-        monkeypatch,
-        lambda asked: [scenes.holder] * 3 + [moved(i) for i in scenes.holder_turns[asked]],
+        lambda asked: [scenes.holder] * 3 + [moved(i) for i in scenes.holder_turns[asked]]
     )
     liveness = v.steps[Step.LIVENESS]
     assert liveness.status == "failed" and liveness.messages == [FACE_CONTINUITY]
-    [row] = [r for r in await services.records.for_session("s1") if r.step == "liveness"]
+    row = await liveness_record(services)
     assert (await services.records.open(row.id)).detail["continuity"]["break"] == "jump"

@@ -14,6 +14,10 @@ export const STEPS = ['card_front', 'card_back', 'face', 'liveness'];
 const STATES = new Set(['idle', 'awaiting_consent', 'in_progress', 'manual_required', 'manual_review', 'passed', 'verified_manually']);
 const FIELDS = ['name', 'sex', 'ethnicity', 'birth_date', 'address', 'id_number', 'issuing_authority', 'valid_from', 'valid_until'];
 const REQUESTS = new Set(['identity_start', 'identity_step', 'identity_manual', 'identity_upload']);
+// A request the server has not answered yet keeps the teller's buttons disabled (a double click
+// on "start" sent it twice, and the second was refused in the server's English); an answer that
+// never comes (a dropped connection) gives them back after this long.
+const REQUEST_TIMEOUT_MS = 8000;
 // Photos are re-encoded in the browser to at most this size before upload (the server caps
 // bytes and pixels too); a phone's 12-megapixel photo is far more than OCR needs.
 const UPLOAD_MAX_SIDE = 1600;
@@ -57,6 +61,7 @@ export class IdentityPanel {
   #identity = normalizeIdentity({});
   #rows = new Map();
   #over = false;
+  #pending = null; // timer of the request sent and not answered yet
 
   constructor({ call, canControl }) {
     const $ = (id) => document.getElementById(id);
@@ -90,9 +95,18 @@ export class IdentityPanel {
     }
     call.on('identity', (identity) => {
       this.#identity = identity;
+      this.#clearPending();
       this.#render();
     });
-    call.on('connection', () => this.#render());
+    call.on('error', (msg) => {
+      if (!REQUESTS.has(msg.ref)) return;
+      this.#clearPending();
+      this.#render();
+    });
+    call.on('connection', () => {
+      this.#clearPending();
+      this.#render();
+    });
     call.on('presence', () => this.#render());
     call.on('ended', () => { this.#over = true; this.#render(); });
     call.on('fatal', () => { this.#over = true; this.#render(); });
@@ -127,6 +141,7 @@ export class IdentityPanel {
     const { state, steps, challenge, fields, manual, maxAttempts } = this.#identity;
     const el = this.#el;
     const connected = !this.#over && this.#call.connected;
+    const waiting = this.#pending !== null;
     el.state.dataset.state = state;
     if (state === 'verified_manually') translate(el.state, `identity.state.manual_${manual?.decision === 'pass' ? 'pass' : 'fail'}`);
     else translate(el.state, `identity.state.${state}`);
@@ -136,9 +151,9 @@ export class IdentityPanel {
     const customerHere = [...this.#call.participants.values()].some((p) => p.role === 'customer' && p.state === 'connected');
     const working = STEPS.some((step) => steps[step].status === 'working');
     el.start.hidden = !this.#canControl || !['idle', 'manual_required'].includes(state);
-    el.start.disabled = !connected || !customerHere;
+    el.start.disabled = !connected || !customerHere || waiting;
     el.manual.hidden = !this.#canControl || ['idle', 'awaiting_consent', 'verified_manually'].includes(state);
-    el.manual.disabled = !connected || working;
+    el.manual.disabled = !connected || working || waiting;
 
     for (const step of STEPS) {
       const row = this.#rows.get(step);
@@ -151,7 +166,7 @@ export class IdentityPanel {
         // Both compare the live face with the card's portrait: the server refuses them before it.
         const needsFront = (step === 'face' || step === 'liveness') && steps.card_front.status !== 'passed';
         row.button.hidden = state !== 'in_progress' || s.status === 'passed';
-        row.button.disabled = !connected || working || needsFront;
+        row.button.disabled = !connected || working || needsFront || waiting;
       }
     }
 
@@ -179,7 +194,23 @@ export class IdentityPanel {
   }
 
   #send(type, fields) {
-    if (!this.#call.send(type, fields)) toast(t('error.not_connected_action'), 'error');
+    // A second click before the first was answered (the button is disabled once rendered) sends
+    // nothing.
+    if (this.#pending !== null) return;
+    if (!this.#call.send(type, fields)) {
+      toast(t('error.not_connected_action'), 'error');
+      return;
+    }
+    this.#pending = setTimeout(() => {
+      this.#pending = null;
+      this.#render();
+    }, REQUEST_TIMEOUT_MS);
+    this.#render();
+  }
+
+  #clearPending() {
+    clearTimeout(this.#pending);
+    this.#pending = null;
   }
 
   #openManual() {

@@ -55,6 +55,9 @@ function dialogSwitches() {
 function errorKey(err) {
   const code = err?.code;
   if (customerPage && has(`customerError.${code}`)) return `customerError.${code}`;
+  // A signaling error names the request it refuses (`ref`): `out_of_order` means something
+  // different, and needs a different fix, for each.
+  if (typeof err?.ref === 'string' && has(`error.${code}.${err.ref}`)) return `error.${code}.${err.ref}`;
   if (has(`error.${code}`)) return `error.${code}`;
   // A proxy's own error page (no JSON): its status line is neither translated nor helpful.
   if (typeof code === 'string' && code.startsWith('http_')) {

@@ -9,6 +9,10 @@ import { poller } from '/static/staff/poller.js';
 
 const $ = (id) => document.getElementById(id);
 const REFRESH_MS = 10000;
+// Transactions with a decision on its way: their item keeps every button disabled (approve and
+// reject are separate requests; one each is what the supervisor meant) and no refresh draws it
+// anew with its buttons enabled meanwhile.
+const deciding = new Set();
 
 const polling = poller({
   load: async () => {
@@ -18,7 +22,8 @@ const polling = poller({
   errorId: 'approvals-error',
   everyMs: REFRESH_MS,
   // A supervisor typing a reason keeps what they typed: no refresh while a reason has text.
-  skip: () => [...document.querySelectorAll('.approval-reason')].some((el) => el.value.trim()),
+  skip: () => deciding.size > 0
+    || [...document.querySelectorAll('.approval-reason')].some((el) => el.value.trim()),
 });
 const refresh = polling.refresh;
 
@@ -91,8 +96,13 @@ async function decide(row, action, body, error) {
     return;
   }
   clearText(error);
+  const id = row.dataset.id;
+  const buttons = [...row.querySelectorAll('button')];
+  deciding.add(id);
+  for (const el of buttons) el.disabled = true;
   try {
-    await post(`/api/v1/transactions/${encodeURIComponent(row.dataset.id)}/${action}`, body);
+    await post(`/api/v1/transactions/${encodeURIComponent(id)}/${action}`, body);
+    deciding.delete(id);
     toast(t('tx.done'), 'success');
     // Decided, so out of the queue now: a reason typed in another item holds the refresh off,
     // and stays as it was.
@@ -100,6 +110,8 @@ async function decide(row, action, body, error) {
     $('approvals-empty').hidden = $('approvals-list').children.length > 0;
     await refresh();
   } catch (err) {
+    deciding.delete(id);
+    for (const el of buttons) el.disabled = false;
     showErrorText(error, err);
   }
 }

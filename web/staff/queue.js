@@ -12,6 +12,9 @@ let wired = false;
 const revealed = new Map();
 // Callbacks with a claim or "done" on its way: a refresh meanwhile draws their button disabled.
 const sending = new Set();
+// "Take next" on its way (and, once answered, the page leaving for the call): a refresh meanwhile
+// draws it disabled, or a second click asked for another customer.
+let taking = false;
 
 // Refreshes report in their own line: #queue-error keeps what the teller's last action said.
 const polling = poller({
@@ -67,7 +70,7 @@ function render(data) {
     translate($('queue-counts'), 'queue.waitingCounts', { counts: text });
   } else translate($('queue-counts'), 'queue.waitingNone');
 
-  $('queue-take').disabled = teller.status !== 'available' || counts.length === 0;
+  $('queue-take').disabled = taking || teller.status !== 'available' || counts.length === 0;
   const current = $('queue-current');
   current.hidden = !teller.current_session_id;
   if (teller.current_session_id) {
@@ -126,15 +129,17 @@ async function setStatus(status) {
 }
 
 async function takeNext() {
-  const take = $('queue-take');
-  take.disabled = true;
+  if (taking) return;
+  taking = true;
+  $('queue-take').disabled = true;
   clearText($('queue-error'));
   try {
     const { session } = await post('/api/v1/queue/take');
     location.assign(`/staff/call.html?session=${encodeURIComponent(session.id)}`);
   } catch (err) {
     showErrorText($('queue-error'), err);
-    take.disabled = false;
+    taking = false;
+    $('queue-take').disabled = false;
     refresh();
   }
 }

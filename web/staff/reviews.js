@@ -146,6 +146,10 @@ async function decide(id, decision, noteField, error) {
     noteField.focus();
     return;
   }
+  // Approve and reject are separate requests: while one is on its way, neither can be sent
+  // (the second would be refused as already decided).
+  const buttons = [...noteField.closest('li').querySelectorAll('button')];
+  for (const el of buttons) el.disabled = true;
   try {
     await post(`/api/v1/reviews/${encodeURIComponent(id)}`, { decision, note });
     toast(t(decision === 'approved' ? 'review.approved' : 'review.rejected'), 'success');
@@ -154,6 +158,7 @@ async function decide(id, decision, noteField, error) {
     $('reviews-empty').hidden = $('reviews-list').children.length > 0;
     await polling.refresh();
   } catch (err) {
+    for (const el of buttons) el.disabled = false;
     showErrorText(error, err);
   }
 }

@@ -1,0 +1,233 @@
+"""Staff account administration after creation: list, disable and enable (the leaver process),
+unlock a locked-out account, reset a password. `vteller admin ...` (server/cli.py) is its user.
+
+What grants access (enable, unlock, a new password) is logged before it takes effect and is
+refused if the audit log cannot take it. What takes access away (disable) happens first and is
+logged after the fact, like a logout: a leaver must never keep access because the log was down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from server.auth.passwords import hash_password
+from server.auth.ratelimit import LoginThrottle
+from server.db.engine import DbSession
+from server.db.models import CallSession, Participant, StaffDevice, StaffLogin, User, utcnow
+from server.errors import ApiError
+from server.sessions.store import OPEN_STATES
+
+if TYPE_CHECKING:
+    from server.audit import AuditLog
+
+# A disable's reason, for the audit log: a few words at least, never an essay.
+MIN_REASON_LENGTH, MAX_REASON_LENGTH = 4, 500
+
+
+@dataclass(frozen=True)
+class Account:
+    user: User
+    last_login: datetime | None  # None: never logged in
+    locked_seconds: float  # until its login lock-out ends; 0 when not locked out
+
+
+@dataclass(frozen=True)
+class Disabled:
+    logins_ended: int
+    open_sessions: list[str]  # ids of open sessions the user was the teller of or took part in
+    logged: bool  # False: the audit log refused the entry (logged as an error instead)
+
+
+class AccountAdmin:
+    def __init__(
+        self,
+        db: async_sessionmaker[DbSession],
+        throttle: LoginThrottle,
+        audit: AuditLog,
+        *,
+        actor: str,
+        actor_role: str,
+    ) -> None:
+        """`actor`, `actor_role`: who acts, as the audit log names them."""
+        self._db = db
+        self._throttle = throttle
+        self._audit = audit
+        self._actor = actor
+        self._actor_role = actor_role
+
+    async def accounts(self) -> list[Account]:
+        async with self._db() as db:
+            users = (await db.scalars(select(User).order_by(User.username))).all()
+            last_logins: dict[str, datetime] = {
+                user_id: at
+                for user_id, at in await db.execute(
+                    select(StaffLogin.user_id, func.max(StaffLogin.created_at)).group_by(
+                        StaffLogin.user_id
+                    )
+                )
+            }
+            devices = await _devices(db, [user.id for user in users])
+        return [
+            Account(
+                user,
+                last_logins.get(user.id),
+                await self._throttle.lockout(user.username, devices.get(user.id, [])),
+            )
+            for user in users
+        ]
+
+    async def lockout(self, username: str) -> float:
+        """Seconds until the account's login lock-out ends; 0 when it is not locked out."""
+        async with self._db() as db:
+            user = await _user(db, username)
+            devices = await _devices(db, [user.id])
+        return await self._throttle.lockout(user.username, devices.get(user.id, []))
+
+    async def disable(self, username: str, reason: str) -> Disabled:
+        """Disable the account and end its logins at once: every request with its cookies is
+        refused from now on, and its open call connections are closed at their next login
+        check (`ws_login_check_seconds`), as after a logout."""
+        reason = reason.strip()
+        if not MIN_REASON_LENGTH <= len(reason) <= MAX_REASON_LENGTH:
+            raise ApiError(
+                400,
+                "invalid_reason",
+                f"The reason needs {MIN_REASON_LENGTH} to {MAX_REASON_LENGTH} characters "
+                '(e.g. "left the bank"); the audit log keeps it.',
+            )
+        async with self._db() as db, db.begin():
+            user = await _user(db, username)
+            # Compare-and-set: of two operators disabling at once, one disables and logs it.
+            done = await db.execute(
+                update(User)
+                .where(User.id == user.id, User.active.is_(True))
+                .values(active=False, disabled_at=utcnow(), disabled_reason=reason)
+            )
+            if done.rowcount != 1:  # type: ignore[attr-defined]
+                raise ApiError(
+                    409,
+                    "already_disabled",
+                    f"{username!r} is already disabled (since {_when(user.disabled_at)}: "
+                    f"{user.disabled_reason or 'no reason recorded'}); nothing was changed.",
+                )
+            ended = await _end_logins(db, user.id)
+            sessions = list(
+                await db.scalars(
+                    select(CallSession.id)
+                    .where(
+                        CallSession.state.in_(OPEN_STATES),
+                        (CallSession.teller_id == user.id)
+                        | CallSession.id.in_(
+                            select(Participant.session_id).where(Participant.user_id == user.id)
+                        ),
+                    )
+                    .order_by(CallSession.created_at)
+                )
+            )
+        logged = await self._audit.append_fact(
+            "admin.user_disabled",
+            actor=self._actor,
+            actor_role=self._actor_role,
+            target=username,
+            detail={"user_id": user.id, "reason": reason, "logins_ended": ended},
+        )
+        return Disabled(ended, sessions, logged=logged is not None)
+
+    async def enable(self, username: str) -> None:
+        """Let the account log in again. Its logins ended by the disable stay ended."""
+        async with self._db() as db:
+            user = await _user(db, username)
+        if user.active:
+            raise ApiError(409, "not_disabled", f"{username!r} is not disabled; nothing to do.")
+        await self._log("admin.user_enabled", user, {"disabled_reason": user.disabled_reason})
+        async with self._db() as db, db.begin():
+            await db.execute(
+                update(User)
+                .where(User.id == user.id)
+                .values(active=True, disabled_at=None, disabled_reason=None)
+            )
+
+    async def unlock(self, username: str) -> int:
+        """Clear the account's login lock-out: the failed logins counted against it and
+        against its browsers. Returns how many failures were cleared."""
+        async with self._db() as db:
+            user = await _user(db, username)
+            devices = await _devices(db, [user.id])
+        await self._log("admin.user_unlocked", user, {})
+        return await self._throttle.forget(user.username, devices.get(user.id, []))
+
+    async def reset_password(self, username: str, password: str) -> int:
+        """Set a new password and end the account's logins (a password reset is often because
+        the old one leaked: whoever used it must be out too). Returns how many logins ended."""
+        # Argon2 takes a tenth of a second or more of CPU; the rules are create-user's.
+        password_hash = await asyncio.to_thread(hash_password, password)
+        async with self._db() as db:
+            user = await _user(db, username)
+        await self._log("admin.password_reset", user, {})
+        async with self._db() as db, db.begin():
+            await db.execute(
+                update(User).where(User.id == user.id).values(password_hash=password_hash)
+            )
+            return await _end_logins(db, user.id)
+
+    async def _log(self, action: str, user: User, detail: dict[str, Any]) -> None:
+        await self._audit.append(
+            action,
+            actor=self._actor,
+            actor_role=self._actor_role,
+            target=user.username,
+            detail={"user_id": user.id} | detail,
+        )
+
+
+async def _user(db: DbSession, username: str) -> User:
+    user = await db.scalar(select(User).where(User.username == username))
+    if user is None:
+        raise ApiError(
+            404,
+            "unknown_user",
+            f"There is no staff account named {username!r} (names are case-sensitive); "
+            "`vteller admin list-users` lists them.",
+        )
+    return user
+
+
+async def _devices(db: DbSession, user_ids: Sequence[str]) -> dict[str, list[str]]:
+    """Each user's live browsers, by the digests the login throttle counts them under."""
+    found: dict[str, list[str]] = {}
+    rows = await db.execute(
+        select(StaffDevice.user_id, StaffDevice.token_hash).where(
+            StaffDevice.user_id.in_(user_ids), StaffDevice.expires_at > utcnow()
+        )
+    )
+    for user_id, token_hash in rows:
+        found.setdefault(user_id, []).append(token_hash)
+    return found
+
+
+async def _end_logins(db: DbSession, user_id: str) -> int:
+    """Revoke the user's open logins and forget their browsers (whose logins would otherwise
+    keep a throttle of their own); returns how many logins were open."""
+    now = utcnow()
+    ended = await db.execute(
+        update(StaffLogin)
+        .where(
+            StaffLogin.user_id == user_id,
+            StaffLogin.revoked_at.is_(None),
+            StaffLogin.expires_at > now,
+        )
+        .values(revoked_at=now)
+    )
+    await db.execute(delete(StaffDevice).where(StaffDevice.user_id == user_id))
+    return int(ended.rowcount)  # type: ignore[attr-defined]
+
+
+def _when(at: datetime | None) -> str:
+    return at.strftime("%Y-%m-%d %H:%M UTC") if at is not None else "an unknown time"
