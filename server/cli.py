@@ -25,6 +25,7 @@ from recorder.tools import add_commands as add_archive_commands
 from recorder.tools import run as run_archive_tool
 from server import __version__
 from server.audit.cli import add_commands as add_audit_commands
+from server.auditor.cli import add_commands as add_purge_commands
 from server.auth.accounts import MAX_REASON_LENGTH, MIN_REASON_LENGTH, Account, AccountAdmin
 from server.auth.passwords import MIN_PASSWORD_LENGTH, WeakPasswordError
 from server.auth.principal import STAFF_ROLES, Role
@@ -111,6 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     admin.set_defaults(run=help_for(admin))
 
     add_archive_commands(commands)
+    add_purge_commands(commands)
     add_kyc_commands(commands)
     add_compliance_commands(commands)
     add_audit_commands(commands)
@@ -429,10 +431,18 @@ def _day(at: datetime | None) -> str:
 def _disable_user(args: argparse.Namespace, settings: Settings) -> int:
     async def work(admin: AccountAdmin) -> int:
         done = await admin.disable(args.username, args.reason)
+        released = done.released
         print(f"disabled {args.username!r}; {done.logins_ended} login(s) ended")
+        if released.cancelled or released.unassigned:
+            print(
+                f"{len(released.cancelled)} session(s) not yet started cancelled (their links "
+                f"now say so), {len(released.requeued)} of them queue customers put back in "
+                f"their place in the queue; {len(released.unassigned)} waiting queue "
+                "customer(s) routed to them moved to the general queue"
+            )
         if done.open_sessions:
             print(
-                f"note: {args.username!r} is in open sessions "
+                f"note: {args.username!r} is in sessions in progress "
                 f"{', '.join(done.open_sessions)}: their call connections close within "
                 f"{settings.ws_login_check_seconds:g} s, and each call goes on as after a "
                 "dropped connection (the recording continues and is sealed when the call "
@@ -441,8 +451,9 @@ def _disable_user(args: argparse.Namespace, settings: Settings) -> int:
             )
         if not done.logged:
             print(
-                "warning: the audit log could not be written: the account is disabled all the "
-                "same, and the entry is in the error above; tell whoever keeps the audit log",
+                "warning: the audit log could not be written: the account is disabled (and its "
+                "customers given back) all the same, and the entries are in the errors above; "
+                "tell whoever keeps the audit log",
                 file=sys.stderr,
             )
         return 0
@@ -506,7 +517,7 @@ def _db_upgrade(_: argparse.Namespace, settings: Settings) -> int:
 
     try:
         asyncio.run(run())
-    except StartRefused as exc:  # a migration needing the deployment's keys (0015)
+    except StartRefused as exc:  # a migration needing the deployment's keys (0016)
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (SQLAlchemyError, OSError) as exc:

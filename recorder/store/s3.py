@@ -91,6 +91,11 @@ class ArchiveIntegrityError(ArchiveStoreError):
     """The bytes read back do not match the SHA-256 recorded when they were archived."""
 
 
+class DeleteRefusedError(ArchiveStoreError):
+    """The store refused to delete an object version: by its own clock the version is still
+    under retention, or under legal hold. The final guard against deleting early."""
+
+
 @dataclass(frozen=True)
 class PutResult:
     """An object that is in the archive, under retention until `retain_until`."""
@@ -105,6 +110,25 @@ class PutResult:
     created: bool
     """False when identical bytes were already there (a re-upload after a crash)."""
     retention_mode: str = COMPLIANCE
+
+
+@dataclass(frozen=True)
+class StoredVersion:
+    """One version of an object, or a delete marker (which has no content, retention or hold)."""
+
+    name: str
+    version_id: str | None
+    size: int
+    delete_marker: bool
+
+
+@dataclass(frozen=True)
+class VersionLock:
+    """What keeps one object version from being deleted: its retention and its legal hold."""
+
+    mode: str | None
+    retain_until: datetime | None
+    held: bool
 
 
 @dataclass(frozen=True)
@@ -292,6 +316,22 @@ class ArchiveBucket:
     async def legal_hold(self, name: str, version_id: str | None = None) -> LegalHold:
         """Whether `name` (latest version unless `version_id`) is under legal hold, and why."""
         return await self._run(lambda: self._legal_hold_sync(name, version_id))
+
+    async def versions(self, prefix: str) -> builtins.list[StoredVersion]:
+        """Every version and delete marker of every object under `prefix`, as stored."""
+        return await self._run(lambda: self._versions_sync(prefix))
+
+    async def version_lock(self, name: str, version_id: str | None) -> VersionLock:
+        """The retention and legal hold of one object version, as the store holds them."""
+        return await self._run(lambda: self._version_lock_sync(name, version_id))
+
+    async def delete_version(self, name: str, version_id: str | None) -> None:
+        """Delete one version (or delete marker) for good, not hide it behind a delete marker.
+
+        Raises DeleteRefusedError when the store refuses (retention not ended by its clock, or a
+        legal hold); deleting a version already gone succeeds, so a purge can be run again.
+        """
+        await self._run(lambda: self._delete_version_sync(name, version_id))
 
     # --- blocking implementation (run in threads; also used by S3Archive) -------------------------
 
@@ -517,6 +557,37 @@ class ArchiveBucket:
             return None, None
         until: datetime = retention.retain_until_date
         return retention.mode, until if until.tzinfo else until.replace(tzinfo=UTC)
+
+    def _versions_sync(self, prefix: str) -> builtins.list[StoredVersion]:
+        check_object_name(prefix.rstrip("/") + "/x")
+        return [
+            StoredVersion(
+                str(item.object_name), item.version_id, item.size or 0, item.is_delete_marker
+            )
+            for item in self._client.list_objects(
+                self._bucket, prefix=prefix, recursive=True, include_version=True
+            )
+            if item.object_name is not None and not item.is_dir
+        ]
+
+    def _version_lock_sync(self, name: str, version_id: str | None) -> VersionLock:
+        mode, until = self._retention_state_sync(name, version_id)
+        held = bool(self._client.is_object_legal_hold_enabled(self._bucket, name, version_id))
+        return VersionLock(mode, until, held)
+
+    def _delete_version_sync(self, name: str, version_id: str | None) -> None:
+        try:
+            self._client.remove_object(self._bucket, name, version_id=version_id)
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchVersion"):
+                return  # deleted by an earlier, interrupted run
+            if exc.code in ("AccessDenied", "ObjectLocked", "InvalidRequest"):
+                # MinIO: "AccessDenied: Object is WORM protected and cannot be overwritten".
+                raise DeleteRefusedError(
+                    f"the store refused to delete {name} (version {version_id}): "
+                    f"{describe_error(exc)}"
+                ) from exc
+            raise
 
     def _set_legal_hold_sync(
         self, name: str, on: bool, reason: str | None, version_id: str | None

@@ -19,7 +19,7 @@ from server.context import services
 from server.db.models import CallSession, Transaction
 from server.errors import ApiError, forbidden
 from server.workflow.transactions.service import ChecksFailed, Decided
-from server.workflow.transactions.views import customer_view, staff_view
+from server.workflow.transactions.views import approval_view, customer_view, staff_view
 from server.workflow.webhooks.records import approval_event
 
 log = structlog.get_logger(__name__)
@@ -69,7 +69,8 @@ async def _delivery(
 
 async def _detail(request: web.Request, row: Transaction, principal: Principal) -> dict[str, Any]:
     transactions = services(request).transactions
-    view = staff_view(row)
+    full = principal.role is Role.AUDITOR
+    view = staff_view(row, full_account=full)
     view["needs_second_approval"] = transactions.needs_second_approval(row)
     view["checks"] = [c.to_dict() for c in await transactions.checks(row)]
     view["decisions"] = [
@@ -82,7 +83,11 @@ async def _detail(request: web.Request, row: Transaction, principal: Principal) 
         }
         for d in await transactions.decisions(row.id)
     ]
-    view["approval"] = approval_event(row) if row.approval_record is not None else None
+    view["approval"] = (
+        approval_view(approval_event(row), full_account=full)
+        if row.approval_record is not None
+        else None
+    )
     view["delivery"] = await _delivery(request, row, heal=principal.role is not Role.AUDITOR)
     return view
 
@@ -103,8 +108,10 @@ async def list_transactions(request: web.Request) -> web.Response:
     principal = await require(request, *READERS, action="see transactions")
     session = await _session_for(request, principal, request.match_info["session_id"])
     rows = await services(request).transactions.for_session(session.id)
-    view = customer_view if principal.role is Role.CUSTOMER else staff_view
-    return web.json_response({"transactions": [view(r) for r in rows]})
+    if principal.role is Role.CUSTOMER:
+        return web.json_response({"transactions": [customer_view(r) for r in rows]})
+    full = principal.role is Role.AUDITOR
+    return web.json_response({"transactions": [staff_view(r, full_account=full) for r in rows]})
 
 
 @routes.get("/api/v1/transactions")
@@ -182,10 +189,12 @@ async def _read_capped(request: web.Request, limit: int) -> bytes:
 
 
 def _decided(decided: Decided) -> dict[str, Any]:
+    # Deciders are tellers and supervisors: the account masked, in the record too.
+    signed = decided.signed_record
     return {
         "transaction": staff_view(decided.row),
         "checks": [c.to_dict() for c in decided.checks],
-        "approval": decided.signed_record,
+        "approval": approval_view(signed) if signed is not None else None,
     }
 
 

@@ -39,7 +39,8 @@ ACTIONS: dict[str, str] = {
     "session.join_failed": "the join in the participant's previous session.joined failed part-way "
     "and was undone (detail.rejoined, detail.error)",
     "session.left": "a participant left the call (detail.reason: left | timeout)",
-    "session.ended": "a participant ended the session (target: session id)",
+    "session.ended": "a participant ended the session, or an operator's disable-user cancelled "
+    "it before it started (target: session id; detail.reason = teller_disabled then)",
     "recording.requested": "the teller asked the customer for consent to record",
     "recording.consent": "the customer answered the consent request (detail.granted)",
     "recording.started": "the dual recording started (detail.archive_id)",
@@ -82,6 +83,12 @@ ACTIONS: dict[str, str] = {
     "auditor.hold_set": "a legal hold was set on every object of an archive (target: archive "
     "id; detail.reason, objects)",
     "auditor.hold_cleared": "a legal hold was cleared (target: archive id; detail.reason, objects)",
+    "archive.purged": "an archive was deleted at the end of its retention by `vteller archive "
+    "purge` (actor: the operator's OS account; target: archive id; detail.session_id, "
+    "manifest_sha256, retain_until, deleted_at, objects, bytes, identity_records)",
+    "identity.purged": "the identity records of a session never recorded were deleted "
+    "identity.unrecorded_retention_days after it ended (target: session id; detail.records, "
+    "ended_at, retention_days)",
     "queue.joined": "a customer joined the public queue (actor and target: ticket id; "
     "detail.topic, business, elderly)",
     "queue.left": "a ticket left the queue (target: ticket id; detail.reason = cancelled | "
@@ -92,8 +99,9 @@ ACTIONS: dict[str, str] = {
     "detail.session_id, business, elderly, assigned, waited_seconds)",
     "queue.take_lost": "a take logged in queue.taken lost its ticket before the customer got "
     "the call, and its session was ended (target: ticket id; detail.session_id, undone)",
-    "queue.reassigned": "a supervisor routed a waiting ticket to a teller (target: ticket id; "
-    "detail.teller_id, previous)",
+    "queue.reassigned": "a supervisor routed a waiting ticket to a teller, or an operator's "
+    "disable-user gave the teller's tickets back to the general queue (target: ticket id; "
+    "detail.teller_id, previous; reason = teller_disabled and session_id then)",
     "queue.callback_claimed": "a teller claimed a callback and was shown its number (target: "
     "callback id)",
     "queue.callback_done": "a teller completed a callback; its number is erased (target: "

@@ -22,6 +22,7 @@ from server.commands import (
     Run,
     database,
     help_for,
+    operator,
     run_reporting,
     sqlite_in_data_dir,
     writes_data_dir,
@@ -133,7 +134,7 @@ async def _checkpoint(args: argparse.Namespace, audit: AuditLog, settings: Setti
         print("error: --accept-unsigned needs the reason, for the log", file=sys.stderr)
         return 2
     try:
-        checkpoint = await audit.checkpoint(accept_unsigned=args.accept_unsigned)
+        checkpoint = await audit.checkpoint(accept_unsigned=args.accept_unsigned, actor=operator())
     except CheckpointRefused as exc:
         print(f"refused: {exc}\nrun `vteller audit verify` for the whole picture", file=sys.stderr)
         return 1

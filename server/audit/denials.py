@@ -82,10 +82,30 @@ class Denials(Collector):
         if len(self._windows) >= REMEMBERED:
             self._windows = {k: w for k, w in self._windows.items() if now - w.since < self._window}
         self._windows[key] = _Window(now)
-        self.count(403, "forbidden", audited=True)
         log.warning(
             "access_denied", actor=actor, role=principal.role.value, method=method, route=route
         )
+        try:
+            await self._append(principal, actor, method, route, path_ids, reason, address, window)
+        except Exception:
+            # The refusal stands either way: a log that cannot be written (the database down)
+            # must not turn a 403 into a 500 or a dropped WebSocket into a crash.
+            log.exception("access_denied_not_audited", actor=actor, route=route)
+            self.count(403, "forbidden")
+        else:
+            self.count(403, "forbidden", audited=True)
+
+    async def _append(
+        self,
+        principal: Principal,
+        actor: str,
+        method: str,
+        route: str,
+        path_ids: Mapping[str, str],
+        reason: str,
+        address: str | None,
+        window: _Window | None,
+    ) -> None:
         await self._audit.append_fact(
             "access.denied",
             actor=actor,

@@ -283,7 +283,9 @@ class AuditLog:
             log.error("audit_append_gave_up", action=action, target=target, attempts=MAX_ATTEMPTS)
             raise AuditUnavailable()
 
-    async def checkpoint(self, *, accept_unsigned: str | None = None) -> Checkpoint | None:
+    async def checkpoint(
+        self, *, accept_unsigned: str | None = None, actor: str = SYSTEM
+    ) -> Checkpoint | None:
         """Sign the current head (None when the log is empty or this process cannot sign).
 
         Raises CheckpointRefused unless the newest checkpoint holds (its signature and its entry),
@@ -291,15 +293,16 @@ class AuditLog:
         checkpoint went unsigned, and the entries since it verify: a checkpoint vouches for the
         chain up to its entry, so it must never be put on an edited log. `accept_unsigned` is an
         operator's reason to sign even though checkpoints are missing (after an incident was
-        looked into); it is logged as an entry, and the gap stays visible to `verify`.
+        looked into); it is logged as an entry by `actor` (the operator: server.commands
+        `operator()`), and the gap stays visible to `verify`.
         """
         if self._signer is None:
             return None
         async with self._signing:
-            return await self._checkpoint(self._signer, None, accept_unsigned)
+            return await self._checkpoint(self._signer, None, accept_unsigned, actor)
 
     async def _checkpoint(
-        self, signer: Signer, due: int | None, accept_unsigned: str | None
+        self, signer: Signer, due: int | None, accept_unsigned: str | None, actor: str
     ) -> Checkpoint | None:
         every = self._checkpoint_every
         # The record before the database: it is written after its checkpoint is committed, so the
@@ -332,7 +335,7 @@ class AuditLog:
         if missing is not None and walker.problem is None:
             forced = await self._append(
                 "audit.checkpoint_forced",
-                SYSTEM,
+                actor,
                 SYSTEM,
                 "",
                 {"reason": accept_unsigned, "refused": missing},
@@ -479,7 +482,7 @@ class AuditLog:
             return
         try:
             async with self._signing:
-                await self._checkpoint(self._signer, due, None)
+                await self._checkpoint(self._signer, due, None, SYSTEM)
         except CheckpointRefused as refused:
             if due is not None:
                 # A refusal does not pass by itself: ask again in the next interval, not at once.

@@ -26,6 +26,12 @@ KEY_SIZE = 32
 CONTEXT = b"vteller-id-number/1\x00"
 NAME_CONTEXT = b"vteller-card-name/1\x00"
 _NUMBER = re.compile(r"[0-9]{17}[0-9X]")
+# The separator of ethnic-minority and transliterated names (阿卜杜·热合曼) is printed as U+00B7,
+# but OCR and keyboards give one of these for it (after NFKC, which has already turned U+FF65
+# into U+30FB and U+FF0E into "."): each is folded to U+00B7, or the auditor finds nothing.
+NAME_DOTS = "\u2022\u2027\u2219\u22c5\u30fb."
+MIDDLE_DOT = "\u00b7"
+_FOLD_DOTS = str.maketrans(dict.fromkeys(NAME_DOTS, MIDDLE_DOT))
 
 
 class IdNumberError(ValueError):
@@ -49,9 +55,10 @@ def normalize(raw: str) -> str:
 
 def normalize_name(raw: str) -> str:
     """The form a name is hashed in: NFKC (full-width letters), no whitespace, case-folded
-    (Latin names are printed in capitals on some cards). Traditional and Simplified characters
-    stay distinct: an exact name is what is searched, as the card spells it."""
-    name = "".join(unicodedata.normalize("NFKC", raw).split()).casefold()
+    (Latin names are printed in capitals on some cards), every name dot as U+00B7 (NAME_DOTS).
+    Traditional and Simplified characters stay distinct: an exact name is what is searched, as
+    the card spells it."""
+    name = "".join(unicodedata.normalize("NFKC", raw).split()).casefold().translate(_FOLD_DOTS)
     if not name:
         raise CardNameError("a name needs at least one character that is not a space")
     return name

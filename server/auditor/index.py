@@ -26,6 +26,7 @@ from recorder.session import archive_prefix
 from recorder.store.s3 import ArchiveBucket, ArchiveStoreError
 from server.auditor.idhash import IdNumberHasher
 from server.auditor.names import CardNames, SealedName
+from server.auditor.purge import PURGED
 from server.background import cancel_and_wait
 from server.crypto.rows import SealedRow
 from server.db.engine import DbSession
@@ -148,7 +149,12 @@ class ArchiveIndex:
             missing = await db.scalars(
                 select(Archive.id)
                 .outerjoin(ArchiveProduct, ArchiveProduct.archive_id == Archive.id)
-                .where(Archive.chain_index.is_not(None), ArchiveProduct.archive_id.is_(None))
+                .where(
+                    Archive.chain_index.is_not(None),
+                    ArchiveProduct.archive_id.is_(None),
+                    # Purged before it was indexed: nothing of it is left to read.
+                    Archive.status != PURGED,
+                )
             )
             for archive_id in list(missing):
                 self.sealed(archive_id)

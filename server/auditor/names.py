@@ -14,6 +14,10 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import context, op
 
 from recorder.seal.keyring import KeyringError
 from server.auditor.idhash import KEY_FILE, CardNameError, IdNumberHasher
@@ -29,6 +33,16 @@ from server.errors import StartRefused
 
 # The same length the column had in clear: what OCR reads from a card is far shorter.
 MAX_CHARS = 64
+# The deployment_keys table as migrations see it (not the ORM model, which follows the newest
+# schema): the keys the deployment recorded, compared with the keys a migration is given.
+_DEPLOYMENT_KEYS = sa.table(
+    "deployment_keys",
+    sa.column("file", sa.String),
+    sa.column("key_id", sa.String),
+    sa.column("check_value", sa.String),
+    sa.column("hostname", sa.String),
+    sa.column("recorded_at", sa.String),  # only ordered, to name the first machine
+)
 # Row ids for key wrapping, derived from the session id (the row's key) under a namespace of
 # our own, so that a sealed name moved to another session's row does not open.
 _ROW_NAMESPACE = uuid.UUID("6f0c2f57-38a4-4d0e-9b83-3c5b0f0e7a51")
@@ -73,25 +87,37 @@ class CardNames:
 
 
 class MigrationKeysMissing(StartRefused):
-    """A migration must seal names that are in clear, and cannot reach the keys to do it."""
+    """A migration must seal or re-hash names, and cannot reach the keys to do it."""
 
 
-def names_for_migration(keys_dir: Path | None, recorded: Sequence[RecordedKey]) -> CardNames:
-    """The deployment's CardNames, for a migration converting rows: from keys that exist (never
-    made here, as a new key would seal names no other machine can open) and that are the keys the
-    deployment recorded (`recorded`, its deployment_keys rows), else an error naming the fix."""
+IN_CLEAR = (
+    "the auditor index holds customer names in clear, which this version seals with the "
+    "deployment's keys"
+)
+
+
+def names_for_migration(need: str = IN_CLEAR) -> CardNames:
+    """The deployment's CardNames, for the running migration converting rows: from the keys
+    directory `migrate()` handed over, keys that exist (never made here, as a new key would seal
+    names no other machine can open) and that are the keys the deployment recorded (its
+    deployment_keys rows), else an error naming the fix. `need` says why the migration needs
+    them, as the start of that error."""
+    keys_dir: Path | None = context.config.attributes.get("keys_dir")
+    recorded: list[Any] = list(op.get_bind().execute(sa.select(_DEPLOYMENT_KEYS)).all())
+    return _names_from(keys_dir, recorded, need)
+
+
+def _names_from(keys_dir: Path | None, recorded: Sequence[RecordedKey], need: str) -> CardNames:
     if keys_dir is None:
         raise MigrationKeysMissing(
-            "the auditor index holds customer names in clear, which this version seals with the "
-            "deployment's keys, and this migration was not given them: run `vteller db upgrade` "
+            f"{need}, and this migration was not given them: run `vteller db upgrade` "
             "(or `vteller serve`) with the deployment's data directory (VTELLER_DATA_DIR), as "
             "the user that owns its keys/"
         )
     missing = [name for name in (IDENTITY_KEYRING, KEY_FILE) if not (keys_dir / name).exists()]
     if missing:
         raise MigrationKeysMissing(
-            f"the auditor index holds customer names in clear, which this version seals with the "
-            f"deployment's keys, and {', '.join(missing)} is missing in {keys_dir}: restore the "
+            f"{need}, and {', '.join(missing)} is missing in {keys_dir}: restore the "
             "keys directory from the key backup (or copy it from another machine of the "
             "deployment, docs/deployment.md) and run the upgrade again"
         )
@@ -100,8 +126,7 @@ def names_for_migration(keys_dir: Path | None, recorded: Sequence[RecordedKey]) 
         names = CardNames(keys_dir, IdNumberHasher.open(keys_dir), create=False)
     except (KeyringError, OSError, ValueError) as exc:
         raise MigrationKeysMissing(
-            f"the auditor index holds customer names in clear, which this version seals with the "
-            f"deployment's keys, and the keys in {keys_dir} cannot be used ({exc}): fix that and "
+            f"{need}, and the keys in {keys_dir} cannot be used ({exc}): fix that and "
             "run the upgrade again"
         ) from exc
     used = [row for row in recorded if row.file in (IDENTITY_KEYRING, KEY_FILE)]

@@ -43,6 +43,7 @@ from server.auditor.playback import (
     Prepared,
     remux_views,
 )
+from server.auditor.purge import PURGED, tombstone
 from server.auditor.verification import ArchiveVerifier, Verified
 from server.auth.principal import Principal
 from server.db.engine import DbSession
@@ -91,6 +92,7 @@ class AuditorPortal:
             page_size=config.page_size,
             wait_seconds=config.index_wait_seconds,
         )
+        self._db = db
         self._bucket = bucket
         self._audit = audit
         self._public_keys = keys / "public"
@@ -143,6 +145,17 @@ class AuditorPortal:
         entry = await self.index.entry(archive_id)
         if entry is None:
             raise PortalError(404, "unknown_archive", "There is no sealed archive with this id.")
+        if entry["status"] == PURGED:
+            # Said as such: verifying what is no longer in the store would report it as lost.
+            tomb = await tombstone(self._db, archive_id)
+            when = f" on {tomb.deleted_at:%Y-%m-%d}" if tomb and tomb.deleted_at else ""
+            raise PortalError(
+                410,
+                "archive_purged",
+                f"This archive was deleted at the end of its retention{when}; only its "
+                "tombstone (manifest hash, retention date, who deleted it) and the audit log "
+                "entry archive.purged remain.",
+            )
         return entry
 
     async def _verify(
@@ -349,6 +362,7 @@ class AuditorPortal:
         # One change at a time: a report written meanwhile is held by its writer's extend, which
         # waits here too, after the state it reads has been recorded.
         async with holds.changing(archive_id):
+            await self._entry(archive_id)  # again: a purge may have held the lock until now
             current = await holds.state(archive_id)
             try:
                 names = await holds.objects(archive_id)

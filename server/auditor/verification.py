@@ -24,13 +24,13 @@ from recorder.verify import (
     verify_archive,
 )
 from server.db.engine import DbSession
-from server.db.models import Archive
+from server.db.models import Archive, ArchiveTombstone
 
 
 @dataclass(frozen=True)
 class Verified:
     report: VerificationReport
-    chain: str  # linked | broken | first | unchecked
+    chain: str  # linked | broken | first | purged (predecessor's tombstone) | unchecked
     media: list[str]
 
     @property
@@ -66,13 +66,23 @@ class ArchiveVerifier:
         # auditors can never starve the calls this worker carries.
         self._cpu = asyncio.Semaphore(1)
 
-    async def _previous_manifest(self, archive_id: str) -> bytes | None:
+    async def _previous_manifest(self, archive_id: str) -> bytes | ArchiveTombstone | None:
+        """The previous archive's manifest, or its tombstone if it was purged on schedule."""
         async with self._db() as db:
             previous_sha = await db.scalar(
                 select(Archive.previous_sha256).where(Archive.id == archive_id)
             )
             if previous_sha is None:
                 return None
+            # Purged: the tombstone keeps the manifest's hash, recorded when it was sealed.
+            tombstone = await db.scalar(
+                select(ArchiveTombstone).where(
+                    ArchiveTombstone.manifest_sha256 == previous_sha,
+                    ArchiveTombstone.deleted_at.is_not(None),
+                )
+            )
+            if tombstone is not None:
+                return tombstone
             previous_id = await db.scalar(
                 select(Archive.id).where(Archive.manifest_sha256 == previous_sha)
             )
@@ -88,7 +98,8 @@ class ArchiveVerifier:
     ) -> Verified:
         """Signature, chain link and every segment; decrypted too (media checked unless another
         `inspector` takes the plaintext)."""
-        previous = await self._previous_manifest(archive_id)
+        found = await self._previous_manifest(archive_id)
+        previous = found if isinstance(found, bytes) else None
         public_keys = await asyncio.to_thread(load_public_keys, self._public_keys_dir)
         reader = S3Archive(self._bucket, archive_prefix(archive_id))
         media = MediaInspector() if inspector is None else None
@@ -113,6 +124,15 @@ class ArchiveVerifier:
         elif previous is not None:
             broken = any("previous" in p.message for p in report.problems)
             chain = "broken" if broken else "linked"
+        elif isinstance(found, ArchiveTombstone) and found.deleted_at is not None:
+            # Not "broken": the predecessor is gone on schedule, and the link names exactly the
+            # manifest its tombstone records.
+            chain = "purged"
+            report.notes.append(
+                f"predecessor {found.archive_id} purged on {found.deleted_at:%Y-%m-%d} "
+                f"(tombstone: manifest sha256 {found.manifest_sha256}, retained until "
+                f"{found.retain_until:%Y-%m-%d})"
+            )
         else:
             chain = "unchecked"
         described = media.summary.describe() if media is not None and media.summary else []

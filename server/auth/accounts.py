@@ -22,10 +22,12 @@ from server.auth.ratelimit import LoginThrottle
 from server.db.engine import DbSession
 from server.db.models import CallSession, Participant, StaffDevice, StaffLogin, User, utcnow
 from server.errors import ApiError
-from server.sessions.store import OPEN_STATES
+from server.sessions.store import OPEN_STATES, TELLER_DISABLED, SessionStore
+from server.workflow.queue.service import Released, release_teller
 
 if TYPE_CHECKING:
     from server.audit import AuditLog
+    from server.audit.chain import Entry
 
 # A disable's reason, for the audit log: a few words at least, never an essay.
 MIN_REASON_LENGTH, MAX_REASON_LENGTH = 4, 500
@@ -41,8 +43,10 @@ class Account:
 @dataclass(frozen=True)
 class Disabled:
     logins_ended: int
-    open_sessions: list[str]  # ids of open sessions the user was the teller of or took part in
-    logged: bool  # False: the audit log refused the entry (logged as an error instead)
+    # ids of sessions in progress the user was the teller of or took part in
+    open_sessions: list[str]
+    released: Released  # what the user's customers waited for, given back
+    logged: bool  # False: the audit log refused an entry (logged as an error instead)
 
 
 class AccountAdmin:
@@ -93,7 +97,9 @@ class AccountAdmin:
     async def disable(self, username: str, reason: str) -> Disabled:
         """Disable the account and end its logins at once: every request with its cookies is
         refused from now on, and its open call connections are closed at their next login
-        check (`ws_login_check_seconds`), as after a logout."""
+        check (`ws_login_check_seconds`), as after a logout. A teller's customers who wait for
+        them are given back: sessions not started cancelled, queue tickets requeued
+        (`release_teller`)."""
         reason = reason.strip()
         if not MIN_REASON_LENGTH <= len(reason) <= MAX_REASON_LENGTH:
             raise ApiError(
@@ -131,14 +137,45 @@ class AccountAdmin:
                     .order_by(CallSession.created_at)
                 )
             )
-        logged = await self._audit.append_fact(
-            "admin.user_disabled",
-            actor=self._actor,
-            actor_role=self._actor_role,
-            target=username,
-            detail={"user_id": user.id, "reason": reason, "logins_ended": ended},
+        # Logged before the release: should the database fail during it, the disable that did
+        # happen is in the log all the same.
+        entries = [
+            await self._audit.append_fact(
+                "admin.user_disabled",
+                actor=self._actor,
+                actor_role=self._actor_role,
+                target=username,
+                detail={"user_id": user.id, "reason": reason, "logins_ended": ended},
+            )
+        ]
+        released = await release_teller(self._db, SessionStore(self._db), user.id)
+        entries += await self._log_release(user, released)
+        return Disabled(
+            ended,
+            [s for s in sessions if s not in released.cancelled],
+            released,
+            logged=None not in entries,
         )
-        return Disabled(ended, sessions, logged=logged is not None)
+
+    async def _log_release(self, user: User, released: Released) -> list[Entry | None]:
+        """What a disable gave back, as the entries the same change makes elsewhere; after the
+        fact, like the disable."""
+        back = {"teller_id": None, "previous": user.id, "reason": TELLER_DISABLED}
+        facts: list[tuple[str, str, dict[str, Any]]] = [
+            ("session.ended", s, {"reason": TELLER_DISABLED}) for s in released.cancelled
+        ]
+        facts += [("queue.reassigned", t, back | {"session_id": s}) for t, s in released.requeued]
+        facts += [("queue.reassigned", t, back) for t in released.unassigned]
+        return [
+            await self._audit.append_fact(
+                action,
+                actor=self._actor,
+                actor_role=self._actor_role,
+                target=target,
+                detail=detail,
+            )
+            for action, target, detail in facts
+        ]
 
     async def enable(self, username: str) -> None:
         """Let the account log in again. Its logins ended by the disable stay ended."""

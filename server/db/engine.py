@@ -58,7 +58,9 @@ async def migrate(engine: AsyncEngine, keys_dir: Path | None = None) -> None:
     """Bring the schema to the newest revision (idempotent).
 
     `keys_dir` is the deployment's keys directory, for migrations that seal data in clear until
-    then (0015); without it such a migration refuses, naming the fix, if there is any to seal."""
+    then (0016); without it such a migration refuses, naming the fix, if there is any to seal.
+
+    All or nothing on both databases: a migration that fails leaves the schema as it was."""
 
     def upgrade(sync_connection: object) -> None:
         config = alembic_config(str(engine.url))
@@ -71,6 +73,12 @@ async def migrate(engine: AsyncEngine, keys_dir: Path | None = None) -> None:
             # Machines sharing the database start at any time: one migrates, the others wait for
             # its commit and then find nothing left to do (the lock ends with the transaction).
             await connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK})
+        else:
+            # The sqlite3 driver opens a transaction only before INSERT, UPDATE and DELETE, so
+            # each CREATE or ALTER would commit on its own and a failing migration leave the
+            # schema half changed, which the next start cannot migrate. Opened here, the
+            # transaction holds the whole upgrade (SQLite's DDL is transactional).
+            await connection.execute(text("BEGIN IMMEDIATE"))
         await connection.run_sync(upgrade)
 
 

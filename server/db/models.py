@@ -212,6 +212,10 @@ class Archive(Base):
     # Position in the chain of sealed manifests; unique, so two archives can never both claim
     # the same predecessor (the chain cannot fork, whichever worker seals first).
     chain_index: Mapped[int | None] = mapped_column(Integer, unique=True, nullable=True)
+    # The latest retain-until of its objects when `vteller archive purge` last asked the store.
+    # COMPLIANCE retention can be extended, never shortened, so the archive is not due before
+    # it: later runs ask the store again only once it has passed.
+    retained_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class SessionEvent(Base):
@@ -398,6 +402,32 @@ class LegalHoldRecord(Base):
     changed_by: Mapped[str] = mapped_column(String(32))
     changed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     objects: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class ArchiveTombstone(Base):
+    """An archive deleted at the end of its retention (`vteller archive purge`): what remains so
+    that the audit log and anyone following the chain of manifests can see that it existed and
+    was deleted on schedule. Nothing personal: ids, hashes and dates.
+
+    A row with `deleted_at` None is a purge under way (the store's objects may be partly gone):
+    the next run finishes it. `audit_seq` is the `archive.purged` entry, None until written.
+    """
+
+    __tablename__ = "archive_tombstones"
+
+    # No foreign key: a tombstone must outlive whatever else is ever cleaned up.
+    archive_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    session_id: Mapped[str] = mapped_column(String(32), index=True)
+    manifest_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    previous_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    chain_index: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    retain_until: Mapped[datetime] = mapped_column(UTCDateTime())
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    deleted_by: Mapped[str] = mapped_column(String(64))
+    objects: Mapped[int] = mapped_column(Integer, default=0)
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    audit_seq: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class Transaction(Base):

@@ -33,6 +33,16 @@ class IdentityConfig(BaseModel):
     # wait for them (seconds of CPU); tests that start many servers turn it off.
     preload: bool = True
 
+    # How long the identity records of a session that never produced a sealed recording (the
+    # customer left before) are kept before `vteller archive purge` deletes them (docs/identity.md,
+    # "Retention"). Records of recorded sessions go with their archive, at its retention's end.
+    unrecorded_retention_days: int = Field(
+        default=30,
+        ge=1,
+        le=3650,
+        description="days after an unrecorded session ends before its identity records are deleted",
+    )
+
     # The in-call verification (server/identity/verification.py).
     max_attempts: int = Field(default=3, ge=1, le=10, description="per step, then manual review")
     card_capture_seconds: float = Field(default=20.0, gt=0, le=120)

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from recorder.container import EXPERT_SLOTS
 from server.auth.principal import Principal, Role
 from server.auth.tokens import digest, new_token
-from server.db.engine import DbSession
+from server.db.engine import DbSession, exclusive
 from server.db.models import (
     CallSession,
     ChatMessage,
@@ -32,6 +32,9 @@ from server.errors import ApiError, forbidden
 
 BUSINESSES = ("wealth", "insurance", "general")
 OPEN_STATES = ("waiting", "active", "interrupted")
+# The end reason of a session cancelled before it started because its teller's account was
+# disabled (server/workflow/queue/service.py, `release_teller`): its link says so.
+TELLER_DISABLED = "teller_disabled"
 InvitationStatus = Literal["valid", "expired", "used", "unknown"]
 
 
@@ -175,6 +178,14 @@ class SessionStore:
                     "This link is not valid. Please check it or ask your teller for a new one.",
                 )
             session = invitation.session
+            if session.state == "ended" and session.end_reason == TELLER_DISABLED:
+                raise ApiError(
+                    410,
+                    "session_cancelled",
+                    "This video appointment was cancelled: the member of staff who invited you "
+                    "can no longer serve you. Please call the bank or contact your branch to "
+                    "make a new appointment.",
+                )
             if session.state == "ended":
                 raise ApiError(410, "session_ended", "This video session has already ended.")
             if invitation.used_at is not None:
@@ -408,17 +419,36 @@ class SessionStore:
             return {row.id: (row.state, row.worker_id) for row in rows}
 
     async def end(
-        self, session_id: str, by: str | None, reason: str, *, unlink: bool = False
+        self,
+        session_id: str,
+        by: str | None,
+        reason: str,
+        *,
+        unlink: bool = False,
+        only_if: str | None = None,
     ) -> CallSession:
         """End the session; with `unlink`, also delete its customer links, in the same database
         transaction: a queue take that lost its ticket must free the ticket's link digest
-        (unique) exactly when it ends the session nobody will join."""
+        (unique) exactly when it ends the session nobody will join. With `only_if`, only a
+        session still in that state is ended (read and changed in one transaction); any other
+        is returned as it is."""
         async with self._db() as db, db.begin():
-            if unlink:
-                await db.execute(delete(Invitation).where(Invitation.session_id == session_id))
-            session = await db.get(CallSession, session_id)
+            if only_if is not None:
+                # SQLite: the write lock before the read. PostgreSQL: the row lock below; a call
+                # starting at this moment waits for this end, or this end sees it started.
+                await exclusive(db, f"session:{session_id}")
+            session = await db.get(
+                CallSession,
+                session_id,
+                # The session's row only: its eager-loaded teller and worker are outer joins.
+                with_for_update={"of": CallSession} if only_if is not None else None,
+            )
             if session is None:
                 raise ApiError(404, "unknown_session", "There is no such session.")
+            if only_if is not None and session.state != only_if:
+                return session
+            if unlink:
+                await db.execute(delete(Invitation).where(Invitation.session_id == session_id))
             if session.state != "ended":
                 session.state = "ended"
                 session.ended_at = utcnow()

@@ -16,6 +16,7 @@ from playwright.async_api import Page, Playwright, expect
 from pydantic import SecretStr
 
 from server.auth.principal import Role
+from server.cli import _parser
 from server.sfu.decoded import DecodedView
 from server.sfu.turn import TurnConfig
 from tests.e2e.browser import (
@@ -288,6 +289,28 @@ async def test_bad_and_used_invitations_get_the_error_page(
         # The customer's link, already used by the customer, does not admit anyone else.
         await stranger.goto(call.url)
         await expect(error_page).to_have_attribute("data-code", "invitation_used")
+
+
+async def test_a_link_whose_teller_was_disabled_says_the_appointment_was_cancelled(
+    pw: Playwright, server: RunningServer
+) -> None:
+    await server.user("wang", Role.TELLER)
+    teller = server.client()
+    await teller.login("wang")
+    body = {"business": "wealth", "customer_name": "李女士"}
+    created = await teller.call("POST", "/api/v1/invitations", body, expect=201)
+    args = _parser().parse_args(
+        ["admin", "disable-user", "--username", "wang", "--reason", "left the bank"]
+    )
+    assert await asyncio.to_thread(args.run, args, server.settings) == 0
+    async with participant_page(pw) as customer:
+        await customer.goto(created["invitation_url"])
+        error_page = customer.locator("#error-page")
+        await expect(error_page).to_have_attribute("data-code", "session_cancelled")
+        await expect(customer.locator("#error-message")).to_have_text(
+            "本次视频预约已取消：邀请您的工作人员已无法为您办理。请致电银行客服或联系网点重新预约。"
+        )
+        await expect(customer.locator("#error-retry")).to_be_hidden()
 
 
 async def test_teller_records_with_the_customers_consent(

@@ -14,7 +14,7 @@ from server.auth.principal import Role
 from server.workflow.transactions.config import WorkflowConfig
 from tests.e2e.browser import participant_page
 from tests.e2e.test_call_pages import CALL_TIMEOUT_MS, staff_login, teller_and_customer
-from tests.integration.test_transactions import purchase, sign, signature_png
+from tests.integration.test_transactions import ACCOUNT, purchase, sign, signature_png
 from tests.support import server as support
 from tests.support.server import RunningServer
 
@@ -176,9 +176,17 @@ async def test_a_supervisor_overrides_from_the_console_with_a_reason(
         await teller.call("POST", f"/api/v1/transactions/{tid}/approve", {}, expect=409)
 
         page = await stack.enter_async_context(participant_page(pw))
-        await staff_login(page, server, "chen")
+        async with page.expect_response(
+            lambda r: r.url.endswith("/api/v1/transactions"), timeout=CALL_TIMEOUT_MS
+        ) as queued:
+            await staff_login(page, server, "chen")
         item = page.locator(f".approval-item[data-id='{tid}']")
         await expect(item).to_be_visible(timeout=CALL_TIMEOUT_MS)
+        # The account's last digits tell the supervisor it is the customer's; the whole number
+        # is not in the page, nor in what the browser received (its network log keeps that).
+        await expect(item.locator(".tx-meta")).to_contain_text("****3445")
+        assert ACCOUNT not in await (await queued.value).text()
+        assert ACCOUNT not in await page.content()
         await expect(item.locator(".tx-state")).to_have_attribute("data-state", "awaiting_override")
         await expect(item.locator(".check-failed")).to_have_count(3)
         await expect(item).to_contain_text("本次会话尚未完成身份核验")

@@ -14,14 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from server.audit.chain import Entry
 from server.auth.principal import Role
 from server.cli import _parser
 from server.commands import operator
-from server.db.models import Archive
+from server.db.models import Archive, CallSession, utcnow
 from tests.integration.test_call import _teller_and_customer
+from tests.integration.test_http_api import assert_error, invite, send, staff, token_of
+from tests.integration.test_queue import join, on_duty, ticket
 from tests.integration.test_recording import _record, _stored
 from tests.support import server as support
 from tests.support.bot import Bot
@@ -263,7 +265,7 @@ async def test_a_disabled_teller_leaves_the_call_as_after_a_drop_and_the_recordi
                 "admin", "disable-user", "--username", "teller1", "--reason", "left the bank",
             )  # fmt: skip
             assert code == 0
-            assert f"'teller1' is in open sessions {session_id}" in err
+            assert f"'teller1' is in sessions in progress {session_id}" in err
             assert (await teller.expect("error", timeout=5))["code"] == "not_authenticated"
             assert (await teller.expect("closed"))["code"] == 4401
             left = await customer.expect("participant_left")
@@ -296,3 +298,75 @@ async def _archive_status(server: RunningServer, archive_id: str) -> str | None:
             select(Archive.status).where(Archive.id == archive_id)
         )
     return status
+
+
+async def test_a_disabled_tellers_waiting_customers_are_told_or_served_by_another_teller(
+    server: RunningServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    supervisor = await staff(server, "chen", Role.SUPERVISOR)
+    wang, wang_id = await on_duty(server, "wang", ["wealth"], supervisor)
+    li, _ = await on_duty(server, "li", ["wealth"], supervisor)
+    invited = await invite(wang)  # the customer has not opened the link yet
+    in_call = await invite(wang)
+    async with server.services.engine.begin() as connection:
+        await connection.execute(
+            update(CallSession)
+            .where(CallSession.id == in_call["session"]["id"])
+            .values(state="active", started_at=utcnow())
+        )
+    taken_customer = await join(server, "wealth")  # taken by wang, link not opened yet
+    taken = await wang.call("POST", "/api/v1/queue/take", expect=201)
+    routed_customer = await join(server, "wealth")  # routed to wang by the supervisor
+    routed = await ticket(routed_customer)
+    await supervisor.call(
+        "POST", f"/api/v1/queue/tickets/{routed['id']}/assign", {"teller_id": wang_id}
+    )
+
+    code, out, err = await vteller(
+        server, capsys, monkeypatch,
+        "admin", "disable-user", "--username", "wang", "--reason", "left the bank",
+    )  # fmt: skip
+    assert code == 0, err
+    assert (
+        "2 session(s) not yet started cancelled (their links now say so), 1 of them queue "
+        "customers put back in their place in the queue; 1 waiting queue customer(s) routed to "
+        "them moved to the general queue"
+    ) in out
+    # The call in progress goes on as documented: only it is named.
+    assert f"is in sessions in progress {in_call['session']['id']}:" in err
+
+    # The invited customer's link says the appointment was cancelled, and what to do.
+    reply = await send(server.client(), "POST", f"/api/v1/join/{token_of(invited)}")
+    assert_error(reply, 410, "session_cancelled")
+    assert "Please call the bank or contact your branch" in reply.body["error"]["message"]
+    # The queue customers wait again, first the one taken before; another teller takes them.
+    first = await ticket(taken_customer)
+    assert (first["state"], first["position"], first["join_url"]) == ("waiting", 1, None)
+    second = await ticket(routed_customer)
+    assert (second["state"], second["position"]) == ("waiting", 2)
+    board = await supervisor.call("GET", "/api/v1/queue/dashboard")
+    assert [t["assigned_to"] for t in board["queue"]] == [None, None]
+    served = await li.call("POST", "/api/v1/queue/take", expect=201)
+    assert served["ticket"]["id"] == first["id"]
+    entered = await taken_customer.join_link((await ticket(taken_customer))["join_url"])
+    assert entered["session"]["id"] == served["session"]["id"] != taken["session"]["id"]
+
+    cancelled = {invited["session"]["id"], taken["session"]["id"]}
+    ended = await entries(server, "session.ended")
+    assert {e.target for e in ended} == cancelled
+    assert {(e.actor, e.actor_role, e.detail["reason"]) for e in ended} == {
+        (me(), "system", "teller_disabled")
+    }
+    back = {e.target: e for e in await entries(server, "queue.reassigned") if e.actor == me()}
+    assert set(back) == {first["id"], routed["id"]}
+    assert back[first["id"]].detail == {
+        "teller_id": None,
+        "previous": wang_id,
+        "reason": "teller_disabled",
+        "session_id": taken["session"]["id"],
+    }
+    assert back[routed["id"]].detail == {
+        "teller_id": None,
+        "previous": wang_id,
+        "reason": "teller_disabled",
+    }

@@ -23,6 +23,7 @@ from server.audit import AuditLog
 from server.audit.cli import verify_command
 from server.audit.log import SIGNED_HERE_FILE, CheckpointRefused
 from server.auth.principal import Role
+from server.commands import operator
 from server.db.engine import create_engine, migrate, session_factory
 from server.db.models import AuditCheckpoint, AuditEntry
 from tests.integration.test_call import _teller_and_customer
@@ -286,6 +287,13 @@ async def test_the_command_line_checks_what_this_machine_signed(server: RunningS
     assert refused.stderr.startswith("refused: entry ")
     assert "vteller audit verify" in refused.stderr
     assert await server.services.audit.checkpoints() == []
+
+    # The operator who accepts the gap is named in the log, as for `vteller admin`.
+    accepted = await _cli(server, "audit", "checkpoint", "--accept-unsigned", "INC-7 looked into")
+    assert accepted.returncode == 0, accepted.stderr
+    [forced] = [e for e in await server.services.audit.tail(5) if e.action.endswith("_forced")]
+    assert (forced.actor, forced.actor_role) == (operator(), "system")
+    assert forced.detail["reason"] == "INC-7 looked into"
 
 
 async def test_the_command_line_signs_only_as_the_owner_of_the_data_directory(

@@ -5,6 +5,7 @@ PostgreSQL costs a running worker no request."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +14,11 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection, make_url
 
 from server.auth.principal import Role
+from server.db import engine as engine_module
 from server.db.engine import alembic_config, create_engine, migrate
 from server.db.models import Base
 from tests.support import server as support
@@ -61,6 +63,54 @@ async def test_machines_starting_together_migrate_a_shared_database_once() -> No
             for engine in engines:
                 await engine.dispose()
     assert versions == [ScriptDirectory.from_config(alembic_config(url)).get_current_head()]
+
+
+_FAILING = """
+import sqlalchemy as sa
+from alembic import op
+
+revision = "9999"
+down_revision = "{head}"
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("users") as batch_op:
+        batch_op.add_column(sa.Column("half_done", sa.String(8), nullable=True))
+    op.create_table("half_made", sa.Column("id", sa.Integer, primary_key=True))
+    raise RuntimeError("this migration fails after its DDL")
+"""
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+async def test_a_failing_migration_leaves_the_schema_as_it_was(
+    tmp_path: Path, database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On SQLite the driver used to commit each CREATE and ALTER on its own: a failure left a
+    # half-changed schema that the next start could not migrate ("duplicate column").
+    async with database_url(database) as url:
+        engine = create_engine(url or f"sqlite+aiosqlite:///{tmp_path / 'upgrade.db'}")
+        try:
+            await migrate(engine)
+            head = ScriptDirectory.from_config(alembic_config(str(engine.url))).get_current_head()
+            failing = tmp_path / "migrations"
+            shutil.copytree(engine_module.MIGRATIONS_DIR, failing)
+            (failing / "versions" / "9999_fails.py").write_text(_FAILING.format(head=head))
+            monkeypatch.setattr(engine_module, "MIGRATIONS_DIR", failing)
+            with pytest.raises(RuntimeError, match="fails after its DDL"):
+                await migrate(engine)
+            async with engine.connect() as connection:
+                tables, columns = await connection.run_sync(
+                    lambda sync: (
+                        inspect(sync).get_table_names(),
+                        [c["name"] for c in inspect(sync).get_columns("users")],
+                    )
+                )
+                version = await connection.scalar(text("SELECT version_num FROM alembic_version"))
+        finally:
+            await engine.dispose()
+    assert "half_made" not in tables
+    assert "half_done" not in columns
+    assert version == head
 
 
 async def test_a_restarted_database_costs_no_request(tmp_path: Path) -> None:

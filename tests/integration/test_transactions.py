@@ -31,7 +31,8 @@ from server.db.models import (
 )
 from server.errors import ApiError
 from server.workflow.transactions.approvals import verify_approval
-from tests.integration.test_call import _teller_and_customer
+from server.workflow.webhooks.records import approval_event
+from tests.integration.test_call import _expert_bot, _teller_and_customer
 from tests.integration.test_recording import _record, _sealed, _vteller
 from tests.support.bot import Bot
 from tests.support.server import ApiClient, RunningServer
@@ -282,8 +283,10 @@ async def test_signed_in_the_recording_approved_by_rule_by_four_eyes_and_overrid
     done = await _approve(teller_http, small["id"])
     assert done["transaction"]["state"] == "approved"
 
-    # The signed record binds the transaction to the sealed manifest and the report.
-    signed = second["approval"]
+    # The signed record binds the transaction to the sealed manifest and the report: the one
+    # handed to the core bank (the supervisor's copy has the account masked).
+    signed = approval_event(await server.services.transactions.get(big["id"]))
+    assert second["approval"]["record"]["transaction"]["account"] == "****" + ACCOUNT[-4:]
     keys = load_public_keys(server.settings.data_dir / "keys" / "public")
     record = verify_approval(signed, keys)
     async with server.services.sessions._db() as db:
@@ -603,8 +606,9 @@ async def test_an_approval_the_log_refuses_leaves_no_decision_behind(
     done = await decide()
     assert done["transaction"]["state"] == "approved"
     keys = load_public_keys(server.settings.data_dir / "keys" / "public")
-    record = verify_approval(done["approval"], keys)
+    record = verify_approval(approval_event(await transactions.get(tid)), keys)
     assert [d["step"] for d in record["decisions"]] == steps
+    assert done["approval"]["record"]["decisions"] == record["decisions"]
     assert [d.step for d in await transactions.decisions(tid)] == steps
     [approved] = [
         e for e in await audit.tail(100) if e.target == tid and e.action == "transaction.approved"
@@ -712,3 +716,59 @@ async def test_every_forbidden_role_is_refused(server: RunningServer) -> None:
     finally:
         await own.close()
         await stranger.close()
+
+
+async def test_staff_get_the_account_masked_and_auditors_whole(server: RunningServer) -> None:
+    # Minimum necessary: the teller typed the account in, the supervisor recognises the
+    # customer's by its last digits and an expert advises on the product. What their browsers
+    # get (answers and pushes alike) stays in the network log, so the server masks it; the
+    # auditor and the core bank's signed record keep it whole.
+    teller_http, session_id, customer = await _session(server, "teller1", "general")
+    supervisor = await _staff(server, "boss", Role.SUPERVISOR)
+    auditor = await _staff(server, "audit", Role.AUDITOR)
+    teller = Bot(teller_http, session_id, publish=False)
+    expert = await _expert_bot(server, teller, session_id)
+    masked = "****" + ACCOUNT[-4:]
+    seen: list[Any] = []
+    try:
+        await teller.join()
+        await expert.join()
+        path = f"/api/v1/sessions/{session_id}/transactions"
+        # A deposit in a general session needs no recording; above the threshold, four eyes.
+        created = await teller_http.call("POST", path, purchase(6_000_000, "deposit"), expect=201)
+        tid = created["transaction"]["id"]
+        assert created["transaction"]["transaction"]["account"] == masked
+        await sign(customer, tid, signature_png())
+        seen += [created, await _approve(teller_http, tid)]
+        for bot in (teller, expert):
+            pushed = await _transaction_message(bot, tid, "awaiting_second_approval")
+            assert pushed["transaction"]["account"] == masked
+            seen.append(pushed)
+        queue = await supervisor.call("GET", "/api/v1/transactions")
+        assert [t["transaction"]["account"] for t in queue["transactions"]] == [masked]
+        seen.append(queue)
+        second = await _approve(supervisor, tid)
+        assert second["approval"]["record"]["transaction"]["account"] == masked
+        seen.append(second)
+        for client in (teller_http, supervisor, expert.client):
+            seen.append(await client.call("GET", path))
+            detail = await client.call("GET", f"/api/v1/transactions/{tid}")
+            assert detail["transaction"]["approval"]["record"]["transaction"]["account"] == masked
+            seen.append(detail)
+        for bot in (teller, expert):
+            seen.append(await _transaction_message(bot, tid, "approved"))
+    finally:
+        await expert.close()
+        await teller.close()
+    assert ACCOUNT not in json.dumps(seen)
+
+    # The auditor reads it whole, with the record that verifies: the one the core bank gets.
+    listed = await auditor.call("GET", path)
+    assert [t["transaction"]["account"] for t in listed["transactions"]] == [ACCOUNT]
+    audited = (await auditor.call("GET", f"/api/v1/transactions/{tid}"))["transaction"]
+    assert audited["transaction"]["account"] == ACCOUNT
+    keys = load_public_keys(server.settings.data_dir / "keys" / "public")
+    record = verify_approval(audited["approval"], keys)
+    assert record["transaction"]["account"] == ACCOUNT
+    delivered = approval_event(await server.services.transactions.get(tid))
+    assert delivered == audited["approval"]

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from bench.media import free_port
 from recorder.seal.signing import Signer
 from server.auth.principal import Role
+from server.commands import operator
 from server.db.engine import DbSession, session_factory
 from server.db.models import AuditEntry, CallSession, Transaction, WebhookDelivery, utcnow
 from server.workflow.webhooks.config import WebhookConfig
@@ -538,7 +539,9 @@ async def test_operator_prints_the_secret_lists_and_retries_from_the_command_lin
     status = await _settled(server, "t_cli", ("delivered",))
     assert status["attempts"] == 2
     (entry,) = await _audit(server, "webhook.retried")
-    assert entry.actor == "system" and entry.detail["via"] == "cli"
+    # The operator who ran it, as for `vteller admin` (the child inherits SUDO_USER, if any).
+    assert (entry.actor, entry.actor_role) == (operator(), "system")
+    assert entry.detail["via"] == "cli"
 
     code, _, err = await _vteller(server, receiver.url, "retry", "t_cli")
     assert code == 1 and "only a failed one can be retried" in err

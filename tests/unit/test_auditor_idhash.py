@@ -75,3 +75,15 @@ def test_names_hash_alike_only_when_they_are_the_same_name(tmp_path: Path) -> No
     assert hasher.hash_name(number) != hasher.hash(number)
     with pytest.raises(CardNameError):
         normalize_name(" \u3000\t")
+
+
+@pytest.mark.parametrize(
+    "dot", ["\u00b7", "\u2022", "\u30fb", "\uff65", "\u2027", "\uff0e", ".", "\u2219", "\u22c5"]
+)
+def test_a_name_is_the_same_whichever_dot_ocr_or_a_keyboard_gave(tmp_path: Path, dot: str) -> None:
+    # Printed with U+00B7; read or typed with one of the others, it is still that card's name.
+    hasher = IdNumberHasher.open(tmp_path)
+    assert normalize_name(f"阿卜杜{dot}热合曼") == "阿卜杜\u00b7热合曼"
+    assert normalize_name(f"Abdu {dot} Rahman") == "abdu\u00b7rahman"
+    assert hasher.hash_name(f"阿卜杜{dot}热合曼") == hasher.hash_name("阿卜杜·热合曼")
+    assert hasher.hash_name(f"阿卜杜{dot}热合曼") != hasher.hash_name("阿卜杜热合曼")

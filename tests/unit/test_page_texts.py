@@ -37,6 +37,8 @@ def _texts() -> dict[str, dict[str, str]]:
         # error codes above).
         "tx.check.recording_signature",
         "tx.reason.bound",
+        # The customer's link to an appointment cancelled because its teller was disabled.
+        "join.session_cancelled",
     ],
 )
 def test_the_workflow_answers_are_worded_in_both_languages(key: str) -> None:

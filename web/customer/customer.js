@@ -12,7 +12,7 @@ import { wireCustomerTransactions } from '/static/customer/transactions.js';
 const $ = (id) => document.getElementById(id);
 const SCREENS = { loading: 'loading', error: 'error-page', 'device-check': 'device-check', lobby: 'lobby', call: 'call', ended: 'ended' };
 // Errors that mean the link itself is no good: retrying cannot help, a new link can.
-const LINK_ERRORS = new Set(['invitation_unknown', 'invitation_expired', 'invitation_used', 'session_ended']);
+const LINK_ERRORS = new Set(['invitation_unknown', 'invitation_expired', 'invitation_used', 'session_ended', 'session_cancelled']);
 
 let stream = null;
 let meter = null;
@@ -33,6 +33,7 @@ const ERROR_MESSAGES = {
   invitation_expired: 'join.invitation_expired',
   invitation_used: 'join.invitation_used',
   session_ended: 'join.session_ended',
+  session_cancelled: 'join.session_cancelled',
   not_authenticated: 'join.invitation_expired',
   forbidden: 'join.invitation_unknown',
   unknown_session: 'join.invitation_unknown',

@@ -58,7 +58,9 @@ function item(view) {
   showDescription(summary, view.transaction);
   const meta = document.createElement('p');
   meta.className = 'tx-meta';
-  meta.textContent = `${t('tx.session', { id: view.session_id })} · ${view.id} · ${formatTime(view.created_at)}`;
+  // The account's last digits (the server sends no more) tell it is the customer's.
+  const account = t('txSign.account', { account: view.transaction.account });
+  meta.textContent = `${t('tx.session', { id: view.session_id })} · ${account} · ${view.id} · ${formatTime(view.created_at)}`;
   const checks = document.createElement('ul');
   checks.className = 'tx-checks';
   renderChecks(checks, view.checks);

@@ -49,7 +49,7 @@ from server.db.models import (
     utcnow,
 )
 from server.errors import ApiError
-from server.sessions.store import Placement, SessionStore
+from server.sessions.store import TELLER_DISABLED, Placement, SessionStore
 from server.workflow.queue.config import QueueConfig
 from server.workflow.queue.estimate import Estimate, HandlingTime, estimate, handling_time
 from server.workflow.queue.phone import normalize_mobile
@@ -809,6 +809,96 @@ class QueueService:
         if callback is None:
             raise ApiError(404, "unknown_callback", "There is no such callback request.")
         return callback
+
+
+@dataclass(frozen=True)
+class Released:
+    """What `release_teller` gave back."""
+
+    cancelled: list[str]  # ids of the teller's sessions that had not started, now ended
+    requeued: list[tuple[str, str]]  # (ticket id, its cancelled session id): waiting again
+    unassigned: list[str]  # ids of waiting tickets routed to the teller, now in the general queue
+
+
+async def release_teller(
+    db: async_sessionmaker[DbSession], store: SessionStore, teller_id: str
+) -> Released:
+    """Give back what a disabled teller's customers wait for, since the teller cannot come.
+
+    Sessions of theirs that have not started (nobody was in a call yet) end as TELLER_DISABLED,
+    so their links say the appointment was cancelled; a worker whose room holds a customer in the
+    lobby ends it at its next heartbeat (`reconcile`). A queue customer taken for such a session
+    who has not opened its link is waiting again in their place (the ticket keeps its age), the
+    link removed with the session, as after a take that lost its ticket. Waiting tickets routed
+    to the teller go back to the general queue. Sessions in progress are left alone: they go on
+    as after a dropped connection (docs/deployment.md, "Staff accounts").
+    """
+    async with db() as session:
+        not_started = list(
+            await session.scalars(
+                select(CallSession.id)
+                .where(CallSession.teller_id == teller_id, CallSession.state == "waiting")
+                .order_by(CallSession.created_at)
+            )
+        )
+        unopened = (
+            await session.execute(
+                select(QueueTicket.id, Invitation.session_id)
+                .join(Invitation, Invitation.session_id == QueueTicket.session_id)
+                .where(
+                    QueueTicket.state == "taken",
+                    QueueTicket.session_id.in_(not_started),
+                    Invitation.used_at.is_(None),
+                )
+                .order_by(QueueTicket.created_at)
+            )
+        ).all()
+    requeued: list[tuple[str, str]] = []
+    async with db() as session, session.begin():
+        # The ticket first: should the session's end fail, the sweep frees the link of a waiting
+        # ticket that is still held (`queue_take_undone_late`), whereas a ticket left taken would
+        # send its customer to a link that no longer works.
+        for ticket_id, session_id in unopened:
+            back = await session.execute(
+                update(QueueTicket)
+                .where(
+                    QueueTicket.id == ticket_id,
+                    QueueTicket.state == "taken",
+                    QueueTicket.session_id == session_id,
+                )
+                .values(
+                    state="waiting",
+                    taken_by=None,
+                    session_id=None,
+                    closed_at=None,
+                    assigned_to=None,
+                )
+                .execution_options(synchronize_session=False)
+            )
+            if back.rowcount == 1:  # type: ignore[attr-defined]
+                requeued.append((ticket_id, session_id))
+        routed = (QueueTicket.state == "waiting") & (QueueTicket.assigned_to == teller_id)
+        unassigned = list(
+            await session.scalars(
+                select(QueueTicket.id).where(routed).order_by(QueueTicket.created_at)
+            )
+        )
+        await session.execute(
+            update(QueueTicket)
+            .where(QueueTicket.id.in_(unassigned), routed)
+            .values(assigned_to=None)
+            .execution_options(synchronize_session=False)
+        )
+    freed = {session_id for _, session_id in requeued}
+    cancelled: list[str] = []
+    for session_id in not_started:
+        # Only if still not started: a call that began since the read above goes on.
+        ended = await store.end(
+            session_id, None, TELLER_DISABLED, unlink=session_id in freed, only_if="waiting"
+        )
+        if ended.end_reason == TELLER_DISABLED:
+            cancelled.append(session_id)
+    return Released(cancelled, requeued, unassigned)
 
 
 def waited_seconds(since: datetime) -> int:

@@ -20,6 +20,7 @@ from server.commands import (
     Run,
     database,
     help_for,
+    operator,
     run_reporting,
     sqlite_in_data_dir,
     writes_data_dir,
@@ -119,7 +120,7 @@ async def _list(args: argparse.Namespace, records: DeliveryRecords) -> int:
 
 async def _retry(args: argparse.Namespace, records: DeliveryRecords) -> int:
     try:
-        delivery = await records.retry(args.key, actor=SYSTEM, actor_role=SYSTEM, via="cli")
+        delivery = await records.retry(args.key, actor=operator(), actor_role=SYSTEM, via="cli")
     except ApiError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 1

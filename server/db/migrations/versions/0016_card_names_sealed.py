@@ -6,21 +6,19 @@ Create Date: 2026-11-28 18:00:00.000000
 
 The names already indexed are sealed here, in the migration's transaction, so that the clear
 column is dropped in the same step: nowhere is there a schema that still holds names in clear
-after the upgrade, nor one half converted after a failure (PostgreSQL rolls the DDL back; for
-SQLite, whose driver commits an ALTER TABLE at once, the keys are checked before any DDL). That
+after the upgrade, nor one half converted after a failure (both databases roll DDL back:
+server/db/engine.py, `migrate`). That
 needs the deployment's keys (server/auditor/names.py: `names_for_migration` refuses, naming the
 fix, without them or with keys other than those the deployment recorded); `vteller serve` and
 `vteller db upgrade` pass them (server/db/engine.py, `migrate`). A database with no name indexed
 yet (a new one, the tests') needs none.
 """
 
-from typing import Any
-
 import sqlalchemy as sa
 import structlog
-from alembic import context, op
+from alembic import op
 
-from server.auditor.names import CardNames, names_for_migration
+from server.auditor.names import names_for_migration
 from server.crypto.rows import SealedRow
 
 revision = "0016"
@@ -39,19 +37,6 @@ _index = sa.table(
     sa.column("name_wrapped_key", sa.LargeBinary),
     sa.column("name_sealed", sa.LargeBinary),
 )
-_deployment_keys = sa.table(
-    "deployment_keys",
-    sa.column("file", sa.String),
-    sa.column("key_id", sa.String),
-    sa.column("check_value", sa.String),
-    sa.column("hostname", sa.String),
-    sa.column("recorded_at", sa.String),  # only ordered, to name the first machine
-)
-
-
-def _names() -> CardNames:
-    recorded: list[Any] = list(op.get_bind().execute(sa.select(_deployment_keys)).all())
-    return names_for_migration(context.config.attributes.get("keys_dir"), recorded)
 
 
 def upgrade() -> None:
@@ -59,9 +44,8 @@ def upgrade() -> None:
     clear = bind.execute(
         sa.select(_index.c.session_id, _index.c.card_name).where(_index.c.card_name.is_not(None))
     ).all()
-    # Keys first, before any DDL: SQLite's driver commits an ALTER TABLE at once, so a refusal
-    # after it would leave a schema the next attempt cannot migrate.
-    names = _names() if clear else None
+    # Keys first: a refusal says what to do before any work is done (and undone).
+    names = names_for_migration() if clear else None
     with op.batch_alter_table("archive_index", schema=None) as batch_op:
         batch_op.add_column(sa.Column("name_hash", sa.String(length=64), nullable=True))
         batch_op.add_column(sa.Column("name_key_id", sa.String(length=32), nullable=True))
@@ -98,7 +82,7 @@ def downgrade() -> None:
             _index.c.name_sealed,
         ).where(_index.c.name_sealed.is_not(None))
     ).all()
-    names = _names() if sealed else None  # before any DDL, as in upgrade
+    names = names_for_migration() if sealed else None  # keys first, as in upgrade
     with op.batch_alter_table("archive_index", schema=None) as batch_op:
         batch_op.add_column(sa.Column("card_name", sa.String(length=64), nullable=True))
     if names is not None:
