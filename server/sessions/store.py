@@ -35,6 +35,8 @@ OPEN_STATES = ("waiting", "active", "interrupted")
 # The end reason of a session cancelled before it started because its teller's account was
 # disabled (server/workflow/queue/service.py, `release_teller`): its link says so.
 TELLER_DISABLED = "teller_disabled"
+# The end reason of a session someone in it (or staff through the API) ended.
+ENDED_BY_PARTICIPANT = "ended_by_participant"
 InvitationStatus = Literal["valid", "expired", "used", "unknown"]
 
 
@@ -406,17 +408,19 @@ class SessionStore:
                 session.state = "active"
                 session.started_at = session.started_at or utcnow()
 
-    async def hosts(self, session_ids: Collection[str]) -> dict[str, tuple[str, str | None]]:
-        """State and hosting worker of each of these sessions."""
+    async def hosts(
+        self, session_ids: Collection[str]
+    ) -> dict[str, tuple[str, str | None, str | None]]:
+        """State, hosting worker and end reason of each of these sessions."""
         if not session_ids:
             return {}
         async with self._db() as db:
             rows = await db.execute(
-                select(CallSession.id, CallSession.state, CallSession.worker_id).where(
-                    CallSession.id.in_(session_ids)
-                )
+                select(
+                    CallSession.id, CallSession.state, CallSession.worker_id, CallSession.end_reason
+                ).where(CallSession.id.in_(session_ids))
             )
-            return {row.id: (row.state, row.worker_id) for row in rows}
+            return {row.id: (row.state, row.worker_id, row.end_reason) for row in rows}
 
     async def end(
         self,

@@ -28,7 +28,7 @@ from server.recording.live_speech import SpeechListener
 from server.recording.manager import RecordingManager
 from server.recording.room import Audience, RoomRecording
 from server.recording.room import Member as RecordedMember
-from server.sessions.store import SessionStore
+from server.sessions.store import ENDED_BY_PARTICIPANT, SessionStore
 from server.sessions.views import chat_view, participant_view, session_view
 from server.settings import Settings
 from server.sfu.encoded import EncodedSource
@@ -465,14 +465,17 @@ class Room:
         async with self._membership:
             return await self._end(by)
 
-    async def ended_elsewhere(self) -> None:
-        """The session was ended through another worker (its HTTP end, logged there): end the
-        call and seal the recording here, where they live, without logging the end twice."""
+    async def ended_elsewhere(self, reason: str | None) -> None:
+        """The session was ended through another worker (its HTTP end, logged there) or by an
+        operator (a disabled teller's appointment): end the call and seal the recording here,
+        where they live, without logging the end twice, telling everyone the stored reason."""
         async with self._membership:
             if not self._ended:
-                await self._end(None, logged=True)
+                await self._end(None, logged=True, reason=reason or ENDED_BY_PARTICIPANT)
 
-    async def _end(self, by: str | None, *, logged: bool = False) -> CallSession:
+    async def _end(
+        self, by: str | None, *, logged: bool = False, reason: str = ENDED_BY_PARTICIPANT
+    ) -> CallSession:
         member = self.members.get(by) if by is not None else None
         if not logged:
             await self._log("session.ended", by, member.role if member else None)
@@ -480,10 +483,8 @@ class Room:
         await self.identity.close()
         if self.recording is not None:
             await self.recording.stop("complete")
-        session = await self._store.end(self.session_id, by, "ended_by_participant")
-        await self._broadcast(
-            server_message("session_ended", reason="ended_by_participant", by=by), about=None
-        )
+        session = await self._store.end(self.session_id, by, reason)
+        await self._broadcast(server_message("session_ended", reason=reason, by=by), about=None)
         for member in list(self.members.values()):
             if member.grace is not None:
                 member.grace.cancel()
@@ -978,19 +979,20 @@ class RoomRegistry:
         await self._audit.append(
             "session.ended", actor=by or SYSTEM, actor_role=role, target=session_id
         )
-        return await self._store.end(session_id, by, "ended_by_participant")
+        return await self._store.end(session_id, by, ENDED_BY_PARTICIPANT)
 
     async def reconcile(self, worker_id: str) -> None:
         """Heartbeat: end here the rooms whose sessions were ended through another worker, and
         give up those another worker took over while this one was thought dead (their clients
         reconnect to it). Ending seals a recording, which may wait for a full disk: in tasks
         of their own, so that the heartbeat that keeps this worker alive never waits."""
-        for session_id, (state, owner) in (await self._store.hosts(list(self._rooms))).items():
+        hosts = await self._store.hosts(list(self._rooms))
+        for session_id, (state, owner, end_reason) in hosts.items():
             room = self._rooms.get(session_id)
             if room is None or session_id in self._reconciling:
                 continue
             if state == "ended":
-                self._reconcile(session_id, room.ended_elsewhere())
+                self._reconcile(session_id, room.ended_elsewhere(end_reason))
             elif owner != worker_id:
                 log.warning("room_taken_over", session_id=session_id, by_worker=owner)
                 self._reconcile(session_id, self._give_up(room))

@@ -291,6 +291,25 @@ async def test_bad_and_used_invitations_get_the_error_page(
         await expect(error_page).to_have_attribute("data-code", "invitation_used")
 
 
+CANCELLED_ZH = (
+    "本次视频预约已取消：邀请您的工作人员已无法为您办理。请致电银行客服或联系网点重新预约。"
+)
+
+
+async def _disable(server: RunningServer, username: str) -> None:
+    args = _parser().parse_args(
+        ["admin", "disable-user", "--username", username, "--reason", "left the bank"]
+    )
+    assert await asyncio.to_thread(args.run, args, server.settings) == 0
+
+
+async def _says_cancelled(customer: Page) -> None:
+    error_page = customer.locator("#error-page")
+    await expect(error_page).to_have_attribute("data-code", "session_cancelled")
+    await expect(customer.locator("#error-message")).to_have_text(CANCELLED_ZH)
+    await expect(customer.locator("#error-retry")).to_be_hidden()
+
+
 async def test_a_link_whose_teller_was_disabled_says_the_appointment_was_cancelled(
     pw: Playwright, server: RunningServer
 ) -> None:
@@ -299,18 +318,28 @@ async def test_a_link_whose_teller_was_disabled_says_the_appointment_was_cancell
     await teller.login("wang")
     body = {"business": "wealth", "customer_name": "李女士"}
     created = await teller.call("POST", "/api/v1/invitations", body, expect=201)
-    args = _parser().parse_args(
-        ["admin", "disable-user", "--username", "wang", "--reason", "left the bank"]
-    )
-    assert await asyncio.to_thread(args.run, args, server.settings) == 0
+    await _disable(server, "wang")
     async with participant_page(pw) as customer:
         await customer.goto(created["invitation_url"])
-        error_page = customer.locator("#error-page")
-        await expect(error_page).to_have_attribute("data-code", "session_cancelled")
-        await expect(customer.locator("#error-message")).to_have_text(
-            "本次视频预约已取消：邀请您的工作人员已无法为您办理。请致电银行客服或联系网点重新预约。"
-        )
-        await expect(customer.locator("#error-retry")).to_be_hidden()
+        await _says_cancelled(customer)
+
+
+async def test_a_customer_waiting_for_a_disabled_teller_is_told_the_appointment_is_off(
+    pw: Playwright, server: RunningServer, tmp_path: Path
+) -> None:
+    # Already in the lobby when the account is disabled: the room ends at the worker's next
+    # heartbeat, with the reason the session was ended for, not "the call has ended".
+    await server.user("wang", Role.TELLER)
+    teller = server.client()
+    await teller.login("wang")
+    body = {"business": "wealth", "customer_name": "李女士"}
+    created = await teller.call("POST", "/api/v1/invitations", body, expect=201)
+    async with participant_page(pw, participant_media(tmp_path, "customer")) as customer:
+        await customer.goto(created["invitation_url"])
+        await customer.click("#enter-btn")
+        await expect(customer.locator("body")).to_have_attribute("data-state", "lobby")
+        await _disable(server, "wang")
+        await _says_cancelled(customer)
 
 
 async def test_teller_records_with_the_customers_consent(

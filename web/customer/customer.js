@@ -139,9 +139,12 @@ function enterLobby(session) {
   };
   call.on('joined', followTeller);
   call.on('presence', followTeller);
-  call.on('ended', () => {
+  call.on('ended', ({ reason }) => {
     stopStream(stream);
-    setState('ended');
+    // Waiting in the lobby for a teller whose account was disabled: the appointment is off, and
+    // the customer needs to know to make another, not that a call they never had has ended.
+    if (reason === 'teller_disabled') showError('session_cancelled');
+    else setState('ended');
   });
   call.on('fatal', (code) => showError(code, code === 'connection_lost' ? { retry: () => location.reload() } : {}));
 
