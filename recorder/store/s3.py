@@ -222,8 +222,9 @@ def make_client(settings: StoreSettings) -> Minio:
     """
     if not settings.access_key or not settings.secret_key.get_secret_value():
         raise StoreConfigError(
-            "no S3 credentials: set VTELLER_S3_ACCESS_KEY and VTELLER_S3_SECRET_KEY (infra/run.sh "
-            "and infra/test.sh export them for the local MinIO) or store.access_key/secret_key"
+            "no S3 credentials: set VTELLER_S3_ACCESS_KEY and VTELLER_S3_SECRET_KEY, or "
+            "store.access_key/secret_key (for the local MinIO that infra/run.sh starts, run "
+            '`eval "$(bash infra/minio.sh env)"` in the checkout first)'
         )
     http = urllib3.PoolManager(
         timeout=urllib3.Timeout(
