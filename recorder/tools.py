@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -45,7 +46,16 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "the package's own ARCHIVE/keys, or {data_dir}/keys/public for s3://)",
     )
     verify.add_argument("--keyring", type=Path, help="keyring file: also decrypt and play")
-    verify.add_argument("--previous", type=Path, help="the previous archive's manifest.json")
+    previous = verify.add_mutually_exclusive_group()
+    previous.add_argument("--previous", type=Path, help="the previous archive's manifest.json")
+    previous.add_argument(
+        "--previous-sha256",
+        type=_sha256_hex,
+        metavar="HEX",
+        help="the previous manifest's SHA-256, when that archive was purged at the end of its "
+        "retention: the auditor portal's verification of this archive shows it (tombstone: "
+        "manifest sha256 ...), and so does the purge's archive.purged audit entry",
+    )
     verify.add_argument("--json", action="store_true", help="print the result as JSON")
     verify.set_defaults(tool=_verify)
 
@@ -60,6 +70,12 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     export.add_argument("out_dir", type=Path, help="a new (or empty) directory")
     export.add_argument("--keys", type=Path, help="public keys (default: {data_dir}/keys/public)")
     export.set_defaults(tool=_export)
+
+
+def _sha256_hex(text: str) -> str:
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a SHA-256: 64 hexadecimal digits")
+    return text.lower()
 
 
 def run(args: argparse.Namespace, data_dir: Path, store: StoreSettings) -> int:
@@ -107,6 +123,7 @@ def _verify(args: argparse.Namespace, data_dir: Path, store: StoreSettings) -> i
         public_keys,
         keyring=keyring,
         previous_manifest=args.previous.read_bytes() if args.previous else None,
+        previous_sha256=args.previous_sha256,
         inspector=inspector,
     )
     media = inspector.summary.describe() if inspector and inspector.summary else []

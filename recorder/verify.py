@@ -147,9 +147,12 @@ def verify_archive(
     *,
     keyring: KeyWrapper | None = None,
     previous_manifest: bytes | None = None,
+    previous_sha256: str | None = None,
     inspector: PlaintextInspector | None = None,
 ) -> VerificationReport:
-    """Check an archive against the public keys (key id -> PEM); see docs/archive-format.md 8."""
+    """Check an archive against the public keys (key id -> PEM); see docs/archive-format.md 8.
+    The chain link is checked against `previous_manifest`, or, when that manifest was purged,
+    against the `previous_sha256` its tombstone and its `archive.purged` audit entry keep."""
     report = VerificationReport()
     names = set(reader.list_names())
     data = _signed_manifest(reader, names, public_keys, report)
@@ -157,7 +160,7 @@ def verify_archive(
         return report
     manifest = report.manifest
     _check_reports(reader, names, public_keys, manifest, data, report)
-    _check_previous(manifest, previous_manifest, report)
+    _check_previous(manifest, previous_manifest, previous_sha256, report)
     attachments = manifest.attachments or []
     _check_object_list("segment", manifest.segments, SEGMENT_OBJECT_PATTERN, names, report)
     _check_object_list("attachment", attachments, ATTACHMENT_OBJECT_PATTERN, names, report)
@@ -404,23 +407,30 @@ def _check_reports(
 
 
 def _check_previous(
-    manifest: Manifest, previous_manifest: bytes | None, report: VerificationReport
+    manifest: Manifest,
+    previous_manifest: bytes | None,
+    previous_sha256: str | None,
+    report: VerificationReport,
 ) -> None:
     link = manifest.previous_manifest_sha256
-    if previous_manifest is None:
+    if previous_manifest is not None:
+        actual, given = manifest_sha256(previous_manifest), "the given previous manifest hashes to"
+    elif previous_sha256 is not None:
+        actual, given = previous_sha256.lower(), "the given previous manifest SHA-256 is"
+    else:
         if link is None:
             report.notes.append("first archive of its chain (no previous manifest)")
         else:
             report.notes.append(f"link to previous manifest {link} not checked (none given)")
         return
-    actual = manifest_sha256(previous_manifest)
     if link is None:
         report.add("manifest", "names no previous manifest, but one was given")
     elif link != actual:
-        report.add(
-            "manifest",
-            f"previous_manifest_sha256 is {link}, but the given previous manifest hashes to "
-            f"{actual}",
+        report.add("manifest", f"previous_manifest_sha256 is {link}, but {given} {actual}")
+    elif previous_manifest is None:
+        report.notes.append(
+            "link to previous manifest checked against its SHA-256 alone (a purged "
+            "archive's tombstone or archive.purged audit entry), not against the manifest"
         )
 
 

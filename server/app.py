@@ -13,6 +13,7 @@ from aiohttp.typedefs import Middleware
 from compliance.cli import model_cache_dir
 from recorder.store.s3 import ArchiveBucket
 from server.api import (
+    account_routes,
     auditor_routes,
     auth_routes,
     compliance_routes,
@@ -27,8 +28,10 @@ from server.api.access import refusals_noted
 from server.api.forwarded import forwarded_client
 from server.api.middleware import json_errors, security_headers, unnameable_paths
 from server.audit.denials import Denials
+from server.audit.incidents import StorageIncidents
 from server.audit.log import AuditLog
 from server.auditor.service import AuditorPortal
+from server.auth.accounts import StaffAccounts
 from server.auth.ratelimit import LoginThrottle
 from server.auth.service import AuthService
 from server.context import SERVICES, Services
@@ -116,6 +119,9 @@ async def create_app(settings: Settings) -> web.Application:
         await analysis.submit(archive_id, session_id)
 
     recorder.on_sealed = sealed
+    incidents = StorageIncidents(audit)
+    recorder.audit_incidents(incidents)
+    auditor.incidents = incidents
     analysis.notify = rooms.notify_staff
     secret = webhook_secret(settings.webhook, settings.data_dir)
     webhooks = WebhookDeliveries(settings.webhook, db, audit, recorder.signer, secret)
@@ -150,6 +156,7 @@ async def create_app(settings: Settings) -> web.Application:
             timedelta(minutes=settings.invitation_ttl_minutes),
             settings.data_dir / "keys" / "queue-keyring.json",
         ),
+        accounts=StaffAccounts(db, throttle, audit),
     )
 
     # Every key file exists by now (created at first start): compare them with the other
@@ -174,6 +181,7 @@ async def create_app(settings: Settings) -> web.Application:
         webhook_routes,
         transaction_routes,
         queue_routes,
+        account_routes,
         join_routes,
         pages,
     ):
@@ -218,6 +226,7 @@ async def create_app(settings: Settings) -> web.Application:
         await recorder.stop()
         await webhooks.stop()
         await auditor.stop()
+        await services.denials.close()
         await audit.stop()
         await services.workers.stop()
         await metrics.stop()

@@ -364,28 +364,12 @@ def _list_users(args: argparse.Namespace, settings: Settings) -> int:
     async def work(admin: AccountAdmin) -> int:
         accounts = await admin.accounts()
         if args.json:
-            print(json.dumps({"users": [_account_json(a) for a in accounts]}, ensure_ascii=False))
+            print(json.dumps({"users": [a.view() for a in accounts]}, ensure_ascii=False))
         else:
             _print_accounts(accounts)
         return 0
 
     return _accounts(settings, work)
-
-
-def _account_json(account: Account) -> dict[str, Any]:
-    user = account.user
-    return {
-        "id": user.id,
-        "username": user.username,
-        "role": user.role,
-        "display_name": user.display_name,
-        "disabled": not user.active,
-        "disabled_at": _iso(user.disabled_at),
-        "disabled_reason": user.disabled_reason,
-        "locked_out_seconds": math.ceil(account.locked_seconds),
-        "last_login_at": _iso(account.last_login),
-        "created_at": _iso(user.created_at),
-    }
 
 
 def _print_accounts(accounts: Sequence[Account]) -> None:
@@ -418,10 +402,6 @@ def _print_accounts(accounts: Sequence[Account]) -> None:
 
 def _columns(text: str) -> int:
     return sum(2 if unicodedata.east_asian_width(char) in "WF" else 1 for char in text)
-
-
-def _iso(at: datetime | None) -> str | None:
-    return at.isoformat() if at is not None else None
 
 
 def _day(at: datetime | None) -> str:

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from server.audit.denials import Denials
 from server.audit.log import AuditLog
 from server.auditor.service import AuditorPortal
+from server.auth.accounts import StaffAccounts
 from server.auth.service import AuthService
 from server.identity.verification import IdentityServices
 from server.recording.analysis import AnalysisJobs
@@ -38,6 +39,7 @@ class Services:
     webhooks: WebhookDeliveries
     transactions: Transactions
     queue: QueueService
+    accounts: StaffAccounts
 
 
 SERVICES = web.AppKey("services", Services)

@@ -28,7 +28,7 @@ import hashlib
 import json
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -333,6 +333,22 @@ class Spool:
         return target
 
 
+class UploadObserver(Protocol):
+    """Who is told of uploads that matter for evidence (the server's audit log). Its failures
+    are logged and ignored: they must never stop the uploader."""
+
+    async def retention_unverified(self, name: str, error: str) -> None:
+        """`name` was stored, but its retention read back is not what was asked for (kept in
+        the spool and tried again)."""
+
+    async def stored(self, name: str) -> None:
+        """`name` is in the store under the retention asked for (read back)."""
+
+    async def set_aside(self, name: str | None, reason: str, error: str, spool_file: str) -> None:
+        """An object (`name`, None when its spool file cannot say) will never be uploaded: moved
+        to rejected/; `reason`: conflict or corrupt."""
+
+
 class UploadTarget(Protocol):
     """What the uploader needs from the store (ArchiveBucket)."""
 
@@ -413,6 +429,7 @@ class Uploader:
         *,
         backoff_min_seconds: float = 1.0,
         backoff_max_seconds: float = 60.0,
+        observer: UploadObserver | None = None,
     ) -> None:
         if not 0 < backoff_min_seconds <= backoff_max_seconds:
             raise ValueError("need 0 < backoff_min_seconds <= backoff_max_seconds")
@@ -433,6 +450,8 @@ class Uploader:
         self._last_success_at: datetime | None = None
         self._retry_at: datetime | None = None
         self._retention_mismatches = 0
+        # Settable after construction: the server's audit log is made after its recorder.
+        self.observer = observer
 
     @classmethod
     def from_settings(cls, spool: Spool, bucket: UploadTarget, settings: StoreSettings) -> Uploader:
@@ -563,7 +582,7 @@ class Uploader:
         except FileNotFoundError:
             return  # removed meanwhile (another uploader on the same directory)
         except SpoolCorruptError as exc:
-            await self._reject(path, str(exc))
+            await self._reject(path, str(exc), None, "corrupt")
             return
         self._uploading = entry.name
         try:
@@ -571,10 +590,16 @@ class Uploader:
         except ArchiveConflictError as exc:
             # Retrying cannot help and overwriting is impossible by design: keep the bytes aside
             # for an operator and let the segments behind this one through.
-            await self._reject(path, str(exc))
+            await self._reject(path, str(exc), entry.name, "conflict")
             return
+        except RetentionNotVerifiedError as exc:
+            if self.observer is not None:
+                await self._tell(self.observer.retention_unverified(entry.name, str(exc)))
+            raise  # retried with the rest, by _run
         finally:
             self._uploading = None
+        if self.observer is not None:
+            await self._tell(self.observer.stored(entry.name))
         await self._spool.remove(entry)
         self._uploaded_count += 1
         self._failures = 0
@@ -582,11 +607,22 @@ class Uploader:
         self._progress.set()
         log.debug("archived", name=entry.name, bytes=entry.size)
 
-    async def _reject(self, path: Path, reason: str) -> None:
+    async def _reject(self, path: Path, reason: str, name: str | None, kind: str) -> None:
         target = await self._spool.reject(path, reason)
         self._last_error, self._last_error_at = reason, datetime.now(UTC)
         self._progress.set()
         log.error("archive store refused an object; kept aside", path=str(target), reason=reason)
+        if self.observer is not None:
+            await self._tell(self.observer.set_aside(name, kind, reason, path.name))
+
+    @staticmethod
+    async def _tell(report: Awaitable[None]) -> None:
+        try:
+            await report
+        except Exception:
+            # The observer (an audit log whose database is away) must not turn an upload that
+            # worked into a retry, nor stop the retries of one that did not.
+            log.exception("archive upload observer failed")
 
     async def _back_off(self, exc: Exception) -> None:
         self._failures += 1

@@ -9,7 +9,7 @@ from server.auth.principal import Principal, Role
 from server.auth.service import CUSTOMER_COOKIE, STAFF_COOKIE
 from server.auth.tokens import same
 from server.context import services
-from server.errors import ApiError, forbidden, not_authenticated
+from server.errors import ApiError, HiddenRefusal, forbidden, not_authenticated
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _PRINCIPALS = web.RequestKey("principals", list[Principal])
@@ -80,10 +80,12 @@ async def note_refusal(
     *,
     method: str | None = None,
     principal: Principal | None = None,
+    hidden: str | None = None,
 ) -> None:
     """Count a 401 or 403, and audit an authorization refusal of a principal (access.denied).
     `method`: the request's, or the type of a message refused inside a call; `principal`: the
-    one refused, when the request proves several and one was admitted (a call's).
+    one refused, when the request proves several and one was admitted (a call's); `hidden`:
+    the truth behind a 404 answered on purpose (server.errors.HiddenRefusal).
 
     Refused CSRF tokens and origins are counted, not audited: a page on another site can make a
     logged-in browser send them, so they are not the principal's doing.
@@ -91,15 +93,23 @@ async def note_refusal(
     denials = services(request).denials
     # Only principals already looked up: a refusal must not wait for (or fail on) the database.
     found = [principal] if principal is not None else request.get(_PRINCIPALS)
-    if status == 403 and code == "forbidden" and found:
-        await denials.refused(
+    if found and (hidden is not None or (status == 403 and code == "forbidden")):
+        refusal = denials.refused(
             found[0],  # staff first: a staff login is what a probe of staff routes uses
             method=method or request.method,
             route=logged_path(request),
-            path_ids=request.match_info,
-            reason=reason,
+            path_ids=dict(request.match_info),
+            reason=reason if hidden is None else f"answered {status} {code}: {hidden}",
             address=request.remote,
+            status=status,
+            code=code,
         )
+        if hidden is None:
+            await refusal
+        else:
+            # Written beside the answer, not waited for: a 404 that waited for the log would
+            # take longer than one for an object that does not exist, and so tell them apart.
+            denials.later(refusal)
     elif status in (401, 403):
         denials.count(status, code)
 
@@ -109,5 +119,6 @@ async def refusals_noted(request: web.Request, handler: Handler) -> web.StreamRe
     try:
         return await handler(request)
     except ApiError as exc:
-        await note_refusal(request, exc.status, exc.code, exc.message)
+        hidden = exc.refusal if isinstance(exc, HiddenRefusal) else None
+        await note_refusal(request, exc.status, exc.code, exc.message, hidden=hidden)
         raise

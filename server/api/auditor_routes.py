@@ -1,14 +1,17 @@
-"""The auditor portal's API (docs/auditor.md): search, open and verify, play, export, legal hold.
+"""The auditor portal's API (docs/auditor.md): search, open and verify, play, export, legal hold
+(of an archive, or of a session never recorded).
 
 Auditors may do all of it. Supervisors may search, open and play archives (they review the
 moments the analysis could not decide, and need to see them), but neither export a package nor
-change a legal hold. Admins, tellers, experts and customers are refused everything.
+change a legal hold, nor look up sessions to hold. Admins, tellers, experts and customers are
+refused everything.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -22,7 +25,7 @@ from server.auditor.index import SearchQuery
 from server.auditor.service import Actor, AuditorPortal, PortalError
 from server.auth.principal import Role
 from server.context import services
-from server.errors import ApiError
+from server.errors import ApiError, HiddenRefusal, Rule, invalid
 
 routes = web.RouteTableDef()
 
@@ -42,6 +45,8 @@ async def _actor(request: web.Request, *roles: Role, action: str) -> Actor:
 
 
 def _api_error(exc: PortalError) -> ApiError:
+    if exc.refusal is not None:
+        return HiddenRefusal(exc.code, str(exc), exc.refusal)
     return ApiError(exc.status, exc.code, str(exc))
 
 
@@ -83,9 +88,9 @@ async def search(request: web.Request) -> web.Response:
     try:
         found = await _portal(request).search(actor, query)
     except IdNumberError as exc:
-        raise ApiError(400, "invalid_request", f"id_number: {exc}") from exc
+        raise invalid("id_number", Rule.FORMAT, str(exc)) from exc
     except CardNameError as exc:
-        raise ApiError(400, "invalid_request", f"customer_name: {exc}") from exc
+        raise invalid("customer_name", Rule.FORMAT, str(exc)) from exc
     return web.json_response(
         {
             "archives": found.items,
@@ -138,7 +143,7 @@ async def start_playback(request: web.Request) -> web.Response:
 async def media(request: web.Request) -> web.Response:
     actor = await _actor(request, *_READERS, action="play recordings")
     try:
-        data = _portal(request).media(
+        data = await _portal(request).media(
             actor, request.match_info["archive_id"], request.match_info["view"]
         )
     except PortalError as exc:
@@ -255,14 +260,35 @@ async def _stream_zip(
     return response
 
 
-@routes.post("/api/v1/auditor/archives/{archive_id}/hold")
-async def legal_hold(request: web.Request) -> web.Response:
+HoldChange = Callable[[Actor, str, bool, str], Awaitable[dict[str, Any]]]
+
+
+async def _change_hold(request: web.Request, key: str, change: HoldChange) -> web.Response:
+    """Set or clear a legal hold (of an archive, or of a session never recorded): auditors."""
     actor = await _actor(request, Role.AUDITOR, action="set or clear legal holds")
     body = await parse(request, LegalHoldBody)
     try:
-        hold = await _portal(request).set_hold(
-            actor, request.match_info["archive_id"], body.held, body.reason
-        )
+        hold = await change(actor, request.match_info[key], body.held, body.reason)
     except PortalError as exc:
         raise _api_error(exc) from exc
     return web.json_response({"hold": hold})
+
+
+@routes.post("/api/v1/auditor/archives/{archive_id}/hold")
+async def legal_hold(request: web.Request) -> web.Response:
+    return await _change_hold(request, "archive_id", _portal(request).set_hold)
+
+
+@routes.get("/api/v1/auditor/sessions/{session_id}")
+async def open_session(request: web.Request) -> web.Response:
+    actor = await _actor(request, Role.AUDITOR, action="look up sessions to hold")
+    try:
+        found = await _portal(request).session(actor, request.match_info["session_id"])
+    except PortalError as exc:
+        raise _api_error(exc) from exc
+    return web.json_response({"session": found})
+
+
+@routes.post("/api/v1/auditor/sessions/{session_id}/hold")
+async def session_hold(request: web.Request) -> web.Response:
+    return await _change_hold(request, "session_id", _portal(request).set_session_hold)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 from datetime import date
-from typing import Annotated, Literal, TypeVar
+from inspect import isclass
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
 from aiohttp import web
 from pydantic import (
@@ -15,10 +16,12 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+from pydantic_core import ErrorDetails
 
+from server.auth.accounts import MAX_REASON_LENGTH, MIN_REASON_LENGTH
 from server.auth.passwords import MIN_PASSWORD_LENGTH
 from server.auth.principal import Role
-from server.errors import ApiError
+from server.errors import ApiError, Rule, invalid
 from server.nul import REFUSAL, nul_at
 from server.workflow.transactions.request import TransactionRequest
 
@@ -67,6 +70,11 @@ class NewUserBody(_Strict):
 
 class NewPasswordBody(_Strict):
     password: _NewPassword
+
+
+class DisableAccountBody(_Strict):
+    # `vteller admin disable-user --reason`'s bounds: the audit log keeps it.
+    reason: str = Field(min_length=MIN_REASON_LENGTH, max_length=MAX_REASON_LENGTH)
 
 
 class ArchiveSearchBody(_Strict):
@@ -146,16 +154,96 @@ async def parse(request: web.Request, model: type[Body]) -> Body:
     try:
         body = model.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise _invalid(first["loc"], first["msg"]) from exc
+        raise _refusal(exc.errors()[0], model) from exc
     if (where := nul_at(raw)) is not None:
-        raise _invalid(where, REFUSAL)
+        raise invalid(_dotted(where), Rule.FORMAT, REFUSAL)
     return body
 
 
-def _invalid(where: tuple[str | int, ...], why: str) -> ApiError:
-    field = ".".join(str(part) for part in where) or "body"
-    return ApiError(400, "invalid_request", f"{field}: {why}")
+# pydantic's error types (https://docs.pydantic.dev/latest/errors/validation_errors/) as the
+# rules an API client is told (server/errors.py); other `*_type` errors are TYPE, other
+# `*_parsing` errors FORMAT, and the rest (a model's own validator) INVALID.
+_RULES: dict[str, Rule] = {
+    "missing": Rule.REQUIRED,
+    "union_tag_not_found": Rule.REQUIRED,
+    "extra_forbidden": Rule.UNKNOWN_FIELD,
+    "string_too_short": Rule.TOO_SHORT,
+    "too_short": Rule.TOO_SHORT,
+    "string_too_long": Rule.TOO_LONG,
+    "too_long": Rule.TOO_LONG,
+    "greater_than": Rule.RANGE,
+    "greater_than_equal": Rule.RANGE,
+    "less_than": Rule.RANGE,
+    "less_than_equal": Rule.RANGE,
+    "int_from_float": Rule.TYPE,
+    "string_pattern_mismatch": Rule.FORMAT,
+    "date_from_datetime_inexact": Rule.FORMAT,
+    "literal_error": Rule.CHOICE,
+    "enum": Rule.CHOICE,
+    "union_tag_invalid": Rule.CHOICE,
+}
+
+
+def _refusal(error: ErrorDetails, model: type[BaseModel]) -> ApiError:
+    """The first thing pydantic refused, with the field's path in the body and its rule. The
+    message is pydantic's own, naming the field as pydantic's location does."""
+    kind = error["type"]
+    ctx = error.get("ctx", {})
+    if kind in _RULES:
+        rule = _RULES[kind]
+    elif kind.endswith("_type"):
+        rule = Rule.TYPE
+    elif kind.endswith("_parsing"):
+        rule = Rule.FORMAT
+    else:
+        rule = Rule.INVALID
+    if rule is Rule.TOO_SHORT and ctx.get("min_length") == 1:
+        rule = Rule.REQUIRED  # nothing written where something must be (whitespace is stripped)
+    path = _json_path(model, error["loc"])
+    if kind.startswith("union_tag_"):
+        # The refused member is the union's tag, which pydantic's context quotes: `'kind'`.
+        path = (*path, str(ctx["discriminator"]).strip("'"))
+    return invalid(_dotted(path), rule, error["msg"], named=_dotted(error["loc"]))
+
+
+def _json_path(model: type[BaseModel], loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
+    """pydantic's location as a path in the JSON body. pydantic adds the member's tag after a
+    tagged union's field (`transaction.purchase.amount` is the body's `transaction.amount`) and
+    `[key]` after a refused key of a dict (the dict is the field then: `transaction.details`);
+    the model's types tell a tag from a field of the same name (`service`)."""
+    path: list[str | int] = []
+    kind: Any = model
+    tag: str | None = None  # the name of the tag that the next part is the value of
+    for part in loc:
+        if part == "[key]":
+            path.pop()
+            break
+        if tag is not None:
+            kind = next(
+                (m for m in get_args(kind) if part in get_args(m.model_fields[tag].annotation)),
+                None,
+            )
+            tag = None
+            continue
+        path.append(part)
+        kind, tag = _member(kind, part)
+    return tuple(path)
+
+
+def _member(kind: Any, part: str | int) -> tuple[Any, str | None]:
+    """The type of `part` of a value of type `kind`, and the name of its tag if it is a tagged
+    union; None for what needs no further look (text, numbers)."""
+    if isclass(kind) and issubclass(kind, BaseModel) and part in kind.model_fields:
+        field = kind.model_fields[part]
+        tag = field.discriminator  # a Discriminator object (none here) names no field
+        return field.annotation, tag if isinstance(tag, str) else None
+    if get_origin(kind) in (list, dict):
+        return get_args(kind)[-1], None
+    return None, None
+
+
+def _dotted(path: tuple[str | int, ...]) -> str:
+    return ".".join(str(part) for part in path) or "body"
 
 
 def _undecodable(exc: json.JSONDecodeError, content_type: str) -> str:

@@ -13,7 +13,7 @@ from server.api.middleware import SELF_CONTAINED_POLICY
 from server.auth.principal import Principal, Role
 from server.context import services
 from server.db.models import ComplianceReport, ComplianceReview
-from server.errors import ApiError, forbidden
+from server.errors import ApiError, Rule, forbidden, invalid
 from server.recording.analysis import AnalysisError
 
 routes = web.RouteTableDef()
@@ -116,7 +116,7 @@ async def list_reviews(request: web.Request) -> web.Response:
     await require(request, Role.SUPERVISOR, Role.AUDITOR, action="see the review queue")
     state = request.query.get("state", "open")
     if state not in ("open", "approved", "rejected", "all"):
-        raise ApiError(400, "invalid_request", "state: use open, approved, rejected or all")
+        raise invalid("state", Rule.CHOICE, "use open, approved, rejected or all")
     reviews = await services(request).analysis.reviews(None if state == "all" else state)
     return web.json_response({"reviews": [_review_view(r) for r in reviews]})
 

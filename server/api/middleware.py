@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import errno
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 import structlog
 from aiohttp import web
 
-from server.errors import ApiError
+from server.errors import ApiError, Rule, invalid
 from server.nul import NUL, REFUSAL
 
 log = structlog.get_logger(__name__)
@@ -38,8 +38,10 @@ def logged_path(request: web.BaseRequest) -> str:
     return _LONG_SEGMENT.sub("{redacted}", request.path)
 
 
-def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
-    return {"error": {"code": code, "message": message}}
+def error_body(
+    code: str, message: str, details: Mapping[str, str] | None = None
+) -> dict[str, dict[str, str]]:
+    return {"error": {"code": code, "message": message, **(details or {})}}
 
 
 @web.middleware
@@ -48,7 +50,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return await handler(request)
     except ApiError as exc:
         return web.json_response(
-            error_body(exc.code, exc.message), status=exc.status, headers=exc.headers
+            error_body(exc.code, exc.message, exc.details), status=exc.status, headers=exc.headers
         )
     except web.HTTPRequestEntityTooLarge:
         return web.json_response(
@@ -74,7 +76,7 @@ async def unnameable_paths(request: web.Request, handler: Handler) -> web.Stream
     system takes."""
     for name, value in request.match_info.items():
         if NUL in value:
-            raise ApiError(400, "invalid_request", f"{name}: {REFUSAL}")
+            raise invalid(name, Rule.FORMAT, REFUSAL)
     try:
         return await handler(request)
     except OSError as exc:

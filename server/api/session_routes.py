@@ -12,7 +12,7 @@ from server.api.bodies import ExpertBody, InvitationBody, parse
 from server.auth.principal import Role
 from server.context import services
 from server.db.models import new_id, utcnow
-from server.errors import ApiError, forbidden
+from server.errors import ApiError, Rule, forbidden, invalid
 from server.recording import script as sales_script
 from server.sessions.views import (
     chat_view,
@@ -152,6 +152,6 @@ async def list_staff(request: web.Request) -> web.Response:
     await require(request, Role.TELLER, action="list staff")
     role = request.query.get("role", Role.EXPERT.value)
     if role != Role.EXPERT.value:
-        raise ApiError(400, "invalid_request", "role: only experts can be listed here.")
+        raise invalid("role", Rule.CHOICE, "only experts can be listed here.")
     staff = await services(request).sessions.staff(Role.EXPERT)
     return web.json_response({"staff": [user_view(u) for u in staff]})

@@ -7,7 +7,7 @@ from aiohttp import web
 from server.api.access import require
 from server.auth.principal import Role
 from server.context import services
-from server.errors import ApiError
+from server.errors import ApiError, Rule, invalid
 from server.workflow.webhooks.records import STATES
 
 routes = web.RouteTableDef()
@@ -20,15 +20,13 @@ async def list_deliveries(request: web.Request) -> web.Response:
     await require(request, Role.SUPERVISOR, Role.AUDITOR, action="see webhook deliveries")
     state = request.query.get("state", "all")
     if state not in (*STATES, "all"):
-        raise ApiError(
-            400, "invalid_request", f"state: use {', '.join(STATES)} or all (got {state!r})"
-        )
+        raise invalid("state", Rule.CHOICE, f"use {', '.join(STATES)} or all (got {state!r})")
     try:
         limit = int(request.query.get("limit", "100"))
     except ValueError:
         limit = 0
     if not 1 <= limit <= MAX_LIMIT:
-        raise ApiError(400, "invalid_request", f"limit: a whole number from 1 to {MAX_LIMIT}")
+        raise invalid("limit", Rule.RANGE, f"a whole number from 1 to {MAX_LIMIT}")
     webhooks = services(request).webhooks
     deliveries = await webhooks.deliveries(None if state == "all" else state, limit)
     return web.json_response({"enabled": webhooks.enabled, "deliveries": deliveries})

@@ -17,17 +17,20 @@ ACTIONS: dict[str, str] = {
     "as typed; detail.reason)",
     "auth.logout": "a staff member logged out (actor: user id)",
     "access.denied": "a logged-in staff member or customer was refused a route, or a message in "
-    "a call, by their role or by the object it names (target: the route's pattern; "
+    "a call, by their role or by the object it names (answered 403, or 404 as if missing for "
+    "an object that exists but is not theirs: reason 'answered 404 CODE: ...'; target: the "
+    "route's pattern; "
     "detail.method (or the message's type), ids, reason, suppressed); at most one a minute per "
     "principal, method and route on each worker",
     "admin.user_created": "a staff account was created (target: username; detail.user_id, "
     "detail.role, detail.via = api | cli)",
-    "admin.user_disabled": "an operator disabled a staff account and ended its logins (actor: "
-    "os:USER@HOST; target: username; detail.user_id, reason, logins_ended)",
-    "admin.user_enabled": "an operator let a disabled staff account log in again (target: "
-    "username; detail.user_id, disabled_reason)",
-    "admin.user_unlocked": "an operator cleared a staff account's login lock-out (target: "
-    "username; detail.user_id)",
+    "admin.user_disabled": "an operator, or a supervisor on the staff page, disabled a staff "
+    "account and ended its logins (actor: os:USER@HOST, or the supervisor's user id; target: "
+    "username; detail.user_id, reason, logins_ended)",
+    "admin.user_enabled": "an operator, or a supervisor on the staff page, let a disabled staff "
+    "account log in again (target: username; detail.user_id, disabled_reason)",
+    "admin.user_unlocked": "an operator, or a supervisor on the staff page, cleared a staff "
+    "account's login lock-out (target: username; detail.user_id)",
     "admin.password_reset": "an operator set a new password for a staff account, ending its "
     "logins (target: username; detail.user_id)",
     "invitation.created": "a teller created a session and its customer link (target: session id)",
@@ -39,8 +42,9 @@ ACTIONS: dict[str, str] = {
     "session.join_failed": "the join in the participant's previous session.joined failed part-way "
     "and was undone (detail.rejoined, detail.error)",
     "session.left": "a participant left the call (detail.reason: left | timeout)",
-    "session.ended": "a participant ended the session, or an operator's disable-user cancelled "
-    "it before it started (target: session id; detail.reason = teller_disabled then)",
+    "session.ended": "a participant ended the session, or an operator's or supervisor's disable "
+    "of its teller cancelled it before it started (target: session id; detail.reason = "
+    "teller_disabled then)",
     "recording.requested": "the teller asked the customer for consent to record",
     "recording.consent": "the customer answered the consent request (detail.granted)",
     "recording.started": "the dual recording started (detail.archive_id)",
@@ -83,9 +87,35 @@ ACTIONS: dict[str, str] = {
     "auditor.hold_set": "a legal hold was set on every object of an archive (target: archive "
     "id; detail.reason, objects)",
     "auditor.hold_cleared": "a legal hold was cleared (target: archive id; detail.reason, objects)",
+    "auditor.session_viewed": "an auditor looked up a session to hold its evidence (target: "
+    "session id; detail.identity_records, held)",
+    "auditor.session_hold_set": "a legal hold was set on a session never recorded: `vteller "
+    "archive purge` keeps its identity records and customer data (target: session id; "
+    "detail.reason, identity_records)",
+    "auditor.session_hold_cleared": "a session's legal hold was cleared; the purge erases it at "
+    "its next run if its retention has ended (target: session id; detail.reason, "
+    "identity_records)",
     "archive.purged": "an archive was deleted at the end of its retention by `vteller archive "
     "purge` (actor: the operator's OS account; target: archive id; detail.session_id, "
     "manifest_sha256, retain_until, deleted_at, objects, bytes, identity_records)",
+    "archive.retention_unverified": "an object of an archive reached the store, but its "
+    "retention read back was not the COMPLIANCE retention asked for; it stays in the spool and "
+    "is tried again (target: archive id; detail.object, error); once per archive per worker "
+    "until archive.recovered",
+    "archive.legal_hold_unverified": "a legal hold set on an archive's object read back as off "
+    "(target: archive id; detail.error naming the object, by = the auditor's user id); once "
+    "per archive per worker until archive.recovered",
+    "archive.upload_failed": "the archive store refused an object for good (different bytes "
+    "under its name) or its spool file was corrupt: set aside in the spool's rejected/ "
+    "directory for an operator (target: archive id, or empty; detail.object, reason = conflict "
+    "| corrupt, error, spool_file); once per archive per worker",
+    "archive.seal_failed": "a recording could not be sealed (its seal, or the worker's later "
+    "attempt, failed); its journal is tried again every minute (target: archive id; "
+    "detail.session_id, error, stage = stop | retry); once per archive per worker until "
+    "archive.recovered",
+    "archive.recovered": "a failure logged by archive.retention_unverified, "
+    "archive.legal_hold_unverified or archive.seal_failed cleared (target: archive id; "
+    "detail.failure = that action, suppressed = failures since it not logged, object or status)",
     "identity.purged": "the identity records of a session never recorded were deleted "
     "identity.unrecorded_retention_days after it ended (target: session id; detail.records, "
     "ended_at, retention_days)",
@@ -99,9 +129,9 @@ ACTIONS: dict[str, str] = {
     "detail.session_id, business, elderly, assigned, waited_seconds)",
     "queue.take_lost": "a take logged in queue.taken lost its ticket before the customer got "
     "the call, and its session was ended (target: ticket id; detail.session_id, undone)",
-    "queue.reassigned": "a supervisor routed a waiting ticket to a teller, or an operator's "
-    "disable-user gave the teller's tickets back to the general queue (target: ticket id; "
-    "detail.teller_id, previous; reason = teller_disabled and session_id then)",
+    "queue.reassigned": "a supervisor routed a waiting ticket to a teller, or an operator's or "
+    "supervisor's disable of the teller gave their tickets back to the general queue (target: "
+    "ticket id; detail.teller_id, previous; reason = teller_disabled and session_id then)",
     "queue.callback_claimed": "a teller claimed a callback and was shown its number (target: "
     "callback id)",
     "queue.callback_done": "a teller completed a callback; its number is erased (target: "

@@ -6,14 +6,21 @@ log at will: each principal gets at most one entry per route (and method) per wi
 worker, and the next entry after a window says how many refusals went unlogged in it. Every
 refusal is counted on /metrics either way, and so are refusals of requests with no credential
 (401), which anyone can make and which are therefore never logged.
+
+Some refusals are answered 404, as if the object did not exist (server.errors.HiddenRefusal: a
+download link another auditor exported): those are audited the same way, in a task the answer
+does not wait for, so that its time does not tell them from an object that really is missing.
+An object that really is missing is not audited: it names nothing anyone could have seen.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from prometheus_client.core import CounterMetricFamily
@@ -54,6 +61,7 @@ class Denials(Collector):
         self._windows: dict[tuple[str, str, str, str], _Window] = {}
         # (status, code, audited) -> refusals
         self._counts: dict[tuple[str, str, str], int] = {}
+        self._later: set[asyncio.Task[None]] = set()
 
     def count(self, status: int, code: str, *, audited: bool = False) -> None:
         key = (str(status), code, "true" if audited else "false")
@@ -68,16 +76,19 @@ class Denials(Collector):
         path_ids: Mapping[str, str],
         reason: str,
         address: str | None,
+        status: int = 403,
+        code: str = "forbidden",
     ) -> None:
         """Log that `principal` was refused `method route` (the route's pattern, never the raw
-        path: some path variables are credentials), unless it was within the window."""
+        path: some path variables are credentials), unless it was within the window. `status`
+        and `code`: the answer, 403 forbidden, or a 404 that hid an object not theirs."""
         actor = principal.user_id or principal.participant_id or ""
         key = (actor, principal.role.value, method, route)
         now = self._clock()
         window = self._windows.get(key)
         if window is not None and now - window.since < self._window:
             window.suppressed += 1
-            self.count(403, "forbidden")
+            self.count(status, code)
             return
         if len(self._windows) >= REMEMBERED:
             self._windows = {k: w for k, w in self._windows.items() if now - w.since < self._window}
@@ -91,9 +102,20 @@ class Denials(Collector):
             # The refusal stands either way: a log that cannot be written (the database down)
             # must not turn a 403 into a 500 or a dropped WebSocket into a crash.
             log.exception("access_denied_not_audited", actor=actor, route=route)
-            self.count(403, "forbidden")
+            self.count(status, code)
         else:
-            self.count(403, "forbidden", audited=True)
+            self.count(status, code, audited=True)
+
+    def later(self, refusal: Coroutine[Any, Any, None]) -> None:
+        """Run `refused(...)` in a task of its own, which the answer does not wait for (`close`
+        waits for those still running)."""
+        task = asyncio.create_task(refusal)
+        self._later.add(task)
+        task.add_done_callback(self._later.discard)
+
+    async def close(self) -> None:
+        """Wait for the refusals still being written (the worker stops)."""
+        await asyncio.gather(*self._later, return_exceptions=True)
 
     async def _append(
         self,
@@ -127,10 +149,10 @@ class Denials(Collector):
     def collect(self) -> Iterator[CounterMetricFamily]:
         family = CounterMetricFamily(
             "vteller_access_refused",
-            "Requests refused by authentication (401) or authorization (403) on this worker, "
-            "by error code; audited: whether the refusal was written to the audit log "
-            "(access.denied: principals' authorization refusals, one per principal and route "
-            "a minute)",
+            "Requests refused by authentication (401) or authorization (403, or 404 for an "
+            "object that is not theirs) on this worker, by error code; audited: whether the "
+            "refusal was written to the audit log (access.denied: principals' authorization "
+            "refusals, one per principal and route a minute)",
             labels=["status", "code", "audited"],
         )
         for (status, code, audited), value in sorted(self._counts.items()):

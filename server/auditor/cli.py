@@ -47,9 +47,10 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "index entries, and leaves a tombstone (archive id, manifest sha256, retain-until, when, "
         "by whom) and an archive.purged audit entry. Identity records of sessions never "
         "recorded go identity.unrecorded_retention_days after the session ended "
-        "(identity.purged). An interrupted run is finished by the next. Exits 0 when everything "
-        "due was deleted (or listed), 1 when something due could not be, 2 when the database "
-        "or the store cannot be used.",
+        "(identity.purged), unless an auditor put the session under legal hold. An "
+        "interrupted run is finished by the next. Exits 0 when everything due was deleted (or "
+        "listed), 1 when something due could not be, 2 when the database or the store cannot "
+        "be used.",
     )
     purge.add_argument("--apply", action="store_true", help="delete what is due")
     purge.set_defaults(run=_purge)
@@ -100,7 +101,15 @@ async def _run(apply: bool, settings: Settings) -> int:
             failed += not await _purge_one(purger, candidate, number, len(due))
         for session in due_sessions:
             records = await purger.purge_session(session)
-            print(f"purged {records} identity record(s) of unrecorded session {session.session_id}")
+            if isinstance(records, str):  # a legal hold set since it was listed
+                print(
+                    f"kept the customer data of unrecorded session {session.session_id}: {records}"
+                )
+                continue
+            print(
+                f"erased the customer data of unrecorded session {session.session_id}, "
+                f"{records} identity record(s)"
+            )
         return 1 if failed else 0
 
 
@@ -166,7 +175,7 @@ def _print_archive(candidate: ArchiveCandidate) -> None:
 
 def _print_session(session: SessionCandidate) -> None:
     what = (
-        f"identity records ({session.records}) of unrecorded session {session.session_id}, "
-        f"ended {_day(session.ended_at)}"
+        f"customer data of unrecorded session {session.session_id} "
+        f"({session.records} identity record(s)), ended {_day(session.ended_at)}"
     )
     print(f"due   {what}" if session.kept is None else f"kept  {what}: {session.kept}")

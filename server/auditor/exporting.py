@@ -136,6 +136,11 @@ class PackageDownload:
     package: PackageZip
 
 
+class DownloadNotYours(Exception):
+    """A download link that exists, but was given to another login (the message says whose,
+    for the audit log: the one following it is told it does not exist)."""
+
+
 class PackageDownloads:
     """Single-use download links of written packages (in this worker's memory, as playbacks are:
     a browser's requests go to one worker). A link is taken by its first download, and one not
@@ -154,14 +159,24 @@ class PackageDownloads:
         return token
 
     def take(self, token: str, user_id: str, login_csrf: str) -> PackageDownload | None:
-        """The download behind `token`, for its own login only, once; the caller releases its
-        claim when sent."""
+        """The download behind `token`, for its own login only, once (None: no such link, or
+        used, or expired; DownloadNotYours: another login's); the caller releases its claim
+        when sent."""
         waiting = self._waiting.get(token)
         if waiting is None:
             return None
         download, timer = waiting
-        if download.user_id != user_id or not same(download.login_csrf, login_csrf):
-            return None  # left in place: someone else's request does not spend the link
+        # Left in place either way: someone else's request does not spend the link.
+        if download.user_id != user_id:
+            raise DownloadNotYours(
+                f"the download link of archive {download.archive_id} that another auditor "
+                f"({download.user_id}) exported"
+            )
+        if not same(download.login_csrf, login_csrf):
+            raise DownloadNotYours(
+                f"the download link of archive {download.archive_id} that another login of "
+                "the same auditor exported"
+            )
         del self._waiting[token]
         timer.cancel()
         return download

@@ -188,6 +188,10 @@ class PlaybackCache:
         kept.viewers[user_id] = kept.expires
         return kept
 
+    def drop(self, archive_id: str) -> None:
+        """Forget the recording of `archive_id` (its archive was purged), viewers and all."""
+        self._entries.pop(archive_id, None)
+
     def admitted(self, archive_id: str, user_id: str) -> Prepared | None:
         """The prepared recording, if `user_id` started a playback of it within the TTL."""
         entry = self.get(archive_id)

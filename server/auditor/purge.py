@@ -1,6 +1,8 @@
 """Deleting personal information when its retention ends (PIPL art. 19 and 47): sealed archives
 whose COMPLIANCE retention has ended in the store, with what the database holds about their
-customer, and the identity records of sessions that were never recorded.
+customer, and the identity records (with the rest of the customer's data) of sessions that were
+never recorded. What is erased and what is kept, column by column, is in docs/deployment.md,
+"What a purge erases, and what it keeps".
 
 The store decides, not the database: an archive is due only when every version of every one of
 its objects has a retain-until in the past and no legal hold, as the store reports them, and the
@@ -12,31 +14,44 @@ shows the deletion (`archive.purged`). docs/archive-format.md, "Tombstones".
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import structlog
-from sqlalchemy import delete, func, select
+from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from recorder.seal.canonical import canonical_json
 from recorder.seal.manifest import MANIFEST_OBJECT
 from recorder.session import archive_prefix
 from recorder.store.s3 import ArchiveBucket, StoredVersion, VersionLock
 from server.audit import SYSTEM, AuditLog
 from server.auditor.exporting import ExportSpool
-from server.auditor.holds import PARALLEL_CALLS, LegalHolds
+from server.auditor.holds import PARALLEL_CALLS, LegalHolds, SessionHolds
 from server.db.engine import DbSession
 from server.db.models import (
+    ERASED,
     Archive,
     ArchiveIndexEntry,
     ArchiveProduct,
     ArchiveTombstone,
     CallSession,
+    ChatMessage,
+    ComplianceReview,
     IdentityCheck,
     LegalHoldRecord,
+    Participant,
+    QueueCallback,
+    QueueTicket,
+    SessionHoldRecord,
+    Transaction,
+    TransactionDecision,
+    WebhookDelivery,
     utcnow,
 )
+from server.workflow.webhooks.records import DELIVERED, FAILED
 
 log = structlog.get_logger(__name__)
 
@@ -70,6 +85,28 @@ class SessionCandidate:
 
 
 @dataclass(frozen=True)
+class IdentityAttempt:
+    step: str
+    outcome: str
+    reason: str
+    at: datetime
+
+
+@dataclass(frozen=True)
+class SessionEvidence:
+    """What an auditor is shown of a session before holding it: never the customer's data."""
+
+    session_id: str
+    business: str
+    state: str
+    created_at: datetime
+    ended_at: datetime | None
+    sealed_archives: list[str]  # not purged as unrecorded: its archives are held instead
+    erased: bool  # its customer's data is gone: nothing is left to hold
+    attempts: list[IdentityAttempt]
+
+
+@dataclass(frozen=True)
 class Purged:
     archive_id: str
     objects: int
@@ -94,6 +131,7 @@ class Purger:
         self._audit = audit
         self._exports = exports
         self._holds = LegalHolds(db, bucket)
+        self._session_holds = SessionHolds(db)
         self._actor = actor
         self._unrecorded = timedelta(days=unrecorded_retention_days)
         self._now = now
@@ -166,7 +204,7 @@ class Purger:
         async with self._db() as db:
             hold = await db.get(LegalHoldRecord, archive_id)
         if hold is not None and hold.held:
-            return result(f"legal hold since {hold.changed_at:%Y-%m-%d} ({hold.reason})")
+            return result(_held_since(hold.changed_at, hold.reason))
         if not stored and not resuming:
             return result(
                 "nothing of it is in the store: its upload may still be pending "
@@ -190,8 +228,9 @@ class Purger:
         return list(await asyncio.gather(*(one(v) for v in versions)))
 
     async def unrecorded(self) -> list[SessionCandidate]:
-        """Sessions with identity records but no sealed archive, ended more than
-        `unrecorded_retention_days` ago, or (kept) with a recording not sealed yet."""
+        """Sessions without a sealed archive, ended more than `unrecorded_retention_days` ago,
+        that still hold identity records or other data of their customer (`_erase_session` has
+        not erased them yet); kept when under legal hold or with a recording not sealed yet."""
         cutoff = self._now() - self._unrecorded
         ended = func.coalesce(CallSession.ended_at, CallSession.created_at)
         sealed = select(Archive.id).where(
@@ -203,26 +242,35 @@ class Purger:
         async with self._db() as db:
             rows = (
                 await db.execute(
-                    select(CallSession.id, ended, func.count(IdentityCheck.id), unsealed.exists())
-                    .join(IdentityCheck, IdentityCheck.session_id == CallSession.id)
-                    .where(~sealed.exists(), ended < cutoff)
-                    .group_by(CallSession.id, ended)
+                    select(
+                        CallSession.id,
+                        ended,
+                        func.count(IdentityCheck.id),
+                        unsealed.exists(),
+                        SessionHoldRecord.changed_at,
+                        SessionHoldRecord.reason,
+                    )
+                    .outerjoin(IdentityCheck, IdentityCheck.session_id == CallSession.id)
+                    .outerjoin(
+                        SessionHoldRecord,
+                        and_(
+                            SessionHoldRecord.session_id == CallSession.id,
+                            SessionHoldRecord.held.is_(True),
+                        ),
+                    )
+                    .where(~sealed.exists(), ended < cutoff, _not_erased())
+                    .group_by(
+                        CallSession.id,
+                        ended,
+                        SessionHoldRecord.changed_at,
+                        SessionHoldRecord.reason,
+                    )
                     .order_by(ended)
                 )
             ).all()
         return [
-            SessionCandidate(
-                session_id,
-                at,
-                count,
-                # A recording the spool may still seal (after a worker's restart): its identity
-                # records then belong with it, so they are not deleted under it.
-                "a recording of it was never sealed: check the worker's spool "
-                "(docs/deployment.md) before its identity records are deleted"
-                if recording
-                else None,
-            )
-            for session_id, at, count, recording in rows
+            SessionCandidate(session_id, at, count, _session_kept(recording, held_at, reason))
+            for session_id, at, count, recording, held_at, reason in rows
         ]
 
     # -- deleting ------------------------------------------------------------------------------
@@ -315,9 +363,10 @@ class Purger:
             )
             records = 0
             if not others:
-                # The customer's identity evidence and index entries (name and ID number hashes)
-                # describe the session, which the last of its recordings leaves with.
-                records = await _delete_identity(db, session_id)
+                # What the database holds about the customer describes the session, which the
+                # last of its recordings leaves with (its transactions too: their retention is
+                # the recording's, which the product's regulator sets).
+                records = await _erase_session(db, session_id, approved=True)
             if tomb.deleted_at is None:
                 tomb.deleted_at = utcnow()
                 tomb.deleted_by = self._actor
@@ -370,10 +419,21 @@ class Purger:
             await self._audited(tomb, None)  # how many records went is not known any more
         return [tomb.archive_id for tomb in tombs]
 
-    async def purge_session(self, candidate: SessionCandidate) -> int:
-        """Delete an unrecorded session's identity records (and its index entry); logged first,
-        so that no deletion is ever missing from the audit log (an interrupted run may log one
-        twice). Returns how many records went."""
+    async def purge_session(self, candidate: SessionCandidate) -> int | str:
+        """Delete an unrecorded session's identity records (and its index entry, if any) and
+        erase the rest of what the database holds about its customer, but for its approved
+        transactions; logged first, so that no deletion is ever missing from the audit log (an
+        interrupted run may log one twice). Returns how many identity records went, or why the
+        session is kept if a legal hold was set on it since it was listed."""
+        # A hold being set now waits for this purge (and then finds nothing left to hold), and
+        # this purge for a hold being set (and then keeps the session).
+        async with self._session_holds.changing(candidate.session_id):
+            hold = await self._session_holds.state(candidate.session_id)
+            if hold.held:
+                return _held_since(hold.changed_at, hold.reason)
+            return await self._erase_unrecorded(candidate)
+
+    async def _erase_unrecorded(self, candidate: SessionCandidate) -> int:
         await self._audit.append(
             "identity.purged",
             actor=self._actor,
@@ -386,9 +446,47 @@ class Purger:
             },
         )
         async with self._db() as db, db.begin():
-            records = await _delete_identity(db, candidate.session_id)
+            # An approved transaction of a session without a recording (a service, or a product
+            # that needs none) is a record of the bank's own, kept under its retention for
+            # transaction records, which is not this one: it stays whole.
+            records = await _erase_session(db, candidate.session_id, approved=False)
         log.info("identity_purged", session_id=candidate.session_id, identity_records=records)
         return records
+
+
+async def session_evidence(
+    db: async_sessionmaker[DbSession], session_id: str
+) -> SessionEvidence | None:
+    """The session's facts as `unrecorded` judges them, or None if there is no such session."""
+    async with db() as session:
+        row = await session.get(CallSession, session_id)
+        if row is None:
+            return None
+        sealed = await session.scalars(
+            select(Archive.id)
+            .where(Archive.session_id == session_id, Archive.chain_index.is_not(None))
+            .order_by(Archive.chain_index)
+        )
+        held = await session.scalar(
+            select(CallSession.id).where(CallSession.id == session_id, _not_erased())
+        )
+        attempts = await session.execute(
+            select(
+                IdentityCheck.step, IdentityCheck.outcome, IdentityCheck.reason, IdentityCheck.at
+            )
+            .where(IdentityCheck.session_id == session_id)
+            .order_by(IdentityCheck.at)
+        )
+        return SessionEvidence(
+            row.id,
+            row.business,
+            row.state,
+            row.created_at,
+            row.ended_at,
+            list(sealed),
+            held is None,
+            [IdentityAttempt(*attempt) for attempt in attempts],
+        )
 
 
 async def tombstone(db: async_sessionmaker[DbSession], archive_id: str) -> ArchiveTombstone | None:
@@ -414,7 +512,139 @@ def _why_kept(locks: list[VersionLock], now: datetime) -> tuple[str, datetime | 
     return None
 
 
-async def _delete_identity(db: DbSession, session_id: str) -> int:
+def _held_since(changed_at: datetime | None, reason: str | None) -> str:
+    """Why an archive or session under legal hold is kept, in `vteller archive purge`'s list."""
+    since = f"{changed_at:%Y-%m-%d}" if changed_at is not None else "?"
+    return f"legal hold since {since} ({reason})"
+
+
+def _session_kept(recording: bool, held_at: datetime | None, reason: str | None) -> str | None:
+    """Why an unrecorded session past its retention is kept, or None if it is due."""
+    if held_at is not None:
+        return _held_since(held_at, reason)
+    if recording:
+        # A recording the spool may still seal (after a worker's restart): its identity records
+        # and its customer's data then belong with it, so they stay under it.
+        return (
+            "a recording of it was never sealed: check the worker's spool "
+            "(docs/deployment.md) before its customer's data is erased"
+        )
+    return None
+
+
+def _not_erased() -> ColumnElement[bool]:
+    """The session (CallSession in the enclosing query) holds something of its customer that
+    `_erase_session` erases: a session the customer never joined, unnamed, holds nothing (a
+    transaction needs the customer in the call). Once erased, it is never a candidate again."""
+    session = CallSession.id
+    return or_(
+        # Correlated to the session only: the enclosing query joins identity_checks itself.
+        select(IdentityCheck.id)
+        .where(IdentityCheck.session_id == session)
+        .correlate(CallSession)
+        .exists(),
+        CallSession.customer_name != "",
+        select(Participant.id)
+        .where(
+            Participant.session_id == session,
+            Participant.user_id.is_(None),
+            Participant.display_name != ERASED,
+        )
+        .exists(),
+        select(ChatMessage.id)
+        .where(ChatMessage.session_id == session, ChatMessage.text != ERASED)
+        .exists(),
+    )
+
+
+APPROVED = "approved"  # Transaction.state of a transaction approved and sent to the core bank
+NEVER_DELIVERED = (
+    "never delivered: its content was erased at the end of its retention (vteller archive purge)"
+)
+
+
+async def _erase_session(db: DbSession, session_id: str, *, approved: bool) -> int:
+    """Erase, in the caller's transaction, what the database holds about the customer of
+    `session_id`: its identity records and index entry are deleted; names, chat, notes and
+    reasons become ERASED; transactions lose the account and the customer's details, the sealed
+    signature image and the signed approval record, and their webhook deliveries the body.
+    Ids, times, states, outcomes, products, amounts and hashes stay: what the bank may still be
+    asked about without the person (docs/deployment.md, "What a purge erases, and what it
+    keeps"). `approved`: approved transactions are erased too; otherwise they stay whole.
+    Returns how many identity records went."""
     deleted = await db.execute(delete(IdentityCheck).where(IdentityCheck.session_id == session_id))
     await db.execute(delete(ArchiveIndexEntry).where(ArchiveIndexEntry.session_id == session_id))
+    # Empty, as when the teller typed none: the name is a search criterion, which an empty one
+    # is not, so a purged session is never found by a name, not even by the marker's.
+    await db.execute(
+        update(CallSession).where(CallSession.id == session_id).values(customer_name="")
+    )
+    # The customer (no user id); staff participants are the bank's employees, named in `users`.
+    await db.execute(
+        update(Participant)
+        .where(Participant.session_id == session_id, Participant.user_id.is_(None))
+        .values(display_name=ERASED)
+    )
+    await db.execute(
+        update(ChatMessage).where(ChatMessage.session_id == session_id).values(text=ERASED)
+    )
+    await db.execute(
+        update(ComplianceReview)
+        .where(ComplianceReview.session_id == session_id, ComplianceReview.note.is_not(None))
+        .values(note=ERASED)
+    )
+    tickets = select(QueueTicket.id).where(QueueTicket.session_id == session_id)
+    await db.execute(
+        update(QueueCallback)
+        .where(QueueCallback.ticket_id.in_(tickets))
+        .values(phone_hint="", key_id=None, wrapped_key=None, sealed=None)
+    )
+    query = select(Transaction).where(Transaction.session_id == session_id)
+    if not approved:
+        query = query.where(Transaction.state != APPROVED)
+    transactions = list(await db.scalars(query))
+    for row in transactions:
+        row.content = _erased_content(row.content)
+        row.signature_key_id = row.signature_wrapped_key = row.signature_sealed = None
+        row.approval_record = None
+    if ids := [row.id for row in transactions]:
+        await db.execute(
+            update(TransactionDecision)
+            .where(
+                TransactionDecision.transaction_id.in_(ids),
+                TransactionDecision.reason.is_not(None),
+            )
+            .values(reason=ERASED)
+        )
+        await db.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.transaction_id.in_(ids), WebhookDelivery.state == DELIVERED)
+            .values(body="")
+        )
+        # One never delivered in all those years is not sent any more, and not without a body.
+        await db.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.transaction_id.in_(ids), WebhookDelivery.state != DELIVERED)
+            .values(
+                body="",
+                state=FAILED,
+                last_error=NEVER_DELIVERED,
+                next_attempt_at=None,
+                lease_owner=None,
+                lease_until=None,
+                updated_at=utcnow(),
+            )
+        )
     return int(getattr(deleted, "rowcount", 0) or 0)
+
+
+def _erased_content(content: str) -> str:
+    """The canonical transaction without the account and the values of the customer's details
+    (what changes: their keys stay). It no longer hashes to `Transaction.sha256`, which stays as
+    the reference to what was signed (the core bank holds the signed record)."""
+    document = json.loads(content)
+    if "account" in document:
+        document["account"] = ERASED
+    if isinstance(document.get("details"), dict):
+        document["details"] = dict.fromkeys(document["details"], ERASED)
+    return canonical_json(document).decode("utf-8")

@@ -19,19 +19,26 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from recorder.export import ExportError
 from recorder.seal.keyring import KeyWrapper
-from recorder.store.s3 import ArchiveBucket, ArchiveStoreError, ArchiveUnavailableError
+from recorder.store.s3 import (
+    ArchiveBucket,
+    ArchiveStoreError,
+    ArchiveUnavailableError,
+    RetentionNotVerifiedError,
+)
 from recorder.verify import ImageUnavailable
+from server.audit.incidents import LEGAL_HOLD_UNVERIFIED, StorageIncidents
 from server.audit.log import AuditLog
 from server.auditor.config import AuditorConfig
 from server.auditor.exporting import (
     DOWNLOAD_SECONDS,
+    DownloadNotYours,
     ExportSpool,
     PackageDownload,
     PackageDownloads,
     PackageZip,
     write_package_zip,
 )
-from server.auditor.holds import HoldError, LegalHolds
+from server.auditor.holds import HoldError, HoldState, LegalHolds, SessionHolds
 from server.auditor.idhash import IdNumberHasher
 from server.auditor.index import ArchiveIndex, SearchPage, SearchQuery
 from server.auditor.names import CardNames
@@ -43,7 +50,7 @@ from server.auditor.playback import (
     Prepared,
     remux_views,
 )
-from server.auditor.purge import PURGED, tombstone
+from server.auditor.purge import PURGED, SessionEvidence, session_evidence, tombstone
 from server.auditor.verification import ArchiveVerifier, Verified
 from server.auth.principal import Principal
 from server.db.engine import DbSession
@@ -54,10 +61,13 @@ log = structlog.get_logger(__name__)
 class PortalError(Exception):
     """Something the auditor asked for cannot be done; `code` and the message say why."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, *, refusal: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
+        # A 404 that hides something existing but not the asker's: the truth, for the audit
+        # log only (server.errors.HiddenRefusal).
+        self.refusal = refusal
 
 
 @dataclass(frozen=True)
@@ -100,10 +110,13 @@ class AuditorPortal:
         self._downloads = PackageDownloads()
         self._verifier = ArchiveVerifier(db, bucket, keyring, self._public_keys) if bucket else None
         self._holds = LegalHolds(db, bucket) if bucket else None
+        self._session_holds = SessionHolds(db)
         self._playback = PlaybackCache(
             config.playback_cache_mb * MB, config.playback_ttl_minutes * 60.0
         )
         self._preparing: dict[str, asyncio.Task[Prepared]] = {}
+        # Where a hold the store does not keep is audited (set by the app: archive.*).
+        self.incidents: StorageIncidents | None = None
 
     async def start(self) -> None:
         await self.index.catch_up()
@@ -145,18 +158,27 @@ class AuditorPortal:
         entry = await self.index.entry(archive_id)
         if entry is None:
             raise PortalError(404, "unknown_archive", "There is no sealed archive with this id.")
-        if entry["status"] == PURGED:
-            # Said as such: verifying what is no longer in the store would report it as lost.
-            tomb = await tombstone(self._db, archive_id)
-            when = f" on {tomb.deleted_at:%Y-%m-%d}" if tomb and tomb.deleted_at else ""
-            raise PortalError(
-                410,
-                "archive_purged",
-                f"This archive was deleted at the end of its retention{when}; only its "
-                "tombstone (manifest hash, retention date, who deleted it) and the audit log "
-                "entry archive.purged remain.",
-            )
+        await self._refuse_purged(archive_id, entry["status"])
         return entry
+
+    async def _refuse_purged(self, archive_id: str, status: str | None = None) -> None:
+        """410 archive_purged once the archive's purge has begun (its tombstone) or ended (its
+        status), with this worker's prepared playback of it dropped. Said as such: verifying what
+        is no longer in the store would report it as lost. Checked again before anything kept in
+        memory or on disk is handed out (media, a package written before), since `vteller archive
+        purge` runs in another process and tells no worker."""
+        tomb = await tombstone(self._db, archive_id)
+        if tomb is None and status != PURGED:
+            return
+        self._playback.drop(archive_id)
+        when = f" on {tomb.deleted_at:%Y-%m-%d}" if tomb and tomb.deleted_at else ""
+        raise PortalError(
+            410,
+            "archive_purged",
+            f"This archive was deleted at the end of its retention{when}; only its "
+            "tombstone (manifest hash, retention date, who deleted it) and the audit log "
+            "entry archive.purged remain.",
+        )
 
     async def _verify(
         self,
@@ -189,12 +211,7 @@ class AuditorPortal:
         verifier, holds, _ = self._store()
         verified = await self._verify(verifier, archive_id)
         hold = await holds.state(archive_id)
-        entry["hold"] = {
-            "held": hold.held,
-            "reason": hold.reason,
-            "changed_by": hold.changed_by,
-            "changed_at": hold.changed_at.isoformat() if hold.changed_at else None,
-        }
+        entry["hold"] = _hold_view(hold)
         await self._log(
             "auditor.viewed",
             actor,
@@ -255,9 +272,11 @@ class AuditorPortal:
         except PlaybackError as exc:
             raise PortalError(413, "recording_too_large", str(exc)) from exc
 
-    def media(self, actor: Actor, archive_id: str, view: str) -> bytes:
+    async def media(self, actor: Actor, archive_id: str, view: str) -> bytes:
         """One view's bytes, for a viewer who started this playback (and so was logged) within
-        the playback TTL; the route has checked the caller's login and role."""
+        the playback TTL, while the archive is not being purged; the route has checked the
+        caller's login and role."""
+        await self._refuse_purged(archive_id)
         prepared = self._playback.admitted(archive_id, actor.user_id)
         if prepared is None:
             raise PortalError(
@@ -333,17 +352,23 @@ class AuditorPortal:
     @asynccontextmanager
     async def download(self, actor: Actor, token: str) -> AsyncIterator[PackageDownload]:
         """The package behind a link `export` gave this login, logged as exported before it is
-        handed out; deleted once the caller has streamed it."""
-        found = self._downloads.take(token, actor.user_id, actor.principal.csrf_token)
-        if found is None:
-            raise PortalError(
-                404,
-                "unknown_download",
-                "This download link was used already, has expired (a link works once, within "
-                f"{DOWNLOAD_SECONDS} s, in the login that exported), or is not yours: "
-                "export the package again.",
-            )
+        handed out, unless its archive has been purged since it was written; deleted once the
+        caller has streamed it (or refused)."""
+        unknown = (
+            "This download link was used already, has expired (a link works once, within "
+            f"{DOWNLOAD_SECONDS} s, in the login that exported), or is not yours: "
+            "export the package again."
+        )
         try:
+            found = self._downloads.take(token, actor.user_id, actor.principal.csrf_token)
+        except DownloadNotYours as exc:
+            # Answered as a link that does not exist; audited as what it is (access.denied).
+            raise PortalError(404, "unknown_download", unknown, refusal=str(exc)) from None
+        if found is None:
+            raise PortalError(404, "unknown_download", unknown)
+        try:
+            # The purge's sweep leaves a package an export holds: it is refused here instead.
+            await self._refuse_purged(found.archive_id)
             await self._log(
                 "auditor.exported",
                 actor,
@@ -388,14 +413,102 @@ class AuditorPortal:
             try:
                 await holds.apply(archive_id, names, held, reason)
             except ArchiveStoreError as exc:
+                if isinstance(exc, RetentionNotVerifiedError) and self.incidents is not None:
+                    # Its auditor.hold_set entry is already written: this says it did not hold.
+                    detail = {"error": str(exc), "by": actor.user_id}
+                    await self.incidents.failed(LEGAL_HOLD_UNVERIFIED, archive_id, detail)
                 raise PortalError(
                     503, "store_unavailable", f"The archive store refused the hold: {exc}"
                 ) from exc
+            if held and self.incidents is not None:
+                await self.incidents.recovered(
+                    LEGAL_HOLD_UNVERIFIED, archive_id, {"objects": len(names)}
+                )
             state = await holds.record(archive_id, held, reason, actor.user_id, len(names))
+        return _hold_view(state) | {"objects": state.objects}
+
+    # -- sessions never recorded ---------------------------------------------------------------
+
+    async def _evidence(self, session_id: str) -> SessionEvidence:
+        found = await session_evidence(self._db, session_id)
+        if found is None:
+            raise PortalError(404, "unknown_session", "There is no session with this id.")
+        return found
+
+    async def session(self, actor: Actor, session_id: str) -> dict[str, Any]:
+        """What an auditor sees of a session before holding it (docs/auditor.md section 6):
+        whether it was recorded, its identity attempts' outcomes (never their evidence), whether
+        its customer's data is still there, and its hold."""
+        evidence = await self._evidence(session_id)
+        hold = await self._session_holds.state(session_id)
+        await self._log(
+            "auditor.session_viewed",
+            actor,
+            session_id,
+            {"identity_records": len(evidence.attempts), "held": hold.held},
+        )
         return {
-            "held": state.held,
-            "reason": state.reason,
-            "changed_by": state.changed_by,
-            "changed_at": state.changed_at.isoformat() if state.changed_at else None,
-            "objects": state.objects,
+            "id": evidence.session_id,
+            "business": evidence.business,
+            "state": evidence.state,
+            "created_at": evidence.created_at.isoformat(),
+            "ended_at": evidence.ended_at.isoformat() if evidence.ended_at else None,
+            "sealed_archives": evidence.sealed_archives,
+            "erased": evidence.erased,
+            "identity": [
+                {"step": a.step, "outcome": a.outcome, "reason": a.reason, "at": a.at.isoformat()}
+                for a in evidence.attempts
+            ],
+            "hold": _hold_view(hold),
         }
+
+    async def set_session_hold(
+        self, actor: Actor, session_id: str, held: bool, reason: str
+    ) -> dict[str, Any]:
+        """Set or clear the legal hold of a session never recorded, which `vteller archive
+        purge` obeys. Under the lock its purge takes: a hold set while the session is being
+        erased waits for it, and then is refused (410 session_purged)."""
+        holds = self._session_holds
+        async with holds.changing(session_id):
+            evidence = await self._evidence(session_id)
+            current = await holds.state(session_id)
+            if current.held == held:
+                raise PortalError(
+                    409,
+                    "hold_unchanged",
+                    "The session is already under legal hold."
+                    if held
+                    else "The session is not under legal hold.",
+                )
+            if held and evidence.sealed_archives:
+                raise PortalError(
+                    409,
+                    "session_recorded",
+                    "The session was recorded: put its archive under legal hold instead "
+                    f"({', '.join(evidence.sealed_archives)}).",
+                )
+            if held and evidence.erased:
+                raise PortalError(
+                    410,
+                    "session_purged",
+                    "The customer data of this session has been erased at the end of its "
+                    "retention (audit log: identity.purged); there is nothing left to hold.",
+                )
+            # Logged first: a hold the log cannot show is not changed.
+            await self._log(
+                "auditor.session_hold_set" if held else "auditor.session_hold_cleared",
+                actor,
+                session_id,
+                {"reason": reason, "identity_records": len(evidence.attempts)},
+            )
+            state = await holds.record(session_id, held, reason, actor.user_id)
+        return _hold_view(state)
+
+
+def _hold_view(state: HoldState) -> dict[str, Any]:
+    return {
+        "held": state.held,
+        "reason": state.reason,
+        "changed_by": state.changed_by,
+        "changed_at": state.changed_at.isoformat() if state.changed_at else None,
+    }

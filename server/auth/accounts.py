@@ -1,5 +1,8 @@
 """Staff account administration after creation: list, disable and enable (the leaver process),
-unlock a locked-out account, reset a password. `vteller admin ...` (server/cli.py) is its user.
+unlock a locked-out account, reset a password. Its users: `vteller admin ...` (server/cli.py), an
+operator acting on any account, and the supervisor's staff page (server/api/account_routes.py),
+acting on tellers' and experts' accounts only and never resetting a password (a supervisor must
+never know a teller's password).
 
 What grants access (enable, unlock, a new password) is logged before it takes effect and is
 refused if the audit log cannot take it. What takes access away (disable) happens first and is
@@ -9,19 +12,21 @@ logged after the fact, like a logout: a leaver must never keep access because th
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from server.auth.passwords import hash_password
+from server.auth.principal import Role
 from server.auth.ratelimit import LoginThrottle
 from server.db.engine import DbSession
 from server.db.models import CallSession, Participant, StaffDevice, StaffLogin, User, utcnow
-from server.errors import ApiError
+from server.errors import ApiError, forbidden
 from server.sessions.store import OPEN_STATES, TELLER_DISABLED, SessionStore
 from server.workflow.queue.service import Released, release_teller
 
@@ -31,6 +36,10 @@ if TYPE_CHECKING:
 
 # A disable's reason, for the audit log: a few words at least, never an essay.
 MIN_REASON_LENGTH, MAX_REASON_LENGTH = 4, 500
+# The accounts a supervisor looks after on the staff page: those of the people who work in their
+# branch's calls. Supervisors, auditors and admins are an operator's (`vteller admin`), so that no
+# supervisor can lock out a peer or the auditors who check on them.
+SUPERVISED_ROLES = frozenset({Role.TELLER, Role.EXPERT})
 
 
 @dataclass(frozen=True)
@@ -38,6 +47,25 @@ class Account:
     user: User
     last_login: datetime | None  # None: never logged in
     locked_seconds: float  # until its login lock-out ends; 0 when not locked out
+
+    def view(self) -> dict[str, Any]:
+        """The account as `vteller admin list-users --json` and the staff page show it: nothing
+        secret (no password hash, no login or device tokens)."""
+        user = self.user
+        locked = math.ceil(self.locked_seconds)
+        return {
+            "id": user.id,
+            "username": user.username,
+            "role": user.role,
+            "display_name": user.display_name,
+            "disabled": not user.active,
+            "disabled_at": _iso(user.disabled_at),
+            "disabled_reason": user.disabled_reason,
+            "locked_out_seconds": locked,
+            "locked_out_until": _iso(utcnow() + timedelta(seconds=locked) if locked else None),
+            "last_login_at": _iso(self.last_login),
+            "created_at": _iso(user.created_at),
+        }
 
 
 @dataclass(frozen=True)
@@ -49,6 +77,29 @@ class Disabled:
     logged: bool  # False: the audit log refused an entry (logged as an error instead)
 
 
+@dataclass(frozen=True)
+class StaffAccounts:
+    """What account administration needs besides who acts: one per application, for the API
+    (Services.accounts), which acts as the request's principal."""
+
+    db: async_sessionmaker[DbSession]
+    throttle: LoginThrottle
+    audit: AuditLog
+
+    def supervised_by(self, user_id: str, address: str | None) -> AccountAdmin:
+        """Administration by the supervisor `user_id` (the staff page): of tellers and experts
+        only (SUPERVISED_ROLES), never their own account."""
+        return AccountAdmin(
+            self.db,
+            self.throttle,
+            self.audit,
+            actor=user_id,
+            actor_role=Role.SUPERVISOR.value,
+            address=address,
+            roles=SUPERVISED_ROLES,
+        )
+
+
 class AccountAdmin:
     def __init__(
         self,
@@ -58,17 +109,27 @@ class AccountAdmin:
         *,
         actor: str,
         actor_role: str,
+        address: str | None = None,
+        roles: frozenset[Role] | None = None,
     ) -> None:
-        """`actor`, `actor_role`: who acts, as the audit log names them."""
+        """`actor`, `actor_role`: who acts, as the audit log names them; `address`: where from,
+        for the log (a request's). `roles`: the accounts of these roles only may be listed and
+        acted on, and never the actor's own (the staff page's supervisor: SUPERVISED_ROLES);
+        None: every account (an operator)."""
         self._db = db
         self._throttle = throttle
         self._audit = audit
         self._actor = actor
         self._actor_role = actor_role
+        self._address = address
+        self._roles = roles
 
     async def accounts(self) -> list[Account]:
+        query = select(User).order_by(User.username)
+        if self._roles is not None:
+            query = query.where(User.role.in_(self._roles), User.id != self._actor)
         async with self._db() as db:
-            users = (await db.scalars(select(User).order_by(User.username))).all()
+            users = (await db.scalars(query)).all()
             last_logins: dict[str, datetime] = {
                 user_id: at
                 for user_id, at in await db.execute(
@@ -87,10 +148,18 @@ class AccountAdmin:
             for user in users
         ]
 
+    async def username(self, user_id: str) -> str:
+        """The login name of the account with this id, if this actor may act on it."""
+        async with self._db() as db:
+            user = await db.scalar(select(User).where(User.id == user_id))
+        if user is None:
+            raise _unknown(f"with the id {user_id!r}; GET /api/v1/staff/accounts lists them")
+        return self._allowed(user).username
+
     async def lockout(self, username: str) -> float:
         """Seconds until the account's login lock-out ends; 0 when it is not locked out."""
         async with self._db() as db:
-            user = await _user(db, username)
+            user = await self._target(db, username)
             devices = await _devices(db, [user.id])
         return await self._throttle.lockout(user.username, devices.get(user.id, []))
 
@@ -109,7 +178,7 @@ class AccountAdmin:
                 '(e.g. "left the bank"); the audit log keeps it.',
             )
         async with self._db() as db, db.begin():
-            user = await _user(db, username)
+            user = await self._target(db, username)
             # Compare-and-set: of two operators disabling at once, one disables and logs it.
             done = await db.execute(
                 update(User)
@@ -146,6 +215,7 @@ class AccountAdmin:
                 actor_role=self._actor_role,
                 target=username,
                 detail={"user_id": user.id, "reason": reason, "logins_ended": ended},
+                address=self._address,
             )
         ]
         released = await release_teller(self._db, SessionStore(self._db), user.id)
@@ -173,6 +243,7 @@ class AccountAdmin:
                 actor_role=self._actor_role,
                 target=target,
                 detail=detail,
+                address=self._address,
             )
             for action, target, detail in facts
         ]
@@ -180,7 +251,7 @@ class AccountAdmin:
     async def enable(self, username: str) -> None:
         """Let the account log in again. Its logins ended by the disable stay ended."""
         async with self._db() as db:
-            user = await _user(db, username)
+            user = await self._target(db, username)
         if user.active:
             raise ApiError(409, "not_disabled", f"{username!r} is not disabled; nothing to do.")
         await self._log("admin.user_enabled", user, {"disabled_reason": user.disabled_reason})
@@ -195,7 +266,7 @@ class AccountAdmin:
         """Clear the account's login lock-out: the failed logins counted against it and
         against its browsers. Returns how many failures were cleared."""
         async with self._db() as db:
-            user = await _user(db, username)
+            user = await self._target(db, username)
             devices = await _devices(db, [user.id])
         await self._log("admin.user_unlocked", user, {})
         return await self._throttle.forget(user.username, devices.get(user.id, []))
@@ -206,7 +277,7 @@ class AccountAdmin:
         # Argon2 takes a tenth of a second or more of CPU; the rules are create-user's.
         password_hash = await asyncio.to_thread(hash_password, password)
         async with self._db() as db:
-            user = await _user(db, username)
+            user = await self._target(db, username)
         await self._log("admin.password_reset", user, {})
         async with self._db() as db, db.begin():
             await db.execute(
@@ -221,19 +292,34 @@ class AccountAdmin:
             actor_role=self._actor_role,
             target=user.username,
             detail={"user_id": user.id} | detail,
+            address=self._address,
         )
 
+    async def _target(self, db: DbSession, username: str) -> User:
+        user = await db.scalar(select(User).where(User.username == username))
+        if user is None:
+            raise _unknown(
+                f"named {username!r} (names are case-sensitive); "
+                "`vteller admin list-users` lists them"
+            )
+        return self._allowed(user)
 
-async def _user(db: DbSession, username: str) -> User:
-    user = await db.scalar(select(User).where(User.username == username))
-    if user is None:
-        raise ApiError(
-            404,
-            "unknown_user",
-            f"There is no staff account named {username!r} (names are case-sensitive); "
-            "`vteller admin list-users` lists them.",
-        )
-    return user
+    def _allowed(self, user: User) -> User:
+        """`user`, if this actor may act on their account; a refusal (403 forbidden, which the
+        API audits as access.denied) if not."""
+        if self._roles is None:
+            return user
+        if user.id == self._actor:
+            # Never one's own: a supervisor locked out or disabled asks someone else, so that
+            # no one can undo what was done to them (or cover their own tracks).
+            raise forbidden("manage your own account here; an operator does (`vteller admin`)")
+        if user.role not in self._roles:
+            raise forbidden(f"manage {user.role} accounts; an operator does (`vteller admin`)")
+        return user
+
+
+def _unknown(which: str) -> ApiError:
+    return ApiError(404, "unknown_user", f"There is no staff account {which}.")
 
 
 async def _devices(db: DbSession, user_ids: Sequence[str]) -> dict[str, list[str]]:
@@ -264,6 +350,10 @@ async def _end_logins(db: DbSession, user_id: str) -> int:
     )
     await db.execute(delete(StaffDevice).where(StaffDevice.user_id == user_id))
     return int(ended.rowcount)  # type: ignore[attr-defined]
+
+
+def _iso(at: datetime | None) -> str | None:
+    return at.isoformat() if at is not None else None
 
 
 def _when(at: datetime | None) -> str:

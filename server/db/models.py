@@ -35,6 +35,12 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(12)}"
 
 
+# What a column of personal text that must stay filled holds once its retention has ended and
+# `vteller archive purge` erased it (server/auditor/purge.py; docs/deployment.md). Never a valid
+# value of any of them (an account number is letters and digits only), so readers can tell.
+ERASED = "(purged)"
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """Timezone-aware UTC on every backend (SQLite drops the offset otherwise)."""
 
@@ -390,18 +396,34 @@ class ArchiveProduct(Base):
     product: Mapped[str] = mapped_column(String(64), index=True)
 
 
-class LegalHoldRecord(Base):
+class HoldColumns:
+    """A legal hold's state as an auditor last set it: held or not, why, by whom, when."""
+
+    held: Mapped[bool] = mapped_column(default=False, index=True)
+    reason: Mapped[str] = mapped_column(Text)
+    changed_by: Mapped[str] = mapped_column(String(32))
+    changed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class LegalHoldRecord(HoldColumns, Base):
     """The legal hold of an archive as the portal last set it (the objects carry the hold itself);
     every change is also in the audit log, with who and why."""
 
     __tablename__ = "legal_holds"
 
     archive_id: Mapped[str] = mapped_column(ForeignKey("archives.id"), primary_key=True)
-    held: Mapped[bool] = mapped_column(default=False, index=True)
-    reason: Mapped[str] = mapped_column(Text)
-    changed_by: Mapped[str] = mapped_column(String(32))
-    changed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     objects: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class SessionHoldRecord(HoldColumns, Base):
+    """A legal hold on a session that was never recorded (no sealed archive to hold): while it
+    is held, `vteller archive purge` keeps its identity records and its customer's data, which
+    it would otherwise erase `identity.unrecorded_retention_days` after the session ended. Every
+    change is also in the audit log (auditor.session_hold_set / _cleared), with who and why."""
+
+    __tablename__ = "session_holds"
+
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id"), primary_key=True)
 
 
 class ArchiveTombstone(Base):

@@ -226,9 +226,9 @@ def mask_address(address: str) -> str:
 def staff_card_fields(fields: dict[str, str | bool]) -> dict[str, str | bool]:
     """A card side's fields as staff screens get them: enough to compare the card in the
     customer's hand with the customer (name, sex, birth year, validity), not to copy the
-    number or the home address. The full fields stay in the encrypted record, the auditor's
-    index and the auditor portal."""
-    shown = dict(fields)
+    number or the home address, nor the ethnic group, which nothing in a call is decided on.
+    The full fields stay in the encrypted record, the auditor's index and the auditor portal."""
+    shown = {key: value for key, value in fields.items() if key != "ethnicity"}
     if isinstance(number := fields.get("id_number"), str):
         shown["id_number"] = mask_id_number(number)
     if isinstance(address := fields.get("address"), str):

@@ -17,6 +17,7 @@ from recorder.seal.signing import Signer
 from recorder.session import RecorderContext, RecordingSession, recover
 from recorder.store.s3 import ArchiveBucket, ArchiveUnavailableError, StoreConfigError
 from recorder.store.spool import Spool, Uploader, UploaderStatus
+from server.audit.incidents import SEAL_FAILED, StorageIncidents
 from server.background import cancel_and_wait
 from server.db.engine import DbSession
 from server.recording.chain import DatabaseChain
@@ -28,6 +29,12 @@ log = structlog.get_logger(__name__)
 # that was abandoned) are tried again: the database or a disk may be back by then.
 FINISH_RETRY_SECONDS = 60.0
 _MB = 1024 * 1024
+
+
+def _describe(error: BaseException) -> str:
+    """An error as an audit entry may hold it: its kind and a bounded message."""
+    text = f"{type(error).__name__}: {error}"
+    return text if len(text) <= 500 else text[:497] + "..."
 
 
 class StorageUnavailable(Exception):
@@ -81,6 +88,9 @@ class RecordingManager:
         self.chain = DatabaseChain(db)
         # Who wants to know when an archive is sealed (the compliance analysis).
         self.on_sealed: Callable[[str, str], Awaitable[None]] | None = None
+        # Where failures that matter for evidence are audited (set with `audit_incidents`: the
+        # audit log is made after the recorder, whose signing key it uses).
+        self._incidents: StorageIncidents | None = None
         # The recordings this process runs, until they stop; then their journal is checked.
         self._recordings: set[RecordingSession] = set()
         self._unfinished: dict[Path, Journal] = {}
@@ -100,6 +110,20 @@ class RecordingManager:
             segment_seconds=settings.recording_segment_seconds,
             keyframe_seconds=settings.recording_keyframe_seconds,
         )
+
+    def audit_incidents(self, incidents: StorageIncidents) -> None:
+        """Audit the uploader's and the seals' failures that matter for evidence."""
+        self._incidents = incidents
+        self.uploader.observer = incidents
+
+    async def seal_failed(
+        self, archive_id: str, session_id: str | None, error: BaseException, stage: str
+    ) -> None:
+        """A recording could not be sealed (`stage`: stop, retry or unusable_journal); never
+        raises."""
+        if self._incidents is not None:
+            detail = {"session_id": session_id, "error": _describe(error), "stage": stage}
+            await self._incidents.failed(SEAL_FAILED, archive_id, detail)
 
     async def sealed(self, archive_id: str, session_id: str) -> None:
         """A recording was sealed (by its room, or recovered after a crash)."""
@@ -144,6 +168,7 @@ class RecordingManager:
         except (KeyError, TypeError, ValueError) as exc:
             # What the journal holds cannot make a manifest (no header, a record that is not
             # the journal's): retrying at every start would fail the same way.
+            await self.seal_failed(journal.path.stem, None, exc, "unusable_journal")
             broken = await asyncio.to_thread(journal.set_aside)
             log.error(
                 "recording_journal_unusable",
@@ -155,10 +180,11 @@ class RecordingManager:
                 "to have it finished at the next start",
             )
             return True
-        except Exception:
+        except Exception as exc:
             # The database, the spool disk, the journal's permissions, an archive store that
             # cannot say which segments it holds: all can be fixed, and the journal is left in
             # place to be tried again.
+            await self.seal_failed(journal.path.stem, None, exc, "retry")
             log.exception(
                 "recording_recovery_failed",
                 path=str(journal.path),
@@ -172,6 +198,12 @@ class RecordingManager:
             # Sealed and chained all the same: only its analysis was not queued (the database
             # away just then); the auditor and `vteller compliance analyze` still reach it.
             log.exception("recording_sealed_hook_failed", archive_id=record.archive_id)
+        if self._incidents is not None:
+            await self._incidents.recovered(
+                SEAL_FAILED,
+                record.archive_id,
+                {"status": record.status, "manifest_sha256": record.manifest_sha256},
+            )
         log.warning(
             # "complete" when the process died while sealing a recording that had ended.
             "recording_recovered",

@@ -261,11 +261,12 @@ class RoomRecording:
                 else recording.stop(status, patience=patience)
             )
             self.state = "sealed" if status == "complete" else "interrupted"
-        except Exception:
+        except Exception as exc:
             # The seal could not be finished within its patience (or cannot be at all): the
             # recorder manager seals the journal later, with the status journaled at the stop.
             log.exception("recording_seal_failed", archive_id=recording.archive_id)
             self.state = "interrupted"
+            await self._manager.seal_failed(recording.archive_id, recording.session_id, exc, "stop")
         else:
             await self._manager.sealed(record.archive_id, record.session_id)
             if self._audit is not None:

@@ -1,6 +1,6 @@
 """An auditor in Chromium: logs in, searches, opens the archive (verified), plays it, jumps to a
 key moment, sees their watermark over the players, downloads the package (which verifies
-offline) and sets a legal hold."""
+offline) and sets a legal hold; and holds the evidence of a session that was never recorded."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import hashlib
 import zipfile
 from pathlib import Path
 
-from playwright.async_api import Playwright
+from playwright.async_api import Page, Playwright
 
 from server.auth.principal import Role
+from server.db.models import SessionHoldRecord
 from tests.e2e.browser import participant_page
 from tests.e2e.test_call_pages import staff_login
 from tests.integration.test_auditor_portal import _call
@@ -18,6 +19,13 @@ from tests.integration.test_recording import _vteller
 from tests.support.server import RunningServer
 
 TIMEOUT_MS = 30_000
+
+
+async def hold(page: Page, form: str, reason: str) -> None:
+    """Set the legal hold of the form whose elements' ids begin with `form`, and wait for it."""
+    await page.fill(f"{form}-reason", reason)
+    await page.click(f"{form}-submit")
+    await page.wait_for_selector(f"{form}-submit[data-held='true']", timeout=TIMEOUT_MS)
 
 
 async def test_auditor_finds_verifies_plays_seeks_exports_and_holds(
@@ -97,10 +105,38 @@ async def test_auditor_finds_verifies_plays_seeks_exports_and_holds(
         )
         assert offline.returncode == 0, offline.stdout + offline.stderr
 
-        await page.fill("#hold-reason", "监管调查，保全至结案")
-        await page.click("#hold-submit")
+        await hold(page, "#hold", "监管调查，保全至结案")
+        assert "监管调查" in await page.inner_text("#hold-state")
+
+
+async def test_auditor_holds_the_evidence_of_a_session_never_recorded(
+    pw: Playwright, server: RunningServer
+) -> None:
+    await server.user("wang", Role.TELLER, "王柜员")
+    teller = server.client()
+    await teller.login("wang")
+    invitation = {"business": "wealth", "customer_name": "李女士"}
+    created = await teller.call("POST", "/api/v1/invitations", invitation, expect=201)
+    session_id = created["session"]["id"]
+    await server.user("audit1", Role.AUDITOR, "审计员甲")
+    async with participant_page(pw) as page:
+        await staff_login(page, server, "audit1")
+        await page.click("#auditor-link")
+        await page.wait_for_selector("#session-hold:not([hidden])", timeout=TIMEOUT_MS)
+        await page.fill("#session-id", "s_nobody")
+        await page.click("#session-lookup button[type=submit]")
         await page.wait_for_function(
-            "() => document.getElementById('hold-submit').dataset.held === 'true'",
+            "() => document.getElementById('session-error').textContent.includes('没有这个会话')",
             timeout=TIMEOUT_MS,
         )
-        assert "监管调查" in await page.inner_text("#hold-state")
+        await page.fill("#session-id", session_id)
+        await page.click("#session-lookup button[type=submit]")
+        await page.wait_for_selector("#session-found:not([hidden])", timeout=TIMEOUT_MS)
+        assert session_id in await page.inner_text("#session-summary")
+        assert "没有身份核验记录" in await page.inner_text("#session-attempts")
+        assert "未设置法律保全" in await page.inner_text("#session-status")
+        await hold(page, "#session-hold", "人脸与证件不符，反欺诈调查")
+        assert "反欺诈调查" in await page.inner_text("#session-status")
+    async with server.services.sessions._db() as db:
+        record = await db.get(SessionHoldRecord, session_id)
+    assert record is not None and record.held and record.reason == "人脸与证件不符，反欺诈调查"

@@ -23,6 +23,7 @@ BOTH_DATABASES = frozenset(
         "test_bad_input",
         "test_worker_capacity",
         "test_account_admin",
+        "test_staff_accounts",
     }
 )
 

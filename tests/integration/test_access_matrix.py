@@ -164,6 +164,8 @@ MATRIX: dict[tuple[str, str], Decision] = {
     ),
     ("GET", "/api/v1/auditor/downloads/{token}"): only(AUDITOR),
     ("POST", "/api/v1/auditor/archives/{archive_id}/hold"): only(AUDITOR),
+    ("GET", "/api/v1/auditor/sessions/{session_id}"): only(AUDITOR),
+    ("POST", "/api/v1/auditor/sessions/{session_id}/hold"): only(AUDITOR),
     # webhooks to the core bank
     ("GET", "/api/v1/webhooks/deliveries"): only(SUPERVISOR, AUDITOR),
     ("GET", "/api/v1/webhooks/deliveries/{key}"): only(SUPERVISOR, AUDITOR),
@@ -182,6 +184,11 @@ MATRIX: dict[tuple[str, str], Decision] = {
     ("POST", "/api/v1/queue/tickets/{ticket_id}/assign"): only(SUPERVISOR),
     ("GET", "/api/v1/queue/tellers"): only(SUPERVISOR, ADMIN),
     ("POST", "/api/v1/queue/tellers/{user_id}/skills"): only(SUPERVISOR, ADMIN),
+    # staff accounts on the supervisor's page (an operator's are `vteller admin`)
+    ("GET", "/api/v1/staff/accounts"): only(SUPERVISOR),
+    ("POST", "/api/v1/staff/accounts/{account_id}/unlock"): only(SUPERVISOR),
+    ("POST", "/api/v1/staff/accounts/{account_id}/disable"): only(SUPERVISOR),
+    ("POST", "/api/v1/staff/accounts/{account_id}/enable"): only(SUPERVISOR),
 }
 
 SECURITY_HEADERS = {
@@ -247,12 +254,15 @@ async def world(server: RunningServer, n: int) -> World:
     clients[QUEUE].csrf = ticket["csrf_token"]
     clients[ANON] = server.client()
     me = await teller.call("GET", "/api/v1/auth/me")
+    # The account the supervisor disables: not `teller`'s, whose login must outlast the route.
+    other = await clients[OTHER_TELLER].call("GET", "/api/v1/auth/me")
     return World(
         clients,
         {
             "session_id": session_id,
             "transaction_id": created["transaction"]["id"],
             "user_id": me["user"]["id"],
+            "account_id": other["user"]["id"],
             "token": "not-a-link",
             "archive_id": ARCHIVE,
             "view": "customer",

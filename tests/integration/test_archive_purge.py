@@ -1,6 +1,8 @@
 """`vteller archive purge` against a real MinIO, on SQLite and PostgreSQL: what is due goes (every
-object version, the identity records and index entries), a tombstone and an audit entry stay,
-and nothing retained, held or still under the store's retention is deleted."""
+object version, the identity records and index entries, and the rest of what the database holds
+about the customer), a tombstone and an audit entry stay, nothing retained, held or still under
+the store's retention is deleted, and the portal hands out nothing of a purged archive, not even
+from a worker's memory or an export written before."""
 
 from __future__ import annotations
 
@@ -23,31 +25,50 @@ from recorder.seal.manifest import (
     SegmentEntry,
     manifest_sha256,
 )
-from recorder.seal.sealer import ArchiveSealer
 from recorder.seal.signing import Signer, write_public_key
 from recorder.session import archive_prefix
 from recorder.store.config import StoreSettings
 from recorder.store.s3 import ArchiveBucket, DeleteRefusedError
 from server.audit import AuditLog
+from server.auditor import service
 from server.auditor.config import AuditorConfig
 from server.auditor.exporting import ExportSpool
 from server.auditor.holds import LegalHolds
-from server.auditor.purge import Purger
+from server.auditor.playback import View
+from server.auditor.purge import NEVER_DELIVERED, Purger
 from server.auditor.service import Actor, AuditorPortal, PortalError
 from server.auditor.verification import ArchiveVerifier
 from server.auth.principal import Principal, Role
 from server.cli import main
 from server.db.engine import DbSession, create_engine, session_factory
 from server.db.models import (
+    ERASED,
     Archive,
     ArchiveIndexEntry,
     ArchiveTombstone,
     AuditEntry,
     CallSession,
     IdentityCheck,
+    Transaction,
     utcnow,
 )
+from server.errors import ApiError
+from server.workflow.transactions.views import customer_view, staff_view
+from server.workflow.webhooks.config import WebhookConfig
+from server.workflow.webhooks.records import DeliveryRecords
 from tests.integration.test_archive_store import bucket, retain_for, store_settings
+from tests.support.archive import seal_empty
+from tests.support.customer import (
+    ACCOUNT,
+    CUSTOMER_NAME,
+    NEW_ADDRESS,
+    NOTE,
+    PHONE_HINT,
+    TELLER_NAME,
+    CustomerData,
+    add_customer_data,
+    customer_data,
+)
 from tests.support.database import TELLER_ID, migrated_database
 from tests.support.postgres import fresh_database
 
@@ -71,23 +92,7 @@ class Chain:
         self.index = 0
 
     async def add(self, archive_id: str, session_id: str, retain_until: datetime) -> None:
-        sealed = ArchiveSealer(uuid.UUID(archive_id), self.keyring).finish(
-            self.signer,
-            session_id=session_id,
-            business="wealth",
-            product=None,
-            participants=[],
-            marks=[],
-            tracks=[],
-            status="complete",
-            gaps=[],
-            identity=None,
-            compliance=None,
-            recorder_version="test",
-            created_at="2025-01-31T08:00:00.000Z",
-            finalized_at="2025-01-31T08:10:00.000Z",
-            previous_manifest_sha256=self.head,
-        )
+        sealed = seal_empty(archive_id, self.keyring, self.signer, session_id, self.head)
         prefix = archive_prefix(archive_id)
         await self.bucket.put(prefix + MANIFEST_OBJECT, sealed.data, retain_until)
         await self.bucket.put(prefix + SIGNATURE_OBJECT, sealed.signature, retain_until)
@@ -107,6 +112,7 @@ class Chain:
                 )
             )
         await add_identity(self.db, session_id)
+        await add_customer_data(self.db, session_id, archive_id)
         self.head, self.index = digest, self.index + 1
 
 
@@ -143,7 +149,11 @@ async def add_identity(db: async_sessionmaker[DbSession], session_id: str) -> No
         session.add(ArchiveIndexEntry(session_id=session_id, id_hash="a" * 64))
 
 
-async def add_unrecorded(db: async_sessionmaker[DbSession], session_id: str, days: int) -> None:
+async def add_unrecorded(
+    db: async_sessionmaker[DbSession], session_id: str, days: int, identity: bool = True
+) -> None:
+    """A session of a customer that ended `days` ago without a recording, with its customer's
+    data and (`identity`) identity records."""
     ended = utcnow() - timedelta(days=days)
     async with db() as session, session.begin():
         session.add(
@@ -156,7 +166,9 @@ async def add_unrecorded(db: async_sessionmaker[DbSession], session_id: str, day
                 ended_at=ended,
             )
         )
-    await add_identity(db, session_id)
+    if identity:
+        await add_identity(db, session_id)
+    await add_customer_data(db, session_id)
 
 
 def stored_versions(bucket: ArchiveBucket, archive_id: str) -> list[str]:
@@ -185,6 +197,62 @@ async def opened(url: str) -> AsyncIterator[async_sessionmaker[DbSession]]:
 async def purge(*options: str) -> int:
     """`vteller archive purge`, in a thread: it runs its own event loop."""
     return await asyncio.to_thread(main, ["archive", "purge", *options])
+
+
+def purger(tmp_path: Path, db: async_sessionmaker[DbSession], bucket: ArchiveBucket) -> Purger:
+    return Purger(
+        db,
+        bucket,
+        AuditLog(db),
+        ExportSpool(tmp_path / "data" / "exports"),  # the portal's (`portal`)
+        actor="os:test@host",
+        unrecorded_retention_days=30,
+    )
+
+
+AUDITOR = Actor(Principal(Role.AUDITOR, "a", "csrf", user_id="u_auditor"), None)
+
+
+def portal(tmp_path: Path, db: async_sessionmaker[DbSession], chain: Chain) -> AuditorPortal:
+    """The auditor portal of a worker whose data directory is `tmp_path / "data"`."""
+    write_public_key(tmp_path / "data" / "keys" / "public", chain.signer.public_key_pem())
+    return AuditorPortal(
+        AuditorConfig(), db, tmp_path / "data", chain.bucket, chain.keyring, AuditLog(db)
+    )
+
+
+def assert_erased(now: CustomerData, before: CustomerData, *, approved: bool) -> None:
+    """What `add_customer_data` wrote is erased in `now`, and the facts of `before` are kept;
+    `approved`: the approved transactions' personal data too, else they are as `before`."""
+    assert now.customer_name == ""
+    assert now.participants == [("customer", ERASED), ("teller", TELLER_NAME)]
+    assert now.chat == [ERASED] * 2
+    assert now.notes == [ERASED] * len(before.notes)
+    assert now.callbacks == [("", None)]
+    assert now.transactions.keys() == before.transactions.keys()
+    for name, paper in now.transactions.items():
+        was = before.transactions[name]
+        if was.state == "approved" and not approved:
+            assert paper == was, name
+            continue
+        erased: dict[str, object] = {"account": ERASED}
+        if "details" in was.content:
+            erased["details"] = dict.fromkeys(was.content["details"], ERASED)
+        assert paper.content == was.content | erased, name
+        assert (paper.signature_sealed, paper.approval_record) == (None, None), name
+        assert paper.reasons == [r and ERASED for r in was.reasons], name
+        # What happened stays, without whom: the facts an auditor may still be asked about.
+        kept = ("state", "sha256", "amount_minor", "signature_sha256", "approval_signature")
+        assert [getattr(paper, f) for f in kept] == [getattr(was, f) for f in kept], name
+        if was.delivery is not None:
+            assert paper.delivery is not None
+            delivered = was.delivery[0] == "delivered"
+            assert paper.delivery == (
+                ("delivered", "", None) if delivered else ("failed", "", NEVER_DELIVERED)
+            ), name
+    if approved:
+        for personal in (CUSTOMER_NAME, ACCOUNT, NEW_ADDRESS):
+            assert personal not in repr(now), personal
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -224,6 +292,7 @@ async def test_due_archives_and_unrecorded_identities_are_purged_and_the_rest_ke
         await holds.apply(HELD, names, True, "诉讼保全")
         await holds.record(HELD, True, "诉讼保全", "u_auditor", len(names))
         await add_unrecorded(db, "s_left_early", days=31)
+        await add_unrecorded(db, "s_left_unchecked", days=31, identity=False)
         await add_unrecorded(db, "s_left_today", days=1)
         await add_unrecorded(db, "s_unsealed", days=31)
         async with db() as session, session.begin():
@@ -231,6 +300,13 @@ async def test_due_archives_and_unrecorded_identities_are_purged_and_the_rest_ke
         await asyncio.sleep(SHORT_SECONDS + 1.5)
         before = stored_versions(bucket, DUE)
         assert len(before) == 4  # manifest, signature, report and its delete marker
+        erased = ("s_due", "s_left_early", "s_left_unchecked")
+        sessions = (*erased, "s_retained", "s_held", "s_left_today", "s_unsealed")
+        data = {session_id: await customer_data(db, session_id) for session_id in sessions}
+        for session_id, held in data.items():
+            for personal in (CUSTOMER_NAME, ACCOUNT, NEW_ADDRESS, PHONE_HINT, "sealed signature"):
+                assert personal in repr(held), (session_id, personal)
+        assert all(NOTE in data[s].notes for s in ("s_due", "s_retained", "s_held"))
 
     # The dry run says what is due and why the rest stays, and deletes nothing.
     assert await purge() == 0
@@ -238,9 +314,10 @@ async def test_due_archives_and_unrecorded_identities_are_purged_and_the_rest_ke
     assert f"due   archive {DUE} session s_due product wealth" in out
     assert f"kept  archive {RETAINED}" in out and "retention has not ended" in out
     assert f"kept  archive {HELD}" in out and "legal hold since" in out
-    assert "due   identity records (1) of unrecorded session s_left_early" in out
+    assert "due   customer data of unrecorded session s_left_early (1 identity record(s))" in out
+    assert "due   customer data of unrecorded session s_left_unchecked (0 identity" in out
     assert "s_left_today" not in out
-    assert "kept  identity records (1) of unrecorded session s_unsealed" in out
+    assert "kept  customer data of unrecorded session s_unsealed (1 identity record(s))" in out
     assert "a recording of it was never sealed" in out
     assert "dry run: nothing was deleted" in out
     assert stored_versions(bucket, DUE) == before
@@ -248,6 +325,7 @@ async def test_due_archives_and_unrecorded_identities_are_purged_and_the_rest_ke
     assert await purge("--apply") == 0
     out = capsys.readouterr().out
     assert f"{DUE}: purged 4 object version(s)" in out
+    assert "erased the customer data of unrecorded session s_left_unchecked, 0 identity" in out
     async with opened(database_url) as db:
         assert stored_versions(bucket, DUE) == []
         for kept in (RETAINED, HELD):
@@ -258,6 +336,16 @@ async def test_due_archives_and_unrecorded_identities_are_purged_and_the_rest_ke
                 query = select(func.count()).where(table.session_id == session_id)
                 assert await count(db, query) == left, (session_id, table)
         assert await count(db, select(func.count()).select_from(IdentityCheck)) == 4
+        # The rest of what the database held about these customers is erased with them, also
+        # of the one never asked for an ID; an unrecorded session's approved transactions are
+        # the bank's records, under their own retention. Nothing of the customers whose data is
+        # kept changed.
+        assert_erased(await customer_data(db, "s_due"), data["s_due"], approved=True)
+        for session_id in ("s_left_early", "s_left_unchecked"):
+            now = await customer_data(db, session_id)
+            assert_erased(now, data[session_id], approved=False)
+        for session_id in ("s_retained", "s_held", "s_left_today", "s_unsealed"):
+            assert await customer_data(db, session_id) == data[session_id], session_id
         async with db() as session:
             tomb = await session.get(ArchiveTombstone, DUE)
             archive = await session.get(Archive, DUE)
@@ -275,6 +363,7 @@ async def test_due_archives_and_unrecorded_identities_are_purged_and_the_rest_ke
         assert [(e.action, e.target) for e in entries] == [
             ("archive.purged", DUE),
             ("identity.purged", "s_left_early"),
+            ("identity.purged", "s_left_unchecked"),
         ]
         assert all(e.actor == tomb.deleted_by for e in entries)
         assert entries[0].seq == tomb.audit_seq
@@ -295,7 +384,7 @@ async def test_due_archives_and_unrecorded_identities_are_purged_and_the_rest_ke
     assert f"kept  archive {RETAINED}" in out and "as the store said when last asked" in out
     async with opened(database_url) as db:
         query = select(func.count()).where(AuditEntry.action.like("%.purged"))
-        assert await count(db, query) == 2
+        assert await count(db, query) == 3
 
 
 async def test_the_stores_refusal_stops_a_purge_that_this_machines_clock_thinks_due(
@@ -339,28 +428,40 @@ async def test_a_purge_interrupted_midway_is_finished_by_the_next_run(
         chain = Chain(tmp_path, db, bucket)
         await chain.add(DUE, "s1", retain_for(SHORT_SECONDS / 86400))
         await asyncio.sleep(SHORT_SECONDS + 1.5)
-        purger = Purger(
-            db,
-            bucket,
-            AuditLog(db),
-            ExportSpool(tmp_path / "exports"),
-            actor="os:test@host",
-            unrecorded_retention_days=30,
-        )
+        purging = purger(tmp_path, db, bucket)
         with pytest.raises(Killed):
-            await purger.purge_archive(DUE, killed)  # dies after its first deletion
+            await purging.purge_archive(DUE, killed)  # dies after its first deletion
         async with db() as session:
             tomb = await session.get(ArchiveTombstone, DUE)
         assert tomb is not None and tomb.deleted_at is None
         assert await count(db, select(func.count()).select_from(IdentityCheck)) == 1
+        before = await customer_data(db, "s1")
+        assert before.customer_name == CUSTOMER_NAME
 
-        (candidate,) = await purger.archives()
+        # While it is under way, the portal hands out nothing of it.
+        auditor = portal(tmp_path, db, chain)
+        with pytest.raises(PortalError, match=r"deleted at the end of its retention;") as e:
+            await auditor.open(AUDITOR, DUE)
+        assert (e.value.status, e.value.code) == (410, "archive_purged")
+
+        (candidate,) = await purging.archives()
         assert candidate.kept is None and candidate.resuming
-        result = await purger.purge_archive(DUE, lambda *_: None)
+        result = await purging.purge_archive(DUE, lambda *_: None)
         assert not isinstance(result, str)
         assert stored_versions(bucket, DUE) == []
         assert await count(db, select(func.count()).select_from(IdentityCheck)) == 0
-        assert await purger.archives() == []
+        assert_erased(await customer_data(db, "s1"), before, approved=True)
+        # Shown as erased, not masked into something like an account; nothing left to send.
+        async with db() as session:
+            service_row = await session.get(Transaction, "t_s1_service")
+        assert service_row is not None
+        assert staff_view(service_row)["transaction"]["account"] == ERASED
+        assert customer_view(service_row)["transaction"]["account"] == ERASED
+        records = DeliveryRecords(WebhookConfig(url="https://core.bank.test/"), db, AuditLog(db))
+        with pytest.raises(ApiError) as refused:
+            await records.retry("t_s1_service", actor="system", actor_role="system", via="cli")
+        assert (refused.value.status, refused.value.code) == (409, "delivery_purged")
+        assert await purging.archives() == []
         query = select(func.count()).where(AuditEntry.action == "archive.purged")
         assert await count(db, query) == 1
         # Killed between the deletion and its audit entry: the next run writes the entry.
@@ -368,17 +469,55 @@ async def test_a_purge_interrupted_midway_is_finished_by_the_next_run(
             tomb = await session.get(ArchiveTombstone, DUE)
             assert tomb is not None
             tomb.audit_seq = None
-        assert await purger.unaudited() == [DUE]
+        assert await purging.unaudited() == [DUE]
         assert await count(db, query) == 2
-        assert await purger.unaudited() == []
+        assert await purging.unaudited() == []
 
         # The portal says it was purged, rather than verifying an empty archive as lost.
-        portal = AuditorPortal(
-            AuditorConfig(), db, tmp_path / "data", bucket, chain.keyring, AuditLog(db)
-        )
-        auditor = Principal(Role.AUDITOR, "a", "csrf", user_id="u_auditor")
         with pytest.raises(
             PortalError, match=r"deleted at the end of its retention on \d{4}-"
         ) as e:
-            await portal.open(Actor(auditor, None), DUE)
+            await auditor.open(AUDITOR, DUE)
         assert (e.value.status, e.value.code) == (410, "archive_purged")
+
+
+async def test_a_purged_archive_is_neither_played_from_memory_nor_downloaded_after(
+    tmp_path: Path, bucket: ArchiveBucket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The archives here hold no media: what the remux would make of them is made up.
+    views = [View("customer", b"customer webm", 1000), View("teller", b"teller webm", 1000)]
+    monkeypatch.setattr(service, "remux_views", lambda recording: views)
+    async with migrated_database(tmp_path / "db.sqlite") as db:
+        chain = Chain(tmp_path, db, bucket)
+        await chain.add(DUE, "s1", retain_for(SHORT_SECONDS / 86400))
+        auditor = portal(tmp_path, db, chain)
+        # Played and exported while it was retained: kept in this worker's memory for the
+        # playback TTL, and a written package waiting for its download.
+        prepared = await auditor.play(AUDITOR, DUE)
+        assert sorted(prepared.views) == ["customer", "teller"]
+        assert await auditor.media(AUDITOR, DUE, "customer") == b"customer webm"
+        token, package = await auditor.export(AUDITOR, DUE)
+        assert package.path.exists()
+        await asyncio.sleep(SHORT_SECONDS + 1.5)
+
+        # Another process purges it (and sweeps the spool, which leaves a package held).
+        result = await purger(tmp_path, db, bucket).purge_archive(DUE, lambda *_: None)
+        assert not isinstance(result, str)
+        assert package.path.exists()
+
+        with pytest.raises(PortalError) as e:
+            await auditor.media(AUDITOR, DUE, "customer")
+        assert (e.value.status, e.value.code) == (410, "archive_purged")
+        assert auditor._playback.get(DUE) is None  # dropped from memory, not left to expire
+        for refused in (auditor.play(AUDITOR, DUE), auditor.media(AUDITOR, DUE, "teller")):
+            with pytest.raises(PortalError) as e:
+                await refused
+            assert (e.value.status, e.value.code) == (410, "archive_purged")
+        with pytest.raises(PortalError) as e:
+            async with auditor.download(AUDITOR, token):
+                raise AssertionError("a package of a purged archive was handed out")
+        assert (e.value.status, e.value.code) == (410, "archive_purged")
+        assert not package.path.parent.exists()  # deleted with its refusal
+        async with db() as session:
+            actions = list(await session.scalars(select(AuditEntry.action)))
+        assert actions.count("auditor.played") == 1 and "auditor.exported" not in actions

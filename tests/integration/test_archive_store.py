@@ -500,6 +500,21 @@ def set_compliance_bypassing_governance(bucket: ArchiveBucket, name: str, until:
     )
 
 
+async def place_under_governance(bucket: ArchiveBucket, name: str, until: datetime) -> None:
+    """An object whose bytes are its name, put in the bucket under GOVERNANCE retention until
+    `until`, bypassing ArchiveBucket: what an upload whose headers a proxy stripped leaves."""
+    data = name.encode()
+    await asyncio.to_thread(
+        bucket.client.put_object,
+        bucket.name,
+        name,
+        io.BytesIO(data),
+        len(data),
+        metadata={"sha256": hashlib.sha256(data).hexdigest()},
+        retention=Retention(GOVERNANCE, until),
+    )
+
+
 async def test_an_object_the_store_holds_under_governance_is_not_counted_as_archived(
     bucket: ArchiveBucket, tmp_path: Path
 ) -> None:
@@ -509,16 +524,7 @@ async def test_an_object_the_store_holds_under_governance_is_not_counted_as_arch
     longer, shorter, until = retain_for(30), retain_for(0.5), retain_for(2)
     placed = {"archives/g/segment-000000": longer, "archives/g/segment-000001": shorter}
     for name, governance_until in placed.items():
-        data = name.encode()
-        await asyncio.to_thread(
-            bucket.client.put_object,
-            bucket.name,
-            name,
-            io.BytesIO(data),
-            len(data),
-            metadata={"sha256": hashlib.sha256(data).hexdigest()},
-            retention=Retention(GOVERNANCE, governance_until),
-        )
+        await place_under_governance(bucket, name, governance_until)
     spool = Spool(tmp_path / "spool")
     async with running_uploader(spool, bucket) as uploader:
         for name in placed:

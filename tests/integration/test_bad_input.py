@@ -25,6 +25,7 @@ from pydantic import BaseModel
 from yarl import URL
 
 from server.auth.principal import Role
+from server.errors import Rule
 from server.signaling.protocol import CLIENT_TYPES, ClientMessage
 from server.workflow.queue.config import QueueConfig
 from tests.integration.test_http_api import Reply
@@ -63,11 +64,13 @@ VALID_BODIES: dict[str, dict[str, Any]] = {
         "page": 1,
     },
     "/api/v1/auditor/archives/{archive_id}/hold": {"held": True, "reason": "court order"},
+    "/api/v1/auditor/sessions/{session_id}/hold": {"held": True, "reason": "court order"},
     "/api/v1/queue/tickets": {"topic": "cards", "elderly": False},
     "/api/v1/queue/ticket/callback": {"phone": "13800138000"},
     "/api/v1/queue/me/status": {"status": "available"},
     "/api/v1/queue/tickets/{ticket_id}/assign": {"teller_id": "u_nobody"},
     "/api/v1/queue/tellers/{user_id}/skills": {"skills": ["wealth"]},
+    "/api/v1/staff/accounts/{account_id}/disable": {"reason": "left the bank"},
     "/api/v1/sessions/{session_id}/transactions": purchase(100),
     "/api/v1/transactions/{transaction_id}/override": {"reason": "checked by phone"},
     "/api/v1/transactions/{transaction_id}/reject": {"reason": "wrong amount"},
@@ -190,6 +193,7 @@ async def principals(server: RunningServer, n: int) -> Principals:
             "session_id": session_id,
             "transaction_id": created["transaction"]["id"],
             "user_id": me["user"]["id"],
+            "account_id": me["user"]["id"],
             "token": invited["invitation_url"].rsplit("/", 1)[1],
         },
     )
@@ -228,7 +232,15 @@ def explained(reply: Reply, path: str, what: str = "") -> Reply:
         error = reply.body.get("error")
         assert isinstance(error, dict) and isinstance(error.get("code"), str), (what, reply.body)
         assert isinstance(error.get("message"), str) and error["message"], (what, reply.body)
+        named(error, what)
     return reply
+
+
+def named(error: dict[str, Any], what: str) -> None:
+    """A refused field is named, with a rule of the closed set (docs/protocol.md)."""
+    if error["code"] == "invalid_request":
+        assert isinstance(error.get("field"), str) and error["field"], (what, error)
+        assert error.get("rule") in {rule.value for rule in Rule}, (what, error)
 
 
 def refused(reply: Reply, status: int, code: str, what: str) -> str:
@@ -236,6 +248,7 @@ def refused(reply: Reply, status: int, code: str, what: str) -> str:
     assert (reply.status, reply.code) == (status, code), (what, reply.status, reply.body)
     message = reply.body["error"]["message"]
     assert isinstance(message, str) and message, (what, reply.body)
+    named(reply.body["error"], what)
     return message
 
 
@@ -315,6 +328,7 @@ async def sweep_route(server: RunningServer, n: int, method: str, canonical: str
         reply = await request(client, method, bad_path, data, JSON)
         message = refused(reply, 400, "invalid_request", f"{method} {bad_path}")
         assert message.startswith(f"{variable}: ") and "NUL" in message, (bad_path, message)
+        assert (reply.body["error"]["field"], reply.body["error"]["rule"]) == (variable, "format")
         for segment in BAD_SEGMENTS:
             bad_path = world.path(canonical, **{variable: segment})
             reply = await request(client, method, bad_path, data, JSON)
@@ -340,6 +354,8 @@ async def _spoil_fields(
             # transaction.purchase.amount.minor; a wrong `kind` fails the whole transaction).
             field = message.split(": ", 1)[0].split(".")
             assert field[0] == where[0] and field[-1] in where, (what, message)
+            # `field` is where the body has it (no member name; the tag `kind` itself).
+            assert reply.body["error"]["field"] == ".".join(where), (what, reply.body)
 
 
 def _image(kind: str) -> bytes:

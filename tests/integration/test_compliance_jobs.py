@@ -21,7 +21,6 @@ from compliance.asr import ensure_model
 from compliance.cli import model_cache_dir
 from recorder.seal.keyring import LocalKeyring
 from recorder.seal.manifest import manifest_sha256
-from recorder.seal.sealer import ArchiveSealer
 from recorder.seal.signing import Signer
 from recorder.store.config import StoreSettings
 from recorder.store.s3 import ArchiveBucket, ArchiveUnavailableError, PutResult
@@ -38,6 +37,7 @@ from tests.integration.test_archive_store import bucket, store_settings
 from tests.integration.test_compliance_analysis import _call, _script
 from tests.integration.test_recording import _vteller
 from tests.support import server as support
+from tests.support.archive import seal_empty
 from tests.support.database import add_session, migrated_database
 
 __all__ = ["bucket", "store_settings"]  # fixtures
@@ -181,23 +181,11 @@ async def test_a_store_failure_mid_report_leaves_no_unsigned_report_and_is_retri
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     flaky = _FailsBetweenReportObjects.from_settings(store_settings)
-    sealer = ArchiveSealer(uuid.UUID(ARCHIVE), LocalKeyring.open(tmp_path / "k.json", create=True))
-    manifest = sealer.finish(
+    manifest = seal_empty(
+        ARCHIVE,
+        LocalKeyring.open(tmp_path / "k.json", create=True),
         Signer.open(tmp_path / "signing.pem", create=True),
-        session_id="s1",
-        business="wealth",
-        product=None,
-        participants=[],
-        marks=[],
-        tracks=[],
-        status="complete",
-        gaps=[],
-        identity=None,
-        compliance=None,
-        recorder_version="test",
-        created_at="2025-01-31T08:00:00.000Z",
-        finalized_at="2025-01-31T08:10:00.000Z",
-        previous_manifest_sha256=None,
+        "s1",
     )
     document = {
         "format": "vteller-compliance-report/1",

@@ -433,6 +433,15 @@ async def test_bad_input_is_refused_with_what_to_do(server: RunningServer) -> No
             "POST", path, {"transaction": good | {"amount": amount}}, expect=400
         )
         assert "currency" in refused["error"]["message"]
+    # The bank's own limits, checked by the service, name the field as the body's checks do.
+    over = {"minor": server.settings.workflow.max_amount_minor + 1, "currency": "CNY"}
+    for amount, field, rule in (
+        ({"minor": 100, "currency": "XYZ"}, "transaction.amount.currency", "choice"),
+        (over, "transaction.amount.minor", "range"),
+    ):
+        body = {"transaction": good | {"amount": amount}}
+        error = (await teller.call("POST", path, body, expect=400))["error"]
+        assert (error["code"], error["field"], error["rule"]) == ("invalid_request", field, rule)
     for change in ({"account": "12"}, {"kind": "loan"}, {"product_code": ""}, {"extra": 1}):
         await teller.call("POST", path, {"transaction": good | change}, expect=400)
     async with teller.http.post(

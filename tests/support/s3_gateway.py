@@ -3,7 +3,9 @@
 What a bank's authenticating S3 proxy (or a store that ignores the headers) does to an upload:
 the request is re-signed with the gateway's own credentials, so MinIO accepts it, and stores the
 object with the bucket's default retention (or none) instead of the one the client asked for.
-MinIO itself is real; only the headers in between are lost.
+MinIO itself is real; only the headers in between are lost. With `drop_legal_holds`, it also
+answers a request that sets an object's legal hold with success, without passing it on: a store
+that does not keep holds.
 """
 
 from __future__ import annotations
@@ -27,7 +29,12 @@ _HOP_BY_HOP = ("connection", "transfer-encoding", "content-length", "keep-alive"
 class StrippingS3Gateway:
     """Listens on 127.0.0.1 (`url`) and forwards to `endpoint` (http://host:port)."""
 
-    def __init__(self, endpoint: str, access_key: str, secret_key: str) -> None:
+    def __init__(
+        self, endpoint: str, access_key: str, secret_key: str, *, drop_legal_holds: bool = False
+    ) -> None:
+        # Read at each request: a test may let the store keep holds again.
+        self.drop_legal_holds = drop_legal_holds
+        gateway = self
         upstream = urlsplit(endpoint)
         credentials = Credentials(access_key, secret_key)
         pool = urllib3.PoolManager(retries=False)
@@ -35,6 +42,11 @@ class StrippingS3Gateway:
         class Handler(BaseHTTPRequestHandler):
             def _forward(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if gateway.drop_legal_holds and self.command == "PUT" and "legal-hold" in self.path:
+                    self.send_response(200)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 authorization = self.headers.get("Authorization", "")
                 signed = _SIGNED_HEADERS.search(authorization)
                 region = _REGION.search(authorization)

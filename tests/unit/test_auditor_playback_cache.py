@@ -74,3 +74,13 @@ def test_a_start_keeps_the_recording_that_went_to_make_room_meanwhile() -> None:
     assert cache.admit(prepared, "u_1") is prepared
     assert cache.admitted("a", "u_1") is prepared
     assert cache.get("b") is None and cache.get("c") is not None  # room made again, LRU first
+
+
+def test_a_dropped_recording_is_gone_for_every_viewer_at_once() -> None:
+    cache = PlaybackCache(capacity_bytes=1000, ttl_seconds=3600)
+    cache.admit(cache.put("a", _views(10)), "u_1")
+    cache.admit(cache.put("b", _views(10)), "u_1")
+    cache.drop("a")  # its archive was purged
+    assert cache.get("a") is None and cache.admitted("a", "u_1") is None
+    assert cache.admitted("b", "u_1") is not None  # the others stay
+    cache.drop("a")  # dropping what is not kept changes nothing

@@ -4,9 +4,16 @@ pages with has its words in both languages, so no English server text shows amon
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from inspect import isclass
 from pathlib import Path
+from typing import get_args
 
 import pytest
+from pydantic import BaseModel
+
+from server.api import bodies
+from server.errors import Rule
 
 I18N = Path(__file__).parents[2] / "web" / "common" / "i18n.js"
 # A text: '...' with \' escapes, or "..." (one line each).
@@ -113,9 +120,94 @@ def test_every_request_of_the_teller_panels_is_accounted_for() -> None:
     + ["error.delivery_not_failed", "error.webhook_disabled", "error.unknown_delivery"]
     # The call page's sales script, when the bank's scripts directory holds a broken one.
     + ["error.unknown_script"]
+    # The supervisor's staff accounts, acted on by another supervisor at the same time.
+    + ["error.already_disabled", "error.not_disabled", "error.unknown_user"]
     # Any action of any page when the audit log cannot be written (docs/audit-log.md).
     + ["error.audit_unavailable", "customerError.audit_unavailable"],
 )
 def test_refusals_on_the_staff_pages_are_worded_in_both_languages(key: str) -> None:
     for lang, texts in _texts().items():
         assert key in texts, f"{key} is missing from the {lang} texts of {I18N}"
+
+
+# The bodies the pages' forms send (server/api/bodies.py): all but NewUserBody and
+# NewPasswordBody, which only `vteller admin` and API clients send.
+FORM_BODIES = (
+    bodies.LoginBody,
+    bodies.InvitationBody,
+    bodies.ExpertBody,
+    bodies.ReviewBody,
+    bodies.ArchiveSearchBody,
+    bodies.LegalHoldBody,
+    bodies.QueueJoinBody,
+    bodies.CallbackBody,
+    bodies.TellerStatusBody,
+    bodies.TellerSkillsBody,
+    bodies.AssignBody,
+    bodies.TransactionBody,
+    bodies.OverrideBody,
+    bodies.RejectBody,
+    bodies.DisableAccountBody,
+)
+CJK = re.compile(r"[\u4e00-\u9fff]")
+
+
+def _fields(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> Iterator[str]:
+    """The `field` of a refusal of each of the model's fields, as its path in the body: an
+    object's fields, and those of each member of a tagged union, by their own paths."""
+    for name, info in model.model_fields.items():
+        kinds = get_args(info.annotation) or (info.annotation,)
+        members = [kind for kind in kinds if isclass(kind) and issubclass(kind, BaseModel)]
+        if not members:
+            yield ".".join((*prefix, name))
+        for member in members:
+            yield from _fields(member, (*prefix, name))
+
+
+FORM_FIELDS = frozenset(field for model in FORM_BODIES for field in _fields(model))
+
+
+def test_every_refused_field_of_the_pages_forms_is_worded_in_both_languages() -> None:
+    """Each field a form's body has, with each rule, reads as a sentence of the page's language
+    (invalidMessage in web/common/ui.js): the field's name and the rule's words, or the
+    field's own words for that rule; never the server's English among Chinese."""
+    fields = FORM_FIELDS
+    # Refused outside pydantic (server/workflow/transactions/service.py, the auditor's search):
+    # fields of these bodies too.
+    assert {"transaction.amount.currency", "transaction.amount.minor", "id_number"} <= fields
+    rules = {rule.value for rule in Rule}
+    for lang, texts in _texts().items():
+        unnamed = sorted(field for field in fields if f"field.{field}" not in texts)
+        assert not unnamed, f"no field.<name> in the {lang} texts for {unnamed}"
+        unworded = sorted(rule for rule in rules if f"invalid.{rule}" not in texts)
+        assert not unworded, f"no invalid.<rule> in the {lang} texts for {unworded}"
+        sentences = {key: text for key, text in texts.items() if key.startswith("invalid.")}
+        assert "{" not in sentences.pop("invalid.generic")
+        for key, text in sentences.items():
+            assert "{field}" in text, (lang, key, text)
+            own = key.removeprefix("invalid.")
+            if "." in own:  # a field's own words for a rule
+                field, rule = own.rsplit(".", 1)
+                assert field in fields and rule in rules, f"{key}: no such field or rule"
+        if lang == "zh-CN":
+            names = {key: text for key, text in texts.items() if key.startswith("field.")}
+            shown = sentences | names
+            english = sorted(key for key, text in shown.items() if not CJK.search(text))
+            assert not english, english
+
+
+def test_every_input_marked_with_a_field_names_one_of_the_forms_fields() -> None:
+    """`data-field` (HTML) and `dataset.field` (scripts) say which API field an input is for:
+    the input a refusal of that field marks (showErrorText in web/common/ui.js)."""
+    fields = FORM_FIELDS
+    marked = {
+        field
+        for page in I18N.parents[1].rglob("*.*")
+        if page.suffix in (".html", ".js")
+        for field in re.findall(
+            r"""data-field="([\w.]+)"|dataset\.field = '([\w.]+)'""", page.read_text("utf-8")
+        )
+    }
+    found = {html or script for html, script in marked}
+    assert {"transaction.amount.minor", "customer_name", "reason", "note"} <= found
+    assert found <= fields, found - fields

@@ -17,7 +17,7 @@ import pytest
 
 from server.auth.principal import Role
 from server.sfu.rooms import CLOSE_REPLACED, Member
-from tests.support.rooms import Call, teller_in_call
+from tests.support.rooms import Call, Connection, teller_in_call
 
 
 async def test_a_first_join_that_fails_part_way_is_undone_and_can_be_sent_again() -> None:
@@ -97,14 +97,10 @@ async def test_a_second_tab_whose_join_fails_leaves_the_member_dropped() -> None
         second_tab, second = call.connect("p_c", Role.CUSTOMER)
         await second_tab.handle('{"v":1,"type":"join"}')
         assert first.closed_with == CLOSE_REPLACED and second.errors() == ["internal"]
-        room = call.rooms.get("s_1")
-        assert room is not None
-        member = room.members["p_c"]
-        assert member.connection is None and member.peer is None and member.grace is not None
-        left = [m for m in teller.sent if m["type"] == "participant_left"]
-        assert [(m["participant_id"], m["reason"]) for m in left] == [("p_c", "disconnected")]
+        member = customer_dropped(call, teller)
         await second_tab.handle('{"v":1,"type":"join"}')
-        assert room.holds("p_c", second) and member.grace is None
+        room = call.rooms.get("s_1")
+        assert room is not None and room.holds("p_c", second) and member.grace is None
     finally:
         await call.close()
 
@@ -126,10 +122,8 @@ async def test_a_second_tab_cancelled_while_closing_the_first_leaves_the_member_
         second_tab, _ = call.connect("p_c", Role.CUSTOMER)
         with pytest.raises(asyncio.CancelledError):
             await second_tab.handle('{"v":1,"type":"join"}')
-        assert member.connection is None and member.peer is None and member.grace is not None
+        assert customer_dropped(call, teller) is member
         assert first_peer.pc.connectionState == "closed"
-        left = [m for m in teller.sent if m["type"] == "participant_left"]
-        assert [(m["participant_id"], m["reason"]) for m in left] == [("p_c", "disconnected")]
         assert call.audit.entries[-1] == (
             "session.join_failed",
             "p_c",
@@ -149,12 +143,7 @@ async def test_the_others_are_told_of_an_undone_rejoin_the_database_cannot_recor
         second_tab, second = call.connect("p_c", Role.CUSTOMER)
         await second_tab.handle('{"v":1,"type":"join"}')
         assert second.errors() == ["internal"] and call.store.fail == set()
-        room = call.rooms.get("s_1")
-        assert room is not None
-        member = room.members["p_c"]
-        assert member.connection is None and member.peer is None and member.grace is not None
-        left = [m for m in teller.sent if m["type"] == "participant_left"]
-        assert [(m["participant_id"], m["reason"]) for m in left] == [("p_c", "disconnected")]
+        customer_dropped(call, teller)
     finally:
         await call.close()
 
@@ -248,3 +237,15 @@ async def test_a_rejoin_of_a_member_after_a_retired_room_is_a_fresh_join() -> No
         assert call.rooms.get("s_1") is not retired
     finally:
         await call.close()
+
+
+def customer_dropped(call: Call, teller: Connection) -> Member:
+    """The customer is still a member of the room, dropped (no connection, no peer, the grace
+    running), and the teller was told once that they left."""
+    room = call.rooms.get("s_1")
+    assert room is not None
+    member = room.members["p_c"]
+    assert member.connection is None and member.peer is None and member.grace is not None
+    left = [m for m in teller.sent if m["type"] == "participant_left"]
+    assert [(m["participant_id"], m["reason"]) for m in left] == [("p_c", "disconnected")]
+    return member

@@ -303,6 +303,31 @@ def test_previous_manifest_link(setup: Setup, tmp_path: Path) -> None:
     assert found == ["manifest: names no previous manifest, but one was given"]
 
 
+def test_the_link_to_a_purged_manifest_is_checked_against_its_hash(
+    setup: Setup, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The predecessor is gone at the end of its retention; its tombstone keeps the hash.
+    seal(setup, tmp_path / "a")
+    first = (tmp_path / "a" / MANIFEST_OBJECT).read_bytes()
+    seal(setup, tmp_path / "b", previous=first)
+    digest = manifest_sha256(first)
+    report = check(setup, tmp_path / "b", previous_sha256=digest.upper())
+    assert report.ok and any("against its SHA-256 alone" in note for note in report.notes)
+    found = problems(check(setup, tmp_path / "b", previous_sha256="0" * 64))
+    assert found == [
+        f"manifest: previous_manifest_sha256 is {digest}, but the given previous manifest "
+        f"SHA-256 is {'0' * 64}"
+    ]
+    key = tmp_path / "bank.pem"
+    key.write_bytes(setup.signer.public_key_pem())
+    keys = ["--keys", str(key)]
+    assert vteller(["verify", *keys, "--previous-sha256", digest, str(tmp_path / "b")]) == 0
+    assert vteller(["verify", *keys, "--previous-sha256", "0" * 64, str(tmp_path / "b")]) == 1
+    with pytest.raises(SystemExit) as refused:
+        vteller(["verify", "--previous-sha256", "not-a-hash", str(tmp_path / "b")])
+    assert refused.value.code == 2 and "64 hexadecimal digits" in capsys.readouterr().err
+
+
 def test_export_package_verifies(setup: Setup, tmp_path: Path) -> None:
     manifest = seal(setup, tmp_path / "a")
     out = export_archive(

@@ -1,5 +1,7 @@
 // Auditor portal: search archives, open one (verified by the server), play it with the viewer's
 // watermark over the players, jump to the key moments, export, set or clear a legal hold.
+// Auditors also look up a session that was never recorded, by its id, and hold its evidence
+// (identity records, customer data) against the purge at the end of its retention.
 // `/auditor/?archive=ID&moment=MOMENT` (the supervisor's review queue links here) opens that
 // archive directly, and playback, once started, begins at the moment's start mark.
 import { get, post } from '/static/common/api.js';
@@ -11,7 +13,14 @@ const $ = (id) => document.getElementById(id);
 // archives whose packages the server is writing for this page.
 const state = {
   user: null, query: {}, page: 1, pages: 1, opened: null, archive: null, players: [], target: null,
-  exporting: new Set(),
+  exporting: new Set(), session: null,
+};
+// The two legal-hold forms: an archive's (archive view) and a session's never recorded.
+const HOLD_FORMS = {
+  archive: { state: 'hold-state', reason: 'hold-reason', error: 'hold-error', submit: 'hold-submit' },
+  session: {
+    state: 'session-status', reason: 'session-hold-reason', error: 'session-hold-error', submit: 'session-hold-submit',
+  },
 };
 
 function show(view) {
@@ -289,12 +298,54 @@ function showTarget(title = state.target) {
   }
 }
 
-function renderHold(hold) {
+/** The hold's state in `form` (HOLD_FORMS) and its button, which sets or clears it. */
+function renderHold(hold, form = HOLD_FORMS.archive, words = ['auditor.holdOn', 'auditor.holdOff']) {
   const held = Boolean(hold?.held);
-  if (held) translate($('hold-state'), 'auditor.holdOn', { reason: hold.reason });
-  else translate($('hold-state'), 'auditor.holdOff');
-  translate($('hold-submit'), held ? 'auditor.holdClear' : 'auditor.holdSet');
-  $('hold-submit').dataset.held = String(held);
+  if (held) translate($(form.state), words[0], { reason: hold.reason });
+  else translate($(form.state), words[1]);
+  translate($(form.submit), held ? 'auditor.holdClear' : 'auditor.holdSet');
+  $(form.submit).dataset.held = String(held);
+}
+
+/** A session never recorded: what it holds, and its hold (or why none can be set). */
+function renderSession(session) {
+  state.session = session;
+  translate($('session-summary'), 'auditor.sessionSummary', {
+    id: session.id,
+    business: { t: `business.${session.business}` },
+    ended: session.ended_at ? dateTime(session.ended_at) : '—',
+  });
+  const list = $('session-attempts');
+  if (!resetList(list, session.identity, 'auditor.sessionNoAttempts')) {
+    list.append(...session.identity.map((attempt) => translate(document.createElement('li'), 'auditor.sessionAttempt', {
+      step: { t: `identity.step.${attempt.step}` },
+      outcome: { t: `auditor.identity.${attempt.outcome}` },
+      reason: attempt.reason,
+      at: dateTime(attempt.at),
+    })));
+  }
+  // Nothing to hold here: a recorded session is held through its archive, an erased one is gone.
+  const holdable = session.hold.held || (session.sealed_archives.length === 0 && !session.erased);
+  $('session-hold-form').hidden = !holdable;
+  if (holdable) renderHold(session.hold, HOLD_FORMS.session, ['auditor.sessionHoldOn', 'auditor.sessionHoldOff']);
+  else if (session.erased) translate($('session-status'), 'auditor.sessionErased');
+  else translate($('session-status'), 'auditor.sessionRecorded', { archives: session.sealed_archives.join(', ') });
+  $('session-found').hidden = false;
+}
+
+async function lookUpSession(event) {
+  event.preventDefault();
+  const sessionId = $('session-id').value.trim();
+  clearText($('session-error'));
+  clearText($('session-hold-error'));
+  $('session-found').hidden = true;
+  if (!sessionId) return;
+  try {
+    const { session } = await get(`/api/v1/auditor/sessions/${encodeURIComponent(sessionId)}`);
+    renderSession(session);
+  } catch (err) {
+    showErrorText($('session-error'), err);
+  }
 }
 
 function updateWatermark() {
@@ -411,27 +462,26 @@ async function exportPackage() {
   }
 }
 
-async function changeHold(event) {
-  event.preventDefault();
-  const reason = $('hold-reason').value.trim();
-  const errorBox = $('hold-error');
+/** Set or clear the hold of `form` (HOLD_FORMS) at `url`; `done(hold)` shows the new state. */
+async function changeHold(form, url, done) {
+  const reason = $(form.reason).value.trim();
+  const errorBox = $(form.error);
   clearText(errorBox);
   if (reason.length < 4) {
     translate(errorBox, 'auditor.holdReasonMissing');
     return;
   }
-  const held = $('hold-submit').dataset.held !== 'true';
-  const archiveId = state.archive.archive.archive_id;
-  $('hold-submit').disabled = true;
+  const held = $(form.submit).dataset.held !== 'true';
+  $(form.submit).disabled = true;
   try {
-    const { hold } = await post(`/api/v1/auditor/archives/${encodeURIComponent(archiveId)}/hold`, { held, reason });
-    renderHold(hold);
-    $('hold-reason').value = '';
+    const { hold } = await post(url, { held, reason });
+    done(hold);
+    $(form.reason).value = '';
     toast(t('auditor.holdDone'), 'success');
   } catch (err) {
     showErrorText(errorBox, err);
   } finally {
-    $('hold-submit').disabled = false;
+    $(form.submit).disabled = false;
   }
 }
 
@@ -448,6 +498,7 @@ async function start() {
     $('user-name').textContent = user.display_name || user.username;
     translate($('user-role'), `role.${user.role}`);
     show('search');
+    $('session-hold').hidden = user.role !== 'auditor';
     const link = new URLSearchParams(window.location.search);
     if (link.get('archive')) await openArchive(link.get('archive'), link.get('moment'));
     else await search(1);
@@ -478,6 +529,18 @@ $('back').addEventListener('click', () => {
 });
 $('play').addEventListener('click', play);
 $('export').addEventListener('click', exportPackage);
-$('hold-form').addEventListener('submit', changeHold);
+$('hold-form').addEventListener('submit', (event) => {
+  event.preventDefault();
+  const archiveId = state.archive.archive.archive_id;
+  changeHold(HOLD_FORMS.archive, `/api/v1/auditor/archives/${encodeURIComponent(archiveId)}/hold`, (hold) => renderHold(hold));
+});
+$('session-lookup').addEventListener('submit', lookUpSession);
+$('session-hold-form').addEventListener('submit', (event) => {
+  event.preventDefault();
+  const { session } = state;
+  changeHold(HOLD_FORMS.session, `/api/v1/auditor/sessions/${encodeURIComponent(session.id)}/hold`, (hold) => {
+    renderSession({ ...session, hold });
+  });
+});
 setInterval(updateWatermark, 1000);
 start();

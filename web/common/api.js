@@ -4,12 +4,15 @@ let csrfToken = null;
 const STATE_CHANGING = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
 
 export class ApiError extends Error {
-  constructor(code, message, status, retryAfter = null) {
+  /** `field` and `rule`: what an `invalid_request` refuses (docs/protocol.md), else null. */
+  constructor(code, message, status, retryAfter = null, { field = null, rule = null } = {}) {
     super(message || code);
     this.name = 'ApiError';
     this.code = code;
     this.status = status;
     this.retryAfter = retryAfter;
+    this.field = typeof field === 'string' ? field : null;
+    this.rule = typeof rule === 'string' ? rule : null;
   }
 }
 
@@ -46,7 +49,7 @@ async function request(method, path, body, contentType = 'application/json') {
     const error = data?.error ?? {};
     const retryAfter = Number(response.headers.get('Retry-After')) || null;
     throw new ApiError(error.code ?? `http_${response.status}`, error.message ?? response.statusText,
-      response.status, retryAfter);
+      response.status, retryAfter, error);
   }
   // Login, /auth/me, the join call and /customer/me all hand out the token the next POST needs.
   if (data && typeof data.csrf_token === 'string') csrfToken = data.csrf_token;

@@ -67,19 +67,76 @@ function errorKey(err) {
   return !customerPage && message && message !== code ? null : 'error.generic';
 }
 
+/** `field`, then the fields holding it: `transaction.details.description`,
+ * `transaction.details`, `transaction` (`skills.0`: the list `skills`). */
+function* fieldAndParents(field) {
+  for (const parts = field.split('.'); parts.length; parts.pop()) yield parts.join('.');
+}
+
+/** A refused field (`invalid_request` with `field` and `rule`, docs/protocol.md) in the page's
+ * words: the field's name as the form shows it (`field.<field>` in i18n.js) and what is wrong,
+ * in words of that field's own (`invalid.<field>.<rule>`) or the rule's (`invalid.<rule>`).
+ * [key, args]; a field or rule the page has no words for gets a general sentence, never the
+ * server's English. */
+function invalidMessage({ field, rule }) {
+  const named = field && [...fieldAndParents(field)].find((name) => has(`field.${name}`));
+  if (!named || !has(`invalid.${rule}`)) return ['invalid.generic'];
+  const own = `invalid.${named}.${rule}`;
+  return [has(own) ? own : `invalid.${rule}`, { field: { t: `field.${named}` } }];
+}
+
+/** [key, args] of the text for an ApiError, a signaling error message or any Error; null when
+ * only the server's own text says what went wrong. */
+function errorMessage(err) {
+  if (err?.code === 'invalid_request') return invalidMessage(err);
+  const key = errorKey(err);
+  return key && [key];
+}
+
 /** Human-readable text for an ApiError, a signaling error message or any Error. */
 export function errorText(err) {
-  const key = errorKey(err);
-  return key ? t(key) : err.message;
+  const message = errorMessage(err);
+  return message ? t(...message) : err.message;
+}
+
+/** The input a refused field was typed in (`data-field` names the API's field), within `scope`. */
+function fieldInput(scope, field) {
+  for (const name of fieldAndParents(field)) {
+    const input = scope.querySelector(`[data-field="${CSS.escape(name)}"]`);
+    if (input) return input;
+  }
+  return null;
+}
+
+/** Mark the input of the field `err` refuses, if `element`'s form has it: red (aria-invalid),
+ * described by the error and focused, so that the reader sees where; until it is changed. */
+function markInput(element, err) {
+  const scope = element.closest('form') ?? element.parentElement ?? document;
+  for (const marked of scope.querySelectorAll('[data-field][aria-invalid="true"]')) unmark(marked);
+  const input = err?.code === 'invalid_request' && err.field ? fieldInput(scope, err.field) : null;
+  if (!input || input.closest('[hidden]')) return;
+  input.setAttribute('aria-invalid', 'true');
+  if (element.id) input.setAttribute('aria-errormessage', element.id);
+  const changed = () => unmark(input);
+  input.addEventListener('input', changed, { once: true });
+  input.addEventListener('change', changed, { once: true });
+  input.focus();
+}
+
+function unmark(input) {
+  input.removeAttribute('aria-invalid');
+  input.removeAttribute('aria-errormessage');
 }
 
 /** Show an error in `element`: translated (and following a language switch) when there is a
  * message for it, otherwise the server's own text, and never an earlier message's key. The same
- * error again (a poll failing every few seconds) leaves the alert as it is, not read out anew. */
+ * error again (a poll failing every few seconds) leaves the alert as it is, not read out anew.
+ * A refused field's input in `element`'s form is marked and focused. */
 export function showErrorText(element, err) {
-  const key = errorKey(err);
-  if (key) translate(element, key);
+  const message = errorMessage(err);
+  if (message) translate(element, ...message);
   else if (element.dataset.i18n || element.textContent !== err.message) clearText(element).textContent = err.message;
+  markInput(element, err);
 }
 
 function toastRegion() {

@@ -5,7 +5,7 @@ import { get, post } from '/static/common/api.js';
 import { clearText, t, translate } from '/static/common/i18n.js';
 import { actionButton as button, formatTime, toast, showErrorText } from '/static/common/ui.js';
 import { REJECT_REASON_MIN, renderChecks, showDescription, showState } from '/static/common/transactions.js';
-import { poller } from '/static/staff/poller.js';
+import { supervisorPanel } from '/static/staff/poller.js';
 
 const $ = (id) => document.getElementById(id);
 const REFRESH_MS = 10000;
@@ -14,7 +14,9 @@ const REFRESH_MS = 10000;
 // anew with its buttons enabled meanwhile.
 const deciding = new Set();
 
-const polling = poller({
+const panel = supervisorPanel({
+  panelId: 'approvals-panel',
+  rowsId: 'approvals-list',
   load: async () => {
     const { transactions } = await get('/api/v1/transactions');
     render(transactions);
@@ -25,20 +27,8 @@ const polling = poller({
   skip: () => deciding.size > 0
     || [...document.querySelectorAll('.approval-reason')].some((el) => el.value.trim()),
 });
-const refresh = polling.refresh;
-
-export function show(user) {
-  hide();
-  if (user.role !== 'supervisor') return;
-  $('approvals-panel').hidden = false;
-  polling.start();
-}
-
-export function hide() {
-  polling.stop();
-  $('approvals-panel').hidden = true;
-  $('approvals-list').replaceChildren();
-}
+const { refresh } = panel;
+export const { show, hide } = panel;
 
 function render(transactions) {
   const list = $('approvals-list');
@@ -74,6 +64,7 @@ function item(view) {
   const reason = document.createElement('textarea');
   reason.id = `reason-${view.id}`;
   reason.className = 'approval-reason';
+  reason.dataset.field = 'reason';
   reason.rows = 2;
   reason.maxLength = 2000;
   const error = document.createElement('p');

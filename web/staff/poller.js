@@ -34,3 +34,22 @@ export function poller({ load, errorId, everyMs, skip = () => false }) {
     },
   };
 }
+
+/** A supervisor's panel refreshed by a poller (the options above): shown to supervisors only,
+ * emptied when hidden; `onHide` forgets what else the panel keeps. Returns show, hide, refresh. */
+export function supervisorPanel({ panelId, rowsId, onHide = () => {}, ...polling }) {
+  const { start, stop, refresh } = poller(polling);
+  function hide() {
+    stop();
+    onHide();
+    document.getElementById(panelId).hidden = true;
+    document.getElementById(rowsId).replaceChildren();
+  }
+  function show(user) {
+    hide();
+    if (user.role !== 'supervisor') return;
+    document.getElementById(panelId).hidden = false;
+    start();
+  }
+  return { show, hide, refresh };
+}

@@ -4,7 +4,7 @@
 import { get, post } from '/static/common/api.js';
 import { clearText, t, translate } from '/static/common/i18n.js';
 import { actionButton as button, formatTime, toast, showErrorText } from '/static/common/ui.js';
-import { poller } from '/static/staff/poller.js';
+import { supervisorPanel } from '/static/staff/poller.js';
 
 const $ = (id) => document.getElementById(id);
 const REFRESH_MS = 15000;
@@ -14,7 +14,10 @@ const MAX_EXCERPT = 3; // transcript segments shown per line; the full report ha
 // A signed report never changes: each archive's is fetched once per page.
 const reports = new Map();
 
-const polling = poller({
+const panel = supervisorPanel({
+  panelId: 'reviews-panel',
+  rowsId: 'reviews-list',
+  onHide: () => reports.clear(),
   load: async () => {
     const { reviews } = await get('/api/v1/reviews?state=open');
     const moments = await momentsOf(reviews);
@@ -25,20 +28,7 @@ const polling = poller({
   // A supervisor writing a note keeps what they wrote: no refresh while a note has text.
   skip: () => [...document.querySelectorAll('.review-note')].some((el) => el.value.trim()),
 });
-
-export function show(user) {
-  hide();
-  if (user.role !== 'supervisor') return;
-  $('reviews-panel').hidden = false;
-  polling.start();
-}
-
-export function hide() {
-  polling.stop();
-  $('reviews-panel').hidden = true;
-  $('reviews-list').replaceChildren();
-  reports.clear();
-}
+export const { show, hide } = panel;
 
 /** The report's moment for each review (undefined where the report cannot be read). */
 async function momentsOf(reviews) {
@@ -106,6 +96,7 @@ function item(review, moment) {
   const note = document.createElement('textarea');
   note.id = `review-note-${review.id}`;
   note.className = 'review-note';
+  note.dataset.field = 'note';
   note.rows = 2;
   note.maxLength = 1000;
   field.append(label, note);
@@ -156,7 +147,7 @@ async function decide(id, decision, noteField, error) {
     // Gone at once, even when another item's unsent note holds the refresh back.
     noteField.closest('li').remove();
     $('reviews-empty').hidden = $('reviews-list').children.length > 0;
-    await polling.refresh();
+    await panel.refresh();
   } catch (err) {
     for (const el of buttons) el.disabled = false;
     showErrorText(error, err);

@@ -7,6 +7,7 @@ import * as queueDashboard from '/static/staff/dashboard.js';
 import * as webhookPanel from '/static/staff/webhooks.js';
 import * as approvals from '/static/staff/approvals.js';
 import * as reviews from '/static/staff/reviews.js';
+import * as accounts from '/static/staff/accounts.js';
 
 const $ = (id) => document.getElementById(id);
 const REFRESH_MS = 3000;
@@ -34,6 +35,7 @@ function showLogin(err = null) {
   webhookPanel.hide();
   approvals.hide();
   reviews.hide();
+  accounts.hide();
   document.body.dataset.view = 'login';
   $('login-view').hidden = false;
   $('dashboard').hidden = true;
@@ -62,6 +64,7 @@ function showDashboard(user) {
   webhookPanel.show(user);
   approvals.show(user);
   reviews.show(user);
+  accounts.show(user);
   $('sessions-panel').hidden = !view;
   $('info-panel').hidden = Boolean(view);
   if (view) {

@@ -177,6 +177,7 @@ export class TransactionPanel {
     const reason = document.createElement('textarea');
     reason.id = label.htmlFor;
     reason.className = 'tx-reject-reason';
+    reason.dataset.field = 'reason';
     reason.rows = 2;
     reason.maxLength = 1000;
     const error = document.createElement('p');

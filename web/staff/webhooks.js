@@ -3,7 +3,7 @@
 import { get, post } from '/static/common/api.js';
 import { t, translate } from '/static/common/i18n.js';
 import { confirmDialog, errorText, formatTime, toast } from '/static/common/ui.js';
-import { poller } from '/static/staff/poller.js';
+import { supervisorPanel } from '/static/staff/poller.js';
 
 const $ = (id) => document.getElementById(id);
 const REFRESH_MS = 10000;
@@ -15,21 +15,15 @@ const BADGES = {
   disabled: 'state-ended',
 };
 
-const polling = poller({ load, errorId: 'webhook-error', everyMs: REFRESH_MS });
-const refresh = polling.refresh;
-
-export function show(user) {
-  hide();
-  if (user.role !== 'supervisor') return;
-  $('webhook-panel').hidden = false;
-  polling.start();
-}
-
-export function hide() {
-  polling.stop();
-  $('webhook-panel').hidden = true;
-  $('webhook-rows').replaceChildren();
-}
+const panel = supervisorPanel({
+  panelId: 'webhook-panel',
+  rowsId: 'webhook-rows',
+  load,
+  errorId: 'webhook-error',
+  everyMs: REFRESH_MS,
+});
+const { refresh } = panel;
+export const { show, hide } = panel;
 
 async function load() {
   const { enabled, deliveries } = await get('/api/v1/webhooks/deliveries?limit=50');

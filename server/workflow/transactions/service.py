@@ -49,7 +49,7 @@ from server.db.models import (
     new_id,
     utcnow,
 )
-from server.errors import ApiError
+from server.errors import ApiError, Rule, invalid
 from server.recording.room import Audience
 from server.signaling.protocol import server_message
 from server.workflow.transactions.approvals import approval_record, sign_approval
@@ -206,17 +206,17 @@ class Transactions:
         assert teller.user_id is not None
         if isinstance(request, Purchase):
             if request.amount.currency not in self.config.currencies:
-                raise ApiError(
-                    400,
-                    "invalid_request",
-                    f"transaction.amount.currency: {request.amount.currency} is not accepted; "
+                raise invalid(
+                    "transaction.amount.currency",
+                    Rule.CHOICE,
+                    f"{request.amount.currency} is not accepted; "
                     f"use one of {', '.join(self.config.currencies)}.",
                 )
             if request.amount.minor > self.config.max_amount_minor:
-                raise ApiError(
-                    400,
-                    "invalid_request",
-                    "transaction.amount.minor: larger than this service accepts "
+                raise invalid(
+                    "transaction.amount.minor",
+                    Rule.RANGE,
+                    "larger than this service accepts "
                     f"({self.config.max_amount_minor} minor units).",
                 )
         row = Transaction(

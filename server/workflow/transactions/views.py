@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from server.db.models import Transaction
+from server.db.models import ERASED, Transaction
 
 
 def _mask_account(account: str) -> str:
     """6222020200112233445 -> ****3445: the end is how a customer or a supervisor recognises an
-    account; the rest would let a page's reader use it."""
-    return "****" + account[-4:]
+    account; the rest would let a page's reader use it. An account erased at the end of its
+    retention (server/auditor/purge.py) is shown as such."""
+    return account if account == ERASED else "****" + account[-4:]
 
 
 def _masked(content: dict[str, Any]) -> dict[str, Any]:

@@ -186,6 +186,13 @@ class DeliveryRecords:
                 "delivery_not_failed",
                 f"This delivery is {self._status(row)['state']}: only a failed one can be retried.",
             )
+        if not row.body:
+            raise ApiError(
+                409,
+                "delivery_purged",
+                "This delivery's content was erased at the end of its retention "
+                "(vteller archive purge): there is nothing left to send.",
+            )
         # Logged first: if the retry cannot be audited it does not happen.
         await self._audit.append(
             "webhook.retried",
