@@ -94,6 +94,7 @@ async def create_app(settings: Settings) -> web.Application:
         recorder.bucket if isinstance(recorder.bucket, ArchiveBucket) else None,
         recorder.keyring,
         audit,
+        unrecorded_retention_days=settings.identity.unrecorded_retention_days,
     )
     identity = IdentityServices(
         engines=IdentityEngines(settings.identity),

@@ -3,8 +3,8 @@
 
 Auditors may do all of it. Supervisors may search, open and play archives (they review the
 moments the analysis could not decide, and need to see them), but neither export a package nor
-change a legal hold, nor look up sessions to hold. Admins, tellers, experts and customers are
-refused everything.
+change a legal hold, nor list or look up sessions to hold. Admins, tellers, experts and
+customers are refused everything.
 """
 
 from __future__ import annotations
@@ -18,10 +18,17 @@ from aiohttp import web
 
 from recorder.seal.manifest import Manifest
 from server.api.access import require
-from server.api.bodies import ArchiveSearchBody, LegalHoldBody, parse
+from server.api.bodies import (
+    ArchiveSearchBody,
+    LegalHoldBody,
+    UnrecordedSessionsQuery,
+    parse,
+    parse_query,
+)
 from server.auditor.exporting import DOWNLOAD_SECONDS, PackageZip
 from server.auditor.idhash import CardNameError, IdNumberError
 from server.auditor.index import SearchQuery
+from server.auditor.purge import UnrecordedQuery
 from server.auditor.service import Actor, AuditorPortal, PortalError
 from server.auth.principal import Role
 from server.context import services
@@ -277,6 +284,15 @@ async def _change_hold(request: web.Request, key: str, change: HoldChange) -> we
 @routes.post("/api/v1/auditor/archives/{archive_id}/hold")
 async def legal_hold(request: web.Request) -> web.Response:
     return await _change_hold(request, "archive_id", _portal(request).set_hold)
+
+
+@routes.get("/api/v1/auditor/sessions")
+async def unrecorded_sessions(request: web.Request) -> web.Response:
+    # A GET: its criteria are days and an identity outcome, nothing that must stay out of URLs.
+    actor = await _actor(request, Role.AUDITOR, action="list sessions to hold")
+    query = parse_query(request, UnrecordedSessionsQuery)
+    found, more = await _portal(request).unrecorded(actor, UnrecordedQuery(**query.model_dump()))
+    return web.json_response({"sessions": found, "more": more, "limit": query.limit})
 
 
 @routes.get("/api/v1/auditor/sessions/{session_id}")

@@ -14,6 +14,8 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 from pydantic_core import ErrorDetails
@@ -98,6 +100,24 @@ class ArchiveSearchBody(_Strict):
         return self
 
 
+class UnrecordedSessionsQuery(_Strict):
+    """The auditor's list of sessions never recorded: a query string (parse_query), whose
+    values are text, so the number is not strict. Days and an outcome: nothing of a person."""
+
+    date_from: date | None = None
+    date_to: date | None = None
+    identity: Literal["failed", "passed", "none", "all"] = "all"
+    limit: int = Field(50, ge=1, le=200)
+
+    @field_validator("date_to")
+    @classmethod
+    def _not_before_date_from(cls, date_to: date | None, info: ValidationInfo) -> date | None:
+        date_from = info.data.get("date_from")
+        if date_to and date_from and date_to < date_from:
+            raise ValueError("date_to is before date_from")
+        return date_to
+
+
 class LegalHoldBody(_Strict):
     held: bool = Field(strict=True)
     reason: str = Field(min_length=4, max_length=500)
@@ -151,6 +171,16 @@ async def parse(request: web.Request, model: type[Body]) -> Body:
     except ValueError as exc:
         # The one ValueError left: an integer longer than Python converts (sys.int_info).
         raise _bad_json("a number has too many digits") from exc
+    return _validated(model, raw)
+
+
+def parse_query(request: web.Request, model: type[Body]) -> Body:
+    """The request's query string as `model` (each parameter's first value), refused as a
+    body's fields are: 400 invalid_request naming the parameter and its rule."""
+    return _validated(model, dict(request.query))
+
+
+def _validated(model: type[Body], raw: Any) -> Body:
     try:
         body = model.model_validate(raw)
     except ValidationError as exc:

@@ -87,6 +87,8 @@ ACTIONS: dict[str, str] = {
     "auditor.hold_set": "a legal hold was set on every object of an archive (target: archive "
     "id; detail.reason, objects)",
     "auditor.hold_cleared": "a legal hold was cleared (target: archive id; detail.reason, objects)",
+    "auditor.sessions_listed": "an auditor listed the sessions never recorded whose evidence "
+    "is not erased yet (detail.date_from, date_to, identity, limit, results, more)",
     "auditor.session_viewed": "an auditor looked up a session to hold its evidence (target: "
     "session id; detail.identity_records, held)",
     "auditor.session_hold_set": "a legal hold was set on a session never recorded: `vteller "

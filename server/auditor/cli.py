@@ -47,7 +47,9 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "index entries, and leaves a tombstone (archive id, manifest sha256, retain-until, when, "
         "by whom) and an archive.purged audit entry. Identity records of sessions never "
         "recorded go identity.unrecorded_retention_days after the session ended "
-        "(identity.purged), unless an auditor put the session under legal hold. An "
+        "(identity.purged), with the customer's other data but for approved transactions, "
+        "which go workflow.transaction_retention_days after it, unless an auditor put the "
+        "session under legal hold. An "
         "interrupted run is finished by the next. Exits 0 when everything due was deleted (or "
         "listed), 1 when something due could not be, 2 when the database or the store cannot "
         "be used.",
@@ -76,6 +78,7 @@ async def _run(apply: bool, settings: Settings) -> int:
             ExportSpool(settings.data_dir / "exports"),
             actor=operator(),
             unrecorded_retention_days=settings.identity.unrecorded_retention_days,
+            transaction_retention_days=settings.workflow.transaction_retention_days,
         )
         if apply:
             for archive_id in await purger.unaudited():
@@ -108,7 +111,7 @@ async def _run(apply: bool, settings: Settings) -> int:
                 continue
             print(
                 f"erased the customer data of unrecorded session {session.session_id}, "
-                f"{records} identity record(s)"
+                f"{records} identity record(s){_approved(session)}"
             )
         return 1 if failed else 0
 
@@ -173,9 +176,14 @@ def _print_archive(candidate: ArchiveCandidate) -> None:
         print(f"kept  {what}: {candidate.kept}")
 
 
+def _approved(session: SessionCandidate) -> str:
+    return f", {session.transactions} approved transaction(s)" if session.transactions else ""
+
+
 def _print_session(session: SessionCandidate) -> None:
     what = (
         f"customer data of unrecorded session {session.session_id} "
-        f"({session.records} identity record(s)), ended {_day(session.ended_at)}"
+        f"({session.records} identity record(s){_approved(session)}), "
+        f"ended {_day(session.ended_at)}"
     )
     print(f"due   {what}" if session.kept is None else f"kept  {what}: {session.kept}")

@@ -17,11 +17,12 @@ import asyncio
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 
 import structlog
 from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy.orm import aliased
 
 from recorder.seal.canonical import canonical_json
 from recorder.seal.manifest import MANIFEST_OBJECT
@@ -48,6 +49,7 @@ from server.db.models import (
     SessionHoldRecord,
     Transaction,
     TransactionDecision,
+    User,
     WebhookDelivery,
     utcnow,
 )
@@ -82,6 +84,9 @@ class SessionCandidate:
     ended_at: datetime
     records: int
     kept: str | None
+    # Approved transactions erased with the rest: those of a session that ended more than
+    # `transaction_retention_days` ago (0 before: they stay whole).
+    transactions: int = 0
 
 
 @dataclass(frozen=True)
@@ -124,6 +129,7 @@ class Purger:
         *,
         actor: str,
         unrecorded_retention_days: int,
+        transaction_retention_days: int,
         now: Callable[[], datetime] = utcnow,
     ) -> None:
         self._db = db
@@ -134,6 +140,7 @@ class Purger:
         self._session_holds = SessionHolds(db)
         self._actor = actor
         self._unrecorded = timedelta(days=unrecorded_retention_days)
+        self._transactions = timedelta(days=transaction_retention_days)
         self._now = now
         self._calls = asyncio.Semaphore(PARALLEL_CALLS)
 
@@ -230,12 +237,12 @@ class Purger:
     async def unrecorded(self) -> list[SessionCandidate]:
         """Sessions without a sealed archive, ended more than `unrecorded_retention_days` ago,
         that still hold identity records or other data of their customer (`_erase_session` has
-        not erased them yet); kept when under legal hold or with a recording not sealed yet."""
-        cutoff = self._now() - self._unrecorded
-        ended = func.coalesce(CallSession.ended_at, CallSession.created_at)
-        sealed = select(Archive.id).where(
-            Archive.session_id == CallSession.id, Archive.chain_index.is_not(None)
-        )
+        not erased them yet), or approved transactions once `transaction_retention_days` have
+        passed too; kept when under legal hold or with a recording not sealed yet."""
+        now = self._now()
+        cutoff = now - self._unrecorded
+        transactions_cutoff = now - self._transactions
+        ended = _ended()
         unsealed = select(Archive.id).where(
             Archive.session_id == CallSession.id, Archive.chain_index.is_(None)
         )
@@ -258,7 +265,23 @@ class Purger:
                             SessionHoldRecord.held.is_(True),
                         ),
                     )
-                    .where(~sealed.exists(), ended < cutoff, _not_erased())
+                    .where(
+                        ~_sealed(),
+                        ended < cutoff,
+                        or_(
+                            _not_erased(),
+                            and_(
+                                ended < transactions_cutoff,
+                                select(Transaction.id)
+                                .where(
+                                    Transaction.session_id == CallSession.id,
+                                    _approved_not_erased(),
+                                )
+                                .correlate(CallSession)
+                                .exists(),
+                            ),
+                        ),
+                    )
                     .group_by(
                         CallSession.id,
                         ended,
@@ -268,8 +291,21 @@ class Purger:
                     .order_by(ended)
                 )
             ).all()
+            expired = [session_id for session_id, at, *_ in rows if at < transactions_cutoff]
+            counted = await db.execute(
+                select(Transaction.session_id, func.count())
+                .where(_approved_not_erased(), Transaction.session_id.in_(expired))
+                .group_by(Transaction.session_id)
+            )
+            approved: dict[str, int] = {session_id: n for session_id, n in counted}
         return [
-            SessionCandidate(session_id, at, count, _session_kept(recording, held_at, reason))
+            SessionCandidate(
+                session_id,
+                at,
+                count,
+                _session_kept(recording, held_at, reason),
+                approved.get(session_id, 0),
+            )
             for session_id, at, count, recording, held_at, reason in rows
         ]
 
@@ -443,13 +479,17 @@ class Purger:
                 "records": candidate.records,
                 "ended_at": candidate.ended_at.isoformat(),
                 "retention_days": self._unrecorded.days,
+                "transactions": candidate.transactions,
             },
         )
         async with self._db() as db, db.begin():
             # An approved transaction of a session without a recording (a service, or a product
             # that needs none) is a record of the bank's own, kept under its retention for
-            # transaction records, which is not this one: it stays whole.
-            records = await _erase_session(db, candidate.session_id, approved=False)
+            # transaction records (`transaction_retention_days`), not this one: it stays whole
+            # until that has passed too.
+            records = await _erase_session(
+                db, candidate.session_id, approved=candidate.transactions > 0
+            )
         log.info("identity_purged", session_id=candidate.session_id, identity_records=records)
         return records
 
@@ -487,6 +527,126 @@ async def session_evidence(
             held is None,
             [IdentityAttempt(*attempt) for attempt in attempts],
         )
+
+
+FAIL = "fail"  # IdentityCheck.outcome of a failed attempt (else "pass")
+
+
+@dataclass(frozen=True)
+class UnrecordedQuery:
+    """What the auditors' list of sessions never recorded is asked for (docs/auditor.md
+    section 6). `date_from`, `date_to`: UTC days (inclusive) of the moment the retention runs
+    from (the session's end; its start while it never ended). `identity`: `failed`, `passed`,
+    `none` or `all` (`UnrecordedSession.identity`)."""
+
+    date_from: date | None = None
+    date_to: date | None = None
+    identity: str = "all"
+    limit: int = 50  # the API's bounds: server/api/bodies.py
+
+
+@dataclass(frozen=True)
+class UnrecordedSession:
+    """A session the purge erases as never recorded once its retention ends, as the auditors'
+    list shows it: who, when, how its identity checks ended, its hold; never the customer's
+    data nor the checks' evidence."""
+
+    session_id: str
+    business: str
+    state: str
+    teller: tuple[str, str, str]  # id, username, display name
+    created_at: datetime
+    ended_at: datetime | None
+    purge_after: datetime  # the first purge after this erases it, unless held (or recording)
+    held: bool
+    steps: list[IdentityAttempt]  # each step's last attempt, oldest first
+
+    @property
+    def identity(self) -> str:
+        """`failed`: a step's last attempt failed; `passed`: none did; `none`: never checked.
+        As `_identity_failed` judges it in the database."""
+        if not self.steps:
+            return "none"
+        return "failed" if any(step.outcome == FAIL for step in self.steps) else "passed"
+
+
+async def unrecorded_sessions(
+    db: async_sessionmaker[DbSession], query: UnrecordedQuery, retention_days: int
+) -> tuple[list[UnrecordedSession], bool]:
+    """The sessions `Purger.unrecorded` chooses from, whatever their age: without a sealed
+    archive, their customer's data not erased yet; newest first, at most `query.limit`, and
+    whether more matched. `retention_days`: `identity.unrecorded_retention_days`."""
+    ended = _ended()
+    conditions = [~_sealed(), _not_erased()]
+    if query.date_from is not None:
+        conditions.append(ended >= datetime.combine(query.date_from, time(), UTC))
+    if query.date_to is not None:
+        conditions.append(ended < datetime.combine(query.date_to + timedelta(days=1), time(), UTC))
+    if query.identity == "failed":
+        conditions.append(_identity_failed())
+    elif query.identity == "passed":
+        conditions += [_identity_checked(), ~_identity_failed()]
+    elif query.identity == "none":
+        conditions.append(~_identity_checked())
+    async with db() as session:
+        rows = (
+            await session.execute(
+                select(
+                    CallSession.id,
+                    CallSession.business,
+                    CallSession.state,
+                    User.id.label("teller_id"),
+                    User.username,
+                    User.display_name,
+                    CallSession.created_at,
+                    CallSession.ended_at,
+                    ended.label("ended"),
+                    SessionHoldRecord.held,
+                )
+                .join(User, User.id == CallSession.teller_id)
+                .outerjoin(SessionHoldRecord, SessionHoldRecord.session_id == CallSession.id)
+                .where(*conditions)
+                .order_by(ended.desc(), CallSession.id)
+                .limit(query.limit + 1)
+            )
+        ).all()
+        listed = rows[: query.limit]
+        attempts = (
+            await session.execute(
+                select(
+                    IdentityCheck.session_id,
+                    IdentityCheck.step,
+                    IdentityCheck.outcome,
+                    IdentityCheck.reason,
+                    IdentityCheck.at,
+                )
+                .where(IdentityCheck.session_id.in_([row.id for row in listed]))
+                # Of a step's attempts at the same instant, the failure is taken as the last
+                # one ("pass" > "fail"), as `_identity_failed` does.
+                .order_by(IdentityCheck.at, IdentityCheck.outcome.desc())
+            )
+        ).all()
+    last: dict[str, dict[str, IdentityAttempt]] = {}
+    for session_id, step, outcome, reason, at in attempts:
+        steps = last.setdefault(session_id, {})
+        steps.pop(step, None)  # listed where its last attempt came
+        steps[step] = IdentityAttempt(step, outcome, reason, at)
+    retention = timedelta(days=retention_days)
+    found = [
+        UnrecordedSession(
+            row.id,
+            row.business,
+            row.state,
+            (row.teller_id, row.username, row.display_name),
+            row.created_at,
+            row.ended_at,
+            row.ended + retention,
+            bool(row.held),
+            list(last.get(row.id, {}).values()),
+        )
+        for row in listed
+    ]
+    return found, len(rows) > query.limit
 
 
 async def tombstone(db: async_sessionmaker[DbSession], archive_id: str) -> ArchiveTombstone | None:
@@ -532,17 +692,64 @@ def _session_kept(recording: bool, held_at: datetime | None, reason: str | None)
     return None
 
 
+def _sealed() -> ColumnElement[bool]:
+    """The session (CallSession in the enclosing query) has a sealed archive: its identity
+    records and customer data go with the archive, at the end of its retention, never as an
+    unrecorded session's."""
+    return (
+        select(Archive.id)
+        .where(Archive.session_id == CallSession.id, Archive.chain_index.is_not(None))
+        .exists()
+    )
+
+
+def _ended() -> ColumnElement[datetime]:
+    """When an unrecorded session's retention runs from: its end, or its creation if it never
+    ended (left waiting for a customer, or cut off)."""
+    return func.coalesce(CallSession.ended_at, CallSession.created_at)
+
+
+def _identity_checked() -> ColumnElement[bool]:
+    """The session (CallSession in the enclosing query) holds identity records."""
+    # Correlated to the session only: an enclosing query may join identity_checks itself.
+    return (
+        select(IdentityCheck.id)
+        .where(IdentityCheck.session_id == CallSession.id)
+        .correlate(CallSession)
+        .exists()
+    )
+
+
+def _identity_failed() -> ColumnElement[bool]:
+    """The last attempt of one of the session's identity steps failed: a retry that passed
+    makes up for a failure, but a teller's manual verification is a step of its own, so a
+    manual pass does not hide a face that did not match the card."""
+    attempt, later = aliased(IdentityCheck), aliased(IdentityCheck)
+    return (
+        select(attempt.id)
+        .where(
+            attempt.session_id == CallSession.id,
+            attempt.outcome == FAIL,
+            ~select(later.id)
+            .where(
+                later.session_id == attempt.session_id,
+                later.step == attempt.step,
+                later.at > attempt.at,
+            )
+            .exists(),
+        )
+        .correlate(CallSession)
+        .exists()
+    )
+
+
 def _not_erased() -> ColumnElement[bool]:
     """The session (CallSession in the enclosing query) holds something of its customer that
     `_erase_session` erases: a session the customer never joined, unnamed, holds nothing (a
     transaction needs the customer in the call). Once erased, it is never a candidate again."""
     session = CallSession.id
     return or_(
-        # Correlated to the session only: the enclosing query joins identity_checks itself.
-        select(IdentityCheck.id)
-        .where(IdentityCheck.session_id == session)
-        .correlate(CallSession)
-        .exists(),
+        _identity_checked(),
         CallSession.customer_name != "",
         select(Participant.id)
         .where(
@@ -558,6 +765,14 @@ def _not_erased() -> ColumnElement[bool]:
 
 
 APPROVED = "approved"  # Transaction.state of a transaction approved and sent to the core bank
+
+
+def _approved_not_erased() -> ColumnElement[bool]:
+    """An approved transaction not erased yet: `_erase_session` removes the signed approval
+    record every approved one has."""
+    return and_(Transaction.state == APPROVED, Transaction.approval_record.is_not(None))
+
+
 NEVER_DELIVERED = (
     "never delivered: its content was erased at the end of its retention (vteller archive purge)"
 )

@@ -10,7 +10,7 @@ import asyncio
 import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +50,20 @@ from server.auditor.playback import (
     Prepared,
     remux_views,
 )
-from server.auditor.purge import PURGED, SessionEvidence, session_evidence, tombstone
+from server.auditor.purge import (
+    PURGED,
+    IdentityAttempt,
+    SessionEvidence,
+    UnrecordedQuery,
+    UnrecordedSession,
+    session_evidence,
+    tombstone,
+    unrecorded_sessions,
+)
 from server.auditor.verification import ArchiveVerifier, Verified
 from server.auth.principal import Principal
 from server.db.engine import DbSession
+from server.identity.config import IdentityConfig
 
 log = structlog.get_logger(__name__)
 
@@ -90,6 +100,8 @@ class AuditorPortal:
         bucket: ArchiveBucket | None,
         keyring: KeyWrapper,
         audit: AuditLog,
+        *,
+        unrecorded_retention_days: int = IdentityConfig().unrecorded_retention_days,
     ) -> None:
         keys = data_dir / "keys"
         self.config = config
@@ -111,6 +123,8 @@ class AuditorPortal:
         self._verifier = ArchiveVerifier(db, bucket, keyring, self._public_keys) if bucket else None
         self._holds = LegalHolds(db, bucket) if bucket else None
         self._session_holds = SessionHolds(db)
+        # The purge's (`identity.unrecorded_retention_days`): when it erases what the list shows.
+        self._unrecorded_days = unrecorded_retention_days
         self._playback = PlaybackCache(
             config.playback_cache_mb * MB, config.playback_ttl_minutes * 60.0
         )
@@ -435,6 +449,29 @@ class AuditorPortal:
             raise PortalError(404, "unknown_session", "There is no session with this id.")
         return found
 
+    async def unrecorded(
+        self, actor: Actor, query: UnrecordedQuery
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """The sessions never recorded whose evidence the purge has not erased yet, newest first
+        (docs/auditor.md section 6), and whether more matched than `query.limit`: for an auditor
+        to see which to hold before their retention ends."""
+        found, more = await unrecorded_sessions(self._db, query, self._unrecorded_days)
+        # The criteria are days and an outcome, nothing of a person: logged as asked.
+        await self._log(
+            "auditor.sessions_listed",
+            actor,
+            "",
+            {
+                "date_from": query.date_from.isoformat() if query.date_from else None,
+                "date_to": query.date_to.isoformat() if query.date_to else None,
+                "identity": query.identity,
+                "limit": query.limit,
+                "results": len(found),
+                "more": more,
+            },
+        )
+        return [_unrecorded_view(session) for session in found], more
+
     async def session(self, actor: Actor, session_id: str) -> dict[str, Any]:
         """What an auditor sees of a session before holding it (docs/auditor.md section 6):
         whether it was recorded, its identity attempts' outcomes (never their evidence), whether
@@ -455,10 +492,7 @@ class AuditorPortal:
             "ended_at": evidence.ended_at.isoformat() if evidence.ended_at else None,
             "sealed_archives": evidence.sealed_archives,
             "erased": evidence.erased,
-            "identity": [
-                {"step": a.step, "outcome": a.outcome, "reason": a.reason, "at": a.at.isoformat()}
-                for a in evidence.attempts
-            ],
+            "identity": [_attempt_view(attempt) for attempt in evidence.attempts],
             "hold": _hold_view(hold),
         }
 
@@ -503,6 +537,27 @@ class AuditorPortal:
             )
             state = await holds.record(session_id, held, reason, actor.user_id)
         return _hold_view(state)
+
+
+def _unrecorded_view(session: UnrecordedSession) -> dict[str, Any]:
+    teller_id, username, name = session.teller
+    return {
+        "id": session.session_id,
+        "business": session.business,
+        "state": session.state,
+        "teller": {"id": teller_id, "username": username, "name": name},
+        "created_at": session.created_at.isoformat(),
+        "ended_at": session.ended_at.isoformat() if session.ended_at else None,
+        "identity": session.identity,
+        "steps": [_attempt_view(step) for step in session.steps],
+        "held": session.held,
+        "purge_after": session.purge_after.isoformat(),
+    }
+
+
+def _attempt_view(attempt: IdentityAttempt) -> dict[str, Any]:
+    """An identity attempt's step, outcome, reason code and time: nothing of its evidence."""
+    return asdict(attempt) | {"at": attempt.at.isoformat()}
 
 
 def _hold_view(state: HoldState) -> dict[str, Any]:

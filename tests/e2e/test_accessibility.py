@@ -310,6 +310,16 @@ async def test_auditor_page(pw: Playwright, server: RunningServer, axe: str) -> 
         # The buttons' column has a header too, for screen readers only.
         await expect(page.locator("#results th").last).to_have_text("操作")
         await audit.check(page, "auditor: search results")
+        # The sessions never recorded, listed with a row (the recorded call is not one).
+        teller = server.client()
+        await teller.login("wang")
+        invitation = {"business": "wealth", "customer_name": "张先生"}
+        created = await teller.call("POST", "/api/v1/invitations", invitation, expect=201)
+        await page.select_option("#unrecorded-identity", "all")
+        await page.click("#unrecorded-submit")
+        unrecorded = page.locator(f"tr[data-session-id='{created['session']['id']}']")
+        await expect(unrecorded).to_be_visible(timeout=CALL_TIMEOUT_MS)
+        await audit.check(page, "auditor: sessions never recorded")
         await row.locator("button.open-archive").click()
         await expect(page.locator("#verify-status")).to_have_attribute(
             "data-result", "verified", timeout=CALL_TIMEOUT_MS
@@ -322,4 +332,4 @@ async def test_auditor_page(pw: Playwright, server: RunningServer, axe: str) -> 
         # axe cannot tell the colours under the watermark: look at the players without it too.
         await page.locator("#watermark").evaluate("el => { el.style.display = 'none'; }")
         await audit.check(page, "auditor: archive, playing, watermark set aside")
-    audit.assert_clean(8)
+    audit.assert_clean(9)

@@ -1,6 +1,7 @@
 """An auditor in Chromium: logs in, searches, opens the archive (verified), plays it, jumps to a
 key moment, sees their watermark over the players, downloads the package (which verifies
-offline) and sets a legal hold; and holds the evidence of a session that was never recorded."""
+offline) and sets a legal hold; and finds the sessions that were never recorded (a failed
+identity check first) and holds their evidence."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from tests.e2e.browser import participant_page
 from tests.e2e.test_call_pages import staff_login
 from tests.integration.test_auditor_portal import _call
 from tests.integration.test_recording import _vteller
+from tests.integration.test_unrecorded_sessions import FACE_FAILED, attempts
 from tests.support.server import RunningServer
 
 TIMEOUT_MS = 30_000
@@ -118,11 +120,29 @@ async def test_auditor_holds_the_evidence_of_a_session_never_recorded(
     invitation = {"business": "wealth", "customer_name": "李女士"}
     created = await teller.call("POST", "/api/v1/invitations", invitation, expect=201)
     session_id = created["session"]["id"]
+    # Another customer's face did not match the card, and the call ended unrecorded.
+    other = await teller.call("POST", "/api/v1/invitations", invitation, expect=201)
+    impostor = other["session"]["id"]
+    await attempts(server.services.sessions._db, impostor, FACE_FAILED)
+    await teller.call("POST", f"/api/v1/sessions/{impostor}/end", expect=200)
     await server.user("audit1", Role.AUDITOR, "审计员甲")
     async with participant_page(pw) as page:
         await staff_login(page, server, "audit1")
         await page.click("#auditor-link")
         await page.wait_for_selector("#session-hold:not([hidden])", timeout=TIMEOUT_MS)
+        # Listed by default (identity check failed, the last 30 days); the other one is not.
+        row = page.locator(f"#unrecorded-rows tr[data-session-id='{impostor}']")
+        await row.wait_for(timeout=TIMEOUT_MS)
+        assert await page.locator("#unrecorded-rows tr").count() == 1
+        assert "人脸比对" in await row.inner_text() and "未保全" in await row.inner_text()
+        await row.locator("button.open-session").click()
+        await page.wait_for_selector("#session-found:not([hidden])", timeout=TIMEOUT_MS)
+        assert impostor in await page.inner_text("#session-summary")
+        assert "face_mismatch" in await page.inner_text("#session-attempts")
+        await hold(page, "#session-hold", "人脸与证件不符，疑似冒用身份")
+        assert "保全中" in await row.locator("td.held").inner_text()
+        assert "不会删除" in await row.locator("td.purge").inner_text()
+
         await page.fill("#session-id", "s_nobody")
         await page.click("#session-lookup button[type=submit]")
         await page.wait_for_function(
@@ -137,6 +157,21 @@ async def test_auditor_holds_the_evidence_of_a_session_never_recorded(
         assert "未设置法律保全" in await page.inner_text("#session-status")
         await hold(page, "#session-hold", "人脸与证件不符，反欺诈调查")
         assert "反欺诈调查" in await page.inner_text("#session-status")
+
+        # Every outcome: both, newest first, both held.
+        await page.select_option("#unrecorded-identity", "all")
+        await page.click("#unrecorded-submit")
+        await page.wait_for_selector(
+            f"#unrecorded-rows tr[data-session-id='{session_id}']", timeout=TIMEOUT_MS
+        )
+        listed = await page.eval_on_selector_all(
+            "#unrecorded-rows tr", "rows => rows.map(r => r.dataset.sessionId)"
+        )
+        assert listed == [impostor, session_id]
+        held = await page.locator("#unrecorded-rows td.held").all_inner_texts()
+        assert held == ["保全中", "保全中"]
     async with server.services.sessions._db() as db:
         record = await db.get(SessionHoldRecord, session_id)
+        listed_hold = await db.get(SessionHoldRecord, impostor)
     assert record is not None and record.held and record.reason == "人脸与证件不符，反欺诈调查"
+    assert listed_hold is not None and listed_hold.held

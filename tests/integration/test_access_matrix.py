@@ -164,6 +164,7 @@ MATRIX: dict[tuple[str, str], Decision] = {
     ),
     ("GET", "/api/v1/auditor/downloads/{token}"): only(AUDITOR),
     ("POST", "/api/v1/auditor/archives/{archive_id}/hold"): only(AUDITOR),
+    ("GET", "/api/v1/auditor/sessions"): only(AUDITOR),
     ("GET", "/api/v1/auditor/sessions/{session_id}"): only(AUDITOR),
     ("POST", "/api/v1/auditor/sessions/{session_id}/hold"): only(AUDITOR),
     # webhooks to the core bank

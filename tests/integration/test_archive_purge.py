@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -199,7 +199,15 @@ async def purge(*options: str) -> int:
     return await asyncio.to_thread(main, ["archive", "purge", *options])
 
 
-def purger(tmp_path: Path, db: async_sessionmaker[DbSession], bucket: ArchiveBucket) -> Purger:
+TRANSACTION_RETENTION_DAYS = 3653
+
+
+def purger(
+    tmp_path: Path,
+    db: async_sessionmaker[DbSession],
+    bucket: ArchiveBucket,
+    now: Callable[[], datetime] = utcnow,
+) -> Purger:
     return Purger(
         db,
         bucket,
@@ -207,6 +215,8 @@ def purger(tmp_path: Path, db: async_sessionmaker[DbSession], bucket: ArchiveBuc
         ExportSpool(tmp_path / "data" / "exports"),  # the portal's (`portal`)
         actor="os:test@host",
         unrecorded_retention_days=30,
+        transaction_retention_days=TRANSACTION_RETENTION_DAYS,
+        now=now,
     )
 
 
@@ -387,21 +397,51 @@ async def test_due_archives_and_unrecorded_identities_are_purged_and_the_rest_ke
         assert await count(db, query) == 3
 
 
+async def test_an_unrecorded_sessions_approved_transactions_go_when_their_retention_ends(
+    tmp_path: Path, bucket: ArchiveBucket, database_url: str
+) -> None:
+    async with migrated_database(tmp_path / "unused.db", database_url) as db:
+        await add_unrecorded(db, "s_service", days=31)
+        before = await customer_data(db, "s_service")
+        approved = sum(paper.state == "approved" for paper in before.transactions.values())
+        assert approved > 0
+        # 30 days on: the customer's data goes, the approved transactions (the bank's records
+        # of what was done) stay whole, and the session is not listed again meanwhile.
+        today = purger(tmp_path, db, bucket)
+        [due] = await today.unrecorded()
+        assert (due.records, due.transactions, due.kept) == (1, 0, None)
+        assert await today.purge_session(due) == 1
+        erased = await customer_data(db, "s_service")
+        assert_erased(erased, before, approved=False)
+        assert await today.unrecorded() == []
+        # Once the session ended more than transaction_retention_days ago, they go too.
+        almost = timedelta(days=TRANSACTION_RETENTION_DAYS - 32)
+        assert await purger(tmp_path, db, bucket, lambda: utcnow() + almost).unrecorded() == []
+        later = purger(tmp_path, db, bucket, lambda: utcnow() + almost + timedelta(days=2))
+        [due] = await later.unrecorded()
+        assert (due.session_id, due.records, due.transactions) == ("s_service", 0, approved)
+        assert await later.purge_session(due) == 0
+        assert_erased(await customer_data(db, "s_service"), before, approved=True)
+        assert await later.unrecorded() == []
+        async with db() as session:
+            entries = list(
+                await session.scalars(
+                    select(AuditEntry)
+                    .where(AuditEntry.action == "identity.purged")
+                    .order_by(AuditEntry.seq)
+                )
+            )
+        assert [e.detail["transactions"] for e in entries] == [0, approved]
+
+
 async def test_the_stores_refusal_stops_a_purge_that_this_machines_clock_thinks_due(
     tmp_path: Path, bucket: ArchiveBucket
 ) -> None:
     async with migrated_database(tmp_path / "db.sqlite") as db:
         chain = Chain(tmp_path, db, bucket)
         await chain.add(RETAINED, "s1", retain_for(1))
-        ahead = Purger(
-            db,
-            bucket,
-            AuditLog(db),
-            ExportSpool(tmp_path / "exports"),
-            actor="os:test@host",
-            unrecorded_retention_days=30,
-            now=lambda: utcnow() + timedelta(days=2),  # this machine's clock runs ahead
-        )
+        # This machine's clock runs ahead.
+        ahead = purger(tmp_path, db, bucket, lambda: utcnow() + timedelta(days=2))
         (candidate,) = await ahead.archives()
         assert candidate.kept is None  # by this clock it is due
         with pytest.raises(DeleteRefusedError, match=r"WORM|AccessDenied"):

@@ -461,8 +461,12 @@ async def test_a_killed_process_loses_nothing(bucket: ArchiveBucket, tmp_path: P
         if line.strip() != b"spooled":
             await process.wait()
             pytest.fail(f"the spooling process failed:\n{(await process.stderr.read()).decode()}")
+        # Killed once a first upload has finished (stored, its retention read back and its
+        # spool file removed), not as soon as its object shows in MinIO: the read-back between
+        # the two let the kill land before any upload was done.
+        pending = spool_dir / "pending"
         async with asyncio.timeout(20):
-            while not await bucket.list("archives/k/"):  # noqa: ASYNC110 -- polls MinIO
+            while len(list(pending.iterdir())) == count:  # noqa: ASYNC110 -- polls the spool
                 await asyncio.sleep(0.05)
     finally:
         process.send_signal(signal.SIGKILL)

@@ -13,6 +13,7 @@ import pytest
 
 from server.auditor.exporting import (
     GUARD,
+    DownloadNotYours,
     ExportSpool,
     PackageDownload,
     PackageDownloads,
@@ -55,8 +56,12 @@ async def test_a_link_is_taken_once_and_only_by_the_login_that_exported(tmp_path
     downloads = PackageDownloads()
     written = _written(spool)
     token = downloads.offer(written)
-    assert downloads.take(token, "u_2", "csrf-1") is None  # another user
-    assert downloads.take(token, "u_1", "csrf-other-login") is None  # the same user elsewhere
+    # Another user, and the same user in another login: refused (answered as a link that does
+    # not exist, audited as what it is), and the link stays for its own login.
+    with pytest.raises(DownloadNotYours, match="another auditor"):
+        downloads.take(token, "u_2", "csrf-1")
+    with pytest.raises(DownloadNotYours, match="another login of the same auditor"):
+        downloads.take(token, "u_1", "csrf-other-login")
     assert downloads.take("not-a-token", "u_1", "csrf-1") is None
     assert downloads.take(token, "u_1", "csrf-1") is written
     assert downloads.take(token, "u_1", "csrf-1") is None  # spent

@@ -148,6 +148,9 @@ FORM_BODIES = (
     bodies.OverrideBody,
     bodies.RejectBody,
     bodies.DisableAccountBody,
+    # Not a body: the query string of the auditor's list of sessions never recorded, from its
+    # filters (refused the same way).
+    bodies.UnrecordedSessionsQuery,
 )
 CJK = re.compile(r"[\u4e00-\u9fff]")
 

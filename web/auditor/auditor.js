@@ -1,6 +1,7 @@
 // Auditor portal: search archives, open one (verified by the server), play it with the viewer's
 // watermark over the players, jump to the key moments, export, set or clear a legal hold.
-// Auditors also look up a session that was never recorded, by its id, and hold its evidence
+// Auditors also list the sessions that were never recorded (by default: identity check failed,
+// ended in the last 30 days), open one (or look it up by its id), and hold its evidence
 // (identity records, customer data) against the purge at the end of its retention.
 // `/auditor/?archive=ID&moment=MOMENT` (the supervisor's review queue links here) opens that
 // archive directly, and playback, once started, begins at the moment's start mark.
@@ -333,18 +334,108 @@ function renderSession(session) {
   $('session-found').hidden = false;
 }
 
-async function lookUpSession(event) {
-  event.preventDefault();
-  const sessionId = $('session-id').value.trim();
+async function lookUpSession(sessionId) {
   clearText($('session-error'));
   clearText($('session-hold-error'));
   $('session-found').hidden = true;
-  if (!sessionId) return;
+  if (!sessionId) return false;
   try {
     const { session } = await get(`/api/v1/auditor/sessions/${encodeURIComponent(sessionId)}`);
     renderSession(session);
+    return true;
   } catch (err) {
     showErrorText($('session-error'), err);
+    return false;
+  }
+}
+
+/** `YYYY-MM-DD` of the day `days` before today (the date inputs' value). */
+function daysAgo(days) {
+  const when = new Date(Date.now() - days * 86400000);
+  return `${when.getFullYear()}-${String(when.getMonth() + 1).padStart(2, '0')}-${String(when.getDate()).padStart(2, '0')}`;
+}
+
+/** The identity outcome of a listed session: failed names the steps whose last attempt failed. */
+function identityCell(session) {
+  const td = document.createElement('td');
+  if (session.identity !== 'failed') return translate(td, `auditor.identityOutcome.${session.identity}`);
+  const steps = session.steps.filter((step) => step.outcome === 'fail').map((step) => t(`identity.step.${step.step}`));
+  return translate(td, 'auditor.identityFailedSteps', { steps: steps.join(t('auditor.listSeparator')) });
+}
+
+/** When the purge erases a listed session: never while held; due at its next run once past. */
+function purgeCell(session) {
+  const td = document.createElement('td');
+  td.className = 'purge';
+  if (session.held) return translate(td, 'auditor.purgeHeld');
+  const date = new Date(session.purge_after).toLocaleDateString();
+  return translate(td, new Date(session.purge_after) <= new Date() ? 'auditor.purgeDue' : 'auditor.purgeOn', { date });
+}
+
+function heldCell(td, held) {
+  td.className = 'held';
+  return translate(td, held ? 'auditor.hold.held' : 'auditor.hold.not_held');
+}
+
+/** A listed session's hold changed (on the form below the list). */
+function markHeld(sessionId, held) {
+  const row = $('unrecorded-rows').querySelector(`tr[data-session-id="${CSS.escape(sessionId)}"]`);
+  if (!row) return;
+  heldCell(row.querySelector('td.held'), held);
+  row.querySelector('td.purge').replaceWith(purgeCell({ held, purge_after: row.dataset.purgeAfter }));
+}
+
+function renderUnrecorded({ sessions, more, limit }) {
+  const rows = $('unrecorded-rows');
+  rows.replaceChildren();
+  if (sessions.length === 0) translate($('unrecorded-count'), 'auditor.unrecordedNone');
+  else if (more) translate($('unrecorded-count'), 'auditor.unrecordedMore', { count: limit });
+  else translate($('unrecorded-count'), 'auditor.unrecordedCount', { count: sessions.length });
+  $('unrecorded').hidden = sessions.length === 0;
+  for (const session of sessions) {
+    const tr = document.createElement('tr');
+    tr.dataset.sessionId = session.id;
+    const ended = session.ended_at
+      ? cell(dateTime(session.ended_at))
+      : translate(document.createElement('td'), 'auditor.notEnded', { created: dateTime(session.created_at) });
+    const open = document.createElement('button');
+    open.type = 'button';
+    open.className = 'btn btn-secondary open-session';
+    translate(open, 'auditor.sessionOpen');
+    open.addEventListener('click', async () => {
+      $('session-id').value = session.id;
+      if (await lookUpSession(session.id)) $('session-summary').focus();
+    });
+    const action = document.createElement('td');
+    action.append(open);
+    tr.dataset.purgeAfter = session.purge_after;
+    tr.append(
+      ended,
+      cell(session.teller.name || session.teller.username),
+      translate(document.createElement('td'), `business.${session.business}`),
+      identityCell(session),
+      heldCell(document.createElement('td'), session.held),
+      purgeCell(session),
+      action,
+    );
+    rows.append(tr);
+  }
+}
+
+/** The sessions never recorded whose evidence the purge has not erased yet, newest first. */
+async function listUnrecorded() {
+  clearText($('unrecorded-error'));
+  $('unrecorded-submit').disabled = true;
+  const query = new URLSearchParams({ identity: $('unrecorded-identity').value });
+  for (const [name, id] of [['date_from', 'unrecorded-from'], ['date_to', 'unrecorded-to']]) {
+    if ($(id).value) query.set(name, $(id).value);
+  }
+  try {
+    renderUnrecorded(await get(`/api/v1/auditor/sessions?${query}`));
+  } catch (err) {
+    showErrorText($('unrecorded-error'), err);
+  } finally {
+    $('unrecorded-submit').disabled = false;
   }
 }
 
@@ -499,6 +590,10 @@ async function start() {
     translate($('user-role'), `role.${user.role}`);
     show('search');
     $('session-hold').hidden = user.role !== 'auditor';
+    if (user.role === 'auditor') {
+      $('unrecorded-from').value = daysAgo(30);
+      listUnrecorded();
+    }
     const link = new URLSearchParams(window.location.search);
     if (link.get('archive')) await openArchive(link.get('archive'), link.get('moment'));
     else await search(1);
@@ -534,12 +629,20 @@ $('hold-form').addEventListener('submit', (event) => {
   const archiveId = state.archive.archive.archive_id;
   changeHold(HOLD_FORMS.archive, `/api/v1/auditor/archives/${encodeURIComponent(archiveId)}/hold`, (hold) => renderHold(hold));
 });
-$('session-lookup').addEventListener('submit', lookUpSession);
+$('session-lookup').addEventListener('submit', (event) => {
+  event.preventDefault();
+  lookUpSession($('session-id').value.trim());
+});
+$('unrecorded-form').addEventListener('submit', (event) => {
+  event.preventDefault();
+  listUnrecorded();
+});
 $('session-hold-form').addEventListener('submit', (event) => {
   event.preventDefault();
   const { session } = state;
   changeHold(HOLD_FORMS.session, `/api/v1/auditor/sessions/${encodeURIComponent(session.id)}/hold`, (hold) => {
     renderSession({ ...session, hold });
+    markHeld(session.id, hold.held);
   });
 });
 setInterval(updateWatermark, 1000);

@@ -38,6 +38,18 @@ class WorkflowConfig(BaseModel):
         "missing signature or recording never can by default: no trade before the record)",
     )
     override_reason_min_chars: int = Field(default=10, ge=1, le=500)
+    # The Anti-Money Laundering Law (as revised in 2024) keeps transaction records for
+    # at least 10 years: an approved transaction of a session never recorded outlives the 30
+    # days of its customer's other data (identity.unrecorded_retention_days) until then.
+    # Recorded sessions' transactions go with their archive (docs/deployment.md, "What a purge
+    # erases, and what it keeps").
+    transaction_retention_days: int = Field(
+        default=3653,
+        ge=365,
+        le=36525,
+        description="days after an unrecorded session ends before `vteller archive purge` "
+        "erases its approved transactions (the bank's retention of transaction records)",
+    )
     signature_max_bytes: int = Field(default=512 * 1024, ge=1024, le=8 * 1024 * 1024)
     signature_max_pixels: tuple[int, int] = Field(
         default=(2400, 1600), description="largest signature image, width and height"
